@@ -1,0 +1,41 @@
+# docray: two commands on a fresh machine with nothing but python3.
+#   make quickstart   create .venv, install, run the main job on embedded local Ray (CPU)
+#   make test         create/update .venv, install, run the test suite
+SHELL  := /bin/bash
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.docray-installed
+# This machine's pip config names local index folders that may not exist; pip warns once per package.
+QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
+
+.PHONY: help install quickstart test test-all test-slow bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install docray with its dependencies (torch pinned first)
+
+# torch first, from its own pin (CPU build here, CUDA build on a GPU host); constraints.txt then keeps
+# every later install from replacing it. `docray doctor` proves the model stack imports and runs.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	set -o pipefail; $(BIN)/python -m pip install torch==2.13.0 2>&1 | { $(QUIET_PIP); }
+	set -o pipefail; $(BIN)/python -m pip install -c constraints.txt -e ".[dev]" 2>&1 | { $(QUIET_PIP); }
+	$(BIN)/docray doctor
+	@touch $(STAMP)
+
+quickstart: install  ## the main job: local Ray, synthetic corpus through Ray, storage, summary
+	$(BIN)/python -m cluster.quickstart
+
+test: install  ## the default test suite (no slow, no gpu tests); < 15 min on 2 cores
+	$(BIN)/python -m pytest
+
+test-slow: install  ## the slow tests too
+	$(BIN)/python -m pytest -m "not gpu"
+
+bench: install  ## the benchmarks that run on this machine
+	$(BIN)/python benchmarks/synth_throughput.py
+
+clean:  ## remove the virtual environment and caches (not DOCRAY_HOME)
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,61 @@
+"""Join a Ray cluster, or start Ray embedded in this process, fitted to the host.
+
+    from cluster.local import init_ray, actor_resources
+    init_ray()                                   # RAY_ADDRESS if set, else embedded Ray
+    ds.map_batches(Predictor, concurrency=2, **actor_resources(2))
+
+Why `actor_resources`: on a small host, actors that each reserve a whole CPU starve the read and
+write tasks of a Ray Data pipeline (two 1-CPU actors on a 2-core machine leave no CPU for reads,
+and the pipeline stalls). Actors therefore ask for a fraction of a CPU, leaving `reserve_cpus`
+free for everything else; GPUs are split the same way when present.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+
+
+def ray_address() -> str | None:
+    """The address jobs will join: `RAY_ADDRESS`, else a local `ray start` cluster, else None (embedded)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    current = Path("/tmp/ray/ray_current_cluster")  # written by `ray start --head`
+    if current.exists() and current.read_text().strip():
+        return "auto"
+    return None
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+             quiet: bool = True) -> dict:
+    """Connect to `address` / `RAY_ADDRESS` / a local `ray start` cluster, or start Ray embedded.
+
+    Embedded Ray gets every core and GPU of the host (or `num_cpus`/`num_gpus`) and no dashboard.
+    Idempotent: returns the cluster resources if Ray is already up in this process.
+    """
+    if not ray.is_initialized():
+        address = address or ray_address()
+        common = dict(namespace="docray", log_to_driver=not quiet, configure_logging=True,
+                      logging_level="WARNING" if quiet else "INFO")
+        if address:
+            ray.init(address=address, **common)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **common)
+    return ray.cluster_resources()
+
+
+def actor_resources(concurrency: int, *, use_gpu: bool | None = None, reserve_cpus: float = 0.5) -> dict:
+    """Per-actor `num_cpus` (and `num_gpus`) so that `concurrency` actors fit and leave room for tasks.
+
+    `use_gpu=None` uses GPUs when the cluster has any. Returns kwargs for `map_batches`/`.options`.
+    """
+    res = ray.cluster_resources()
+    cpus, gpus = res.get("CPU", 1.0), res.get("GPU", 0.0)
+    per_cpu = max(0.05, min(1.0, (cpus - reserve_cpus) / max(concurrency, 1)))
+    out = {"num_cpus": round(per_cpu, 3)}
+    if (use_gpu is None and gpus > 0) or use_gpu:
+        if gpus <= 0:
+            raise RuntimeError("use_gpu=True but the Ray cluster has no GPU")
+        out["num_gpus"] = min(1.0, gpus / max(concurrency, 1))
+    return out

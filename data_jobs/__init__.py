@@ -1,0 +1,1 @@
+"""Ray Data entrypoints, one per batch job: `python -m data_jobs.<name> --help`."""

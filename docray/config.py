@@ -1,0 +1,131 @@
+"""Typed configs for every job and app: defaults in code, a YAML file, command-line overrides.
+
+    class TrainConfig(Config):
+        epochs: int = Field(10, description="passes over the training set")
+        model: ModelConfig = ModelConfig()
+
+    cfg = load_config(TrainConfig, "train.yaml", ["epochs=2", "model.width=64"])
+    save_config(cfg, out_dir)          # writes out_dir/config.yaml, the resolved config
+
+Precedence: code defaults < YAML file < overrides (`key.sub=value`, the value parsed as YAML).
+Unknown keys are an error (with the closest known key suggested), as are values of the wrong type.
+Jobs get all of this, plus a `--help` that lists every field, from `parse_args(ConfigCls)`.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its config class."""
+
+
+class Config(BaseModel):
+    """Base of every docray config: unknown keys are errors; assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def _set_nested(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    data[leaf] = value
+
+
+def _fields(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    names = []
+    for name, field in cls.model_fields.items():
+        names.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names += _fields(ann, prefix + name + ".")
+    return names
+
+
+def _explain(cls: type[BaseModel], err: ValidationError) -> str:
+    known = _fields(cls)
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            lines.append(f"unknown key {key!r}{hint}")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid {cls.__name__}: " + "; ".join(lines)
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
+    """Build `cls` from code defaults, then the YAML file at `path`, then `key=value` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value")
+        _set_nested(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(cls, e)) from None
+
+
+def save_config(cfg: Config, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config beside a job's outputs; returns the file written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    plain = json.loads(cfg.model_dump_json())  # JSON-safe (paths, tuples) before YAML
+    path.write_text(f"# resolved {type(cfg).__name__}\n" + yaml.safe_dump(plain, sort_keys=False))
+    return path
+
+
+def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per field: `key (type, default ...): description`, nested sections flattened."""
+    lines = []
+    for name, field in cls.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines += describe(ann, prefix + name + ".")
+            continue
+        tname = getattr(ann, "__name__", str(ann).replace("typing.", ""))
+        desc = f": {field.description}" if field.description else ""
+        lines.append(f"  {prefix + name} ({tname}, default {field.get_default(call_default_factory=True)!r}){desc}")
+    return lines
+
+
+def parse_args(cls: type[C], argv: Sequence[str] | None = None, description: str | None = None) -> C:
+    """The standard command line of a job or app: `--config FILE` and `--set key=value ...`."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="config keys (set in --config YAML or with --set key=value):\n" + "\n".join(describe(cls)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file with config values (unknown keys are an error)")
+    parser.add_argument("--set", metavar="KEY=VALUE", nargs="*", default=[], dest="overrides",
+                        help="overrides applied after the file, e.g. --set epochs=2 model.width=64")
+    args = parser.parse_args(argv)
+    try:
+        return load_config(cls, args.config, args.overrides)
+    except ConfigError as e:
+        parser.error(str(e))

@@ -1,0 +1,87 @@
+"""One registry for every model family: `build_model(name, **overrides)`.
+
+Each family lives in its own module here (`docray/models/<family>.py`) and registers factory
+functions, a real size and a `*_tiny` beside it (timm's habit):
+
+    @register_model
+    def descriptor_small(**overrides) -> nn.Module: ...
+
+    model = build_model("descriptor_tiny", dim=64)
+    save_pretrained(model, "out/descriptor")        # config.json + model.safetensors
+    model = from_pretrained("out/descriptor")       # the same architecture and weights
+
+`build_model` records the factory name and overrides on the module (`model.docray_spec`), so a
+saved folder rebuilds itself without the caller knowing the architecture.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_loaded = False
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register a factory under its function name (names are unique across families)."""
+    if fn.__name__ in _REGISTRY and _REGISTRY[fn.__name__] is not fn:
+        raise ValueError(f"model {fn.__name__!r} registered twice")
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        for mod in pkgutil.iter_modules(__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{mod.name}")
+        _loaded = True
+
+
+def list_models(contains: str = "") -> list[str]:
+    """Registered model names, optionally those containing a substring."""
+    _load_families()
+    return sorted(n for n in _REGISTRY if contains in n)
+
+
+def build_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model; `overrides` go to its config (unknown keys are an error there)."""
+    _load_families()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    model = _REGISTRY[name](**overrides)
+    model.docray_spec = {"name": name, "overrides": overrides}
+    return model
+
+
+def save_pretrained(model: nn.Module, folder: str | Path, **extra_config) -> Path:
+    """Write `config.json` (factory name, overrides, extras) and `model.safetensors` to `folder`."""
+    from safetensors.torch import save_model
+
+    spec = getattr(model, "docray_spec", None)
+    if spec is None:
+        raise ValueError("model was not made by build_model(); cannot record how to rebuild it")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**spec, **extra_config}, indent=2, default=str))
+    save_model(model, str(folder / "model.safetensors"))  # handles shared (tied) weights
+    return folder
+
+
+def from_pretrained(folder: str | Path, map_location: str = "cpu") -> nn.Module:
+    """Rebuild the model saved in `folder` by `save_pretrained` and load its weights (strictly)."""
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no config.json (not a saved docray model)")
+    spec = json.loads((folder / "config.json").read_text())
+    model = build_model(spec["name"], **spec.get("overrides", {}))
+    load_model(model, str(folder / "model.safetensors"), strict=True, device=map_location)
+    return model

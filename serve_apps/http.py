@@ -1,0 +1,126 @@
+"""The HTTP layer every Serve app shares: one JSON error model, safe uploads, roles.
+
+Errors are always `{"error": {"code": ..., "message": ...}}` with a 4xx/5xx status; clients never
+see a stack trace. Uploaded images go through `docray.imageio.decode_image` (byte and pixel limits,
+format sniffing, truncated data), so a bad upload is a 4xx and nothing is stored.
+
+Roles: API keys map to 'user' or 'admin', from `DOCRAY_API_KEYS` ("key1=admin,key2=user") or the
+YAML file named by `DOCRAY_API_KEYS_FILE` ({key: role}). With no keys configured (a laptop), auth
+is off and every caller is 'admin'; the app logs that once at start-up.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import yaml
+from fastapi import FastAPI, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from docray.imageio import MAX_BYTES, MAX_PIXELS, ImageDecodeError, decode_image
+
+log = logging.getLogger("docray.http")
+ROLES = ("user", "admin")
+
+
+class ApiError(Exception):
+    """An error a client should see: HTTP status, stable code, readable message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def make_api(title: str, description: str = "") -> FastAPI:
+    """A FastAPI app with docray's error handlers installed (use with `@serve.ingress`)."""
+    api = FastAPI(title=title, description=description)
+
+    @api.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError):
+        return error_response(e.status, e.code, e.message)
+
+    @api.exception_handler(ImageDecodeError)
+    async def _bad_image(_: Request, e: ImageDecodeError):
+        return error_response(e.status, e.code, str(e))
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError):
+        parts = [f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg']}" for err in e.errors()]
+        return error_response(400, "bad_request", "; ".join(parts) or "invalid request")
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException):
+        return error_response(e.status_code, {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error"),
+                              str(e.detail))
+
+    @api.exception_handler(Exception)
+    async def _internal(_: Request, e: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal", "internal error; see the server log")
+
+    return api
+
+
+async def read_image(upload: UploadFile | None, name: str = "image", *, max_bytes: int = MAX_BYTES,
+                     max_pixels: int = MAX_PIXELS, mode: str | None = "RGB"):
+    """Read an uploaded file safely (never more than max_bytes + 1 bytes) and decode it."""
+    if upload is None:
+        raise ApiError(400, "missing_field", f"multipart field {name!r} is required")
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ApiError(413, "too_many_bytes", f"{name}: over the limit of {max_bytes:,} bytes")
+    return decode_image(data, mode=mode, max_bytes=max_bytes, max_pixels=max_pixels, name=name)
+
+
+def parse_json_field(raw: str | None, name: str, default: Any = None) -> Any:
+    """A JSON value sent as a multipart form field; a clear 400 when it is not JSON."""
+    if raw is None or raw == "":
+        return default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "bad_json", f"field {name!r} is not valid JSON: {e.msg} at position {e.pos}") from None
+
+
+def load_api_keys() -> dict[str, str]:
+    """{api key: role} from DOCRAY_API_KEYS or DOCRAY_API_KEYS_FILE; empty means auth is off."""
+    keys: dict[str, str] = {}
+    if os.environ.get("DOCRAY_API_KEYS_FILE"):
+        with open(os.environ["DOCRAY_API_KEYS_FILE"]) as f:
+            keys.update({str(k): str(v) for k, v in (yaml.safe_load(f) or {}).items()})
+    for item in filter(None, (os.environ.get("DOCRAY_API_KEYS") or "").split(",")):
+        key, _, role = item.partition("=")
+        keys[key.strip()] = role.strip()
+    bad = {k: r for k, r in keys.items() if r not in ROLES}
+    if bad:
+        raise ValueError(f"unknown role(s) {sorted(set(bad.values()))} in API keys; roles are {ROLES}")
+    return keys
+
+
+def role_of(request: Request, keys: dict[str, str]) -> str:
+    """The caller's role from `Authorization: Bearer <key>`; 401 when keys are set and it is missing/wrong."""
+    if not keys:
+        return "admin"
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <api key>' header")
+    if token.strip() not in keys:
+        raise ApiError(401, "unauthorized", "unknown API key")
+    return keys[token.strip()]
+
+
+def require_role(request: Request, keys: dict[str, str], role: str) -> str:
+    """Raise 403 unless the caller has `role` (admin includes user)."""
+    have = role_of(request, keys)
+    if role == "admin" and have != "admin":
+        raise ApiError(403, "forbidden", "this route needs the admin role")
+    return have

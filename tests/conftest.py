@@ -1,0 +1,36 @@
+"""Shared fixtures. Ray is started only here (library code never calls ray.init)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+# Tests never write into the user's ~/.docray: one temporary DOCRAY_HOME for the session,
+# set before anything (including Ray workers, which inherit the environment) reads it.
+os.environ.setdefault("DOCRAY_HOME", tempfile.mkdtemp(prefix="docray-test-home-"))
+os.environ.pop("RAY_ADDRESS", None)  # the suite always runs on its own embedded Ray
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh DOCRAY_HOME for one test."""
+    monkeypatch.setenv("DOCRAY_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One embedded Ray for the whole session: 2 CPUs, as on the CI machine."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="docray-tests", log_to_driver=False,
+             logging_level="ERROR")
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()

@@ -1,0 +1,63 @@
+"""The `docray` command: --help everywhere, info, errors as messages, not tracebacks."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from docray.cli import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield prefix + (name,)
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, prefix + (name,))
+
+
+def test_every_command_has_help(runner):
+    paths = [()] + list(_commands(main))
+    assert ("info",) in paths and ("synth",) in paths
+    for path in paths:
+        res = runner.invoke(main, [*path, "--help"])
+        assert res.exit_code == 0, (path, res.output)
+        assert "Usage:" in res.output and len(res.output) > 80
+
+
+def test_info_json(runner, home):
+    res = runner.invoke(main, ["info", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["docray_home"] == str(home.resolve())
+    assert data["devices"]["cpu_count"] >= 1 and data["devices"]["gpu_count"] >= 0
+    assert data["versions"]["torch"].startswith("2.13.0")
+    assert "embedded" in data["ray_address"] or data["ray_address"]
+
+
+def test_info_table(runner, home, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "ray://example:10001")
+    res = runner.invoke(main, ["info"])
+    assert res.exit_code == 0
+    assert "ray://example:10001" in res.output and str(home.resolve()) in res.output and "gpus" in res.output
+
+
+def test_synth_writes_shards_and_sheet(runner, tmp_path):
+    out = tmp_path / "masks"
+    res = runner.invoke(main, ["synth", "masks", "--n", "12", "--out", str(out), "--rows-per-shard", "5", "--no-ray"])
+    assert res.exit_code == 0, res.output
+    import pyarrow.parquet as pq
+
+    files = sorted(out.glob("*.parquet"))
+    assert len(files) == 3 and sum(pq.read_metadata(f).num_rows for f in files) == 12
+    assert (out / "contact_sheet.png").stat().st_size > 1000
+
+
+def test_synth_bad_option_is_a_message(runner, tmp_path):
+    res = runner.invoke(main, ["synth", "masks", "--n", "2", "--out", str(tmp_path / "x"), "--opt", "colour=3", "--no-ray"])
+    assert res.exit_code != 0 and "Error" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["synth", "pictures", "--n", "2"])
+    assert res.exit_code == 2 and "invalid choice" in res.output.lower()

@@ -1,0 +1,211 @@
+"""Model registry: versioned folders of weights, config and metrics.
+
+Layout (root defaults to `$DOCRAY_HOME/models`, a local path or an fsspec URI):
+
+    <root>/<name>/v0001/model.safetensors   the state dict (safetensors.torch.save_file)
+                        config.json         what builds the model (sorted keys)
+                        metrics.json        evaluation figures ({} when none)
+                        <extra files>       anything else the caller hands in (tokeniser, labels...)
+    <root>/<name>/v0002/...
+    <root>/<name>/.tmp-<random>/            a save in progress (never listed)
+
+A save writes everything into a hidden temp folder, then renames it to the next free version:
+on local disk that rename is atomic, so a crash never leaves a half version visible, and two
+concurrent saves get distinct versions (renaming onto an existing non-empty folder fails; the
+loser takes the next number). On an object store there is no folder rename: files are copied with
+`config.json` last, and only a folder holding both `model.safetensors` and `config.json` counts
+as a version (best effort; concurrent remote saves of one name are not supported).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from docray import paths
+from docray.storage.blobs import NotFound, atomic_write, filesystem, is_local
+
+WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.json", "metrics.json"
+_VERSION = re.compile(r"^v(\d{4,})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def _check_name(name: str, what: str = "model name") -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ValueError(f"{what} {name!r}: use letters, digits, '_', '-', '.' (not leading, no '..')")
+    return name
+
+
+def _tensors(state: dict | nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of a state dict that safetensors accepts (contiguous, no shared storage)."""
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    out = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        out[k] = v.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def _json(obj, what: str) -> bytes:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if not isinstance(obj, dict):
+        raise TypeError(f"{what} must be a dict (or a dataclass), got {type(obj).__name__}")
+    try:
+        return json.dumps(obj, indent=2, sort_keys=True).encode()
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what} is not JSON-serialisable: {e}") from None
+
+
+class ModelRegistry:
+    """Versioned model folders under `root` (default `$DOCRAY_HOME/models`)."""
+
+    def __init__(self, root: str | None = None):
+        self.root = (root or paths.sub("models")).rstrip("/")
+        self.fs, self._base = filesystem(self.root)
+        self._base = self._base.rstrip("/")
+        self.local = is_local(self.fs)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({self.root!r})"
+
+    # -- listing -------------------------------------------------------------------------------
+
+    def _dirs(self, path: str) -> list[str]:
+        """Names of the sub-folders of `path` ([] when it does not exist)."""
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
+
+    def _complete(self, folder: str) -> bool:
+        return self.fs.isfile(f"{folder}/{WEIGHTS}") and self.fs.isfile(f"{folder}/{CONFIG}")
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions of `name`, oldest first (`[]` for an unknown name)."""
+        _check_name(name)
+        found = [d for d in self._dirs(f"{self._base}/{name}") if _VERSION.match(d)]
+        found = [d for d in found if self._complete(f"{self._base}/{name}/{d}")]
+        return sorted(found, key=lambda d: int(d[1:]))
+
+    def names(self) -> list[str]:
+        """Models with at least one complete version."""
+        return sorted(n for n in self._dirs(self._base) if _NAME.match(n) and self.versions(n))
+
+    def latest(self, name: str) -> str:
+        """The newest complete version of `name`; `KeyError` when it has none."""
+        found = self.versions(name)
+        if not found:
+            raise NotFound(f"no model named {name!r} in {self.root}; models: {self.names()}")
+        return found[-1]
+
+    def _resolve(self, name: str, version: str | int) -> str:
+        if version == "latest":
+            return self.latest(name)
+        if isinstance(version, int):
+            version = f"v{version:04d}"
+        found = self.versions(name)
+        if not found:
+            raise NotFound(f"no model named {name!r} in {self.root}; models: {self.names()}")
+        if version not in found:
+            raise NotFound(f"model {name!r} has no version {version!r}; versions: {found}")
+        return version
+
+    def path(self, name: str, version: str | int = "latest") -> str:
+        """The version's folder, as a local path or a URI."""
+        return f"{self.root}/{name}/{self._resolve(name, version)}"
+
+    # -- save / load ---------------------------------------------------------------------------
+
+    def save(
+        self,
+        name: str,
+        state_dict_or_module: dict | nn.Module,
+        config: dict,
+        metrics: dict | None = None,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> str:
+        """Save a new version of `name`; returns it (`v0001`, `v0002`, ...)."""
+        _check_name(name)
+        files = {CONFIG: _json(config, "config"), METRICS: _json(metrics or {}, "metrics")}
+        for fname, data in (extra_files or {}).items():
+            _check_name(fname, "extra file name")
+            if fname in (WEIGHTS, CONFIG, METRICS):
+                raise ValueError(f"extra file {fname!r} would overwrite the registry's own file")
+            if not isinstance(data, (bytes, bytearray)):
+                raise TypeError(f"extra file {fname!r}: expected bytes, got {type(data).__name__}")
+            files[fname] = bytes(data)
+        tensors = _tensors(state_dict_or_module)
+        if self.local:
+            return self._save_local(name, tensors, files)
+        return self._save_remote(name, tensors, files)
+
+    def _next_number(self, name: str) -> int:
+        nums = [int(m.group(1)) for d in self._dirs(f"{self._base}/{name}") if (m := _VERSION.match(d))]
+        return max(nums, default=0) + 1
+
+    def _save_local(self, name: str, tensors: dict, files: dict[str, bytes]) -> str:
+        parent = os.path.join(self._base, name)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".tmp-{secrets.token_hex(6)}")
+        os.mkdir(tmp)
+        try:
+            safetensors.torch.save_file(tensors, os.path.join(tmp, WEIGHTS))
+            for fname, data in files.items():
+                atomic_write(os.path.join(tmp, fname), data)
+            for _ in range(100):  # a concurrent save may take our number: take the next one
+                version = f"v{self._next_number(name):04d}"
+                try:
+                    os.rename(tmp, os.path.join(parent, version))  # atomic; fails onto a non-empty folder
+                    return version
+                except OSError:
+                    if not os.path.isdir(os.path.join(parent, version)):
+                        raise
+            raise RuntimeError(f"could not allocate a version for {name!r} in {parent}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+
+    def _save_remote(self, name: str, tensors: dict, files: dict[str, bytes]) -> str:
+        version = f"v{self._next_number(name):04d}"
+        dest = f"{self._base}/{name}/{version}"
+        with tempfile.TemporaryDirectory() as tmp:
+            safetensors.torch.save_file(tensors, os.path.join(tmp, WEIGHTS))
+            self.fs.makedirs(dest, exist_ok=True)
+            self.fs.put_file(os.path.join(tmp, WEIGHTS), f"{dest}/{WEIGHTS}")
+        for fname in sorted(files, key=lambda f: f == CONFIG):  # config.json last: marks completion
+            self.fs.pipe_file(f"{dest}/{fname}", files[fname])
+        return version
+
+    def load(
+        self, name: str, version: str | int = "latest", device: str = "cpu"
+    ) -> tuple[dict[str, torch.Tensor], dict, dict]:
+        """`(state_dict, config, metrics)` of a version (default: the latest)."""
+        folder = f"{self._base}/{name}/{self._resolve(name, version)}"
+        if self.local:
+            state = safetensors.torch.load_file(f"{folder}/{WEIGHTS}", device=device)
+        else:
+            raw = safetensors.torch.load(self.fs.cat_file(f"{folder}/{WEIGHTS}"))
+            state = {k: v.to(device) for k, v in raw.items()}
+        config = json.loads(self.fs.cat_file(f"{folder}/{CONFIG}"))
+        metrics = json.loads(self.fs.cat_file(f"{folder}/{METRICS}")) if self.fs.isfile(f"{folder}/{METRICS}") else {}
+        return state, config, metrics
+
+    def read_file(self, name: str, filename: str, version: str | int = "latest") -> bytes:
+        """One file of a version (an extra file, or config/metrics raw)."""
+        folder = f"{self._base}/{name}/{self._resolve(name, version)}"
+        _check_name(filename, "file name")
+        try:
+            return self.fs.cat_file(f"{folder}/{filename}")
+        except FileNotFoundError:
+            raise NotFound(f"model {name!r} {version!r} has no file {filename!r}") from None

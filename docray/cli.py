@@ -114,7 +114,7 @@ def _parse_opts(items: tuple[str, ...]) -> dict:
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["documents", "faces", "targets", "masks"]))
+@click.argument("kind", metavar="KIND", type=click.Choice(["documents", "faces", "targets", "masks"]))
 @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True, help="Number of rows.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder for Parquet shards [default: DOCRAY_HOME/datasets/<kind>].")

@@ -27,3 +27,17 @@ def test_fresh_interpreter_imports_timm_transformers_diffusers_via_docray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("(1, 3)")
+
+
+import pytest
+
+
+@pytest.mark.gpu
+def test_timm_resnet_on_gpu():
+    import timm
+    import torch
+
+    assert torch.cuda.is_available(), "run -m gpu on a host with a CUDA GPU"
+    m = timm.create_model("resnet18", num_classes=3).cuda().eval()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        assert m(torch.zeros(2, 3, 64, 64, device="cuda")).shape == (2, 3)

@@ -1,0 +1,285 @@
+"""Synthetic identity and business documents, flat and as camera captures, with labels for every task.
+
+Kind "documents": one row per document. Images are PNG bytes; boxes are [x0, y0, x1, y1] int32
+(x1, y1 exclusive), [] when absent. Columns:
+    id                str     "doc-<seed>-<i>"
+    split             str     'train' | 'val' | 'test' (i % 10: 8 -> val, 9 -> test)
+    doc_type          int32   index into DOC_TYPES
+    doc_type_name     str     identity_card | passport_page | driving_licence | residence_permit |
+                              property_certificate | business_licence
+    image             binary  the capture (size w x h, RGB): perspective, glare, blur, noise, JPEG
+    clean             binary  the flat clean render before capture (same size): the document
+                              centred on a flat grey backdrop (regen compression regenerates this)
+    seg               binary  uint8 'L' label map in `image` coords: 0 background/document,
+                              1 portrait, 2 seal, 3 field text (the field's text box)
+    flash             binary  the same scene (same geometry, so the same boxes and seg) under flash:
+                              a broad bright fall-off and soft hotspot on paper; on a screen
+                              recapture the content is not lit, only a hard glass reflection
+    angles            list<binary>  n_angles further captures of the same document, other views
+    fields            list<struct<name, text, box>>  field values as printed, boxes in `image` px
+    clean_fields      list<struct<name, text, box>>  the same with boxes in `clean` px
+    portrait_box, seal_box, tamper_box                 list<int32>, `image` px
+    clean_portrait_box, clean_seal_box, clean_tamper_box, clean_doc_box  list<int32>, `clean` px
+    doc_quad          list<float32>  document corners in `image` px: tl, tr, br, bl (x, y each)
+    seal_color        str     'red' | 'blue' | ''
+    seal_shape        str     'circle' | 'ellipse' | 'rectangle' | 'square' | ''
+    identity          int32   portrait identity (docray.synth.faces), -1 without a portrait
+    quality           float32 capture quality in (0, 1], from the degradations applied to `image`
+    blur, noise, glare float32, jpeg_quality int32   those degradations (see captures.py)
+    recapture         bool    `image`, `flash` and `angles` are photos of a screen (moire, cast)
+    tampered          bool    one field was re-printed with another value (tamper_field)
+    tamper_field      str     its name, '' if not tampered
+    angles_tampered   bool    whether the tamper also shows in `angles`. Choice: half of the tampers
+                              are "physical" (in every view), half "digital" (edited into the main
+                              document only, so the angle views show the original value)
+
+Options: size=(256, 160) as (w, h), n_angles=2, n_identities=256, recapture_rate=0.2,
+tamper_rate=0.2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageDraw, ImageFilter
+
+from docray.synth import faces, seals
+from docray.synth.captures import (
+    degrade, doc_homography, map_box, render_capture, sample_capture, table_texture, warp_document, warp_labels,
+)
+from docray.synth.common import clip_box, font, png, split_of
+from docray.synth.templates import DOC_TYPES, N_VARIANTS, TEMPLATES, static_layer
+from docray.synth.text import fake_value
+
+KIND_NO = 1
+BACKDROP = (160, 160, 160)  # the flat backdrop of `clean` around the document
+SEG_PORTRAIT, SEG_SEAL, SEG_TEXT = 1, 2, 3
+N_TABLES = 10
+
+BOX = pa.list_(pa.int32())
+FIELD = pa.struct([("name", pa.string()), ("text", pa.string()), ("box", BOX)])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()), ("split", pa.string()), ("doc_type", pa.int32()), ("doc_type_name", pa.string()),
+        ("image", pa.binary()), ("clean", pa.binary()), ("seg", pa.binary()), ("flash", pa.binary()),
+        ("angles", pa.list_(pa.binary())), ("fields", pa.list_(FIELD)), ("clean_fields", pa.list_(FIELD)),
+        ("portrait_box", BOX), ("seal_box", BOX), ("tamper_box", BOX), ("clean_portrait_box", BOX),
+        ("clean_seal_box", BOX), ("clean_tamper_box", BOX), ("clean_doc_box", BOX), ("doc_quad", pa.list_(pa.float32())),
+        ("seal_color", pa.string()), ("seal_shape", pa.string()), ("identity", pa.int32()),
+        ("quality", pa.float32()), ("blur", pa.float32()), ("noise", pa.float32()), ("glare", pa.float32()),
+        ("jpeg_quality", pa.int32()), ("recapture", pa.bool_()), ("tampered", pa.bool_()),
+        ("tamper_field", pa.string()), ("angles_tampered", pa.bool_()),
+    ]
+)
+
+
+@dataclass
+class DocumentsConfig:
+    size: tuple = (256, 160)  # (w, h) of image, clean, seg, flash and angles
+    n_angles: int = 2  # extra views per document
+    n_identities: int = 256  # portrait identities are drawn from [0, n_identities)
+    recapture_rate: float = 0.2  # fraction of screen recaptures
+    tamper_rate: float = 0.2  # fraction of documents with a tampered field
+
+    def check(self):
+        if len(self.size) != 2 or not all(64 <= int(v) <= 4096 for v in self.size):
+            raise ValueError(f"documents: size must be (w, h) with sides in [64, 4096], got {self.size}")
+        self.size = (int(self.size[0]), int(self.size[1]))
+        if not 0 <= int(self.n_angles) <= 16:
+            raise ValueError(f"documents: n_angles must be in [0, 16], got {self.n_angles}")
+        if int(self.n_identities) < 1:
+            raise ValueError(f"documents: n_identities must be >= 1, got {self.n_identities}")
+        for k in ("recapture_rate", "tamper_rate"):
+            if not 0 <= getattr(self, k) <= 1:
+                raise ValueError(f"documents: {k} must be in [0, 1], got {getattr(self, k)}")
+
+
+@dataclass
+class FlatDoc:
+    """A flat document render (document px) and its labels."""
+
+    image: Image.Image
+    fields: list = field(default_factory=list)  # [name, text, box]
+    portrait_box: list = field(default_factory=list)
+    seal_box: list = field(default_factory=list)
+    seal_color: str = ""
+    seal_shape: str = ""
+    identity: int = -1
+
+
+def doc_rect(size, aspect: float) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the document inside the canvas `size`, keeping the template's aspect."""
+    w, h = size
+    m = max(2, round(0.03 * h))
+    dh = h - 2 * m
+    dw = min(w - 2 * m, round(dh * aspect))
+    dh = min(dh, round(dw / aspect))
+    return (w - dw) // 2, (h - dh) // 2, dw, dh
+
+
+def _fit_text(text: str, f, x: float, right: float) -> str:
+    while len(text) > 1 and x + f.getlength(text) > right:
+        text = text[:-1].rstrip()
+    return text
+
+
+def _draw_value(d: ImageDraw.ImageDraw, xy, text: str, f, fill, right: float) -> tuple[str, list[int]]:
+    text = _fit_text(text, f, xy[0], right)
+    d.text(xy, text, font=f, fill=fill)
+    return text, list(d.textbbox(xy, text, font=f))
+
+
+def _draw_fields(img: Image.Image, type_no: int, variant: int, rng: np.random.Generator) -> list:
+    t, layer = TEMPLATES[type_no], static_layer(type_no, variant, *img.size)
+    d, out = ImageDraw.Draw(img), []
+    ink = tuple(int(v) for v in np.clip(np.array(t.value_color) + rng.integers(-15, 16, 3), 0, 255))
+    for k, fs in enumerate(t.fields):
+        f = font(fs.style, layer.value_size[k])
+        text, box = _draw_value(d, layer.value_xy[k], fake_value(fs.gen, rng), f, ink, layer.value_right[k])
+        out.append([fs.name, text, box])
+    return out
+
+
+def _tamper(img: Image.Image, doc: FlatDoc, type_no: int, variant: int, rng: np.random.Generator) -> tuple[int, list[int]]:
+    """Re-print one field with another value: erased with a slightly-off background patch, new text in a
+    slightly different size/colour, sometimes softened like a pasted patch. Returns (field index, box)."""
+    t, layer = TEMPLATES[type_no], static_layer(type_no, variant, *img.size)
+    k = int(rng.integers(len(t.fields)))
+    name, old, box = doc.fields[k]
+    e = clip_box([box[0] - 1, box[1] - 1, box[2] + 2, box[3] + 1], *img.size)
+    patch = np.asarray(layer.image.crop(e), np.float32) * rng.uniform(0.95, 1.05) + rng.uniform(-6, 6, 3)
+    new = old
+    for _ in range(8):
+        if new != old:
+            break
+        new = fake_value(t.fields[k].gen, rng)
+    if new == old:
+        new = old[:-1] + ("7" if old[-1:] != "7" else "1")
+    f = font(t.fields[k].style, layer.value_size[k] + int(rng.integers(-1, 2)))
+    ink = tuple(int(v) for v in np.clip(np.array(t.value_color) + rng.integers(-40, 41, 3), 0, 255))
+    x, y = layer.value_xy[k][0] + int(rng.integers(-1, 2)), layer.value_xy[k][1] + int(rng.integers(-1, 2))
+    new = _fit_text(new, f, x, layer.value_right[k])
+    nb = clip_box(ImageDraw.Draw(img).textbbox((x, y), new, font=f), *img.size)
+    region = [min(e[0], nb[0] - 1), min(e[1], nb[1] - 1), max(e[2], nb[2] + 1), max(e[3], nb[3] + 1)]
+    region = clip_box(region, *img.size)
+    piece = layer.image.crop(region)
+    piece.paste(Image.fromarray(np.clip(patch, 0, 255).astype(np.uint8)), (e[0] - region[0], e[1] - region[1]))
+    ImageDraw.Draw(piece).text((x - region[0], y - region[1]), new, font=f, fill=ink)
+    if rng.random() < 0.4:  # a pasted, resampled patch
+        piece = piece.filter(ImageFilter.GaussianBlur(0.6))
+    img.paste(piece, region[:2])
+    doc.fields[k] = [name, new, nb]
+    return k, region
+
+
+def _portrait(img: Image.Image, doc: FlatDoc, slot, n_identities: int, rng: np.random.Generator):
+    w, h = img.size
+    x0, y0, x1, y1 = round(slot[0] * w), round(slot[1] * h), round((slot[0] + slot[2]) * w), round((slot[1] + slot[3]) * h)
+    doc.identity = int(rng.integers(n_identities))
+    bg = tuple(int(v) for v in rng.integers(200, 250, 3))
+    pose = replace(faces.sample_pose(rng, strength=0.3), background=bg, noise=float(rng.uniform(0, 3)),
+                   light=float(rng.uniform(0, 0.2)), brightness=float(rng.uniform(0.9, 1.1)))
+    img.paste(faces.render_face(faces.face_geometry(doc.identity), pose, (x1 - x0, y1 - y0), rng), (x0, y0))
+    doc.portrait_box = [x0, y0, x1, y1]
+
+
+def _seal_params(type_no: int, dh: int, dw: int, rng: np.random.Generator) -> dict | None:
+    s = TEMPLATES[type_no].seal
+    if rng.random() >= s.p:
+        return None
+    return dict(
+        shape=s.shapes[int(rng.integers(len(s.shapes)))], color=s.colors[int(rng.integers(len(s.colors)))],
+        variant=int(rng.integers(seals.N_VARIANTS)), h=max(12, round(s.h * dh * rng.uniform(0.9, 1.1))),
+        center=((s.x + rng.uniform(-0.03, 0.03)) * dw, (s.y + rng.uniform(-0.03, 0.03)) * dh),
+        angle=float(rng.uniform(-20, 20)), strength=float(rng.uniform(0.55, 0.95)), tex_xy=tuple(rng.uniform(0, 1, 2)),
+    )
+
+
+def _seg_map(doc: FlatDoc, size, seal: dict | None) -> Image.Image:
+    seg = Image.new("L", size, 0)
+    d = ImageDraw.Draw(seg)
+    for _, _, b in doc.fields:
+        d.rectangle([b[0], b[1], b[2] - 1, b[3] - 1], fill=SEG_TEXT)
+    if doc.portrait_box:
+        b = doc.portrait_box
+        d.rectangle([b[0], b[1], b[2] - 1, b[3] - 1], fill=SEG_PORTRAIT)
+    if seal is not None:  # a throwaway canvas: the seal's filled shape only
+        seals.stamp(Image.new("RGB", size), seg, **seal)
+    return seg
+
+
+def _offset(box, dx: int, dy: int) -> list[int]:
+    return [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy] if box else []
+
+
+def _to_image(H: np.ndarray, box, size) -> list[int]:
+    return clip_box(map_box(H, box), *size) if box else []
+
+
+def _flat_document(type_no: int, variant: int, dw: int, dh: int, cfg: DocumentsConfig, rng: np.random.Generator):
+    """(doc, original, seg, seal, tamper) for one document: `doc.image` is what `clean` shows,
+    `original` the same document before any tamper, `seg` its label map in document px."""
+    t = TEMPLATES[type_no]
+    img = static_layer(type_no, variant, dw, dh).image.copy()
+    doc = FlatDoc(img)
+    doc.fields = _draw_fields(img, type_no, variant, rng)
+    if t.portrait is not None:
+        _portrait(img, doc, t.portrait, cfg.n_identities, rng)
+    seal = _seal_params(type_no, dh, dw, rng)
+    tamper = None
+    original = img
+    if rng.random() < cfg.tamper_rate:
+        original = img.copy()
+        tamper = _tamper(img, doc, type_no, variant, rng)
+    seg = _seg_map(doc, (dw, dh), seal)
+    if seal is not None:
+        box = seals.stamp(img, None, **seal)
+        if original is not img:  # the untampered copy carries the same stamp
+            seals.stamp(original, None, **seal)
+        doc.seal_box, doc.seal_color, doc.seal_shape = clip_box(box, dw, dh), seal["color"], seal["shape"]
+    return doc, original, seg, tamper
+
+
+def make_row(i: int, rng: np.random.Generator, seed: int, cfg: DocumentsConfig) -> dict:
+    """Row i of the documents set (see the module docstring for the columns)."""
+    size = cfg.size
+    type_no, variant = int(rng.integers(len(TEMPLATES))), int(rng.integers(N_VARIANTS))
+    ox, oy, dw, dh = doc_rect(size, TEMPLATES[type_no].aspect)
+    doc, original, seg, tamper = _flat_document(type_no, variant, dw, dh, cfg, rng)
+    angles_tampered = tamper is not None and bool(rng.random() < 0.5)
+    clean = Image.new("RGB", size, BACKDROP)
+    clean.paste(doc.image, (ox, oy))
+
+    recapture = bool(rng.random() < cfg.recapture_rate)
+    level = float(rng.uniform())
+    table = table_texture(int(rng.integers(N_TABLES)), *size)
+    cap = sample_capture(rng, (dw, dh), size, level, recapture)
+    H = doc_homography(cap, (dw, dh))
+    arr = np.asarray(doc.image)
+    base = warp_document(arr, table, H)  # one geometry for the no-flash and the flash frame
+    image = degrade(base, cap, rng, recapture)
+    flash = degrade(base, replace(cap, flash=True, blur=cap.blur * 0.6, noise=cap.noise * 0.5), rng, recapture)
+    src = arr if (tamper is None or angles_tampered) else np.asarray(original)
+    angles = []
+    for _ in range(cfg.n_angles):
+        lv = float(np.clip(level + rng.normal(0, 0.15), 0, 1))
+        c = sample_capture(rng, (dw, dh), size, lv, recapture, persp=float(rng.uniform(1.2, 2.0)))
+        angles.append(png(render_capture(src, table, c, rng, recapture)))
+
+    tbox = tamper[1] if tamper else []
+    return {
+        "id": f"doc-{seed}-{i:07d}", "split": split_of(i), "doc_type": type_no, "doc_type_name": DOC_TYPES[type_no],
+        "image": png(image), "clean": png(clean), "seg": png(warp_labels(np.asarray(seg), H, size)),
+        "flash": png(flash), "angles": angles,
+        "fields": [{"name": n, "text": t, "box": _to_image(H, b, size)} for n, t, b in doc.fields],
+        "clean_fields": [{"name": n, "text": t, "box": _offset(b, ox, oy)} for n, t, b in doc.fields],
+        "portrait_box": _to_image(H, doc.portrait_box, size), "seal_box": _to_image(H, doc.seal_box, size),
+        "tamper_box": _to_image(H, tbox, size), "clean_portrait_box": _offset(doc.portrait_box, ox, oy),
+        "clean_seal_box": _offset(doc.seal_box, ox, oy), "clean_tamper_box": _offset(tbox, ox, oy),
+        "clean_doc_box": [ox, oy, ox + dw, oy + dh], "doc_quad": list(cap.quad),
+        "seal_color": doc.seal_color, "seal_shape": doc.seal_shape, "identity": doc.identity,
+        "quality": cap.quality, "blur": cap.blur, "noise": cap.noise, "glare": cap.glare, "jpeg_quality": cap.jpeg,
+        "recapture": recapture, "tampered": tamper is not None,
+        "tamper_field": doc.fields[tamper[0]][0] if tamper else "", "angles_tampered": angles_tampered,
+    }

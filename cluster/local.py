@@ -11,6 +11,8 @@ free for everything else; GPUs are split the same way when present.
 """
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 from pathlib import Path
 
@@ -42,6 +44,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
             ray.init(address=address, **common)
         else:
             ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **common)
+    if quiet:  # Ray Data logs every operator's progress at INFO when stdout is not a terminal
+        importlib.import_module("ray.data")  # configures its loggers on import; lower them afterwards
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray.cluster_resources()
 
 

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -29,7 +31,35 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Method command groups, imported only when used so `docray --help` stays fast.
+LAZY_GROUPS = {
+    "screen": "docray.screening.cli:screen",
+    "masks": "docray.masking.cli:masks",
+    "recognize": "docray.recognition.cli:recognize",
+    "compress": "docray.compression.cli:compress",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose method sub-groups load on first use (click's documented lazy pattern)."""
+
+    def _lazy(self) -> dict[str, str]:
+        return {name: target for name, target in LAZY_GROUPS.items()
+                if importlib.util.find_spec(target.split(":")[0].rsplit(".", 1)[0]) is not None
+                and importlib.util.find_spec(target.split(":")[0]) is not None}
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self._lazy()})
+
+    def get_command(self, ctx, name):
+        target = self._lazy().get(name)
+        if target is None:
+            return super().get_command(ctx, name)
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version("docray"), prog_name="docray")
 def main() -> None:
     """docray: document-image intelligence on Ray.

@@ -1,6 +1,7 @@
 """The `docray` command: --help everywhere, info, errors as messages, not tracebacks."""
 import json
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -13,9 +14,11 @@ def runner():
 
 
 def _commands(group, prefix=()):
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
         yield prefix + (name,)
-        if hasattr(cmd, "commands"):
+        if isinstance(cmd, click.Group):
             yield from _commands(cmd, prefix + (name,))
 
 

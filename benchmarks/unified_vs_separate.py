@@ -1,0 +1,149 @@
+"""Unified recognition vs the models it replaces: one single-task model per task, same encoder size.
+
+Both start from the same registered MAE encoder (or from scratch with encoder_from=''), see the
+same training documents for the same number of epochs (the unified model asks every task of every
+document: frame_tasks_per_batch covers all multi-frame tasks), and are scored on the held-out
+split. Prints per task: metric, a no-image baseline ("chance"), unified, separate; then total
+parameters (the frozen text encoder is outside both: its query vectors are stored buffers) and the
+time to answer all tasks for one image (batch 1, CPU threads as configured). Last line: JSON.
+
+    python -m benchmarks.unified_vs_separate                                  # ~2k train docs, a few epochs
+    python -m benchmarks.unified_vs_separate --set n_docs=10000 epochs=30      # a longer run (GPU: device=cuda)
+    python -m benchmarks.unified_vs_separate --set model=unified_tiny encoder_from='' n_docs=60 epochs=1 text_encoder=hash
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from docray import paths
+from docray.config import Config, parse_args, save_config
+
+
+class BenchConfig(Config):
+    model: str = Field("unified_small", description="unified factory; the separate models use the same one")
+    encoder_from: str = Field("recognition-encoder", description="registered MAE encoder ('' = scratch)")
+    text_encoder: str = "minilm"
+    n_docs: int = Field(2500, ge=20, description="synthetic documents (80% train, test 10% held out)")
+    seed: int = 0
+    epochs: int = Field(5, ge=1, description="training epochs, the same for every model")
+    train_limit: int | None = Field(None, ge=1, description="use only the first N training documents (a quick run)")
+    batch_size: int = 32
+    lr: float = 1e-3
+    encoder_lr: float = 5e-4
+    frame_tasks_per_batch: int = Field(2, ge=1, description="unified: multi-frame tasks per batch (2 = all)")
+    tasks: list[str] | None = Field(None, description="a subset of the catalogue (None: all)")
+    eval_split: str = "test"
+    threads: int = Field(2, ge=1, description="torch CPU threads")
+    timing_repeats: int = Field(20, ge=1)
+    device: str = Field("cpu", description="cpu | cuda")
+    out: str = Field(default_factory=lambda: paths.sub("reports", "unified_vs_separate"))
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.inference_mode()
+def time_all_tasks(models: list, arrays: dict, device, repeats: int, split: str = "test") -> float:
+    """Median ms to answer every task of each model for one image (frames included), summed over models."""
+    from docray.recognition.data import DocumentSet
+    from docray.recognition.engine import model_inputs
+
+    item = torch.utils.data.default_collate([DocumentSet(arrays, split)[0]])
+    calls = []
+    for m in models:
+        m.eval()
+        calls.append((m, model_inputs(item, m.catalogue, list(range(len(m.catalogue.tasks))), device)))
+    for m, inp in calls:  # warm-up
+        m(**inp)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for m, inp in calls:
+            m(**inp)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def main(argv=None) -> dict:
+    from docray.recognition.data import documents_table, prepare
+    from docray.recognition.engine import evaluate, fit
+    from docray.recognition.metrics import HIGHER_IS_BETTER, METRIC_NAME, chance
+    from docray.recognition.data import DocumentSet
+    from train_jobs.unified_train import UnifiedTrainConfig, build, catalogue_of
+
+    c = parse_args(BenchConfig, argv, description=__doc__.split("\n")[0])
+    torch.set_num_threads(c.threads)
+    save_config(c, c.out)
+    ucfg = UnifiedTrainConfig(model=c.model, encoder_from=c.encoder_from, text_encoder=c.text_encoder,
+                              tasks=c.tasks, n_docs=c.n_docs, seed=c.seed)
+    cat = catalogue_of(ucfg)
+    arrays = prepare(documents_table(c.n_docs, c.seed), cat, build(ucfg)[0].image_size)
+    if c.train_limit:
+        arrays["split"][(arrays["split"] == "train").nonzero()[0][c.train_limit:]] = "unused"
+    held = torch.utils.data.DataLoader(DocumentSet(arrays, c.eval_split), batch_size=64)
+    train_kw = dict(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, encoder_lr=c.encoder_lr, device=c.device,
+                    seed=c.seed)
+
+    t0 = time.time()
+    unified, _ = build(ucfg)
+    unified.to(c.device)
+    fit(unified, arrays, cat, frame_tasks_per_batch=c.frame_tasks_per_batch, desc="unified", **train_kw)
+    u_metrics = evaluate(unified, held, cat, c.device)
+    u_train_s = time.time() - t0
+
+    separate, s_metrics, t0 = [], {}, time.time()
+    for t in cat.tasks:
+        m, sub = build(ucfg.model_copy(update={"tasks": [t.name]}))
+        m.to(c.device)
+        sub_arrays = {**arrays, "task_set": sub.task_set_matrix(arrays["doc_type_name"])}  # its own task set
+        fit(m, sub_arrays, sub, desc=t.name, **train_kw)
+        sub_held = torch.utils.data.DataLoader(DocumentSet(sub_arrays, c.eval_split), batch_size=64)
+        s_metrics[t.name] = evaluate(m, sub_held, sub, c.device)[t.name]
+        separate.append(m)
+    s_train_s = time.time() - t0
+
+    split = arrays["split"]
+    rows = []
+    for t in cat.tasks:
+        y = arrays["targets"][t.name]
+        base = chance(t.type, y[split == "train"], y[split == c.eval_split], t.n_out)
+        u, s = u_metrics[t.name], s_metrics[t.name]
+        better = (u - s) if HIGHER_IS_BETTER[t.type] else (s - u)
+        rows.append({"task": t.name, "type": t.type, "metric": METRIC_NAME[t.type], "chance": base,
+                     "unified": u, "separate": s, "unified_minus_separate_points": 100 * better})
+    u_params, s_params = n_params(unified), sum(n_params(m) for m in separate)
+    u_ms = time_all_tasks([unified], arrays, c.device, c.timing_repeats, c.eval_split)
+    s_ms = time_all_tasks(separate, arrays, c.device, c.timing_repeats, c.eval_split)
+
+    print(f"\nunified vs separate on {int((split == c.eval_split).sum())} held-out documents "
+          f"({int((split == 'train').sum())} train, {c.epochs} epochs, encoder: {c.encoder_from or 'scratch'})")
+    print(f"{'task':22s} {'metric':9s} {'chance':>8s} {'unified':>8s} {'separate':>9s} {'u-s (pts, +=better)':>20s}")
+    for r in rows:
+        print(f"{r['task']:22s} {r['metric']:9s} {r['chance']:8.3f} {r['unified']:8.3f} {r['separate']:9.3f} "
+              f"{r['unified_minus_separate_points']:20.1f}")
+    print(f"{'parameters':22s} {'':9s} {'':8s} {u_params:8,d} {s_params:9,d}   ratio {u_params / s_params:.2f}")
+    print(f"{'all tasks, 1 image':22s} {'ms':9s} {'':8s} {u_ms:8.1f} {s_ms:9.1f}")
+    print(f"{'training':22s} {'s':9s} {'':8s} {u_train_s:8.0f} {s_train_s:9.0f}")
+    print(f"gate routing accuracy {u_metrics['gate_accuracy']:.3f}, task-set accuracy {u_metrics['task_set_accuracy']:.3f}")
+    summary = {
+        "tasks": rows, "unified_params": u_params, "separate_params": s_params,
+        "param_ratio": u_params / s_params, "unified_all_tasks_ms": u_ms, "separate_all_tasks_ms": s_ms,
+        "unified_train_s": u_train_s, "separate_train_s": s_train_s, "gate_accuracy": u_metrics["gate_accuracy"],
+        "task_set_accuracy": u_metrics["task_set_accuracy"], "epochs": c.epochs, "n_docs": c.n_docs,
+        "worst_gap_points": min(r["unified_minus_separate_points"] for r in rows),
+    }
+    Path(c.out).mkdir(parents=True, exist_ok=True)
+    Path(c.out, "result.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Unified recognition: task catalogue, task selection, data, metrics, training engine, batch predictor."""

@@ -1,0 +1,133 @@
+"""Unified recognition through Ray: a 2-worker Ray Train run that fails once and resumes, the
+encoder hand-off from MAE pre-training, `serve.run` of /v1/recognize, and the archive Data job."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from docray.recognition.data import documents_table
+
+TINY = ["model=unified_tiny", "text_encoder=hash", "n_docs=20", "batch_size=8", "eval_split=val"]
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, tmp_path_factory):
+    """A registered tiny encoder -> unified training on 2 workers that fails after epoch 0 and
+    resumes from its checkpoint -> a registered unified model (used by Serve and Data below)."""
+    from docray.models import build_model
+    from train_jobs import mae_pretrain, unified_train
+
+    out = tmp_path_factory.mktemp("runs")
+    mcfg = mae_pretrain.MAEPretrainConfig(model="vit_mae_tiny", register_as="test-encoder")
+    mae_pretrain.register_encoder(mcfg, build_model("vit_mae_tiny").state_dict(), {"loss": 1.0})
+    uni = unified_train.main(["--set", *TINY, "epochs=2", "num_workers=2", "cpus_per_worker=0.5", "fail_at_epoch=0",
+                              "encoder_from=test-encoder", "register_as=test-unified", f"out={out / 'uni'}"])
+    return uni, out
+
+
+@pytest.mark.slow
+def test_mae_pretrain_job_registers_encoder_and_writes_grids(ray_cluster, tmp_path):
+    from docray.storage.registry import ModelRegistry
+    from train_jobs import mae_pretrain
+
+    mae = mae_pretrain.main(["--set", "model=vit_mae_tiny", "n_docs=20", "epochs=2", "batch_size=16", "num_workers=2",
+                             "cpus_per_worker=0.5", "fail_at_epoch=0", "register_as=test-encoder-job",
+                             f"out={tmp_path / 'mae'}"])
+    assert mae["registered"].startswith("test-encoder-job/v") and mae["resumed_at_epoch"] == 1
+    state, config, metrics = ModelRegistry().load("test-encoder-job")
+    assert config["name"] == "vit_encoder_tiny" and "loss" in metrics
+    assert all(k.startswith("vit.") for k in state)
+    for epoch in (0, 1):
+        w, h = Image.open(tmp_path / "mae" / "grids" / f"epoch_{epoch:03d}.png").size
+        assert w % 3 == 0 and h % (w // 3) == 0  # original | masked | reconstruction, a row per image
+    assert (tmp_path / "mae" / "config.yaml").exists()
+
+
+def test_two_worker_training_resumed_from_checkpoint(trained):
+    uni, out = trained
+    assert uni["epochs"] == 2
+    assert uni["resumed_at_epoch"] == 1  # the injected failure after epoch 0; the restart loaded its checkpoint
+    assert (out / "uni" / ".failed_once").exists()
+    assert uni["registered"].startswith("test-unified/v")
+    assert 0 <= uni["val/doc_type"] <= 1 and "val/layout_detection" in uni
+
+
+def test_serve_recognize(trained):
+    import httpx
+    from ray import serve
+
+    from serve_apps.recognition import build_app
+
+    serve.run(build_app({"model": "test-unified", "select": "all"}), name="recognition", route_prefix="/recognition")
+    row = documents_table(20, seed=0).slice(0, 1).to_pylist()[0]
+    url = "http://127.0.0.1:8000/recognition/v1/recognize"
+    try:
+        r = httpx.post(url, files={"image": ("d.png", row["image"], "image/png")},
+                       data={"tasks": json.dumps(["doc_type", "layout_detection", "layout_segmentation"])}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body["results"]) == {"doc_type", "layout_detection", "layout_segmentation"}
+        # every answer comes from its unit, or says the (barely trained) gate sent it elsewhere
+        for name, res in body["results"].items():
+            assert "error" in res or res["type"] == {"doc_type": "cls", "layout_detection": "det",
+                                                     "layout_segmentation": "seg"}[name]
+        r = httpx.post(url, files=[("image", ("d.png", row["image"], "image/png")),
+                                   ("frames[]", ("f.png", row["flash"], "image/png"))],
+                       data={"tasks": json.dumps(["screen_recapture"])}, timeout=60)
+        assert r.status_code == 200 and "screen_recapture" in r.json()["results"], r.text
+        bad = [
+            ({"image": ("x.png", b"not an image", "image/png")}, {}, 415),
+            ({"image": ("d.png", row["image"], "image/png")}, {"tasks": '["nope"]'}, 400),
+            ({"image": ("d.png", row["image"], "image/png")}, {"tasks": "[not json"}, 400),
+            ({"image": ("d.png", row["image"], "image/png")}, {"tasks": '["screen_recapture"]'}, 400),
+            ({}, {}, 400),
+        ]
+        for files, data, status in bad:
+            r = httpx.post(url, files=files or {"other": ("a", b"a")}, data=data, timeout=60)
+            assert r.status_code == status, (data, r.text)
+            assert set(r.json()["error"]) == {"code", "message"}
+        r = httpx.post(url, files={"image": ("d.png", row["image"], "image/png")}, data={"tasks": '["nope"]'}, timeout=60)
+        assert "nope" in r.json()["error"]["message"] and r.json()["error"]["code"] == "unknown_task"
+    finally:
+        serve.delete("recognition")
+
+
+def test_recognize_archive_job(trained, tmp_path):
+    from data_jobs.recognize_archive import RecognizeArchiveConfig, run
+
+    rows = documents_table(20, seed=0).slice(0, 6)
+    src = tmp_path / "archive"
+    src.mkdir()
+    pq.write_table(rows.select(["id", "image", "flash", "angles"]), src / "part-0.parquet")
+    out = tmp_path / "out"
+    cfg = RecognizeArchiveConfig(input=str(src), out=str(out), model="test-unified",
+                                 tasks=["doc_type", "capture_quality", "screen_recapture"], batch_size=4)
+    summary = run(cfg)
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(out.glob("*.parquet"))])
+    assert summary["files"] >= 1 and table.num_rows == 6
+    assert sorted(table.column("id").to_pylist()) == sorted(rows.column("id").to_pylist())
+    first = json.loads(table.column("results")[0].as_py())
+    assert set(first) == {"doc_type", "capture_quality", "screen_recapture"}
+    # an ImageFolder archive (images only): frame tasks cannot be asked there
+    folder = tmp_path / "folder" / "docs"
+    folder.mkdir(parents=True)
+    for r in rows.slice(0, 2).to_pylist():
+        Image.open(io.BytesIO(r["image"])).save(folder / f"{r['id']}.png")
+    cfg2 = cfg.model_copy(update={"input": str(tmp_path / "folder"), "out": str(tmp_path / "out2"),
+                                  "tasks": ["doc_type"]})
+    run(cfg2)
+    t2 = pa.concat_tables([pq.read_table(f) for f in sorted((tmp_path / "out2").glob("*.parquet"))])
+    assert t2.num_rows == 2 and "doc_type_label" in t2.column_names
+    assert np.isin(t2.column("doc_type_label").to_pylist() + [None], [None, *_doc_types()]).all()
+
+
+def _doc_types():
+    from docray.recognition.tasks import load_catalogue
+
+    return load_catalogue().get("doc_type").classes

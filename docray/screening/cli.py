@@ -1,0 +1,70 @@
+"""`docray screen ...`: thin wrappers over the screening jobs and the library.
+
+    docray screen build  [--set input=DIR descriptor=...]     # data_jobs.build_cutout_library
+    docray screen query  PICTURE... [--release-time 2024-05-01] [--cut-type 3x3]
+    docray screen rescan --set input=ARCHIVE out=REPORT       # data_jobs.archive_rescan
+    docray screen info                                        # library version, tiles, index kind
+"""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group("screen")
+def screen() -> None:
+    """Cut-out screening: build the tile library, screen pictures, rescan archives."""
+
+
+@screen.command("build", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def build(args) -> None:
+    """Build or extend the library (arguments as `python -m data_jobs.build_cutout_library`)."""
+    from data_jobs.build_cutout_library import main
+
+    main(list(args))
+
+
+@screen.command("rescan", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def rescan(args) -> None:
+    """Rescan an archive (arguments as `python -m data_jobs.archive_rescan`)."""
+    from data_jobs.archive_rescan import main
+
+    main(list(args))
+
+
+@screen.command("query")
+@click.argument("pictures", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--release-time", default=None, help="ISO date or day number of the document")
+@click.option("--cut-type", default=None, help="cut type of the query (1x3 ... 3x3), if known")
+@click.option("--library", default=None, help="library folder (default DOCRAY_HOME/indexes/screening)")
+@click.option("--threshold", type=float, default=None, help="override the match threshold")
+@click.option("--learn/--no-learn", default=False, help="add pictures found by the second match to the library")
+def query(pictures, release_time, cut_type, library, threshold, learn) -> None:
+    """Screen one document (its pictures) locally, without Ray; prints the verdict as JSON."""
+    from pathlib import Path
+
+    from docray.imageio import decode_image
+    from docray.screening.embed import Embedder
+    from docray.screening.library import Library
+    from docray.screening.matching import Screener, ScreenConfig
+
+    lib = Library.open(library)
+    cfg = ScreenConfig(learn=learn, **({"threshold": threshold} if threshold is not None else {}))
+    s = Screener(lib, Embedder.load(lib.manifest["descriptor"]), cfg)
+    images = [decode_image(Path(p).read_bytes(), name=p) for p in pictures]
+    rt = int(release_time) if release_time and release_time.lstrip("-").isdigit() else release_time
+    click.echo(json.dumps(s.screen(images, rt, cut_type), indent=2))
+
+
+@screen.command("info")
+@click.option("--library", default=None, help="library folder (default DOCRAY_HOME/indexes/screening)")
+def info(library) -> None:
+    """The library's manifest: version, tiles, index kind, descriptor."""
+    from docray.screening.library import Library
+
+    lib = Library.open(library)
+    click.echo(json.dumps({"root": str(lib.root), "version": lib.version, "tiles": len(lib), "index": lib.index.current_kind,
+                           "descriptor": lib.manifest["descriptor"], "templates": lib.manifest["templates"]}, indent=2))

@@ -1,0 +1,47 @@
+"""Training and benchmark data for screening, from the synthetic world (`docray.synth` targets)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from docray.imageio import decode_image
+from docray.screening.augment import copy_edit, to_tensor
+from docray.screening.dedup import detail
+from docray.screening.templates import DEFAULT_TEMPLATES, cut
+
+
+def synth_pictures(start: int, stop: int, seed: int = 0, split: str | None = None, size: int = 192):
+    """(PIL pictures, table) of synthetic targets rows [start, stop), optionally one split only."""
+    from docray.synth import generate
+
+    table = generate("targets", start, stop, seed=seed, size=size)
+    if split is not None:
+        keep = np.flatnonzero(np.asarray(table.column("split").to_pylist()) == split)
+        table = table.take(keep)
+    return [decode_image(b) for b in table.column("image").to_pylist()], table
+
+
+def raw_tiles(pictures, templates=DEFAULT_TEMPLATES, min_detail: float = 12.0) -> list[Image.Image]:
+    """Every template's tiles of every picture at their own size, flat ones (nothing to match) left out."""
+    return [t.image for p in pictures for tpl in templates for t in cut(p, tpl, None) if detail(t.image) >= min_detail]
+
+
+class CopyPairs(torch.utils.data.Dataset):
+    """Pairs (library view, edited copy) of tile i: the library view is clean half of the time."""
+
+    def __init__(self, tiles: list[Image.Image], image_size: int, length: int, seed: int = 0):
+        self.tiles, self.size, self.length, self.seed = tiles, image_size, length, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        k = int(rng.integers(len(self.tiles)))
+        tile = self.tiles[k]
+        a = tile if rng.random() < 0.5 else copy_edit(tile, rng, strength=0.5)
+        b = copy_edit(tile, rng)
+        x = to_tensor([a, b], self.size)  # (2, 3, s, s)
+        return x[0], x[1], k

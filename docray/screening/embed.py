@@ -1,0 +1,52 @@
+"""The descriptor at inference: load it (folder, registry, or a fresh tiny one for tests) and embed tiles."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from docray.screening.augment import to_tensor
+
+
+def load_descriptor(source: str = "registry:descriptor", device: str | None = None) -> torch.nn.Module:
+    """A descriptor in eval mode from a `save_pretrained` folder, `registry:<name>[:<version>]`,
+    or `build:<factory>` (random weights; tests and smoke runs only)."""
+    from docray.models import build_model, from_pretrained
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if source.startswith("build:"):
+        torch.manual_seed(0)
+        model = build_model(source.split(":", 1)[1])
+    elif source.startswith("registry:"):
+        from docray.storage.registry import ModelRegistry
+
+        name, _, version = source.split(":", 1)[1].partition(":")
+        state, config, _ = ModelRegistry().load(name, version or "latest")
+        model = build_model(config["name"], **config.get("overrides", {}))
+        model.load_state_dict(state)
+    else:
+        model = from_pretrained(source)
+    return model.to(device).eval()
+
+
+class Embedder:
+    """PIL tiles -> L2-normalised float32 vectors (n, dim), in batches, on the model's device."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int = 256):
+        self.model, self.batch_size = model, batch_size
+        self.size, self.dim = model.cfg.image_size, model.cfg.dim
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(cls, source: str = "registry:descriptor", **kw) -> "Embedder":
+        return cls(load_descriptor(source), **kw)
+
+    @torch.inference_mode()
+    def __call__(self, tiles: list[Image.Image]) -> np.ndarray:
+        if not tiles:
+            return np.zeros((0, self.dim), np.float32)
+        out = []
+        for i in range(0, len(tiles), self.batch_size):
+            x = to_tensor(tiles[i:i + self.batch_size], self.size).to(self.device)
+            out.append(self.model(x).float().cpu().numpy())
+        return np.concatenate(out)

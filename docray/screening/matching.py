@@ -1,0 +1,171 @@
+"""Matching, the method: picture -> text regions (OCR) -> crops scaled to tile size -> descriptor ->
+candidates whose attributes equal the query's -> similarity >= threshold is a match; no match ->
+extension rule -> second match; a document is abnormal when any picture matches; the pictures of
+documents found abnormal by the second match join the library as wild tiles.
+
+    screener = Screener(library, Embedder.load(), ScreenConfig())
+    verdict = screener.screen([pic1, pic2], release_time="2024-05-01", cut_type=None)
+    verdict["abnormal"], verdict["matches"]   # evidence: picture, region, tile_id, source, similarity, stage
+
+The three steps are separate (`regions`, embedding, `match`) so the Serve app can batch the
+descriptor across requests between them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import Field
+
+from docray.config import Config
+from docray.screening.library import Library, TileBatch, to_day, wild_tile
+from docray.screening.rules import ExtensionRule, extended_filter, primary_filter
+from docray.screening.templates import CUT_TYPES
+
+Box = tuple[int, int, int, int]
+
+
+class ScreenConfig(Config):
+    threshold: float = Field(0.75, description="cosine similarity at or above which a region matches a tile")
+    k: int = Field(5, ge=1, description="candidates fetched per region")
+    rule: ExtensionRule = ExtensionRule()
+    text_finder: Literal["ocr", "none"] = Field("ocr", description="'none': every picture region is a candidate")
+    require_text: bool = Field(True, description="with OCR, pictures without text are not searched")
+    whole_picture: bool = Field(True, description="the whole picture is a candidate region too (a tile posted alone)")
+    min_region: int = Field(16, description="smallest region side in pixels")
+    max_regions: int = Field(8, description="regions per picture at most")
+    learn: bool = Field(True, description="add pictures of documents found abnormal by the second match to the library")
+    dedup_similarity: float = Field(0.95, description="near-duplicate similarity when tiles are added")
+
+
+@dataclass
+class Region:
+    picture: int  # index of the picture in the document
+    box: Box  # in the picture's pixels
+    crop: Image.Image
+
+
+def picture_boxes(img: Image.Image, min_side: int = 16, tol: int = 18) -> list[Box]:
+    """Boxes of the pictures laid out on a plain background (a post, a collage): connected
+    components of the pixels that differ from the border colour."""
+    import cv2
+
+    a = np.asarray(img.convert("RGB"), np.int16)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    bg = np.median(border, 0)
+    fg = (np.abs(a - bg).max(-1) > tol).astype(np.uint8)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    boxes = []
+    for x, y, w, h, _area in stats[1:]:
+        if w >= min_side and h >= min_side and (w, h) != img.size:  # 1 px in: resampling/JPEG halo
+            boxes.append((int(x) + 1, int(y) + 1, int(x + w) - 1, int(y + h) - 1))
+    return boxes
+
+
+def _overlap(text: Box, box: Box) -> float:
+    """Fraction of the text box that lies inside `box`."""
+    ix = max(0, min(text[2], box[2]) - max(text[0], box[0])) * max(0, min(text[3], box[3]) - max(text[1], box[1]))
+    return ix / max(1, (text[2] - text[0]) * (text[3] - text[1]))
+
+
+def _iou(a: Box, b: Box) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix
+    return ix / ua if ua else 0.0
+
+
+def find_regions(img: Image.Image, text_boxes: list[Box] | None, cfg: ScreenConfig) -> list[Box]:
+    """Candidate tile regions of one picture: the laid-out pictures that hold text (all of them when
+    `text_boxes` is None), and the whole picture."""
+    boxes = picture_boxes(img, cfg.min_region)
+    if text_boxes is not None:  # a text line cut by a tile edge may stick out of the tile: 30% inside is enough
+        boxes = [b for b in boxes if any(_overlap(t, b) >= 0.3 for t in text_boxes)]
+    out: list[Box] = []
+    if cfg.whole_picture:
+        out.append((0, 0, img.width, img.height))
+    for b in sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])):
+        if all(_iou(b, o) < 0.9 for o in out):
+            out.append(b)
+    return out[: cfg.max_regions]
+
+
+class Screener:
+    def __init__(self, library: Library, embed: Callable[[list[Image.Image]], np.ndarray] | None, cfg: ScreenConfig,
+                 text_finder: Callable[[Image.Image], list[Box]] | None = None):
+        self.library, self.embed, self.cfg = library, embed, cfg
+        if text_finder is None and cfg.text_finder == "ocr":
+            from docray.screening.ocr import text_boxes as text_finder
+        self.text_finder = text_finder
+
+    # step 1: regions of every picture
+    def regions(self, pictures: list[Image.Image]) -> list[Region]:
+        out = []
+        for i, pic in enumerate(pictures):
+            texts = self.text_finder(pic) if self.text_finder is not None else None
+            if texts is not None and not texts and self.cfg.require_text:
+                continue  # no text: nothing sensitive to cut out
+            out += [Region(i, b, pic.crop(b)) for b in find_regions(pic, texts, self.cfg)]
+        return out
+
+    # step 3: search and decide
+    def match(self, regions: list[Region], vectors: np.ndarray, n_pictures: int, release_time=None,
+              cut_type: str | None = None) -> dict:
+        day = None if release_time is None else to_day(release_time)
+        if cut_type is not None and cut_type not in CUT_TYPES:
+            raise ValueError(f"unknown cut type {cut_type!r}; known: {', '.join(CUT_TYPES)}")
+        verdict = {"abnormal": False, "stage": None, "matches": [], "pictures": n_pictures, "regions": len(regions),
+                   "best": [None] * n_pictures, "library_version": self.library.version, "added_tiles": 0}
+        if not regions:
+            return verdict
+        stages = [("primary", primary_filter(day, cut_type))]
+        ext = extended_filter(self.cfg.rule, day, cut_type)
+        if ext is not None:
+            stages.append(("extended", ext))
+        for stage, filt in stages:
+            sims, ids = self.library.index.search(vectors, self.cfg.k, filt)
+            matches = self._evidence(regions, sims, ids, stage, verdict)
+            if matches:
+                verdict.update(abnormal=True, stage=stage, matches=matches)
+                break
+        if verdict["stage"] == "extended" and self.cfg.learn:
+            verdict["added_tiles"] = self._learn(regions, vectors, verdict["matches"], day, cut_type)
+            verdict["library_version"] = self.library.version
+        return verdict
+
+    def _evidence(self, regions, sims, ids, stage, verdict) -> list[dict]:
+        best: dict[int, dict] = {}
+        rows = self.library.rows(ids[:, 0][ids[:, 0] >= 0])
+        row_of = {r["tile_id"]: r for r in rows}
+        for r, (s, i) in enumerate(zip(sims[:, 0], ids[:, 0])):
+            if i < 0:
+                continue
+            reg, tile = regions[r], row_of[int(i)]
+            ev = {"picture": reg.picture, "region": list(reg.box), "tile_id": int(i), "source_id": tile["source_id"],
+                  "target_id": tile["target_id"], "cut_type": tile["cut_type"], "position": tile["position"],
+                  "release_day": tile["release_day"], "similarity": round(float(s), 4), "stage": stage}
+            b = verdict["best"][reg.picture]
+            if b is None or ev["similarity"] > b["similarity"]:
+                verdict["best"][reg.picture] = ev
+            if s >= self.cfg.threshold and (reg.picture not in best or s > best[reg.picture]["similarity"]):
+                best[reg.picture] = ev
+        return [best[p] for p in sorted(best)]
+
+    def _learn(self, regions, vectors, matches, day, cut_type) -> int:
+        """The matched regions of a document found by the second match join the library (wild tiles)."""
+        batch, vecs = TileBatch(), []
+        by_box = {(r.picture, tuple(r.box)): k for k, r in enumerate(regions)}
+        for m in matches:
+            k = by_box[(m["picture"], tuple(m["region"]))]
+            batch.extend(wild_tile(regions[k].crop, f"wild:{m['source_id']}", day if day is not None else m["release_day"],
+                                   self.library.manifest["tile_size"], cut_type or "wild", m["target_id"]))
+            vecs.append(vectors[k])
+        return self.library.append(batch, np.stack(vecs), min_similarity=self.cfg.dedup_similarity)["added"]
+
+    # all three steps
+    def screen(self, pictures: list[Image.Image], release_time=None, cut_type: str | None = None) -> dict:
+        regions = self.regions(pictures)
+        vectors = self.embed([r.crop for r in regions]) if regions else np.zeros((0, self.library.index.dim), np.float32)
+        return self.match(regions, vectors, len(pictures), release_time, cut_type)

@@ -1,0 +1,243 @@
+"""Cut-out screening: templates, dedup, attribute filters, extension rule, index, library, matching."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from docray.screening.dedup import dedup, exact_hash, hamming, phash
+from docray.screening.index import TileIndex
+from docray.screening.library import Library, cut_target, to_day
+from docray.screening.matching import Screener, ScreenConfig, find_regions, picture_boxes
+from docray.screening.rules import AttrFilter, ExtensionRule, extended_filter, mask, primary_filter
+from docray.screening.templates import DEFAULT_TEMPLATES, cut, cut_code, grid, tile_boxes
+
+
+def poster(i: int, size=(150, 97)) -> Image.Image:
+    """A picture with distinct text and shapes (odd size on purpose)."""
+    rng = np.random.default_rng(i)
+    img = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 256, 3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(6):
+        x, y = rng.integers(0, size[0]), rng.integers(0, size[1])
+        d.rectangle([x, y, x + rng.integers(5, 40), y + rng.integers(5, 30)], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    d.text((5, size[1] // 2), f"{i * 7919} Elm St", fill=(0, 0, 0))
+    return img
+
+
+def unit(n, d, seed=0):
+    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+# -- templates ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", DEFAULT_TEMPLATES)
+def test_template_tiles_partition_the_picture(name):
+    rows, cols = grid(name)
+    w, h = 151, 97  # sizes that do not divide evenly
+    boxes = tile_boxes(w, h, rows, cols)
+    assert len(boxes) == rows * cols
+    cover = np.zeros((h, w), int)
+    for x0, y0, x1, y1 in boxes:
+        assert x1 > x0 and y1 > y0
+        cover[y0:y1, x0:x1] += 1
+    assert (cover == 1).all()  # every pixel in exactly one tile
+
+
+def test_cut_gives_grid_in_row_major_order_and_scaled_tiles():
+    img = poster(1)
+    tiles = cut(img, "1x3", tile_size=32)
+    assert [t.position for t in tiles] == [0, 1, 2]
+    assert [t.box[0] for t in tiles] == sorted(t.box[0] for t in tiles) and tiles[0].box[1] == 0
+    assert all(t.image.size == (32, 32) for t in tiles)
+    strip = cut(img, "3x1", tile_size=None)
+    assert [t.box[1] for t in strip] == [0, 32, 65] and all(t.box[0] == 0 and t.box[2] == 150 for t in strip)
+    with pytest.raises(ValueError, match="unknown cut type"):
+        cut_code("4x4")
+    with pytest.raises(ValueError):
+        tile_boxes(2, 2, 3, 3)
+
+
+# -- dedup -------------------------------------------------------------------------------------
+def test_dedup_exact_near_and_seen():
+    a, b = poster(1), poster(2)
+    hashes = [exact_hash(x) for x in (a, b, a.copy(), b)]
+    assert list(dedup(hashes)) == [0, 1]
+    assert list(dedup(hashes, seen_hashes={hashes[1]})) == [0]
+    v = unit(4, 16)
+    v[2] = v[0] + 0.01 * unit(1, 16, 5)[0]  # near copy of 0
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert list(dedup(["h0", "h1", "h2", "h3"], vectors=v, min_similarity=0.95)) == [0, 1, 3]
+    ph = np.array([phash(a), phash(a.resize((140, 90))), phash(b)], np.uint64)
+    assert hamming(ph[0], ph[1]) <= 4 < hamming(ph[0], ph[2])
+    assert list(dedup(["x", "y", "z"], phashes=ph, max_hamming=4)) == [0, 2]
+
+
+# -- rules -------------------------------------------------------------------------------------
+def test_extension_rule_directions_and_cut_types():
+    times, cuts = np.array([10, 12, 20, 8, 10, 10]), np.array([6, 6, 6, 6, 1, 6])
+    p = primary_filter(10, "3x3")
+    assert list(np.flatnonzero(mask(p, times, cuts))) == [0, 5]
+    both = extended_filter(ExtensionRule(delta_t=2, direction="both", other_cut_types=False), 10, "3x3")
+    assert list(np.flatnonzero(mask(both, times, cuts))) == [1, 3]  # primary ones left out
+    later = extended_filter(ExtensionRule(delta_t=2, direction="+", other_cut_types=False), 10, "3x3")
+    assert list(np.flatnonzero(mask(later, times, cuts))) == [1]
+    earlier = extended_filter(ExtensionRule(delta_t=2, direction="-", other_cut_types=True), 10, "3x3")
+    assert list(np.flatnonzero(mask(earlier, times, cuts))) == [3, 4]
+    assert extended_filter(ExtensionRule(delta_t=0, other_cut_types=False), 10, "3x3") is None
+    assert extended_filter(ExtensionRule(enabled=False), 10, "3x3") is None
+    assert primary_filter().is_all
+
+
+# -- index -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("threshold", [10_000, 500])  # exact flat; IVF (the selector and subset paths)
+def test_filtered_search_returns_only_matching_candidates(threshold):
+    rng = np.random.default_rng(0)
+    n = 3000
+    v = unit(n, 32)
+    times, cuts = rng.integers(0, 50, n), rng.integers(0, 8, n)
+    idx = TileIndex(32, ann_threshold=threshold, nprobe=8, exact_below=100)
+    idx.add(v[:1000], times[:1000], cuts[:1000])
+    idx.add(v[1000:], times[1000:], cuts[1000:])  # add without rebuild (or the one ANN switch)
+    assert idx.current_kind == ("flat" if threshold > n else "ivf") and idx.ntotal == n
+    for f in (AttrFilter(cuts=frozenset({3})), AttrFilter(t_lo=10, t_hi=30), AttrFilter(t_lo=7, t_hi=7, cuts=frozenset({2}))):
+        sims, ids = idx.search(v[:20], 10, f)
+        allowed = mask(f, times, cuts)
+        got = ids[ids >= 0]
+        assert len(got) and allowed[got].all()
+    sims, ids = idx.search(v[:5], 3)
+    assert list(ids[:, 0]) == [0, 1, 2, 3, 4] and np.allclose(sims[:, 0], 1, atol=1e-4)
+    sims, ids = idx.search(v[:2], 3, AttrFilter(t_lo=999, t_hi=999))
+    assert (ids == -1).all() and np.isneginf(sims).all()
+
+
+def test_index_save_load_roundtrip(tmp_path):
+    v = unit(600, 16)
+    idx = TileIndex(16, ann_threshold=400)
+    idx.add(v, np.arange(600), np.arange(600) % 8)
+    idx.save(tmp_path / "ix")
+    back = TileIndex.load(tmp_path / "ix")
+    f = AttrFilter(cuts=frozenset({5}))
+    assert back.current_kind == "ivf"
+    np.testing.assert_array_equal(back.search(v[:8], 4, f)[1], idx.search(v[:8], 4, f)[1])
+
+
+# -- library and matching ----------------------------------------------------------------------
+class FakeEmbed:
+    """Deterministic stand-in for the descriptor: a 12x12 grey thumbnail, centred and normalised."""
+
+    dim = 144
+
+    def __call__(self, tiles):
+        out = np.stack([np.asarray(t.convert("L").resize((12, 12)), np.float32).ravel() for t in tiles])
+        out -= out.mean(1, keepdims=True)
+        return out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-6)
+
+
+def make_library(root, n_targets=3, day=100):
+    lib = Library.create(root, dim=FakeEmbed.dim, tile_size=32, descriptor="fake")
+    embed = FakeEmbed()
+    for i in range(n_targets):
+        b = cut_target(poster(i), f"t{i}", f"src-{i}", day + i, 32, min_detail=0)
+        lib.append(b, embed(b.tiles))
+    return lib, embed
+
+
+def test_library_append_is_incremental_and_versioned(tmp_path):
+    lib, embed = make_library(tmp_path / "lib", 2)
+    assert lib.version == 2 and len(lib) == lib.index.ntotal and len(lib) > 0
+    n = len(lib)
+    again = cut_target(poster(0), "t0-again", "src-x", 100, 32, min_detail=0)
+    res = lib.append(again, embed(again.tiles))  # the same target again: all duplicates
+    assert res == {"added": 0, "skipped": len(again.rows), "version": 2, "n_tiles": n}
+    new = cut_target(poster(7), "t7", "src-7", 120, 32, min_detail=0)
+    res = lib.append(new, embed(new.tiles))
+    assert res["version"] == 3 and res["added"] > 0 and len(lib) == n + res["added"]
+    back = Library.open(tmp_path / "lib")
+    assert back.version == 3 and len(back) == len(lib) == back.index.ntotal
+    assert Library.current_version(tmp_path / "lib") == 3
+    assert back.rows([n])[0]["target_id"] == "t7" and back.tile_image(n).size == (32, 32)
+    assert back.meta.column("tile_id").to_pylist() == list(range(len(back)))
+    with pytest.raises(FileExistsError):
+        Library.create(tmp_path / "lib", dim=4, tile_size=32, descriptor="x")
+
+
+def test_picture_boxes_find_pasted_pictures():
+    canvas = Image.new("RGB", (200, 120), (240, 240, 240))
+    canvas.paste(poster(3, (60, 50)), (10, 40))
+    canvas.paste(poster(4, (70, 60)), (110, 30))
+    boxes = sorted(picture_boxes(canvas))
+    assert boxes == [(11, 41, 69, 89), (111, 31, 179, 89)]  # 1 px inside the pasted pictures
+    regions = find_regions(canvas, [(120, 50, 150, 60)], ScreenConfig())
+    assert regions == [(0, 0, 200, 120), (111, 31, 179, 89)]  # whole picture + the one with text
+
+
+def test_matching_primary_extended_and_learning(tmp_path):
+    lib, embed = make_library(tmp_path / "lib", 3, day=100)
+    text_everywhere = lambda img: [(0, 0, img.width, img.height)]
+    cfg = ScreenConfig(threshold=0.9, rule=ExtensionRule(delta_t=5, direction="both", other_cut_types=True))
+    s = Screener(lib, embed, cfg, text_finder=text_everywhere)
+    tile = cut(poster(1), "2x2", None)[1].image  # a tile of target 1 (released day 101)
+    clean = poster(50)
+    v = s.screen([clean, tile], release_time=101, cut_type="2x2")
+    assert v["abnormal"] and v["stage"] == "primary" and v["added_tiles"] == 0
+    m = v["matches"][0]
+    assert m["picture"] == 1 and m["target_id"] == "t1" and m["cut_type"] == "2x2" and m["position"] == 1
+    assert m["similarity"] >= 0.9 and m["stage"] == "primary"
+    # wrong cut type and release day 3 days off: primary misses, the extension rule finds it
+    version = lib.version
+    v = s.screen([tile], release_time=104, cut_type="3x3")
+    assert v["abnormal"] and v["stage"] == "extended" and v["matches"][0]["target_id"] == "t1"
+    assert v["added_tiles"] == 1 and lib.version == version + 1  # the picture joined the library
+    v = s.screen([tile], release_time=104, cut_type="3x3")  # now a primary match on the wild tile
+    assert v["stage"] == "primary" and v["matches"][0]["source_id"] == "wild:src-1"
+    # outside the window, and no extension: clean
+    far = Screener(lib, embed, ScreenConfig(threshold=0.9, rule=ExtensionRule(delta_t=5)), text_finder=text_everywhere)
+    assert not far.screen([tile], release_time=300, cut_type="2x2")["abnormal"]
+    off = Screener(lib, embed, ScreenConfig(threshold=0.9, rule=ExtensionRule(enabled=False)), text_finder=text_everywhere)
+    v = off.screen([tile], release_time=101, cut_type="3x3")
+    assert not v["abnormal"] and v["best"][0]["similarity"] < 0.9 or v["best"][0] is None
+    assert not s.screen([clean], release_time=101)["abnormal"]
+    notext = Screener(lib, embed, cfg, text_finder=lambda img: [])
+    assert notext.screen([tile], 101)["regions"] == 0
+
+
+def test_to_day():
+    assert to_day("1970-01-11") == 10 and to_day(42) == 42
+    assert to_day("2024-01-01T12:00:00Z") == to_day(np.datetime64("2024-01-01")) == 19723
+    with pytest.raises(ValueError):
+        to_day("yesterday")
+
+
+def test_real_ocr_finds_the_text_of_a_poster():
+    """The one test that runs rapidocr (detection only, cached engine)."""
+    from docray.imageio import decode_image
+    from docray.screening.ocr import text_boxes
+    from docray.synth import generate
+
+    t = generate("targets", 0, 8, seed=0, target_rate=1.0)
+    row = t.slice(0, 1).to_pylist()[0]
+    boxes = text_boxes(decode_image(row["image"]))
+    x0, y0, x1, y1 = row["text_box"]
+    assert boxes and any(b[0] < x1 and x0 < b[2] and b[1] < y1 and y0 < b[3] for b in boxes)
+    assert text_boxes(Image.new("RGB", (120, 80), (200, 210, 220))) == []  # a flat picture has no text
+
+
+def test_descriptor_tiny_shapes_norm_and_roundtrip(tmp_path):
+    import torch
+
+    from docray.models import build_model, from_pretrained, save_pretrained
+    from train_jobs.train_descriptor import info_nce, koleo
+
+    torch.manual_seed(0)
+    m = build_model("descriptor_tiny").eval()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        z = m(x)
+    assert z.shape == (4, 32) and torch.allclose(z.norm(dim=1), torch.ones(4), atol=1e-5) and torch.isfinite(z).all()
+    back = from_pretrained(save_pretrained(m, tmp_path / "d")).eval()
+    with torch.no_grad():
+        assert torch.allclose(back(x), z, atol=1e-6)
+    keys = torch.arange(4)
+    assert info_nce(z, z, keys, 0.05) < info_nce(z, z.roll(1, 0), keys, 0.05)  # aligned pairs cost less
+    assert torch.isfinite(koleo(z))

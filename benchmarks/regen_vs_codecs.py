@@ -1,0 +1,175 @@
+"""Regen compression against plain codecs at matched byte budgets, on held-out synthetic documents.
+
+    python -m benchmarks.regen_vs_codecs --set model_dir=/path/to/regen-run/model
+    python -m benchmarks.regen_vs_codecs --set untrained=regen_tiny n_docs=1 budgets=[3000]   # smoke
+
+For every held-out document (rows from `start`, never trained on) and every byte budget B:
+- JPEG / WebP / AVIF (if Pillow has it): the capture itself, compressed by the same search as regen
+  (largest quality that fits B; shrunk only if quality 1 does not fit);
+- regen: the pipeline (portrait split, content + type models, generation at the first threshold,
+  portrait and seals pasted back), then the same search at B;
+- regen (oracle content): the generator given the LABELLED type and content, i.e. regen with a
+  perfect recogniser: what the method delivers once its content model reads the fields.
+Measures: field legibility = exact-match rate of the document's fields (3+ characters; 'F'/'M'
+would match anywhere) read back (a) by OCR (rapidocr; a field counts when its text, spaces
+removed, appears in the OCR output) and (b) by the content model (field by field); PSNR/SSIM of
+each decoded image against what it stands for (codecs: the capture; regen: the clean render at
+the first size threshold). Then the bytes each method needs for 95% OCR legibility (the smallest
+budget of the sweep that reaches it). Prints the table, saves a side-by-side PNG, and ends with
+one JSON line.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+import cv2
+import numpy as np
+from PIL import Image, features
+from pydantic import Field
+
+from docray.config import Config, parse_args
+
+
+class BenchConfig(Config):
+    model_dir: str = Field("", description="regen model folder ('' -> the registry's latest 'regen')")
+    untrained: str = Field("", description="a factory with random weights instead (smoke runs)")
+    file_types: str = Field("", description="file-type library YAML ('' -> packaged; its first threshold = the model's size)")
+    n_docs: int = Field(6, ge=1, description="held-out documents")
+    start: int = Field(100_000, description="first held-out row (training uses rows 0..n_train)")
+    seed: int = 0
+    original_size: tuple[int, int] = Field((384, 240), description="(w, h) of the captures")
+    budgets: list[int] = Field([2000, 4000, 8000], description="byte budgets, ascending")
+    ocr: bool = Field(True, description="read fields back with rapidocr (slow on CPU: ~1-10 s per image)")
+    ocr_height: int = Field(480, description="every image is scaled to this height before OCR")
+    out: str = Field("", description="where the side-by-side PNG goes ('' -> DOCRAY_HOME/reports/regen_vs_codecs)")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM on the luma channel (Gaussian window 11, sigma 1.5; Wang et al. 2004 constants)."""
+    x, y = (cv2.cvtColor(v, cv2.COLOR_RGB2GRAY).astype(np.float64) for v in (a, b))
+    blur = lambda v: cv2.GaussianBlur(v, (11, 11), 1.5)
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    return float(np.mean(((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))))
+
+
+def _norm(s: str) -> str:
+    return "".join(s.upper().split())
+
+
+def ocr_legibility(engine, img: Image.Image, fields: list[str], height: int) -> float:
+    img = img.resize((round(img.width * height / img.height), height), Image.Resampling.BICUBIC)
+    txt = _norm(" ".join(engine(np.asarray(img)).txts or ()))
+    return float(np.mean([_norm(f) in txt for f in fields]))
+
+
+def model_legibility(read: list[str], fields: list[str], labels: list[str]) -> float:
+    """Field-by-field exact match of the content model's reading (only the 3+ character fields)."""
+    return float(np.mean([r == l for r, l in zip(read, labels) if len(l) >= 3])) if fields else 0.0
+
+
+def codecs() -> list[str]:
+    return ["jpeg", "webp"] + (["avif"] if features.check("avif") else [])
+
+
+def main(argv=None) -> None:
+    import torch
+
+    from docray import paths
+    from docray.compression import layout
+    from docray.compression.data import cond_input, to_image
+    from docray.compression.file_types import Threshold
+    from docray.compression.pipeline import RegenCompressor
+    from docray.compression.quality import compress_to_threshold
+    from docray.imageio import decode_image
+    from docray.synth import generate
+
+    cfg = parse_args(BenchConfig, argv, description=__doc__.split("\n\n")[0])
+    rc = RegenCompressor.from_source(cfg.model_dir, cfg.untrained, cfg.file_types)
+    W, H = rc.lib.first.width, rc.lib.first.height
+    engine = None
+    if cfg.ocr:
+        from rapidocr import RapidOCR
+
+        engine = RapidOCR(params={"Global.log_level": "critical"})
+    rows = generate("documents", cfg.start, cfg.start + cfg.n_docs, seed=cfg.seed, size=tuple(cfg.original_size), n_angles=0).to_pylist()
+    flats = generate("documents", cfg.start, cfg.start + cfg.n_docs, seed=cfg.seed, size=(W, H), n_angles=0).to_pylist()
+    methods = codecs() + ["regen", "regen_oracle"]
+    res = {(m, b): {"ocr": [], "model": [], "psnr": [], "ssim": [], "bytes": []} for m in methods for b in cfg.budgets}
+    side = None
+    t0 = time.perf_counter()
+    for d, (row, flat) in enumerate(zip(rows, flats)):
+        labels = [f["text"] for f in row["clean_fields"]]
+        fields = [t for t in labels if len(t) >= 3]
+        capture, clean = decode_image(row["image"]), np.asarray(decode_image(flat["clean"]))
+        out = rc.run(row["image"], mode="split")
+        regen = decode_image(out["processed"])
+        cond, layer = cond_input(row["doc_type"], labels, (H, W))
+        ids = rc.model.tokenizer.batch([layout.join_content(labels)], rc.cfg.max_len)
+        with torch.no_grad():
+            bg = rc.model.generate(torch.tensor([row["doc_type"]]), ids, cond[None])[0]
+        rest, face, split = rc.split(capture)
+        oracle, _ = rc.finish(Image.fromarray(layout.composite(layer, to_image(bg))), rest, face, split,
+                              rc.find_seals(capture, split), capture)
+        sources = {m: (capture, np.asarray(capture)) for m in codecs()}
+        sources.update(regen=(regen, clean), regen_oracle=(oracle, clean))
+        for b in cfg.budgets:
+            decoded = {}
+            for m, (img, ref) in sources.items():
+                fmt = "jpeg" if m.startswith("regen") else m
+                c = compress_to_threshold(img, 100, Threshold(width=img.width, height=img.height, bytes=b), fmt)
+                dec = Image.open(io.BytesIO(c.data)).convert("RGB")
+                decoded[m] = dec
+                full = np.asarray(dec.resize(img.size, Image.Resampling.BICUBIC))
+                r = res[(m, b)]
+                r["bytes"].append(c.nbytes)
+                r["psnr"].append(psnr(full, ref))
+                r["ssim"].append(ssim(full, ref))
+                read = layout.split_content(rc.read_contents([dec])[0], row["doc_type"])
+                r["model"].append(model_legibility(read, fields, labels))
+                if engine is not None:
+                    r["ocr"].append(ocr_legibility(engine, dec, fields, cfg.ocr_height))
+            if d == 0 and b == cfg.budgets[0]:
+                side = [capture] + [decoded[m] for m in methods]
+        print(f"document {d + 1}/{cfg.n_docs} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    mean = lambda v: float(np.mean(v)) if v else float("nan")
+    table = []
+    for m in methods:
+        for b in cfg.budgets:
+            r = res[(m, b)]
+            table.append({"method": m, "budget_bytes": b, "mean_bytes": mean(r["bytes"]), "ocr_legibility": mean(r["ocr"]),
+                          "model_legibility": mean(r["model"]), "psnr_db": mean(r["psnr"]), "ssim": mean(r["ssim"])})
+    print(f"\n{'method':<14}{'budget':>8}{'bytes':>8}{'OCR legib.':>12}{'model legib.':>14}{'PSNR dB':>9}{'SSIM':>7}")
+    for t in table:
+        print(f"{t['method']:<14}{t['budget_bytes']:>8}{t['mean_bytes']:>8.0f}{t['ocr_legibility']:>12.2f}"
+              f"{t['model_legibility']:>14.2f}{t['psnr_db']:>9.2f}{t['ssim']:>7.3f}")
+    need = {}
+    for m in methods:
+        ok = [t["budget_bytes"] for t in table if t["method"] == m and t["ocr_legibility"] >= 0.95]
+        need[m] = min(ok) if ok else None
+    print("bytes for 95% OCR legibility: " + ", ".join(f"{m}={v if v else 'not reached'}" for m, v in need.items()))
+    out = cfg.out or paths.sub("reports", "regen_vs_codecs")
+    os.makedirs(out, exist_ok=True)
+    png = os.path.join(out, "side_by_side.png")
+    if side:
+        h = cfg.original_size[1]
+        tiles = [np.asarray(im.convert("RGB").resize((round(im.width * h / im.height), h))) for im in side]
+        Image.fromarray(np.concatenate(tiles, axis=1)).save(png)
+        print(f"side by side (original | {' | '.join(methods)} at {cfg.budgets[0]} bytes): {png}")
+    print(json.dumps({"n_docs": cfg.n_docs, "budgets_bytes": cfg.budgets, "rows": table,
+                      "bytes_for_95pct_ocr_legibility": need, "side_by_side_png": png,
+                      "elapsed_s": round(time.perf_counter() - t0, 1)}))
+
+
+if __name__ == "__main__":
+    main()

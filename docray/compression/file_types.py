@@ -1,0 +1,88 @@
+"""The file-type library: document type -> compression base and second size threshold.
+
+    lib = load_file_types()                      # the packaged file_types.yaml, validated
+    ft = lib.get("passport_page")                # FileType(base=85, format='jpeg', second=...)
+    lib.check_original(1024, 640, 180_000)       # raises ThresholdError unless first < original
+
+Thresholds are (width, height, bytes). `a < b` means: `a` is no wider and no taller than `b`, and
+strictly smaller in bytes. The library enforces second < first for every type when it is loaded,
+and `check_original` enforces first < original for every request, each with a clear error.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_PATH = Path(__file__).with_name("file_types.yaml")
+FORMATS = ("jpeg", "webp")
+
+
+class ThresholdError(ValueError):
+    """Size thresholds out of order: second < first < original must hold."""
+
+
+class Threshold(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    width: int = Field(gt=0, description="max width, px")
+    height: int = Field(gt=0, description="max height, px")
+    bytes: int = Field(gt=0, description="max size of the encoded file, bytes")
+
+    def below(self, other: "Threshold") -> bool:
+        """self < other: not larger in either side, strictly fewer bytes."""
+        return self.width <= other.width and self.height <= other.height and self.bytes < other.bytes
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height} px, {self.bytes:,} bytes"
+
+
+class FileType(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    base: int = Field(ge=1, le=100, description="quality level (1-100) when the byte budget is ample")
+    format: Literal["jpeg", "webp"] = "jpeg"
+    second: Threshold
+
+
+class FileTypeLibrary(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    first: Threshold  # the processed (generated) image's size
+    types: dict[str, FileType]
+
+    def model_post_init(self, _ctx) -> None:
+        if not self.types:
+            raise ThresholdError("the file-type library has no types")
+        for name, ft in self.types.items():
+            if not ft.second.below(self.first):
+                raise ThresholdError(
+                    f"type {name!r}: second threshold ({ft.second}) must be below the first ({self.first}): "
+                    "no wider, no taller and fewer bytes")
+
+    def get(self, doc_type: str) -> FileType:
+        if doc_type not in self.types:
+            raise KeyError(f"unknown document type {doc_type!r}; the file-type library has {sorted(self.types)}")
+        return self.types[doc_type]
+
+    def check_original(self, width: int, height: int, nbytes: int) -> None:
+        """Raise ThresholdError unless first < original (the upload is larger than what we generate)."""
+        original = Threshold(width=max(1, width), height=max(1, height), bytes=max(1, nbytes))
+        if not self.first.below(original):
+            raise ThresholdError(
+                f"the original ({original}) must be above the first threshold ({self.first}): "
+                "at least as wide and tall and more bytes; nothing to compress")
+
+    def to_json(self) -> dict:
+        return self.model_dump()
+
+
+def load_file_types(path: str | Path | dict | None = None) -> FileTypeLibrary:
+    """The library from a YAML file (default: the packaged one) or a dict (e.g. `GET /v1/file-types`)."""
+    data = path if isinstance(path, dict) else yaml.safe_load(Path(path or DEFAULT_PATH).read_text())
+    try:
+        return FileTypeLibrary.model_validate(data)
+    except ValidationError as e:  # surface the ordering error itself, not pydantic's wrapper
+        for err in e.errors():
+            if isinstance(err.get("ctx", {}).get("error"), ThresholdError):
+                raise err["ctx"]["error"] from None
+        raise

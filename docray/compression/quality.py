@@ -1,0 +1,108 @@
+"""Per-type compression: one documented quality formula, then a search that guarantees the limit.
+
+The quality formula (levels 1-100). For a file type with compression base `base` and second
+threshold (W2, H2, B2), the image is first resized to fit inside W2 x H2 (aspect kept, never
+enlarged), giving w x h pixels; then
+
+    bpp     = 8 * B2 / (w * h)                       # bits per pixel the byte budget allows
+    quality = clamp(round(base * min(1, bpp / BPP_REF) ** GAMMA), 1, 100)
+
+with BPP_REF = 2.0 (the bits per pixel at which a flat document is comfortable at its base) and
+GAMMA = 0.5. So an ample budget gives the base itself, and a tight budget lowers the quality by
+the square root of the shortfall. It is non-decreasing in the budget and in the base.
+
+The search (`compress_to_threshold`): encode at the formula's quality; if the file is over B2,
+binary-search the largest quality in [1, q) that fits; if even quality 1 is over, shrink the image
+by SHRINK and search again. The result always meets the second threshold (a 16x16 image at quality
+1 is a few hundred bytes; below that a ThresholdError says the budget is impossible).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from PIL import Image
+
+from docray.compression.file_types import FileType, Threshold, ThresholdError
+
+BPP_REF = 2.0
+GAMMA = 0.5
+SHRINK = 0.85  # scale step when quality 1 is still over the budget
+MIN_SIDE = 16
+
+
+def fit_size(w: int, h: int, box_w: int, box_h: int) -> tuple[int, int]:
+    """(w, h) scaled to fit inside box_w x box_h, aspect kept, never enlarged."""
+    s = min(1.0, box_w / w, box_h / h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def quality_level(base: int, second: Threshold, w: int, h: int) -> int:
+    """The formula of the module docstring, for an image of w x h px after fitting into `second`."""
+    if not 1 <= base <= 100:
+        raise ValueError(f"base must be in 1..100, got {base}")
+    w, h = fit_size(w, h, second.width, second.height)
+    bpp = 8.0 * second.bytes / (w * h)
+    return int(min(100, max(1, round(base * min(1.0, bpp / BPP_REF) ** GAMMA))))
+
+
+def encode(img: Image.Image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.convert("RGB").save(buf, format="JPEG", quality=int(quality), optimize=True)
+    elif fmt == "webp":
+        img.convert("RGB").save(buf, format="WEBP", quality=int(quality), method=4)
+    elif fmt == "avif":
+        img.convert("RGB").save(buf, format="AVIF", quality=int(quality))
+    else:
+        raise ValueError(f"unknown format {fmt!r}; one of jpeg, webp, avif")
+    return buf.getvalue()
+
+
+@dataclass
+class Compressed:
+    data: bytes
+    format: str
+    quality: int  # the level used (1-100)
+    formula_quality: int  # what the formula gave before the search
+    size: tuple[int, int]  # (w, h) of the encoded image
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+def _largest_fitting(img: Image.Image, fmt: str, hi: int, limit: int) -> tuple[int, bytes] | None:
+    """The largest quality in [1, hi] whose file is <= limit bytes (binary search), or None."""
+    lo, best = 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        data = encode(img, fmt, mid)
+        if len(data) <= limit:
+            best, lo = (mid, data), mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def compress_to_threshold(img: Image.Image, base: int, second: Threshold, fmt: str = "jpeg") -> Compressed:
+    """Compress `img` so that it fits `second` (size and bytes); see the module docstring."""
+    w, h = fit_size(*img.size, second.width, second.height)
+    img = img.convert("RGB")
+    q0 = quality_level(base, second, *img.size)
+    while True:
+        cur = img if (w, h) == img.size else img.resize((w, h), Image.Resampling.LANCZOS)
+        data = encode(cur, fmt, q0)
+        if len(data) <= second.bytes:
+            return Compressed(data, fmt, q0, q0, (w, h))
+        found = _largest_fitting(cur, fmt, q0 - 1, second.bytes)
+        if found is not None:
+            return Compressed(found[1], fmt, found[0], q0, (w, h))
+        if min(w, h) <= MIN_SIDE:
+            raise ThresholdError(f"cannot fit any image in {second.bytes:,} bytes as {fmt}")
+        w, h = max(MIN_SIDE, round(w * SHRINK)), max(MIN_SIDE, round(h * SHRINK))
+
+
+def compress_for_type(img: Image.Image, file_type: FileType) -> Compressed:
+    """Per-type compression with the file type's base, format and second threshold."""
+    return compress_to_threshold(img, file_type.base, file_type.second, file_type.format)

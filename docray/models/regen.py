@@ -1,0 +1,226 @@
+"""Regen compression models: content (image -> field text), type (image -> document type) and
+generation (type + content -> the processed image), in one module so they train jointly.
+
+    m = build_model("regen_tiny")
+    losses = m(pixels, content_ids, types, target, cond)     # {'content', 'type', 'generation'}
+    texts = m.read_content(pixels)                           # caption-style field text, '|'-joined
+    types = m.predict_type(pixels).argmax(-1)
+    images = m.generate(types, content_ids, cond, steps=4)   # (b, 3, H, W) in [-1, 1]
+
+- Content: transformers `VisionEncoderDecoderModel`, a small ViT encoder and a small BERT decoder
+  with cross-attention, from scratch; a character tokenizer over the synthetic world's characters
+  (printable ASCII).
+- Type: a small CNN, image -> one of the document types.
+- Generation: a diffusers `UNet2DConditionModel`, trained from scratch to predict the clean image
+  (x0, `prediction_type="sample"`) from noise. Conditioned on (a) the type and the content, embedded
+  as a token sequence and read by cross-attention, and (b) the deterministic rendering of the
+  content's layout and glyphs (`docray.compression.layout.render_layer`) concatenated as 5 extra
+  input channels (RGBA layer + document region). Legibility comes from (b): the model learns the
+  background, pattern and colours around the glyphs, and the pipeline composites the glyph layer
+  over its output. The UNet works at gen_size / gen_down (smooth content) and its output is
+  upsampled to gen_size. Serving samples with DDIM in a few steps.
+Inputs: `pixels` (b, 3, h, w) in [0, 1] at `content_size`; `target` (b, 3, H, W) in [-1, 1] and
+`cond` (b, 5, H, W) in [-1, 1] at `gen_size` (the first size threshold, (H, W)).
+"""
+from __future__ import annotations
+
+import string
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import docray  # noqa: F401  (the torchvision shim, before transformers/diffusers)
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import BertConfig, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+from docray.models import register_model
+
+PAD, BOS, EOS = 0, 1, 2
+CHARS = string.printable[:95]  # ' '..'~' minus nothing: digits, letters, punctuation, space
+COND_CHANNELS = 5  # RGBA glyph layer + document region mask
+
+
+class CharTokenizer:
+    """Characters of the synthetic world <-> ids (0 pad, 1 bos, 2 eos, 3.. characters; unknown -> '?')."""
+
+    def __init__(self, chars: str = CHARS):
+        self.chars = chars
+        self.index = {c: i + 3 for i, c in enumerate(chars)}
+        self.vocab_size = len(chars) + 3
+
+    def encode(self, text: str, max_len: int) -> list[int]:
+        """[bos, chars..., eos] padded with 0 to max_len (truncated to fit)."""
+        ids = [self.index.get(c, self.index["?"]) for c in text][: max_len - 2]
+        ids = [BOS, *ids, EOS]
+        return ids + [PAD] * (max_len - len(ids))
+
+    def decode(self, ids) -> str:
+        out = []
+        for i in (int(v) for v in ids):
+            if i == EOS:
+                break
+            if i >= 3:
+                out.append(self.chars[i - 3])
+        return "".join(out)
+
+    def batch(self, texts: list[str], max_len: int) -> torch.Tensor:
+        return torch.tensor([self.encode(t, max_len) for t in texts], dtype=torch.long)
+
+
+@dataclass
+class RegenConfig:
+    n_types: int = 6  # the synthetic world's document types
+    max_len: int = 160  # content tokens incl. bos/eos: the longest content is ~140 characters
+    content_size: tuple = (96, 160)  # (h, w) of the content/type models' input
+    patch: int = 8  # ViT patch size: 8 px keeps ~10 px glyphs within one or two patches
+    enc_dim: int = 128  # sized to train on a CPU laptop; widen on GPUs
+    enc_depth: int = 4
+    enc_heads: int = 4
+    dec_dim: int = 128
+    dec_depth: int = 2
+    dec_heads: int = 4
+    type_width: int = 24  # CNN width of the type model
+    gen_size: tuple = (160, 256)  # (H, W): the first size threshold
+    gen_down: int = 4  # the UNet works at gen_size / gen_down (40x64), upsampled to gen_size: the
+    # background and colours are smooth; the sharp detail (glyphs) is composited at full size.
+    # 4 trains on CPU cores in minutes; use 1 or 2 on a GPU.
+    gen_channels: tuple = (32, 64, 64)  # UNet widths; cross-attention only at the last level
+    cross_dim: int = 64  # width of the type+content token sequence the UNet attends to
+    train_timesteps: int = 1000
+    sample_steps: int = 4  # DDIM steps at serving time
+
+
+class TypeNet(nn.Module):
+    """A small CNN: (b, 3, h, w) in [0, 1] -> (b, n_types) logits."""
+
+    def __init__(self, n_types: int, width: int):
+        super().__init__()
+        layers, c = [], 3
+        for i in range(4):
+            out = width * 2 ** min(i, 2)
+            layers += [nn.Conv2d(c, out, 3, stride=2, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            c = out
+        self.features = nn.Sequential(*layers)  # (b, c, h/16, w/16)
+        self.head = nn.Linear(c, n_types)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x * 2 - 1).mean(dim=(2, 3)))
+
+
+class RegenModels(nn.Module):
+    def __init__(self, cfg: RegenConfig):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, CharTokenizer()
+        v = self.tokenizer.vocab_size
+        enc = ViTConfig(image_size=list(cfg.content_size), patch_size=cfg.patch, hidden_size=cfg.enc_dim,
+                        num_hidden_layers=cfg.enc_depth, num_attention_heads=cfg.enc_heads,
+                        intermediate_size=4 * cfg.enc_dim, num_channels=3)
+        dec = BertConfig(vocab_size=v, hidden_size=cfg.dec_dim, num_hidden_layers=cfg.dec_depth,
+                         num_attention_heads=cfg.dec_heads, intermediate_size=4 * cfg.dec_dim,
+                         max_position_embeddings=cfg.max_len + 8, is_decoder=True, add_cross_attention=True,
+                         pad_token_id=PAD)
+        vcfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+        vcfg.decoder_start_token_id, vcfg.pad_token_id, vcfg.eos_token_id = BOS, PAD, EOS
+        self.content = VisionEncoderDecoderModel(config=vcfg)
+        self.type_model = TypeNet(cfg.n_types, cfg.type_width)
+        n = len(cfg.gen_channels)
+        self.unet = UNet2DConditionModel(
+            sample_size=[v // cfg.gen_down for v in cfg.gen_size], in_channels=3 + COND_CHANNELS, out_channels=3,
+            down_block_types=("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",),
+            up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
+            block_out_channels=tuple(cfg.gen_channels), layers_per_block=1, cross_attention_dim=cfg.cross_dim,
+            attention_head_dim=8, norm_num_groups=8, mid_block_type=None,
+        )
+        self.type_embed = nn.Embedding(cfg.n_types, cfg.cross_dim)
+        self.char_embed = nn.Embedding(v, cfg.cross_dim, padding_idx=PAD)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.max_len, cfg.cross_dim))
+        nn.init.normal_(self.pos_embed, std=0.02)
+        self.noise = DDPMScheduler(num_train_timesteps=cfg.train_timesteps, beta_schedule="squaredcos_cap_v2",
+                                   prediction_type="sample", clip_sample=True)
+
+    # -- the three losses ----------------------------------------------------------------------
+    def condition(self, types: torch.Tensor, content_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Type + content as a token sequence (b, 1 + L, cross_dim) and its attention mask (b, 1 + L)."""
+        tok = self.char_embed(content_ids) + self.pos_embed[:, : content_ids.shape[1]]
+        seq = torch.cat([self.type_embed(types)[:, None], tok], dim=1)
+        mask = torch.cat([torch.ones_like(content_ids[:, :1]), (content_ids != PAD).long()], dim=1)
+        return seq, mask
+
+    def low(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, c, H, W) at gen_size -> the UNet's working size (area average)."""
+        return F.avg_pool2d(x, self.cfg.gen_down) if self.cfg.gen_down > 1 else x
+
+    def denoise(self, noisy, t, cond, types, content_ids) -> torch.Tensor:
+        """Predicted clean image at the working size; `noisy` and `cond` at the working size."""
+        seq, mask = self.condition(types, content_ids)
+        return self.unet(torch.cat([noisy, cond], 1), t, encoder_hidden_states=seq,
+                         encoder_attention_mask=mask).sample  # (b, 3, H, W): predicted x0
+
+    def forward(self, pixels, content_ids, types, target, cond) -> dict[str, torch.Tensor]:
+        """Loss 1 content (token cross-entropy), loss 2 type (cross-entropy), loss 3 generation
+        (MSE of the predicted clean image to the original's clean render; the generator is
+        conditioned on the LABELLED type and content, as the method says)."""
+        labels = content_ids[:, 1:].masked_fill(content_ids[:, 1:] == PAD, -100)
+        content = self.content(pixel_values=pixels, decoder_input_ids=content_ids[:, :-1], labels=labels).loss
+        type_loss = F.cross_entropy(self.type_model(pixels), types)
+        target, cond = self.low(target), self.low(cond)
+        noise = torch.randn_like(target)
+        t = torch.randint(0, self.cfg.train_timesteps, (target.shape[0],), device=target.device)
+        pred = self.denoise(self.noise.add_noise(target, noise, t), t, cond, types, content_ids)
+        return {"content": content, "type": type_loss, "generation": F.mse_loss(pred, target)}
+
+    # -- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def read_content(self, pixels: torch.Tensor) -> list[str]:
+        """Greedy caption-style decoding: (b, 3, h, w) in [0, 1] -> content strings."""
+        ids = self.content.generate(pixel_values=pixels, max_length=self.cfg.max_len, do_sample=False,
+                                    num_beams=1, decoder_start_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+        return [self.tokenizer.decode(row[1:]) for row in ids]
+
+    @torch.no_grad()
+    def predict_type(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.type_model(pixels).softmax(-1)
+
+    @torch.no_grad()
+    def generate(self, types, content_ids, cond, steps: int | None = None, seed: int = 0) -> torch.Tensor:
+        """DDIM sampling in `steps` steps at the working size, upsampled -> (b, 3, H, W) in [-1, 1]."""
+        sched = DDIMScheduler.from_config(self.noise.config)
+        sched.set_timesteps(steps or self.cfg.sample_steps)
+        cond = self.low(cond)
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        x = torch.randn((cond.shape[0], 3, *cond.shape[2:]), generator=g).to(cond.device)
+        seq, mask = self.condition(types, content_ids)
+        for t in sched.timesteps:
+            tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+            pred = self.unet(torch.cat([x, cond], 1), tt, encoder_hidden_states=seq, encoder_attention_mask=mask).sample
+            x = sched.step(pred, t, x).prev_sample
+        if self.cfg.gen_down > 1:
+            x = F.interpolate(x, size=tuple(self.cfg.gen_size), mode="bilinear", align_corners=False)
+        return x.clamp(-1, 1)
+
+
+def _build(defaults: dict, overrides: dict) -> RegenModels:
+    known = set(asdict(RegenConfig()))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown regen option(s) {unknown}; valid: {sorted(known)}")
+    cfg = RegenConfig(**{**defaults, **overrides})
+    for k in ("content_size", "gen_size", "gen_channels"):
+        setattr(cfg, k, tuple(getattr(cfg, k)))
+    return RegenModels(cfg)
+
+
+@register_model
+def regen_small(**overrides) -> RegenModels:
+    """The real size: 96x160 recognition input, 160x256 generation (the packaged first threshold)."""
+    return _build({}, overrides)
+
+
+@register_model
+def regen_tiny(**overrides) -> RegenModels:
+    """For tests and smoke runs: tiny widths, 32x48 recognition, 64x96 generation."""
+    return _build(dict(max_len=48, content_size=(32, 48), enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
+                       dec_depth=1, dec_heads=2, type_width=8, gen_size=(64, 96), gen_down=2, gen_channels=(16, 32),
+                       cross_dim=32, train_timesteps=100, sample_steps=2), overrides)

@@ -1,0 +1,70 @@
+"""The regen training job and the archive re-compression job (tiny configs)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.test_compression_models import TINY_LIB
+
+
+def test_training_pieces_without_ray(tmp_path):
+    """Synthetic examples, one optimisation step of the three losses, validation losses, the sample grid."""
+    from docray.models import build_model
+    from train_jobs.train_regen import RegenTrainConfig, _batches, _examples, evaluate, sample_grid
+
+    torch.manual_seed(0)
+    model = build_model("regen_tiny")
+    cfg = RegenTrainConfig(model="regen_tiny", n_train=4, n_val=2, original_size=(256, 160))
+    ex = _examples(cfg, model, 0, 4)
+    c = model.cfg
+    assert ex["pixels"].shape == (4, 3, *c.content_size) and ex["target"].shape == (4, 3, *c.gen_size)
+    assert ex["cond"].shape == (4, 5, *c.gen_size) and ex["content_ids"].shape == (4, c.max_len)
+    assert ex["target"].min() >= -1 and ex["target"].max() <= 1
+    before = evaluate(model, ex, 4, "cpu")
+    assert before == evaluate(model, ex, 4, "cpu")  # seeded noise: comparable across epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(3):
+        for b in _batches(ex, 4, shuffle=True, gen=torch.Generator().manual_seed(0)):
+            loss = sum(model(**b).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    after = evaluate(model, ex, 4, "cpu")
+    assert after["type"] < before["type"] and after["content"] < before["content"]
+    sample_grid(model, ex, 2, str(tmp_path / "s" / "epoch_000.png"), "cpu")
+    grid = Image.open(tmp_path / "s" / "epoch_000.png")
+    assert grid.size == (4 * c.gen_size[1], 2 * c.gen_size[0])
+
+
+@pytest.mark.slow
+def test_train_job_checkpoints_and_resumes(ray_cluster, tmp_path):
+    from train_jobs.train_regen import RegenTrainConfig, run
+
+    cfg = RegenTrainConfig(model="regen_tiny", n_train=8, n_val=4, original_size=(256, 160), max_epochs=1,
+                           batch_size=4, out=str(tmp_path / "a"), to_registry=False, cpus_per_worker=0.5)
+    first = run(cfg)
+    assert (tmp_path / "a" / "samples" / "epoch_000.png").exists() and (tmp_path / "a" / "model" / "config.json").exists()
+    again = run(cfg.model_copy(update={"max_epochs": 2, "resume_from": first["checkpoint"], "out": str(tmp_path / "b")}))
+    assert again["metrics"]["epoch"] == 1 and len(again["history"]["content"]) == 2  # continued, not restarted
+
+
+@pytest.mark.slow
+def test_recompress_archive_job(ray_cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    from data_jobs.recompress_archive import RecompressConfig, run
+    from docray.synth import generate
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(generate("documents", 0, 3, seed=0, n_angles=0).select(["id", "image"]), tmp_path / "in" / "p.parquet")
+    (tmp_path / "lib.yaml").write_text(yaml.safe_dump(TINY_LIB))
+    summary = run(RecompressConfig(input=str(tmp_path / "in"), out=str(tmp_path / "out"), untrained="regen_tiny",
+                                   file_types=str(tmp_path / "lib.yaml"), batch_size=2))
+    assert summary["documents"] == 3 and summary["errors"] == 0 and summary["ratio"] > 10
+    t = pq.read_table(summary["out"]).to_pydict()
+    assert sorted(t["id"]) == [f"doc-0-{i:07d}" for i in range(3)] and max(t["bytes_out"]) <= 2500
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["documents"] == 3

@@ -1,0 +1,87 @@
+"""The composed regen compression app on Ray Serve (tiny untrained models; behaviour, not quality)."""
+from __future__ import annotations
+
+import base64
+import io
+import socket
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.test_compression_models import TINY_LIB
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _start_serve() -> int:
+    """Serve's HTTP port: the default 8000, or a free one when another process on this host holds 8000."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    if _port_free(8000):
+        serve.start()
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return _get_global_client().http_config.port
+
+
+@pytest.fixture(scope="module")
+def app_url(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    from serve_apps.compression import Compression, CompressionAppConfig, ContentModel, Generator, TypeModel
+
+    d = tmp_path_factory.mktemp("compression-app")
+    (d / "lib.yaml").write_text(yaml.safe_dump(TINY_LIB))
+    cfg = CompressionAppConfig(untrained="regen_tiny", file_types=str(d / "lib.yaml"), repository_url=f"sqlite:///{d}/r.db",
+                               blob_root=str(d / "blobs"), steps=1).model_dump()
+    env = {"runtime_env": {"env_vars": {"DOCRAY_API_KEYS": "ukey=user,akey=admin"}}, "num_cpus": 0.25}
+    app = Compression.options(ray_actor_options=env).bind(TypeModel.bind(cfg), ContentModel.bind(cfg), Generator.bind(cfg), cfg)
+    port = _start_serve()
+    serve.run(app, name="compression", route_prefix="/c")
+    yield f"http://127.0.0.1:{port}/c"
+    serve.delete("compression")
+
+
+def test_compress_split_file_types_and_repository_roles(app_url):
+    import httpx
+
+    from docray.client import compress_on_terminal, fetch_file_types
+    from docray.synth import generate
+
+    png = generate("documents", 5, 6, seed=0, n_angles=0).column("image")[0].as_py()
+    user, admin = {"Authorization": "Bearer ukey"}, {"Authorization": "Bearer akey"}
+    with httpx.Client(timeout=120) as c:
+        assert c.post(f"{app_url}/v1/compress", files={"image": ("a.png", png)}).status_code == 401
+        r = c.post(f"{app_url}/v1/compress?mode=server", files={"image": ("a.png", png)}, headers=user)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        data = base64.b64decode(body["compressed"])
+        assert len(data) <= 2500 and body["sizes"]["compressed"] == len(data) and body["type"] in TINY_LIB["types"]
+        rid = body["record_id"]
+        assert c.get(f"{app_url}/v1/repository/{rid}/compressed", headers=user).content == data
+        assert c.get(f"{app_url}/v1/repository/{rid}/original", headers=user).status_code == 403
+        assert c.get(f"{app_url}/v1/repository/{rid}/original", headers=admin).content == png
+        assert c.get(f"{app_url}/v1/repository/nope/processed", headers=user).json()["error"]["code"] == "not_found"
+
+        s = c.post(f"{app_url}/v1/compress?mode=split", files={"image": ("a.png", png)}, headers=user).json()
+        processed = base64.b64decode(s["processed"])
+        assert Image.open(io.BytesIO(processed)).size == (96, 64) and "compressed" not in s
+        lib = fetch_file_types(app_url, api_key="ukey")
+        assert lib.model_dump() == TINY_LIB
+        assert len(compress_on_terminal(processed, s["type"], lib)) <= 2500
+
+        bad = c.post(f"{app_url}/v1/compress", files={"image": ("x.png", b"not an image")}, headers=user)
+        assert bad.status_code == 415 and bad.json()["error"]["code"] == "unsupported_format"
+        assert c.post(f"{app_url}/v1/compress?mode=zip", files={"image": ("a.png", png)}, headers=user).status_code == 400

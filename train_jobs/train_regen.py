@@ -1,0 +1,234 @@
+"""Train the regen compression models jointly (content, type, generation) on Ray Train.
+
+    python -m train_jobs.train_regen                                         # regen_small, CPU ok
+    python -m train_jobs.train_regen --set model=regen_tiny n_train=32 n_val=8 max_epochs=2
+    ray job submit --working-dir . -- python -m train_jobs.train_regen --set num_workers=2
+
+One model holds the three (`docray.models.regen`); each step computes three losses on a batch of
+synthetic documents: content (token cross-entropy of the field text read from the capture), type
+(cross-entropy), generation (MSE between the generator's predicted clean image and the original's
+clean render, the generator conditioned on the LABELLED type and content and their glyph layer).
+Their weighted sum is minimised. After every epoch the validation losses are checked against the
+convergence rule (`docray.compression.convergence`, configurable per loss); training stops when
+all three have converged (or at `max_epochs`). Every epoch: a checkpoint (resumable: worker
+restarts via `FailureConfig`; rerunning with the same `out` continues the run (Ray Train restores
+it from its storage path); `resume_from=<checkpoint folder>` continues another run's) and a sample grid PNG in
+`<out>/samples/epoch_XXX.png` (capture | glyph layer | generated | target). The result is saved to
+`<out>/model` (`from_pretrained`) and the model registry as `regen`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from docray.compression.convergence import LOSSES, Convergence, converged
+from docray.config import Config, parse_args, save_config
+
+
+class RegenTrainConfig(Config):
+    model: str = Field("regen_small", description="registered regen factory (regen_small | regen_tiny)")
+    model_overrides: dict = Field(default_factory=dict, description="overrides for the factory")
+    seed: int = 0
+    n_train: int = Field(512, ge=1, description="synthetic documents to train on (rows 0..n_train)")
+    n_val: int = Field(32, ge=1, description="held-out documents after the training rows")
+    original_size: tuple[int, int] = Field((384, 240), description="(w, h) of the captures (the originals)")
+    max_epochs: int = Field(30, ge=1)
+    time_budget_s: float = Field(0, ge=0, description="also stop after this many seconds of training (0: no limit)")
+    batch_size: int = Field(16, ge=1, description="global batch (split across workers)")
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    weights: dict[str, float] = Field(default_factory=lambda: {"content": 1.0, "type": 1.0, "generation": 4.0},
+                                      description="loss weights of the sum minimised")
+    convergence: Convergence = Convergence()
+    n_samples: int = Field(4, ge=1, description="val documents in the per-epoch sample grid")
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool | None = Field(None, description="None: when torch sees a GPU")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = 1
+    resume_from: str = Field("", description="a checkpoint folder of an earlier run to continue from")
+    out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/regen-run)")
+    to_registry: bool = Field(True, description="save the result in the model registry as 'regen'")
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _examples(cfg: RegenTrainConfig, model, start: int, stop: int) -> dict:
+    from docray.compression.data import synth_examples
+
+    c = model.cfg
+    return synth_examples(start, stop, cfg.seed, cfg.original_size, c.gen_size, c.content_size, c.max_len,
+                          model.tokenizer)
+
+
+def _batches(ex: dict, bs: int, shuffle: bool, gen: torch.Generator | None = None):
+    n = len(ex["types"])
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    for i in range(0, n, bs):
+        idx = order[i:i + bs]
+        yield {k: ex[k][idx] for k in ("pixels", "content_ids", "types", "target", "cond")}
+
+
+@torch.no_grad()
+def evaluate(model, val: dict, bs: int, device) -> dict:
+    """Validation losses with fixed diffusion noise (seeded), so epochs compare fairly."""
+    model.eval()
+    state = torch.get_rng_state()
+    torch.manual_seed(1234)
+    sums, n = dict.fromkeys(LOSSES, 0.0), 0
+    for b in _batches(val, bs, shuffle=False):
+        b = {k: v.to(device) for k, v in b.items()}
+        out = model(**b)
+        for k in LOSSES:
+            sums[k] += float(out[k]) * len(b["types"])
+        n += len(b["types"])
+    torch.set_rng_state(state)
+    model.train()
+    return {k: v / n for k, v in sums.items()}
+
+
+@torch.no_grad()
+def sample_grid(model, val: dict, n: int, path: str, device) -> None:
+    """Rows: capture | glyph layer | generated (composited, few-step DDIM) | target."""
+    from PIL import Image
+
+    from docray.compression import layout
+    from docray.compression.data import to_image
+
+    model.eval()
+    k = min(n, len(val["types"]))
+    types, ids, cond = val["types"][:k].to(device), val["content_ids"][:k].to(device), val["cond"][:k].to(device)
+    gen = model.generate(types, ids, cond)
+    rows = []
+    H, W = model.cfg.gen_size
+    for i in range(k):
+        cap = np.asarray(Image.fromarray((val["pixels"][i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).resize((W, H)))
+        layer = ((val["cond"][i, :4].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        grey = np.full((H, W, 3), 160, np.uint8)
+        rows.append(np.concatenate([cap, layout.composite(layer, grey), layout.composite(layer, to_image(gen[i])),
+                                    to_image(val["target"][i])], axis=1))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    model.train()
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from docray.models import build_model
+
+    cfg = RegenTrainConfig(**config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed + rank)
+    model = build_model(cfg.model, **cfg.model_overrides)
+    # each worker renders its own contiguous share of the training rows
+    train = _examples(cfg, model, rank * cfg.n_train // world, (rank + 1) * cfg.n_train // world)
+    val = _examples(cfg, model, cfg.n_train, cfg.n_train + cfg.n_val)
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, history = 0, {k: [] for k in LOSSES}
+    ckpt = ray.train.get_checkpoint()  # a restarted worker group (FailureConfig) or a rerun of this run
+    if ckpt is None and cfg.resume_from:  # an earlier run's checkpoint folder
+        ckpt = ray.train.Checkpoint(cfg.resume_from)
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+        _unwrap(model).load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, history = state["epoch"] + 1, state["history"]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    out_dir = cfg.out
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    for epoch in range(start, cfg.max_epochs):
+        gen.manual_seed(cfg.seed * 1000 + epoch)
+        t0, sums, steps = time.perf_counter(), dict.fromkeys(LOSSES, 0.0), 0
+        for b in _batches(train, max(1, cfg.batch_size // world), shuffle=True, gen=gen):
+            b = {k: v.to(device) for k, v in b.items()}
+            with amp:
+                losses = model(**b)
+            loss = sum(cfg.weights.get(k, 1.0) * losses[k].float() for k in LOSSES)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            for k in LOSSES:
+                sums[k] += float(losses[k])
+            steps += 1
+        val_losses = evaluate(_unwrap(model), val, cfg.batch_size, device)
+        for k in LOSSES:
+            history[k].append(val_losses[k])
+        done = converged(history, cfg.convergence)
+        metrics = {"epoch": epoch, "epoch_s": time.perf_counter() - t0,
+                   **{f"train_{k}": sums[k] / max(1, steps) for k in LOSSES},
+                   **{f"val_{k}": v for k, v in val_losses.items()},
+                   **{f"converged_{k}": bool(v) for k, v in done.items()}, "converged": all(done.values())}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save({"model": _unwrap(model).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                            "history": history, "spec": _unwrap(model).docray_spec}, os.path.join(tmp, "state.pt"))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                sample_grid(_unwrap(model), val, cfg.n_samples, os.path.join(out_dir, "samples", f"epoch_{epoch:03d}.png"), device)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if metrics["converged"] or (cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s):
+            break
+
+
+def run(cfg: RegenTrainConfig) -> dict:
+    """Train on Ray (already initialised), save the model; returns the final metrics and paths."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from docray import paths
+    from docray.models import build_model, save_pretrained
+    from docray.storage.registry import ModelRegistry
+
+    out = os.path.abspath(cfg.out or paths.sub("models", "regen-run"))
+    cfg = cfg.model_copy(update={"out": out})
+    save_config(cfg, out)
+    use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=cfg.model_dump(),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(name="regen", storage_path=os.path.join(out, "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+    model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
+    model.load_state_dict(state["model"])
+    model_dir = os.path.join(out, "model")
+    save_pretrained(model, model_dir)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    version = None
+    if cfg.to_registry:
+        version = ModelRegistry().save("regen", model, config=state["spec"], metrics=metrics)
+    return {"metrics": metrics, "model_dir": model_dir, "registry_version": version,
+            "checkpoint": result.checkpoint.path, "history": state["history"]}
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(RegenTrainConfig, argv, description=__doc__.split("\n\n")[0])
+    from cluster.local import init_ray
+
+    init_ray()
+    res = run(cfg)
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in res["metrics"].items()})
+    print(f"model: {res['model_dir']}  registry: regen {res['registry_version']}  checkpoint: {res['checkpoint']}")
+
+
+if __name__ == "__main__":
+    main()

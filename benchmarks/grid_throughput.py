@@ -4,8 +4,9 @@
     python -m benchmarks.grid_throughput --set actors=[1,2,4] n_masks=96
 
 Same models (two recognisers of `model`, random weights: speed does not depend on them), same
-masks, same test images, same machine, one run. The plain loop runs in its own process (all
-threads); its peak RSS is that process's. Ray runs the grid at each actor count in `actors`;
+masks, same test images, same machine, one run. The plain loop runs in its own process, once per
+torch thread count in `plain_threads` (on a small or busy host one thread is often faster than
+all cores); the fastest is the baseline Ray is compared with. Its peak RSS is that process's. Ray runs the grid at each actor count in `actors`;
 peak memory is the largest actor RSS, measured again with 2x the masks (it must not grow with
 m x n: masks stream through, the n images sit once in each actor). Last line: one JSON object.
 """
@@ -33,6 +34,7 @@ class GridBenchConfig(Config):
     chunk: int = Field(128, description="images per model call")
     actors: list[int] = Field([1, 2], description="actor counts to measure")
     memory_scale: int = Field(2, description="the memory check reruns with this many times the masks")
+    plain_threads: list[int] = Field([1, 0], description="torch threads for the plain loop runs (0: torch's default)")
 
 
 def _rss_mb() -> float:
@@ -42,7 +44,11 @@ def _rss_mb() -> float:
 def _plain(args, q):
     from docray.masking.grid import GridPredictor, plain_grid
 
-    images, labels, models, masks, cfg = args
+    images, labels, models, masks, cfg, threads = args
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     pred = GridPredictor(images, labels, models, runs=cfg["runs"], chunk=cfg["chunk"])
     t1 = time.perf_counter()
@@ -104,12 +110,18 @@ def main(argv=None) -> None:
     pairs = cfg.n_masks * len(test) * cfg.runs
     rows = []
 
-    q = mp.get_context("spawn").Queue()
-    p = mp.get_context("spawn").Process(target=_plain, args=((test.images, test.labels, models, small, cfg.model_dump()), q))
-    p.start()
-    plain_s, plain_run_s, plain_rss, plain_counts = q.get()
-    p.join()
-    rows.append(("plain loop (1 process)", 0, plain_s, pairs / plain_s, pairs / plain_run_s, plain_rss))
+    plain = []
+    for threads in cfg.plain_threads:
+        q = mp.get_context("spawn").Queue()
+        p = mp.get_context("spawn").Process(
+            target=_plain, args=((test.images, test.labels, models, small, cfg.model_dump(), threads), q))
+        p.start()
+        plain_s, plain_run_s, plain_rss, plain_counts = q.get()
+        p.join()
+        label = f"plain loop, {threads or 'default'} thr"
+        plain.append((label, 0, plain_s, pairs / plain_s, pairs / plain_run_s, plain_rss))
+    rows.append(max(plain, key=lambda r: r[3]))  # the baseline: the fastest plain run
+    plain_s, plain_rss = rows[0][2], rows[0][5]
     data_ref = ray.put((test.images, test.labels))
     same = True
     for k in cfg.actors:
@@ -123,7 +135,7 @@ def main(argv=None) -> None:
     print("end to end: from the call to the last row (Ray: actor start-up included; plain: model load included);")
     print("running: from the first batch started to the last finished (start-up excluded)")
     print(f"{'engine':<26}{'seconds':>9}{'pairs/s e2e':>13}{'pairs/s running':>17}{'peak MB':>10}")
-    for name, _, sec, pps, run_pps, rss in rows:
+    for name, _, sec, pps, run_pps, rss in plain + rows[1:]:
         print(f"{name:<26}{sec:>9.1f}{pps:>13.0f}{run_pps:>17.0f}{rss:>10.0f}")
     print(f"memory check: {k_best} actor(s), {cfg.memory_scale}x masks -> peak actor RSS {rss2:.0f} MB "
           f"(vs {rows[[r[1] for r in rows].index(k_best)][5]:.0f} MB); same numbers as the plain loop: {same}")
@@ -131,7 +143,8 @@ def main(argv=None) -> None:
     best_run = max(rows[1:], key=lambda r: r[4])
     print(json.dumps({
         "pairs": pairs, "plain_pairs_per_s": round(pairs / plain_s, 1), "plain_running_pairs_per_s": round(rows[0][4], 1),
-        "plain_peak_rss_mb": round(plain_rss),
+        "plain_peak_rss_mb": round(plain_rss), "plain_baseline": rows[0][0],
+        "plain_pairs_per_s_by_threads": {r[0].split(", ")[1]: round(r[3], 1) for r in plain},
         "ray_pairs_per_s_by_actors": {str(r[1]): round(r[3], 1) for r in rows[1:]},
         "ray_running_pairs_per_s_by_actors": {str(r[1]): round(r[4], 1) for r in rows[1:]},
         "ray_peak_actor_rss_mb_by_actors": {str(r[1]): round(r[5]) for r in rows[1:]},

@@ -14,9 +14,7 @@ registry as `register_as` (`$DOCRAY_HOME/models/<register_as>/vNNNN`).
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from tqdm import tqdm
 
 from docray import paths
 from docray.config import Config, parse_args, save_config
+from train_jobs.common import (load_result_state, maybe_fail, report_epoch, restore, run_trainer, unwrap_state,
+                               warmup_cosine, worker_setup)
 
 
 class MAEPretrainConfig(Config):
@@ -46,94 +46,6 @@ class MAEPretrainConfig(Config):
     out: str = Field(default_factory=lambda: paths.sub("runs", "mae_pretrain"), description="run folder")
     register_as: str = Field("recognition-encoder", description="model registry name ('' = do not register)")
     fail_at_epoch: int = Field(-1, description="testing: raise once after this epoch's checkpoint (-1 = never)")
-
-
-# -- shared Ray Train helpers (unified_train uses them too) -----------------------------------------
-
-
-def worker_setup(cpus: float):
-    """Device and threads of this worker; returns (device, world_rank, world_size)."""
-    import ray.train
-    import ray.train.torch
-
-    torch.set_num_threads(max(1, int(cpus)))
-    ctx = ray.train.get_context()
-    return ray.train.torch.get_device(), ctx.get_world_rank(), ctx.get_world_size()
-
-
-def restore(model, opt) -> int:
-    """Load the latest checkpoint into (model, opt) if there is one; returns the epoch to start at."""
-    import ray.train
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return 0
-    with ckpt.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    return int(state["epoch"]) + 1
-
-
-def report_epoch(rank: int, model, opt, epoch: int, metrics: dict, files: dict[str, bytes] | None = None):
-    """Rank 0 writes the checkpoint in a TemporaryDirectory; every rank reports."""
-    import ray.train
-
-    metrics = {**metrics, "epoch": epoch}
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch}, Path(d) / "state.pt")
-        (Path(d) / "metrics.json").write_text(json.dumps(metrics))
-        for name, data in (files or {}).items():
-            (Path(d) / name).write_bytes(data)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
-    return min(1.0, (step + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
-def maybe_fail(cfg_fail_at: int, epoch: int, out: str, rank: int):
-    """Testing hook: raise once (a marker file remembers) to exercise FailureConfig + restore."""
-    marker = Path(out) / ".failed_once"
-    if epoch == cfg_fail_at and rank == 0 and not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("1")
-        raise RuntimeError(f"injected failure after epoch {epoch} (fail_at_epoch)")
-
-
-def run_trainer(loop, cfg, name: str):
-    """Fit `loop` with TorchTrainer under cfg's scaling and failure settings; returns the Result."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    trainer = TorchTrainer(
-        loop, train_loop_config=cfg.model_dump(),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(Path(cfg.out).resolve() / "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    return trainer.fit()
-
-
-def load_result_state(result) -> tuple[dict, dict]:
-    """(model state dict, metrics) of a finished run's latest checkpoint."""
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-        metrics = json.loads((Path(d) / "metrics.json").read_text())
-    return state["model"], metrics
-
-
-def unwrap_state(state: dict) -> dict:
-    """A DDP state dict without the `module.` prefix."""
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 # -- MAE ---------------------------------------------------------------------------------------------
@@ -160,7 +72,7 @@ def train_loop_per_worker(config: dict) -> None:
     images = torch.from_numpy(load_images(documents_table(c.n_docs, c.seed), size, "train", c.use_frames))
     val = to_float(torch.from_numpy(load_images(documents_table(c.n_docs, c.seed), size, "val", False))[:6])
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay, betas=(0.9, 0.95))
-    start = restore(model, opt)
+    start, _ = restore(model, opt)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=c.batch_size,
                                          shuffle=True, drop_last=len(images) > c.batch_size)
     loader = ray.train.torch.prepare_data_loader(loader)

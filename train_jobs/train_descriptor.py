@@ -13,10 +13,9 @@ val tiles among all clean val tiles, and the mean positive / hardest negative si
 """
 from __future__ import annotations
 
-import math
 import os
-import tempfile
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from docray.config import Config, parse_args, save_config
+from train_jobs.common import load_checkpoint_state, report_epoch, restore, run_trainer, unwrap, warmup_cosine
 
 
 class DescriptorTrainConfig(Config):
@@ -40,7 +40,7 @@ class DescriptorTrainConfig(Config):
     temperature: float = Field(0.05, description="InfoNCE temperature (SSCD uses 0.05)")
     koleo: float = Field(0.5, description="weight of the KoLeo entropy regulariser")
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
-    use_gpu: bool | None = Field(None, description="None: when torch sees a GPU")
+    use_gpu: bool | None = Field(None, description="None: when the Ray cluster has a GPU")
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = 1
     out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/descriptor-run)")
@@ -114,17 +114,9 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / total)))
-    start = 0
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu")
-        _unwrap(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["epoch"] + 1
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if torch.cuda.is_available() else _null()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 20, total))
+    start, _ = restore(model, opt, sched)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if torch.cuda.is_available() else nullcontext()
     device = ray.train.torch.get_device()
     for epoch in range(start, cfg.epochs):
         ds.epoch = epoch
@@ -142,50 +134,21 @@ def train_loop_per_worker(config: dict) -> None:
             sched.step()
             losses.append(float(loss))
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_s": time.perf_counter() - t0}
-        metrics.update(evaluate(_unwrap(model), val_tiles, size, device=device))
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if ray.train.get_context().get_world_rank() == 0:
-                torch.save({"model": _unwrap(model).state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "epoch": epoch, "spec": _unwrap(model).docray_spec}, os.path.join(tmp, "state.pt"))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+        metrics.update(evaluate(unwrap(model), val_tiles, size, device=device))
+        report_epoch(ray.train.get_context().get_world_rank(), model, opt, epoch, metrics, sched=sched,
+                     extra={"spec": unwrap(model).docray_spec})
 
 
 def run(cfg: DescriptorTrainConfig) -> dict:
     """Train on Ray (already initialised), save the model; returns the final metrics and paths."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from docray import paths
     from docray.models import build_model, save_pretrained
     from docray.storage.registry import ModelRegistry
 
     out = cfg.out or paths.sub("models", "descriptor-run")
     save_config(cfg, out)
-    use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=cfg.model_dump(),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name="descriptor", storage_path=os.path.join(out, "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu")
+    result = run_trainer(train_loop_per_worker, cfg.model_copy(update={"out": out}), "descriptor")
+    state = load_checkpoint_state(result.checkpoint)
     model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
     model.load_state_dict(state["model"])
     save_pretrained(model, os.path.join(out, "model"))

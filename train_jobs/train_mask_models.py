@@ -15,7 +15,6 @@ inpainter learns masked -> whole on the same images and masks. Each model goes t
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from pydantic import Field
 
 from docray.config import Config, parse_args, save_config
+from train_jobs.common import load_checkpoint_state, report_epoch, restore, unwrap
 
 
 class TrainParams(Config):
@@ -50,7 +50,7 @@ class MaskModelsConfig(Config):
     models: list[str] = Field(["original", "masked", "inpaint"], description="which models to train")
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool | None = Field(None, description="None: when torch sees a GPU")
+    use_gpu: bool | None = Field(None, description="None: when torch sees a GPU on this host")
     max_failures: int = 1
     out: str = Field("", description="run folder ('' -> DOCRAY_HOME/reports/masking/train)")
     run_name: str = Field("", description="Ray Train run name prefix; '' -> a fresh one per call. Reuse an earlier "
@@ -89,14 +89,7 @@ def train_loop_per_worker(ctx: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
-    start = 0
-    if ckpt := ray.train.get_checkpoint():
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu")
-        _unwrap(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["epoch"] + 1
+    start, _ = restore(model, opt, sched)
     vx, vy = val.tensors(device)
     vm = torch.from_numpy(np.stack([bank[i % len(bank)] for i in range(len(vy))])).to(device)[:, None]  # fixed val masks
     use_bank = bank if kind != "original" else None
@@ -113,23 +106,13 @@ def train_loop_per_worker(ctx: dict) -> None:
             opt.step()
             sched.step()
             losses.append(float(loss))
-        m = _unwrap(model)
+        m = unwrap(model)
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_s": time.perf_counter() - t0}
         if kind == "inpaint":
             metrics["val_hole_l1"] = T.inpaint_l1(m, vx, vm)
         else:
             metrics.update(val_acc_whole=T.accuracy(m, vx, vy), val_acc_masked=T.accuracy(m, vx, vy, vm))
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"model": m.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "epoch": epoch, "spec": spec}, os.path.join(tmp, "state.pt"))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
+        report_epoch(rank, model, opt, epoch, metrics, sched=sched, extra={"spec": spec})
 
 
 def fit_one(cfg: MaskModelsConfig, kind: str, ctx: dict, out: str, run_name: str):
@@ -147,8 +130,7 @@ def fit_one(cfg: MaskModelsConfig, kind: str, ctx: dict, out: str, run_name: str
         run_config=RunConfig(name=f"{run_name}-{kind}", storage_path=os.path.join(out, "ray"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)))
     result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu")
+    state = load_checkpoint_state(result.checkpoint)
     model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
     model.load_state_dict(state["model"])
     return model, {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}

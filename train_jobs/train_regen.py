@@ -19,7 +19,6 @@ it from its storage path); `resume_from=<checkpoint folder>` continues another r
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -28,6 +27,7 @@ from pydantic import Field
 
 from docray.compression.convergence import LOSSES, Convergence, converged
 from docray.config import Config, parse_args, save_config
+from train_jobs.common import load_checkpoint_state, report_epoch, restore, run_trainer, unwrap
 
 
 class RegenTrainConfig(Config):
@@ -47,16 +47,12 @@ class RegenTrainConfig(Config):
     convergence: Convergence = Convergence()
     n_samples: int = Field(4, ge=1, description="val documents in the per-epoch sample grid")
     num_workers: int = Field(1, ge=1)
-    use_gpu: bool | None = Field(None, description="None: when torch sees a GPU")
+    use_gpu: bool | None = Field(None, description="None: when the Ray cluster has a GPU")
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = 1
     resume_from: str = Field("", description="a checkpoint folder of an earlier run to continue from")
     out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/regen-run)")
     to_registry: bool = Field(True, description="save the result in the model registry as 'regen'")
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def _examples(cfg: RegenTrainConfig, model, start: int, stop: int) -> dict:
@@ -135,16 +131,11 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, history = 0, {k: [] for k in LOSSES}
     ckpt = ray.train.get_checkpoint()  # a restarted worker group (FailureConfig) or a rerun of this run
     if ckpt is None and cfg.resume_from:  # an earlier run's checkpoint folder
         ckpt = ray.train.Checkpoint(cfg.resume_from)
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
-        _unwrap(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start, history = state["epoch"] + 1, state["history"]
+    start, state = restore(model, opt, checkpoint=ckpt)
+    history = state.get("history") or {k: [] for k in LOSSES}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     out_dir = cfg.out
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -164,7 +155,7 @@ def train_loop_per_worker(config: dict) -> None:
             for k in LOSSES:
                 sums[k] += float(losses[k])
             steps += 1
-        val_losses = evaluate(_unwrap(model), val, cfg.batch_size, device)
+        val_losses = evaluate(unwrap(model), val, cfg.batch_size, device)
         for k in LOSSES:
             history[k].append(val_losses[k])
         done = converged(history, cfg.convergence)
@@ -172,23 +163,15 @@ def train_loop_per_worker(config: dict) -> None:
                    **{f"train_{k}": sums[k] / max(1, steps) for k in LOSSES},
                    **{f"val_{k}": v for k, v in val_losses.items()},
                    **{f"converged_{k}": bool(v) for k, v in done.items()}, "converged": all(done.values())}
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"model": _unwrap(model).state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                            "history": history, "spec": _unwrap(model).docray_spec}, os.path.join(tmp, "state.pt"))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                sample_grid(_unwrap(model), val, cfg.n_samples, os.path.join(out_dir, "samples", f"epoch_{epoch:03d}.png"), device)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            sample_grid(unwrap(model), val, cfg.n_samples, os.path.join(out_dir, "samples", f"epoch_{epoch:03d}.png"), device)
+        report_epoch(rank, model, opt, epoch, metrics, extra={"history": history, "spec": unwrap(model).docray_spec})
         if metrics["converged"] or (cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s):
             break
 
 
 def run(cfg: RegenTrainConfig) -> dict:
     """Train on Ray (already initialised), save the model; returns the final metrics and paths."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from docray import paths
     from docray.models import build_model, save_pretrained
     from docray.storage.registry import ModelRegistry
@@ -196,18 +179,8 @@ def run(cfg: RegenTrainConfig) -> dict:
     out = os.path.abspath(cfg.out or paths.sub("models", "regen-run"))
     cfg = cfg.model_copy(update={"out": out})
     save_config(cfg, out)
-    use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=cfg.model_dump(),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name="regen", storage_path=os.path.join(out, "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+    result = run_trainer(train_loop_per_worker, cfg, "regen")
+    state = load_checkpoint_state(result.checkpoint)
     model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
     model.load_state_dict(state["model"])
     model_dir = os.path.join(out, "model")

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from docray import paths
 from docray.config import Config, parse_args, save_config
-from train_jobs.mae_pretrain import (load_result_state, maybe_fail, report_epoch, restore, run_trainer,
-                                     unwrap_state, warmup_cosine, worker_setup)
+from train_jobs.common import (load_result_state, maybe_fail, report_epoch, restore, run_trainer, unwrap_state,
+                               warmup_cosine, worker_setup)
 
 
 class UnifiedTrainConfig(Config):
@@ -98,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
     model, cat = build(c, config["query_text"])
     arrays = prepare(documents_table(c.n_docs, c.seed), cat, model.image_size)
     opt = make_optimizer(model, c)
-    start = restore(model, opt)
+    start, _ = restore(model, opt)
     train = DocumentSet(arrays, "train")
     loader = torch.utils.data.DataLoader(train, batch_size=c.batch_size, shuffle=True, drop_last=len(train) > c.batch_size)
     held_out = torch.utils.data.DataLoader(DocumentSet(arrays, c.eval_split), batch_size=64)

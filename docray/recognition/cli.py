@@ -75,23 +75,8 @@ def image(image, flash, angles, tasks, model) -> None:
 @click.option("--epochs", default=2, show_default=True)
 def quickstart(docs: int, epochs: int) -> None:
     """A short MAE pre-training, a short multi-task training, then one POST /v1/recognize through Serve."""
-    import httpx
-    from ray import serve
+    from cluster.local import init_ray
+    from cluster.quickstart import recognition_step
 
-    from docray.recognition.data import documents_table
-    from serve_apps.recognition import build_app
-    from train_jobs import mae_pretrain, unified_train
-
-    mae = mae_pretrain.main(["--set", f"n_docs={docs}", f"epochs={epochs}"])
-    uni = unified_train.main(["--set", f"n_docs={docs}", f"epochs={epochs}"])
-    serve.run(build_app({}), name="recognition", route_prefix="/recognition")
-    row = documents_table(docs).slice(0, 1).to_pylist()[0]
-    r = httpx.post("http://127.0.0.1:8000/recognition/v1/recognize", timeout=120,
-                   files=[("image", ("doc.png", row["image"], "image/png")), ("frames[]", ("flash.png", row["flash"], "image/png"))])
-    body = r.json()
-    for res in body.get("results", {}).values():
-        if "mask_png" in res:
-            res["mask_png"] = res["mask_png"][:24] + "..."
-    click.echo(json.dumps({"pretrain": mae, "train": uni, "recognize_status": r.status_code, "response": body,
-                           "truth": {"doc_type": row["doc_type_name"], "recapture": row["recapture"],
-                                     "quality": round(row["quality"], 3)}}, indent=2))
+    init_ray()
+    click.echo(json.dumps(recognition_step(docs, epochs), indent=2, default=str))

@@ -15,6 +15,7 @@ saved folder rebuilds itself without the caller knowing the architecture.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import pkgutil
@@ -48,6 +49,23 @@ def list_models(contains: str = "") -> list[str]:
     """Registered model names, optionally those containing a substring."""
     _load_families()
     return sorted(n for n in _REGISTRY if contains in n)
+
+
+def make_config(cls, defaults: dict, overrides: dict, what: str):
+    """A family's dataclass config from a size's `defaults` and the caller's `overrides`.
+
+    Unknown keys are a TypeError naming the valid ones; list values of tuple fields (what a
+    config.json gives back) become tuples again.
+    """
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown {what} option(s) {unknown}; valid: {sorted(known)}")
+    cfg = cls(**{**defaults, **overrides})
+    for f in dataclasses.fields(cls):
+        if isinstance(getattr(cls(), f.name, None), tuple) and isinstance(getattr(cfg, f.name), list):
+            setattr(cfg, f.name, tuple(getattr(cfg, f.name)))
+    return cfg
 
 
 def build_model(name: str, **overrides) -> nn.Module:

@@ -13,13 +13,13 @@ and only the newly known ring plus the original pixels are kept; the last pass f
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from docray.models import register_model
+from docray.models import make_config, register_model
 
 
 @dataclass
@@ -98,12 +98,7 @@ class Inpainter(nn.Module):
 
 
 def _build(defaults: dict, overrides: dict) -> Inpainter:
-    known = set(asdict(InpaintConfig()))
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown inpaint option(s) {unknown}; valid: {sorted(known)}")
-    cfg = InpaintConfig(**{**defaults, **overrides})
-    cfg.block_out_channels = tuple(cfg.block_out_channels)
+    cfg = make_config(InpaintConfig, defaults, overrides, "inpaint")
     return Inpainter(cfg)
 
 

@@ -11,13 +11,13 @@ the model normalises internally.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from docray.models import register_model
+from docray.models import make_config, register_model
 
 
 @dataclass
@@ -51,12 +51,7 @@ class Recognizer(nn.Module):
 
 
 def _build(defaults: dict, overrides: dict) -> Recognizer:
-    known = set(asdict(RecognizerConfig()))
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown recognizer option(s) {unknown}; valid: {sorted(known)}")
-    cfg = RecognizerConfig(**{**defaults, **overrides})
-    cfg.layers, cfg.channels = tuple(cfg.layers), tuple(cfg.channels)
+    cfg = make_config(RecognizerConfig, defaults, overrides, "recognizer")
     return Recognizer(cfg)
 
 

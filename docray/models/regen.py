@@ -25,7 +25,7 @@ Inputs: `pixels` (b, 3, h, w) in [0, 1] at `content_size`; `target` (b, 3, H, W)
 from __future__ import annotations
 
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ import docray  # noqa: F401  (the torchvision shim, before transformers/diffuser
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import BertConfig, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
-from docray.models import register_model
+from docray.models import make_config, register_model
 
 PAD, BOS, EOS = 0, 1, 2
 CHARS = string.printable[:95]  # ' '..'~' minus nothing: digits, letters, punctuation, space
@@ -202,13 +202,7 @@ class RegenModels(nn.Module):
 
 
 def _build(defaults: dict, overrides: dict) -> RegenModels:
-    known = set(asdict(RegenConfig()))
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown regen option(s) {unknown}; valid: {sorted(known)}")
-    cfg = RegenConfig(**{**defaults, **overrides})
-    for k in ("content_size", "gen_size", "gen_channels"):
-        setattr(cfg, k, tuple(getattr(cfg, k)))
+    cfg = make_config(RegenConfig, defaults, overrides, "regen")
     return RegenModels(cfg)
 
 

@@ -30,13 +30,13 @@ attr_num (b, n_num) float.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from docray.models import build_model, register_model
+from docray.models import build_model, make_config, register_model
 
 TYPES = ("cls", "reg", "seg", "det")  # gate order (docray.recognition.tasks.TASK_TYPES)
 FRAME_KINDS = ("none", "flash", "angles")
@@ -263,11 +263,7 @@ class UnifiedModel(nn.Module):
 
 
 def _build(defaults: dict, overrides: dict) -> UnifiedModel:
-    known = set(asdict(UnifiedConfig()))
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown unified-model option(s) {unknown}; valid: {sorted(known)}")
-    cfg = UnifiedConfig(**{**defaults, **overrides})
+    cfg = make_config(UnifiedConfig, defaults, overrides, "unified-model")
     if not cfg.catalogue:
         from docray.recognition.tasks import load_catalogue
 

@@ -3,6 +3,7 @@
     docray info                                  versions, devices, Ray address, DOCRAY_HOME
     docray doctor                                check that the model stack imports and runs here
     docray synth documents --n 500 --out DIR     synthetic data as Parquet shards + a contact sheet
+    docray api health                            call the gateway (every route; DOCRAY_URL, DOCRAY_API_KEY)
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ LAZY_GROUPS = {
     "masks": "docray.masking.cli:masks",
     "recognize": "docray.recognition.cli:recognize",
     "compress": "docray.compression.cli:compress",
+    "api": "docray.api_cli:api",
 }
 
 

@@ -1,33 +1,360 @@
-"""The docray client library (terminal side). This part: regen compression in split mode.
+"""The docray client library: one method per gateway route, sync and async.
 
-    lib = fetch_file_types("http://gateway:8000", api_key="...")        # GET /v1/file-types
-    r = httpx.post(f"{url}/v1/compress?mode=split", files={"image": png}).json()
-    data = compress_on_terminal(base64.b64decode(r["processed"]), r["type"], lib)   # bytes to upload
+    from docray.client import DocrayClient, AsyncDocrayClient, DocrayError
 
-The terminal does no heavy work: the server recognises and regenerates; the terminal only runs
-the per-type compression (the documented quality formula and its search, `docray.compression.
-quality`) with the file-type library the server publishes, so both sides agree on the limits.
+    with DocrayClient("http://127.0.0.1:8000", api_key="...") as dc:
+        dc.healthz()                                        # {"status": "ok", "apps": {...}}
+        dc.recognize("id.png", frames=["flash.png"], tasks=["doc_type"])
+        dc.screen(["a.jpg", "b.jpg"], release_time="2024-05-01")
+        dc.recognize_private(face)                          # masked HERE: the raw face never leaves
+        data, answer = dc.compress_split("scan.png")        # server regenerates, terminal compresses
+
+    async with AsyncDocrayClient(url, api_key="...") as dc:  # same methods, awaited
+        await dc.library()
+
+Images may be a path, bytes, a PIL image or a uint8 numpy array (PIL/numpy are sent as PNG).
+Every server error is a `DocrayError(status, code, message)` from the gateway's JSON error model;
+no gateway at the URL is `DocrayError(0, "unreachable", ...)`.
+
+How it is built: each route is an *operation*, a generator that yields `Call`s (method, path,
+httpx arguments, response parser) and receives the parsed answers. Requests and parsing are
+written once here; `DocrayClient` and `AsyncDocrayClient` only differ in how they send a `Call`.
+Operations with two requests (private recognition fetches the target masks once; split
+compression fetches the file-type library) are ordinary generator code.
+
+Kept for existing callers: `fetch_file_types(url)` and `compress_on_terminal(png, type, lib)`.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generator, Iterable
+from urllib.parse import quote
 
 import httpx
+import numpy as np
 from PIL import Image
 
 from docray.compression.file_types import FileTypeLibrary, load_file_types
 from docray.compression.quality import compress_for_type
-from docray.imageio import decode_image
+from docray.imageio import decode_image, encode_png, sniff_format
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+START_HINT = "start one with `serve deploy configs/serve/gateway.yaml` (or `serve run` it) and check DOCRAY_URL"
+MEDIA = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
-def _headers(api_key: str | None) -> dict:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+class DocrayError(RuntimeError):
+    """A refused or failed request: HTTP `status` (0: no answer), stable `code`, readable `message`."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
 
 
+# -- requests: image uploads and form fields ----------------------------------------------------
+def image_bytes(image) -> tuple[str, bytes]:
+    """(file name, bytes) of an image given as a path, bytes, a PIL image or a uint8 array."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"no image file at {path}")
+        return path.name, path.read_bytes()
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "image", bytes(image)
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return "image.png", encode_png(image)
+    raise TypeError(f"an image is a path, bytes, a PIL image or a numpy array, not {type(image).__name__}")
+
+
+def upload(field_name: str, image) -> tuple[str, tuple[str, bytes, str]]:
+    """One multipart file part; the content type follows the bytes' magic, not the name."""
+    name, data = image_bytes(image)
+    return field_name, (name, data, MEDIA.get(sniff_format(data) or "", "application/octet-stream"))
+
+
+def json_fields(**values) -> dict[str, str]:
+    """Multipart form fields, JSON-encoded; None values are left out."""
+    return {k: json.dumps(v) for k, v in values.items() if v is not None}
+
+
+def as_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image)
+    return decode_image(image_bytes(image)[1])
+
+
+def mask_locally(image, mask: np.ndarray) -> bytes:
+    """Resize to the mask's size, overlay (hidden pixels exactly 0), PNG bytes (lossless)."""
+    from docray.masking.client import mask_locally as overlay  # the one implementation of the overlay
+
+    return overlay(as_pil(image), mask)
+
+
+# -- responses ----------------------------------------------------------------------------------
+def raise_for_error(r: httpx.Response) -> httpx.Response:
+    """`DocrayError` from the gateway's `{"error": {"code", "message"}}`; a fallback for other bodies."""
+    if r.status_code < 400:
+        return r
+    try:
+        err = r.json()["error"]
+        code, message = str(err["code"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = f"http_{r.status_code}", (r.text.strip()[:200] or r.reason_phrase)
+    raise DocrayError(r.status_code, code, message)
+
+
+def parse_json(r: httpx.Response) -> Any:
+    return raise_for_error(r).json()
+
+
+def parse_bytes(r: httpx.Response) -> bytes:
+    return raise_for_error(r).content
+
+
+def parse_text(r: httpx.Response) -> str:
+    return raise_for_error(r).text
+
+
+def parse_health(r: httpx.Response) -> dict:
+    """A degraded gateway may answer 503 with its status body: that is an answer, not an error."""
+    if r.status_code == 503:
+        with contextlib.suppress(ValueError):
+            body = r.json()
+            if isinstance(body, dict) and "status" in body:
+                return body
+    return parse_json(r)
+
+
+def parse_compress(r: httpx.Response) -> dict:
+    """The compress answer with its image (`compressed` in server mode, `processed` in split) as bytes."""
+    body = parse_json(r)
+    for key in ("compressed", "processed"):
+        if isinstance(body.get(key), str):
+            body[key] = base64.b64decode(body[key])
+    return body
+
+
+def parse_masks(r: httpx.Response) -> dict:
+    """The target masks with each `png` decoded to bytes (255 kept, 0 hidden), best first."""
+    body = parse_json(r)
+    for m in body.get("masks", []):
+        m["png"] = base64.b64decode(m["png"])
+    return body
+
+
+# -- operations: generators of Calls ------------------------------------------------------------
+@dataclass
+class Call:
+    """One HTTP request of an operation and how to read its answer."""
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], Any] = parse_json
+    kwargs: dict = field(default_factory=dict)  # httpx request arguments: files, data, params, json
+
+
+Operation = Generator[Call, Any, Any]
+
+
+def one(method: str, path: str, parse=parse_json, **kwargs) -> Operation:
+    """An operation of a single request."""
+    return (yield Call(method, path, parse, kwargs))
+
+
+def advance(op: Operation, answer: Any) -> tuple[Call | None, Any]:
+    """Send the previous answer in: (the next Call, None) or (None, the operation's result)."""
+    try:
+        return op.send(answer), None
+    except StopIteration as stop:
+        return None, stop.value
+
+
+@contextlib.contextmanager
+def transport_errors(url: str):
+    """httpx's connection failures as `DocrayError` with status 0."""
+    try:
+        yield
+    except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+        raise DocrayError(0, "unreachable", f"no docray gateway at {url} ({e}): {START_HINT}") from None
+    except httpx.TimeoutException as e:
+        raise DocrayError(0, "timeout", f"{url} did not answer in time ({type(e).__name__})") from None
+    except httpx.TransportError as e:
+        raise DocrayError(0, "transport", f"{url}: {type(e).__name__}: {e}") from None
+
+
+class Endpoints:
+    """One method per route. On `AsyncDocrayClient` every method returns an awaitable."""
+
+    def __init__(self, base_url: str, api_key: str | None, http, own: bool):
+        self.base_url, self.api_key, self.http, self._own = base_url.rstrip("/"), api_key, http, own
+        self._masks: dict[str, np.ndarray] | None = None  # the private targets, fetched once
+
+    def _run(self, op: Operation):  # DocrayClient: the result; AsyncDocrayClient: a coroutine
+        raise NotImplementedError
+
+    def _headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    # recognition ------------------------------------------------------------------------------
+    def recognize(self, image, frames: Iterable | None = None, frame_kinds: list[str] | None = None,
+                  tasks: list[str] | None = None, user_attrs: dict | None = None):
+        """`POST /v1/recognize`: the capture plus optional frames (flash, angles) -> {"results", "skipped", "model"}."""
+        files = [upload("image", image)] + [upload("frames[]", f) for f in (frames or [])]
+        data = json_fields(frame_kinds=frame_kinds, tasks=tasks, user_attrs=user_attrs)
+        return self._run(one("POST", "/v1/recognize", files=files, data=data))
+
+    # screening --------------------------------------------------------------------------------
+    def screen(self, pictures, release_time: str | None = None, cut_type: str | None = None):
+        """`POST /v1/screen`: one upload's pictures -> {"abnormal", "matches", ...}."""
+        pictures = pictures if isinstance(pictures, (list, tuple)) else [pictures]
+        data = {k: v for k, v in {"release_time": release_time, "cut_type": cut_type}.items() if v is not None}
+        return self._run(one("POST", "/v1/screen", files=[upload("pictures", p) for p in pictures], data=data))
+
+    def add_target(self, image, release_time: str, source_id: str, target_id: str | None = None):
+        """`POST /v1/screen/targets` (admin): cut a sensitive target into the library."""
+        data = {"release_time": release_time, "source_id": source_id}
+        if target_id is not None:
+            data["target_id"] = target_id
+        return self._run(one("POST", "/v1/screen/targets", files=[upload("image", image)], data=data))
+
+    def library(self):
+        """`GET /v1/screen/library` -> {"version", "tiles", "index", "descriptor"}."""
+        return self._run(one("GET", "/v1/screen/library"))
+
+    # private recognition ----------------------------------------------------------------------
+    def private_masks(self):
+        """`GET /v1/recognize-private/masks` -> {"image_size", "choice", "masks": [{"mask_id", "png": bytes}]}."""
+        return self._run(one("GET", "/v1/recognize-private/masks", parse_masks))
+
+    def recognize_private(self, image, mask_id: str | None = None, embedding: bool = False, mask_locally: bool = True):
+        """`POST /v1/recognize-private` -> {"label", "score", "mask_id", ["embedding"]}.
+
+        mask_locally=True (default): the target masks are fetched once, the image is masked here
+        (default mask: the server's best) and only the masked PNG is sent. False: the raw image is sent.
+        """
+        return self._run(self._private_op(image, mask_id, embedding, mask_locally))
+
+    def _private_op(self, image, mask_id, embedding, local) -> Operation:
+        data = {"embedding": "true" if embedding else "false"}
+        if local:
+            if self._masks is None:
+                from docray.masking.masks import decode_mask
+
+                body = yield Call("GET", "/v1/recognize-private/masks", parse_masks)
+                self._masks = {m["mask_id"]: decode_mask(m["png"]) for m in body["masks"]}
+            mask_id = mask_id or next(iter(self._masks), None)
+            if mask_id not in self._masks:
+                raise ValueError(f"unknown mask_id {mask_id!r}; the server's target masks: {', '.join(self._masks) or 'none'}")
+            part = ("image", ("masked.png", mask_locally(image, self._masks[mask_id]), "image/png"))
+        else:
+            part = upload("image", image)
+        if mask_id:
+            data["mask_id"] = mask_id
+        return (yield Call("POST", "/v1/recognize-private", parse_json, {"files": [part], "data": data}))
+
+    # compression ------------------------------------------------------------------------------
+    def compress(self, image, mode: str = "server"):
+        """`POST /v1/compress?mode=`: server mode -> answer with `compressed` bytes; split -> `processed` bytes."""
+        return self._run(one("POST", "/v1/compress", parse_compress, params={"mode": mode}, files=[upload("image", image)]))
+
+    def compress_split(self, image):
+        """Split mode end to end: the server recognises and regenerates, this side compresses with
+        the server's file-type library. Returns (compressed bytes, the server's answer)."""
+        return self._run(self._split_op(image))
+
+    def _split_op(self, image) -> Operation:
+        lib = yield Call("GET", "/v1/file-types")
+        body = yield Call("POST", "/v1/compress", parse_compress, {"params": {"mode": "split"}, "files": [upload("image", image)]})
+        return compress_on_terminal(body["processed"], body["type"], lib), body
+
+    def file_types(self):
+        """`GET /v1/file-types` -> the file-type library (JSON)."""
+        return self._run(one("GET", "/v1/file-types"))
+
+    def update_file_types(self, lib: dict | FileTypeLibrary):
+        """`PUT /v1/file-types` (admin) -> the validated new library; 400 on invalid thresholds."""
+        body = lib.to_json() if isinstance(lib, FileTypeLibrary) else lib
+        return self._run(one("PUT", "/v1/file-types", json=body))
+
+    def repository(self, record_id: str, which: str = "processed"):
+        """`GET /v1/repository/{record_id}/{which}` -> image bytes (which=original: admin only)."""
+        return self._run(one("GET", f"/v1/repository/{quote(str(record_id), safe='')}/{quote(which, safe='')}", parse_bytes))
+
+    # operations -------------------------------------------------------------------------------
+    def healthz(self):
+        """`GET /healthz` -> {"status": "ok"|"degraded", "apps": {...}}."""
+        return self._run(one("GET", "/healthz", parse_health))
+
+    def metrics(self):
+        """`GET /metrics` -> Prometheus text."""
+        return self._run(one("GET", "/metrics", parse_text))
+
+
+class DocrayClient(Endpoints):
+    """Blocking client; `http` lets a caller pass its own httpx.Client (e.g. FastAPI's TestClient)."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 60.0,
+                 http: httpx.Client | None = None):
+        super().__init__(base_url, api_key, http or httpx.Client(base_url=base_url, timeout=timeout), http is None)
+
+    def _run(self, op: Operation):
+        call, result = advance(op, None)
+        while call is not None:
+            with transport_errors(self.base_url):
+                r = self.http.request(call.method, call.path, headers=self._headers(), **call.kwargs)
+            call, result = advance(op, call.parse(r))
+        return result
+
+    def close(self) -> None:
+        if self._own:
+            self.http.close()
+
+    def __enter__(self) -> "DocrayClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncDocrayClient(Endpoints):
+    """The same methods, awaited; `http` lets a caller pass its own httpx.AsyncClient.
+
+    The CPU work of `recognize_private` (masking) and `compress_split` (terminal compression) runs
+    in the event loop; both are small (one image), but offload them in a busy loop."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 60.0,
+                 http: httpx.AsyncClient | None = None):
+        super().__init__(base_url, api_key, http or httpx.AsyncClient(base_url=base_url, timeout=timeout), http is None)
+
+    async def _run(self, op: Operation):
+        call, result = advance(op, None)
+        while call is not None:
+            with transport_errors(self.base_url):
+                r = await self.http.request(call.method, call.path, headers=self._headers(), **call.kwargs)
+            call, result = advance(op, call.parse(r))
+        return result
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self.http.aclose()
+
+    async def __aenter__(self) -> "AsyncDocrayClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+
+# -- terminal side of split-mode compression (used by tests and serve_apps.compression's docs) ---
 def fetch_file_types(base_url: str, api_key: str | None = None, timeout: float = 30.0) -> FileTypeLibrary:
     """The server's file-type library (`GET /v1/file-types`), validated (second < first)."""
-    r = httpx.get(base_url.rstrip("/") + "/v1/file-types", headers=_headers(api_key), timeout=timeout)
-    r.raise_for_status()
-    return load_file_types(r.json())
+    with DocrayClient(base_url, api_key=api_key, timeout=timeout) as dc:
+        return load_file_types(dc.file_types())
 
 
 def compress_on_terminal(processed_png: bytes, doc_type: str, file_types: FileTypeLibrary | dict) -> bytes:

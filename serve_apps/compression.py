@@ -1,43 +1,46 @@
-"""Regen compression on Ray Serve: `POST /v1/compress`, `GET /v1/file-types`, `GET /v1/repository/...`.
+"""Regen compression on Ray Serve: `POST /v1/compress`, `GET|PUT /v1/file-types`, `GET /v1/repository/...`.
 
-    serve run serve_apps.compression:app                               # model: registry 'regen' latest
-    serve run serve_apps.compression:build_app model_dir=/path/to/regen-run/model
+    serve run configs/serve/gateway.yaml                               # every method behind one gateway
+    serve run serve_apps.compression:build_app model_dir=/path/to/regen-run/model   # this one only
 
     curl -F image=@capture.png "localhost:8000/v1/compress?mode=server"    # compressed image (base64)
     curl -F image=@capture.png "localhost:8000/v1/compress?mode=split"     # processed image + type
     curl localhost:8000/v1/file-types                                       # for terminal compression
     curl -H "Authorization: Bearer $ADMIN" localhost:8000/v1/repository/<id>/original -o o.png
 
-Composed deployments (`Compression` is the ingress and holds handles to the three others):
+Composed deployments (the gateway calls `Compression`, which holds handles to the three others):
 `TypeModel` and `ContentModel` run in parallel on the document without its portrait (both calls are
 sent before either is awaited), then `Generator` renders the processed image, then `Compression`
 pastes the portrait and seals back, compresses per type (server mode) and stores the record.
 Model calls are `@serve.batch`ed across requests. Split mode returns the processed image and its
 type; the terminal compresses it with `docray.client.compress_on_terminal` and the library from
-`GET /v1/file-types`.
+`GET /v1/file-types`. An admin's `PUT /v1/file-types` is validated (second < first for every type; the
+first threshold is the generator's output and cannot change), written atomically to the library file
+(`file_types`, default DOCRAY_HOME/compression/file_types.yaml) and picked up by every replica.
 """
 
 import asyncio
-import base64
+import os
+from pathlib import Path
 from typing import Literal
 
-from fastapi import File, Query, Request, UploadFile
-from fastapi.responses import Response
-from pydantic import Field
+import yaml
+from pydantic import Field, ValidationError
 from ray import serve
 
-from docray.compression.file_types import ThresholdError
+from docray import paths
+from docray.compression.file_types import ThresholdError, load_file_types
 from docray.config import Config
-from docray.imageio import MAX_BYTES, decode_image, sniff_format
-from serve_apps.http import ApiError, load_api_keys, make_api, require_role
-
-api = make_api("docray regen compression", "recognise -> generate -> compress, with the image repository")
+from docray.imageio import decode_image, sniff_format
+from serve_apps.http import ApiError
+from serve_apps.observe import record_batch
 
 
 class CompressionAppConfig(Config):
     model_dir: str = Field("", description="regen model folder (train_regen's <out>/model); '' -> registry 'regen'")
     untrained: str = Field("", description="build this factory with random weights instead (tests, demos)")
-    file_types: str = Field("", description="file-type library YAML ('' -> the packaged one)")
+    file_types: str = Field("", description="file-type library YAML ('' -> DOCRAY_HOME/compression/file_types.yaml "
+                                            "when an admin has edited it, else the packaged one)")
     fill: Literal["background", "blank"] = Field("background", description="how the portrait's hole is filled")
     steps: int | None = Field(None, description="DDIM steps (None: the model's sample_steps)")
     composite_seals: bool = True
@@ -46,11 +49,17 @@ class CompressionAppConfig(Config):
     seed: int = 0
 
 
+def file_types_path(cfg: CompressionAppConfig) -> Path:
+    """Where the served file-type library lives (and where admin edits go)."""
+    return Path(cfg.file_types) if cfg.file_types else Path(paths.sub("compression")) / "file_types.yaml"
+
+
 def load_compressor(cfg: CompressionAppConfig):
     """The library pipeline object every deployment wraps (one model load per replica)."""
     from docray.compression.pipeline import RegenCompressor
 
-    return RegenCompressor.from_source(cfg.model_dir, cfg.untrained, cfg.file_types, cfg.seed, fill=cfg.fill,
+    lib = file_types_path(cfg)
+    return RegenCompressor.from_source(cfg.model_dir, cfg.untrained, str(lib) if lib.exists() else "", cfg.seed, fill=cfg.fill,
                                        steps=cfg.steps, composite_seals=cfg.composite_seals)
 
 
@@ -61,6 +70,7 @@ class TypeModel:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def classify(self, images: list) -> list[tuple[str, float]]:
+        record_batch("TypeModel", len(images))
         return self.rc.predict_types(images)
 
 
@@ -71,6 +81,7 @@ class ContentModel:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def read(self, images: list) -> list[str]:
+        record_batch("ContentModel", len(images))
         return self.rc.read_contents(images)
 
 
@@ -81,11 +92,11 @@ class Generator:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def generate(self, requests: list[tuple[str, str]]) -> list:
+        record_batch("Generator", len(requests))
         return self.rc.generate([t for t, _ in requests], [c for _, c in requests])
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
-@serve.ingress(api)
 class Compression:
     def __init__(self, type_model, content_model, generator, config: dict):
         from docray.storage.repository import ImageRepository
@@ -94,17 +105,28 @@ class Compression:
         self.type_model, self.content_model, self.generator = type_model, content_model, generator
         self.rc = load_compressor(self.cfg)  # geometry, seals, compression; its models stay idle here
         self.repo = ImageRepository(self.cfg.repository_url or None, self.cfg.blob_root or None)
-        self.keys = load_api_keys()
+        self.lib_path = file_types_path(self.cfg)
+        self._lib_mtime = self._mtime()
+
+    def _mtime(self) -> float:
+        return self.lib_path.stat().st_mtime if self.lib_path.exists() else 0.0
+
+    def _fresh_lib(self):
+        """The file-type library, reloaded when another replica (or an admin) changed its file."""
+        if self._mtime() != self._lib_mtime:
+            self._lib_mtime = self._mtime()
+            self.rc.lib = load_file_types(self.lib_path)
+        return self.rc.lib
 
     async def compress(self, data: bytes, mode: str) -> dict:
         """The composed flow; mirrors `RegenCompressor.run` with the model calls on other replicas."""
         from docray.compression import layout
         from docray.compression.quality import compress_for_type
 
-        rc = self.rc
+        rc, lib = self.rc, self._fresh_lib()
         img = decode_image(data, name="image")
         try:
-            rc.lib.check_original(img.width, img.height, len(data))
+            lib.check_original(img.width, img.height, len(data))
         except ThresholdError as e:
             raise ApiError(422, "below_first_threshold", str(e)) from None
         hint, _ = await self.type_model.classify.remote(img)
@@ -117,41 +139,41 @@ class Compression:
         processed, split = await asyncio.to_thread(rc.finish, processed, rest, face, split, seals, img)
         out = rc.assemble(data, img, doc_type, score, content, processed, face, split, seals)
         if mode == "server":
-            c = await asyncio.to_thread(compress_for_type, processed, rc.lib.get(doc_type))
+            c = await asyncio.to_thread(compress_for_type, processed, lib.get(doc_type))
             out.update(compressed=c.data, quality=c.quality, format=c.format)
             out["sizes"]["compressed"] = len(c.data)
         out["record_id"] = await asyncio.to_thread(rc.store, self.repo, data, out, mode)
         out["fields"] = dict(zip(layout.field_names(doc_type), layout.split_content(content, doc_type)))
-        return out
-
-    @api.post("/v1/compress")
-    async def compress_route(self, request: Request, image: UploadFile | None = File(None),
-                             mode: str = Query("server", description="server | split")) -> dict:
-        require_role(request, self.keys, "user")
-        if mode not in ("server", "split"):
-            raise ApiError(400, "bad_mode", f"mode must be 'server' or 'split', got {mode!r}")
-        if image is None:
-            raise ApiError(400, "missing_field", "multipart field 'image' is required")
-        data = await image.read(MAX_BYTES + 1)
-        out = await self.compress(data, mode)
-        body = {k: out[k] for k in ("record_id", "type", "type_score", "content", "fields", "split", "seals",
-                                    "attachments", "sizes", "quality")}
         key = "compressed" if mode == "server" else "processed"
-        body[key] = base64.b64encode(out[key]).decode()
+        body = {k: out[k] for k in ("record_id", "type", "type_score", "content", "fields", "split", "seals",
+                                    "attachments", "sizes", "quality", key)}
         body["format"] = out.get("format", "png") if mode == "server" else "png"
-        return body
+        return body  # the gateway base64-encodes the image bytes
 
-    @api.get("/v1/file-types")
-    async def file_types(self, request: Request) -> dict:
-        require_role(request, self.keys, "user")
-        return self.rc.lib.to_json()
+    def file_types(self) -> dict:
+        return self._fresh_lib().to_json()
 
-    @api.get("/v1/repository/{record_id}/{which}")
-    async def repository(self, request: Request, record_id: str, which: str) -> Response:
+    def set_file_types(self, data: dict) -> dict:
+        """Validate and store a new file-type library (admin); every replica reloads it."""
+        try:
+            lib = load_file_types(data)
+        except (ThresholdError, ValidationError) as e:
+            raise ApiError(400, "bad_file_types", str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)) from None
+        if lib.first != self._fresh_lib().first:
+            raise ApiError(400, "bad_file_types", f"the first threshold ({self.rc.lib.first}) is the generator's "
+                           "output size and cannot change through the API")
+        self.lib_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.lib_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(yaml.safe_dump(lib.to_json(), sort_keys=False))
+        os.replace(tmp, self.lib_path)  # atomic: readers see the old or the new file, never half of one
+        self.rc.lib, self._lib_mtime = lib, self._mtime()
+        return lib.to_json()
+
+    async def repository(self, record_id: str, which: str, role: str) -> tuple[bytes, str]:
+        """(image bytes, media type); `role` was checked by the gateway, the repository checks it again."""
         from docray.storage.blobs import NotFound
         from docray.storage.repository import IMAGES
 
-        role = require_role(request, self.keys, "admin" if which == "original" else "user")
         if which not in IMAGES:
             raise ApiError(400, "bad_image_kind", f"which must be one of {list(IMAGES)}, got {which!r}")
         try:
@@ -159,17 +181,24 @@ class Compression:
         except NotFound as e:
             raise ApiError(404, "not_found", str(e)) from None
         media = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}.get(sniff_format(data), "application/octet-stream")
-        return Response(content=data, media_type=media)
+        return data, media
 
-    @api.get("/healthz")
-    async def healthz(self) -> dict:
-        return {"ok": True}
+    def info(self) -> dict:
+        return {"types": len(self.rc.lib.types)}
+
+
+def backend(cfg: CompressionAppConfig) -> serve.Application:
+    """The bound composed deployments for the gateway."""
+    args = cfg.model_dump()
+    return Compression.bind(TypeModel.bind(args), ContentModel.bind(args), Generator.bind(args), args)
 
 
 def build_app(args: dict | None = None) -> serve.Application:
-    """`serve run serve_apps.compression:build_app model_dir=...` (args are CompressionAppConfig keys)."""
-    cfg = CompressionAppConfig(**(args or {})).model_dump()
-    return Compression.bind(TypeModel.bind(cfg), ContentModel.bind(cfg), Generator.bind(cfg), cfg)
+    """`serve run serve_apps.compression:build_app model_dir=...` (CompressionAppConfig keys): the gateway with
+    compression only."""
+    from serve_apps.gateway import build_app as gateway
+
+    return gateway({"compression": args or {}})
 
 
 app = build_app

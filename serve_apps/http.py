@@ -34,6 +34,9 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
 
+    def __reduce__(self):  # crosses process boundaries (a backend replica raises it, the gateway answers)
+        return ApiError, (self.status, self.code, self.message)
+
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
@@ -88,6 +91,25 @@ def parse_json_field(raw: str | None, name: str, default: Any = None) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as e:
         raise ApiError(400, "bad_json", f"field {name!r} is not valid JSON: {e.msg} at position {e.pos}") from None
+
+
+async def remote(response):
+    """Await a deployment call; the backend's ApiError / ImageDecodeError reaches the client as itself.
+
+    Serve wraps a replica's exception in a RayTaskError (`.cause` is the original); an overloaded or
+    missing backend becomes a 503 instead of a 500.
+    """
+    from ray.exceptions import RayTaskError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    try:
+        return await response
+    except RayTaskError as e:
+        if isinstance(e.cause, (ApiError, ImageDecodeError)):
+            raise e.cause from None
+        raise
+    except (BackPressureError, DeploymentUnavailableError) as e:
+        raise ApiError(503, "overloaded", f"the backend cannot take the request now ({type(e).__name__}); retry") from None
 
 
 def load_api_keys() -> dict[str, str]:

@@ -1,8 +1,9 @@
-"""Private recognition on Ray Serve: `POST /v1/recognize-private`, `GET /v1/recognize-private/masks`.
+"""Private recognition on Ray Serve: `POST /v1/recognize-private`, `GET /v1/recognize-private/masks` (gateway).
 
-    serve run serve_apps.private_recognition:app          # masked recogniser from the registry,
-                                                          # targets from DOCRAY_HOME/reports/masking/grid
-    serve run serve_apps.private_recognition:build_app targets=/path/targets.parquet choice=random
+    serve run configs/serve/gateway.yaml                  # every method behind one gateway
+    serve run serve_apps.private_recognition:build_app targets=/path/targets.parquet choice=random   # this one only
+                                        # default: masked recogniser from the registry, targets from
+                                        # DOCRAY_HOME/reports/masking/grid
 
     curl -F image=@face.png localhost:8000/v1/recognize-private                # raw: the server masks it
     curl -F image=@masked.png -F mask_id=msk-7-0000041 localhost:8000/v1/recognize-private
@@ -12,24 +13,22 @@ Multipart `image` (raw, or already masked with the target `mask_id`), optional `
 Response: `label`, `score`, `mask_id`, and `embedding` when asked. A masked upload must be the
 model's size and black under the declared mask (else 400 `mask_mismatch` / `bad_size`); an
 unknown mask id is 400 `unknown_mask`. The model call is batched across requests (`@serve.batch`).
+The gateway (`serve_apps/gateway.py`) parses the upload; `PrivateRecognition` masks and recognises.
 """
-# no `from __future__ import annotations`: FastAPI must resolve UploadFile in the handler signatures
-
 import asyncio
 import base64
 import logging
 
 import numpy as np
 import torch
-from fastapi import File, Form, Request, UploadFile
 from pydantic import Field
 from ray import serve
 
 from docray.config import Config
-from serve_apps.http import ApiError, load_api_keys, make_api, read_image, require_role
+from serve_apps.http import ApiError
+from serve_apps.observe import record_batch, set_batching
 
 log = logging.getLogger("docray.private_recognition")
-api = make_api("docray private recognition", "Recognition of masked faces with the masked recogniser.")
 
 
 class PrivateRecognitionConfig(Config):
@@ -41,18 +40,7 @@ class PrivateRecognitionConfig(Config):
     batch_wait_timeout_s: float = Field(0.01, description="how long a batch waits to fill")
 
 
-def _flag(raw: str | None) -> bool:
-    if raw is None or raw == "":
-        return False
-    if raw.lower() in ("1", "true", "yes"):
-        return True
-    if raw.lower() in ("0", "false", "no"):
-        return False
-    raise ApiError(400, "bad_request", f"field 'embedding' must be true or false, got {raw!r}")
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
-@serve.ingress(api)
 class PrivateRecognition:
     def __init__(self, cfg: dict | None = None):
         from docray import paths
@@ -61,52 +49,49 @@ class PrivateRecognition:
         self.cfg = PrivateRecognitionConfig(**(cfg or {}))
         targets = self.cfg.targets or paths.sub("reports", "masking", "grid", "targets.parquet")
         self.rec = PrivateRecognizer(self.cfg.masked, targets, self.cfg.choice, self.cfg.image_size)
-        self.keys = load_api_keys()
-        if not self.keys:
-            log.warning("no API keys configured: auth is off, every caller is admin")
-        self.recognize_batch.set_max_batch_size(self.cfg.max_batch_size)
-        self.recognize_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        set_batching(self.recognize_batch, {"max_batch_size": self.cfg.max_batch_size,
+                                            "batch_wait_timeout_s": self.cfg.batch_wait_timeout_s})
+
+    def reconfigure(self, user_config: dict) -> None:
+        set_batching(self.recognize_batch, user_config)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def recognize_batch(self, images: list[torch.Tensor]) -> list[dict]:
+        record_batch("PrivateRecognition", len(images))
         out = await asyncio.to_thread(self.rec, {"image": torch.stack(images)})
         return [{k: v[i] for k, v in out.items()} for i in range(len(images))]
 
-    @api.get("/healthz")
-    async def healthz(self):
-        return {"status": "ok", "target_masks": len(self.rec.masks)}
+    def info(self) -> dict:
+        return {"target_masks": len(self.rec.masks)}
 
-    @api.get("/v1/recognize-private/masks")
-    async def masks(self, request: Request):
+    def masks(self) -> dict:
         """The target masks (PNG base64, 255 kept / 0 hidden), best first, for clients that mask locally."""
-        require_role(request, self.keys, "user")
         from docray.masking.masks import encode_mask
 
         return {"image_size": self.cfg.image_size, "choice": self.cfg.choice,
                 "masks": [{"mask_id": k, "png": base64.b64encode(encode_mask(m)).decode()} for k, m in self.rec.masks.items()]}
 
-    @api.post("/v1/recognize-private")
-    async def recognize(self, request: Request, image: UploadFile = File(None), mask_id: str | None = Form(None),
-                        embedding: str | None = Form(None)):
+    async def recognize(self, image, mask_id: str | None, embedding: bool) -> dict:
+        """image: PIL, raw or masked with `mask_id` -> label, score, mask_id[, embedding]."""
         from docray.masking.private import MaskError
 
-        require_role(request, self.keys, "user")
-        want_emb = _flag(embedding)
-        img = await read_image(image, "image")
         try:
-            x, used = self.rec.prepare(img, mask_id or None)
+            x, used = self.rec.prepare(image, mask_id or None)
         except MaskError as e:
             raise ApiError(400, e.code, str(e)) from None
         out = await self.recognize_batch(x)
         res = {"label": int(out["label"]), "score": float(out["score"]), "mask_id": used}
-        if want_emb:
+        if embedding:
             res["embedding"] = np.asarray(out["embedding"], np.float32).round(5).tolist()
         return res
 
 
 def build_app(args: dict | None = None) -> serve.Application:
-    """`serve run serve_apps.private_recognition:build_app targets=... choice=random` (PrivateRecognitionConfig keys)."""
-    return PrivateRecognition.bind(PrivateRecognitionConfig(**(args or {})).model_dump())
+    """`serve run serve_apps.private_recognition:build_app targets=... choice=random` (PrivateRecognitionConfig
+    keys): the gateway with private recognition only."""
+    from serve_apps.gateway import build_app as gateway
+
+    return gateway({"private": args or {}})
 
 
 app = build_app

@@ -40,14 +40,15 @@ def _start_serve() -> int:
 def app_url(ray_cluster, tmp_path_factory):
     from ray import serve
 
-    from serve_apps.compression import Compression, CompressionAppConfig, ContentModel, Generator, TypeModel
+    from serve_apps import compression
+    from serve_apps.gateway import Gateway
 
     d = tmp_path_factory.mktemp("compression-app")
     (d / "lib.yaml").write_text(yaml.safe_dump(TINY_LIB))
-    cfg = CompressionAppConfig(untrained="regen_tiny", file_types=str(d / "lib.yaml"), repository_url=f"sqlite:///{d}/r.db",
-                               blob_root=str(d / "blobs"), steps=1).model_dump()
+    cfg = compression.CompressionAppConfig(untrained="regen_tiny", file_types=str(d / "lib.yaml"), repository_url=f"sqlite:///{d}/r.db",
+                               blob_root=str(d / "blobs"), steps=1)
     env = {"runtime_env": {"env_vars": {"DOCRAY_API_KEYS": "ukey=user,akey=admin"}}, "num_cpus": 0.25}
-    app = Compression.options(ray_actor_options=env).bind(TypeModel.bind(cfg), ContentModel.bind(cfg), Generator.bind(cfg), cfg)
+    app = Gateway.options(ray_actor_options=env).bind({"compression": cfg.model_dump()}, compression=compression.backend(cfg))
     port = _start_serve()
     serve.run(app, name="compression", route_prefix="/c")
     yield f"http://127.0.0.1:{port}/c"
@@ -81,6 +82,19 @@ def test_compress_split_file_types_and_repository_roles(app_url):
         lib = fetch_file_types(app_url, api_key="ukey")
         assert lib.model_dump() == TINY_LIB
         assert len(compress_on_terminal(processed, s["type"], lib)) <= 2500
+
+        # file-type edits: admin only, validated, stored, served back
+        edited = yaml.safe_load(yaml.safe_dump(TINY_LIB))
+        name = next(iter(edited["types"]))
+        edited["types"][name]["base"] = 42
+        assert c.put(f"{app_url}/v1/file-types", json=edited, headers=user).status_code == 403
+        bad = yaml.safe_load(yaml.safe_dump(edited))
+        bad["types"][name]["second"]["bytes"] = 10**9  # above the first threshold
+        r = c.put(f"{app_url}/v1/file-types", json=bad, headers=admin)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_file_types", r.text
+        r = c.put(f"{app_url}/v1/file-types", json=edited, headers=admin)
+        assert r.status_code == 200 and r.json()["types"][name]["base"] == 42, r.text
+        assert c.get(f"{app_url}/v1/file-types", headers=user).json()["types"][name]["base"] == 42
 
         bad = c.post(f"{app_url}/v1/compress", files={"image": ("x.png", b"not an image")}, headers=user)
         assert bad.status_code == 415 and bad.json()["error"]["code"] == "unsupported_format"

@@ -1,0 +1,294 @@
+"""The docray gateway: one HTTP entry for every method (the Serve application `docray`, route prefix `/`).
+
+    serve run configs/serve/gateway.yaml                        # embedded: starts Ray, deploys, blocks
+    ray start --head && serve deploy configs/serve/gateway.yaml # against a running cluster (:8265)
+    serve run serve_apps.gateway:build_app recognition='{}' screening='{"library": "/data/lib"}'
+
+`Gateway` is the FastAPI ingress. It does the HTTP work once for every method: API keys and roles,
+request byte limits and safe image decoding (bytes, pixels, truncation), the JSON error model,
+Prometheus metrics and request logs, `/healthz`, `/metrics` and `/docs` (one OpenAPI for all routes).
+It then calls the method deployments through handles with decoded inputs:
+
+    /v1/recognize                     -> Recognizer          (serve_apps/recognition.py)
+    /v1/screen, /v1/screen/*          -> Screening, Descriptor (serve_apps/screening.py)
+    /v1/recognize-private[/masks]     -> PrivateRecognition  (serve_apps/private_recognition.py)
+    /v1/compress, /v1/file-types,
+    /v1/repository/*                  -> Compression, TypeModel, ContentModel, Generator (serve_apps/compression.py)
+
+Each method deployment scales on its own (`autoscaling_config` in the YAML); a method left out of the
+args is not deployed and its routes answer 404 `not_deployed`.
+"""
+# no `from __future__ import annotations`: FastAPI must see the route annotations as real types
+
+import asyncio
+import base64
+import json
+import logging
+import time
+
+from fastapi import Body, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import Field, field_validator
+from ray import serve
+
+from docray.config import Config
+from docray.imageio import MAX_BYTES, MAX_PIXELS
+from docray.recognition.tasks import FRAME_KINDS
+from docray.screening.library import to_day
+from docray.screening.templates import CUT_TYPES
+from serve_apps import compression, screening
+from serve_apps.compression import CompressionAppConfig
+from serve_apps.http import ApiError, error_response, load_api_keys, make_api, parse_json_field, read_image, remote, require_role
+from serve_apps.observe import RequestMetrics, node_metrics_text
+from serve_apps.private_recognition import PrivateRecognition, PrivateRecognitionConfig
+from serve_apps.recognition import RecognitionAppConfig, Recognizer
+from serve_apps.screening import ScreeningAppConfig
+
+log = logging.getLogger("ray.serve")
+APPS = ("recognition", "screening", "private", "compression")
+MAX_FRAMES = 8
+
+
+class GatewayConfig(Config):
+    recognition: RecognitionAppConfig | None = Field(None, description="unified recognition; null: not deployed")
+    screening: ScreeningAppConfig | None = Field(None, description="cut-out screening; null: not deployed")
+    private: PrivateRecognitionConfig | None = Field(None, description="private (masked) recognition; null: not deployed")
+    compression: CompressionAppConfig | None = Field(None, description="regen compression; null: not deployed")
+    max_request_bytes: int = Field(64 * 2**20, gt=0, description="a request body over this (Content-Length) is a 413")
+    max_image_bytes: int = Field(MAX_BYTES, gt=0, description="one uploaded image at most this many bytes")
+    max_image_pixels: int = Field(MAX_PIXELS, gt=0, description="one decoded image at most this many pixels")
+    max_pictures: int = Field(16, gt=0, description="pictures per /v1/screen request")
+    health_timeout_s: float = Field(5.0, gt=0, description="how long /healthz waits for each method")
+
+    @field_validator(*APPS, mode="before")
+    @classmethod
+    def _json_string(cls, v):  # `serve run ... recognition='{}'` passes strings
+        return json.loads(v) if isinstance(v, str) else v
+
+
+api = make_api("docray", "One gateway for regen compression, unified recognition, cut-out screening and private "
+                         "recognition. Authorization: Bearer <api key> (roles user, admin).")
+STATE: dict = {}  # this replica's metrics and limits, set by Gateway.__init__ (the middleware is module-level)
+
+
+@api.middleware("http")
+async def observe(request: Request, call_next):
+    """Request byte limit, then per-route metrics and one structured log line per request."""
+    t0, status = time.perf_counter(), 500
+    try:
+        size = int(request.headers.get("content-length") or 0)
+        limit = STATE["cfg"].max_request_bytes if STATE else 64 * 2**20
+        if size > limit:
+            status = 413
+            return error_response(413, "too_many_bytes", f"request body of {size:,} bytes; the limit is {limit:,}")
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        route = request.scope.get("route")
+        if STATE:
+            STATE["metrics"].observe(getattr(route, "path", "unmatched"), request.method, status,
+                                     (time.perf_counter() - t0) * 1e3)
+
+
+def _form_value(raw: str | None):
+    """A form field that may be JSON (`2024`, `"3x3"`) or a plain string (`2024-05-01`)."""
+    if raw is None or raw == "":
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _day(raw: str | None, required: bool = False):
+    value = _form_value(raw)
+    if value is None:
+        if required:
+            raise ApiError(400, "missing_field", "form field 'release_time' is required")
+        return None
+    try:
+        return to_day(value)
+    except ValueError as e:
+        raise ApiError(400, "bad_release_time", str(e)) from None
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    value = (raw or "false").lower()
+    if value not in ("1", "true", "yes", "0", "false", "no"):
+        raise ApiError(400, "bad_request", f"field {name!r} must be true or false, got {raw!r}")
+    return value in ("1", "true", "yes")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, cfg: dict, recognition=None, screening=None, private=None, compression=None):
+        self.cfg = GatewayConfig.model_validate(cfg)
+        handles = dict(recognition=recognition, screening=screening, private=private, compression=compression)
+        self.apps = {k: h for k, h in handles.items() if h is not None}
+        self.keys = load_api_keys()
+        if not self.keys:
+            log.warning("no API keys configured (DOCRAY_API_KEYS / DOCRAY_API_KEYS_FILE): auth is off, every caller is admin")
+        STATE.update(cfg=self.cfg, metrics=RequestMetrics())
+
+    def _app(self, name: str):
+        if name not in self.apps:
+            raise ApiError(404, "not_deployed", f"the {name} method is not deployed on this gateway "
+                           f"(deployed: {', '.join(self.apps) or 'none'})")
+        return self.apps[name]
+
+    async def _image(self, upload: UploadFile | None, name: str):
+        return await read_image(upload, name, max_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels)
+
+    # -- health and metrics ------------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self):
+        """Each deployed method's answer to `info()`; 503 when one does not answer in time."""
+        async def probe(name, handle):
+            try:
+                info = await asyncio.wait_for(remote(handle.info.remote()), self.cfg.health_timeout_s)
+                return name, {"ok": True, **info}
+            except Exception as e:  # noqa: BLE001 -- reported, not raised: this is the health page
+                return name, {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
+
+        apps = dict(await asyncio.gather(*(probe(n, h) for n, h in self.apps.items())))
+        ok = all(a["ok"] for a in apps.values())
+        return JSONResponse({"status": "ok" if ok else "degraded", "apps": apps}, status_code=200 if ok else 503)
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(self):
+        """Prometheus text: this node's Ray exporter (Serve's `ray_serve_*` and docray's `ray_docray_*`)."""
+        try:
+            return PlainTextResponse(await asyncio.to_thread(node_metrics_text))
+        except Exception as e:  # noqa: BLE001
+            raise ApiError(503, "metrics_unavailable", f"Ray's metrics exporter did not answer: {type(e).__name__}") from None
+
+    # -- unified recognition -----------------------------------------------------------------------
+    @api.post("/v1/recognize")
+    async def recognize(self, request: Request, image: UploadFile | None = File(None),
+                        frames: list[UploadFile] | None = File(None, alias="frames[]"),
+                        frame_kinds: str | None = Form(None), tasks: str | None = Form(None),
+                        user_attrs: str | None = Form(None)):
+        require_role(request, self.keys, "user")
+        handle = self._app("recognition")
+        img = await self._image(image, "image")
+        task_list = parse_json_field(tasks, "tasks")
+        if task_list is not None and (not isinstance(task_list, list) or not task_list):
+            raise ApiError(400, "bad_tasks", "tasks must be a non-empty JSON list of task names")
+        attrs = parse_json_field(user_attrs, "user_attrs")
+        frames = frames or []
+        if len(frames) > MAX_FRAMES:
+            raise ApiError(400, "too_many_frames", f"at most {MAX_FRAMES} frames")
+        default_kinds = (["flash"] + ["angles"] * (len(frames) - 1)) if frames else []
+        kinds = parse_json_field(frame_kinds, "frame_kinds") or default_kinds
+        if len(kinds) != len(frames) or any(k not in FRAME_KINDS[1:] for k in kinds):
+            raise ApiError(400, "bad_frame_kinds", f"frame_kinds must list one of {list(FRAME_KINDS[1:])} per frame")
+        by_kind: dict[str, list] = {}
+        for i, (f, k) in enumerate(zip(frames, kinds)):
+            by_kind.setdefault(k, []).append(await self._image(f, f"frames[{i}]"))
+        return await remote(handle.recognize.remote(img, by_kind, task_list, attrs))
+
+    # -- cut-out screening -------------------------------------------------------------------------
+    @api.post("/v1/screen")
+    async def screen(self, request: Request, pictures: list[UploadFile] = File(None),
+                     release_time: str | None = Form(None), cut_type: str | None = Form(None)):
+        require_role(request, self.keys, "user")
+        handle = self._app("screening")
+        if not pictures:
+            raise ApiError(400, "missing_field", "multipart field 'pictures' is required (one or more images)")
+        if len(pictures) > self.cfg.max_pictures:
+            raise ApiError(413, "too_many_pictures", f"{len(pictures)} pictures; at most {self.cfg.max_pictures}")
+        day = _day(release_time)
+        cut = _form_value(cut_type)
+        if cut is not None and cut not in CUT_TYPES:
+            raise ApiError(400, "bad_cut_type", f"cut_type {cut!r} is not one of {', '.join(CUT_TYPES)}")
+        images = [await self._image(p, f"pictures[{i}]") for i, p in enumerate(pictures)]
+        return await remote(handle.screen.remote(images, day, cut))
+
+    @api.post("/v1/screen/targets")
+    async def add_target(self, request: Request, image: UploadFile = File(None), release_time: str | None = Form(None),
+                         source_id: str | None = Form(None), target_id: str | None = Form(None)):
+        require_role(request, self.keys, "admin")
+        handle = self._app("screening")
+        day = _day(release_time, required=True)
+        if not source_id:
+            raise ApiError(400, "missing_field", "form field 'source_id' is required")
+        img = await self._image(image, "image")
+        return await remote(handle.add_target.remote(img, day, source_id, target_id))
+
+    @api.get("/v1/screen/library")
+    async def library(self, request: Request):
+        require_role(request, self.keys, "user")
+        return await remote(self._app("screening").library_info.remote())
+
+    # -- private recognition -----------------------------------------------------------------------
+    @api.post("/v1/recognize-private")
+    async def recognize_private(self, request: Request, image: UploadFile = File(None),
+                                mask_id: str | None = Form(None), embedding: str | None = Form(None)):
+        require_role(request, self.keys, "user")
+        handle = self._app("private")
+        want = _flag(embedding, "embedding")
+        img = await self._image(image, "image")
+        return await remote(handle.recognize.remote(img, mask_id or None, want))
+
+    @api.get("/v1/recognize-private/masks")
+    async def private_masks(self, request: Request):
+        """The target masks (PNG base64, 255 kept / 0 hidden), best first, for clients that mask locally."""
+        require_role(request, self.keys, "user")
+        return await remote(self._app("private").masks.remote())
+
+    # -- regen compression -------------------------------------------------------------------------
+    @api.post("/v1/compress")
+    async def compress(self, request: Request, image: UploadFile | None = File(None),
+                       mode: str = Query("server", description="server | split")):
+        require_role(request, self.keys, "user")
+        handle = self._app("compression")
+        if mode not in ("server", "split"):
+            raise ApiError(400, "bad_mode", f"mode must be 'server' or 'split', got {mode!r}")
+        if image is None:
+            raise ApiError(400, "missing_field", "multipart field 'image' is required")
+        data = await image.read(self.cfg.max_image_bytes + 1)
+        if len(data) > self.cfg.max_image_bytes:
+            raise ApiError(413, "too_many_bytes", f"image: over the limit of {self.cfg.max_image_bytes:,} bytes")
+        body = await remote(handle.compress.remote(data, mode))
+        key = "compressed" if mode == "server" else "processed"
+        body[key] = base64.b64encode(body[key]).decode()
+        return body
+
+    @api.get("/v1/file-types")
+    async def file_types(self, request: Request):
+        require_role(request, self.keys, "user")
+        return await remote(self._app("compression").file_types.remote())
+
+    @api.put("/v1/file-types")
+    async def set_file_types(self, request: Request, library: dict = Body(...)):
+        """Replace the file-type library (admin): validated, stored, picked up by every replica."""
+        require_role(request, self.keys, "admin")
+        return await remote(self._app("compression").set_file_types.remote(library))
+
+    @api.get("/v1/repository/{record_id}/{which}")
+    async def repository(self, request: Request, record_id: str, which: str):
+        role = require_role(request, self.keys, "admin" if which == "original" else "user")
+        data, media = await remote(self._app("compression").repository.remote(record_id, which, role))
+        return Response(content=data, media_type=media)
+
+
+def build_app(args: dict | None = None) -> serve.Application:
+    """The gateway over the methods named in `args` (GatewayConfig keys; `{}` for a method: its defaults)."""
+    cfg = GatewayConfig.model_validate(args or {})
+    handles = {}
+    if cfg.recognition is not None:
+        handles["recognition"] = Recognizer.bind(cfg.recognition.model_dump())
+    if cfg.screening is not None:
+        handles["screening"] = screening.backend(cfg.screening)
+    if cfg.private is not None:
+        handles["private"] = PrivateRecognition.bind(cfg.private.model_dump())
+    if cfg.compression is not None:
+        handles["compression"] = compression.backend(cfg.compression)
+    if not handles:
+        raise ValueError(f"the gateway config enables no method: give at least one of {', '.join(APPS)}")
+    return Gateway.bind(cfg.model_dump(), **handles)
+
+
+app = build_app

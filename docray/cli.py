@@ -39,6 +39,7 @@ LAZY_GROUPS = {
     "recognize": "docray.recognition.cli:recognize",
     "compress": "docray.compression.cli:compress",
     "api": "docray.api_cli:api",
+    "submit": "cluster.submit:submit",
 }
 
 

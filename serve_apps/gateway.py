@@ -24,7 +24,6 @@ import asyncio
 import base64
 import json
 import logging
-import time
 
 from fastapi import Body, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -36,10 +35,9 @@ from docray.imageio import MAX_BYTES, MAX_PIXELS
 from docray.recognition.tasks import FRAME_KINDS
 from docray.screening.library import to_day
 from docray.screening.templates import CUT_TYPES
-from serve_apps import compression, screening
+from serve_apps import compression, observe, screening
 from serve_apps.compression import CompressionAppConfig
-from serve_apps.http import ApiError, error_response, load_api_keys, make_api, parse_json_field, read_image, remote, require_role
-from serve_apps.observe import RequestMetrics, node_metrics_text
+from serve_apps.http import ApiError, load_api_keys, make_api, parse_json_field, read_image, remote, require_role
 from serve_apps.private_recognition import PrivateRecognition, PrivateRecognitionConfig
 from serve_apps.recognition import RecognitionAppConfig, Recognizer
 from serve_apps.screening import ScreeningAppConfig
@@ -68,27 +66,7 @@ class GatewayConfig(Config):
 
 api = make_api("docray", "One gateway for regen compression, unified recognition, cut-out screening and private "
                          "recognition. Authorization: Bearer <api key> (roles user, admin).")
-STATE: dict = {}  # this replica's metrics and limits, set by Gateway.__init__ (the middleware is module-level)
-
-
-@api.middleware("http")
-async def observe(request: Request, call_next):
-    """Request byte limit, then per-route metrics and one structured log line per request."""
-    t0, status = time.perf_counter(), 500
-    try:
-        size = int(request.headers.get("content-length") or 0)
-        limit = STATE["cfg"].max_request_bytes if STATE else 64 * 2**20
-        if size > limit:
-            status = 413
-            return error_response(413, "too_many_bytes", f"request body of {size:,} bytes; the limit is {limit:,}")
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        route = request.scope.get("route")
-        if STATE:
-            STATE["metrics"].observe(getattr(route, "path", "unmatched"), request.method, status,
-                                     (time.perf_counter() - t0) * 1e3)
+api.add_middleware(observe.Edge)
 
 
 def _form_value(raw: str | None):
@@ -130,7 +108,7 @@ class Gateway:
         self.keys = load_api_keys()
         if not self.keys:
             log.warning("no API keys configured (DOCRAY_API_KEYS / DOCRAY_API_KEYS_FILE): auth is off, every caller is admin")
-        STATE.update(cfg=self.cfg, metrics=RequestMetrics())
+        observe.STATE.update(max_request_bytes=self.cfg.max_request_bytes, metrics=observe.RequestMetrics())
 
     def _app(self, name: str):
         if name not in self.apps:
@@ -160,7 +138,7 @@ class Gateway:
     async def metrics(self):
         """Prometheus text: this node's Ray exporter (Serve's `ray_serve_*` and docray's `ray_docray_*`)."""
         try:
-            return PlainTextResponse(await asyncio.to_thread(node_metrics_text))
+            return PlainTextResponse(await asyncio.to_thread(observe.node_metrics_text))
         except Exception as e:  # noqa: BLE001
             raise ApiError(503, "metrics_unavailable", f"Ray's metrics exporter did not answer: {type(e).__name__}") from None
 

@@ -12,7 +12,9 @@ Prometheus scrapes every node (Ray writes the targets to /tmp/ray/prom_metrics_s
 """
 from __future__ import annotations
 
+import json
 import logging
+import time
 
 import httpx
 import ray
@@ -35,7 +37,56 @@ class RequestMetrics:
     def observe(self, route: str, method: str, status: int, ms: float) -> None:
         self.requests.inc(tags={"route": route, "method": method, "status": str(status)})
         self.latency.observe(ms, tags={"route": route})
-        log.info("request", extra={"route": route, "method": method, "status": status, "latency_ms": round(ms, 2)})
+        log.info(json.dumps({"event": "request", "route": route, "method": method, "status": status,
+                             "latency_ms": round(ms, 2)}))
+
+
+# This replica's gateway settings (set by Gateway.__init__). It lives here, in a module that is always
+# imported by reference: Serve pickles the ingress class by value, with a copy of its module's globals.
+STATE: dict = {}
+
+
+class Edge:
+    """ASGI middleware of the gateway: request body limit (on the bytes that arrive, with or without a
+    Content-Length), per-route metrics and one structured log line per request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not STATE:
+            return await self.app(scope, receive, send)
+        from serve_apps.http import ApiError, error_response
+
+        limit, t0, status, seen = STATE["max_request_bytes"], time.perf_counter(), [500], [0]
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared and int(declared) > limit:
+            status[0] = 413
+            response = error_response(413, "too_many_bytes", f"request body of {int(declared):,} bytes; the limit is {limit:,}")
+            await response(scope, receive, send)
+            return self._observe(scope, status[0], t0)
+
+        async def limited_receive():
+            message = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > limit:  # raised inside the route: the ApiError handler answers 413 JSON
+                raise ApiError(413, "too_many_bytes", f"request body over the limit of {limit:,} bytes")
+            return message
+
+        async def watched_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watched_send)
+        finally:
+            self._observe(scope, status[0], t0)
+
+    @staticmethod
+    def _observe(scope, status: int, t0: float) -> None:
+        route = getattr(scope.get("route"), "path", "unmatched")  # the template: bounded label values
+        STATE["metrics"].observe(route, scope.get("method", ""), status, (time.perf_counter() - t0) * 1e3)
 
 
 _batch_sizes: metrics.Histogram | None = None

@@ -48,7 +48,8 @@ def app_url(ray_cluster, tmp_path_factory):
     cfg = compression.CompressionAppConfig(untrained="regen_tiny", file_types=str(d / "lib.yaml"), repository_url=f"sqlite:///{d}/r.db",
                                blob_root=str(d / "blobs"), steps=1)
     env = {"runtime_env": {"env_vars": {"DOCRAY_API_KEYS": "ukey=user,akey=admin"}}, "num_cpus": 0.25}
-    app = Gateway.options(ray_actor_options=env).bind({"compression": cfg.model_dump()}, compression=compression.backend(cfg))
+    app = Gateway.options(ray_actor_options=env).bind({"compression": cfg.model_dump(), "max_request_bytes": 1_000_000},
+                                                           compression=compression.backend(cfg))
     port = _start_serve()
     serve.run(app, name="compression", route_prefix="/c")
     yield f"http://127.0.0.1:{port}/c"
@@ -99,3 +100,28 @@ def test_compress_split_file_types_and_repository_roles(app_url):
         bad = c.post(f"{app_url}/v1/compress", files={"image": ("x.png", b"not an image")}, headers=user)
         assert bad.status_code == 415 and bad.json()["error"]["code"] == "unsupported_format"
         assert c.post(f"{app_url}/v1/compress?mode=zip", files={"image": ("a.png", png)}, headers=user).status_code == 400
+
+
+def test_gateway_health_limits_docs_and_metrics(app_url):
+    """The gateway's own routes and limits (this gateway deploys compression only)."""
+    import time
+
+    import httpx
+
+    user = {"Authorization": "Bearer ukey"}
+    with httpx.Client(timeout=60) as c:
+        h = c.get(f"{app_url}/healthz")
+        assert h.status_code == 200 and h.json()["status"] == "ok" and set(h.json()["apps"]) == {"compression"}
+        r = c.post(f"{app_url}/v1/recognize", files={"image": ("a.png", b"x")}, headers=user)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_deployed"
+        big = c.post(f"{app_url}/v1/compress", files={"image": ("a.png", b"0" * 1_200_000)}, headers=user)
+        assert big.status_code == 413 and big.json()["error"]["code"] == "too_many_bytes"
+        spec = c.get(f"{app_url}/openapi.json").json()
+        assert {"/v1/recognize", "/v1/screen", "/v1/screen/targets", "/v1/recognize-private", "/v1/compress",
+                "/v1/file-types", "/v1/repository/{record_id}/{which}", "/healthz", "/metrics"} <= set(spec["paths"])
+        deadline, text = time.time() + 60, ""
+        while time.time() < deadline and 'route="/v1/file-types"' not in text:  # Ray exports every few seconds
+            time.sleep(2)
+            text = c.get(f"{app_url}/metrics").text
+        assert "ray_docray_http_requests_total" in text and 'route="/v1/file-types"' in text
+        assert "ray_docray_http_request_latency_ms_bucket" in text and "ray_docray_batch_size_bucket" in text

@@ -30,10 +30,11 @@ def ray_address() -> str | None:
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-             quiet: bool = True) -> dict:
+             quiet: bool = True, dashboard: bool = False) -> dict:
     """Connect to `address` / `RAY_ADDRESS` / a local `ray start` cluster, or start Ray embedded.
 
-    Embedded Ray gets every core and GPU of the host (or `num_cpus`/`num_gpus`) and no dashboard.
+    Embedded Ray gets every core and GPU of the host (or `num_cpus`/`num_gpus`); the dashboard, and
+    with it the Jobs API, only with `dashboard=True` (see `dashboard_url`).
     Idempotent: returns the cluster resources if Ray is already up in this process.
     """
     if not ray.is_initialized():
@@ -43,11 +44,42 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
         if address:
             ray.init(address=address, **common)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, **common)
+            ray.init(num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=dashboard,
+                     dashboard_host="127.0.0.1", **common)
     if quiet:  # Ray Data logs every operator's progress at INFO when stdout is not a terminal
         importlib.import_module("ray.data")  # configures its loggers on import; lower them afterwards
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray.cluster_resources()
+
+
+AGENT_PORT = 52365  # Ray's dashboard agent (job and runtime-env agents) default port
+
+
+def another_ray_on_host(port: int = AGENT_PORT) -> bool:
+    """Whether a Ray instance already holds this host's agent port.
+
+    A second embedded Ray on the same host cannot bind it, and its jobs then reach the *other*
+    instance's agents ("No available agent", runtime_env packages "not found in the GCS").
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+            return False
+        except OSError:
+            return True
+
+
+def dashboard_url() -> str:
+    """The Jobs API / dashboard URL of the cluster this process is connected to."""
+    from ray._private.worker import get_dashboard_url  # the URL ray.init printed (no public getter)
+
+    url = get_dashboard_url()
+    if not url:
+        raise RuntimeError("this Ray cluster runs no dashboard (Jobs API): start it with init_ray(dashboard=True)")
+    return url if url.startswith("http") else f"http://{url}"
 
 
 def actor_resources(concurrency: int, *, use_gpu: bool | None = None, reserve_cpus: float = 0.5) -> dict:

@@ -1,19 +1,32 @@
-"""The main job, on embedded local Ray (`make quickstart`), or on a cluster with RAY_ADDRESS set.
+"""The main job (`make quickstart`): every method trained, batch-run and served on local Ray, end to end.
 
-    python -m cluster.quickstart                       # defaults: a small corpus of every kind
-    python -m cluster.quickstart --set n.documents=2000 --help
+    python -m cluster.quickstart                       # about 10 minutes on 2 cores, CPU only
+    python -m cluster.quickstart --set jobs.train_regen=false --help
 
-Steps: start (or join) Ray -> generate a synthetic corpus of every kind through Ray Data ->
-store it (Parquet under DOCRAY_HOME/datasets, a sample of documents in the image repository with
-their clean renders as processed images) -> unified recognition: a short MAE pre-training, a short
-multi-task training, one POST /v1/recognize through Serve -> regen compression of a few captures,
-stored one-to-one with their attachments -> a summary naming the contact sheets to look at.
+1. Ray starts embedded (or is joined through RAY_ADDRESS) with its Jobs API on :8265.
+2. A synthetic corpus of every kind through Ray Data (Parquet + contact sheets); a sample of documents
+   goes into the image repository.
+3. Short training and batch jobs, each submitted through the Jobs API like `docray submit` does
+   (runtime_env working_dir = this repository): MAE pre-training -> multi-task training, the tile
+   descriptor -> the cut-out library build, the two recognisers + inpainter -> the mask x image grid
+   evaluation, the regen models; then an archive rescan against the library.
+4. The gateway (`configs/serve/gateway.yaml`) deployed with `serve deploy`; every endpoint called
+   once through `docray.client.DocrayClient`.
+5. A summary table: each step's time and outcome, and where the reports and pictures are.
+
+The short runs show the flow, not accuracy: the answers are printed beside the truth. The figures
+that matter come from `benchmarks/` with full settings.
 """
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field
 
 from docray import paths
@@ -22,100 +35,255 @@ from docray.storage.datasets import read_table
 from docray.storage.repository import ImageRepository
 from data_jobs.synth_corpus import Counts, SynthCorpusConfig, run as synth_run
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Jobs(Config):
+    """Which jobs run (each is short here; `--set jobs.X=false` skips one and the steps that need it)."""
+    recognition: bool = Field(True, description="mae_pretrain -> unified_train")
+    screening: bool = Field(True, description="train_descriptor -> build_cutout_library -> archive_rescan")
+    masking: bool = Field(True, description="train_mask_models -> mask_grid_eval")
+    train_regen: bool = Field(True, description="train_regen (the gateway's compression serves its model)")
+
 
 class QuickstartConfig(Config):
     seed: int = Field(0, description="seed of the synthetic world")
     n: Counts = Counts(documents=300, faces=512, targets=120, masks=120)
     store_documents: int = Field(20, ge=0, description="documents put into the image repository")
-    recognition_docs: int = Field(200, ge=0, description="documents for the short recognition training (0: skip)")
+    jobs: Jobs = Jobs()
+    recognition_docs: int = Field(200, ge=8, description="documents for the short recognition trainings")
     recognition_epochs: int = Field(2, ge=1, description="epochs of MAE pre-training and of multi-task training")
-    compress_documents: int = Field(5, ge=0, description="captures regen-compressed and stored (0: skip)")
+    mask_identities: int = Field(16, ge=2, description="identities for the recognisers and the grid")
+    serve_config: str = Field("configs/serve/gateway.yaml", description="the gateway's Serve config (serve deploy)")
+    address: str = Field("", description="Jobs API of a running cluster ('' -> the one this job starts)")
+    job_timeout_s: float = Field(900, description="give up on a job after this long")
 
 
-def store_sample(documents_dir: str, k: int) -> tuple[int, str]:
+def job_list(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
+    """(name, module, --set overrides) in dependency order; small settings that finish in a minute or two."""
+    d, e, k = cfg.recognition_docs, cfg.recognition_epochs, cfg.mask_identities
+    jobs = []
+    if cfg.jobs.recognition:
+        jobs += [("mae_pretrain", "train_jobs.mae_pretrain", [f"n_docs={d}", f"epochs={e}"]),
+                 ("unified_train", "train_jobs.unified_train", [f"n_docs={d}", f"epochs={e}"])]
+    if cfg.jobs.screening:
+        jobs += [("train_descriptor", "train_jobs.train_descriptor",
+                  ["n_pictures=160", "val_pictures=40", "epochs=1", "steps_per_epoch=15", "batch_size=64"]),
+                 ("build_cutout_library", "data_jobs.build_cutout_library", ["synth_n=80"])]
+    if cfg.jobs.masking:
+        jobs += [("train_mask_models", "train_jobs.train_mask_models",
+                  [f"n_identities={k}", "samples=20", "train.epochs=4", "inpaint_epochs=2", "mask_bank=60"]),
+                 ("mask_grid_eval", "data_jobs.mask_grid_eval", [f"n_identities={k}", "samples=20", "n_masks=36", "runs=2"])]
+    if cfg.jobs.train_regen:
+        jobs += [("train_regen", "train_jobs.train_regen", ["n_train=64", "n_val=8", "max_epochs=1", "time_budget_s=60"])]
+    return jobs
+
+
+NEEDS = {"unified_train": "mae_pretrain", "build_cutout_library": "train_descriptor", "mask_grid_eval": "train_mask_models"}
+
+
+def store_sample(documents_dir: str, k: int) -> int:
     """Put the first k documents (capture as original, clean render as processed) in the repository."""
     repo = ImageRepository()
-    if k == 0:
-        return repo.count(), paths.sub("repository")
     table = read_table(documents_dir, columns=["id", "image", "clean", "doc_type_name"]).slice(0, k)
     for row in table.to_pylist():
-        repo.add(original=row["image"], processed=row["clean"], doc_type=row["doc_type_name"],
-                 meta={"synth_id": row["id"]})
-    return repo.count(), paths.sub("repository")
+        repo.add(original=row["image"], processed=row["clean"], doc_type=row["doc_type_name"], meta={"synth_id": row["id"]})
+    return repo.count()
 
 
-def recognition_step(docs: int, epochs: int) -> dict:
-    """A short MAE pre-training, a short multi-task training, then one POST /v1/recognize through Serve."""
-    import httpx
+def screening_uploads(seed: int) -> dict[str, list[bytes]]:
+    """Pictures of a clean document, and of one that carries a tile of the library (abnormal)."""
+    from docray.imageio import encode_png
+    from docray.screening.library import Library
+    from docray.synth import generate
+    from docray.synth.targets import make_upload
+
+    benign = generate("targets", 10_000, 10_004, seed=seed + 1, target_rate=0.0).column("image").to_pylist()
+    tile = Library.open(Library.default_root()).tile_image(0)
+    upload = make_upload(tile, np.random.default_rng(seed), n_pictures=3)["image"]
+    return {"clean": benign[:2], "abnormal": [benign[2], encode_png(upload)]}
+
+
+def write_archive(seed: int, out: Path) -> Path:
+    """A small archive of documents (pictures per document) for the rescan: every third one abnormal."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for i in range(6):
+        pics = screening_uploads(seed + i)["abnormal" if i % 3 == 0 else "clean"]
+        rows.append({"id": f"archive-{i}", "pictures": pics, "release_time": None})
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("pictures", pa.list_(pa.binary())),
+                                                                ("release_time", pa.string())])), out / "part-00000.parquet")
+    return out
+
+
+def run_job(name: str, module: str, overrides: list[str], address: str, timeout_s: float) -> dict:
+    """One job through the Jobs API; its log goes to DOCRAY_HOME/reports/quickstart/<name>.log."""
+    from cluster.submit import JobFailed, connect, submit_job
+
+    log_dir = Path(paths.sub("reports", "quickstart"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    entry = f"python -m {module} --set " + " ".join(shlex.quote(o) for o in overrides)
+    t0 = time.perf_counter()
+    print(f"\n-- job {name}: {entry}", flush=True)
+    try:
+        job_id, status = submit_job(entry, address=address, working_dir=str(ROOT), follow_logs=False, timeout_s=timeout_s)
+        error = ""
+    except JobFailed as e:
+        job_id, status, error = e.job_id, e.status, e.logs_tail.splitlines()[-1] if e.logs_tail else str(e)
+    logs = connect(address).get_job_logs(job_id)
+    (log_dir / f"{name}.log").write_text(logs)
+    last = error or next((ln for ln in reversed(logs.strip().splitlines()) if ln.strip()), "")
+    print(f"   {status} in {time.perf_counter() - t0:.0f} s: {last[:160]}", flush=True)
+    return {"step": name, "seconds": time.perf_counter() - t0, "ok": status == "SUCCEEDED", "detail": f"{job_id} {status}",
+            "log": str(log_dir / f"{name}.log")}
+
+
+def deploy_gateway(serve_config: str, address: str, timeout_s: float = 300) -> None:
+    """`serve deploy` the gateway config and wait until the application is RUNNING."""
     from ray import serve
 
-    from docray.recognition.data import documents_table
-    from serve_apps.recognition import build_app
-    from train_jobs import mae_pretrain, unified_train
-
-    mae = mae_pretrain.main(["--set", f"n_docs={docs}", f"epochs={epochs}"])
-    uni = unified_train.main(["--set", f"n_docs={docs}", f"epochs={epochs}"])
-    serve.run(build_app({}), name="recognition", route_prefix="/recognition")
-    try:
-        row = documents_table(docs).slice(0, 1).to_pylist()[0]
-        r = httpx.post("http://127.0.0.1:8000/recognition/v1/recognize", timeout=120,
-                       files=[("image", ("doc.png", row["image"], "image/png")),
-                              ("frames[]", ("flash.png", row["flash"], "image/png"))])
-    finally:
-        serve.delete("recognition")
-    body = r.json()
-    for res in body.get("results", {}).values():
-        if "mask_png" in res:
-            res["mask_png"] = res["mask_png"][:24] + "..."
-    return {"pretrain": mae, "train": uni, "recognize_status": r.status_code, "response": body,
-            "truth": {"doc_type": row["doc_type_name"], "recapture": row["recapture"], "quality": round(row["quality"], 3)}}
+    serve_bin = Path(sys.executable).with_name("serve")
+    subprocess.run([str(serve_bin), "deploy", str(ROOT / serve_config), "--address", address], check=True,
+                   capture_output=True, text=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get("docray")
+        if app is not None and app.status == "RUNNING":
+            return
+        if app is not None and app.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"the gateway failed to deploy: {app.message}")
+        time.sleep(2)
+    raise TimeoutError(f"the gateway was not RUNNING after {timeout_s:.0f} s: {serve.status()}")
 
 
-def compress_step(documents_dir: str, k: int) -> tuple[int, str]:
-    """Regen-compress k captures end to end and store them (the trained 'regen' model if registered)."""
-    from docray.compression.pipeline import RegenCompressor
-    from docray.storage.blobs import NotFound
+def call_every_endpoint(cfg: QuickstartConfig, out: str) -> list[dict]:
+    """One call per route through the client: (route, ok, ms, what came back, the truth)."""
+    from docray.client import DocrayClient, DocrayError
 
-    try:
-        rc, which = RegenCompressor.from_source(), "registry 'regen'"
-    except NotFound:  # not trained yet: the flow runs, the recognised content is noise
-        rc, which = RegenCompressor.from_source(untrained="regen_small"), "untrained regen_small (train_jobs.train_regen trains it)"
-    repo = ImageRepository()
-    for row in read_table(documents_dir, columns=["image"]).slice(0, k).to_pylist():
-        rc.run(row["image"], mode="server", repo=repo)
-    return k, which
+    docs = read_table(str(Path(out, "documents")), columns=["image", "flash", "doc_type_name", "recapture"]).slice(0, 1).to_pylist()[0]
+    face = read_table(str(Path(out, "faces")), columns=["image", "identity"]).slice(0, 1).to_pylist()[0]
+    poster = None
+    rows: list[dict] = []
+
+    def call(route: str, fn, summary, truth: str = ""):
+        t0 = time.perf_counter()
+        try:
+            res = fn()
+            rows.append({"route": route, "ok": True, "ms": (time.perf_counter() - t0) * 1e3, "answer": summary(res), "truth": truth})
+            return res
+        except DocrayError as e:
+            rows.append({"route": route, "ok": False, "ms": (time.perf_counter() - t0) * 1e3, "answer": f"{e.status} {e.code}: {e}"[:90], "truth": truth})
+
+    with DocrayClient("http://127.0.0.1:8000", timeout=300) as dc:
+        call("GET /healthz", dc.healthz, lambda r: f"{r['status']}: " + ", ".join(r["apps"]))
+        call("POST /v1/recognize", lambda: dc.recognize(docs["image"], frames=[docs["flash"]]),
+             lambda r: ", ".join(f"{t}={v.get('label', v.get('value', '?'))}" for t, v in list(r["results"].items())[:3]),
+             f"doc_type={docs['doc_type_name']}, recapture={docs['recapture']}")
+        if cfg.jobs.screening:
+            up = screening_uploads(cfg.seed + 100)
+            call("POST /v1/screen (clean)", lambda: dc.screen(up["clean"]), lambda r: f"abnormal={r['abnormal']}", "abnormal=False")
+            call("POST /v1/screen (tile)", lambda: dc.screen(up["abnormal"]),
+                 lambda r: f"abnormal={r['abnormal']} matches={len(r['matches'])}", "abnormal=True")
+            from docray.synth import generate
+
+            poster = generate("targets", 20_000, 20_001, seed=cfg.seed, target_rate=1.0).column("image")[0].as_py()
+            call("POST /v1/screen/targets", lambda: dc.add_target(poster, "2026-11-21", "quickstart"),
+                 lambda r: f"+{r['tiles_added']} tiles -> v{r['library_version']}")
+            call("GET /v1/screen/library", dc.library, lambda r: f"v{r['version']}, {r['tiles']} tiles, {r['index']}")
+        if cfg.jobs.masking:
+            call("GET /v1/recognize-private/masks", dc.private_masks, lambda r: f"{len(r['masks'])} target masks")
+            call("POST /v1/recognize-private", lambda: dc.recognize_private(face["image"]),
+                 lambda r: f"label={r['label']} ({r['score']:.2f}) via {r['mask_id']}", f"identity={face['identity']}")
+        server = call("POST /v1/compress?mode=server", lambda: dc.compress(docs["image"]),
+                      lambda r: f"{r['type']}: {r['sizes']['original']:,} -> {r['sizes']['compressed']:,} B", docs["doc_type_name"])
+        call("POST /v1/compress?mode=split", lambda: dc.compress_split(docs["image"]),
+             lambda r: f"terminal-compressed {len(r[0]):,} B")
+        call("GET /v1/file-types", dc.file_types, lambda r: f"{len(r['types'])} types")
+        if server:
+            call("GET /v1/repository/{id}/original", lambda: dc.repository(server["record_id"], "original"),
+                 lambda r: f"{len(r):,} B (admin: auth is off locally)")
+        call("GET /metrics", dc.metrics, lambda r: f"{sum(ln.startswith('ray_docray_http_requests_total') for ln in r.splitlines())} request series")
+    return rows
 
 
 def main(argv=None) -> None:
     cfg = parse_args(QuickstartConfig, argv, description=__doc__.split("\n\n")[0])
-    from cluster.local import init_ray
+    from cluster.local import another_ray_on_host, dashboard_url, init_ray
 
-    t0 = time.perf_counter()
-    resources = init_ray()
-    print(f"Ray up: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; DOCRAY_HOME={paths.home()}")
+    # Job entrypoints say `python`: make it this interpreter for the Ray processes started below.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    t_start = time.perf_counter()
+    steps: list[dict] = []
+
+    def timed(name, fn, detail=lambda r: ""):
+        t0 = time.perf_counter()
+        res = fn()
+        steps.append({"step": name, "seconds": time.perf_counter() - t0, "ok": True, "detail": detail(res)})
+        return res
+
+    if not cfg.address and not os.environ.get("RAY_ADDRESS") and another_ray_on_host():
+        raise SystemExit("Another Ray instance runs on this host (its agent holds port 52365); the quickstart's jobs "
+                         "would reach its agents and fail. Stop it (`ray stop`), or run against it: "
+                         "RAY_ADDRESS=127.0.0.1:6379 python -m cluster.quickstart --set address=http://127.0.0.1:8265")
+    resources = init_ray(dashboard=not cfg.address)
+    address = cfg.address or dashboard_url()
+    print(f"Ray up: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; Jobs API {address}; "
+          f"DOCRAY_HOME={paths.home()}")
     out = paths.sub("datasets", "quickstart")
     save_config(cfg, out, "quickstart.yaml")
-    summary = synth_run(SynthCorpusConfig(out=out, seed=cfg.seed, n=cfg.n))
-    _, repo_dir = store_sample(str(Path(out, "documents")), cfg.store_documents)
-    recog = recognition_step(cfg.recognition_docs, cfg.recognition_epochs) if cfg.recognition_docs else None
-    regen = compress_step(str(Path(out, "documents")), cfg.compress_documents) if cfg.compress_documents else None
+    corpus = timed("synth corpus (Ray Data)", lambda: synth_run(SynthCorpusConfig(out=out, seed=cfg.seed, n=cfg.n)),
+                   lambda r: ", ".join(f"{x['rows']} {x['kind']}" for x in r))
+    timed("image repository sample", lambda: store_sample(str(Path(out, "documents")), cfg.store_documents),
+          lambda n: f"{n} records")
+    failed: set[str] = set()
+    for name, module, overrides in job_list(cfg):
+        if NEEDS.get(name, "") in failed:  # its input was not made: skip, say why
+            steps.append({"step": name, "seconds": 0.0, "ok": False, "detail": f"skipped: {NEEDS[name]} failed"})
+        else:
+            steps.append(run_job(name, module, overrides, address, cfg.job_timeout_s))
+        if not steps[-1]["ok"]:
+            failed.add(name)
+    if cfg.jobs.screening and "build_cutout_library" not in failed:
+        archive = write_archive(cfg.seed, Path(out, "archive"))
+        steps.append(run_job("archive_rescan", "data_jobs.archive_rescan", [f"input={archive}"], address, cfg.job_timeout_s))
+    calls = []
+    served = all(cfg.jobs.model_dump().values())
+    if served and not failed:
+        timed("gateway (serve deploy)", lambda: deploy_gateway(cfg.serve_config, address), lambda r: cfg.serve_config)
+        calls = timed("one call per endpoint", lambda: call_every_endpoint(cfg, out),
+                      lambda r: f"{sum(c['ok'] for c in r)}/{len(r)} answered")
+    else:
+        print(f"\nskipping the gateway (it serves every method's models): "
+              f"{'failed: ' + ', '.join(sorted(failed)) if failed else 'a method was switched off in jobs'}")
+    report(steps, calls, corpus, out, time.perf_counter() - t_start)
 
+
+def report(steps: list[dict], calls: list[dict], corpus: list[dict], out: str, total_s: float) -> None:
     print("\n== docray quickstart summary ==")
-    print(f"{'kind':10s} {'rows':>7s} {'shards':>6s} {'seconds':>8s}  contact sheet")
-    for row in summary:
-        print(f"{row['kind']:10s} {row['rows']:7d} {row['shards']:6d} {row['seconds']:8.1f}  {row['contact_sheet']}")
-    print(f"datasets:   {out}/<kind>/*.parquet  (ray.data.read_parquet)")
-    if recog:
-        answers = {t: r.get("label", r.get("value", r.get("type"))) for t, r in recog["response"].get("results", {}).items()}
-        print(f"recognition: encoder {recog['pretrain']['registered']}, model {recog['train']['registered']}; "
-              f"/v1/recognize -> HTTP {recog['recognize_status']}")
-        print(f"            answers {answers}\n            truth   {recog['truth']}")
-    if regen:
-        print(f"regen:      {regen[0]} captures compressed and stored with {regen[1]}")
-    repo_count = ImageRepository().count()
-    print(f"repository: {repo_dir}  ({repo_count} records; originals readable by the admin role only)")
-    print(f"config:     {out}/quickstart.yaml")
-    print(f"total:      {time.perf_counter() - t0:.1f} s")
+    print(f"{'step':28s} {'s':>6s}  {'ok':3s} detail")
+    for s in steps:
+        print(f"{s['step']:28s} {s['seconds']:6.1f}  {'yes' if s['ok'] else 'NO':3s} {s['detail']}")
+    if calls:
+        print(f"\n{'endpoint (through DocrayClient)':36s} {'ms':>7s}  answer  [truth]")
+        for c in calls:
+            print(f"{c['route']:36s} {c['ms']:7.0f}  {'' if c['ok'] else 'FAILED '}{c['answer']}"
+                  + (f"  [{c['truth']}]" if c["truth"] else ""))
+    reports = paths.sub("reports")
+    print("\nwhere to look:")
+    for row in corpus:
+        print(f"  contact sheet ({row['kind']}): {row['contact_sheet']}")
+    for rel in ("masking/grid/bins.csv", "masking/grid/sample_face.png", "quickstart/"):
+        print(f"  {Path(reports, rel)}")
+    print(f"  models: {paths.sub('models')}   library: {paths.sub('indexes', 'screening')}   datasets: {out}")
+    print(f"  repository: {paths.sub('repository')} (originals readable by the admin role only)")
+    print(f"  job logs: {Path(reports, 'quickstart')}/<job>.log;  the gateway's /docs while this runs")
+    ok = all(s["ok"] for s in steps) and all(c["ok"] for c in calls)
+    print(f"total: {total_s / 60:.1f} min, {'every step succeeded' if ok else 'SOME STEPS FAILED (see above)'}")
+    if not ok:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,33 +1,22 @@
-"""Client of the private endpoint: the mask is laid over the image here, so the raw face never leaves.
+"""Client side of private recognition: the mask is laid over the image here, so the raw face never leaves.
 
     client = PrivateRecognitionClient("http://localhost:8000", api_key="...")
     client.recognize("face.png")                 # best target mask, overlaid locally, then sent
     client.recognize(img, mask_id="msk-7-0000041", embedding=True)
 
-The target masks come from `GET /v1/recognize-private/masks` once (cached). The image is resized
-to the server's size, overlaid (image x mask, 0 hidden), encoded as PNG (lossless, so the hidden
-pixels stay exactly black for the server's check) and sent with its `mask_id`.
+`mask_locally` is the overlay (image x mask, 0 hidden) at the server's size, encoded as PNG (lossless,
+so the hidden pixels stay exactly black for the server's check). The HTTP side is `docray.client.
+DocrayClient` (`recognize_private`, `private_masks`); this class keeps the method-specific names.
 """
 from __future__ import annotations
 
-import base64
-import io
-from pathlib import Path
-
-import httpx
 import numpy as np
 from PIL import Image
 
+from docray.client import DocrayClient, DocrayError
 from docray.imageio import encode_png
-from docray.masking.masks import decode_mask
 
-
-class PrivateRecognitionError(RuntimeError):
-    """The server refused a request: `status`, `code` and its message."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code = status, code
+PrivateRecognitionError = DocrayError  # the server refused a request: `status`, `code`, message
 
 
 def mask_locally(image: Image.Image, mask: np.ndarray) -> bytes:
@@ -37,39 +26,15 @@ def mask_locally(image: Image.Image, mask: np.ndarray) -> bytes:
     return encode_png((arr * mask[..., None]).round().astype(np.uint8))
 
 
-class PrivateRecognitionClient:
-    def __init__(self, base_url: str, api_key: str | None = None, client: httpx.Client | None = None, timeout: float = 30.0):
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = client or httpx.Client(base_url=base_url, timeout=timeout)
-        self.http.headers.update(headers)
-        self._masks: dict[str, np.ndarray] | None = None
-
-    def _check(self, r: httpx.Response) -> dict:
-        if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-            except Exception:
-                err = {"code": "http_error", "message": r.text[:200]}
-            raise PrivateRecognitionError(r.status_code, err["code"], err["message"])
-        return r.json()
-
+class PrivateRecognitionClient(DocrayClient):
     def masks(self) -> dict[str, np.ndarray]:
         """{mask_id: (s, s) {0, 1} mask}, best first (fetched once)."""
         if self._masks is None:
-            body = self._check(self.http.get("/v1/recognize-private/masks"))
-            self._masks = {m["mask_id"]: decode_mask(base64.b64decode(m["png"])) for m in body["masks"]}
+            from docray.masking.masks import decode_mask
+
+            self._masks = {m["mask_id"]: decode_mask(m["png"]) for m in self.private_masks()["masks"]}
         return self._masks
 
-    def recognize(self, image: Image.Image | bytes | str | Path, mask_id: str | None = None, embedding: bool = False) -> dict:
-        """Mask `image` here with `mask_id` (default: the best target), send it; returns the server's answer."""
-        if isinstance(image, (str, Path)):
-            image = Image.open(image)
-        elif isinstance(image, bytes):
-            image = Image.open(io.BytesIO(image))
-        masks = self.masks()
-        mask_id = mask_id or next(iter(masks))
-        if mask_id not in masks:
-            raise KeyError(f"unknown mask_id {mask_id!r}; target masks: {', '.join(masks)}")
-        data = {"mask_id": mask_id, "embedding": "true" if embedding else "false"}
-        files = {"image": ("masked.png", mask_locally(image, masks[mask_id]), "image/png")}
-        return self._check(self.http.post("/v1/recognize-private", data=data, files=files))
+    def recognize(self, image, mask_id: str | None = None, embedding: bool = False) -> dict:
+        """Mask `image` here with `mask_id` (default: the best target), send it; the server's answer."""
+        return self.recognize_private(image, mask_id=mask_id, embedding=embedding)

@@ -1,0 +1,372 @@
+"""Load on the docray gateway over loopback: latency and throughput per endpoint, the gateway's overhead,
+a mixed load with an error count, 1 vs 2 replicas, and how long autoscaling takes to add a replica.
+
+    python -m benchmarks.serve_load --quick       # smoke run, under 3 minutes
+    python -m benchmarks.serve_load               # full: 10 s per endpoint, 60 s mixed load (~6 minutes)
+
+The models are tiny and UNTRAINED (random weights, built in a temporary DOCRAY_HOME; ~/.docray is never
+touched): the figures are the cost of serving (HTTP, the gateway, handles, batching, decoding), not of
+real models. The app graph is the gateway's (`serve_apps.gateway`), with the replica options of
+configs/serve/gateway.yaml (max_ongoing_requests, ray_actor_options, user_config) but one fixed replica
+per deployment, so every phase measures the same thing; the autoscaling phase sets its own config.
+Ray runs embedded (2 CPUs) with Serve on a free loopback port; the load generator (asyncio, one
+httpx.AsyncClient, N workers until a deadline) runs in this process and shares the same cores, so on a
+2-core host the figures are a floor. Phases:
+
+1. each endpoint alone at --concurrency for --endpoint-duration s: p50/p99 latency, req/s;
+2. gateway overhead: p50 of `GET /v1/file-types` through HTTP and the gateway minus p50 of the same
+   call on a `Compression` deployment handle from this driver (sequential, --requests each);
+3. a mixed load over every endpoint for --duration s: requests, req/s, errors (non-2xx or exception);
+4. /v1/recognize-private with PrivateRecognition at 1 then 2 replicas (same load): req/s and ratio;
+5. autoscaling: Recognizer redeployed with autoscaling_config (min 1, max 3, target 2 ongoing requests),
+   /v1/recognize under load, `serve.status()` polled until a second replica is RUNNING.
+Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "serve" / "gateway.yaml"
+APP = "docray"
+KEYS = "bench-user=user,bench-admin=admin"
+HEADERS = {"Authorization": "Bearer bench-user"}
+
+
+# -- requests -------------------------------------------------------------------------------------------
+@dataclass
+class Endpoint:
+    name: str  # snake_case key in the JSON line
+    method: str
+    path: str
+    files: list | None = None
+    data: dict | None = None
+
+
+def endpoints(samples: dict) -> list[Endpoint]:
+    doc, face = ("d.png", samples["document"], "image/png"), ("f.png", samples["face"], "image/png")
+    pictures = [("pictures", (f"p{i}.png", p, "image/png")) for i, p in enumerate(samples["pictures"])]
+    return [Endpoint("recognize", "POST", "/v1/recognize", [("image", doc)]),
+            Endpoint("screen", "POST", "/v1/screen", pictures, {"release_time": "2024-05-01"}),
+            Endpoint("recognize_private", "POST", "/v1/recognize-private", [("image", face)]),
+            Endpoint("compress_split", "POST", "/v1/compress?mode=split", [("image", doc)]),
+            Endpoint("file_types", "GET", "/v1/file-types"),
+            Endpoint("healthz", "GET", "/healthz")]
+
+
+@dataclass
+class Stats:
+    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)  # the first few error messages
+    wall_s: float = 0.0
+
+    def add(self, name: str, ms: float, error: str | None) -> None:
+        self.latencies_ms.setdefault(name, []).append(ms)
+        if error:
+            self.errors[name] = self.errors.get(name, 0) + 1
+            if len(self.samples) < 5:
+                self.samples.append(f"{name}: {error}")
+
+    def summary(self, name: str | None = None) -> dict:
+        lat = sum(self.latencies_ms.values(), []) if name is None else self.latencies_ms.get(name, [])
+        errors = sum(self.errors.values()) if name is None else self.errors.get(name, 0)
+        p50, p99 = np.percentile(lat, [50, 99]) if lat else (float("nan"),) * 2
+        return {"requests": len(lat), "errors": errors, "p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2),
+                "req_per_s": round(len(lat) / self.wall_s, 2) if self.wall_s else 0.0}
+
+
+async def load(url: str, eps: list[Endpoint], concurrency: int, duration_s: float) -> Stats:
+    """`concurrency` workers send requests (cycling through `eps`) until the deadline; every response is read."""
+    import httpx
+
+    stats = Stats()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS, limits=limits, timeout=120) as client:
+        deadline = time.perf_counter() + duration_s
+
+        async def worker(k: int) -> None:
+            while time.perf_counter() < deadline:
+                ep = eps[k % len(eps)]
+                k += 1
+                t = time.perf_counter()
+                try:
+                    r = await client.request(ep.method, ep.path, files=ep.files, data=ep.data)
+                    error = None if r.is_success else f"HTTP {r.status_code} {r.text[:200]}"
+                except Exception as e:  # noqa: BLE001 -- counted, the load goes on
+                    error = f"{type(e).__name__}: {e}"[:200]
+                stats.add(ep.name, (time.perf_counter() - t) * 1e3, error)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        stats.wall_s = time.perf_counter() - t0
+    return stats
+
+
+def run_load(url, eps, concurrency, duration_s) -> Stats:
+    return asyncio.run(load(url, eps, concurrency, duration_s))
+
+
+def warm_up(url: str, eps: list[Endpoint], n: int = 3) -> None:
+    """A few calls per endpoint (first calls load lazily); raises on an error, before anything is measured."""
+    import httpx
+
+    with httpx.Client(base_url=url, headers=HEADERS, timeout=300) as c:
+        for ep in eps:
+            for _ in range(n):
+                r = c.request(ep.method, ep.path, files=ep.files, data=ep.data)
+                if not r.is_success:
+                    raise RuntimeError(f"warm-up {ep.method} {ep.path}: HTTP {r.status_code} {r.text[:300]}")
+
+
+# -- deployment -----------------------------------------------------------------------------------------
+def yaml_options() -> tuple[dict[str, dict], list[str]]:
+    """Per deployment: the YAML's replica options, one replica; user_config only where the class can take it."""
+    from serve_apps import compression, private_recognition, recognition, screening
+    from serve_apps.gateway import Gateway
+
+    classes = {d.name: d for d in (Gateway, recognition.Recognizer, screening.Screening, screening.Descriptor,
+                                   private_recognition.PrivateRecognition, compression.Compression,
+                                   compression.TypeModel, compression.ContentModel, compression.Generator)}
+    opts, notes = {}, []
+    for d in yaml.safe_load(CONFIG.read_text())["applications"][0]["deployments"]:
+        o = {k: d[k] for k in ("max_ongoing_requests", "ray_actor_options", "user_config") if k in d}
+        if "user_config" in o and not hasattr(classes[d["name"]].func_or_class, "reconfigure"):
+            notes.append(f"{d['name']}: YAML user_config dropped (the class has no reconfigure(); Serve would fail the replica)")
+            o.pop("user_config")
+        opts[d["name"]] = {**o, "num_replicas": 1}
+    return opts, notes
+
+
+def graph(args: dict, base: dict[str, dict], overrides: dict[str, dict] | None = None):
+    """The gateway's app graph (as serve_apps.gateway.build_app builds it) with per-deployment options."""
+    from serve_apps import compression, screening
+    from serve_apps.gateway import Gateway, GatewayConfig
+    from serve_apps.private_recognition import PrivateRecognition
+    from serve_apps.recognition import Recognizer
+
+    overrides = overrides or {}
+
+    def o(dep):
+        opts = {**base[dep.name], **overrides.get(dep.name, {})}
+        if "autoscaling_config" in opts:
+            opts.pop("num_replicas", None)
+        return dep.options(**opts)
+
+    cfg = GatewayConfig.model_validate(args)
+    sc, cc = cfg.screening, cfg.compression.model_dump()
+    source = json.loads((Path(sc.library) / "manifest.json").read_text())["descriptor"]  # as screening.backend does
+    desc = o(screening.Descriptor).bind(source, sc.max_batch_size, sc.batch_wait_timeout_s)
+    handles = {"recognition": o(Recognizer).bind(cfg.recognition.model_dump()),
+               "screening": o(screening.Screening).bind(desc, sc.model_dump()),
+               "private": o(PrivateRecognition).bind(cfg.private.model_dump()),
+               "compression": o(compression.Compression).bind(o(compression.TypeModel).bind(cc), o(compression.ContentModel).bind(cc),
+                                                             o(compression.Generator).bind(cc), cc)}
+    return o(Gateway).bind(cfg.model_dump(), **handles)
+
+
+def deploy(args: dict, base: dict, overrides: dict | None = None) -> float:
+    from ray import serve
+
+    t = time.perf_counter()
+    serve.run(graph(args, base, overrides), name=APP, route_prefix="/")
+    return time.perf_counter() - t
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replicas(name: str) -> dict[str, int]:
+    from ray import serve
+
+    dep = serve.status().applications[APP].deployments[name]
+    return {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()}
+
+
+# -- phases ---------------------------------------------------------------------------------------------
+def overhead(url: str, n: int) -> dict:
+    """Sequential p50 of GET /v1/file-types through the gateway vs. the Compression handle called directly."""
+    import httpx
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Compression", APP)
+    via_http, direct = [], []
+    with httpx.Client(base_url=url, headers=HEADERS, timeout=60) as c:
+        for i in range(n + 10):  # 10 warm-up calls each, then interleaved so both see the same machine
+            t = time.perf_counter()
+            r = c.get("/v1/file-types")
+            ms = (time.perf_counter() - t) * 1e3
+            r.raise_for_status()
+            t = time.perf_counter()
+            handle.file_types.remote().result()
+            ms_direct = (time.perf_counter() - t) * 1e3
+            if i >= 10:
+                via_http.append(ms), direct.append(ms_direct)
+    g, h = float(np.median(via_http)), float(np.median(direct))
+    return {"gateway_p50_ms": round(g, 2), "handle_p50_ms": round(h, 2), "gateway_overhead_p50_ms": round(g - h, 2),
+            "overhead_requests": n}
+
+
+def autoscale(url: str, args: dict, base: dict, eps: list[Endpoint], concurrency: int, timeout_s: float) -> dict:
+    """Recognizer with autoscaling; load on /v1/recognize until a second replica is RUNNING (or the timeout)."""
+    name = "Recognizer"
+    cfg = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2,
+                                  "upscale_delay_s": 1, "downscale_delay_s": 600, "metrics_interval_s": 0.5,
+                                  "look_back_period_s": 2}}
+    deploy(args, base, {name: cfg})
+    wait = time.perf_counter() + 30
+    while replicas(name).get("RUNNING", 0) > 1 and time.perf_counter() < wait:  # back at min after a redeploy
+        time.sleep(0.5)
+    start = time.perf_counter()
+    deadline = start + timeout_s
+    ep = next(e for e in eps if e.path == "/v1/recognize")
+    seen = {"decided_s": None, "running_s": None, "max_running": 1}
+
+    async def watch(task):
+        while not task.done():
+            now, states = time.perf_counter() - start, replicas(name)
+            total, running = sum(states.values()), states.get("RUNNING", 0)
+            seen["max_running"] = max(seen["max_running"], running)
+            if seen["decided_s"] is None and total > 1:
+                seen["decided_s"] = round(now, 2)
+            if running > 1:
+                seen["running_s"] = round(now, 2)
+                return
+            await asyncio.sleep(0.5)
+
+    async def main():
+        task = asyncio.ensure_future(load(url, [ep], concurrency, deadline - time.perf_counter()))
+        await watch(task)
+        return await task  # the load runs to its deadline either way (bounded)
+
+    stats = asyncio.run(main())
+    s = stats.summary()
+    return {"autoscale_deployment": name, "autoscale_added_replica": seen["running_s"] is not None,
+            "autoscale_s_to_decision": seen["decided_s"], "autoscale_s_to_running_replica": seen["running_s"],
+            "autoscale_max_running_replicas": seen["max_running"], "autoscale_load_errors": s["errors"],
+            "autoscale_load_req_per_s": s["req_per_s"]}
+
+
+# -- main -----------------------------------------------------------------------------------------------
+def table(rows: list[tuple], head: tuple) -> str:
+    rows = [tuple(str(c) for c in r) for r in [head, *rows]]
+    w = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--duration", type=float, default=60, help="seconds of the mixed load (phase 3)")
+    ap.add_argument("--concurrency", type=int, default=8, help="concurrent requests in flight (every phase)")
+    ap.add_argument("--endpoint-duration", type=float, default=10, help="seconds per endpoint (phase 1) and per replica count (phase 4)")
+    ap.add_argument("--requests", type=int, default=200, help="sequential requests per side for the overhead (phase 2)")
+    ap.add_argument("--autoscale-timeout", type=float, default=90, help="seconds of load waiting for a second replica (phase 5)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 s per endpoint, 10 s mixed, 50 overhead requests, 60 s autoscale")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration, args.endpoint_duration, args.requests, args.autoscale_timeout = 10, 3, 50, 60
+    return args
+
+
+def main(argv=None) -> dict:
+    opts = parse(argv)
+    tmp = tempfile.TemporaryDirectory(prefix="docray-serve-load-")
+    os.environ["DOCRAY_HOME"] = str(Path(tmp.name) / "home")  # before Ray starts: its workers inherit it
+    os.environ["DOCRAY_API_KEYS"] = KEYS  # auth on, as in production: every request carries a key
+    os.environ.pop("RAY_ADDRESS", None)
+    import ray
+    from ray import serve
+
+    from benchmarks import _serve_fixtures
+
+    t0 = time.perf_counter()
+    args, samples = _serve_fixtures.build(Path(tmp.name) / "models")
+    base, notes = yaml_options()
+    eps = endpoints(samples)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             namespace="docray-bench")
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        deploy_s = deploy(args, base)
+        warm_up(url, eps)
+        print(f"deployed {APP} (9 deployments, 1 replica each) in {deploy_s:.1f} s on {url}; models: tiny UNTRAINED "
+              f"(serving overhead, not model quality)", flush=True)
+        for n in notes:
+            print(f"note: {n}", flush=True)
+
+        per = {ep.name: run_load(url, [ep], opts.concurrency, opts.endpoint_duration).summary(ep.name) for ep in eps}
+        print(f"\n1. one endpoint at a time, concurrency {opts.concurrency}, {opts.endpoint_duration:g} s each")
+        print(table([(e.path, *(per[e.name][k] for k in ("requests", "errors", "p50_ms", "p99_ms", "req_per_s"))) for e in eps],
+                    ("endpoint", "requests", "errors", "p50 ms", "p99 ms", "req/s")), flush=True)
+
+        ov = overhead(url, opts.requests)
+        print(f"\n2. gateway overhead, GET /v1/file-types, {opts.requests} sequential calls each: HTTP+gateway p50 "
+              f"{ov['gateway_p50_ms']} ms, direct handle p50 {ov['handle_p50_ms']} ms, overhead "
+              f"{ov['gateway_overhead_p50_ms']} ms (target <= 5 ms)", flush=True)
+
+        mixed = run_load(url, eps, opts.concurrency, opts.duration)
+        m = mixed.summary()
+        print(f"\n3. mixed load over {len(eps)} endpoints, concurrency {opts.concurrency}, {mixed.wall_s:.1f} s: "
+              f"{m['requests']} requests, {m['req_per_s']} req/s, {m['errors']} errors (must be 0)")
+        print(table([(e.path, *(mixed.summary(e.name)[k] for k in ("requests", "errors", "p50_ms", "p99_ms"))) for e in eps],
+                    ("endpoint", "requests", "errors", "p50 ms", "p99 ms")), flush=True)
+        for s in mixed.samples:
+            print(f"   error: {s}")
+
+        private = next(e for e in eps if e.name == "recognize_private")
+        scale = {}
+        for n in (1, 2):
+            deploy(args, base, {"PrivateRecognition": {"num_replicas": n}})
+            warm_up(url, [private])
+            scale[n] = run_load(url, [private], opts.concurrency, opts.endpoint_duration).summary()
+        ratio = round(scale[2]["req_per_s"] / scale[1]["req_per_s"], 2) if scale[1]["req_per_s"] else None
+        print(f"\n4. /v1/recognize-private, PrivateRecognition replicas 1 -> 2: {scale[1]['req_per_s']} -> "
+              f"{scale[2]['req_per_s']} req/s (x{ratio}); p50 {scale[1]['p50_ms']} -> {scale[2]['p50_ms']} ms; "
+              f"errors {scale[1]['errors']} + {scale[2]['errors']}", flush=True)
+
+        auto = autoscale(url, args, base, eps, opts.concurrency, opts.autoscale_timeout)
+        print(f"\n5. autoscaling Recognizer (min 1, max 3, target 2 ongoing) under /v1/recognize load: "
+              + (f"a second replica RUNNING after {auto['autoscale_s_to_running_replica']} s (scale-up decided after "
+                 f"{auto['autoscale_s_to_decision']} s)" if auto["autoscale_added_replica"]
+                 else f"NO second replica within {opts.autoscale_timeout:g} s (decided: {auto['autoscale_s_to_decision']})")
+              + f"; load errors {auto['autoscale_load_errors']}", flush=True)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            tmp.cleanup()
+
+    result = {"models": "tiny_untrained", "concurrency": opts.concurrency, "endpoint_duration_s": opts.endpoint_duration,
+              "deploy_s": round(deploy_s, 1),
+              **{f"{name}_{k}": v for name, s in per.items() for k, v in s.items() if k != "requests"},
+              **ov,
+              "mixed_duration_s": round(mixed.wall_s, 1), "mixed_requests": m["requests"], "mixed_errors": m["errors"],
+              "mixed_req_per_s": m["req_per_s"], "mixed_p50_ms": m["p50_ms"], "mixed_p99_ms": m["p99_ms"],
+              "private_1_replica_req_per_s": scale[1]["req_per_s"], "private_2_replicas_req_per_s": scale[2]["req_per_s"],
+              "private_replica_speedup": ratio, "replica_phase_errors": scale[1]["errors"] + scale[2]["errors"],
+              **auto, "total_s": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -162,7 +163,10 @@ def graph(args: dict, base: dict[str, dict], overrides: dict[str, dict] | None =
         opts = {**base[dep.name], **overrides.get(dep.name, {})}
         if "autoscaling_config" in opts:
             opts.pop("num_replicas", None)
-        return dep.options(**opts)
+        # A fixed version (Serve's own flag for it is internal): a redeploy that changes only replica counts or
+        # autoscaling updates those deployments in place, as `serve deploy` of an edited YAML does, instead of
+        # restarting all nine (serve.run gives every deployment a new random version otherwise).
+        return dep.options(version="serve-load", _internal=True, **opts)
 
     cfg = GatewayConfig.model_validate(args)
     sc, cc = cfg.screening, cfg.compression.model_dump()
@@ -204,21 +208,23 @@ def overhead(url: str, n: int) -> dict:
     from ray import serve
 
     handle = serve.get_deployment_handle("Compression", APP)
-    via_http, direct = [], []
+    ms = {"http": [], "handle": [], "http_no_backend": []}
+
+    def timed(key, fn, keep):
+        t = time.perf_counter()
+        fn()
+        if keep:
+            ms[key].append((time.perf_counter() - t) * 1e3)
+
     with httpx.Client(base_url=url, headers=HEADERS, timeout=60) as c:
-        for i in range(n + 10):  # 10 warm-up calls each, then interleaved so both see the same machine
-            t = time.perf_counter()
-            r = c.get("/v1/file-types")
-            ms = (time.perf_counter() - t) * 1e3
-            r.raise_for_status()
-            t = time.perf_counter()
-            handle.file_types.remote().result()
-            ms_direct = (time.perf_counter() - t) * 1e3
-            if i >= 10:
-                via_http.append(ms), direct.append(ms_direct)
-    g, h = float(np.median(via_http)), float(np.median(direct))
+        for i in range(n + 10):  # 10 warm-up calls each, then interleaved so all see the same machine
+            timed("http", lambda: c.get("/v1/file-types").raise_for_status(), i >= 10)
+            timed("handle", lambda: handle.file_types.remote().result(), i >= 10)
+            # /docs: the proxy and the gateway (middleware, FastAPI) without any backend call
+            timed("http_no_backend", lambda: c.get("/docs").raise_for_status(), i >= 10)
+    g, h, d = (float(np.median(ms[k])) for k in ("http", "handle", "http_no_backend"))
     return {"gateway_p50_ms": round(g, 2), "handle_p50_ms": round(h, 2), "gateway_overhead_p50_ms": round(g - h, 2),
-            "overhead_requests": n}
+            "gateway_no_backend_p50_ms": round(d, 2), "overhead_requests": n}
 
 
 def autoscale(url: str, args: dict, base: dict, eps: list[Endpoint], concurrency: int, timeout_s: float) -> dict:
@@ -269,18 +275,21 @@ def table(rows: list[tuple], head: tuple) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
+class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     ap.add_argument("--duration", type=float, default=60, help="seconds of the mixed load (phase 3)")
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent requests in flight (every phase)")
     ap.add_argument("--endpoint-duration", type=float, default=10, help="seconds per endpoint (phase 1) and per replica count (phase 4)")
     ap.add_argument("--requests", type=int, default=200, help="sequential requests per side for the overhead (phase 2)")
     ap.add_argument("--autoscale-timeout", type=float, default=90, help="seconds of load waiting for a second replica (phase 5)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 3 s per endpoint, 10 s mixed, 50 overhead requests, 60 s autoscale")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 s per endpoint, 8 s mixed, 50 overhead requests, 60 s autoscale")
     args = ap.parse_args(argv)
     if args.quick:
-        args.duration, args.endpoint_duration, args.requests, args.autoscale_timeout = 10, 3, 50, 60
+        args.duration, args.endpoint_duration, args.requests, args.autoscale_timeout = 8, 2, 50, 60
     return args
 
 
@@ -296,17 +305,25 @@ def main(argv=None) -> dict:
     from benchmarks import _serve_fixtures
 
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def mark(name: str) -> None:  # wall seconds per phase, for the JSON line
+        phases[f"phase_{name}_s"] = round(time.perf_counter() - t0 - sum(phases.values()), 1)
+
     args, samples = _serve_fixtures.build(Path(tmp.name) / "models")
     base, notes = yaml_options()
     eps = endpoints(samples)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no per-deploy INFO lines in the table
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              namespace="docray-bench")
+    mark("setup")
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}"
         deploy_s = deploy(args, base)
         warm_up(url, eps)
+        mark("deploy")
         print(f"deployed {APP} (9 deployments, 1 replica each) in {deploy_s:.1f} s on {url}; models: tiny UNTRAINED "
               f"(serving overhead, not model quality)", flush=True)
         for n in notes:
@@ -316,12 +333,15 @@ def main(argv=None) -> dict:
         print(f"\n1. one endpoint at a time, concurrency {opts.concurrency}, {opts.endpoint_duration:g} s each")
         print(table([(e.path, *(per[e.name][k] for k in ("requests", "errors", "p50_ms", "p99_ms", "req_per_s"))) for e in eps],
                     ("endpoint", "requests", "errors", "p50 ms", "p99 ms", "req/s")), flush=True)
+        mark("endpoints")
 
         ov = overhead(url, opts.requests)
         print(f"\n2. gateway overhead, GET /v1/file-types, {opts.requests} sequential calls each: HTTP+gateway p50 "
               f"{ov['gateway_p50_ms']} ms, direct handle p50 {ov['handle_p50_ms']} ms, overhead "
-              f"{ov['gateway_overhead_p50_ms']} ms (target <= 5 ms)", flush=True)
+              f"{ov['gateway_overhead_p50_ms']} ms (target <= 5 ms); GET /docs (proxy + gateway, no backend) p50 "
+              f"{ov['gateway_no_backend_p50_ms']} ms", flush=True)
 
+        mark("overhead")
         mixed = run_load(url, eps, opts.concurrency, opts.duration)
         m = mixed.summary()
         print(f"\n3. mixed load over {len(eps)} endpoints, concurrency {opts.concurrency}, {mixed.wall_s:.1f} s: "
@@ -331,6 +351,7 @@ def main(argv=None) -> dict:
         for s in mixed.samples:
             print(f"   error: {s}")
 
+        mark("mixed")
         private = next(e for e in eps if e.name == "recognize_private")
         scale = {}
         for n in (1, 2):
@@ -342,18 +363,21 @@ def main(argv=None) -> dict:
               f"{scale[2]['req_per_s']} req/s (x{ratio}); p50 {scale[1]['p50_ms']} -> {scale[2]['p50_ms']} ms; "
               f"errors {scale[1]['errors']} + {scale[2]['errors']}", flush=True)
 
+        mark("replicas")
         auto = autoscale(url, args, base, eps, opts.concurrency, opts.autoscale_timeout)
         print(f"\n5. autoscaling Recognizer (min 1, max 3, target 2 ongoing) under /v1/recognize load: "
               + (f"a second replica RUNNING after {auto['autoscale_s_to_running_replica']} s (scale-up decided after "
                  f"{auto['autoscale_s_to_decision']} s)" if auto["autoscale_added_replica"]
                  else f"NO second replica within {opts.autoscale_timeout:g} s (decided: {auto['autoscale_s_to_decision']})")
               + f"; load errors {auto['autoscale_load_errors']}", flush=True)
+        mark("autoscale")
     finally:
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
             tmp.cleanup()
+    mark("shutdown")
 
     result = {"models": "tiny_untrained", "concurrency": opts.concurrency, "endpoint_duration_s": opts.endpoint_duration,
               "deploy_s": round(deploy_s, 1),
@@ -363,7 +387,7 @@ def main(argv=None) -> dict:
               "mixed_req_per_s": m["req_per_s"], "mixed_p50_ms": m["p50_ms"], "mixed_p99_ms": m["p99_ms"],
               "private_1_replica_req_per_s": scale[1]["req_per_s"], "private_2_replicas_req_per_s": scale[2]["req_per_s"],
               "private_replica_speedup": ratio, "replica_phase_errors": scale[1]["errors"] + scale[2]["errors"],
-              **auto, "total_s": round(time.perf_counter() - t0, 1)}
+              **auto, **phases, "total_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps(result))
     return result
 

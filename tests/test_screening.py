@@ -90,16 +90,16 @@ def test_extension_rule_directions_and_cut_types():
 
 
 # -- index -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("threshold", [10_000, 500])  # exact flat; IVF (the selector and subset paths)
-def test_filtered_search_returns_only_matching_candidates(threshold):
+@pytest.mark.parametrize("threshold,kind", [(10_000, "ivf"), (500, "ivf"), (500, "ivfpq")])  # flat; IVF; PQ + re-rank
+def test_filtered_search_returns_only_matching_candidates(threshold, kind):
     rng = np.random.default_rng(0)
     n = 3000
     v = unit(n, 32)
     times, cuts = rng.integers(0, 50, n), rng.integers(0, 8, n)
-    idx = TileIndex(32, ann_threshold=threshold, nprobe=8, exact_below=100)
+    idx = TileIndex(32, ann_threshold=threshold, nprobe=8, exact_below=100, kind=kind)
     idx.add(v[:1000], times[:1000], cuts[:1000])
     idx.add(v[1000:], times[1000:], cuts[1000:])  # add without rebuild (or the one ANN switch)
-    assert idx.current_kind == ("flat" if threshold > n else "ivf") and idx.ntotal == n
+    assert idx.current_kind == ("flat" if threshold > n else kind) and idx.ntotal == n
     for f in (AttrFilter(cuts=frozenset({3})), AttrFilter(t_lo=10, t_hi=30), AttrFilter(t_lo=7, t_hi=7, cuts=frozenset({2}))):
         sims, ids = idx.search(v[:20], 10, f)
         allowed = mask(f, times, cuts)
@@ -111,14 +111,15 @@ def test_filtered_search_returns_only_matching_candidates(threshold):
     assert (ids == -1).all() and np.isneginf(sims).all()
 
 
-def test_index_save_load_roundtrip(tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_index_save_load_roundtrip(tmp_path, kind):
     v = unit(600, 16)
-    idx = TileIndex(16, ann_threshold=400)
+    idx = TileIndex(16, ann_threshold=400, kind=kind, exact_below=10)
     idx.add(v, np.arange(600), np.arange(600) % 8)
     idx.save(tmp_path / "ix")
     back = TileIndex.load(tmp_path / "ix")
     f = AttrFilter(cuts=frozenset({5}))
-    assert back.current_kind == "ivf"
+    assert back.current_kind == kind
     np.testing.assert_array_equal(back.search(v[:8], 4, f)[1], idx.search(v[:8], 4, f)[1])
 
 

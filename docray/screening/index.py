@@ -33,6 +33,13 @@ import numpy as np
 from docray.screening.rules import AttrFilter, mask
 
 
+def _ivf(index):
+    """The IVF index inside `index` (itself, or the base of an exact re-rank), else None."""
+    if isinstance(index, faiss.IndexIVF):
+        return index
+    return faiss.extract_index_ivf(index) if isinstance(index, faiss.IndexRefine) else None
+
+
 def _f32(x) -> np.ndarray:
     x = np.ascontiguousarray(np.asarray(x, np.float32))
     if x.ndim != 2:
@@ -40,13 +47,18 @@ def _f32(x) -> np.ndarray:
     return x
 
 
+KINDS = ("ivf", "ivfpq", "hnsw", "flat")
+
+
 class TileIndex:
     def __init__(self, dim: int, *, ann_threshold: int = 20_000, kind: str = "ivf", nprobe: int = 16,
-                 hnsw_m: int = 32, ef_search: int = 64, exact_below: int = 2048, use_gpu: bool | None = None):
-        if kind not in ("ivf", "hnsw", "flat"):
-            raise ValueError(f"index kind must be 'ivf', 'hnsw' or 'flat', got {kind!r}")
+                 hnsw_m: int = 32, ef_search: int = 64, exact_below: int = 2048, k_factor: int = 4,
+                 use_gpu: bool | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
         self.dim, self.ann_threshold, self.kind = int(dim), int(ann_threshold), kind
         self.nprobe, self.hnsw_m, self.ef_search, self.exact_below = nprobe, hnsw_m, ef_search, exact_below
+        self.k_factor = k_factor  # ivfpq: candidates re-ranked exactly per result
         self.use_gpu = (faiss.get_num_gpus() > 0) if use_gpu is None else use_gpu
         self.index = faiss.IndexFlatIP(self.dim)
         self.times = np.zeros(0, np.int64)
@@ -86,31 +98,37 @@ class TileIndex:
         if self.kind == "hnsw":
             index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = 64
-        else:
-            nlist = int(min(65536, n // 40, max(16, 2 ** round(math.log2(4 * math.sqrt(n))))))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            rng = np.random.default_rng(0)
-            sample = v[rng.choice(n, min(n, 64 * nlist), replace=False)] if n > 64 * nlist else v
-            index.train(sample)
             index.add(v)
-            index.make_direct_map()  # reconstruct_batch for the exact search of small candidate sets
             return index
+        nlist = int(min(65536, n // 40, max(16, 2 ** round(math.log2(4 * math.sqrt(n))))))
+        if self.kind == "ivfpq":  # 4-bit PQ codes scanned with SIMD lookups, then an exact re-rank
+            index = faiss.index_factory(self.dim, f"IVF{nlist},PQ{self.dim // 2}x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = v[rng.choice(n, min(n, 64 * nlist), replace=False)] if n > 64 * nlist else v
+        index.train(sample)
         index.add(v)
+        if isinstance(index, faiss.IndexIVF):
+            index.make_direct_map()  # reconstruct_batch for the exact search of small candidate sets
         return index
 
     # -- searching ----------------------------------------------------------------------------
     def _scanned(self) -> int:
         """About how many vectors one unfiltered search scans."""
-        if isinstance(self.index, faiss.IndexIVF):
-            return int(self.ntotal * min(1.0, self.nprobe / self.index.nlist))
+        ivf = _ivf(self.index)
+        if ivf is not None:
+            return int(self.ntotal * min(1.0, self.nprobe / ivf.nlist))
         return self.ntotal if isinstance(self.index, faiss.IndexFlat) else 0
 
     def _params(self, sel=None, frac: float = 1.0):
         # a filter passing a fraction `frac` leaves fewer candidates per probed list: probe more
         # lists (up to 1/sqrt(frac) times, at most 4x) to keep recall; cost stays near unfiltered
         widen = min(4.0, 1.0 / math.sqrt(frac))
-        if isinstance(self.index, faiss.IndexIVF):
-            return faiss.SearchParametersIVF(sel=sel, nprobe=min(self.index.nlist, int(math.ceil(self.nprobe * widen))))
+        ivf = _ivf(self.index)
+        if ivf is not None:
+            p = faiss.SearchParametersIVF(sel=sel, nprobe=min(ivf.nlist, int(math.ceil(self.nprobe * widen))))
+            return p if ivf is self.index else faiss.IndexRefineSearchParameters(k_factor=self.k_factor, base_index_params=p)
         if isinstance(self.index, faiss.IndexHNSW):
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.ef_search * widen))
         return faiss.SearchParameters(sel=sel) if sel is not None else None
@@ -128,7 +146,7 @@ class TileIndex:
             if len(cand) <= max(self.exact_below, self._scanned()):  # few: exact, cheaper than a probe
                 return self._search_subset(q, k, cand)
             frac = len(cand) / self.ntotal
-        if self.use_gpu:
+        if self.use_gpu and not isinstance(self.index, faiss.IndexRefine):  # fast-scan PQ stays on the CPU
             return self._search_gpu(q, k, allowed)
         sel = None
         if allowed is not None:
@@ -176,7 +194,8 @@ class TileIndex:
         faiss.write_index(self.index, str(folder / "index.faiss"))
         np.savez(folder / "attrs.npz", times=self.times, cuts=self.cuts)
         meta = dict(dim=self.dim, ann_threshold=self.ann_threshold, kind=self.kind, nprobe=self.nprobe,
-                    hnsw_m=self.hnsw_m, ef_search=self.ef_search, exact_below=self.exact_below, ntotal=self.ntotal)
+                    hnsw_m=self.hnsw_m, ef_search=self.ef_search, exact_below=self.exact_below, k_factor=self.k_factor,
+                    ntotal=self.ntotal)
         (folder / "index.json").write_text(json.dumps(meta, indent=2))
         return folder
 

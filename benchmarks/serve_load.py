@@ -88,8 +88,9 @@ class Stats:
                 "req_per_s": round(len(lat) / self.wall_s, 2) if self.wall_s else 0.0}
 
 
-async def load(url: str, eps: list[Endpoint], concurrency: int, duration_s: float) -> Stats:
-    """`concurrency` workers send requests (cycling through `eps`) until the deadline; every response is read."""
+async def load(url: str, eps: list[Endpoint], concurrency: int, duration_s: float,
+               stop: asyncio.Event | None = None) -> Stats:
+    """`concurrency` workers send requests (cycling through `eps`) until the deadline (or `stop` is set)."""
     import httpx
 
     stats = Stats()
@@ -98,7 +99,7 @@ async def load(url: str, eps: list[Endpoint], concurrency: int, duration_s: floa
         deadline = time.perf_counter() + duration_s
 
         async def worker(k: int) -> None:
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < deadline and not (stop and stop.is_set()):
                 ep = eps[k % len(eps)]
                 k += 1
                 t = time.perf_counter()
@@ -202,13 +203,27 @@ def replicas(name: str) -> dict[str, int]:
 
 
 # -- phases ---------------------------------------------------------------------------------------------
+def ping_app():
+    """Serve's own floor: one replica answering "ok" to any HTTP request (no FastAPI, no handles)."""
+    from ray import serve
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.01}, max_ongoing_requests=64)
+    class Ping:
+        async def __call__(self, request) -> str:
+            return "ok"
+
+    return Ping.bind()
+
+
 def overhead(url: str, n: int) -> dict:
-    """Sequential p50 of GET /v1/file-types through the gateway vs. the Compression handle called directly."""
+    """Sequential p50 of GET /v1/file-types through the gateway vs. the Compression handle called directly;
+    with GET /docs (proxy + gateway, no backend) and GET /floor (proxy + a bare replica) to place it."""
     import httpx
     from ray import serve
 
+    serve.run(ping_app(), name="floor", route_prefix="/floor")
     handle = serve.get_deployment_handle("Compression", APP)
-    ms = {"http": [], "handle": [], "http_no_backend": []}
+    ms = {"http": [], "handle": [], "http_no_backend": [], "serve_floor": []}
 
     def timed(key, fn, keep):
         t = time.perf_counter()
@@ -222,9 +237,11 @@ def overhead(url: str, n: int) -> dict:
             timed("handle", lambda: handle.file_types.remote().result(), i >= 10)
             # /docs: the proxy and the gateway (middleware, FastAPI) without any backend call
             timed("http_no_backend", lambda: c.get("/docs").raise_for_status(), i >= 10)
-    g, h, d = (float(np.median(ms[k])) for k in ("http", "handle", "http_no_backend"))
+            timed("serve_floor", lambda: c.get("/floor").raise_for_status(), i >= 10)
+    serve.delete("floor")
+    g, h, d, f = (float(np.median(ms[k])) for k in ("http", "handle", "http_no_backend", "serve_floor"))
     return {"gateway_p50_ms": round(g, 2), "handle_p50_ms": round(h, 2), "gateway_overhead_p50_ms": round(g - h, 2),
-            "gateway_no_backend_p50_ms": round(d, 2), "overhead_requests": n}
+            "gateway_no_backend_p50_ms": round(d, 2), "serve_floor_p50_ms": round(f, 2), "overhead_requests": n}
 
 
 def autoscale(url: str, args: dict, base: dict, eps: list[Endpoint], concurrency: int, timeout_s: float) -> dict:
@@ -242,22 +259,25 @@ def autoscale(url: str, args: dict, base: dict, eps: list[Endpoint], concurrency
     ep = next(e for e in eps if e.path == "/v1/recognize")
     seen = {"decided_s": None, "running_s": None, "max_running": 1}
 
-    async def watch(task):
+    async def watch(task, stop: asyncio.Event):
         while not task.done():
-            now, states = time.perf_counter() - start, replicas(name)
+            states = await asyncio.to_thread(replicas, name)  # serve.status() blocks: off the load's event loop
+            now = time.perf_counter() - start
             total, running = sum(states.values()), states.get("RUNNING", 0)
             seen["max_running"] = max(seen["max_running"], running)
             if seen["decided_s"] is None and total > 1:
                 seen["decided_s"] = round(now, 2)
             if running > 1:
                 seen["running_s"] = round(now, 2)
+                stop.set()  # the load ends with the answer
                 return
             await asyncio.sleep(0.5)
 
     async def main():
-        task = asyncio.ensure_future(load(url, [ep], concurrency, deadline - time.perf_counter()))
-        await watch(task)
-        return await task  # the load runs to its deadline either way (bounded)
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(load(url, [ep], concurrency, deadline - time.perf_counter(), stop))
+        await watch(task, stop)
+        return await task
 
     stats = asyncio.run(main())
     s = stats.summary()
@@ -286,11 +306,67 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--endpoint-duration", type=float, default=10, help="seconds per endpoint (phase 1) and per replica count (phase 4)")
     ap.add_argument("--requests", type=int, default=200, help="sequential requests per side for the overhead (phase 2)")
     ap.add_argument("--autoscale-timeout", type=float, default=90, help="seconds of load waiting for a second replica (phase 5)")
+    ap.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for Ray/Serve processes (repeatable), e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 s per endpoint, 8 s mixed, 50 overhead requests, 60 s autoscale")
     args = ap.parse_args(argv)
     if args.quick:
         args.duration, args.endpoint_duration, args.requests, args.autoscale_timeout = 8, 2, 50, 60
     return args
+
+
+def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark) -> dict:
+    """Phases 1-5 on the deployed gateway; prints the tables, returns the JSON figures."""
+    per = {ep.name: run_load(url, [ep], opts.concurrency, opts.endpoint_duration).summary(ep.name) for ep in eps}
+    print(f"\n1. one endpoint at a time, concurrency {opts.concurrency}, {opts.endpoint_duration:g} s each")
+    print(table([(e.path, *(per[e.name][k] for k in ("requests", "errors", "p50_ms", "p99_ms", "req_per_s"))) for e in eps],
+                ("endpoint", "requests", "errors", "p50 ms", "p99 ms", "req/s")), flush=True)
+    mark("endpoints")
+
+    ov = overhead(url, opts.requests)
+    print(f"\n2. gateway overhead, GET /v1/file-types, {opts.requests} sequential calls each: HTTP+gateway p50 "
+          f"{ov['gateway_p50_ms']} ms, direct handle p50 {ov['handle_p50_ms']} ms, overhead "
+          f"{ov['gateway_overhead_p50_ms']} ms (target <= 5 ms)\n   to place it: GET /docs (proxy + gateway, no backend) p50 "
+          f"{ov['gateway_no_backend_p50_ms']} ms; GET /floor (proxy + a bare Serve replica, no FastAPI) p50 "
+          f"{ov['serve_floor_p50_ms']} ms", flush=True)
+    mark("overhead")
+
+    mixed = run_load(url, eps, opts.concurrency, opts.duration)
+    m = mixed.summary()
+    print(f"\n3. mixed load over {len(eps)} endpoints, concurrency {opts.concurrency}, {mixed.wall_s:.1f} s: "
+          f"{m['requests']} requests, {m['req_per_s']} req/s, {m['errors']} errors (must be 0)")
+    print(table([(e.path, *(mixed.summary(e.name)[k] for k in ("requests", "errors", "p50_ms", "p99_ms"))) for e in eps],
+                ("endpoint", "requests", "errors", "p50 ms", "p99 ms")), flush=True)
+    for s in mixed.samples:
+        print(f"   error: {s}")
+    mark("mixed")
+
+    private = next(e for e in eps if e.name == "recognize_private")
+    scale = {}
+    for n in (1, 2):
+        deploy(args, base, {"PrivateRecognition": {"num_replicas": n}})
+        warm_up(url, [private])
+        scale[n] = run_load(url, [private], opts.concurrency, opts.endpoint_duration).summary()
+    ratio = round(scale[2]["req_per_s"] / scale[1]["req_per_s"], 2) if scale[1]["req_per_s"] else None
+    print(f"\n4. /v1/recognize-private, PrivateRecognition replicas 1 -> 2: {scale[1]['req_per_s']} -> "
+          f"{scale[2]['req_per_s']} req/s (x{ratio}); p50 {scale[1]['p50_ms']} -> {scale[2]['p50_ms']} ms; "
+          f"errors {scale[1]['errors']} + {scale[2]['errors']}", flush=True)
+    mark("replicas")
+
+    auto = autoscale(url, args, base, eps, opts.concurrency, opts.autoscale_timeout)
+    print("\n5. autoscaling Recognizer (min 1, max 3, target 2 ongoing) under /v1/recognize load: "
+          + (f"a second replica RUNNING after {auto['autoscale_s_to_running_replica']} s (scale-up decided after "
+             f"{auto['autoscale_s_to_decision']} s)" if auto["autoscale_added_replica"]
+             else f"NO second replica within {opts.autoscale_timeout:g} s (decided: {auto['autoscale_s_to_decision']})")
+          + f"; load errors {auto['autoscale_load_errors']}", flush=True)
+    mark("autoscale")
+    return {"models": "tiny_untrained", "concurrency": opts.concurrency, "endpoint_duration_s": opts.endpoint_duration,
+            **{f"{name}_{k}": v for name, s in per.items() for k, v in s.items() if k != "requests"},
+            **ov,
+            "mixed_duration_s": round(mixed.wall_s, 1), "mixed_requests": m["requests"], "mixed_errors": m["errors"],
+            "mixed_req_per_s": m["req_per_s"], "mixed_p50_ms": m["p50_ms"], "mixed_p99_ms": m["p99_ms"],
+            "private_1_replica_req_per_s": scale[1]["req_per_s"], "private_2_replicas_req_per_s": scale[2]["req_per_s"],
+            "private_replica_speedup": ratio, "replica_phase_errors": scale[1]["errors"] + scale[2]["errors"], **auto}
 
 
 def main(argv=None) -> dict:
@@ -300,7 +376,10 @@ def main(argv=None) -> dict:
     os.environ["DOCRAY_API_KEYS"] = KEYS  # auth on, as in production: every request carries a key
     os.environ.pop("RAY_ADDRESS", None)
     import ray
-    from ray import serve
+    from ray import serve  # this driver's Serve settings are read now, from the environment as it was
+
+    serve_env = dict(kv.split("=", 1) for kv in opts.serve_env)
+    os.environ.update(serve_env)  # the Serve controller, proxy and replicas this run starts read these
 
     from benchmarks import _serve_fixtures
 
@@ -325,52 +404,13 @@ def main(argv=None) -> dict:
         warm_up(url, eps)
         mark("deploy")
         print(f"deployed {APP} (9 deployments, 1 replica each) in {deploy_s:.1f} s on {url}; models: tiny UNTRAINED "
-              f"(serving overhead, not model quality)", flush=True)
+              f"(serving overhead, not model quality); load generator in this process, on the same cores"
+              + (f"; env {serve_env}" if serve_env else ""), flush=True)
         for n in notes:
             print(f"note: {n}", flush=True)
 
-        per = {ep.name: run_load(url, [ep], opts.concurrency, opts.endpoint_duration).summary(ep.name) for ep in eps}
-        print(f"\n1. one endpoint at a time, concurrency {opts.concurrency}, {opts.endpoint_duration:g} s each")
-        print(table([(e.path, *(per[e.name][k] for k in ("requests", "errors", "p50_ms", "p99_ms", "req_per_s"))) for e in eps],
-                    ("endpoint", "requests", "errors", "p50 ms", "p99 ms", "req/s")), flush=True)
-        mark("endpoints")
-
-        ov = overhead(url, opts.requests)
-        print(f"\n2. gateway overhead, GET /v1/file-types, {opts.requests} sequential calls each: HTTP+gateway p50 "
-              f"{ov['gateway_p50_ms']} ms, direct handle p50 {ov['handle_p50_ms']} ms, overhead "
-              f"{ov['gateway_overhead_p50_ms']} ms (target <= 5 ms); GET /docs (proxy + gateway, no backend) p50 "
-              f"{ov['gateway_no_backend_p50_ms']} ms", flush=True)
-
-        mark("overhead")
-        mixed = run_load(url, eps, opts.concurrency, opts.duration)
-        m = mixed.summary()
-        print(f"\n3. mixed load over {len(eps)} endpoints, concurrency {opts.concurrency}, {mixed.wall_s:.1f} s: "
-              f"{m['requests']} requests, {m['req_per_s']} req/s, {m['errors']} errors (must be 0)")
-        print(table([(e.path, *(mixed.summary(e.name)[k] for k in ("requests", "errors", "p50_ms", "p99_ms"))) for e in eps],
-                    ("endpoint", "requests", "errors", "p50 ms", "p99 ms")), flush=True)
-        for s in mixed.samples:
-            print(f"   error: {s}")
-
-        mark("mixed")
-        private = next(e for e in eps if e.name == "recognize_private")
-        scale = {}
-        for n in (1, 2):
-            deploy(args, base, {"PrivateRecognition": {"num_replicas": n}})
-            warm_up(url, [private])
-            scale[n] = run_load(url, [private], opts.concurrency, opts.endpoint_duration).summary()
-        ratio = round(scale[2]["req_per_s"] / scale[1]["req_per_s"], 2) if scale[1]["req_per_s"] else None
-        print(f"\n4. /v1/recognize-private, PrivateRecognition replicas 1 -> 2: {scale[1]['req_per_s']} -> "
-              f"{scale[2]['req_per_s']} req/s (x{ratio}); p50 {scale[1]['p50_ms']} -> {scale[2]['p50_ms']} ms; "
-              f"errors {scale[1]['errors']} + {scale[2]['errors']}", flush=True)
-
-        mark("replicas")
-        auto = autoscale(url, args, base, eps, opts.concurrency, opts.autoscale_timeout)
-        print(f"\n5. autoscaling Recognizer (min 1, max 3, target 2 ongoing) under /v1/recognize load: "
-              + (f"a second replica RUNNING after {auto['autoscale_s_to_running_replica']} s (scale-up decided after "
-                 f"{auto['autoscale_s_to_decision']} s)" if auto["autoscale_added_replica"]
-                 else f"NO second replica within {opts.autoscale_timeout:g} s (decided: {auto['autoscale_s_to_decision']})")
-              + f"; load errors {auto['autoscale_load_errors']}", flush=True)
-        mark("autoscale")
+        result = run_phases(opts, url, args, base, eps, mark)
+        result.update(deploy_s=round(deploy_s, 1), serve_env=serve_env)
     finally:
         try:
             serve.shutdown()
@@ -379,15 +419,7 @@ def main(argv=None) -> dict:
             tmp.cleanup()
     mark("shutdown")
 
-    result = {"models": "tiny_untrained", "concurrency": opts.concurrency, "endpoint_duration_s": opts.endpoint_duration,
-              "deploy_s": round(deploy_s, 1),
-              **{f"{name}_{k}": v for name, s in per.items() for k, v in s.items() if k != "requests"},
-              **ov,
-              "mixed_duration_s": round(mixed.wall_s, 1), "mixed_requests": m["requests"], "mixed_errors": m["errors"],
-              "mixed_req_per_s": m["req_per_s"], "mixed_p50_ms": m["p50_ms"], "mixed_p99_ms": m["p99_ms"],
-              "private_1_replica_req_per_s": scale[1]["req_per_s"], "private_2_replicas_req_per_s": scale[2]["req_per_s"],
-              "private_replica_speedup": ratio, "replica_phase_errors": scale[1]["errors"] + scale[2]["errors"],
-              **auto, **phases, "total_s": round(time.perf_counter() - t0, 1)}
+    result.update(phases, total_s=round(time.perf_counter() - t0, 1))
     print(json.dumps(result))
     return result
 

@@ -33,7 +33,7 @@ from docray.compression.file_types import ThresholdError, load_file_types
 from docray.config import Config
 from docray.imageio import decode_image, sniff_format
 from serve_apps.http import ApiError
-from serve_apps.observe import record_batch
+from serve_apps.observe import record_batch, set_batching
 
 
 class CompressionAppConfig(Config):
@@ -68,6 +68,9 @@ class TypeModel:
     def __init__(self, config: dict):
         self.rc = load_compressor(CompressionAppConfig(**config))
 
+    def reconfigure(self, user_config: dict) -> None:  # batch settings from the Serve config
+        set_batching(self.classify, user_config)
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def classify(self, images: list) -> list[tuple[str, float]]:
         record_batch("TypeModel", len(images))
@@ -79,6 +82,9 @@ class ContentModel:
     def __init__(self, config: dict):
         self.rc = load_compressor(CompressionAppConfig(**config))
 
+    def reconfigure(self, user_config: dict) -> None:  # batch settings from the Serve config
+        set_batching(self.read, user_config)
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def read(self, images: list) -> list[str]:
         record_batch("ContentModel", len(images))
@@ -89,6 +95,9 @@ class ContentModel:
 class Generator:
     def __init__(self, config: dict):
         self.rc = load_compressor(CompressionAppConfig(**config))
+
+    def reconfigure(self, user_config: dict) -> None:  # batch settings from the Serve config
+        set_batching(self.generate, user_config)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def generate(self, requests: list[tuple[str, str]]) -> list:

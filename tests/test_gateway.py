@@ -13,11 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "configs/serve/gateway.yaml", ROOT / "configs/serve/gateway-gpu.yaml"]
 
 
-def deployment_names(app) -> set[str]:
-    """Every deployment in a bound application graph (the ingress and what it holds handles to)."""
+def deployments(app) -> dict:
+    """{name: class} of every deployment in a bound application graph (the ingress and its handles)."""
     d = app._bound_deployment
     children = [a for a in [*d.init_args, *d.init_kwargs.values()] if hasattr(a, "_bound_deployment")]
-    return {d.name}.union(*(deployment_names(c) for c in children))
+    out = {d.name: d.func_or_class}
+    for c in children:
+        out.update(deployments(c))
+    return out
 
 
 def load(path: Path) -> dict:
@@ -31,11 +34,12 @@ def test_config_is_valid_serve_config_for_the_gateway(path):
     (app,) = cfg["applications"]
     assert app["route_prefix"] == "/" and app["import_path"] == "serve_apps.gateway:build_app"
     GatewayConfig.model_validate(app["args"])  # unknown keys would fail here
-    names = {d["name"] for d in app["deployments"]}
-    assert names == deployment_names(build_app(app["args"]))  # no typo'd or missing deployment
+    classes = deployments(build_app(app["args"]))
+    assert {d["name"] for d in app["deployments"]} == set(classes)  # no typo'd or missing deployment
     for d in app["deployments"]:
         assert d["ray_actor_options"]["num_cpus"] <= 1 and "autoscaling_config" in d
-        if "user_config" in d:  # a batch fills only when a replica may hold that many requests
+        if "user_config" in d:  # Serve calls reconfigure(user_config); a batch fills only when a replica may hold that many
+            assert hasattr(classes[d["name"]], "reconfigure"), d["name"]
             assert set(d["user_config"]) <= {"max_batch_size", "batch_wait_timeout_s"}
             assert d["max_ongoing_requests"] >= d["user_config"]["max_batch_size"]
 
@@ -56,4 +60,4 @@ def test_gateway_config_errors_are_clear():
         GatewayConfig.model_validate({"recogniton": {}})
     with pytest.raises(ValueError, match="nope"):
         build_app({"recognition": {"nope": 1}})
-    assert deployment_names(build_app({"private": "{}"})) == {"Gateway", "PrivateRecognition"}  # `serve run` strings
+    assert set(deployments(build_app({"private": "{}"}))) == {"Gateway", "PrivateRecognition"}  # `serve run` strings

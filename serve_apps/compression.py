@@ -14,9 +14,10 @@ sent before either is awaited), then `Generator` renders the processed image, th
 pastes the portrait and seals back, compresses per type (server mode) and stores the record.
 Model calls are `@serve.batch`ed across requests. Split mode returns the processed image and its
 type; the terminal compresses it with `docray.client.compress_on_terminal` and the library from
-`GET /v1/file-types`. An admin's `PUT /v1/file-types` is validated (second < first for every type; the
-first threshold is the generator's output and cannot change), written atomically to the library file
-(`file_types`, default DOCRAY_HOME/compression/file_types.yaml) and picked up by every replica.
+`GET /v1/file-types`. The library is one file (`file_types`, default DOCRAY_HOME/compression/
+file_types.yaml; `FileTypesFile`): the gateway serves and edits it (`GET`/`PUT /v1/file-types`, the edit
+validated: second < first for every type, the first threshold fixed) and `Compression` reads it again
+when it changes.
 """
 
 import asyncio
@@ -29,7 +30,7 @@ from pydantic import Field, ValidationError
 from ray import serve
 
 from docray import paths
-from docray.compression.file_types import ThresholdError, load_file_types
+from docray.compression.file_types import FileTypeLibrary, ThresholdError, load_file_types
 from docray.config import Config
 from docray.imageio import decode_image, sniff_format
 from serve_apps.http import ApiError
@@ -52,6 +53,36 @@ class CompressionAppConfig(Config):
 def file_types_path(cfg: CompressionAppConfig) -> Path:
     """Where the served file-type library lives (and where admin edits go)."""
     return Path(cfg.file_types) if cfg.file_types else Path(paths.sub("compression")) / "file_types.yaml"
+
+
+class FileTypesFile:
+    """The served file-type library: one YAML file every replica reads (read again when its mtime
+    moves; the packaged library while none was written). Edits are validated and renamed into place."""
+
+    def __init__(self, path: Path):
+        self.path, self._stamp, self._lib = Path(path), None, None
+
+    def get(self) -> FileTypeLibrary:
+        stamp = self.path.stat().st_mtime_ns if self.path.exists() else 0
+        if stamp != self._stamp:
+            self._lib, self._stamp = load_file_types(self.path if stamp else None), stamp
+        return self._lib
+
+    def set(self, data: dict) -> FileTypeLibrary:
+        """Validate (second < first for every type; the first threshold is the generator's output and
+        cannot change here) and store atomically; every replica picks it up on its next read."""
+        try:
+            lib = load_file_types(data)
+        except (ThresholdError, ValidationError) as e:
+            raise ApiError(400, "bad_file_types", str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)) from None
+        if lib.first != self.get().first:
+            raise ApiError(400, "bad_file_types", f"the first threshold ({self.get().first}) is the generator's "
+                           "output size and cannot change through the API")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(yaml.safe_dump(lib.to_json(), sort_keys=False))
+        os.replace(tmp, self.path)  # atomic: readers see the old or the new file, never half of one
+        return self.get()
 
 
 def load_compressor(cfg: CompressionAppConfig):
@@ -114,25 +145,15 @@ class Compression:
         self.type_model, self.content_model, self.generator = type_model, content_model, generator
         self.rc = load_compressor(self.cfg)  # geometry, seals, compression; its models stay idle here
         self.repo = ImageRepository(self.cfg.repository_url or None, self.cfg.blob_root or None)
-        self.lib_path = file_types_path(self.cfg)
-        self._lib_mtime = self._mtime()
-
-    def _mtime(self) -> float:
-        return self.lib_path.stat().st_mtime if self.lib_path.exists() else 0.0
-
-    def _fresh_lib(self):
-        """The file-type library, reloaded when another replica (or an admin) changed its file."""
-        if self._mtime() != self._lib_mtime:
-            self._lib_mtime = self._mtime()
-            self.rc.lib = load_file_types(self.lib_path)
-        return self.rc.lib
+        self.file_types = FileTypesFile(file_types_path(self.cfg))
 
     async def compress(self, data: bytes, mode: str) -> dict:
         """The composed flow; mirrors `RegenCompressor.run` with the model calls on other replicas."""
         from docray.compression import layout
         from docray.compression.quality import compress_for_type
 
-        rc, lib = self.rc, self._fresh_lib()
+        rc = self.rc
+        rc.lib = lib = self.file_types.get()  # an admin may have edited it
         img = decode_image(data, name="image")
         try:
             lib.check_original(img.width, img.height, len(data))
@@ -158,25 +179,6 @@ class Compression:
                                     "attachments", "sizes", "quality", key)}
         body["format"] = out.get("format", "png") if mode == "server" else "png"
         return body  # the gateway base64-encodes the image bytes
-
-    def file_types(self) -> dict:
-        return self._fresh_lib().to_json()
-
-    def set_file_types(self, data: dict) -> dict:
-        """Validate and store a new file-type library (admin); every replica reloads it."""
-        try:
-            lib = load_file_types(data)
-        except (ThresholdError, ValidationError) as e:
-            raise ApiError(400, "bad_file_types", str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)) from None
-        if lib.first != self._fresh_lib().first:
-            raise ApiError(400, "bad_file_types", f"the first threshold ({self.rc.lib.first}) is the generator's "
-                           "output size and cannot change through the API")
-        self.lib_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.lib_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(lib.to_json(), sort_keys=False))
-        os.replace(tmp, self.lib_path)  # atomic: readers see the old or the new file, never half of one
-        self.rc.lib, self._lib_mtime = lib, self._mtime()
-        return lib.to_json()
 
     async def repository(self, record_id: str, which: str, role: str) -> tuple[bytes, str]:
         """(image bytes, media type); `role` was checked by the gateway, the repository checks it again."""

@@ -12,8 +12,8 @@ It then calls the method deployments through handles with decoded inputs:
     /v1/recognize                     -> Recognizer          (serve_apps/recognition.py)
     /v1/screen, /v1/screen/*          -> Screening, Descriptor (serve_apps/screening.py)
     /v1/recognize-private[/masks]     -> PrivateRecognition  (serve_apps/private_recognition.py)
-    /v1/compress, /v1/file-types,
-    /v1/repository/*                  -> Compression, TypeModel, ContentModel, Generator (serve_apps/compression.py)
+    /v1/compress, /v1/repository/*    -> Compression, TypeModel, ContentModel, Generator (serve_apps/compression.py)
+    /v1/file-types                    -> the gateway itself (a static file: compression.FileTypesFile)
 
 Each method deployment scales on its own (`autoscaling_config` in the YAML); a method left out of the
 args is not deployed and its routes answer 404 `not_deployed`.
@@ -36,7 +36,7 @@ from docray.recognition.tasks import FRAME_KINDS
 from docray.screening.library import to_day
 from docray.screening.templates import CUT_TYPES
 from serve_apps import compression, observe, screening
-from serve_apps.compression import CompressionAppConfig
+from serve_apps.compression import CompressionAppConfig, FileTypesFile, file_types_path
 from serve_apps.http import ApiError, load_api_keys, make_api, parse_json_field, read_image, remote, require_role
 from serve_apps.private_recognition import PrivateRecognition, PrivateRecognitionConfig
 from serve_apps.recognition import RecognitionAppConfig, Recognizer
@@ -105,6 +105,8 @@ class Gateway:
         self.cfg = GatewayConfig.model_validate(cfg)
         handles = dict(recognition=recognition, screening=screening, private=private, compression=compression)
         self.apps = {k: h for k, h in handles.items() if h is not None}
+        self.file_types = FileTypesFile(file_types_path(self.cfg.compression)) \
+            if self.cfg.compression is not None else None  # a static file: served here, no backend hop
         self.keys = load_api_keys()
         if not self.keys:
             log.warning("no API keys configured (DOCRAY_API_KEYS / DOCRAY_API_KEYS_FILE): auth is off, every caller is admin")
@@ -234,16 +236,22 @@ class Gateway:
         body[key] = base64.b64encode(body[key]).decode()
         return body
 
+    def file_types_json(self) -> dict:
+        """The file-type library (`GET /v1/file-types`; also what a deployment handle gets)."""
+        self._app("compression")
+        return self.file_types.get().to_json()
+
     @api.get("/v1/file-types")
-    async def file_types(self, request: Request):
+    async def get_file_types(self, request: Request):
         require_role(request, self.keys, "user")
-        return await remote(self._app("compression").file_types.remote())
+        return self.file_types_json()
 
     @api.put("/v1/file-types")
     async def set_file_types(self, request: Request, library: dict = Body(...)):
         """Replace the file-type library (admin): validated, stored, picked up by every replica."""
         require_role(request, self.keys, "admin")
-        return await remote(self._app("compression").set_file_types.remote(library))
+        self._app("compression")
+        return self.file_types.set(library).to_json()
 
     @api.get("/v1/repository/{record_id}/{which}")
     async def repository(self, request: Request, record_id: str, which: str):

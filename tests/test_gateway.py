@@ -61,3 +61,13 @@ def test_gateway_config_errors_are_clear():
     with pytest.raises(ValueError, match="nope"):
         build_app({"recognition": {"nope": 1}})
     assert set(deployments(build_app({"private": "{}"}))) == {"Gateway", "PrivateRecognition"}  # `serve run` strings
+
+
+def test_single_method_config_builds_a_gateway_with_that_method():
+    cfg = load(ROOT / "configs/screening/serve.yaml")
+    ServeDeploySchema.model_validate(cfg)
+    (app,) = cfg["applications"]
+    from serve_apps.screening import build_app as screening_app
+
+    classes = deployments(screening_app(app["args"]))
+    assert set(classes) == {"Gateway", "Screening", "Descriptor"} and {d["name"] for d in app["deployments"]} <= set(classes)

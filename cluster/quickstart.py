@@ -19,6 +19,7 @@ that matter come from `benchmarks/` with full settings.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import subprocess
@@ -238,6 +239,9 @@ def main(argv=None) -> None:
     cfg = parse_args(QuickstartConfig, argv, description=__doc__.split("\n\n")[0])
     from cluster.local import another_ray_on_host, dashboard_url, init_ray
 
+    # Per-job package notices ("Uploading package", "'.git' is now ignored by default") would drown the steps.
+    logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
     # Job entrypoints say `python`: make it this interpreter for the Ray processes started below.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     t_start = time.perf_counter()

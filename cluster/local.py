@@ -55,21 +55,26 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
 AGENT_PORT = 52365  # Ray's dashboard agent (job and runtime-env agents) default port
 
 
+def port_in_use(port: int, host: str = "0.0.0.0") -> bool:
+    """Whether something on this host already listens on `port`."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return False
+        except OSError:
+            return True
+
+
 def another_ray_on_host(port: int = AGENT_PORT) -> bool:
     """Whether a Ray instance already holds this host's agent port.
 
     A second embedded Ray on the same host cannot bind it, and its jobs then reach the *other*
     instance's agents ("No available agent", runtime_env packages "not found in the GCS").
     """
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-            return False
-        except OSError:
-            return True
+    return port_in_use(port)
 
 
 def dashboard_url() -> str:

@@ -12,21 +12,14 @@ from PIL import Image
 from tests.test_compression_models import TINY_LIB
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def _start_serve() -> int:
     """Serve's HTTP port: the default 8000, or a free one when another process on this host holds 8000."""
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    if _port_free(8000):
+    from cluster.local import port_in_use
+
+    if not port_in_use(8000, "127.0.0.1"):
         serve.start()
     else:
         with socket.socket() as s:

@@ -242,3 +242,12 @@ def test_descriptor_tiny_shapes_norm_and_roundtrip(tmp_path):
     keys = torch.arange(4)
     assert info_nce(z, z, keys, 0.05) < info_nce(z, z.roll(1, 0), keys, 0.05)  # aligned pairs cost less
     assert torch.isfinite(koleo(z))
+
+
+def test_default_ann_is_ivfpq_on_cpu_and_ivf_flat_where_faiss_searches_on_a_gpu():
+    v = unit(300, 16)
+    cpu, gpu = TileIndex(16, ann_threshold=100, use_gpu=False), TileIndex(16, ann_threshold=100, use_gpu=True)
+    for idx in (cpu, gpu):
+        idx.add(v, np.arange(300), np.arange(300) % 8)
+    assert cpu.current_kind == "ivfpq" and gpu.current_kind == "ivf"  # fast-scan PQ has no GPU search
+    assert list(cpu.search(v[:4], 1)[1][:, 0]) == [0, 1, 2, 3]

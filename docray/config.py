@@ -100,17 +100,19 @@ def save_config(cfg: Config, out_dir: str | Path, name: str = "config.yaml") -> 
     return path
 
 
-def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per field: `key (type, default ...): description`, nested sections flattened."""
+def describe(cls: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[str]:
+    """One line per field: `key (type, default ...): description`, nested sections flattened (a section's
+    defaults are the parent's default instance of it, e.g. `n: Counts = Counts(documents=300)`)."""
     lines = []
     for name, field in cls.model_fields.items():
         ann = field.annotation
+        default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            lines += describe(ann, prefix + name + ".")
+            lines += describe(ann, prefix + name + ".", default if isinstance(default, ann) else None)
             continue
         tname = getattr(ann, "__name__", str(ann).replace("typing.", ""))
         desc = f": {field.description}" if field.description else ""
-        lines.append(f"  {prefix + name} ({tname}, default {field.get_default(call_default_factory=True)!r}){desc}")
+        lines.append(f"  {prefix + name} ({tname}, default {default!r}){desc}")
     return lines
 
 

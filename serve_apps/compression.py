@@ -94,13 +94,20 @@ def load_compressor(cfg: CompressionAppConfig):
                                        steps=cfg.steps, composite_seals=cfg.composite_seals)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
-class TypeModel:
+class _ModelStage:
+    """One model of the pipeline on its own replicas: loads it, takes its batch settings from user_config."""
+    batched = ""  # the name of the subclass's @serve.batch method
+
     def __init__(self, config: dict):
         self.rc = load_compressor(CompressionAppConfig(**config))
 
     def reconfigure(self, user_config: dict) -> None:  # batch settings from the Serve config
-        set_batching(self.classify, user_config)
+        set_batching(getattr(self, self.batched), user_config)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+class TypeModel(_ModelStage):
+    batched = "classify"
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def classify(self, images: list) -> list[tuple[str, float]]:
@@ -109,12 +116,8 @@ class TypeModel:
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
-class ContentModel:
-    def __init__(self, config: dict):
-        self.rc = load_compressor(CompressionAppConfig(**config))
-
-    def reconfigure(self, user_config: dict) -> None:  # batch settings from the Serve config
-        set_batching(self.read, user_config)
+class ContentModel(_ModelStage):
+    batched = "read"
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def read(self, images: list) -> list[str]:
@@ -123,12 +126,8 @@ class ContentModel:
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
-class Generator:
-    def __init__(self, config: dict):
-        self.rc = load_compressor(CompressionAppConfig(**config))
-
-    def reconfigure(self, user_config: dict) -> None:  # batch settings from the Serve config
-        set_batching(self.generate, user_config)
+class Generator(_ModelStage):
+    batched = "generate"
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def generate(self, requests: list[tuple[str, str]]) -> list:

@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -29,7 +30,7 @@ class BenchConfig(Config):
     model: str = Field("unified_small", description="unified factory; the separate models use the same one")
     encoder_from: str = Field("recognition-encoder", description="registered MAE encoder ('' = scratch)")
     text_encoder: str = "minilm"
-    n_docs: int = Field(2500, ge=20, description="synthetic documents (80% train, test 10% held out)")
+    n_docs: int = Field(2500, ge=20, description="synthetic documents (80% train; val and test, 10% each, held out)")
     seed: int = 0
     epochs: int = Field(5, ge=1, description="training epochs, the same for every model")
     train_limit: int | None = Field(None, ge=1, description="use only the first N training documents (a quick run)")
@@ -38,7 +39,7 @@ class BenchConfig(Config):
     encoder_lr: float = 5e-4
     frame_tasks_per_batch: int = Field(2, ge=1, description="unified: multi-frame tasks per batch (2 = all)")
     tasks: list[str] | None = Field(None, description="a subset of the catalogue (None: all)")
-    eval_split: str = "test"
+    eval_splits: list[str] = Field(["val", "test"], description="held-out splits scored (nothing else uses them)")
     threads: int = Field(2, ge=1, description="torch CPU threads")
     timing_repeats: int = Field(20, ge=1)
     device: str = Field("cpu", description="cpu | cuda")
@@ -87,7 +88,7 @@ def main(argv=None) -> dict:
     arrays = prepare(documents_table(c.n_docs, c.seed), cat, build(ucfg)[0].image_size)
     if c.train_limit:
         arrays["split"][(arrays["split"] == "train").nonzero()[0][c.train_limit:]] = "unused"
-    held = torch.utils.data.DataLoader(DocumentSet(arrays, c.eval_split), batch_size=64)
+    held = torch.utils.data.DataLoader(DocumentSet(arrays, c.eval_splits), batch_size=64)
     train_kw = dict(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, encoder_lr=c.encoder_lr, device=c.device,
                     seed=c.seed)
 
@@ -104,25 +105,26 @@ def main(argv=None) -> dict:
         m.to(c.device)
         sub_arrays = {**arrays, "task_set": sub.task_set_matrix(arrays["doc_type_name"])}  # its own task set
         fit(m, sub_arrays, sub, desc=t.name, **train_kw)
-        sub_held = torch.utils.data.DataLoader(DocumentSet(sub_arrays, c.eval_split), batch_size=64)
+        sub_held = torch.utils.data.DataLoader(DocumentSet(sub_arrays, c.eval_splits), batch_size=64)
         s_metrics[t.name] = evaluate(m, sub_held, sub, c.device)[t.name]
         separate.append(m)
     s_train_s = time.time() - t0
 
     split = arrays["split"]
+    held_out = np.isin(split, c.eval_splits)
     rows = []
     for t in cat.tasks:
         y = arrays["targets"][t.name]
-        base = chance(t.type, y[split == "train"], y[split == c.eval_split], t.n_out)
+        base = chance(t.type, y[split == "train"], y[held_out], t.n_out)
         u, s = u_metrics[t.name], s_metrics[t.name]
         better = (u - s) if HIGHER_IS_BETTER[t.type] else (s - u)
         rows.append({"task": t.name, "type": t.type, "metric": METRIC_NAME[t.type], "chance": base,
                      "unified": u, "separate": s, "unified_minus_separate_points": 100 * better})
     u_params, s_params = n_params(unified), sum(n_params(m) for m in separate)
-    u_ms = time_all_tasks([unified], arrays, c.device, c.timing_repeats, c.eval_split)
-    s_ms = time_all_tasks(separate, arrays, c.device, c.timing_repeats, c.eval_split)
+    u_ms = time_all_tasks([unified], arrays, c.device, c.timing_repeats, c.eval_splits[0])
+    s_ms = time_all_tasks(separate, arrays, c.device, c.timing_repeats, c.eval_splits[0])
 
-    print(f"\nunified vs separate on {int((split == c.eval_split).sum())} held-out documents "
+    print(f"\nunified vs separate on {int(held_out.sum())} held-out documents "
           f"({int((split == 'train').sum())} train, {c.epochs} epochs, encoder: {c.encoder_from or 'scratch'})")
     print(f"{'task':22s} {'metric':9s} {'chance':>8s} {'unified':>8s} {'separate':>9s} {'u-s (pts, +=better)':>20s}")
     for r in rows:

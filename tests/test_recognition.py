@@ -163,6 +163,10 @@ def test_training_step_reduces_loss_and_evaluate(cat, arrays):
         opt.step()
         losses.append(float(loss.detach()))
     assert set(cat.names()) <= set(parts) and losses[-1] < losses[0]
+    w = LossWeights()  # each task's loss counts with its catalogue loss_weight (segmentation: more than 1)
+    assert cat.get("layout_segmentation").loss_weight > 1
+    assert losses[-1] == pytest.approx(sum(t.loss_weight * parts[t.name] for t in cat.tasks) + w.gate * parts["gate"]
+                                       + w.task_classifier * parts["task_classifier"], rel=1e-4)
     res = evaluate(m, torch.utils.data.DataLoader(DocumentSet(arrays, None), batch_size=8), cat, "cpu")
     assert set(cat.names()) <= set(res) and 0 <= res["gate_accuracy"] <= 1
 
@@ -191,7 +195,8 @@ def test_targets_from_synthetic_documents(cat, arrays):
     table = documents_table(20, seed=0)
     t = arrays["targets"]
     assert t["doc_type"].tolist() == table.column("doc_type").to_pylist()
-    assert t["tamper"].tolist() == [int(v) for v in table.column("tampered").to_pylist()]
+    assert t["angle_consistency"].tolist() == [int(v) for v in table.column("angles_swapped").to_pylist()]
+    assert 0 < t["angle_consistency"].sum() < 20  # DOC_OPTIONS: half the angle views are substituted
     assert t["layout_segmentation"].shape == (20, S // 2, S // 2) and t["layout_segmentation"].max() <= 3
     det = t["layout_detection"]  # [present, cx, cy, w, h]
     has_portrait = [len(b) > 0 for b in table.column("portrait_box").to_pylist()]
@@ -244,7 +249,25 @@ def test_predictor_answers_and_selects(cat, gated, tmp_path):
         p.recognize([row["image"]], tasks=[["no_such_task"]])
     auto = p.recognize([row["image"], row["image"]], frames=[{"flash": [row["flash"]]}, {}])
     for r in auto:  # chosen from the predicted document type; frame tasks without frames are skipped
-        assert "doc_type" in r and "tamper" not in r
+        assert "doc_type" in r and "angle_consistency" not in r
     p_all = RecognitionPredictor(folder=str(tmp_path / "u"), device="cpu", select="all")
     out = p_all({"image": np.array([row["image"]], dtype=object), "id": np.array(["a"])})
-    assert out["id"].tolist() == ["a"] and "doc_type_label" in out and "tamper" in out["results"][0]
+    assert out["id"].tolist() == ["a"] and "doc_type_label" in out and "angle_consistency" in out["results"][0]
+
+
+def test_unified_vs_separate_benchmark_reports_every_task(tmp_path, capsys):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
+    from benchmarks import unified_vs_separate as bench
+
+    r = bench.main(["--set", "model=unified_tiny", "encoder_from=", "text_encoder=hash", "n_docs=40", "epochs=1",
+                    "batch_size=8", "timing_repeats=1", f"out={tmp_path}"])
+    assert [t["task"] for t in r["tasks"]] == load_catalogue().names()
+    for t in r["tasks"]:  # unified, separate and chance scored on the same held-out documents
+        assert all(np.isfinite(t[k]) for k in ("chance", "unified", "separate"))
+    assert r["unified_params"] < r["separate_params"]  # one encoder instead of one per task
+    assert r["worst_gap_points"] == min(t["unified_minus_separate_points"] for t in r["tasks"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(Path(tmp_path, "result.json").read_text())

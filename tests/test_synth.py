@@ -167,6 +167,16 @@ def test_recapture_and_tamper_rates(docs):
     assert 0 < sum(r["angles_tampered"] for r in docs) < sum(r["tampered"] for r in docs)
 
 
+def test_substituted_angle_views_leave_every_other_column_unchanged(docs):
+    assert not any(r["angles_swapped"] for r in docs)  # swap_rate defaults to 0
+    swapped = generate("documents", 0, 12, seed=0, swap_rate=0.5).to_pylist()
+    assert 0 < sum(r["angles_swapped"] for r in swapped) < 12
+    for a, b in zip(swapped, docs[:12]):  # its own random stream: only the angle views differ
+        assert {k: v for k, v in a.items() if k not in ("angles", "angles_swapped")} == \
+               {k: v for k, v in b.items() if k not in ("angles", "angles_swapped")}
+        assert (a["angles"] == b["angles"]) == (not a["angles_swapped"])
+
+
 def test_flash_frame_has_a_hotspot(docs):
     """flash is the same scene plus flash light: more near-saturated pixels than the no-flash frame."""
     brighter = [(decode_array(r["flash"]).min(2) > 245).mean() > (decode_array(r["image"]).min(2) > 245).mean() for r in docs]

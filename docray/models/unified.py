@@ -9,8 +9,9 @@ Shapes: images (b, 3, s, s) in [0, 1]; task_ids (b, t) catalogue indices, -1 = n
 attr_num (b, n_num) float.
 
 1. Task query builder: the frozen query-text vector (all-MiniLM-L6-v2, precomputed), the task's
-   associated frames (flash or angle images through the same encoder, pooled to one token each;
-   nothing for single-frame tasks) and user attributes (an embedding per categorical value, a
+   associated frames (flash or angle images through the same encoder, pooled to six view tokens
+   each: CLS, mean patch token and 2x2 region means, each beside its difference to the main
+   image's same view token, so multi-frame tasks compare; nothing for single-frame tasks) and user attributes (an embedding per categorical value, a
    linear embedding per number) are fused by a small transformer; its first output is the query.
 2. Decoder: each query cross-attends to the image tokens (no self-attention between queries, so a
    task's answer does not depend on which other tasks were asked) -> task features (b, t, d).
@@ -40,6 +41,7 @@ from docray.models import build_model, make_config, register_model
 
 TYPES = ("cls", "reg", "seg", "det")  # gate order (docray.recognition.tasks.TASK_TYPES)
 FRAME_KINDS = ("none", "flash", "angles")
+N_VIEW_TOKENS = 6  # tokens per associated frame: CLS, mean patch token, 2x2 region means
 
 
 @dataclass
@@ -51,7 +53,7 @@ class UnifiedConfig:
     fusion_layers: int = 1  # the multimodal transformer of the query builder: small
     decoder_layers: int = 2  # cross-attention blocks of the task decoder
     heads: int = 4
-    max_frames: int = 4  # frame tokens per task query (extra frames are dropped)
+    max_frames: int = 4  # associated frames per task query (extra frames are dropped)
     seg_dim: int = 32  # pixel-embedding width of the segmentation unit
     mlp_ratio: int = 2
 
@@ -82,7 +84,8 @@ class QueryBuilder(nn.Module):
         super().__init__()
         self.text = nn.Linear(cfg.text_dim, d)
         self.task_embed = nn.Embedding(n_tasks, d)  # a learned offset per task beside its text
-        self.frame_proj = nn.Linear(2 * d, d)  # frame CLS + mean patch token -> one token
+        self.frame_proj = nn.Linear(2 * d, d)  # a frame view token and its difference to the image's -> one token
+        self.view_pos = nn.Parameter(torch.zeros(N_VIEW_TOKENS, d))  # which view token: CLS, mean, 2x2 regions
         self.segment = nn.Embedding(3, d)  # 0 query text, 1 frame, 2 attribute
         self.cats = nn.ModuleList(nn.Embedding(n, d) for n in cat_sizes)
         self.num = nn.Linear(2 * n_num, d) if n_num else None  # values and "present" flags
@@ -118,7 +121,8 @@ class SegUnit(nn.Module):
         super().__init__()
         self.grid, self.e, self.k = grid, e, max_classes
         self.up = nn.Sequential(nn.ConvTranspose2d(d, 2 * e, 2, 2), nn.GELU(), nn.ConvTranspose2d(2 * e, e, 2, 2))
-        self.stem = nn.Sequential(nn.Conv2d(3, e, 3, 2, 1), nn.GELU(), nn.Conv2d(e, e, 3, 1, 1))  # edges at s/2
+        self.stem = nn.Sequential(nn.Conv2d(3, e, 3, 2, 1), nn.GELU(), nn.Conv2d(e, e, 3, 1, 1), nn.GELU(),
+                                  nn.Conv2d(e, e, 3, 1, 1))  # its own edges and strokes at s/2
         self.mix = nn.Conv2d(e, e, 3, 1, 1)
         self.cls = _mlp(d, d, max_classes * e)
 
@@ -189,12 +193,21 @@ class UnifiedModel(nn.Module):
             raise ValueError(f"query text vectors: expected {tuple(self.query_text.shape)}, got {tuple(v.shape)}")
         self.query_text.copy_(v)
 
-    def _frame_tokens(self, task_ids, frames, b, device):
-        """(b, t, max_frames, d) frame tokens per task and their padding mask (True = none)."""
-        d, t, fmax = self.encoder.dim, task_ids.shape[1], self.cfg.max_frames
+    def _views(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encoder output (n, 1 + g*g, d) -> (n, N_VIEW_TOKENS, d): CLS, mean patch, 2x2 region means."""
+        n, _, d = tokens.shape
+        grid = tokens[:, 1:].transpose(1, 2).reshape(n, d, self.encoder.grid, self.encoder.grid)
+        regions = F.adaptive_avg_pool2d(grid, 2).flatten(2).transpose(1, 2)  # (n, 4, d)
+        return torch.cat([tokens[:, :1], tokens[:, 1:].mean(1, keepdim=True), regions], 1)
+
+    def _frame_tokens(self, task_ids, frames, image_tokens, b, device):
+        """(b, t, max_frames * N_VIEW_TOKENS, d) frame tokens per task and their padding mask (True =
+        none). Each frame gives view tokens (CLS, mean, 2x2 regions), each with its difference to the
+        main image's same view token: multi-frame tasks compare the frames with the image."""
+        d, t, fmax, r = self.encoder.dim, task_ids.shape[1], self.cfg.max_frames, N_VIEW_TOKENS
         kinds = self.task_frames[task_ids.clamp(min=0)].masked_fill(task_ids < 0, 0)  # (b, t)
-        toks = torch.zeros(b, t, fmax, d, device=device)
-        mask = torch.ones(b, t, fmax, dtype=torch.bool, device=device)
+        toks = torch.zeros(b, t, fmax * r, d, device=device)
+        mask = torch.ones(b, t, fmax * r, dtype=torch.bool, device=device)
         for k in kinds.unique().tolist():
             if k == 0:
                 continue
@@ -203,11 +216,12 @@ class UnifiedModel(nn.Module):
             if fr is None:
                 raise ValueError(f"tasks asked need '{name}' frames, none given")
             fr = fr[:, :fmax]  # (b, f, 3, s, s)
-            f = fr.shape[1]
-            enc = self.encoder(fr.flatten(0, 1))  # the same encoder: (b*f, 1 + n, d)
-            tok = self.query.frame_proj(torch.cat([enc[:, 0], enc[:, 1:].mean(1)], -1)).view(b, f, d)
+            f = fr.shape[1] * r
+            v = self._views(self.encoder(fr.flatten(0, 1))).view(b, fr.shape[1], r, d)  # the same encoder
+            v_img = self._views(image_tokens)[:, None]  # (b, 1, r, d)
+            tok = (self.query.frame_proj(torch.cat([v, v - v_img], -1)) + self.query.view_pos).view(b, f, d)
             sel = kinds == k  # (b, t)
-            toks[:, :, :f] = torch.where(sel[..., None, None], tok[:, None], toks[:, :, :f])
+            toks[:, :, :f] = torch.where(sel[..., None, None], tok[:, None].to(toks.dtype), toks[:, :, :f])
             mask[:, :, :f] = torch.where(sel[..., None], torch.zeros_like(mask[:, :, :f]), mask[:, :, :f])
         return toks, mask
 
@@ -225,7 +239,7 @@ class UnifiedModel(nn.Module):
         attr_cat = attr_cat if attr_cat is not None else torch.zeros(b, n_cat, dtype=torch.long, device=device)
         attr_num = attr_num if attr_num is not None else torch.zeros(b, n_num, device=device)
         tokens = self.encoder(images) if tokens is None else tokens  # (b, 1 + n, d)
-        ftoks, fmask = self._frame_tokens(task_ids, frames, b, device)
+        ftoks, fmask = self._frame_tokens(task_ids, frames, tokens, b, device)
         q = self.query(self.query_text[task_ids.clamp(min=0)], task_ids, ftoks, fmask,
                        self.query.attr_tokens(attr_cat, attr_num))
         for blk in self.decoder:

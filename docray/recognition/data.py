@@ -29,8 +29,10 @@ from docray import paths
 from docray.imageio import decode_image
 from docray.recognition.tasks import Catalogue
 
-# Balanced binary tasks (chance = 50%) and one angle view (the angle task's frames); see DESIGN.md.
-DOC_OPTIONS = dict(n_angles=1, recapture_rate=0.5, tamper_rate=0.5)
+# Balanced binary tasks (chance = 50%: half screen recaptures, half substituted angle views) and
+# one angle view (the angle task's frames); see DESIGN.md.
+DOC_OPTIONS = dict(n_angles=1, recapture_rate=0.5, swap_rate=0.5)
+CACHE_VERSION = 2  # part of the cache key: bump when docray.synth's documents change
 IMAGE_COLUMNS = ("image", "flash", "angles")
 
 
@@ -51,7 +53,7 @@ def _generate(start: int, stop: int, seed: int, options: dict) -> pa.Table:
 def documents_table(n: int, seed: int = 0, options: dict | None = None, cache: bool = True) -> pa.Table:
     """Rows [0, n) of the synthetic documents (splits by `split`), generated once and cached."""
     options = {**DOC_OPTIONS, **(options or {})}
-    key = hashlib.sha256(json.dumps([n, seed, options], sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([n, seed, options, CACHE_VERSION], sort_keys=True).encode()).hexdigest()[:12]
     path = Path(paths.sub("datasets", "recognition", f"documents-{key}.parquet"))
     if cache and path.exists():
         return pq.read_table(path)

@@ -94,7 +94,7 @@ def compute_loss(out: dict, batch: dict, cat: Catalogue, slots: list[int], w: Lo
             target = batch["targets"][task.name].to(res.device)[idx[sel, 0]]
             loss = _task_loss(task, res[sel], target, w)
             parts[task.name] = float(loss.detach())
-            total = total + loss
+            total = total + task.loss_weight * loss
     types = torch.tensor([["cls", "reg", "seg", "det"].index(cat.tasks[i].type) for i in slots], device=out["gate_logits"].device)
     gate = F.cross_entropy(out["gate_logits"].flatten(0, 1), types.repeat(out["gate_logits"].shape[0]))
     tc = F.binary_cross_entropy_with_logits(out["task_logits"], batch["task_set"].to(out["task_logits"].device).float())

@@ -37,6 +37,7 @@ class Task(BaseModel):
     classes: list[str] = []
     values: list | None = None  # raw label values, in class order (cls on a non-integer column)
     range: tuple[float, float] = (0.0, 1.0)  # reg output range
+    loss_weight: float = Field(1.0, gt=0)  # its loss's weight in multi-task training
 
     @model_validator(mode="after")
     def _check(self):

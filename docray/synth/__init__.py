@@ -10,7 +10,7 @@ columns; the columns of each kind are documented in its module:
     documents -> docray.synth.documents   faces -> docray.synth.faces
     targets   -> docray.synth.targets     masks -> docray.synth.masks
 Options (keyword arguments of `generate`), defaults in each module's config dataclass:
-    documents: size=(256, 160) (w, h), n_angles=2, n_identities=256, recapture_rate=0.2, tamper_rate=0.2
+    documents: size=(256, 160) (w, h), n_angles=2, n_identities=256, recapture_rate=0.2, tamper_rate=0.2, swap_rate=0.0
     faces:     size=64, n_identities=256
     targets:   size=192, target_rate=0.5
     masks:     size=64

@@ -32,9 +32,13 @@ Kind "documents": one row per document. Images are PNG bytes; boxes are [x0, y0,
     angles_tampered   bool    whether the tamper also shows in `angles`. Choice: half of the tampers
                               are "physical" (in every view), half "digital" (edited into the main
                               document only, so the angle views show the original value)
+    angles_swapped    bool    the angle views show another holder's document (of any type, the
+                              same type 1 time in 6): a substitution, for the angle-consistency
+                              task. Drawn from a separate generator, so rows with swap_rate=0
+                              equal those generated before the option existed
 
 Options: size=(256, 160) as (w, h), n_angles=2, n_identities=256, recapture_rate=0.2,
-tamper_rate=0.2.
+tamper_rate=0.2, swap_rate=0.0.
 """
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ SCHEMA = pa.schema(
         ("seal_color", pa.string()), ("seal_shape", pa.string()), ("identity", pa.int32()),
         ("quality", pa.float32()), ("blur", pa.float32()), ("noise", pa.float32()), ("glare", pa.float32()),
         ("jpeg_quality", pa.int32()), ("recapture", pa.bool_()), ("tampered", pa.bool_()),
-        ("tamper_field", pa.string()), ("angles_tampered", pa.bool_()),
+        ("tamper_field", pa.string()), ("angles_tampered", pa.bool_()), ("angles_swapped", pa.bool_()),
     ]
 )
 
@@ -81,6 +85,7 @@ class DocumentsConfig:
     n_identities: int = 256  # portrait identities are drawn from [0, n_identities)
     recapture_rate: float = 0.2  # fraction of screen recaptures
     tamper_rate: float = 0.2  # fraction of documents with a tampered field
+    swap_rate: float = 0.0  # fraction whose angle views show another document of the same type
 
     def check(self):
         if len(self.size) != 2 or not all(64 <= int(v) <= 4096 for v in self.size):
@@ -90,7 +95,7 @@ class DocumentsConfig:
             raise ValueError(f"documents: n_angles must be in [0, 16], got {self.n_angles}")
         if int(self.n_identities) < 1:
             raise ValueError(f"documents: n_identities must be >= 1, got {self.n_identities}")
-        for k in ("recapture_rate", "tamper_rate"):
+        for k in ("recapture_rate", "tamper_rate", "swap_rate"):
             if not 0 <= getattr(self, k) <= 1:
                 raise ValueError(f"documents: {k} must be in [0, 1], got {getattr(self, k)}")
 
@@ -261,10 +266,18 @@ def make_row(i: int, rng: np.random.Generator, seed: int, cfg: DocumentsConfig) 
     image = degrade(base, cap, rng, recapture)
     flash = degrade(base, replace(cap, flash=True, blur=cap.blur * 0.6, noise=cap.noise * 0.5), rng, recapture)
     src = arr if (tamper is None or angles_tampered) else np.asarray(original)
+    swap_rng = np.random.default_rng([int(seed), KIND_NO, int(i), 1])  # its own stream: other columns unchanged
+    swapped, src_wh = bool(swap_rng.random() < cfg.swap_rate), (dw, dh)
+    if swapped:  # another holder's document, of any type (the same one 1 time in 6)
+        other_type = int(swap_rng.integers(len(TEMPLATES)))
+        src_wh = doc_rect(size, TEMPLATES[other_type].aspect)[2:]
+        other = _flat_document(other_type, int(swap_rng.integers(N_VARIANTS)), *src_wh, replace(cfg, tamper_rate=0.0),
+                               swap_rng)[0]
+        src = np.asarray(other.image)
     angles = []
     for _ in range(cfg.n_angles):
         lv = float(np.clip(level + rng.normal(0, 0.15), 0, 1))
-        c = sample_capture(rng, (dw, dh), size, lv, recapture, persp=float(rng.uniform(1.2, 2.0)))
+        c = sample_capture(rng, src_wh, size, lv, recapture, persp=float(rng.uniform(1.2, 2.0)))
         angles.append(png(render_capture(src, table, c, rng, recapture)))
 
     tbox = tamper[1] if tamper else []
@@ -282,4 +295,5 @@ def make_row(i: int, rng: np.random.Generator, seed: int, cfg: DocumentsConfig) 
         "quality": cap.quality, "blur": cap.blur, "noise": cap.noise, "glare": cap.glare, "jpeg_quality": cap.jpeg,
         "recapture": recapture, "tampered": tamper is not None,
         "tamper_field": doc.fields[tamper[0]][0] if tamper else "", "angles_tampered": angles_tampered,
+        "angles_swapped": swapped,
     }

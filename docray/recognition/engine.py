@@ -27,7 +27,7 @@ class LossWeights:
     det_l1: float = 5.0  # DETR's box weights
     det_giou: float = 2.0
     seg_dice: float = 1.0
-    gate: float = 0.5  # the gate must route right from the first epochs (metrics use its routing)
+    gate: float = 2.0  # the gate must route right from the first epochs (metrics and serving use its routing)
     task_classifier: float = 0.1
 
 

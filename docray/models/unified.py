@@ -11,8 +11,9 @@ attr_num (b, n_num) float.
 1. Task query builder: the frozen query-text vector (all-MiniLM-L6-v2, precomputed), the task's
    associated frames (flash or angle images through the same encoder, pooled to six view tokens
    each: CLS, mean patch token and 2x2 region means, each beside its difference to the main
-   image's same view token, so multi-frame tasks compare; nothing for single-frame tasks) and user attributes (an embedding per categorical value, a
-   linear embedding per number) are fused by a small transformer; its first output is the query.
+   image's same view token, so multi-frame tasks compare; nothing for single-frame tasks) and
+   user attributes (an embedding per categorical value, a linear embedding per number) are fused
+   by a small transformer; its first output is the query.
 2. Decoder: each query cross-attends to the image tokens (no self-attention between queries, so a
    task's answer does not depend on which other tasks were asked) -> task features (b, t, d).
 3. Interpreter: the guidance unit turns a task feature into gate signals: routing logits over the
@@ -208,6 +209,7 @@ class UnifiedModel(nn.Module):
         kinds = self.task_frames[task_ids.clamp(min=0)].masked_fill(task_ids < 0, 0)  # (b, t)
         toks = torch.zeros(b, t, fmax * r, d, device=device)
         mask = torch.ones(b, t, fmax * r, dtype=torch.bool, device=device)
+        v_img = self._views(image_tokens)[:, None] if bool((kinds > 0).any()) else None  # (b, 1, r, d)
         for k in kinds.unique().tolist():
             if k == 0:
                 continue
@@ -218,7 +220,6 @@ class UnifiedModel(nn.Module):
             fr = fr[:, :fmax]  # (b, f, 3, s, s)
             f = fr.shape[1] * r
             v = self._views(self.encoder(fr.flatten(0, 1))).view(b, fr.shape[1], r, d)  # the same encoder
-            v_img = self._views(image_tokens)[:, None]  # (b, 1, r, d)
             tok = (self.query.frame_proj(torch.cat([v, v - v_img], -1)) + self.query.view_pos).view(b, f, d)
             sel = kinds == k  # (b, t)
             toks[:, :, :f] = torch.where(sel[..., None, None], tok[:, None].to(toks.dtype), toks[:, :, :f])

@@ -85,7 +85,7 @@ class DocumentsConfig:
     n_identities: int = 256  # portrait identities are drawn from [0, n_identities)
     recapture_rate: float = 0.2  # fraction of screen recaptures
     tamper_rate: float = 0.2  # fraction of documents with a tampered field
-    swap_rate: float = 0.0  # fraction whose angle views show another document of the same type
+    swap_rate: float = 0.0  # fraction whose angle views show another holder's document (angles_swapped)
 
     def check(self):
         if len(self.size) != 2 or not all(64 <= int(v) <= 4096 for v in self.size):

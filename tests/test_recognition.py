@@ -144,6 +144,12 @@ def test_save_load_round_trip(cat, tmp_path):
     a, b = m(x, ids, route="type"), m2(x, ids, route="type")
     for ty in ("cls", "reg", "seg", "det"):
         assert torch.allclose(a[ty]["out"], b[ty]["out"], atol=1e-6)
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(tmp_path / "u" / "model.safetensors")  # weights of an older architecture: a clear error
+    save_file({k: v for k, v in w.items() if k != "query.view_pos"}, tmp_path / "u" / "model.safetensors")
+    with pytest.raises(ValueError, match="do not fit the current 'unified_tiny' architecture"):
+        from_pretrained(tmp_path / "u")
 
 
 def test_training_step_reduces_loss_and_evaluate(cat, arrays):

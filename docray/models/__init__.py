@@ -101,5 +101,9 @@ def from_pretrained(folder: str | Path, map_location: str = "cpu") -> nn.Module:
         raise FileNotFoundError(f"{folder}: no config.json (not a saved docray model)")
     spec = json.loads((folder / "config.json").read_text())
     model = build_model(spec["name"], **spec.get("overrides", {}))
-    load_model(model, str(folder / "model.safetensors"), strict=True, device=map_location)
+    try:
+        load_model(model, str(folder / "model.safetensors"), strict=True, device=map_location)
+    except RuntimeError as e:  # missing/unexpected keys or shapes: saved by another version of the model
+        raise ValueError(f"{folder}: its weights do not fit the current {spec['name']!r} architecture (saved by "
+                         f"an older docray?); retrain it. {str(e)[:500]}") from e
     return model

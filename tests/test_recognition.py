@@ -263,10 +263,8 @@ def test_predictor_answers_and_selects(cat, gated, tmp_path):
 
 def test_unified_vs_separate_benchmark_reports_every_task(tmp_path, capsys):
     import json
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
     from benchmarks import unified_vs_separate as bench
 
     r = bench.main(["--set", "model=unified_tiny", "encoder_from=", "text_encoder=hash", "n_docs=40", "epochs=1",

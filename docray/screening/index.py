@@ -11,8 +11,8 @@ Kind, by size (`benchmarks/index_search.py` measured the choice):
   rebuild; nlist ~ 4 sqrt(n)), by default `ivfpq`: IVF lists holding 4-bit fast-scan PQ codes (SIMD
   lookup tables), searched with `nprobe` lists, whose `k_factor * k` best candidates are re-ranked
   exactly against the stored vectors. At 10^6 tiles on two cores (nlist 4096, nprobe 256, k_factor 8)
-  it answered 30x the queries per second of exact search at recall@10 0.964, where IVF-Flat (`kind=
-  "ivf"`) managed 2.5x at the same recall. HNSW (`kind="hnsw"`) is kept as an option: at 10^5 it
+  it answered 26x the queries per second of exact search at recall@10 0.964, where IVF-Flat (`kind=
+  "ivf"`) managed 2.7x at the same recall. HNSW (`kind="hnsw"`) is kept as an option: at 10^5 it
   built 2x slower than IVF and searched 7x slower at equal recall. Tune `nprobe` to the library's size
   (the benchmark sweeps it).
 - on a GPU host (`faiss.get_num_gpus() > 0`) IVF-Flat searches run on a GPU copy of the index.

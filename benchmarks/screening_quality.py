@@ -4,7 +4,7 @@
     python -m benchmarks.screening_quality --descriptor DIR --targets 150 --positives 400 --benign 600
 
 Library: every template's tiles (flat ones dropped) of `--targets` sensitive posters (synthetic
-targets, seed 1: pictures the descriptor never saw in training, which used seed 0). Queries are
+targets, `--target-seed` 1: pictures the descriptor never saw in training, which used seed 0). Queries are
 uploads (`docray.synth.targets.make_upload`: a post with a caption and 3 pictures, re-encoded as
 JPEG q50-90):
 - positives: one library tile after realistic edits (crop, rescale, recolour, text overlay, JPEG)
@@ -12,9 +12,10 @@ JPEG q50-90):
 - benign: the same layout around a tile of a benign picture (landscapes, shapes, products, harmless
   text posters): any match at the threshold is a false positive;
 - unseen: tiles of sensitive posters NOT in the library (hard negatives), reported apart.
-Each query is screened as the method does it (OCR text regions -> crops -> descriptor -> search,
-no attribute filter: the harder setting). micro-AP pools the top-1 prediction of every query and
-ranks them by score (DISC21's definition; recall over the positive queries). Baselines on the same
+Each query is screened as the method does it (regions: the upload and the pictures laid out in it,
+kept where OCR finds text -> crops -> descriptor -> search, no attribute filter: the harder
+setting); `--text-finder none` searches every region. micro-AP pools the top-1 prediction of
+every query and ranks them by score (DISC21's definition; recall over the positive queries). Baselines on the same
 regions: a 64-bit perceptual hash (score 1 - Hamming/64; threshold 1 - 10/64), and whole-picture
 matching (the same descriptor against whole target pictures, no cut-outs). Last line: JSON.
 """
@@ -83,6 +84,9 @@ def main(argv=None) -> None:
     ap.add_argument("--benign", type=int, default=600)
     ap.add_argument("--unseen", type=int, default=200)
     ap.add_argument("--text-finder", default="ocr", choices=["ocr", "none"])
+    ap.add_argument("--seed", type=int, default=7, help="queries' edits and layouts")
+    ap.add_argument("--target-seed", type=int, default=1, help="synthetic targets seed (the descriptor trains on seed 0); "
+                                                              "calibrate a threshold on other seeds than you report")
     ap.add_argument("--threshold", type=float, default=None, help="default: ScreenConfig().threshold")
     ap.add_argument("--cache", default="", help="pickle file for the queries' regions (OCR is the slow part; "
                                                 "reuse them to compare descriptors on the same queries)")
@@ -90,10 +94,10 @@ def main(argv=None) -> None:
     from docray.screening.data import synth_pictures
 
     t0 = time.perf_counter()
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(args.seed)
     cfg = ScreenConfig(text_finder=args.text_finder, learn=False)
     thr = cfg.threshold if args.threshold is None else args.threshold
-    pics, table = synth_pictures(0, 6 * args.targets, seed=1)
+    pics, table = synth_pictures(0, 6 * args.targets, seed=args.target_seed)
     is_t = np.asarray(table.column("is_target").to_pylist())
     cats = np.asarray(table.column("category").to_pylist())
     t_idx, b_idx = np.flatnonzero(is_t), np.flatnonzero(~is_t)

@@ -1,6 +1,8 @@
 """Cut-out screening: templates, dedup, attribute filters, extension rule, index, library, matching."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -163,14 +165,22 @@ def test_library_append_is_incremental_and_versioned(tmp_path):
         Library.create(tmp_path / "lib", dim=4, tile_size=32, descriptor="x")
 
 
-def test_picture_boxes_find_pasted_pictures():
+def test_picture_boxes_find_pasted_pictures(tmp_path):
     canvas = Image.new("RGB", (200, 120), (240, 240, 240))
     canvas.paste(poster(3, (60, 50)), (10, 40))
     canvas.paste(poster(4, (70, 60)), (110, 30))
-    boxes = sorted(picture_boxes(canvas))
-    assert boxes == [(11, 41, 69, 89), (111, 31, 179, 89)]  # 1 px inside the pasted pictures
-    regions = find_regions(canvas, [(120, 50, 150, 60)], ScreenConfig())
-    assert regions == [(0, 0, 200, 120), (111, 31, 179, 89)]  # whole picture + the one with text
+    pasted = [(10, 40, 70, 90), (110, 30, 180, 90)]
+    assert sorted(picture_boxes(canvas)) == pasted  # exactly the pasted pictures
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=40)  # ringing around the borders must not widen the boxes
+    found = sorted(picture_boxes(Image.open(buf).convert("RGB")))
+    assert len(found) == 2 and all(max(abs(u - v) for u, v in zip(f, p)) <= 2 for f, p in zip(found, pasted))  # 2x2 chroma
+    assert find_regions(canvas, ScreenConfig()) == [(0, 0, 200, 120), (110, 30, 180, 90), (10, 40, 70, 90)]
+    assert find_regions(canvas, ScreenConfig(whole_picture=False, max_regions=1)) == [(110, 30, 180, 90)]
+    lib, embed = make_library(tmp_path / "lib", 1)
+    only_big = lambda crop: [(0, 0, 1, 1)] if crop.size == (70, 60) else []  # "OCR" finds text in one region
+    regions = Screener(lib, embed, ScreenConfig(), text_finder=only_big).regions([canvas])
+    assert [r.box for r in regions] == [(110, 30, 180, 90)] and regions[0].crop.size == (70, 60)
 
 
 def test_matching_primary_extended_and_learning(tmp_path):
@@ -222,6 +232,28 @@ def test_real_ocr_finds_the_text_of_a_poster():
     x0, y0, x1, y1 = row["text_box"]
     assert boxes and any(b[0] < x1 and x0 < b[2] and b[1] < y1 and y0 < b[3] for b in boxes)
     assert text_boxes(Image.new("RGB", (120, 80), (200, 210, 220))) == []  # a flat picture has no text
+    # a small crop is scaled up for the detector; its boxes come back in the crop's own pixels
+    crop = decode_image(row["image"]).crop((x0, y0, x1, y1)).resize(((x1 - x0) // 3, (y1 - y0) // 3))
+    small = text_boxes(crop, min_side=1, upscale_to=128)
+    assert small and all(0 <= b[0] < b[2] <= crop.width and 0 <= b[1] < b[3] <= crop.height for b in small)
+
+
+def test_region_jitter_and_distractor_items():
+    from docray.screening.augment import region_jitter
+    from docray.screening.data import CopyPairs
+
+    rng = np.random.default_rng(0)
+    tile = Image.new("RGB", (100, 50), (0, 0, 0))
+    for _ in range(20):
+        out = np.asarray(region_jitter(tile, rng, max_in=0.06, max_out=0.04))
+        assert 88 <= out.shape[1] <= 108 and 44 <= out.shape[0] <= 54  # at most 6% in, 4% out per side
+        page = out.min(-1) > 200  # outside the tile only the (light) page shows, and only as a margin
+        assert not page[out.shape[0] // 2 - 5: out.shape[0] // 2 + 5, 10:-10].any()
+    tiles = [poster(i, (40, 40)) for i in range(3)]
+    ds = CopyPairs(tiles, 32, length=40, seed=0, distractor_rate=0.5)
+    keys = [ds[i][2] for i in range(40)]
+    assert all(0 <= k < 3 or k == 3 + i for i, k in enumerate(keys))  # a distractor is its own instance
+    assert 5 < sum(k >= 3 for k in keys) < 35 and ds[0][0].shape == (3, 32, 32)
 
 
 def test_descriptor_tiny_shapes_norm_and_roundtrip(tmp_path):

@@ -6,7 +6,9 @@
 
 Each step draws B tiles (every template's tiles of the training pictures, flat ones left out) and
 two views of each: the library view (clean, or lightly edited) and an edited copy (crop, rescale,
-recolour, text overlay, JPEG). Loss: InfoNCE over the 2B views (each view's positive is its pair)
+recolour, text overlay, JPEG) as a region finder crops it from an upload (a few pixels in or out).
+A share of the items (`distractor_rate`) are fresh whole pictures of random size instead, the
+pictures an upload carries beside a tile. Loss: InfoNCE over the 2B views (each view's positive is its pair)
 plus a KoLeo entropy term that spreads descriptors over the sphere (as SSCD). The result goes to
 the model registry as `descriptor` (and `out/`), with held-out metrics: top-1 retrieval of edited
 val tiles among all clean val tiles, and the mean positive / hardest negative similarity.
@@ -28,6 +30,7 @@ from train_jobs.common import load_checkpoint_state, report_epoch, restore, run_
 
 class DescriptorTrainConfig(Config):
     model: str = Field("descriptor_small", description="registered descriptor factory")
+    image_size: int = Field(0, ge=0, description="tile input size of the model (0: the factory's default)")
     init_from: str = Field("", description="start from the weights of a saved descriptor folder (fine-tune / continue)")
     seed: int = 0
     n_pictures: int = Field(1200, description="synthetic target pictures (train split used; every template cut)")
@@ -35,6 +38,7 @@ class DescriptorTrainConfig(Config):
     epochs: int = Field(4, ge=1)
     steps_per_epoch: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=2, description="tiles per step (2 views each)")
+    distractor_rate: float = Field(0.2, ge=0, lt=1, description="share of items that are fresh whole pictures, not tiles")
     lr: float = 2e-3
     weight_decay: float = 0.05
     temperature: float = Field(0.05, description="InfoNCE temperature (SSCD uses 0.05)")
@@ -105,9 +109,9 @@ def train_loop_per_worker(config: dict) -> None:
 
         model = from_pretrained(cfg.init_from)
     else:
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
     size = model.cfg.image_size
-    ds = CopyPairs(tiles, size, cfg.steps_per_epoch * cfg.batch_size, cfg.seed)
+    ds = CopyPairs(tiles, size, cfg.steps_per_epoch * cfg.batch_size, cfg.seed, cfg.distractor_rate)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size // ray.train.get_context().get_world_size(),
                                          shuffle=False, drop_last=True)
     loader = ray.train.torch.prepare_data_loader(loader)

@@ -2,7 +2,9 @@
 
 `copy_edit(tile, rng)` = slight crop -> rescale (lose resolution) -> recolour -> text overlay ->
 JPEG re-encode, each with its own probability and strength (SSCD's augmentation family, sized to
-what a re-posted tile meets). `to_tensor` turns PIL tiles into the descriptor's input.
+what a re-posted tile meets). `region_jitter` is the box a region finder draws around the copy in
+an upload (a few pixels in, or out onto the page). `to_tensor` turns PIL tiles into the
+descriptor's input.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance
 
-from docray.synth.common import font
+from docray.synth.common import font, rand_color
 
 
 def slight_crop(img: Image.Image, rng: np.random.Generator, max_frac: float = 0.08) -> Image.Image:
@@ -72,6 +74,17 @@ def copy_edit(img: Image.Image, rng: np.random.Generator, strength: float = 1.0)
     if rng.random() < 0.8 * strength:
         img = jpeg(img, rng, int(90 - 60 * strength), 95)
     return img
+
+
+def region_jitter(img: Image.Image, rng: np.random.Generator, max_in: float = 0.06, max_out: float = 0.04) -> Image.Image:
+    """The copy as a region finder crops it from an upload: each side moves up to `max_in` of the
+    size inwards or `max_out` outwards, where the page (a light plain colour) shows."""
+    w, h = img.size
+    l, t, r, b = np.round(rng.uniform(-max_out, max_in, 4) * [w, h, w, h]).astype(int)
+    pad = max(0, -min(l, t, r, b))
+    page = Image.new("RGB", (w + 2 * pad, h + 2 * pad), rand_color(rng, 215, 256))
+    page.paste(img.convert("RGB"), (pad, pad))
+    return page.crop((pad + l, pad + t, max(pad + l + 1, pad + w - r), max(pad + t + 1, pad + h - b)))
 
 
 def to_tensor(tiles: list[Image.Image], size: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from docray.imageio import decode_image
-from docray.screening.augment import copy_edit, to_tensor
+from docray.screening.augment import copy_edit, region_jitter, to_tensor
 from docray.screening.dedup import detail
 from docray.screening.templates import DEFAULT_TEMPLATES, cut
 
@@ -27,11 +27,25 @@ def raw_tiles(pictures, templates=DEFAULT_TEMPLATES, min_detail: float = 12.0) -
     return [t.image for p in pictures for tpl in templates for t in cut(p, tpl, None) if detail(t.image) >= min_detail]
 
 
-class CopyPairs(torch.utils.data.Dataset):
-    """Pairs (library view, edited copy) of tile i: the library view is clean half of the time."""
+def distractor(rng: np.random.Generator) -> Image.Image:
+    """A fresh whole picture of any category at a random size and aspect, as uploads carry them
+    beside (or instead of) a tile: the descriptor must keep these away from library tiles too."""
+    from docray.synth.targets import BENIGN_CATEGORIES, TARGET_CATEGORIES, render_picture
 
-    def __init__(self, tiles: list[Image.Image], image_size: int, length: int, seed: int = 0):
+    cats = BENIGN_CATEGORIES + TARGET_CATEGORIES
+    size = tuple(int(v) for v in rng.integers(64, 224, 2))
+    return render_picture(rng, cats[int(rng.integers(len(cats)))], size)[0]
+
+
+class CopyPairs(torch.utils.data.Dataset):
+    """Pairs (library view, edited copy as an upload's region) of tile i; the library view is clean
+    half of the time. A `distractor_rate` share of the items are fresh whole pictures instead
+    (`distractor`), each its own instance (key >= len(tiles))."""
+
+    def __init__(self, tiles: list[Image.Image], image_size: int, length: int, seed: int = 0,
+                 distractor_rate: float = 0.0):
         self.tiles, self.size, self.length, self.seed = tiles, image_size, length, seed
+        self.distractor_rate = distractor_rate
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -39,9 +53,12 @@ class CopyPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        k = int(rng.integers(len(self.tiles)))
-        tile = self.tiles[k]
+        if rng.random() < self.distractor_rate:
+            k, tile = len(self.tiles) + i, distractor(rng)
+        else:
+            k = int(rng.integers(len(self.tiles)))
+            tile = self.tiles[k]
         a = tile if rng.random() < 0.5 else copy_edit(tile, rng, strength=0.5)
-        b = copy_edit(tile, rng)
+        b = region_jitter(copy_edit(tile, rng), rng)
         x = to_tensor([a, b], self.size)  # (2, 3, s, s)
         return x[0], x[1], k

@@ -2,6 +2,9 @@
 
 The engine is built once per process (`engine()` is cached): building it loads ONNX models, and
 recognition is skipped (`use_rec=False`) since screening needs where text is, not what it says.
+Small pictures are scaled up first (`upscale_to`): a tile's text is often cut glyphs a few
+pixels high, which the detector misses at their posted size (measured on the synthetic uploads:
+79% of tiles found at their own size, 89% scaled to a 128 px short side).
 """
 from __future__ import annotations
 
@@ -22,14 +25,17 @@ def engine():
                             "Det.limit_side_len": 480, "Det.limit_type": "max"})
 
 
-def text_boxes(img: Image.Image, min_side: int = 4) -> list[Box]:
-    """Axis-aligned boxes (x0, y0, x1, y1) of the text lines OCR detects in `img`."""
-    out = engine()(np.asarray(img.convert("RGB")), use_cls=False, use_rec=False)
+def text_boxes(img: Image.Image, min_side: int = 4, upscale_to: int = 128) -> list[Box]:
+    """Axis-aligned boxes (x0, y0, x1, y1), in `img`'s pixels, of the text lines OCR detects in
+    `img` (scaled up first so that its short side is at least `upscale_to`)."""
+    s = max(1.0, upscale_to / max(1, min(img.size)))
+    big = img if s == 1.0 else img.resize((round(img.width * s), round(img.height * s)), Image.BICUBIC)
+    out = engine()(np.asarray(big.convert("RGB")), use_cls=False, use_rec=False)
     polys = getattr(out, "boxes", None)
     if polys is None:
         return []
     boxes = []
-    for p in np.asarray(polys).reshape(-1, 4, 2):
+    for p in np.asarray(polys).reshape(-1, 4, 2) / s:
         x0, y0 = np.floor(p.min(0)).astype(int)
         x1, y1 = np.ceil(p.max(0)).astype(int)
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(img.width, x1), min(img.height, y1)

@@ -8,7 +8,8 @@
          -F source_id=src-7 localhost:8000/v1/screen/targets
 
 Two deployments: `Descriptor` (the tile descriptor, `@serve.batch` across requests, GPU when the
-replica has one) and `Screening` (OCR regions, search, verdict, library writes); the gateway parses
+replica has one) and `Screening` (regions, OCR, search, score normalisation with the descriptor's
+background bank, verdict, library writes); the gateway parses
 uploads and form fields (`serve_apps/gateway.py`). The
 index reloads without downtime: every request checks (at most once per `reload_interval_s`) the
 library manifest's version and, when it moved on, loads the new version beside the old one and
@@ -70,7 +71,11 @@ class Screening:
         self.cfg = ScreeningAppConfig(**(cfg or {}))
         self.root = self.cfg.library or str(Library.default_root())
         self.descriptor = descriptor
-        self.screener = Screener(Library.open(self.root), None, self.cfg.screen)
+        from docray.screening.embed import load_background
+
+        library = Library.open(self.root)
+        source = self.cfg.descriptor or library.manifest["descriptor"]
+        self.screener = Screener(library, None, self.cfg.screen, background=load_background(source))
         self._checked = time.monotonic()
 
     async def _fresh(self) -> None:
@@ -134,7 +139,7 @@ def backend(cfg: ScreeningAppConfig) -> serve.Application:
         except FileNotFoundError:
             source = "registry:descriptor"
     desc = Descriptor.bind(source, cfg.max_batch_size, cfg.batch_wait_timeout_s)
-    return Screening.bind(desc, cfg.model_dump())
+    return Screening.bind(desc, cfg.model_copy(update={"descriptor": source}).model_dump())
 
 
 def build_app(args: dict | None = None) -> serve.Application:

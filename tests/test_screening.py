@@ -213,6 +213,45 @@ def test_matching_primary_extended_and_learning(tmp_path):
     assert notext.screen([tile], 101)["regions"] == 0
 
 
+def test_score_normalisation_by_the_background_bank(tmp_path):
+    lib, embed = make_library(tmp_path / "lib", 3, day=100)
+    tile = cut(poster(1), "2x2", None)[1].image
+    every = lambda img: [(0, 0, img.width, img.height)]
+    cfg = ScreenConfig(threshold=0.9, whole_picture=True, norm_beta=0.5, norm_k=2)
+    raw = Screener(lib, embed, cfg, text_finder=every).screen([tile], 101)
+    assert raw["abnormal"] and raw["matches"][0]["score"] == raw["matches"][0]["similarity"]  # no bank: raw
+    v = embed([tile])[0]
+    far, near = -v, v  # a bank of unrelated content lowers nothing much; one like the tile lowers the score
+    for bank, abnormal in ((np.stack([far, far, far]), True), (np.stack([near, near, far]), False)):
+        s = Screener(lib, embed, cfg, text_finder=every, background=bank)
+        out = s.screen([tile], 101)
+        best = out["best"][0]
+        mean_top2 = np.sort(bank @ v)[-2:].mean()
+        assert abs(best["score"] - (best["similarity"] - 0.5 * mean_top2)) < 1e-3 and out["abnormal"] == abnormal
+    off = Screener(lib, embed, cfg.model_copy(update={"norm_beta": 0.0}), text_finder=every, background=np.stack([near]))
+    assert off.screen([tile], 101)["abnormal"]
+
+
+def test_background_bank_travels_with_the_descriptor(tmp_path):
+    from docray.models import build_model, save_pretrained
+    from docray.screening.embed import BACKGROUND, Embedder, load_background, npy_bytes
+    from docray.storage.registry import ModelRegistry
+
+    model = build_model("descriptor_tiny")
+    bank = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
+    folder = save_pretrained(model, tmp_path / "d")
+    assert load_background(str(folder)) is None and Embedder.load(str(folder)).background is None
+    (tmp_path / "d" / BACKGROUND).write_bytes(npy_bytes(bank))
+    assert np.array_equal(Embedder.load(str(folder)).background, bank)
+    reg = ModelRegistry()  # the test session's DOCRAY_HOME
+    spec = {"name": "descriptor_tiny", "overrides": {}}
+    v1 = reg.save("desc-bank-test", model, config=spec)
+    v2 = reg.save("desc-bank-test", model, config=spec, extra_files={BACKGROUND: npy_bytes(bank)})
+    assert load_background(f"registry:desc-bank-test:{v1}") is None
+    assert np.array_equal(Embedder.load("registry:desc-bank-test").background, bank)  # latest = v2
+    assert np.array_equal(load_background(f"registry:desc-bank-test:{v2}"), bank)
+
+
 def test_to_day():
     assert to_day("1970-01-11") == 10 and to_day(42) == 42
     assert to_day("2024-01-01T12:00:00Z") == to_day(np.datetime64("2024-01-01")) == 19723

@@ -10,8 +10,10 @@ recolour, text overlay, JPEG) as a region finder crops it from an upload (a few 
 A share of the items (`distractor_rate`) are fresh whole pictures of random size instead, the
 pictures an upload carries beside a tile. Loss: InfoNCE over the 2B views (each view's positive is its pair)
 plus a KoLeo entropy term that spreads descriptors over the sphere (as SSCD). The result goes to
-the model registry as `descriptor` (and `out/`), with held-out metrics: top-1 retrieval of edited
-val tiles among all clean val tiles, and the mean positive / hardest negative similarity.
+the model registry as `descriptor` (and `out/`), with held-out metrics (top-1 retrieval of edited
+val tiles among all clean val tiles, the mean positive / hardest negative similarity) and its
+background bank (`background.npy`: descriptors of held-out ordinary content, for matching's score
+normalisation).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class DescriptorTrainConfig(Config):
     seed: int = 0
     n_pictures: int = Field(1200, description="synthetic target pictures (train split used; every template cut)")
     val_pictures: int = Field(200, description="pictures after the training ones, for held-out metrics")
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(10, ge=1)
     steps_per_epoch: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=2, description="tiles per step (2 views each)")
     distractor_rate: float = Field(0.2, ge=0, lt=1, description="share of items that are fresh whole pictures, not tiles")
@@ -48,6 +50,8 @@ class DescriptorTrainConfig(Config):
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = 1
     out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/descriptor-run)")
+    background_pictures: int = Field(200, ge=0, description="held-out pictures whose tiles form the background bank")
+    background_distractors: int = Field(1000, ge=0, description="whole-picture distractors added to the background bank")
     to_registry: bool = Field(True, description="save the result in the model registry as 'descriptor'")
 
 
@@ -146,8 +150,7 @@ def train_loop_per_worker(config: dict) -> None:
 def run(cfg: DescriptorTrainConfig) -> dict:
     """Train on Ray (already initialised), save the model; returns the final metrics and paths."""
     from docray import paths
-    from docray.models import build_model, save_pretrained
-    from docray.storage.registry import ModelRegistry
+    from docray.models import build_model
 
     out = cfg.out or paths.sub("models", "descriptor-run")
     save_config(cfg, out)
@@ -155,12 +158,29 @@ def run(cfg: DescriptorTrainConfig) -> dict:
     state = load_checkpoint_state(result.checkpoint)
     model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
     model.load_state_dict(state["model"])
-    save_pretrained(model, os.path.join(out, "model"))
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    return save_descriptor(model, state["spec"], metrics, cfg, out)
+
+
+def save_descriptor(model, spec: dict, metrics: dict, cfg: DescriptorTrainConfig, out: str) -> dict:
+    """Compute the background bank (held-out synthetic pictures after the training and validation
+    rows, and whole-picture distractors), then save model + bank to `out/model` and, if asked, to
+    the registry as `descriptor`."""
+    from docray.models import save_pretrained
+    from docray.screening.data import background_bank, synth_pictures
+    from docray.screening.embed import BACKGROUND, Embedder, npy_bytes
+    from docray.storage.registry import ModelRegistry
+
+    first = cfg.n_pictures + cfg.val_pictures
+    pics, _ = synth_pictures(first, first + cfg.background_pictures, cfg.seed)
+    bank = npy_bytes(background_bank(Embedder(model.eval()), pics, cfg.background_distractors, cfg.seed))
+    model_dir = str(save_pretrained(model, os.path.join(out, "model")))
+    with open(os.path.join(model_dir, BACKGROUND), "wb") as f:
+        f.write(bank)
     version = None
     if cfg.to_registry:
-        version = ModelRegistry().save("descriptor", model, config=state["spec"], metrics=metrics)
-    return {"metrics": metrics, "model_dir": os.path.join(out, "model"), "registry_version": version}
+        version = ModelRegistry().save("descriptor", model, config=spec, metrics=metrics, extra_files={BACKGROUND: bank})
+    return {"metrics": metrics, "model_dir": model_dir, "registry_version": version}
 
 
 def main(argv=None) -> None:

@@ -1,7 +1,7 @@
 """Tile descriptor: a small timm ResNet trained for copy detection (SSCD-style), L2-normalised output.
 
-    model = build_model("descriptor_small")            # 48x48 RGB tiles -> 128-d unit vectors
-    z = model(x)                                       # x (b, 3, 48, 48) in [0, 1] -> (b, 128), ||z|| = 1
+    model = build_model("descriptor_small")            # 64x64 RGB tiles -> 128-d unit vectors
+    z = model(x)                                       # x (b, 3, 64, 64) in [0, 1] -> (b, 128), ||z|| = 1
 
 Trained by `train_jobs/train_descriptor.py` (contrastive, augmented copies); cosine similarity of
 two outputs is their inner product.
@@ -20,7 +20,7 @@ from docray.models import register_model
 
 @dataclass
 class DescriptorConfig:
-    image_size: int = 48  # tiles are scaled to image_size x image_size before embedding
+    image_size: int = 64  # tiles are scaled to image_size x image_size before embedding (the library tile size)
     dim: int = 128  # descriptor size: 128 floats = 512 B per tile; 10^6 tiles fit in 0.5 GiB
     channels: tuple = (32, 64, 128, 256)  # ResNet stage widths (half of ResNet-10's: CPU training)
     layers: tuple = (1, 1, 1, 1)  # blocks per stage (ResNet-10)
@@ -69,7 +69,7 @@ def _build(base: DescriptorConfig, overrides: dict) -> TileDescriptor:
 
 @register_model
 def descriptor_small(**overrides) -> TileDescriptor:
-    """ResNet-10 at half width (32..256), 128-d, 48 px tiles (about 1.2 M parameters)."""
+    """ResNet-10 at half width (32..256), 128-d, 64 px tiles (about 1.2 M parameters)."""
     return _build(DescriptorConfig(), overrides)
 
 

@@ -62,3 +62,10 @@ class CopyPairs(torch.utils.data.Dataset):
         b = region_jitter(copy_edit(tile, rng), rng)
         x = to_tensor([a, b], self.size)  # (2, 3, s, s)
         return x[0], x[1], k
+
+
+def background_bank(embed, pictures: list[Image.Image], n_distractors: int, seed: int = 0) -> np.ndarray:
+    """Descriptors of ordinary content, no library's targets: every template's tiles of `pictures`
+    and `n_distractors` whole pictures (`distractor`). Saved with a trained descriptor."""
+    rng = np.random.default_rng([seed, 2])
+    return embed(raw_tiles(pictures) + [distractor(rng) for _ in range(n_distractors)])

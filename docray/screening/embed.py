@@ -1,5 +1,13 @@
-"""The descriptor at inference: load it (folder, registry, or a fresh tiny one for tests) and embed tiles."""
+"""The descriptor at inference: load it (folder, registry, or a fresh tiny one for tests) and embed tiles.
+
+A trained descriptor carries a background bank beside its weights (`background.npy`: descriptors
+of ordinary synthetic pictures and tiles, none of them targets of any library), which matching
+uses to normalise scores (SSCD's score normalisation; `docray.screening.matching`).
+"""
 from __future__ import annotations
+
+import io
+import os
 
 import numpy as np
 import torch
@@ -29,17 +37,48 @@ def load_descriptor(source: str = "registry:descriptor", device: str | None = No
     return model.to(device).eval()
 
 
+BACKGROUND = "background.npy"
+
+
+def load_background(source: str) -> np.ndarray | None:
+    """The background bank (n, dim) saved with the descriptor `source`, or None when it has none."""
+    if source.startswith("build:"):
+        return None
+    if source.startswith("registry:"):
+        from docray.storage.blobs import NotFound
+        from docray.storage.registry import ModelRegistry
+
+        name, _, version = source.split(":", 1)[1].partition(":")
+        try:
+            data = ModelRegistry().read_file(name, BACKGROUND, version or "latest")
+        except NotFound:
+            return None
+    else:
+        path = os.path.join(source, BACKGROUND)
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            data = f.read()
+    return np.load(io.BytesIO(data)).astype(np.float32)
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a, np.float32))
+    return buf.getvalue()
+
+
 class Embedder:
     """PIL tiles -> L2-normalised float32 vectors (n, dim), in batches, on the model's device."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = 256):
-        self.model, self.batch_size = model, batch_size
+    def __init__(self, model: torch.nn.Module, batch_size: int = 256, background: np.ndarray | None = None):
+        self.model, self.batch_size, self.background = model, batch_size, background
         self.size, self.dim = model.cfg.image_size, model.cfg.dim
         self.device = next(model.parameters()).device
 
     @classmethod
     def load(cls, source: str = "registry:descriptor", **kw) -> "Embedder":
-        return cls(load_descriptor(source), **kw)
+        return cls(load_descriptor(source), background=load_background(source), **kw)
 
     @torch.inference_mode()
     def __call__(self, tiles: list[Image.Image]) -> np.ndarray:

@@ -29,7 +29,11 @@ Box = tuple[int, int, int, int]
 
 
 class ScreenConfig(Config):
-    threshold: float = Field(0.75, description="cosine similarity at or above which a region matches a tile")
+    threshold: float = Field(0.75, description="score at or above which a region matches a tile (the cosine "
+                                               "similarity, less the background term when the descriptor has a bank)")
+    norm_beta: float = Field(0.5, ge=0, description="weight of the background term: the mean similarity of the region "
+                                                    "to its norm_k nearest background descriptors (0: raw similarity)")
+    norm_k: int = Field(10, ge=1, description="background neighbours averaged")
     k: int = Field(5, ge=1, description="candidates fetched per region")
     rule: ExtensionRule = ExtensionRule()
     text_finder: Literal["ocr", "none"] = Field("ocr", description="'ocr': only regions in which OCR finds text are "
@@ -106,8 +110,9 @@ def find_regions(img: Image.Image, cfg: ScreenConfig) -> list[Box]:
 
 class Screener:
     def __init__(self, library: Library, embed: Callable[[list[Image.Image]], np.ndarray] | None, cfg: ScreenConfig,
-                 text_finder: Callable[[Image.Image], list[Box]] | None = None):
+                 text_finder: Callable[[Image.Image], list[Box]] | None = None, background: np.ndarray | None = None):
         self.library, self.embed, self.cfg = library, embed, cfg
+        self.background = background if background is not None else getattr(embed, "background", None)
         if text_finder is None and cfg.text_finder == "ocr":
             from docray.screening.ocr import text_boxes as text_finder
         self.text_finder = text_finder
@@ -122,6 +127,16 @@ class Screener:
                 if self.text_finder is None or self.text_finder(crop):
                     out.append(Region(i, b, crop))
         return out
+
+    def scores(self, vectors: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Similarities (regions, k) -> scores: less `norm_beta` x each region's mean similarity to its
+        `norm_k` nearest background descriptors (SSCD's score normalisation: a region that looks
+        like much ordinary content needs a closer match). Unchanged without a background bank."""
+        if self.background is None or self.cfg.norm_beta == 0 or len(vectors) == 0:
+            return sims
+        bg = vectors @ self.background.T  # (regions, n_background)
+        k = min(self.cfg.norm_k, bg.shape[1])
+        return sims - self.cfg.norm_beta * np.partition(bg, -k, axis=1)[:, -k:].mean(1, keepdims=True)
 
     # step 3: search and decide
     def match(self, regions: list[Region], vectors: np.ndarray, n_pictures: int, release_time=None,
@@ -139,7 +154,7 @@ class Screener:
             stages.append(("extended", ext))
         for stage, filt in stages:
             sims, ids = self.library.index.search(vectors, self.cfg.k, filt)
-            matches = self._evidence(regions, sims, ids, stage, verdict)
+            matches = self._evidence(regions, self.scores(vectors, sims), sims, ids, stage, verdict)
             if matches:
                 verdict.update(abnormal=True, stage=stage, matches=matches)
                 break
@@ -148,21 +163,22 @@ class Screener:
             verdict["library_version"] = self.library.version
         return verdict
 
-    def _evidence(self, regions, sims, ids, stage, verdict) -> list[dict]:
+    def _evidence(self, regions, scores, sims, ids, stage, verdict) -> list[dict]:
         best: dict[int, dict] = {}
         rows = self.library.rows(ids[:, 0][ids[:, 0] >= 0])
         row_of = {r["tile_id"]: r for r in rows}
-        for r, (s, i) in enumerate(zip(sims[:, 0], ids[:, 0])):
+        for r, (sc, s, i) in enumerate(zip(scores[:, 0], sims[:, 0], ids[:, 0])):
             if i < 0:
                 continue
             reg, tile = regions[r], row_of[int(i)]
             ev = {"picture": reg.picture, "region": list(reg.box), "tile_id": int(i), "source_id": tile["source_id"],
                   "target_id": tile["target_id"], "cut_type": tile["cut_type"], "position": tile["position"],
-                  "release_day": tile["release_day"], "similarity": round(float(s), 4), "stage": stage}
+                  "release_day": tile["release_day"], "similarity": round(float(s), 4), "score": round(float(sc), 4),
+                  "stage": stage}
             b = verdict["best"][reg.picture]
-            if b is None or ev["similarity"] > b["similarity"]:
+            if b is None or ev["score"] > b["score"]:
                 verdict["best"][reg.picture] = ev
-            if s >= self.cfg.threshold and (reg.picture not in best or s > best[reg.picture]["similarity"]):
+            if sc >= self.cfg.threshold and (reg.picture not in best or sc > best[reg.picture]["score"]):
                 best[reg.picture] = ev
         return [best[p] for p in sorted(best)]
 

@@ -252,6 +252,21 @@ def test_background_bank_travels_with_the_descriptor(tmp_path):
     assert np.array_equal(load_background(f"registry:desc-bank-test:{v2}"), bank)
 
 
+def test_save_descriptor_writes_model_and_background_bank(tmp_path):
+    from docray.models import build_model
+    from docray.screening.embed import Embedder
+    from train_jobs.train_descriptor import DescriptorTrainConfig, save_descriptor
+
+    cfg = DescriptorTrainConfig(model="descriptor_tiny", n_pictures=4, val_pictures=2, background_pictures=3,
+                                background_distractors=5, to_registry=True)
+    model = build_model("descriptor_tiny")
+    res = save_descriptor(model, model.docray_spec, {"val_top1": 0.5}, cfg, str(tmp_path / "run"))
+    local, registered = Embedder.load(res["model_dir"]), Embedder.load(f"registry:descriptor:{res['registry_version']}")
+    assert local.background.shape[1] == 32 and local.background.shape[0] > 5  # tiles of 3 pictures + 5 distractors
+    assert np.array_equal(local.background, registered.background)
+    assert np.allclose(np.linalg.norm(local.background, axis=1), 1, atol=1e-4)
+
+
 def test_to_day():
     assert to_day("1970-01-11") == 10 and to_day(42) == 42
     assert to_day("2024-01-01T12:00:00Z") == to_day(np.datetime64("2024-01-01")) == 19723
@@ -278,6 +293,8 @@ def test_real_ocr_finds_the_text_of_a_poster():
 
 
 def test_region_jitter_and_distractor_items():
+    import torch
+
     from docray.screening.augment import region_jitter
     from docray.screening.data import CopyPairs
 
@@ -293,6 +310,8 @@ def test_region_jitter_and_distractor_items():
     keys = [ds[i][2] for i in range(40)]
     assert all(0 <= k < 3 or k == 3 + i for i, k in enumerate(keys))  # a distractor is its own instance
     assert 5 < sum(k >= 3 for k in keys) < 35 and ds[0][0].shape == (3, 32, 32)
+    _, grey, _ = CopyPairs(tiles, 32, length=4, seed=0, grey_rate=1.0)[0]
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])  # the copy went grey
 
 
 def test_descriptor_tiny_shapes_norm_and_roundtrip(tmp_path):

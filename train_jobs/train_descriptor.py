@@ -41,6 +41,8 @@ class DescriptorTrainConfig(Config):
     steps_per_epoch: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=2, description="tiles per step (2 views each)")
     distractor_rate: float = Field(0.2, ge=0, lt=1, description="share of items that are fresh whole pictures, not tiles")
+    grey_rate: float = Field(0.2, ge=0, le=1, description="share of edited copies turned grey (recolouring to grey is "
+                                                          "the edit the descriptor missed most)")
     lr: float = 2e-3
     weight_decay: float = 0.05
     temperature: float = Field(0.05, description="InfoNCE temperature (SSCD uses 0.05)")
@@ -115,7 +117,7 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         model = build_model(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
     size = model.cfg.image_size
-    ds = CopyPairs(tiles, size, cfg.steps_per_epoch * cfg.batch_size, cfg.seed, cfg.distractor_rate)
+    ds = CopyPairs(tiles, size, cfg.steps_per_epoch * cfg.batch_size, cfg.seed, cfg.distractor_rate, cfg.grey_rate)
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size // ray.train.get_context().get_world_size(),
                                          shuffle=False, drop_last=True)
     loader = ray.train.torch.prepare_data_loader(loader)

@@ -39,13 +39,14 @@ def distractor(rng: np.random.Generator) -> Image.Image:
 
 class CopyPairs(torch.utils.data.Dataset):
     """Pairs (library view, edited copy as an upload's region) of tile i; the library view is clean
-    half of the time. A `distractor_rate` share of the items are fresh whole pictures instead
-    (`distractor`), each its own instance (key >= len(tiles))."""
+    half of the time, and a `grey_rate` share of the copies are turned grey. A `distractor_rate`
+    share of the items are fresh whole pictures instead (`distractor`), each its own instance
+    (key >= len(tiles))."""
 
     def __init__(self, tiles: list[Image.Image], image_size: int, length: int, seed: int = 0,
-                 distractor_rate: float = 0.0):
+                 distractor_rate: float = 0.0, grey_rate: float = 0.0):
         self.tiles, self.size, self.length, self.seed = tiles, image_size, length, seed
-        self.distractor_rate = distractor_rate
+        self.distractor_rate, self.grey_rate = distractor_rate, grey_rate
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -60,6 +61,8 @@ class CopyPairs(torch.utils.data.Dataset):
             tile = self.tiles[k]
         a = tile if rng.random() < 0.5 else copy_edit(tile, rng, strength=0.5)
         b = region_jitter(copy_edit(tile, rng), rng)
+        if rng.random() < self.grey_rate:  # the edit the descriptor finds hardest (measured): more of it
+            b = b.convert("L").convert("RGB")
         x = to_tensor([a, b], self.size)  # (2, 3, s, s)
         return x[0], x[1], k
 

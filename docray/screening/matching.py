@@ -124,7 +124,7 @@ class Screener:
 
     # step 1: regions of every picture
     def regions(self, pictures: list[Image.Image]) -> list[Region]:
-        """The candidate regions of every picture in which the text finder (OCR) finds text."""
+        """The candidate regions of every picture; with a text finder (OCR), those in which it finds text."""
         out = []
         for i, pic in enumerate(pictures):
             for b in find_regions(pic, self.cfg):

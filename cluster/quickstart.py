@@ -69,7 +69,7 @@ def job_list(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
                  ("unified_train", "train_jobs.unified_train", [f"n_docs={d}", f"epochs={e}"])]
     if cfg.jobs.screening:
         jobs += [("train_descriptor", "train_jobs.train_descriptor",
-                  ["n_pictures=160", "val_pictures=40", "epochs=1", "steps_per_epoch=15", "batch_size=64",
+                  ["n_pictures=160", "val_pictures=40", "epochs=1", "steps_per_epoch=60", "batch_size=64",
                    "background_pictures=40", "background_distractors=200"]),
                  ("build_cutout_library", "data_jobs.build_cutout_library", ["synth_n=80"])]
     if cfg.jobs.masking:

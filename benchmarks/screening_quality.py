@@ -12,10 +12,11 @@ JPEG q50-90):
 - benign: the same layout around a tile of a benign picture (landscapes, shapes, products, harmless
   text posters): any match at the threshold is a false positive;
 - unseen: tiles of sensitive posters NOT in the library (hard negatives), reported apart.
-Each query is screened as the method does it (regions: the upload and the pictures laid out in it,
-kept where OCR finds text -> crops -> descriptor -> search, no attribute filter: the harder
-setting); `--text-finder none` searches every region. micro-AP pools the top-1 prediction of
-every query and ranks them by score (DISC21's definition; recall over the positive queries). Baselines on the same
+Each query is screened as the method does it by default (regions: the upload and the pictures laid
+out in it -> crops -> descriptor -> search -> normalised score, no attribute filter: the harder
+setting); a second row keeps only the regions where OCR finds text (`--no-ocr` skips it). micro-AP
+pools the top-1 prediction of every query and ranks them by score (DISC21's definition; recall
+over the positive queries). Baselines on the same
 regions: a 64-bit perceptual hash (score 1 - Hamming/64; threshold 1 - 10/64), and whole-picture
 matching (the same descriptor against whole target pictures, no cut-outs). Last line: JSON.
 """

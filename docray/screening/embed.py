@@ -28,8 +28,7 @@ def load_descriptor(source: str = "registry:descriptor", device: str | None = No
     elif source.startswith("registry:"):
         from docray.storage.registry import ModelRegistry
 
-        name, _, version = source.split(":", 1)[1].partition(":")
-        state, config, _ = ModelRegistry().load(name, version or "latest")
+        state, config, _ = ModelRegistry().load(*_registry_ref(source))
         model = build_model(config["name"], **config.get("overrides", {}))
         model.load_state_dict(state)
     else:
@@ -40,6 +39,12 @@ def load_descriptor(source: str = "registry:descriptor", device: str | None = No
 BACKGROUND = "background.npy"
 
 
+def _registry_ref(source: str) -> tuple[str, str]:
+    """'registry:<name>[:<version>]' -> (name, version or 'latest')."""
+    name, _, version = source.split(":", 1)[1].partition(":")
+    return name, version or "latest"
+
+
 def load_background(source: str) -> np.ndarray | None:
     """The background bank (n, dim) saved with the descriptor `source`, or None when it has none."""
     if source.startswith("build:"):
@@ -48,9 +53,9 @@ def load_background(source: str) -> np.ndarray | None:
         from docray.storage.blobs import NotFound
         from docray.storage.registry import ModelRegistry
 
-        name, _, version = source.split(":", 1)[1].partition(":")
+        name, version = _registry_ref(source)
         try:
-            data = ModelRegistry().read_file(name, BACKGROUND, version or "latest")
+            data = ModelRegistry().read_file(name, BACKGROUND, version)
         except NotFound:
             return None
     else:

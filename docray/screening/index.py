@@ -11,19 +11,21 @@ Kind, by size (`benchmarks/index_search.py` measured the choice):
   rebuild; nlist ~ 4 sqrt(n)), by default `ivfpq`: IVF lists holding 4-bit fast-scan PQ codes (SIMD
   lookup tables), searched with `nprobe` lists, whose `k_factor * k` best candidates are re-ranked
   exactly against the stored vectors. At 10^6 tiles on two cores (nlist 4096, nprobe 256, k_factor 8)
-  it answered 26x the queries per second of exact search at recall@10 0.964, where IVF-Flat (`kind=
+  it answered 26-37x the queries per second of exact search at recall@10 0.964, where IVF-Flat (`kind=
   "ivf"`) managed 2.7x at the same recall. HNSW (`kind="hnsw"`) is kept as an option: at 10^5 it
   built 2x slower than IVF and searched 7x slower at equal recall. Tune `nprobe` to the library's size
   (the benchmark sweeps it).
 - on a GPU host (`faiss.get_num_gpus() > 0`) IVF-Flat searches run on a GPU copy of the index.
 
 Attribute-restricted search: when few tiles pass the filter (at most `exact_below`, or at most as
-many as one IVF search scans anyway), an exact search over
-just those (their vectors reconstructed from the index); otherwise a faiss ID selector (a bitmap
-from the attribute arrays) on the one index, rather than one index per attribute value (a per-cut-
-type shard was faster for a cut-type-only filter but lost recall, and release-time windows cut
-across any sharding); the measured filtered/unfiltered cost ratio stayed near 1-2x (see the benchmark). On GPU, where
-faiss selectors are not supported, the search over-fetches and filters afterwards.
+many as one IVF search scans anyway), an exact search over just those (their vectors reconstructed
+from the index); otherwise a faiss ID selector (a bitmap from the attribute arrays) on the one index,
+probing frac^-1/4 times more lists (see `_params`). Chosen by measurement against per-attribute
+shards (`benchmarks/index_search.py --time-shards`, 10^6 tiles): a +-30-day window cost 1.17-1.33x
+an unfiltered search at recall@10 0.961 with the selector, and 1.87x at recall@10 0.956 on one index
+per month (whose shards must probe 4x the share of their lists to keep recall); a cut-type filter
+cost 1.57-1.61x at recall@10 0.952. On GPU, where faiss selectors are not supported, the search
+over-fetches and filters afterwards.
 """
 from __future__ import annotations
 
@@ -130,9 +132,11 @@ class TileIndex:
         return self.ntotal if isinstance(self.index, faiss.IndexFlat) else 0
 
     def _params(self, sel=None, frac: float = 1.0):
-        # a filter passing a fraction `frac` leaves fewer candidates per probed list: probe more
-        # lists (up to 1/sqrt(frac) times, at most 4x) to keep recall; cost stays near unfiltered
-        widen = min(4.0, 1.0 / math.sqrt(frac))
+        # a filter passing a fraction `frac` leaves fewer candidates per probed list: probe frac^-1/4
+        # times more lists (at most 2x) to keep recall. Measured at 10^6 tiles (nprobe 256, recall@10
+        # 0.964 unfiltered): a cut-type filter (frac 1/8) reached recall@10 0.932 with no widening,
+        # 0.948 at 1.5x, 0.958 at 2x, 0.971 at 2.83x (= frac^-1/2, which cost 2.5x an unfiltered search)
+        widen = min(2.0, frac ** -0.25)
         ivf = _ivf(self.index)
         if ivf is not None:
             p = faiss.SearchParametersIVF(sel=sel, nprobe=min(ivf.nlist, int(math.ceil(self.nprobe * widen))))

@@ -6,10 +6,11 @@
 For every held-out document (rows from `start`, never trained on) and every byte budget B:
 - JPEG / WebP / AVIF (if Pillow has it): the capture itself, compressed by the same search as regen
   (largest quality that fits B; shrunk only if quality 1 does not fit);
-- regen: the pipeline (portrait split, content + type models, generation at the first threshold,
-  portrait and seals pasted back), then the same search at B;
-- regen (oracle content): the generator given the LABELLED type and content, i.e. regen with a
-  perfect recogniser: what the method delivers once its content model reads the fields.
+- regen_<codec>: the pipeline (portrait split, type and content models, generation at the first
+  threshold, portrait and seals pasted back), then the same search at B with that codec: regen
+  against the codec it is compressed with, at the same bytes;
+- regen_oracle_<codec>: the generator given the LABELLED type and content, i.e. regen with a
+  perfect recogniser (the bound the content model's reading leaves).
 Measures: field legibility = exact-match rate of the document's fields (3+ characters; 'F'/'M'
 would match anywhere) read back (a) by OCR (rapidocr; a field counts when its text, spaces
 removed, appears in the OCR output) and (b) by the content model (field by field); PSNR/SSIM of
@@ -103,7 +104,7 @@ def main(argv=None) -> None:
         engine = RapidOCR(params={"Global.log_level": "critical"})
     rows = generate("documents", cfg.start, cfg.start + cfg.n_docs, seed=cfg.seed, size=tuple(cfg.original_size), n_angles=0).to_pylist()
     flats = generate("documents", cfg.start, cfg.start + cfg.n_docs, seed=cfg.seed, size=(W, H), n_angles=0).to_pylist()
-    methods = codecs() + ["regen", "regen_oracle"]
+    methods = codecs() + [f"regen_{c}" for c in codecs()] + [f"regen_oracle_{c}" for c in codecs()]
     res = {(m, b): {"ocr": [], "model": [], "psnr": [], "ssim": [], "bytes": []} for m in methods for b in cfg.budgets}
     side = None
     t0 = time.perf_counter()
@@ -120,12 +121,13 @@ def main(argv=None) -> None:
         rest, face, split = rc.split(capture)
         oracle, _ = rc.finish(Image.fromarray(layout.composite(layer, to_image(bg))), rest, face, split,
                               rc.find_seals(capture, split), capture)
-        sources = {m: (capture, np.asarray(capture)) for m in codecs()}
-        sources.update(regen=(regen, clean), regen_oracle=(oracle, clean))
+        sources = {}
+        for c in codecs():
+            sources.update({c: (capture, np.asarray(capture)), f"regen_{c}": (regen, clean), f"regen_oracle_{c}": (oracle, clean)})
         for b in cfg.budgets:
             decoded = {}
             for m, (img, ref) in sources.items():
-                fmt = "jpeg" if m.startswith("regen") else m
+                fmt = m.rsplit("_", 1)[-1]
                 c = compress_to_threshold(img, 100, Threshold(width=img.width, height=img.height, bytes=b), fmt)
                 dec = Image.open(io.BytesIO(c.data)).convert("RGB")
                 decoded[m] = dec
@@ -149,9 +151,9 @@ def main(argv=None) -> None:
             r = res[(m, b)]
             table.append({"method": m, "budget_bytes": b, "mean_bytes": mean(r["bytes"]), "ocr_legibility": mean(r["ocr"]),
                           "model_legibility": mean(r["model"]), "psnr_db": mean(r["psnr"]), "ssim": mean(r["ssim"])})
-    print(f"\n{'method':<14}{'budget':>8}{'bytes':>8}{'OCR legib.':>12}{'model legib.':>14}{'PSNR dB':>9}{'SSIM':>7}")
+    print(f"\n{'method':<18}{'budget':>8}{'bytes':>8}{'OCR legib.':>12}{'model legib.':>14}{'PSNR dB':>9}{'SSIM':>7}")
     for t in table:
-        print(f"{t['method']:<14}{t['budget_bytes']:>8}{t['mean_bytes']:>8.0f}{t['ocr_legibility']:>12.2f}"
+        print(f"{t['method']:<18}{t['budget_bytes']:>8}{t['mean_bytes']:>8.0f}{t['ocr_legibility']:>12.2f}"
               f"{t['model_legibility']:>14.2f}{t['psnr_db']:>9.2f}{t['ssim']:>7.3f}")
     need = {}
     for m in methods:

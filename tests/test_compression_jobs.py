@@ -24,12 +24,17 @@ def test_training_pieces_without_ray(tmp_path):
     assert ex["pixels"].shape == (4, 3, *c.content_size) and ex["target"].shape == (4, 3, *c.gen_size)
     assert ex["cond"].shape == (4, 5, *c.gen_size) and ex["content_ids"].shape == (4, c.max_len)
     assert ex["target"].min() >= -1 and ex["target"].max() <= 1
+    n_lines = sum(len(t.split("|")) for t in ex["texts"])  # one line crop per field
+    assert ex["lines"].shape == (n_lines, 3, *c.line_size) and ex["lines"].dtype == torch.uint8
+    assert ex["line_ids"].shape == (n_lines, c.field_len) and ex["line_doc"].tolist() == sorted(ex["line_doc"].tolist())
+    assert ex["corner_px"].shape == (4, 3, *c.corner_size) and ((ex["quad"] >= 0) & (ex["quad"] <= 1)).all()
     before = evaluate(model, ex, 4, "cpu")
     assert before == evaluate(model, ex, 4, "cpu")  # seeded noise: comparable across epochs
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(3):
         for b in _batches(ex, 4, shuffle=True, gen=torch.Generator().manual_seed(0)):
-            loss = sum(model(**b).values())
+            out = model(**b)
+            loss = out["content"] + out["type"] + out["generation"]
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -46,11 +46,15 @@ def test_three_losses_backprop_and_save_load(tiny, tmp_path):
     torch.manual_seed(0)
     px, tgt, cond = torch.rand(2, 3, *c.content_size), torch.rand(2, 3, *c.gen_size) * 2 - 1, torch.rand(2, 5, *c.gen_size) * 2 - 1
     ids, ty = tiny.tokenizer.batch(["AB|12", "x|y z"], c.max_len), torch.tensor([0, 3])
+    corner_px, quad = torch.rand(2, 3, *c.corner_size), torch.rand(2, 8)
+    lines, line_ids = torch.rand(4, 3, *c.line_size), tiny.tokenizer.batch(["AB", "12", "x", "y z"], c.field_len)
     tiny.train()
-    losses = tiny(px, ids, ty, tgt, cond)
-    assert set(losses) == {"content", "type", "generation"} and all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    for part in (tiny.content, tiny.type_model, tiny.unet):
+    losses = tiny(px, ids, ty, tgt, cond, corner_px, quad, lines, line_ids)
+    assert set(losses) == {"content", "type", "generation", "lines", "corners"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert torch.allclose(losses["content"], losses["lines"] + c.corner_weight * losses["corners"])
+    sum(losses[k] for k in ("content", "type", "generation")).backward()
+    for part in (tiny.content, tiny.corners, tiny.type_model, tiny.unet):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     tiny.zero_grad()
     tiny.eval()
@@ -59,6 +63,19 @@ def test_three_losses_backprop_and_save_load(tiny, tmp_path):
     save_pretrained(tiny, tmp_path / "m")
     again = from_pretrained(tmp_path / "m").eval()
     assert torch.equal(again.generate(ty, ids, cond, steps=2), out)  # same weights, same seeded sampling
+
+
+def test_content_is_read_field_by_field(tiny, docs):
+    from docray.compression import layout
+
+    rc = RegenCompressor(tiny, file_types=load_file_types(TINY_LIB))
+    imgs = [Image.open(io.BytesIO(r["image"])) for r in docs]
+    quads = rc.locate(imgs)
+    assert quads.shape == (3, 4, 2) and (quads >= 0).all() and (quads[..., 0] <= 256).all() and (quads[..., 1] <= 160).all()
+    types = [TYPES[r["doc_type"]] for r in docs]
+    contents = rc.read_contents(imgs, types)  # one line per field of each document's own template
+    assert [c.count("|") + 1 for c in contents] == [len(layout.field_names(t)) for t in types]
+    assert len(rc.read_contents(imgs[:1])) == 1  # the type model picks the template when none is given
 
 
 def test_convergence_rule():

@@ -2,10 +2,13 @@
 
     python -m train_jobs.train_regen                                         # regen_small, CPU ok
     python -m train_jobs.train_regen --set model=regen_tiny n_train=32 n_val=8 max_epochs=2
+    python -m train_jobs.train_regen --set init_from=~/.docray/models/regen/v0001   # warm start
     ray job submit --working-dir . -- python -m train_jobs.train_regen --set num_workers=2
 
 One model holds the three (`docray.models.regen`); each step computes three losses on a batch of
-synthetic documents: content (token cross-entropy of the field text read from the capture), type
+synthetic documents: content (token cross-entropy of each field's value read from its line crop,
+plus the L1 error of the document corners the crops are cut by; `val_lines` and `val_corners` log
+the two parts), type
 (cross-entropy), generation (MSE between the generator's predicted clean image and the original's
 clean render, the generator conditioned on the LABELLED type and content and their glyph layer).
 Their weighted sum is minimised. After every epoch the validation losses are checked against the
@@ -36,6 +39,10 @@ class RegenTrainConfig(Config):
     seed: int = 0
     n_train: int = Field(512, ge=1, description="synthetic documents to train on (rows 0..n_train)")
     n_val: int = Field(32, ge=1, description="held-out documents after the training rows")
+    flat_rate: float = Field(0.15, ge=0, le=1, description="share of examples whose content input is the flat "
+                             "clean render instead of a photo (so the content model reads processed images too)")
+    init_from: str = Field("", description="a regen model folder (from_pretrained) to start from: weights whose "
+                           "names and shapes match are loaded, the rest start fresh")
     original_size: tuple[int, int] = Field((384, 240), description="(w, h) of the captures (the originals)")
     max_epochs: int = Field(30, ge=1)
     time_budget_s: float = Field(0, ge=0, description="also stop after this many seconds of training (0: no limit)")
@@ -58,17 +65,19 @@ class RegenTrainConfig(Config):
 def _examples(cfg: RegenTrainConfig, model, start: int, stop: int) -> dict:
     from docray.compression.data import synth_examples
 
-    c = model.cfg
-    return synth_examples(start, stop, cfg.seed, cfg.original_size, c.gen_size, c.content_size, c.max_len,
-                          model.tokenizer)
+    return synth_examples(start, stop, cfg.seed, cfg.original_size, model.cfg, model.tokenizer, cfg.flat_rate)
 
 
 def _batches(ex: dict, bs: int, shuffle: bool, gen: torch.Generator | None = None):
+    """Batches of `bs` documents, each with its documents' field lines."""
     n = len(ex["types"])
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     for i in range(0, n, bs):
         idx = order[i:i + bs]
-        yield {k: ex[k][idx] for k in ("pixels", "content_ids", "types", "target", "cond")}
+        b = {k: ex[k][idx] for k in ("pixels", "corner_px", "quad", "content_ids", "types", "target", "cond")}
+        rows = torch.isin(ex["line_doc"], idx)
+        b["lines"], b["line_ids"] = ex["lines"][rows].float() / 255, ex["line_ids"][rows]
+        yield b
 
 
 @torch.no_grad()
@@ -77,12 +86,12 @@ def evaluate(model, val: dict, bs: int, device) -> dict:
     model.eval()
     state = torch.get_rng_state()
     torch.manual_seed(1234)
-    sums, n = dict.fromkeys(LOSSES, 0.0), 0
+    sums, n = {}, 0
     for b in _batches(val, bs, shuffle=False):
         b = {k: v.to(device) for k, v in b.items()}
         out = model(**b)
-        for k in LOSSES:
-            sums[k] += float(out[k]) * len(b["types"])
+        for k, v in out.items():  # the three losses and the content loss's parts
+            sums[k] = sums.get(k, 0.0) + float(v) * len(b["types"])
         n += len(b["types"])
     torch.set_rng_state(state)
     model.train()
@@ -114,21 +123,35 @@ def sample_grid(model, val: dict, n: int, path: str, device) -> None:
     model.train()
 
 
+def _init_from(model, folder: str) -> None:
+    """Load the weights of `folder` (a saved model: model.safetensors) whose names and shapes match
+    `model`'s: a warm start, also from a model saved by an earlier architecture."""
+    from safetensors.torch import load_file
+
+    src = load_file(os.path.join(os.path.expanduser(folder), "model.safetensors"))
+    own = model.state_dict()
+    keep = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(keep, strict=False)
+    print(f"init_from {folder}: {len(keep)} of {len(own)} tensors loaded")
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
     from docray.models import build_model
 
+    from train_jobs.common import worker_setup
+
     cfg = RegenTrainConfig(**config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device, rank, world = worker_setup(cfg.cpus_per_worker)  # torch threads = the worker's CPUs
     torch.manual_seed(cfg.seed + rank)
     model = build_model(cfg.model, **cfg.model_overrides)
+    if cfg.init_from:
+        _init_from(model, cfg.init_from)
     # each worker renders its own contiguous share of the training rows
     train = _examples(cfg, model, rank * cfg.n_train // world, (rank + 1) * cfg.n_train // world)
     val = _examples(cfg, model, cfg.n_train, cfg.n_train + cfg.n_val)
-    device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = ray.train.get_checkpoint()  # a restarted worker group (FailureConfig) or a rerun of this run

@@ -100,6 +100,11 @@ def _static(type_no: int, size: tuple[int, int]) -> tuple[Image.Image, tuple]:
     return img, tuple(slots)
 
 
+def value_slots(doc_type: str | int, size: tuple[int, int]) -> tuple:
+    """Each field value's (x, y, font px, right) in a frame of `size` (w, h), as `render_layer` draws it."""
+    return _static(type_index(doc_type), tuple(size))[1]
+
+
 def render_layer(doc_type: str | int, values: list[str], size: tuple[int, int]) -> np.ndarray:
     """The text layer of a document of `doc_type` with field `values`, as (h, w, 4) uint8 RGBA."""
     k = type_index(doc_type)

@@ -9,7 +9,8 @@ Steps (DESIGN "Regen compression"):
    the type the type model sees on the whole image; split off with background or blank fill;
 3. seals: red/blue outlines found by OpenCV (those inside the portrait are ignored), cropped as
    attachments;
-4. content and type models on the document without the portrait;
+4. type and content models on the document without the portrait (the content read field by field:
+   the document's corners, then each value box of the type's template as a line crop);
 5. generation at the first size threshold, conditioned on type + content (and their glyph layer,
    composited over the output, see `layout`); seals optionally composited back (darken blend);
 6. the portrait pasted back, scaled by the pixel ratio processed / document-without-portrait;
@@ -27,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from docray.compression import layout, portrait as portraits, seals as sealmod
-from docray.compression.data import cond_input, content_input, to_image
+from docray.compression import fields, layout, portrait as portraits, seals as sealmod
+from docray.compression.data import cond_input, content_input, line_input, to_image
 from docray.compression.file_types import FileTypeLibrary, load_file_types
 from docray.compression.quality import compress_for_type
 from docray.imageio import decode_image, encode_png
@@ -92,8 +93,22 @@ class RegenCompressor:
         probs = self.model.predict_type(self._pixels(images)).cpu()
         return [(DOC_TYPES[int(p.argmax())], float(p.max())) for p in probs]
 
-    def read_contents(self, images: list[Image.Image]) -> list[str]:
-        return self.model.read_content(self._pixels(images))
+    def locate(self, images: list[Image.Image]) -> np.ndarray:
+        """(b, 4, 2): each document's corners in its image's px (the content model's corner head)."""
+        px = torch.stack([content_input(im, self.cfg.corner_size) for im in images]).to(self.device)
+        quads = self.model.predict_corners(px).cpu().numpy().astype(np.float64)
+        return quads * np.array([[[im.width, im.height]] for im in images], np.float64)
+
+    def read_contents(self, images: list[Image.Image], doc_types: list[str] | None = None) -> list[str]:
+        """The content, field by field: corners -> each value box of the type's template cut out as a
+        line -> the reader. `doc_types` default to what the type model sees."""
+        if doc_types is None:
+            doc_types = [t for t, _ in self.predict_types(images)]
+        crops = [fields.crop_lines(np.asarray(im.convert("RGB")), q, t, self.cfg.line_size)
+                 for im, q, t in zip(images, self.locate(images), doc_types)]
+        values = self.model.read_lines(line_input(np.concatenate(crops)).to(self.device))
+        ends = np.cumsum([len(c) for c in crops])
+        return [layout.join_content(values[e - len(c):e]) for c, e in zip(crops, ends)]
 
     def generate(self, doc_types: list[str], contents: list[str]) -> list[Image.Image]:
         """Processed images (first size threshold) for (type, content) pairs, glyph layer composited."""
@@ -172,7 +187,8 @@ class RegenCompressor:
         self.lib.check_original(img.width, img.height, len(data))
         rest, face, split = self.split(img)
         seals = self.find_seals(img, split)
-        (doc_type, score), content = self.predict_types([rest])[0], self.read_contents([rest])[0]
+        doc_type, score = self.predict_types([rest])[0]
+        content = self.read_contents([rest], [doc_type])[0]
         processed = self.generate([doc_type], [content])[0]
         processed, split = self.finish(processed, rest, face, split, seals, img)
         out = self.assemble(data, img, doc_type, score, content, processed, face, split, seals)

@@ -2,14 +2,19 @@
 generation (type + content -> the processed image), in one module so they train jointly.
 
     m = build_model("regen_tiny")
-    losses = m(pixels, content_ids, types, target, cond)     # {'content', 'type', 'generation'}
-    texts = m.read_content(pixels)                           # caption-style field text, '|'-joined
+    losses = m(pixels, content_ids, types, target, cond, corner_px, quad, lines, line_ids)
+    quads = m.predict_corners(corner_px)                     # (b, 4, 2): corners as fractions of w, h
+    texts = m.read_lines(lines)                              # one field value per line crop
     types = m.predict_type(pixels).argmax(-1)
     images = m.generate(types, content_ids, cond, steps=4)   # (b, 3, H, W) in [-1, 1]
 
-- Content: transformers `VisionEncoderDecoderModel`, a small ViT encoder and a small BERT decoder
-  with cross-attention, from scratch; a character tokenizer over the synthetic world's characters
-  (printable ASCII).
+- Content, read field by field (`docray.compression.fields`): a corner head (a small CNN, soft-argmax
+  over four heatmaps) finds the document's corners in the capture; each field's value box is
+  warped out of the capture into a line crop; a transformers `VisionEncoderDecoderModel` (a small
+  ViT encoder, a small BERT decoder with cross-attention, from scratch; a character tokenizer over
+  the synthetic world's characters, printable ASCII) reads each line, caption style. The content
+  is the values joined by '|'. Its loss: the lines' token cross-entropy + `corner_weight` x the
+  corners' L1 error (fractions of the image size).
 - Type: a small CNN, image -> one of the document types.
 - Generation: a diffusers `UNet2DConditionModel`, trained from scratch to predict the clean image
   (x0, `prediction_type="sample"`) from noise. Conditioned on (a) the type and the content, embedded
@@ -19,7 +24,9 @@ generation (type + content -> the processed image), in one module so they train 
   background, pattern and colours around the glyphs, and the pipeline composites the glyph layer
   over its output. The UNet works at gen_size / gen_down (smooth content) and its output is
   upsampled to gen_size. Serving samples with DDIM in a few steps.
-Inputs: `pixels` (b, 3, h, w) in [0, 1] at `content_size`; `target` (b, 3, H, W) in [-1, 1] and
+Inputs: `pixels` (b, 3, h, w) in [0, 1] at `content_size` (the type model's view); `corner_px` the same
+at `corner_size`, `quad` (b, 8) its labelled corners (x, y fractions); `lines` (n, 3, h, w) in [0, 1]
+at `line_size`, `line_ids` (n, field_len) their labelled values; `target` (b, 3, H, W) in [-1, 1] and
 `cond` (b, 5, H, W) in [-1, 1] at `gen_size` (the first size threshold, (H, W)).
 """
 from __future__ import annotations
@@ -72,9 +79,14 @@ class CharTokenizer:
 @dataclass
 class RegenConfig:
     n_types: int = 6  # the synthetic world's document types
-    max_len: int = 160  # content tokens incl. bos/eos: the longest content is ~140 characters
-    content_size: tuple = (96, 160)  # (h, w) of the content/type models' input
-    patch: int = 8  # ViT patch size: 8 px keeps ~10 px glyphs within one or two patches
+    max_len: int = 160  # content tokens incl. bos/eos (the generator's condition): ~140 characters at most
+    content_size: tuple = (96, 160)  # (h, w) of the type model's input
+    corner_size: tuple = (120, 192)  # (h, w) of the corner head's input
+    corner_width: int = 24
+    corner_weight: float = 10.0  # corners' L1 (fractions of the image) in the content loss
+    line_size: tuple = (24, 320)  # (h, w) of a field's line crop, the reader's input: ~1 px per capture px
+    field_len: int = 48  # tokens of one field value incl. bos/eos
+    patch: int = 8  # ViT patch size: a line crop's glyphs are ~15 px tall and ~8 wide: 3 x 40 patches
     enc_dim: int = 128  # sized to train on a CPU laptop; widen on GPUs
     enc_depth: int = 4
     enc_heads: int = 4
@@ -109,21 +121,49 @@ class TypeNet(nn.Module):
         return self.head(self.features(x * 2 - 1).mean(dim=(2, 3)))
 
 
+class CornerNet(nn.Module):
+    """(b, 3, h, w) in [0, 1] -> the document's corners (b, 4, 2) as (x, y) fractions of the image
+    (top-left, top-right, bottom-right, bottom-left): a soft-argmax over four heatmaps at 1/4 scale,
+    after dilated convolutions that see the whole image (a corner is told apart by context)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+
+        def block(i, o, stride=1, dil=1):
+            return [nn.Conv2d(i, o, 3, stride, padding=dil, dilation=dil), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+        c = width
+        self.features = nn.Sequential(*block(3, c, 2), *block(c, c), *block(c, 2 * c, 2), *block(2 * c, 2 * c),
+                                      *block(2 * c, 2 * c, dil=2), *block(2 * c, 2 * c, dil=4),
+                                      *block(2 * c, 2 * c, dil=8), *block(2 * c, 2 * c, dil=16))
+        self.head = nn.Conv2d(2 * c + 2, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x * 2 - 1)
+        b, _, h, w = f.shape
+        ys = (torch.arange(h, device=f.device, dtype=f.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=f.device, dtype=f.dtype) + 0.5) / w
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, h, w): x, y
+        heat = self.head(torch.cat([f, grid[None].expand(b, -1, -1, -1)], 1)).flatten(2).softmax(-1)  # (b, 4, h*w)
+        return heat @ grid.flatten(1).T  # (b, 4, 2): expected (x, y)
+
+
 class RegenModels(nn.Module):
     def __init__(self, cfg: RegenConfig):
         super().__init__()
         self.cfg, self.tokenizer = cfg, CharTokenizer()
         v = self.tokenizer.vocab_size
-        enc = ViTConfig(image_size=list(cfg.content_size), patch_size=cfg.patch, hidden_size=cfg.enc_dim,
+        enc = ViTConfig(image_size=list(cfg.line_size), patch_size=cfg.patch, hidden_size=cfg.enc_dim,
                         num_hidden_layers=cfg.enc_depth, num_attention_heads=cfg.enc_heads,
                         intermediate_size=4 * cfg.enc_dim, num_channels=3)
         dec = BertConfig(vocab_size=v, hidden_size=cfg.dec_dim, num_hidden_layers=cfg.dec_depth,
                          num_attention_heads=cfg.dec_heads, intermediate_size=4 * cfg.dec_dim,
-                         max_position_embeddings=cfg.max_len + 8, is_decoder=True, add_cross_attention=True,
+                         max_position_embeddings=cfg.field_len + 8, is_decoder=True, add_cross_attention=True,
                          pad_token_id=PAD)
         vcfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
         vcfg.decoder_start_token_id, vcfg.pad_token_id, vcfg.eos_token_id = BOS, PAD, EOS
         self.content = VisionEncoderDecoderModel(config=vcfg)
+        self.corners = CornerNet(cfg.corner_width)
         self.type_model = TypeNet(cfg.n_types, cfg.type_width)
         n = len(cfg.gen_channels)
         self.unet = UNet2DConditionModel(
@@ -158,24 +198,35 @@ class RegenModels(nn.Module):
         return self.unet(torch.cat([noisy, cond], 1), t, encoder_hidden_states=seq,
                          encoder_attention_mask=mask).sample  # (b, 3, H, W): predicted x0
 
-    def forward(self, pixels, content_ids, types, target, cond) -> dict[str, torch.Tensor]:
-        """Loss 1 content (token cross-entropy), loss 2 type (cross-entropy), loss 3 generation
-        (MSE of the predicted clean image to the original's clean render; the generator is
-        conditioned on the LABELLED type and content, as the method says)."""
-        labels = content_ids[:, 1:].masked_fill(content_ids[:, 1:] == PAD, -100)
-        content = self.content(pixel_values=pixels, decoder_input_ids=content_ids[:, :-1], labels=labels).loss
+    def forward(self, pixels, content_ids, types, target, cond, corner_px, quad, lines, line_ids) -> dict[str, torch.Tensor]:
+        """Loss 1 content (the field lines' token cross-entropy + corner_weight x the corners' L1),
+        loss 2 type (cross-entropy), loss 3 generation (MSE of the predicted clean image to the
+        original's clean render; the generator is conditioned on the LABELLED type and content, as
+        the method says). Also returns the content loss's two parts, 'lines' and 'corners'."""
+        corners = F.l1_loss(self.corners(corner_px), quad.view(-1, 4, 2))
+        labels = line_ids[:, 1:].masked_fill(line_ids[:, 1:] == PAD, -100)
+        text = self.content(pixel_values=lines, decoder_input_ids=line_ids[:, :-1], labels=labels).loss
+        content = text + self.cfg.corner_weight * corners
         type_loss = F.cross_entropy(self.type_model(pixels), types)
         target, cond = self.low(target), self.low(cond)
         noise = torch.randn_like(target)
         t = torch.randint(0, self.cfg.train_timesteps, (target.shape[0],), device=target.device)
         pred = self.denoise(self.noise.add_noise(target, noise, t), t, cond, types, content_ids)
-        return {"content": content, "type": type_loss, "generation": F.mse_loss(pred, target)}
+        return {"content": content, "type": type_loss, "generation": F.mse_loss(pred, target),
+                "lines": text.detach(), "corners": corners.detach()}
 
     # -- inference -----------------------------------------------------------------------------
     @torch.no_grad()
-    def read_content(self, pixels: torch.Tensor) -> list[str]:
-        """Greedy caption-style decoding: (b, 3, h, w) in [0, 1] -> content strings."""
-        ids = self.content.generate(pixel_values=pixels, max_length=self.cfg.max_len, do_sample=False,
+    def predict_corners(self, corner_px: torch.Tensor) -> torch.Tensor:
+        """(b, 3, h, w) in [0, 1] -> (b, 4, 2) corners as (x, y) fractions of the image."""
+        return self.corners(corner_px)
+
+    @torch.no_grad()
+    def read_lines(self, lines: torch.Tensor) -> list[str]:
+        """Greedy caption-style decoding of line crops: (n, 3, h, w) in [0, 1] -> one value each."""
+        if len(lines) == 0:
+            return []
+        ids = self.content.generate(pixel_values=lines, max_length=self.cfg.field_len, do_sample=False,
                                     num_beams=1, decoder_start_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
         return [self.tokenizer.decode(row[1:]) for row in ids]
 
@@ -208,13 +259,15 @@ def _build(defaults: dict, overrides: dict) -> RegenModels:
 
 @register_model
 def regen_small(**overrides) -> RegenModels:
-    """The real size: 96x160 recognition input, 160x256 generation (the packaged first threshold)."""
+    """The real size: 96x160 type input, 120x192 corners, 24x320 field lines, 160x256 generation (the
+    packaged first threshold)."""
     return _build({}, overrides)
 
 
 @register_model
 def regen_tiny(**overrides) -> RegenModels:
-    """For tests and smoke runs: tiny widths, 32x48 recognition, 64x96 generation."""
-    return _build(dict(max_len=48, content_size=(32, 48), enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
+    """For tests and smoke runs: tiny widths, 32x48 type and corner input, 16x64 lines, 64x96 generation."""
+    return _build(dict(max_len=48, content_size=(32, 48), corner_size=(32, 48), corner_width=8, line_size=(16, 64),
+                       field_len=24, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
                        dec_depth=1, dec_heads=2, type_width=8, gen_size=(64, 96), gen_down=2, gen_channels=(16, 32),
                        cross_dim=32, train_timesteps=100, sample_steps=2), overrides)

@@ -1,0 +1,79 @@
+"""Where a document's field values sit, and their line crops: what the content model reads.
+
+The content model reads a document field by field (a whole capture squeezed into one ViT input
+leaves 4-pixel glyphs, which no small model reads): its corner head finds the document's four
+corners in the capture; each field's value box, known from the type's template in document
+coordinates, is mapped through the homography those corners give and warped straight out of the
+capture into one fixed-height line image, which the VisionEncoderDecoderModel reads.
+
+    boxes = value_boxes("identity_card")                   # [(x0, y0, x1, y1)] in CANON document px
+    lines = crop_lines(capture_rgb, quad, "identity_card", (32, 384))   # (n_fields, 32, 384, 3) uint8
+
+A quad is the document's corners in image px, (4, 2) or 8 floats: top-left, top-right,
+bottom-right, bottom-left (as the synthetic world's `doc_quad`).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from docray.compression import layout
+from docray.synth.captures import homography
+from docray.synth.documents import doc_rect
+from docray.synth.templates import TEMPLATES
+
+CANON = (384, 240)  # (w, h): the frame whose document defines document px for the boxes
+
+
+@lru_cache(maxsize=16)
+def _boxes(type_no: int) -> tuple[tuple[tuple[float, float, float, float], ...], tuple[int, int]]:
+    t = TEMPLATES[type_no]
+    ox, oy, dw, dh = doc_rect(CANON, t.aspect)
+    slots = layout.value_slots(type_no, CANON)
+    boxes = []
+    for k, (spec, (x, y, fs, right)) in enumerate(zip(t.fields, slots)):
+        # a value ends at its `right`, or where the next caption on its row starts ("Sex F  Nat. CHN")
+        row = [o.x * dw + ox for j, o in enumerate(t.fields) if j != k and abs(o.y - spec.y) < 0.02 and o.x > spec.x]
+        if t.portrait is not None:  # nor into the portrait beside it
+            px, py, _, ph = t.portrait
+            if px * dw + ox > x and py * dh + oy < y + 1.45 * fs and (py + ph) * dh + oy > y:
+                row.append(px * dw + ox)
+        right = min([right, *(r - 0.3 * fs for r in row)])
+        top = 0.0 if t.stacked else 0.25 * fs  # a stacked caption ends just above its value
+        boxes.append((x - ox - 0.3 * fs, y - oy - top, right - ox + 0.2 * fs, y - oy + 1.45 * fs))
+    return tuple(boxes), (dw, dh)
+
+
+def value_boxes(doc_type) -> list[tuple[float, float, float, float]]:
+    """Each field's value box in document px of the CANON frame's document (template order)."""
+    return list(_boxes(layout.type_index(doc_type))[0])
+
+
+def doc_to_image(quad, doc_type) -> np.ndarray:
+    """3x3 H mapping CANON document px to image px, from the document's corners in the image."""
+    dw, dh = _boxes(layout.type_index(doc_type))[1]
+    return homography([(0, 0), (dw, 0), (dw, dh), (0, dh)], np.reshape(np.asarray(quad, np.float64), (4, 2)))
+
+
+def crop_lines(img: np.ndarray, quad, doc_type, line_hw: tuple[int, int]) -> np.ndarray:
+    """(n_fields, h, w, 3) uint8: each value box warped out of `img` (h, w, 3) to height h, its
+    aspect kept (squeezed only when longer than w), right-padded with black."""
+    h, w = line_hw
+    H = doc_to_image(quad, doc_type)
+    out = np.zeros((len(value_boxes(doc_type)), h, w, 3), np.uint8)
+    for k, (x0, y0, x1, y1) in enumerate(value_boxes(doc_type)):
+        s = (y1 - y0) / h  # document px per line px
+        cw = int(min(w, max(1, round((x1 - x0) / s))))
+        sx = (x1 - x0) / cw
+        A = np.array([[sx, 0, x0], [0, s, y0], [0, 0, 1]], np.float64)  # line px -> document px
+        out[k, :, :cw] = cv2.warpPerspective(img, H @ A, (cw, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                             borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def frame_quad(doc_type, size: tuple[int, int]) -> np.ndarray:
+    """The corners of a flat document laid out in a frame of `size` (w, h), as a processed image is."""
+    x0, y0, x1, y1 = layout.doc_box(doc_type, size)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)

@@ -30,6 +30,7 @@ def test_training_pieces_without_ray(tmp_path):
     assert ex["corner_px"].shape == (4, 3, *c.corner_size) and ((ex["quad"] >= 0) & (ex["quad"] <= 1)).all()
     before = evaluate(model, ex, 4, "cpu")
     assert before == evaluate(model, ex, 4, "cpu")  # seeded noise: comparable across epochs
+    assert 0 <= before["line_exact"] <= 1 and {"lines", "corners"} <= set(before)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(3):
         for b in _batches(ex, 4, shuffle=True, gen=torch.Generator().manual_seed(0)):

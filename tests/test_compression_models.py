@@ -50,11 +50,12 @@ def test_three_losses_backprop_and_save_load(tiny, tmp_path):
     lines, line_ids = torch.rand(4, 3, *c.line_size), tiny.tokenizer.batch(["AB", "12", "x", "y z"], c.field_len)
     tiny.train()
     losses = tiny(px, ids, ty, tgt, cond, corner_px, quad, lines, line_ids)
-    assert set(losses) == {"content", "type", "generation", "lines", "corners"}
-    assert all(torch.isfinite(v) for v in losses.values())
-    assert torch.allclose(losses["content"], losses["lines"] + c.corner_weight * losses["corners"])
+    assert set(losses) == {"content", "type", "generation", "lines", "ctc", "corners"}
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["ctc"] > 0
+    parts = losses["lines"] + c.ctc_weight * losses["ctc"] + c.corner_weight * losses["corners"]
+    assert torch.allclose(losses["content"], parts)
     sum(losses[k] for k in ("content", "type", "generation")).backward()
-    for part in (tiny.content, tiny.corners, tiny.type_model, tiny.unet):
+    for part in (tiny.content, tiny.ctc_head, tiny.corners, tiny.type_model, tiny.unet):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     tiny.zero_grad()
     tiny.eval()

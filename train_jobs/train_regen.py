@@ -41,8 +41,8 @@ class RegenTrainConfig(Config):
     n_val: int = Field(32, ge=1, description="held-out documents after the training rows")
     flat_rate: float = Field(0.15, ge=0, le=1, description="share of examples whose content input is the flat "
                              "clean render instead of a photo (so the content model reads processed images too)")
-    init_from: str = Field("", description="a regen model folder (from_pretrained) to start from: weights whose "
-                           "names and shapes match are loaded, the rest start fresh")
+    init_from: str = Field("", description="a regen model folder (model.safetensors) or a checkpoint folder "
+                           "(state.pt) to start from: weights whose names and shapes match are loaded, the rest start fresh")
     original_size: tuple[int, int] = Field((384, 240), description="(w, h) of the captures (the originals)")
     max_epochs: int = Field(30, ge=1)
     time_budget_s: float = Field(0, ge=0, description="also stop after this many seconds of training (0: no limit)")
@@ -81,8 +81,9 @@ def _batches(ex: dict, bs: int, shuffle: bool, gen: torch.Generator | None = Non
 
 
 @torch.no_grad()
-def evaluate(model, val: dict, bs: int, device) -> dict:
-    """Validation losses with fixed diffusion noise (seeded), so epochs compare fairly."""
+def evaluate(model, val: dict, bs: int, device, read_lines: int = 128) -> dict:
+    """Validation losses with fixed diffusion noise (seeded), so epochs compare fairly, and
+    `line_exact`: the share of the first `read_lines` field lines the content model reads exactly."""
     model.eval()
     state = torch.get_rng_state()
     torch.manual_seed(1234)
@@ -94,8 +95,13 @@ def evaluate(model, val: dict, bs: int, device) -> dict:
             sums[k] = sums.get(k, 0.0) + float(v) * len(b["types"])
         n += len(b["types"])
     torch.set_rng_state(state)
+    out = {k: v / n for k, v in sums.items()}
+    k = min(len(val["line_texts"]), read_lines)  # greedy reads of the first lines, exactly right or not
+    if k:
+        reads = model.read_lines(val["lines"][:k].float().div(255).to(device))
+        out["line_exact"] = sum(r == t for r, t in zip(reads, val["line_texts"][:k])) / k
     model.train()
-    return {k: v / n for k, v in sums.items()}
+    return out
 
 
 @torch.no_grad()
@@ -124,11 +130,15 @@ def sample_grid(model, val: dict, n: int, path: str, device) -> None:
 
 
 def _init_from(model, folder: str) -> None:
-    """Load the weights of `folder` (a saved model: model.safetensors) whose names and shapes match
-    `model`'s: a warm start, also from a model saved by an earlier architecture."""
+    """Load the weights of `folder` (a saved model's model.safetensors, or a checkpoint's state.pt)
+    whose names and shapes match `model`'s: a warm start, also from an earlier architecture."""
     from safetensors.torch import load_file
 
-    src = load_file(os.path.join(os.path.expanduser(folder), "model.safetensors"))
+    folder = os.path.expanduser(folder)
+    if os.path.exists(os.path.join(folder, "state.pt")):
+        src = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=False)["model"]
+    else:
+        src = load_file(os.path.join(folder, "model.safetensors"))
     own = model.state_dict()
     keep = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(keep, strict=False)

@@ -13,8 +13,9 @@ generation (type + content -> the processed image), in one module so they train 
   warped out of the capture into a line crop; a transformers `VisionEncoderDecoderModel` (a small
   ViT encoder, a small BERT decoder with cross-attention, from scratch; a character tokenizer over
   the synthetic world's characters, printable ASCII) reads each line, caption style. The content
-  is the values joined by '|'. Its loss: the lines' token cross-entropy + `corner_weight` x the
-  corners' L1 error (fractions of the image size).
+  is the values joined by '|'. Its loss: the lines' token cross-entropy + `ctc_weight` x a CTC loss
+  on the encoder's columns (joint CTC-attention) + `corner_weight` x the corners' L1 error
+  (fractions of the image size).
 - Type: a small CNN, image -> one of the document types.
 - Generation: a diffusers `UNet2DConditionModel`, trained from scratch to predict the clean image
   (x0, `prediction_type="sample"`) from noise. Conditioned on (a) the type and the content, embedded
@@ -31,6 +32,7 @@ at `line_size`, `line_ids` (n, field_len) their labelled values; `target` (b, 3,
 """
 from __future__ import annotations
 
+import math
 import string
 from dataclasses import dataclass
 
@@ -84,6 +86,7 @@ class RegenConfig:
     corner_size: tuple = (120, 192)  # (h, w) of the corner head's input
     corner_width: int = 24
     corner_weight: float = 10.0  # corners' L1 (fractions of the image) in the content loss
+    ctc_weight: float = 0.5  # CTC on the encoder's columns, beside the decoder's cross-entropy
     line_size: tuple = (24, 320)  # (h, w) of a field's line crop, the reader's input: ~1 px per capture px
     field_len: int = 48  # tokens of one field value incl. bos/eos
     patch: int = 8  # ViT patch size: a line crop's glyphs are ~15 px tall and ~8 wide: 3 x 40 patches
@@ -119,6 +122,25 @@ class TypeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x * 2 - 1).mean(dim=(2, 3)))
+
+
+class ConvStem(nn.Sequential):
+    @property
+    def weight(self) -> torch.Tensor:  # transformers' ViTModel reads `projection.weight.dtype`
+        return self[-1].weight
+
+
+def conv_stem(c_in: int, dim: int, patch: int) -> ConvStem:
+    """3x3 stride-2 convolutions down to 1/patch (patch a power of 2): (b, c_in, h, w) -> (b, dim, h/p, w/p)."""
+    n = int(math.log2(patch))
+    if 2 ** n != patch:
+        raise ValueError(f"the convolutional stem needs a power-of-2 patch size, got {patch}")
+    layers, c = [], c_in
+    for i in range(n - 1):
+        out = dim // 2 ** (n - 1 - i)
+        layers += [nn.Conv2d(c, out, 3, 2, 1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        c = out
+    return ConvStem(*layers, nn.Conv2d(c, dim, 3, 2, 1))
 
 
 class CornerNet(nn.Module):
@@ -163,6 +185,11 @@ class RegenModels(nn.Module):
         vcfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
         vcfg.decoder_start_token_id, vcfg.pad_token_id, vcfg.eos_token_id = BOS, PAD, EOS
         self.content = VisionEncoderDecoderModel(config=vcfg)
+        # a convolutional stem instead of the linear patch projection (early convolutions, Xiao et al.
+        # 2021): the same patch grid, but glyph strokes found by local filters first. Measured: with
+        # the linear projection the reader read 5% of validation lines exactly after 2 epochs.
+        self.content.encoder.embeddings.patch_embeddings.projection = conv_stem(3, cfg.enc_dim, cfg.patch)
+        self.ctc_head = nn.Linear(cfg.enc_dim, v)  # per encoder column: a character or blank (= PAD)
         self.corners = CornerNet(cfg.corner_width)
         self.type_model = TypeNet(cfg.n_types, cfg.type_width)
         n = len(cfg.gen_channels)
@@ -205,15 +232,29 @@ class RegenModels(nn.Module):
         the method says). Also returns the content loss's two parts, 'lines' and 'corners'."""
         corners = F.l1_loss(self.corners(corner_px), quad.view(-1, 4, 2))
         labels = line_ids[:, 1:].masked_fill(line_ids[:, 1:] == PAD, -100)
-        text = self.content(pixel_values=lines, decoder_input_ids=line_ids[:, :-1], labels=labels).loss
-        content = text + self.cfg.corner_weight * corners
+        out = self.content(pixel_values=lines, decoder_input_ids=line_ids[:, :-1], labels=labels)
+        ctc = self.ctc_loss(out.encoder_last_hidden_state, line_ids)
+        content = out.loss + self.cfg.ctc_weight * ctc + self.cfg.corner_weight * corners
         type_loss = F.cross_entropy(self.type_model(pixels), types)
         target, cond = self.low(target), self.low(cond)
         noise = torch.randn_like(target)
         t = torch.randint(0, self.cfg.train_timesteps, (target.shape[0],), device=target.device)
         pred = self.denoise(self.noise.add_noise(target, noise, t), t, cond, types, content_ids)
         return {"content": content, "type": type_loss, "generation": F.mse_loss(pred, target),
-                "lines": text.detach(), "corners": corners.detach()}
+                "lines": out.loss.detach(), "ctc": ctc.detach(), "corners": corners.detach()}
+
+    def ctc_loss(self, enc: torch.Tensor, line_ids: torch.Tensor) -> torch.Tensor:
+        """CTC of the line's characters over the encoder's patch columns (joint CTC-attention, as in
+        speech recognition: it makes the encoder place characters, so the decoder's cross-attention
+        finds them; without it the decoder learned a language model that never looked). Lines too
+        long for the columns (MRZ runs of '<') are left to the decoder (zero_infinity)."""
+        h, w = (v // self.cfg.patch for v in self.cfg.line_size)
+        cols = enc[:, 1:].reshape(len(enc), h, w, -1).mean(1)  # drop [CLS]; average each column
+        logp = self.ctc_head(cols).float().log_softmax(-1).transpose(0, 1)  # (w, n, vocab)
+        chars = line_ids[:, 1:]
+        lengths = ((chars != PAD) & (chars != EOS)).sum(1)
+        targets = chars.masked_fill(chars == EOS, PAD)
+        return F.ctc_loss(logp, targets, torch.full_like(lengths, w), lengths, blank=PAD, zero_infinity=True)
 
     # -- inference -----------------------------------------------------------------------------
     @torch.no_grad()

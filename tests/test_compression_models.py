@@ -151,3 +151,13 @@ def test_from_source_loads_the_registry_version(home, tiny, tmp_path):
     rc = RegenCompressor.from_source(file_types=str(tmp_path / "lib.yaml"))  # no folder: the registry's latest
     for a, b in zip(rc.model.state_dict().values(), tiny.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_from_source_explains_an_outdated_registry_model(home, tiny, tmp_path):
+    from docray.storage.registry import ModelRegistry
+
+    old = build_model("regen_tiny", line_size=(16, 48))  # another architecture under the same name
+    ModelRegistry().save("regen", old, config=tiny.docray_spec, metrics={})
+    (tmp_path / "lib.yaml").write_text(yaml.safe_dump(TINY_LIB))
+    with pytest.raises(ValueError, match="retrain it"):
+        RegenCompressor.from_source(file_types=str(tmp_path / "lib.yaml"))

@@ -82,7 +82,11 @@ class RegenCompressor:
 
             state, spec, _ = ModelRegistry().load("regen")
             model = build_model(spec["name"], **spec.get("overrides", {}))
-            model.load_state_dict(state)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:  # saved by an earlier architecture (before field-by-field reading)
+                raise ValueError(f"the registry's latest 'regen' does not fit the current {spec['name']!r} "
+                                 f"architecture; retrain it (python -m train_jobs.train_regen): {e}") from None
         return cls(model, file_types=lib, **kw)
 
     # -- stages (each also a Serve deployment's body) ------------------------------------------

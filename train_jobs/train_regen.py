@@ -7,8 +7,9 @@
 
 One model holds the three (`docray.models.regen`); each step computes three losses on a batch of
 synthetic documents: content (token cross-entropy of each field's value read from its line crop,
-plus the L1 error of the document corners the crops are cut by; `val_lines` and `val_corners` log
-the two parts), type
+plus a CTC loss on the reader's encoder and the L1 error of the document corners the crops are cut
+by; `val_lines`, `val_ctc` and `val_corners` log the parts, `val_line_exact` the share of validation
+lines read exactly), type
 (cross-entropy), generation (MSE between the generator's predicted clean image and the original's
 clean render, the generator conditioned on the LABELLED type and content and their glyph layer).
 Their weighted sum is minimised. After every epoch the validation losses are checked against the

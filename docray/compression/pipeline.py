@@ -90,8 +90,9 @@ class RegenCompressor:
         return cls(model, file_types=lib, **kw)
 
     # -- stages (each also a Serve deployment's body) ------------------------------------------
-    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([content_input(im, self.cfg.content_size) for im in images]).to(self.device)
+    def _pixels(self, images: list[Image.Image], size_hw=None) -> torch.Tensor:
+        size_hw = size_hw or self.cfg.content_size
+        return torch.stack([content_input(im, size_hw) for im in images]).to(self.device)
 
     def predict_types(self, images: list[Image.Image]) -> list[tuple[str, float]]:
         probs = self.model.predict_type(self._pixels(images)).cpu()
@@ -99,8 +100,7 @@ class RegenCompressor:
 
     def locate(self, images: list[Image.Image]) -> np.ndarray:
         """(b, 4, 2): each document's corners in its image's px (the content model's corner head)."""
-        px = torch.stack([content_input(im, self.cfg.corner_size) for im in images]).to(self.device)
-        quads = self.model.predict_corners(px).cpu().numpy().astype(np.float64)
+        quads = self.model.predict_corners(self._pixels(images, self.cfg.corner_size)).cpu().numpy().astype(np.float64)
         return quads * np.array([[[im.width, im.height]] for im in images], np.float64)
 
     def read_contents(self, images: list[Image.Image], doc_types: list[str] | None = None) -> list[str]:

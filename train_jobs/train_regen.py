@@ -133,11 +133,12 @@ def sample_grid(model, val: dict, n: int, path: str, device) -> None:
 def _init_from(model, folder: str) -> None:
     """Load the weights of `folder` (a saved model's model.safetensors, or a checkpoint's state.pt)
     whose names and shapes match `model`'s: a warm start, also from an earlier architecture."""
+    import ray.train
     from safetensors.torch import load_file
 
     folder = os.path.expanduser(folder)
     if os.path.exists(os.path.join(folder, "state.pt")):
-        src = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=False)["model"]
+        src = load_checkpoint_state(ray.train.Checkpoint(folder))["model"]
     else:
         src = load_file(os.path.join(folder, "model.safetensors"))
     own = model.state_dict()

@@ -61,9 +61,9 @@ def crop_lines(img: np.ndarray, quad, doc_type, line_hw: tuple[int, int]) -> np.
     """(n_fields, h, w, 3) uint8: each value box warped out of `img` (h, w, 3) to height h, its
     aspect kept (squeezed only when longer than w), right-padded with black."""
     h, w = line_hw
-    H = doc_to_image(quad, doc_type)
-    out = np.zeros((len(value_boxes(doc_type)), h, w, 3), np.uint8)
-    for k, (x0, y0, x1, y1) in enumerate(value_boxes(doc_type)):
+    H, boxes = doc_to_image(quad, doc_type), value_boxes(doc_type)
+    out = np.zeros((len(boxes), h, w, 3), np.uint8)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
         s = (y1 - y0) / h  # document px per line px
         cw = int(min(w, max(1, round((x1 - x0) / s))))
         sx = (x1 - x0) / cw

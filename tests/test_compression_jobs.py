@@ -30,7 +30,7 @@ def test_training_pieces_without_ray(tmp_path):
     assert ex["corner_px"].shape == (4, 3, *c.corner_size) and ((ex["quad"] >= 0) & (ex["quad"] <= 1)).all()
     before = evaluate(model, ex, 4, "cpu")
     assert before == evaluate(model, ex, 4, "cpu")  # seeded noise: comparable across epochs
-    assert 0 <= before["line_exact"] <= 1 and {"lines", "corners"} <= set(before)
+    assert 0 <= before["line_exact"] <= 1 and {"lines", "corners", "line_exact_attention", "line_exact_ctc"} <= set(before)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(3):
         for b in _batches(ex, 4, shuffle=True, gen=torch.Generator().manual_seed(0)):
@@ -46,12 +46,23 @@ def test_training_pieces_without_ray(tmp_path):
     assert grid.size == (4 * c.gen_size[1], 2 * c.gen_size[0])
 
 
+def test_warmup_cosine_by_steps_or_by_progress():
+    from train_jobs.common import warmup_cosine
+
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1) and warmup_cosine(50, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0) and warmup_cosine(500, 10, 100) == pytest.approx(0)
+    # under a time budget the share done decides, not the steps
+    assert warmup_cosine(50, 10, 100, progress=0.0) == 1 and warmup_cosine(50, 10, 100, progress=1.5) == pytest.approx(0)
+    assert warmup_cosine(2, 10, 0, progress=0.5) == pytest.approx(0.3 * 0.5)
+
+
 @pytest.mark.slow
 def test_train_job_checkpoints_and_resumes(ray_cluster, tmp_path):
     from train_jobs.train_regen import RegenTrainConfig, run
 
     cfg = RegenTrainConfig(model="regen_tiny", n_train=8, n_val=4, original_size=(256, 160), max_epochs=1,
-                           batch_size=4, out=str(tmp_path / "a"), to_registry=False, cpus_per_worker=0.5)
+                           batch_size=4, reader_steps=1, line_batch=8, out=str(tmp_path / "a"), to_registry=False,
+                           cpus_per_worker=0.5)
     first = run(cfg)
     assert (tmp_path / "a" / "samples" / "epoch_000.png").exists() and (tmp_path / "a" / "model" / "config.json").exists()
     again = run(cfg.model_copy(update={"max_epochs": 2, "resume_from": first["checkpoint"], "out": str(tmp_path / "b")}))

@@ -66,6 +66,48 @@ def test_three_losses_backprop_and_save_load(tiny, tmp_path):
     assert torch.equal(again.generate(ty, ids, cond, steps=2), out)  # same weights, same seeded sampling
 
 
+def test_line_stem_gives_one_row_of_columns():
+    from docray.models.regen import conv_stem
+
+    for patch, size in (((24, 4), (24, 320)), ((16, 4), (16, 64)), ((32, 8), (32, 128))):
+        out = conv_stem(3, 16, patch)(torch.rand(2, 3, *size))
+        assert out.shape == (2, 16, size[0] // patch[0], size[1] // patch[1])
+    with pytest.raises(ValueError, match="power-of-2"):
+        conv_stem(3, 16, (24, 6))
+
+
+def test_reader_step_trains_only_the_reader(tiny):
+    c = tiny.cfg
+    lines, line_ids = torch.rand(3, 3, *c.line_size), tiny.tokenizer.batch(["AB", "12", "x"], c.field_len)
+    tiny.train()
+    out = tiny(lines=lines, line_ids=line_ids)
+    assert set(out) == {"content", "lines", "ctc"}
+    assert torch.allclose(out["content"], out["lines"] + c.ctc_weight * out["ctc"])
+    out["content"].backward()
+    assert all(p.grad is None for part in (tiny.corners, tiny.type_model, tiny.unet) for p in part.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny.content.encoder.parameters())
+    tiny.zero_grad()
+    tiny.eval()
+
+
+def test_read_lines_decoders(tiny, monkeypatch):
+    c = tiny.cfg
+    lines = torch.rand(4, 3, *c.line_size)
+    att, ctc, joint = (tiny.read_lines(lines, decode=d) for d in ("attention", "ctc", "joint"))
+    assert all(j in (a, b) for a, b, j in zip(att, ctc, joint))  # joint picks one of the two readings
+    with pytest.raises(ValueError, match="decode"):
+        tiny.read_lines(lines, decode="beam")
+    # best path: repeats collapse, blanks (PAD) separate them and vanish
+    tok, cols = tiny.tokenizer, c.line_size[1] // c.line_patch[1]
+    path = [tok.index["A"], tok.index["A"], 0, tok.index["A"], tok.index["7"]] + [0] * (cols - 5)
+    logp = torch.full((cols, 1, tok.vocab_size), -20.0)
+    logp[torch.arange(cols), 0, torch.tensor(path)] = 0.0
+    monkeypatch.setattr(tiny, "ctc_log_probs", lambda enc: logp.expand(-1, len(enc), -1))
+    assert tiny.read_lines(lines[:1], decode="ctc") == ["AA7"]
+    # joint rescoring: the CTC head is sure of "AA7", so it outweighs an unsure decoder's reading
+    assert tiny.read_lines(lines[:1], decode="joint") == ["AA7"]
+
+
 def test_content_is_read_field_by_field(tiny, docs):
     from docray.compression import layout
 

@@ -94,9 +94,12 @@ def load_checkpoint_state(checkpoint) -> dict:
         return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
 
 
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
-    return min(1.0, (step + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+def warmup_cosine(step: int, warmup: int, total: int, progress: float | None = None) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`
+    (or at `progress` 1, where the share done is known otherwise, as under a time budget)."""
+    if progress is None:
+        progress = min(step, total) / max(total, 1)
+    return min(1.0, (step + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 def maybe_fail(cfg_fail_at: int, epoch: int, out: str, rank: int) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from pydantic import Field
 
 from docray.compression.convergence import LOSSES, Convergence, converged
 from docray.config import Config, parse_args, save_config
-from train_jobs.common import load_checkpoint_state, report_epoch, restore, run_trainer, unwrap
+from train_jobs.common import load_checkpoint_state, report_epoch, restore, run_trainer, unwrap, warmup_cosine
 
 
 class RegenTrainConfig(Config):
@@ -48,7 +49,14 @@ class RegenTrainConfig(Config):
     max_epochs: int = Field(30, ge=1)
     time_budget_s: float = Field(0, ge=0, description="also stop after this many seconds of training (0: no limit)")
     batch_size: int = Field(16, ge=1, description="global batch (split across workers)")
-    lr: float = 5e-4
+    reader_steps: int = Field(0, ge=0, description="reader-only steps after each joint step, each on `line_batch` "
+                              "random training lines: the reader needs many more steps than the type model and "
+                              "the UNet (see the README's regen section)")
+    line_batch: int = Field(64, ge=1, description="field lines per reader step (per worker)")
+    lr: float = Field(5e-4, gt=0, description="AdamW peak rate")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="cosine: warm-up over `warmup_steps`, then "
+                                                    "cosine decay to 0 at max_epochs or the time budget, whichever comes first")
+    warmup_steps: int = Field(100, ge=0)
     weight_decay: float = 0.01
     weights: dict[str, float] = Field(default_factory=lambda: {"content": 1.0, "type": 1.0, "generation": 4.0},
                                       description="loss weights of the sum minimised")
@@ -97,10 +105,11 @@ def evaluate(model, val: dict, bs: int, device, read_lines: int = 128) -> dict:
         n += len(b["types"])
     torch.set_rng_state(state)
     out = {k: v / n for k, v in sums.items()}
-    k = min(len(val["line_texts"]), read_lines)  # greedy reads of the first lines, exactly right or not
-    if k:
-        reads = model.read_lines(val["lines"][:k].float().div(255).to(device))
-        out["line_exact"] = sum(r == t for r, t in zip(reads, val["line_texts"][:k])) / k
+    k = min(len(val["line_texts"]), read_lines)  # reads of the first lines, exactly right or not
+    for decode in ("joint", "attention", "ctc") if k else ():
+        reads = model.read_lines(val["lines"][:k].float().div(255).to(device), decode=decode)
+        key = "line_exact" if decode == "joint" else f"line_exact_{decode}"
+        out[key] = sum(r == t for r, t in zip(reads, val["line_texts"][:k])) / k
     model.train()
     return out
 
@@ -164,7 +173,8 @@ def train_loop_per_worker(config: dict) -> None:
     # each worker renders its own contiguous share of the training rows
     train = _examples(cfg, model, rank * cfg.n_train // world, (rank + 1) * cfg.n_train // world)
     val = _examples(cfg, model, cfg.n_train, cfg.n_train + cfg.n_val)
-    model = ray.train.torch.prepare_model(model)
+    # reader steps leave the other parts' weights without gradients: DDP must be told
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": cfg.reader_steps > 0})
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = ray.train.get_checkpoint()  # a restarted worker group (FailureConfig) or a rerun of this run
     if ckpt is None and cfg.resume_from:  # an earlier run's checkpoint folder
@@ -175,26 +185,46 @@ def train_loop_per_worker(config: dict) -> None:
     out_dir = cfg.out
     gen = torch.Generator().manual_seed(cfg.seed)
     t_start = time.perf_counter()
+    n_batches = -(-len(train["types"]) // max(1, cfg.batch_size // world))
+    step = start * n_batches * (1 + cfg.reader_steps)  # optimiser steps so far (the warm-up is not redone)
+    warmup = min(cfg.warmup_steps, cfg.max_epochs * n_batches * (1 + cfg.reader_steps) // 10)  # short runs: 10%
+
+    def opt_step(loss) -> None:
+        nonlocal step
+        if cfg.schedule == "cosine":
+            by_time = (time.perf_counter() - t_start) / cfg.time_budget_s if cfg.time_budget_s else 0.0
+            progress = max(by_time, step / (cfg.max_epochs * n_batches * (1 + cfg.reader_steps)))
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * warmup_cosine(step, warmup, 0, progress=progress)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+
     for epoch in range(start, cfg.max_epochs):
         gen.manual_seed(cfg.seed * 1000 + epoch)
         t0, sums, steps = time.perf_counter(), dict.fromkeys(LOSSES, 0.0), 0
         for b in _batches(train, max(1, cfg.batch_size // world), shuffle=True, gen=gen):
+            if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
+                break  # the budget is spent (and the cosine at 0): evaluate, checkpoint and stop
             b = {k: v.to(device) for k, v in b.items()}
             with amp:
                 losses = model(**b)
-            loss = sum(cfg.weights.get(k, 1.0) * losses[k].float() for k in LOSSES)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            opt_step(sum(cfg.weights.get(k, 1.0) * losses[k].float() for k in LOSSES))
             for k in LOSSES:
                 sums[k] += float(losses[k])
             steps += 1
+            for _ in range(cfg.reader_steps):  # the reader alone, on random training lines
+                idx = torch.randint(len(train["lines"]), (cfg.line_batch,), generator=gen)
+                with amp:
+                    read = model(lines=train["lines"][idx].to(device).float() / 255, line_ids=train["line_ids"][idx].to(device))
+                opt_step(cfg.weights.get("content", 1.0) * read["content"].float())
         val_losses = evaluate(unwrap(model), val, cfg.batch_size, device)
         for k in LOSSES:
             history[k].append(val_losses[k])
         done = converged(history, cfg.convergence)
-        metrics = {"epoch": epoch, "epoch_s": time.perf_counter() - t0,
+        metrics = {"epoch": epoch, "epoch_s": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"],
                    **{f"train_{k}": sums[k] / max(1, steps) for k in LOSSES},
                    **{f"val_{k}": v for k, v in val_losses.items()},
                    **{f"converged_{k}": bool(v) for k, v in done.items()}, "converged": all(done.values())}

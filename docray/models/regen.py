@@ -89,7 +89,8 @@ class RegenConfig:
     ctc_weight: float = 0.5  # CTC on the encoder's columns, beside the decoder's cross-entropy
     line_size: tuple = (24, 320)  # (h, w) of a field's line crop, the reader's input: ~1 px per capture px
     field_len: int = 48  # tokens of one field value incl. bos/eos
-    patch: int = 8  # ViT patch size: a line crop's glyphs are ~15 px tall and ~8 wide: 3 x 40 patches
+    line_patch: tuple = (24, 4)  # (h, w) of one ViT token of a line: the line's whole height x 4 px, so the
+    # encoder's 80 columns give CTC two per ~8 px glyph (8 px patches gave one, and CTC could not align)
     enc_dim: int = 128  # sized to train on a CPU laptop; widen on GPUs
     enc_depth: int = 4
     enc_heads: int = 4
@@ -130,17 +131,31 @@ class ConvStem(nn.Sequential):
         return self[-1].weight
 
 
-def conv_stem(c_in: int, dim: int, patch: int) -> ConvStem:
-    """3x3 stride-2 convolutions down to 1/patch (patch a power of 2): (b, c_in, h, w) -> (b, dim, h/p, w/p)."""
-    n = int(math.log2(patch))
-    if 2 ** n != patch:
-        raise ValueError(f"the convolutional stem needs a power-of-2 patch size, got {patch}")
-    layers, c = [], c_in
-    for i in range(n - 1):
-        out = dim // 2 ** (n - 1 - i)
-        layers += [nn.Conv2d(c, out, 3, 2, 1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+def conv_stem(c_in: int, dim: int, patch_hw: tuple[int, int]) -> ConvStem:
+    """The ViT's patch projection as a small CNN (early convolutions, Xiao et al. 2021; the CRNN's
+    feature extractor): (b, c_in, ph * k, pw * m) -> (b, dim, k, m). 3x3 convolutions halve both
+    sides until the width is down by pw (a power of 2), then the height alone, then one convolution
+    spans what height is left. Glyph strokes are found by local filters before the transformer."""
+    ph, pw = patch_hw
+    n = int(math.log2(pw))
+    if 2 ** n != pw or ph % pw:
+        raise ValueError(f"the convolutional stem needs a power-of-2 patch width dividing its height, got {patch_hw}")
+    layers, c, h = [], c_in, ph
+
+    def conv(out, stride):
+        nonlocal c
+        layers.extend([nn.Conv2d(c, out, 3, stride, 1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)])
         c = out
-    return ConvStem(*layers, nn.Conv2d(c, dim, 3, 2, 1))
+
+    for i in range(n):  # down by 2 in both sides, widening to dim / 2
+        conv(dim // 2 ** (n - i), 2)
+        h //= 2
+        if i:
+            conv(c, 1)
+    while h > 3 and h % 2 == 0:  # the height alone
+        conv(dim, (2, 1))
+        h //= 2
+    return ConvStem(*layers, nn.Conv2d(c, dim, (h, 1)))  # the rest of the height -> one row of tokens
 
 
 class CornerNet(nn.Module):
@@ -175,7 +190,7 @@ class RegenModels(nn.Module):
         super().__init__()
         self.cfg, self.tokenizer = cfg, CharTokenizer()
         v = self.tokenizer.vocab_size
-        enc = ViTConfig(image_size=list(cfg.line_size), patch_size=cfg.patch, hidden_size=cfg.enc_dim,
+        enc = ViTConfig(image_size=list(cfg.line_size), patch_size=list(cfg.line_patch), hidden_size=cfg.enc_dim,
                         num_hidden_layers=cfg.enc_depth, num_attention_heads=cfg.enc_heads,
                         intermediate_size=4 * cfg.enc_dim, num_channels=3)
         dec = BertConfig(vocab_size=v, hidden_size=cfg.dec_dim, num_hidden_layers=cfg.dec_depth,
@@ -187,7 +202,7 @@ class RegenModels(nn.Module):
         self.content = VisionEncoderDecoderModel(config=vcfg)
         # a convolutional stem instead of the linear patch projection (early convolutions, Xiao et al.
         # 2021): the same patch grid, but glyph strokes found by local filters first
-        self.content.encoder.embeddings.patch_embeddings.projection = conv_stem(3, cfg.enc_dim, cfg.patch)
+        self.content.encoder.embeddings.patch_embeddings.projection = conv_stem(3, cfg.enc_dim, tuple(cfg.line_patch))
         self.ctc_head = nn.Linear(cfg.enc_dim, v)  # per encoder column: a character or blank (= PAD)
         self.corners = CornerNet(cfg.corner_width)
         self.type_model = TypeNet(cfg.n_types, cfg.type_width)
@@ -224,36 +239,48 @@ class RegenModels(nn.Module):
         return self.unet(torch.cat([noisy, cond], 1), t, encoder_hidden_states=seq,
                          encoder_attention_mask=mask).sample  # (b, 3, H, W): predicted x0
 
-    def forward(self, pixels, content_ids, types, target, cond, corner_px, quad, lines, line_ids) -> dict[str, torch.Tensor]:
-        """Loss 1 content (the field lines' token cross-entropy + corner_weight x the corners' L1),
-        loss 2 type (cross-entropy), loss 3 generation (MSE of the predicted clean image to the
-        original's clean render; the generator is conditioned on the LABELLED type and content, as
-        the method says). Also returns the content loss's two parts, 'lines' and 'corners'."""
-        corners = F.l1_loss(self.corners(corner_px), quad.view(-1, 4, 2))
+    def forward(self, pixels=None, content_ids=None, types=None, target=None, cond=None, corner_px=None, quad=None,
+                lines=None, line_ids=None) -> dict[str, torch.Tensor]:
+        """Loss 1 content (the field lines' token cross-entropy + ctc_weight x their CTC +
+        corner_weight x the corners' L1), loss 2 type (cross-entropy), loss 3 generation (MSE of the
+        predicted clean image to the original's clean render; the generator is conditioned on the
+        LABELLED type and content, as the method says). Also returns the content loss's parts,
+        'lines', 'ctc' and 'corners'. Given only `lines` and `line_ids`: the reader's loss alone
+        (a reader step; 'content' is then lines + ctc_weight x ctc)."""
         labels = line_ids[:, 1:].masked_fill(line_ids[:, 1:] == PAD, -100)
         out = self.content(pixel_values=lines, decoder_input_ids=line_ids[:, :-1], labels=labels)
         ctc = self.ctc_loss(out.encoder_last_hidden_state, line_ids)
-        content = out.loss + self.cfg.ctc_weight * ctc + self.cfg.corner_weight * corners
+        read = out.loss + self.cfg.ctc_weight * ctc
+        if pixels is None:
+            return {"content": read, "lines": out.loss.detach(), "ctc": ctc.detach()}
+        corners = F.l1_loss(self.corners(corner_px), quad.view(-1, 4, 2))
         type_loss = F.cross_entropy(self.type_model(pixels), types)
         target, cond = self.low(target), self.low(cond)
         noise = torch.randn_like(target)
         t = torch.randint(0, self.cfg.train_timesteps, (target.shape[0],), device=target.device)
         pred = self.denoise(self.noise.add_noise(target, noise, t), t, cond, types, content_ids)
-        return {"content": content, "type": type_loss, "generation": F.mse_loss(pred, target),
-                "lines": out.loss.detach(), "ctc": ctc.detach(), "corners": corners.detach()}
+        return {"content": read + self.cfg.corner_weight * corners, "type": type_loss,
+                "generation": F.mse_loss(pred, target), "lines": out.loss.detach(), "ctc": ctc.detach(),
+                "corners": corners.detach()}
 
-    def ctc_loss(self, enc: torch.Tensor, line_ids: torch.Tensor) -> torch.Tensor:
+    def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
+        """The CTC head over the encoder's columns: (n, 1 + tokens, d) -> (columns, n, vocab) log-probs."""
+        h, w = (v // p for v, p in zip(self.cfg.line_size, self.cfg.line_patch))
+        cols = enc[:, 1:].reshape(len(enc), h, w, -1).mean(1)  # drop [CLS]; average each column
+        return self.ctc_head(cols).float().log_softmax(-1).transpose(0, 1)
+
+    def ctc_loss(self, enc: torch.Tensor, line_ids: torch.Tensor, reduction: str = "mean",
+                 zero_infinity: bool = True) -> torch.Tensor:
         """CTC of the line's characters over the encoder's patch columns (joint CTC-attention, as in
         speech recognition: it makes the encoder place characters, so the decoder's cross-attention
         finds them; without it the decoder learned a language model that never looked). Lines too
         long for the columns (MRZ runs of '<') are left to the decoder (zero_infinity)."""
-        h, w = (v // self.cfg.patch for v in self.cfg.line_size)
-        cols = enc[:, 1:].reshape(len(enc), h, w, -1).mean(1)  # drop [CLS]; average each column
-        logp = self.ctc_head(cols).float().log_softmax(-1).transpose(0, 1)  # (w, n, vocab)
+        logp = self.ctc_log_probs(enc)
         chars = line_ids[:, 1:]
         lengths = ((chars != PAD) & (chars != EOS)).sum(1)
         targets = chars.masked_fill(chars == EOS, PAD)
-        return F.ctc_loss(logp, targets, torch.full_like(lengths, w), lengths, blank=PAD, zero_infinity=True)
+        return F.ctc_loss(logp, targets, torch.full_like(lengths, len(logp)), lengths, blank=PAD,
+                          reduction=reduction, zero_infinity=zero_infinity)
 
     # -- inference -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -262,13 +289,36 @@ class RegenModels(nn.Module):
         return self.corners(corner_px)
 
     @torch.no_grad()
-    def read_lines(self, lines: torch.Tensor) -> list[str]:
-        """Greedy caption-style decoding of line crops: (n, 3, h, w) in [0, 1] -> one value each."""
+    def read_lines(self, lines: torch.Tensor, decode: str = "joint") -> list[str]:
+        """Line crops (n, 3, h, w) in [0, 1] -> one value each. `decode`: "attention" (the decoder's
+        greedy caption), "ctc" (best path of the CTC head), or "joint" (of those two readings, the
+        one with the lower decoder + ctc_weight x CTC negative log-likelihood: joint CTC-attention
+        rescoring, as in speech recognition; each catches the other's slips)."""
         if len(lines) == 0:
             return []
-        ids = self.content.generate(pixel_values=lines, max_length=self.cfg.field_len, do_sample=False,
-                                    num_beams=1, decoder_start_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-        return [self.tokenizer.decode(row[1:]) for row in ids]
+        if decode not in ("attention", "ctc", "joint"):
+            raise ValueError(f"decode must be 'attention', 'ctc' or 'joint', got {decode!r}")
+        enc = self.content.encoder(pixel_values=lines)
+        texts = {}
+        if decode != "ctc":
+            ids = self.content.generate(encoder_outputs=enc, max_length=self.cfg.field_len, do_sample=False,
+                                        num_beams=1, decoder_start_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+            texts["attention"] = [self.tokenizer.decode(row[1:]) for row in ids]
+        if decode != "attention":
+            best = self.ctc_log_probs(enc.last_hidden_state).argmax(-1).T  # (n, columns)
+            keep = torch.ones_like(best, dtype=torch.bool)
+            keep[:, 1:] = best[:, 1:] != best[:, :-1]  # collapse repeats, then drop blanks
+            texts["ctc"] = [self.tokenizer.decode(row[k & (row != PAD)]) for row, k in zip(best, keep)]
+        if decode != "joint":
+            return texts[decode]
+        cands = texts["attention"] + texts["ctc"]
+        ids = self.tokenizer.batch(cands, self.cfg.field_len).to(lines.device)
+        enc2 = enc.last_hidden_state.repeat(2, 1, 1)
+        logits = self.content.decoder(input_ids=ids[:, :-1], encoder_hidden_states=enc2).logits
+        nll = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], ignore_index=PAD, reduction="none").sum(1)
+        ctc = self.ctc_loss(enc2, ids, reduction="none", zero_infinity=False)  # a reading CTC cannot place: inf
+        score = (nll + self.cfg.ctc_weight * ctc).view(2, -1)
+        return [cands[i + len(lines) * int(j)] for i, j in enumerate(score.argmin(0))]
 
     @torch.no_grad()
     def predict_type(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -308,6 +358,6 @@ def regen_small(**overrides) -> RegenModels:
 def regen_tiny(**overrides) -> RegenModels:
     """For tests and smoke runs: tiny widths, 32x48 type and corner input, 16x64 lines, 64x96 generation."""
     return _build(dict(max_len=48, content_size=(32, 48), corner_size=(32, 48), corner_width=8, line_size=(16, 64),
-                       field_len=24, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
+                       line_patch=(16, 4), field_len=24, enc_dim=32, enc_depth=1, enc_heads=2, dec_dim=32,
                        dec_depth=1, dec_heads=2, type_width=8, gen_size=(64, 96), gen_down=2, gen_channels=(16, 32),
                        cross_dim=32, train_timesteps=100, sample_steps=2), overrides)

@@ -11,8 +11,9 @@ first size threshold (same seed and row, so the same content; rendered at that s
 sits exactly where `layout.render_layer` draws it). For the content model each example also carries
 the capture at `corner_size` with its labelled corners, and each field's line crop (cut with the
 labelled corners, each jittered by `quad_jitter` px as a corner head's error would be) with its
-value. A `flat_rate` share of the examples show the flat clean render instead of a photo, as a
-processed image looks, so the content model also reads regen's own output.
+value. A `flat_rate` share of the examples show a flat clean render instead of a photo, as a
+processed image looks, half of them at the first size threshold (regen's own output size: its
+glyphs are 2/3 the capture's), so the content model also reads regen's own output.
 """
 from __future__ import annotations
 
@@ -65,13 +66,14 @@ def synth_examples(start: int, stop: int, seed: int, original_size, cfg, tokeniz
     out = {k: [] for k in ("pixels", "corner_px", "quad", "cond", "target", "texts", "types", "lines", "line_texts", "line_doc")}
     for i, (o, f) in enumerate(zip(orig, flat)):
         values = [x["text"] for x in o["clean_fields"]]
-        if rng.random() < flat_rate:
-            img, quad = decode_image(o["clean"]), frame_quad(o["doc_type"], size)
+        if rng.random() < flat_rate:  # a processed image: at the capture's size or at the first threshold's
+            img = decode_image(o["clean"] if rng.random() < 0.5 else f["clean"])
+            quad = frame_quad(o["doc_type"], img.size)
         else:
             img, quad = decode_image(o["image"]), np.reshape(o["doc_quad"], (4, 2))
         out["pixels"].append(content_input(img, cfg.content_size))
         out["corner_px"].append(content_input(img, cfg.corner_size))
-        out["quad"].append(torch.tensor((quad / size).ravel(), dtype=torch.float32))
+        out["quad"].append(torch.tensor((quad / img.size).ravel(), dtype=torch.float32))
         jittered = quad + rng.normal(0, quad_jitter, quad.shape)
         out["lines"].append(torch.from_numpy(crop_lines(np.asarray(img), jittered, o["doc_type"], cfg.line_size)))
         out["line_texts"] += values

@@ -185,17 +185,16 @@ def train_loop_per_worker(config: dict) -> None:
     out_dir = cfg.out
     gen = torch.Generator().manual_seed(cfg.seed)
     t_start = time.perf_counter()
-    n_batches = -(-len(train["types"]) // max(1, cfg.batch_size // world))
-    step = start * n_batches * (1 + cfg.reader_steps)  # optimiser steps so far (the warm-up is not redone)
-    warmup = min(cfg.warmup_steps, cfg.max_epochs * n_batches * (1 + cfg.reader_steps) // 10)  # short runs: 10%
+    per_epoch = -(-len(train["types"]) // max(1, cfg.batch_size // world)) * (1 + cfg.reader_steps)  # optimiser steps
+    step, total = start * per_epoch, cfg.max_epochs * per_epoch  # a resumed run does not redo the warm-up
+    warmup = min(cfg.warmup_steps, total // 10)  # short runs: 10%
 
     def opt_step(loss) -> None:
         nonlocal step
         if cfg.schedule == "cosine":
             by_time = (time.perf_counter() - t_start) / cfg.time_budget_s if cfg.time_budget_s else 0.0
-            progress = max(by_time, step / (cfg.max_epochs * n_batches * (1 + cfg.reader_steps)))
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * warmup_cosine(step, warmup, 0, progress=progress)
+                g["lr"] = cfg.lr * warmup_cosine(step, warmup, total, progress=max(by_time, step / total))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -106,10 +106,10 @@ def evaluate(model, val: dict, bs: int, device, read_lines: int = 128) -> dict:
     torch.set_rng_state(state)
     out = {k: v / n for k, v in sums.items()}
     k = min(len(val["line_texts"]), read_lines)  # reads of the first lines, exactly right or not
-    for decode in ("joint", "attention", "ctc") if k else ():
-        reads = model.read_lines(val["lines"][:k].float().div(255).to(device), decode=decode)
-        key = "line_exact" if decode == "joint" else f"line_exact_{decode}"
-        out[key] = sum(r == t for r, t in zip(reads, val["line_texts"][:k])) / k
+    if k:
+        for decode, reads in model.readings(val["lines"][:k].float().div(255).to(device)).items():
+            key = "line_exact" if decode == "joint" else f"line_exact_{decode}"
+            out[key] = sum(r == t for r, t in zip(reads, val["line_texts"][:k])) / k
     model.train()
     return out
 

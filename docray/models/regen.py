@@ -294,10 +294,15 @@ class RegenModels(nn.Module):
         greedy caption), "ctc" (best path of the CTC head), or "joint" (of those two readings, the
         one with the lower decoder + ctc_weight x CTC negative log-likelihood: joint CTC-attention
         rescoring, as in speech recognition; each catches the other's slips)."""
-        if len(lines) == 0:
-            return []
+        return self.readings(lines, decode)[decode]
+
+    @torch.no_grad()
+    def readings(self, lines: torch.Tensor, decode: str = "joint") -> dict[str, list[str]]:
+        """The readings `decode` needs, by name, from one pass of the encoder ("joint" needs all three)."""
         if decode not in ("attention", "ctc", "joint"):
             raise ValueError(f"decode must be 'attention', 'ctc' or 'joint', got {decode!r}")
+        if len(lines) == 0:
+            return {"attention": [], "ctc": [], "joint": []}
         enc = self.content.encoder(pixel_values=lines)
         texts = {}
         if decode != "ctc":
@@ -310,7 +315,7 @@ class RegenModels(nn.Module):
             keep[:, 1:] = best[:, 1:] != best[:, :-1]  # collapse repeats, then drop blanks
             texts["ctc"] = [self.tokenizer.decode(row[k & (row != PAD)]) for row, k in zip(best, keep)]
         if decode != "joint":
-            return texts[decode]
+            return texts
         cands = texts["attention"] + texts["ctc"]
         ids = self.tokenizer.batch(cands, self.cfg.field_len).to(lines.device)
         enc2 = enc.last_hidden_state.repeat(2, 1, 1)
@@ -318,7 +323,8 @@ class RegenModels(nn.Module):
         nll = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], ignore_index=PAD, reduction="none").sum(1)
         ctc = self.ctc_loss(enc2, ids, reduction="none", zero_infinity=False)  # a reading CTC cannot place: inf
         score = (nll + self.cfg.ctc_weight * ctc).view(2, -1)
-        return [cands[i + len(lines) * int(j)] for i, j in enumerate(score.argmin(0))]
+        texts["joint"] = [cands[i + len(lines) * int(j)] for i, j in enumerate(score.argmin(0))]
+        return texts
 
     @torch.no_grad()
     def predict_type(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,18 @@
-"""What every Ray Train entrypoint shares: worker set-up, checkpoints, the trainer, failure tests.
+"""What every Ray Train entrypoint shares: datasets, worker set-up, checkpoints, the trainer, failure tests.
+
+Data: every trainer takes `train=` and `val=` dataset URIs (a Parquet folder or file, local or
+`s3://`, in the contract of its kind: `docray.datasets.contracts`). With none given, the job
+materialises its synthetic default once through Ray Data (`synth_dataset`, cached under
+`DOCRAY_HOME/datasets/synth/`) and reads that: no worker generates data. The driver reads both with
+`ray.data.read_parquet` (`read_datasets`), fixes the steps of an epoch before the loop
+(`steps_per_epoch`: every rank runs the same number), and passes them as `TorchTrainer(datasets=...)`
+(`run_trainer`), split equally over the workers. A worker consumes its shard as
+
+    shard = ray.train.get_dataset_shard("train")
+    for batch in epoch_batches(shard, steps, batch_size=bs, collate_fn=Preprocess(...)):
+        ...
+    if agree(time.time() - t0 > budget): ...           # one decision, taken by every rank
+    totals = all_sum({"loss": s, "n": n})               # validation summed over every rank's val shard
 
     start, state = restore(model, opt, sched)          # 0, {} on a fresh run
     for epoch in range(start, epochs):
@@ -12,8 +26,10 @@ the group (`FailureConfig`) and `restore` picks up the latest checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -111,14 +127,109 @@ def maybe_fail(cfg_fail_at: int, epoch: int, out: str, rank: int) -> None:
         raise RuntimeError(f"injected failure after epoch {epoch} (fail_at_epoch)")
 
 
-def run_trainer(loop, cfg, name: str):
+def maybe_exit(cfg_exit_at: int, step: int, out: str, rank: int) -> None:
+    """Testing hook: the process of rank 0 dies (os._exit, no clean-up) once, at global `step`, as a
+    worker lost mid-epoch; a marker file remembers, so the restarted group runs through."""
+    marker = Path(out) / ".exited_once"
+    if step == cfg_exit_at and rank == 0 and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("1")
+        os._exit(1)
+
+
+# -- datasets ------------------------------------------------------------------------------------
+
+SYNTH_CACHE_VERSION = 1  # part of the synthetic datasets' cache key: bump when docray.synth's rows change
+
+
+def synth_dataset(kind: str, n_train: int, n_val: int, seed: int = 0, options: dict | None = None) -> tuple[str, str]:
+    """The synthetic default of `kind` as (train, val) Parquet folders: rows [0, n_train) and
+    [n_train, n_train + n_val), generated once through Ray Data (`data_jobs.synth_corpus`) and cached
+    under `DOCRAY_HOME/datasets/synth/<kind>-<key>/`, keyed by the arguments. Call on the driver."""
+    from data_jobs.synth_corpus import generate_with_ray
+    from docray import paths
+
+    options = dict(options or {})
+    key = json.dumps([kind, n_train, n_val, seed, options, SYNTH_CACHE_VERSION], sort_keys=True)
+    root = Path(paths.sub("datasets", "synth", f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"))
+    done = root / "_SUCCESS"
+    if not done.exists():
+        for split, start, n in (("train", 0, n_train), ("val", n_train, n_val)):
+            if n:
+                generate_with_ray(kind, n, str(root / split), seed=seed, start=start, **options)
+        root.mkdir(parents=True, exist_ok=True)
+        done.write_text(key)
+    return str(root / "train"), str(root / "val") if n_val else ""
+
+
+def read_datasets(train: str, val: str = "", columns: list[str] | None = None) -> dict:
+    """`{"train": ..., "val": ...}` Ray Datasets of the Parquet at these URIs (val only if given)."""
+    import ray.data
+
+    def read(uri: str):
+        if not uri:
+            raise ValueError("a dataset URI is empty")
+        return ray.data.read_parquet(os.path.expanduser(uri), columns=columns, file_extensions=["parquet"])
+
+    return {"train": read(train), **({"val": read(val)} if val else {})}
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, world: int) -> int:
+    """Optimiser steps each rank runs per epoch: its equal share of `n_rows`, in full batches."""
+    steps = (n_rows // world) // batch_size
+    if steps < 1:
+        raise ValueError(f"{n_rows} training rows give no full batch of {batch_size} on each of {world} worker(s); "
+                         "lower batch_size or num_workers, or add rows")
+    return steps
+
+
+def epoch_batches(shard, steps: int | None = None, **iter_kwargs):
+    """One pass over a worker's dataset shard (`iter_torch_batches(**iter_kwargs)`), yielding at most
+    `steps` batches; the rest of the pass is drained unused, so every rank stays in step with the
+    equal split."""
+    for i, batch in enumerate(shard.iter_torch_batches(**iter_kwargs)):
+        if steps is None or i < steps:
+            yield batch
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def agree(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any: one decision (stop, converge) for all."""
+    if not _distributed():
+        return bool(flag)
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_sum(values: dict[str, float]) -> dict[str, float]:
+    """`values` summed over every rank (same keys on all ranks): validation over all val shards."""
+    if not _distributed():
+        return {k: float(v) for k, v in values.items()}
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
+def run_trainer(loop, cfg, name: str, datasets: dict | None = None):
     """Fit `loop` with TorchTrainer under cfg's scaling and failure settings; returns the Result.
 
     `cfg` needs: num_workers, cpus_per_worker, use_gpu (None: a GPU when the cluster has one),
-    max_failures, out.
+    max_failures, out. `datasets` (from `read_datasets`) are split equally over the workers
+    (`ray.train.get_dataset_shard(name)` in the loop).
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
@@ -129,5 +240,7 @@ def run_trainer(loop, cfg, name: str):
         run_config=RunConfig(name=name, storage_path=str(Path(cfg.out).resolve() / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets=datasets or {},
+        dataset_config=DataConfig(datasets_to_split="all"),
     )
     return trainer.fit()

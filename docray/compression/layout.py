@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from docray.synth.common import font
+from docray.fonts import font
 from docray.synth.documents import doc_rect
 from docray.synth.templates import DOC_TYPES, TEMPLATES
 

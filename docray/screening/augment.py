@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageEnhance
 
-from docray.synth.common import font, rand_color
+from docray.fonts import font, rand_color
 
 
 def slight_crop(img: Image.Image, rng: np.random.Generator, max_frac: float = 0.08) -> Image.Image:

@@ -7,27 +7,12 @@ which other rows were generated before it in the same process.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
-from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageFont
+from PIL import Image
 
+from docray.fonts import FONT_STYLES, font, rand_color  # noqa: F401  (re-exported for the synthetic world)
 from docray.imageio import encode_png
-
-# style -> DejaVu file bundled with matplotlib (a docray dependency); no system fonts needed
-_FONT_FILES = {
-    "sans": "DejaVuSans.ttf",
-    "sans-bold": "DejaVuSans-Bold.ttf",
-    "sans-oblique": "DejaVuSans-Oblique.ttf",
-    "serif": "DejaVuSerif.ttf",
-    "serif-bold": "DejaVuSerif-Bold.ttf",
-    "mono": "DejaVuSansMono.ttf",
-    "mono-bold": "DejaVuSansMono-Bold.ttf",
-}
-FONT_STYLES = tuple(_FONT_FILES)
-
 
 def row_rng(seed: int, kind_no: int, i: int) -> np.random.Generator:
     """The generator of row `i` of kind `kind_no`: rows depend on (seed, kind, i) only."""
@@ -37,25 +22,6 @@ def row_rng(seed: int, kind_no: int, i: int) -> np.random.Generator:
 def split_of(k: int) -> str:
     """80/10/10 split by a counter: k % 10 == 8 -> val, == 9 -> test, else train."""
     return {8: "val", 9: "test"}.get(int(k) % 10, "train")
-
-
-@lru_cache(maxsize=1)
-def _font_dir() -> str | None:
-    spec = importlib.util.find_spec("matplotlib")
-    if spec is None or spec.origin is None:
-        return None
-    d = os.path.join(os.path.dirname(spec.origin), "mpl-data", "fonts", "ttf")
-    return d if os.path.isdir(d) else None
-
-
-@lru_cache(maxsize=512)
-def font(style: str, size: int) -> ImageFont.FreeTypeFont:
-    """A cached scalable font: matplotlib's DejaVu `style`, else Pillow's bundled default."""
-    size = max(4, int(size))
-    d = _font_dir()
-    if d is not None and style in _FONT_FILES:
-        return ImageFont.truetype(os.path.join(d, _FONT_FILES[style]), size, layout_engine=ImageFont.Layout.BASIC)
-    return ImageFont.load_default(size=size)
 
 
 def png(img: Image.Image | np.ndarray) -> bytes:
@@ -81,11 +47,6 @@ def make_config(cls, kind: str, options: dict):
     if hasattr(cfg, "check"):
         cfg.check()
     return cfg
-
-
-def rand_color(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, int, int]:
-    """A random RGB colour with channels in [lo, hi)."""
-    return tuple(int(v) for v in rng.integers(lo, hi, 3))
 
 
 def mix(c1, c2, t: float) -> tuple[int, int, int]:

@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFilter
 
+from docray.datasets import contracts
 from docray.synth import faces, seals
 from docray.synth.captures import (
     degrade, doc_homography, map_box, render_capture, sample_capture, table_texture, warp_document, warp_labels,
@@ -61,21 +62,9 @@ BACKDROP = (160, 160, 160)  # the flat backdrop of `clean` around the document
 SEG_PORTRAIT, SEG_SEAL, SEG_TEXT = 1, 2, 3
 N_TABLES = 10
 
-BOX = pa.list_(pa.int32())
-FIELD = pa.struct([("name", pa.string()), ("text", pa.string()), ("box", BOX)])
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()), ("split", pa.string()), ("doc_type", pa.int32()), ("doc_type_name", pa.string()),
-        ("image", pa.binary()), ("clean", pa.binary()), ("seg", pa.binary()), ("flash", pa.binary()),
-        ("angles", pa.list_(pa.binary())), ("fields", pa.list_(FIELD)), ("clean_fields", pa.list_(FIELD)),
-        ("portrait_box", BOX), ("seal_box", BOX), ("tamper_box", BOX), ("clean_portrait_box", BOX),
-        ("clean_seal_box", BOX), ("clean_tamper_box", BOX), ("clean_doc_box", BOX), ("doc_quad", pa.list_(pa.float32())),
-        ("seal_color", pa.string()), ("seal_shape", pa.string()), ("identity", pa.int32()),
-        ("quality", pa.float32()), ("blur", pa.float32()), ("noise", pa.float32()), ("glare", pa.float32()),
-        ("jpeg_quality", pa.int32()), ("recapture", pa.bool_()), ("tampered", pa.bool_()),
-        ("tamper_field", pa.string()), ("angles_tampered", pa.bool_()), ("angles_swapped", pa.bool_()),
-    ]
-)
+BOX = contracts.BOX
+FIELD = contracts.FIELD
+SCHEMA = contracts.DOCUMENTS  # the dataset contract (docray.datasets.contracts), written exactly
 
 
 @dataclass

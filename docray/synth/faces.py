@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
+from docray.datasets import contracts
 from docray.synth.common import png, split_of
 
 KIND_NO = 2
@@ -38,14 +39,7 @@ SKIN_TONES = ((255, 224, 196), (241, 194, 160), (224, 172, 120), (198, 134, 90),
 HAIR_COLORS = ((20, 16, 14), (60, 40, 28), (110, 72, 40), (170, 130, 80), (225, 195, 120), (150, 60, 30), (130, 130, 130), (235, 235, 230))
 IRIS_COLORS = ((60, 40, 25), (90, 60, 30), (60, 110, 160), (70, 120, 70), (110, 110, 120))
 
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()), ("image", pa.binary()), ("identity", pa.int32()), ("sample", pa.int32()),
-        ("split", pa.string()), ("angle", pa.float32()), ("shift_x", pa.float32()), ("shift_y", pa.float32()),
-        ("scale", pa.float32()), ("light_angle", pa.float32()), ("light", pa.float32()),
-        ("brightness", pa.float32()), ("smile", pa.float32()), ("noise", pa.float32()),
-    ]
-)
+SCHEMA = contracts.FACES  # the dataset contract (docray.datasets.contracts), written exactly
 
 
 @dataclass

@@ -21,14 +21,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
+from docray.datasets import contracts
 from docray.synth.common import png, split_of
 
 KIND_NO = 4
 BIN_EDGES = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
-SCHEMA = pa.schema(
-    [("id", pa.string()), ("mask", pa.binary()), ("hole_ratio", pa.float32()), ("bin", pa.int32()),
-     ("n_strokes", pa.int32()), ("split", pa.string())]
-)
+SCHEMA = contracts.MASKS  # the dataset contract (docray.datasets.contracts), written exactly
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
+from docray.datasets import contracts
 from docray.synth import text as texts
 from docray.synth.common import FONT_STYLES, font, mix, png, rand_color, split_of
 
@@ -35,13 +36,7 @@ TARGET_CATEGORIES = ("address_poster", "url_poster")
 BENIGN_CATEGORIES = ("landscape", "shapes", "product", "text_poster")
 HARMLESS = ("SUMMER SALE", "Happy Birthday", "Welcome home", "Fresh bread daily", "Open 7 days", "Thank you",
             "Good morning", "Best coffee", "New arrivals", "Keep calm", "Team outing", "Garden party")
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()), ("image", pa.binary()), ("is_target", pa.bool_()), ("category", pa.string()),
-        ("text", pa.string()), ("text_box", pa.list_(pa.int32())), ("release_time", pa.timestamp("s", tz="UTC")),
-        ("source_id", pa.string()), ("split", pa.string()),
-    ]
-)
+SCHEMA = contracts.TARGETS  # the dataset contract (docray.datasets.contracts), written exactly
 
 
 @dataclass

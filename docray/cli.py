@@ -40,6 +40,7 @@ LAZY_GROUPS = {
     "compress": "docray.compression.cli:compress",
     "api": "docray.api_cli:api",
     "submit": "cluster.submit:submit",
+    "calibrate": "docray.calibration:calibrate",
 }
 
 

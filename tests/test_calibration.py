@@ -1,0 +1,54 @@
+"""Threshold calibration: the operating point chooser, and screening's calibration on a user dataset."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from docray.calibration import operating_point
+
+
+def test_operating_point_keeps_fpr_within_budget():
+    rng = np.random.default_rng(0)
+    neg, pos = rng.normal(0, 1, 2000), rng.normal(3, 1, 500)
+    op = operating_point(pos, neg, max_fpr=0.01)
+    assert op.fpr <= 0.01 and op.resolved
+    assert (neg >= op.threshold).sum() == 20  # the lowest such threshold: one negative lower would pass a 21st
+    assert (neg >= np.sort(neg)[::-1][20]).sum() == 21
+    assert op.tpr == pytest.approx((pos >= op.threshold).mean())
+    assert 0.7 < op.tpr < 0.83  # N(3, 1) above the 99th percentile of N(0, 1) (2.33): 0.75
+
+
+def test_operating_point_zero_fpr_and_unresolved():
+    op = operating_point([0.9, 0.8, 0.2], [0.1, 0.3, 0.5], max_fpr=0.0)
+    assert op.threshold > 0.5 and op.fpr == 0 and op.tpr == pytest.approx(2 / 3)
+    assert not operating_point([1.0], [0.0] * 10, max_fpr=0.01).resolved  # 10 negatives cannot show 1%
+    with pytest.raises(ValueError, match="positives and negatives"):
+        operating_point([], [0.1], 0.1)
+
+
+def test_calibrate_screening_cli(tmp_path):
+    from docray.cli import main
+    from docray.models import build_model, save_pretrained
+    from docray.storage.datasets import write_shards
+    from docray.synth import generate
+
+    write_shards(generate("targets", 0, 12, seed=3, size=96), str(tmp_path / "pics"))
+    model_dir = save_pretrained(build_model("descriptor_tiny"), str(tmp_path / "desc"))
+    res = CliRunner().invoke(main, ["calibrate", "screening", str(tmp_path / "pics"), "--descriptor", str(model_dir),
+                                    "--queries", "6", "--max-fpr", "0.2", "--json"])
+    assert res.exit_code == 0, res.output
+    op = json.loads(res.stdout.strip().splitlines()[-1])
+    assert op["method"] == "screening" and op["n_pos"] == 6 and op["n_neg"] == 6 and op["fpr"] <= 0.2
+
+
+def test_calibrate_screening_needs_labels(tmp_path):
+    from docray.screening.calibrate import screening_scores
+    from docray.storage.datasets import write_shards
+    from docray.synth import generate
+
+    write_shards(generate("targets", 0, 4, seed=3, size=96).drop_columns(["is_target"]), str(tmp_path / "pics"))
+    with pytest.raises(ValueError, match="is_target"):
+        screening_scores(str(tmp_path / "pics"), "build:descriptor_tiny")

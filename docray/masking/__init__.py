@@ -1,7 +1,8 @@
 """Mask privacy: occlusion masks that keep a masked-image recogniser accurate but defeat ordinary
 recognisers and inpainting attacks.
 
-    masks     the overlay convention (image x mask, 1 kept, 0 hidden), mask sets, area bins, placements
+    masks     the overlay convention (image x mask, 1 kept, 0 hidden), mask sets, placements
+    bins      the hole-area bins (no torch: the synthetic mask generator aims at them too)
     data      identity images (synthetic faces, an ImageFolder, Parquet)
     training  training steps of the original / masked recogniser and the inpainter
     grid      the mask x image grid predictor (Ray Data actors and the plain loop share it), Table 1

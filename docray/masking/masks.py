@@ -22,8 +22,7 @@ import torch
 from PIL import Image
 
 from docray.imageio import decode_image, encode_png
-from docray.synth import generate
-from docray.synth.masks import BIN_EDGES, area_bin
+from docray.masking.bins import BIN_EDGES, area_bin, bin_label
 
 __all__ = ["BIN_EDGES", "area_bin", "bin_label", "overlay", "decode_mask", "encode_mask", "hole_ratio",
            "synthetic_masks", "load_mask_folder", "masks_table", "place_mask", "mask_stack"]
@@ -58,10 +57,6 @@ def hole_ratio(mask: np.ndarray) -> float:
     return float(1.0 - np.asarray(mask, np.float32).mean())
 
 
-def bin_label(b: int, edges=BIN_EDGES) -> str:
-    return f"({edges[b]:g},{edges[b + 1]:g}]" if 0 <= b < len(edges) - 1 else "out"
-
-
 def masks_table(masks: list[np.ndarray], ids: list[str], edges=BIN_EDGES) -> pa.Table:
     """The grid's mask side: mask_no (row number), mask_id, mask PNG, hole_ratio, bin (-1: no bin)."""
     ratios = [hole_ratio(m) for m in masks]
@@ -72,6 +67,8 @@ def masks_table(masks: list[np.ndarray], ids: list[str], edges=BIN_EDGES) -> pa.
 
 def synthetic_masks(n: int, seed: int = 0, size: int = 64, edges=BIN_EDGES) -> pa.Table:
     """n synthetic irregular masks (docray.synth 'masks'; row i aims at bin i % 6), binned by `edges`."""
+    from docray.synth import generate  # the synthetic world only where it is asked for
+
     t = generate("masks", 0, n, seed=seed, size=size)
     masks = [decode_mask(b) for b in t.column("mask").to_pylist()]
     return masks_table(masks, t.column("id").to_pylist(), edges)

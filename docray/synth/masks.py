@@ -22,10 +22,10 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from docray.datasets import contracts
+from docray.masking.bins import BIN_EDGES, area_bin  # the mask-privacy method's bins, aimed at here
 from docray.synth.common import png, split_of
 
 KIND_NO = 4
-BIN_EDGES = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 SCHEMA = contracts.MASKS  # the dataset contract (docray.datasets.contracts), written exactly
 
 
@@ -36,14 +36,6 @@ class MasksConfig:
     def check(self):
         if not 16 <= int(self.size) <= 2048:
             raise ValueError(f"masks: size must be in [16, 2048], got {self.size}")
-
-
-def area_bin(ratio: float, edges=BIN_EDGES) -> int:
-    """Index b with edges[b] < ratio <= edges[b + 1]; -1 outside all bins."""
-    for b in range(len(edges) - 1):
-        if edges[b] < ratio <= edges[b + 1]:
-            return b
-    return -1
 
 
 def _stroke(d: ImageDraw.ImageDraw, rng: np.random.Generator, n: int, scale: float):

@@ -142,21 +142,23 @@ def maybe_exit(cfg_exit_at: int, step: int, out: str, rank: int) -> None:
 SYNTH_CACHE_VERSION = 1  # part of the synthetic datasets' cache key: bump when docray.synth's rows change
 
 
-def synth_dataset(kind: str, n_train: int, n_val: int, seed: int = 0, options: dict | None = None) -> tuple[str, str]:
-    """The synthetic default of `kind` as (train, val) Parquet folders: rows [0, n_train) and
-    [n_train, n_train + n_val), generated once through Ray Data (`data_jobs.synth_corpus`) and cached
+def synth_dataset(kind: str, n_train: int, n_val: int, seed: int = 0, options: dict | None = None,
+                  start: int = 0) -> tuple[str, str]:
+    """The synthetic default of `kind` as (train, val) Parquet folders: rows [start, start + n_train) and
+    [start + n_train, start + n_train + n_val), generated once through Ray Data (`data_jobs.synth_corpus`) and cached
     under `DOCRAY_HOME/datasets/synth/<kind>-<key>/`, keyed by the arguments. Call on the driver."""
     from data_jobs.synth_corpus import generate_with_ray
     from docray import paths
 
     options = dict(options or {})
-    key = json.dumps([kind, n_train, n_val, seed, options, SYNTH_CACHE_VERSION], sort_keys=True)
+    key = json.dumps([kind, n_train, n_val, seed, options, SYNTH_CACHE_VERSION] + ([start] if start else []),
+                     sort_keys=True)
     root = Path(paths.sub("datasets", "synth", f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"))
     done = root / "_SUCCESS"
     if not done.exists():
-        for split, start, n in (("train", 0, n_train), ("val", n_train, n_val)):
+        for split, first, n in (("train", start, n_train), ("val", start + n_train, n_val)):
             if n:
-                generate_with_ray(kind, n, str(root / split), seed=seed, start=start, **options)
+                generate_with_ray(kind, n, str(root / split), seed=seed, start=first, **options)
         root.mkdir(parents=True, exist_ok=True)
         done.write_text(key)
     return str(root / "train"), str(root / "val") if n_val else ""

@@ -223,6 +223,18 @@ def all_sum(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def all_gather(value) -> list:
+    """Every rank's `value` (any picklable object), in rank order: validation rows that do not add
+    up (detections, ranked over all shards for mAP)."""
+    if not _distributed():
+        return [value]
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def run_trainer(loop, cfg, name: str, datasets: dict | None = None):
     """Fit `loop` with TorchTrainer under cfg's scaling and failure settings; returns the Result.
 

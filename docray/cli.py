@@ -40,6 +40,7 @@ LAZY_GROUPS = {
     "compress": "docray.compression.cli:compress",
     "api": "docray.api_cli:api",
     "submit": "cluster.submit:submit",
+    "data": "docray.datasets.cli:data",
     "calibrate": "docray.calibration:calibrate",
 }
 

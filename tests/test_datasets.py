@@ -263,8 +263,18 @@ def run_import(*args: str):
     return res
 
 
-def test_import_documents_jsonl_round_trips(tmp_path):
+@pytest.mark.parametrize("sidecar", ["jsonl", "csv"])
+def test_import_documents_round_trips(tmp_path, sidecar):
     rows = documents_folder(tmp_path / "src")
+    if sidecar == "csv":  # the same labels, lists and structs as JSON in their cells
+        import csv
+
+        (tmp_path / "src" / "labels.jsonl").unlink()
+        with open(tmp_path / "src" / "labels.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for k, v in r.items()}
+                        for r in rows)
     res = run_import("documents", str(tmp_path / "src"), str(tmp_path / "out"))
     assert res.exit_code == 0, res.output
     t = read_table(str(tmp_path / "out"))

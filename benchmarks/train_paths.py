@@ -1,0 +1,440 @@
+"""Old vs new training data path, per method: quality on the same held-out rows and training throughput.
+
+Issue 15 moved every trainer from "each Ray Train worker generates its synthetic data in memory"
+(the old path, kept in `benchmarks/_legacy_train.py` for this comparison only) to "the driver reads
+Parquet with Ray Data, each worker consumes its shard" (the new path: `train_jobs.*` with `train=`
+and `val=` URIs). For each method this trains both paths on THE SAME ROWS (the synthetic dataset
+that `train_jobs.common.synth_dataset` materialises; the old path generates the same index range in
+the worker, and the benchmark checks that the row sets are equal), for the same steps, with the same
+seed, model and hyper-parameters, on the same workers. Then, in this process and with the trained
+weights, it computes each method's validation figures for both on the same held-out rows (so a
+figure that the new path aggregates over workers is compared fairly), and reads the throughput
+each worker measured: samples per second over the training steps, the first step (warm-up)
+excluded; on a GPU the mean utilisation during those steps too.
+
+A figure is ok when the new path is not worse than the old by more than `tolerance_points`:
+percentage points for shares (accuracy, mIoU, mAP, top-1), percent of the old value for losses.
+Throughput is ok when new/old >= `min_throughput_ratio`. Prints a table, then (last line) JSON.
+
+    python -m benchmarks.train_paths                                   # short settings, all methods
+    python -m benchmarks.train_paths --set methods=[mask,descriptor] mask.epochs=2
+    python -m benchmarks.train_paths --help
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from docray import paths
+from docray.config import Config, parse_args, save_config
+
+METHODS = ("unified", "regen", "descriptor", "mask")
+
+
+# -- step timing (runs inside the Ray Train workers of both paths) --------------------------------
+
+
+def _rows_in(batch) -> int:
+    if isinstance(batch, dict):
+        return _rows_in(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)):
+        return _rows_in(batch[0])
+    return len(batch)
+
+
+class StepTimer:
+    """Times one worker's training steps: `for b in timer.wrap(batches)` around each epoch's batches.
+
+    A step runs from the moment its batch is handed over to the moment the loop asks for the next
+    one, so it includes waiting for data. Throughput counts every step but the first of the first
+    epoch (warm-up: allocator, first compile, the data pipeline's start); a later epoch counts from
+    the moment its pass begins. On CUDA a thread samples GPU utilisation every 0.1 s meanwhile.
+    """
+
+    def __init__(self):
+        self.passes: list[dict] = []  # {"start": t, "steps": [(t_given, t_done, rows)]}
+        self.gpu: list[tuple[float, float]] = []  # (t, utilisation %)
+        self.rows: list[str] = []  # "id:hash" of the training rows this worker used (the legacy path sets it)
+        self._stop = threading.Event()
+        self._sampler = None
+
+    def wrap(self, batches):
+        self._start_gpu_sampler()
+        rec = {"start": time.perf_counter(), "steps": []}
+        self.passes.append(rec)
+        for batch in batches:
+            t, n = time.perf_counter(), _rows_in(batch)
+            yield batch
+            rec["steps"].append((t, time.perf_counter(), n))
+
+    def _start_gpu_sampler(self) -> None:
+        if self._sampler is None and torch.cuda.is_available():
+            self._sampler = threading.Thread(target=self._sample_gpu, daemon=True)
+            self._sampler.start()
+
+    def _sample_gpu(self) -> None:
+        while not self._stop.wait(0.1):
+            u = gpu_utilization()
+            if u is not None:
+                self.gpu.append((time.perf_counter(), u))
+
+    def summary(self) -> dict:
+        """steps, samples and seconds timed, samples_per_s, gpu_utilization_percent (None off CUDA)."""
+        self._stop.set()
+        seconds, samples, spans = 0.0, 0, []
+        for i, p in enumerate(self.passes):
+            steps = p["steps"][1:] if i == 0 else p["steps"]
+            if not steps:
+                continue
+            begin = p["steps"][0][1] if i == 0 else p["start"]
+            seconds += steps[-1][1] - begin
+            samples += sum(n for _, _, n in steps)
+            spans.append((begin, steps[-1][1]))
+        util = [u for t, u in self.gpu if any(a <= t <= b for a, b in spans)]
+        return {"steps": sum(len(p["steps"]) for p in self.passes), "samples_timed": samples, "seconds_timed": seconds,
+                "samples_per_s": samples / seconds if seconds > 0 else float("nan"),
+                "gpu_utilization_percent": float(np.mean(util)) if util else None,
+                "synth_imported": "docray.synth" in __import__("sys").modules, "rows": self.rows}
+
+    def dump(self, folder: str, rank: int) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(self.summary()))
+
+
+def gpu_utilization() -> float | None:
+    """GPU utilisation (%) of this process's device over the last sample period (NVML; else nvidia-smi)."""
+    try:
+        return float(torch.cuda.utilization())
+    except Exception:  # no pynvml: ask nvidia-smi
+        import subprocess
+
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                  f"--id={torch.cuda.current_device()}"], capture_output=True, text=True, timeout=5)
+            return float(out.stdout.split()[0])
+        except Exception:
+            return None
+
+
+def row_keys(table) -> list[str]:
+    """'id:hash of image bytes' of each row: enough to tell whether two paths trained on the same rows."""
+    return [f"{i}:{hashlib.sha1(b).hexdigest()[:16]}"
+            for i, b in zip(table.column("id").to_pylist(), table.column("image").to_pylist())]
+
+
+def timed_loop(module: str, name: str, timing_dir: str):
+    """A new trainer's `module.name` train loop with its "train" shard timed (a StepTimer around each
+    `iter_torch_batches` pass); each rank writes `timing_dir/rank<r>.json` at the end."""
+
+    def loop(config: dict) -> None:
+        import ray.train
+
+        timer, get_shard = StepTimer(), ray.train.get_dataset_shard
+
+        class TimedShard:
+            def __init__(self, shard):
+                self._shard = shard
+
+            def iter_torch_batches(self, **kw):
+                return timer.wrap(self._shard.iter_torch_batches(**kw))
+
+            def __getattr__(self, attr):
+                return getattr(self._shard, attr)
+
+        def get_dataset_shard(dataset_name: str = None):
+            shard = get_shard(dataset_name)
+            return TimedShard(shard) if dataset_name == "train" else shard
+
+        mod = importlib.import_module(module)
+        ray.train.get_dataset_shard = get_dataset_shard
+        if hasattr(mod, "get_dataset_shard"):
+            mod.get_dataset_shard = get_dataset_shard
+        try:
+            getattr(mod, name)(config)
+        finally:
+            ray.train.get_dataset_shard = get_shard
+            timer.dump(timing_dir, ray.train.get_context().get_world_rank())
+
+    return loop
+
+
+@contextlib.contextmanager
+def patched(obj, attr: str, value):
+    """`obj.attr = value` for the duration (the driver hands a trainer's run() the timed loop)."""
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
+
+
+def read_timing(folder: str) -> dict:
+    """The ranks' StepTimer summaries of one run, combined: steps (every rank the same, else an
+    error), samples_per_s_per_worker (mean over ranks), GPU utilisation, row keys (union)."""
+    ranks = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("rank*.json"))]
+    if not ranks:
+        raise RuntimeError(f"{folder}: no step timings were written (the loop did not run through?)")
+    steps = {r["steps"] for r in ranks}
+    if len(steps) != 1:
+        raise RuntimeError(f"{folder}: ranks ran different numbers of steps {sorted(steps)}")
+    gpu = [r["gpu_utilization_percent"] for r in ranks if r["gpu_utilization_percent"] is not None]
+    return {"steps": steps.pop(), "samples_per_s_per_worker": float(np.mean([r["samples_per_s"] for r in ranks])),
+            "gpu_utilization_percent": float(np.mean(gpu)) if gpu else None,
+            "synth_imported_in_worker": any(r["synth_imported"] for r in ranks),
+            "rows": sorted(k for r in ranks for k in r["rows"])}
+
+
+class NewRuns:
+    """While active, a trainer module's `run_trainer` runs its loop timed (`timed_loop`) and keeps
+    every Result, so the benchmark gets the new path's weights and step timings from its own run()."""
+
+    def __init__(self, module, timing_root: str):
+        self.module, self.root, self.runs = module, timing_root, []
+
+    def run_trainer(self, loop, cfg, name: str, datasets=None):
+        from train_jobs.common import run_trainer
+
+        folder = str(Path(self.root, name))
+        result = run_trainer(timed_loop(loop.__module__, loop.__name__, folder), cfg, name, datasets)
+        self.runs.append({"name": name, "result": result, "timing": read_timing(folder)})
+        return result
+
+    def __enter__(self):
+        self._patch = patched(self.module, "run_trainer", self.run_trainer)
+        self._patch.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._patch.__exit__(*exc)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+class UnifiedBench(Config):
+    n_train: int = Field(192, ge=8, description="training documents: rows [0, n_train) of the synthetic documents")
+    n_val: int = Field(64, ge=8, description="held-out documents: the rows after them")
+    mae_model: str = Field("vit_mae_tiny", description="MAE factory (pre-training, both paths)")
+    mae_epochs: int = Field(2, ge=1)
+    mae_batch_size: int = Field(32, ge=1)
+    model: str = Field("unified_tiny", description="unified factory, from each path's own MAE encoder")
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1)
+    text_encoder: str = Field("hash", description="query-text encoder: hash (fast) | minilm")
+
+
+class RegenBench(Config):
+    n_train: int = Field(48, ge=4, description="training documents")
+    n_val: int = Field(16, ge=4, description="held-out documents")
+    model: str = "regen_tiny"
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(8, ge=1, description="global batch (split across workers)")
+
+
+class DescriptorBench(Config):
+    n_pictures: int = Field(64, ge=4, description="training pictures (targets rows [0, n_pictures))")
+    val_pictures: int = Field(32, ge=4, description="held-out pictures: the rows after them")
+    model: str = "descriptor_tiny"
+    epochs: int = Field(2, ge=1)
+    steps_per_epoch: int = Field(10, ge=2)
+    batch_size: int = Field(32, ge=2, description="tiles per step (2 views each)")
+
+
+class MaskBench(Config):
+    n_identities: int = Field(16, ge=2, description="synthetic identities")
+    samples: int = Field(20, ge=10, description="faces per identity (8 of 10 train, 1 val)")
+    image_size: int = 32
+    model: str = Field("recognizer_tiny", description="recogniser factory (both recognisers)")
+    kinds: list[str] = Field(["original", "masked"], description="recognisers to train")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=2)
+    mask_bank: int = Field(60, ge=6, description="synthetic training masks")
+
+
+class BenchConfig(Config):
+    methods: list[str] = Field(list(METHODS), description=f"which methods to compare, of {list(METHODS)}")
+    seed: int = 0
+    num_workers: int = Field(1, ge=1, description="Ray Train workers, the same for both paths")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool | None = Field(None, description="None: a GPU when the cluster has one")
+    tolerance_points: float = Field(2.0, ge=0, description="a new figure may be this much worse than the old one: "
+                                    "percentage points of a share, percent of a loss")
+    min_throughput_ratio: float = Field(0.9, gt=0, description="new/old training samples/s per worker, at least")
+    unified: UnifiedBench = UnifiedBench()
+    regen: RegenBench = RegenBench()
+    descriptor: DescriptorBench = DescriptorBench()
+    mask: MaskBench = MaskBench()
+    out: str = Field(default_factory=lambda: paths.sub("reports", "train_paths"),
+                     description="report folder; its home/ is DOCRAY_HOME of both paths' runs (their datasets "
+                                 "and models stay out of your own registry)")
+
+
+def figure(name: str, old: float, new: float, higher_is_better: bool, share: bool, tol: float) -> dict:
+    """One validation figure of both paths; `worse_points` > 0 where the new path is worse."""
+    diff = 100 * (new - old) if share else 100 * (new - old) / max(abs(old), 1e-12)
+    worse = -diff if higher_is_better else diff
+    return {"figure": name, "unit": "share" if share else "loss", "higher_is_better": higher_is_better,
+            "old": old, "new": new, "diff_points": diff, "worse_points": worse, "ok": bool(worse <= tol)}
+
+
+def throughput(model: str, old: dict, new: dict, min_ratio: float) -> dict:
+    ratio = new["samples_per_s_per_worker"] / old["samples_per_s_per_worker"]
+    return {"model": model, "steps_old": old["steps"], "steps_new": new["steps"],
+            "samples_per_s_per_worker_old": old["samples_per_s_per_worker"],
+            "samples_per_s_per_worker_new": new["samples_per_s_per_worker"], "ratio_new_old": ratio,
+            "gpu_utilization_percent_old": old["gpu_utilization_percent"],
+            "gpu_utilization_percent_new": new["gpu_utilization_percent"],
+            "synth_imported_in_worker_old": old["synth_imported_in_worker"],
+            "synth_imported_in_worker_new": new["synth_imported_in_worker"],
+            "ok": bool(ratio >= min_ratio and old["steps"] == new["steps"])}
+
+
+def parquet_rows(uri: str, split: str | None = None) -> list[str]:
+    """`row_keys` of a Parquet dataset (only `split`'s rows when given), sorted."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(uri, columns=["id", "image"] + (["split"] if split else []))
+    if split:
+        table = table.filter(pc.equal(table.column("split"), split))
+    return sorted(row_keys(table))
+
+
+def legacy(c: BenchConfig, loop, name: str, **settings) -> tuple[dict, dict]:
+    """Train an old loop under the benchmark's worker settings: (state dict, timing)."""
+    from benchmarks import _legacy_train as L
+
+    folder = str(Path(c.out, "timing", name))
+    run = L.fit(loop, {"num_workers": c.num_workers, "cpus_per_worker": c.cpus_per_worker, "seed": c.seed,
+                       "timing_dir": folder, **settings}, name, c.out, c.use_gpu)
+    return run["state"], read_timing(folder)
+
+
+# -- methods ---------------------------------------------------------------------------------------
+
+
+def bench_mask(c: BenchConfig) -> dict:
+    """Original and masked recognisers: val accuracy on whole and on masked faces (fixed masks)."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import _legacy_train as L
+    from docray.masking import training as T
+    from docray.masking.data import MaskedFaces
+    from docray.models import build_model
+    from train_jobs import train_mask_models as new
+    from train_jobs.common import load_checkpoint_state, synth_dataset
+
+    m = c.mask
+    n = m.n_identities * m.samples
+    faces, _ = synth_dataset("faces", n, 0, c.seed, {"size": m.image_size, "n_identities": m.n_identities})
+    masks, _ = synth_dataset("masks", m.mask_bank, 0, new.MaskModelsConfig().mask_seed, {"size": m.image_size})
+    bank = pq.read_table(masks, columns=["mask"]).column("mask").to_pylist()
+    classes = list(range(m.n_identities))
+    cfg = new.MaskModelsConfig(train=faces, masks=masks, image_size=m.image_size, seed=c.seed, recognizer=m.model,
+                               models=m.kinds, epochs=m.epochs, batch_size=m.batch_size, num_workers=c.num_workers,
+                               cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu, out=str(Path(c.out, "mask")))
+    with NewRuns(new, str(Path(c.out, "timing", "new"))) as runs:
+        new.run(cfg)
+    val = pq.read_table(faces, columns=["id", "image", "identity", "split"]).to_pylist()
+    val = [r for r in val if r["split"] == "val"]
+    prep = MaskedFaces(m.image_size, classes, bank)  # a fixed mask per row: the same for both paths
+
+    def scores(state: dict) -> dict:
+        model = build_model(m.model, num_classes=len(classes))
+        model.load_state_dict(state)
+        batches = (prep({k: [r[k] for r in val[i:i + 256]] for k in ("id", "image", "identity")})
+                   for i in range(0, len(val), 256))
+        return T.val_metrics(T.evaluate(model, "masked", batches))
+
+    figures, speed, same_rows = [], [], True
+    want = parquet_rows(faces, "train")
+    for kind, run in zip(m.kinds, runs.runs):
+        state, t_old = legacy(c, L.mask_loop, f"old-mask-{kind}", kind=kind, rows=[0, n], split="train",
+                              options={"size": m.image_size, "n_identities": m.n_identities}, image_size=m.image_size,
+                              mask_bank=m.mask_bank, mask_seed=cfg.mask_seed, model=m.model, num_classes=len(classes),
+                              batch_size=m.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=m.epochs,
+                              max_shift=cfg.max_shift)
+        old, new_ = scores(state), scores(load_checkpoint_state(run["result"].checkpoint)["model"])
+        for k in ("val_acc_whole", "val_acc_masked"):
+            figures.append(figure(f"{kind}: {k}", old[k], new_[k], True, True, c.tolerance_points))
+        speed.append(throughput(kind, t_old, run["timing"], c.min_throughput_ratio))
+        same_rows &= t_old["rows"] == want
+    return {"figures": figures, "throughput": speed, "same_rows": same_rows, "held_out_rows": len(val)}
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def print_report(c: BenchConfig, results: dict) -> None:
+    print(f"\nold (in-worker synth) vs new (Parquet -> Ray Data) training path: {c.num_workers} worker(s) x "
+          f"{c.cpus_per_worker:g} CPU, {os.cpu_count()} cores, GPU: {torch.cuda.is_available()}")
+    print(f"{'method':11s} {'figure':34s} {'old':>8s} {'new':>8s} {'new-old':>8s} {'ok':>3s}")
+    for method, r in results.items():
+        for f in r["figures"]:
+            unit = "pts" if f["unit"] == "share" else "%"
+            print(f"{method:11s} {f['figure']:34s} {f['old']:8.4f} {f['new']:8.4f} {f['diff_points']:+6.1f}{unit:>3s}"
+                  f" {'ok' if f['ok'] else 'NO':>3s}")
+    print(f"\n{'method':11s} {'model':10s} {'steps old/new':>13s} {'samples/s/worker old':>21s} {'new':>8s} "
+          f"{'new/old':>7s} {'GPU % old':>9s} {'new':>5s} {'ok':>3s}")
+    for method, r in results.items():
+        for t in r["throughput"]:
+            print(f"{method:11s} {t['model']:10s} {t['steps_old']:>6d}/{t['steps_new']:<6d} "
+                  f"{t['samples_per_s_per_worker_old']:21.1f} {t['samples_per_s_per_worker_new']:8.1f} "
+                  f"{t['ratio_new_old']:7.2f} {_num(t['gpu_utilization_percent_old'], '9.0f'):>9s} "
+                  f"{_num(t['gpu_utilization_percent_new'], '5.0f'):>5s} {'ok' if t['ok'] else 'NO':>3s}")
+    for method, r in results.items():
+        print(f"{method}: same training rows in both paths: {r['same_rows']}; held-out rows: {r['held_out_rows']}")
+
+
+BENCHES = {"mask": bench_mask}
+
+
+def main(argv=None) -> dict:
+    from cluster.local import init_ray
+
+    c = parse_args(BenchConfig, argv, description=__doc__.split("\n")[0])
+    unknown = set(c.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
+    c = c.model_copy(update={"out": str(Path(c.out).expanduser().resolve())})
+    save_config(c, c.out)
+    os.environ["DOCRAY_HOME"] = str(Path(c.out, "home"))  # before Ray starts: its workers inherit it
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    init_ray()
+    load0, t0 = os.getloadavg()[0], time.time()
+    results = {m: BENCHES[m](c) for m in c.methods}
+    print_report(c, results)
+    figures = [f for r in results.values() for f in r["figures"]]
+    speeds = [t for r in results.values() for t in r["throughput"]]
+    summary = {
+        "methods": results, "num_workers": c.num_workers, "cpus_per_worker": c.cpus_per_worker,
+        "cpu_cores": os.cpu_count(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "load_average_1min_start": load0, "load_average_1min_end": os.getloadavg()[0], "wall_s": time.time() - t0,
+        "figures_ok": all(f["ok"] for f in figures), "throughput_ok": all(t["ok"] for t in speeds),
+        "same_rows": all(r["same_rows"] for r in results.values()),
+        "worst_figure_points": max((f["worse_points"] for f in figures), default=0.0),
+        "min_throughput_ratio_new_old": min((t["ratio_new_old"] for t in speeds), default=float("nan")),
+    }
+    summary["ok"] = summary["figures_ok"] and summary["throughput_ok"] and summary["same_rows"]
+    Path(c.out, "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(summary, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

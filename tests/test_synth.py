@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pyarrow as pa
 import pytest
+import yaml
 from PIL import Image
 
 from docray.imageio import decode_array, decode_image
@@ -83,6 +85,31 @@ def test_every_document_type_appears(docs):
     assert set(names) == set(DOC_TYPES) and len(DOC_TYPES) >= 6
     assert min(names.count(n) for n in DOC_TYPES) >= 8
     assert all(DOC_TYPES[r["doc_type"]] == r["doc_type_name"] for r in docs)
+
+
+def test_documents_of_a_user_type(monkeypatch, tmp_path):
+    """A type added by a template file alone (examples/doctypes: Chinese fields) is drawn on request;
+    the default rows stay the six built-ins whatever the user registered."""
+    monkeypatch.setenv("DOCRAY_DOCTYPES", str(Path(__file__).parents[1] / "examples" / "doctypes"))
+    rows = generate("documents", 0, 12, seed=1, doc_types=["cn_resident_card", "passport_page"], n_angles=0).to_pylist()
+    cn = [r for r in rows if r["doc_type_name"] == "cn_resident_card"]
+    assert 3 <= len(cn) <= 9 and {r["doc_type_name"] for r in rows} == {"cn_resident_card", "passport_page"}
+    assert all(r["doc_type"] == 6 for r in cn)  # after the six built-ins
+    for r in cn:
+        assert [f["name"] for f in r["fields"]] == ["name", "sex", "ethnicity", "birth_date", "address", "id_number"]
+        name, sex = r["fields"][0]["text"], r["fields"][1]["text"]
+        assert 2 <= len(name) <= 3 and all("\u4e00" <= c <= "\u9fff" for c in name) and sex in ("男", "女")
+        assert r["portrait_box"] and not r["seal_box"]  # the template has a portrait slot and no seal
+        assert all(_inside(f["box"], 256, 160) for f in r["fields"])
+    assert set(generate("documents", 0, 12, seed=0, n_angles=0).column("doc_type_name").to_pylist()) <= set(DOC_TYPES)
+    with pytest.raises(ValueError, match="unknown document type 'visa'.*cn_resident_card"):
+        generate("documents", 0, 1, doc_types=["visa"])
+    data = yaml.safe_load((Path(__file__).parents[1] / "examples" / "doctypes" / "cn_resident_card.yaml").read_text("utf-8"))
+    data["fields"][0]["value"] = ""  # a type known from its dataset only: no generator to draw it with
+    (tmp_path / "no_values.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("DOCRAY_DOCTYPES", str(tmp_path))
+    with pytest.raises(ValueError, match="type 'no_values' field 'name' has value generator ''"):
+        generate("documents", 0, 1, doc_types=["no_values"])
 
 
 def test_document_images_and_boxes(docs):

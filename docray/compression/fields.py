@@ -20,24 +20,26 @@ import cv2
 import numpy as np
 
 from docray.compression import layout
-from docray.synth.captures import homography
-from docray.synth.documents import doc_rect
-from docray.synth.templates import TEMPLATES
+from docray.doctypes import DocType, doc_rect, homography, registry
 
 CANON = (384, 240)  # (w, h): the frame whose document defines document px for the boxes
 
 
+def _boxes(doc_type) -> tuple[tuple[tuple[float, float, float, float], ...], tuple[int, int]]:
+    """(each field's value box, the document's (w, h)) in CANON document px."""
+    return _type_boxes(registry()[layout.type_index(doc_type)])
+
+
 @lru_cache(maxsize=16)
-def _boxes(type_no: int) -> tuple[tuple[tuple[float, float, float, float], ...], tuple[int, int]]:
-    t = TEMPLATES[type_no]
+def _type_boxes(t: DocType) -> tuple[tuple[tuple[float, float, float, float], ...], tuple[int, int]]:
     ox, oy, dw, dh = doc_rect(CANON, t.aspect)
-    slots = layout.value_slots(type_no, CANON)
+    slots = layout.value_slots(t.name, CANON)
     boxes = []
     for k, (spec, (x, y, fs, right)) in enumerate(zip(t.fields, slots)):
         # a value ends at its `right`, or where the next caption on its row starts ("Sex F  Nat. CHN")
         row = [o.x * dw + ox for j, o in enumerate(t.fields) if j != k and abs(o.y - spec.y) < 0.02 and o.x > spec.x]
         if t.portrait is not None:  # nor into the portrait beside it
-            px, py, _, ph = t.portrait
+            px, py, _, ph = t.portrait.box()
             if px * dw + ox > x and py * dh + oy < y + 1.45 * fs and (py + ph) * dh + oy > y:
                 row.append(px * dw + ox)
         right = min([right, *(r - 0.3 * fs for r in row)])
@@ -48,12 +50,12 @@ def _boxes(type_no: int) -> tuple[tuple[tuple[float, float, float, float], ...],
 
 def value_boxes(doc_type) -> list[tuple[float, float, float, float]]:
     """Each field's value box in document px of the CANON frame's document (template order)."""
-    return list(_boxes(layout.type_index(doc_type))[0])
+    return list(_boxes(doc_type)[0])
 
 
 def doc_to_image(quad, doc_type) -> np.ndarray:
     """3x3 H mapping CANON document px to image px, from the document's corners in the image."""
-    dw, dh = _boxes(layout.type_index(doc_type))[1]
+    dw, dh = _boxes(doc_type)[1]
     return homography([(0, 0), (dw, 0), (dw, dh), (0, dh)], np.reshape(np.asarray(quad, np.float64), (4, 2)))
 
 

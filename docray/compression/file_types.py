@@ -4,6 +4,10 @@
     ft = lib.get("passport_page")                # FileType(base=85, format='jpeg', second=...)
     lib.check_original(1024, 640, 180_000)       # raises ThresholdError unless first < original
 
+A document type is any type of the doc-type registry (`docray.doctypes`). A type without its own
+entry (e.g. a user's new type) gets the library's `default` entry; a library without one raises a
+KeyError naming the type, which `RegenCompressor` checks for every type its model knows when it starts.
+
 Thresholds are (width, height, bytes). `a < b` means: `a` is no wider and no taller than `b`, and
 strictly smaller in bytes. The library enforces second < first for every type when it is loaded,
 and `check_original` enforces first < original for every request, each with a clear error.
@@ -49,20 +53,25 @@ class FileTypeLibrary(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     first: Threshold  # the processed (generated) image's size
     types: dict[str, FileType]
+    default: FileType | None = None  # for a type without its own entry
 
     def model_post_init(self, _ctx) -> None:
-        if not self.types:
-            raise ThresholdError("the file-type library has no types")
-        for name, ft in self.types.items():
+        if not self.types and self.default is None:
+            raise ThresholdError("the file-type library has no types and no default")
+        for name, ft in {**self.types, **({"(default)": self.default} if self.default else {})}.items():
             if not ft.second.below(self.first):
                 raise ThresholdError(
                     f"type {name!r}: second threshold ({ft.second}) must be below the first ({self.first}): "
                     "no wider, no taller and fewer bytes")
 
     def get(self, doc_type: str) -> FileType:
-        if doc_type not in self.types:
-            raise KeyError(f"unknown document type {doc_type!r}; the file-type library has {sorted(self.types)}")
-        return self.types[doc_type]
+        """The entry of `doc_type`, else the default entry."""
+        if doc_type in self.types:
+            return self.types[doc_type]
+        if self.default is None:
+            raise KeyError(f"the file-type library has no entry for document type {doc_type!r} and no default; "
+                           f"it has {sorted(self.types)}: add one (types: or default: in file_types.yaml)")
+        return self.default
 
     def check_original(self, width: int, height: int, nbytes: int) -> None:
         """Raise ThresholdError unless first < original (the upload is larger than what we generate)."""

@@ -9,6 +9,9 @@ the pipeline then composites the layer over the generated image, so every glyph 
 image is exactly the recognised content. The same rendering is done in training (with labelled
 content) and in serving (with recognised content).
 
+The types are the doc-type registry's (`docray.doctypes`): the built-in templates and any the user
+registered by a template file, named or given by class index.
+
     layer = render_layer("passport_page", ["JENSEN", "UN1262405", ...], (256, 160))  # (h, w, 4) uint8
     content = join_content(values); values = split_content(content)
 """
@@ -19,26 +22,28 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
+from docray.doctypes import DocType, doc_rect, draw_static, registry
 from docray.fonts import font
-from docray.synth.documents import doc_rect
-from docray.synth.templates import DOC_TYPES, TEMPLATES
 
-SEP = "|"  # between field values in a content string (never inside a value: values are ASCII words)
-CAPTION_COLOR = (95, 95, 110)
+SEP = "|"  # between field values in a content string (a '|' inside a value is printed as a space)
 
 
 def type_index(doc_type: str | int) -> int:
+    """The registry's class index of a type name (or an index, checked); ValueError if unknown."""
     if isinstance(doc_type, (int, np.integer)):
-        if not 0 <= int(doc_type) < len(DOC_TYPES):
-            raise ValueError(f"document type index {doc_type} out of range 0..{len(DOC_TYPES) - 1}")
+        n = len(registry())
+        if not 0 <= int(doc_type) < n:
+            raise ValueError(f"document type index {doc_type} out of range 0..{n - 1}")
         return int(doc_type)
-    if doc_type not in DOC_TYPES:
-        raise ValueError(f"unknown document type {doc_type!r}; one of {list(DOC_TYPES)}")
-    return DOC_TYPES.index(doc_type)
+    return registry().index(doc_type)  # UnknownDocType (a ValueError) names the registered types
+
+
+def _type(doc_type: str | int) -> DocType:
+    return registry()[type_index(doc_type)]
 
 
 def field_names(doc_type: str | int) -> list[str]:
-    return [f.name for f in TEMPLATES[type_index(doc_type)].fields]
+    return list(_type(doc_type).field_names)
 
 
 def join_content(values: list[str]) -> str:
@@ -56,45 +61,30 @@ def split_content(content: str, doc_type: str | int | None = None) -> list[str]:
 
 def doc_box(doc_type: str | int, size: tuple[int, int]) -> list[int]:
     """Where the document sits in a processed frame of `size` (w, h): [x0, y0, x1, y1]."""
-    ox, oy, dw, dh = doc_rect(size, TEMPLATES[type_index(doc_type)].aspect)
+    ox, oy, dw, dh = doc_rect(size, _type(doc_type).aspect)
     return [ox, oy, ox + dw, oy + dh]
 
 
 def slot_box(doc_type: str | int, size: tuple[int, int]) -> list[int] | None:
     """The template's portrait slot in a frame of `size`, or None for types without a portrait."""
-    t = TEMPLATES[type_index(doc_type)]
+    return _slot(_type(doc_type), size)
+
+
+def _slot(t: DocType, size: tuple[int, int]) -> list[int] | None:
     if t.portrait is None:
         return None
-    x0, y0, x1, y1 = doc_box(doc_type, size)
-    dw, dh = x1 - x0, y1 - y0
-    px, py, pw, ph = t.portrait
+    x0, y0, dw, dh = doc_rect(size, t.aspect)
+    px, py, pw, ph = t.portrait.box()
     return [x0 + round(px * dw), y0 + round(py * dh), x0 + round((px + pw) * dw), y0 + round((py + ph) * dh)]
 
 
 @lru_cache(maxsize=64)
-def _static(type_no: int, size: tuple[int, int]) -> tuple[Image.Image, tuple]:
+def _static(t: DocType, size: tuple[int, int]) -> tuple[Image.Image, tuple]:
     """Title, captions and blank portrait slot (RGBA) and each value's (x, y, font px, right)."""
-    t = TEMPLATES[type_no]
-    ox, oy, w, h = doc_rect(size, t.aspect)
     img = Image.new("RGBA", size, (0, 0, 0, 0))
     d = ImageDraw.Draw(img)
-    fs = round(0.095 * h)
-    while fs > 6 and font("sans-bold", fs).getlength(t.title) > (0.96 - t.title_x) * w:
-        fs -= 1
-    d.text((ox + t.title_x * w, oy + 0.035 * h), t.title, font=font("sans-bold", fs), fill=t.title_color + (255,))
-    slots = []
-    for f in t.fields:
-        size_v = max(6, round(f.fs * h))
-        cap_f = font("sans", max(5, round(0.058 * h)))
-        x, y = ox + f.x * w, oy + f.y * h
-        if f.label:
-            d.text((x, y), f.label, font=cap_f, fill=CAPTION_COLOR + (255,))
-            if t.stacked:
-                y += cap_f.size * 1.15
-            else:
-                x += cap_f.getlength(f.label) + 0.4 * size_v
-        slots.append((round(x), round(y), size_v, ox + round(f.right * w)))
-    box = slot_box(type_no, size)
+    slots = draw_static(d, t, doc_rect(size, t.aspect), alpha=255)
+    box = _slot(t, size)
     if box is not None:
         d.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=(255, 255, 255, 255))
     return img, tuple(slots)
@@ -102,19 +92,18 @@ def _static(type_no: int, size: tuple[int, int]) -> tuple[Image.Image, tuple]:
 
 def value_slots(doc_type: str | int, size: tuple[int, int]) -> tuple:
     """Each field value's (x, y, font px, right) in a frame of `size` (w, h), as `render_layer` draws it."""
-    return _static(type_index(doc_type), tuple(size))[1]
+    return _static(_type(doc_type), tuple(size))[1]
 
 
 def render_layer(doc_type: str | int, values: list[str], size: tuple[int, int]) -> np.ndarray:
     """The text layer of a document of `doc_type` with field `values`, as (h, w, 4) uint8 RGBA."""
-    k = type_index(doc_type)
-    t = TEMPLATES[k]
-    base, slots = _static(k, tuple(size))
+    t = _type(doc_type)
+    base, slots = _static(t, tuple(size))
     img = base.copy()
     d = ImageDraw.Draw(img)
     for spec, (x, y, fs, right), text in zip(t.fields, slots, values):
         if text:  # never truncated: every recognised character is kept
-            d.text((x, y), text, font=font(spec.style, fs), fill=t.value_color + (255,))
+            d.text((x, y), text, font=font(t.value_font(spec), fs), fill=(*t.colors.value, 255))
     return np.asarray(img)
 
 

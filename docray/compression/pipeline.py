@@ -32,8 +32,8 @@ from docray.compression import fields, layout, portrait as portraits, seals as s
 from docray.compression.data import cond_input, content_input, line_input, to_image
 from docray.compression.file_types import FileTypeLibrary, load_file_types
 from docray.compression.quality import compress_for_type
+from docray.doctypes import registry
 from docray.imageio import decode_image, encode_png
-from docray.synth.templates import DOC_TYPES
 
 MODES = ("server", "split")
 
@@ -55,6 +55,14 @@ class RegenCompressor:
         if tuple(self.cfg.gen_size) != first:
             raise ValueError(f"the generation model outputs {self.cfg.gen_size} (h, w) but the first size "
                              f"threshold is {first}: train or pick a model for this file-type library")
+        # the type model's classes are the registry's first n_types (built-ins first, then user types by name)
+        self.doc_types = registry().names[: self.cfg.n_types]
+        if len(self.doc_types) < self.cfg.n_types:
+            raise ValueError(f"the model was trained on {self.cfg.n_types} document types but only "
+                             f"{len(self.doc_types)} are registered {list(self.doc_types)}: register the user "
+                             "types it was trained with (template files in $DOCRAY_DOCTYPES or $DOCRAY_HOME/doctypes)")
+        for t in self.doc_types:  # every type gets its entry or the default, else a KeyError now
+            self.lib.get(t)
         self.fill, self.steps, self.composite_seals = fill, steps, composite_seals
         self.repo = None  # set to an ImageRepository to store what __call__ compresses
 
@@ -96,7 +104,7 @@ class RegenCompressor:
 
     def predict_types(self, images: list[Image.Image]) -> list[tuple[str, float]]:
         probs = self.model.predict_type(self._pixels(images)).cpu()
-        return [(DOC_TYPES[int(p.argmax())], float(p.max())) for p in probs]
+        return [(self.doc_types[int(p.argmax())], float(p.max())) for p in probs]
 
     def locate(self, images: list[Image.Image]) -> np.ndarray:
         """(b, 4, 2): each document's corners in its image's px (the content model's corner head)."""

@@ -17,6 +17,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from docray.doctypes.geometry import homography
 from docray.imageio import decode_array, encode_jpeg
 
 MAX_BLUR, MAX_NOISE, JPEG_RANGE, MAX_MOIRE = 2.5, 20.0, (25, 95), 0.15
@@ -81,15 +82,6 @@ def sample_capture(rng: np.random.Generator, doc_wh, size, level: float, recaptu
             cast=tuple(float(v) for v in rng.uniform(0.88, 1.08, 3)),
         )
     return cap
-
-
-def homography(src, dst) -> np.ndarray:
-    """3x3 H with dst ~ H @ src for four point pairs, (4, 2) each."""
-    a, b = [], []
-    for (x, y), (u, v) in zip(np.asarray(src, np.float64), np.asarray(dst, np.float64)):
-        a += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
-        b += [u, v]
-    return np.append(np.linalg.solve(np.array(a), np.array(b)), 1.0).reshape(3, 3)
 
 
 def map_points(H: np.ndarray, pts) -> np.ndarray:

@@ -4,9 +4,9 @@ Kind "documents": one row per document. Images are PNG bytes; boxes are [x0, y0,
 (x1, y1 exclusive), [] when absent. Columns:
     id                str     "doc-<seed>-<i>"
     split             str     'train' | 'val' | 'test' (i % 10: 8 -> val, 9 -> test)
-    doc_type          int32   index into DOC_TYPES
-    doc_type_name     str     identity_card | passport_page | driving_licence | residence_permit |
-                              property_certificate | business_licence
+    doc_type          int32   class index of the type in the doc-type registry (docray.doctypes)
+    doc_type_name     str     its name: identity_card | passport_page | driving_licence |
+                              residence_permit | property_certificate | business_licence by default
     image             binary  the capture (size w x h, RGB): perspective, glare, blur, noise, JPEG
     clean             binary  the flat clean render before capture (same size): the document
                               centred on a flat grey backdrop (regen compression regenerates this)
@@ -38,7 +38,8 @@ Kind "documents": one row per document. Images are PNG bytes; boxes are [x0, y0,
                               equal those generated before the option existed
 
 Options: size=(256, 160) as (w, h), n_angles=2, n_identities=256, recapture_rate=0.2,
-tamper_rate=0.2, swap_rate=0.0.
+tamper_rate=0.2, swap_rate=0.0, doc_types=() (names of registered types to draw, each equally
+often; () = the six built-ins, so the default rows do not depend on the user's template files).
 """
 from __future__ import annotations
 
@@ -50,12 +51,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from docray.datasets import contracts
 from docray.synth import faces, seals
+from docray.doctypes import doc_rect, registry
 from docray.synth.captures import (
     degrade, doc_homography, map_box, render_capture, sample_capture, table_texture, warp_document, warp_labels,
 )
 from docray.synth.common import clip_box, font, png, split_of
-from docray.synth.templates import DOC_TYPES, N_VARIANTS, TEMPLATES, static_layer
-from docray.synth.text import fake_value
+from docray.synth.templates import DOC_TYPES, N_VARIANTS, static_layer
+from docray.synth.text import GENERATORS, fake_value
 
 KIND_NO = 1
 BACKDROP = (160, 160, 160)  # the flat backdrop of `clean` around the document
@@ -75,6 +77,7 @@ class DocumentsConfig:
     recapture_rate: float = 0.2  # fraction of screen recaptures
     tamper_rate: float = 0.2  # fraction of documents with a tampered field
     swap_rate: float = 0.0  # fraction whose angle views show another holder's document (angles_swapped)
+    doc_types: tuple = ()  # registered type names to draw (docray.doctypes); () = the built-ins
 
     def check(self):
         if len(self.size) != 2 or not all(64 <= int(v) <= 4096 for v in self.size):
@@ -87,6 +90,18 @@ class DocumentsConfig:
         for k in ("recapture_rate", "tamper_rate", "swap_rate"):
             if not 0 <= getattr(self, k) <= 1:
                 raise ValueError(f"documents: {k} must be in [0, 1], got {getattr(self, k)}")
+        self.doc_types = (self.doc_types,) if isinstance(self.doc_types, str) else tuple(self.doc_types)
+        reg = registry()
+        for name in self.names:
+            for f in reg[name].fields:  # UnknownDocType names the registered types
+                if f.value not in GENERATORS:
+                    raise ValueError(f"documents: type {name!r} field {f.name!r} has value generator {f.value!r} "
+                                     f"(`value:` in {reg.files[reg.index(name)]}); one of {sorted(GENERATORS)}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The type names drawn, each equally often."""
+        return self.doc_types or DOC_TYPES
 
 
 @dataclass
@@ -102,16 +117,6 @@ class FlatDoc:
     identity: int = -1
 
 
-def doc_rect(size, aspect: float) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the document inside the canvas `size`, keeping the template's aspect."""
-    w, h = size
-    m = max(2, round(0.03 * h))
-    dh = h - 2 * m
-    dw = min(w - 2 * m, round(dh * aspect))
-    dh = min(dh, round(dw / aspect))
-    return (w - dw) // 2, (h - dh) // 2, dw, dh
-
-
 def _fit_text(text: str, f, x: float, right: float) -> str:
     while len(text) > 1 and x + f.getlength(text) > right:
         text = text[:-1].rstrip()
@@ -125,12 +130,12 @@ def _draw_value(d: ImageDraw.ImageDraw, xy, text: str, f, fill, right: float) ->
 
 
 def _draw_fields(img: Image.Image, type_no: int, variant: int, rng: np.random.Generator) -> list:
-    t, layer = TEMPLATES[type_no], static_layer(type_no, variant, *img.size)
+    t, layer = registry()[type_no], static_layer(type_no, variant, *img.size)
     d, out = ImageDraw.Draw(img), []
-    ink = tuple(int(v) for v in np.clip(np.array(t.value_color) + rng.integers(-15, 16, 3), 0, 255))
+    ink = tuple(int(v) for v in np.clip(np.array(t.colors.value) + rng.integers(-15, 16, 3), 0, 255))
     for k, fs in enumerate(t.fields):
-        f = font(fs.style, layer.value_size[k])
-        text, box = _draw_value(d, layer.value_xy[k], fake_value(fs.gen, rng), f, ink, layer.value_right[k])
+        f = font(t.value_font(fs), layer.value_size[k])
+        text, box = _draw_value(d, layer.value_xy[k], fake_value(fs.value, rng), f, ink, layer.value_right[k])
         out.append([fs.name, text, box])
     return out
 
@@ -138,7 +143,7 @@ def _draw_fields(img: Image.Image, type_no: int, variant: int, rng: np.random.Ge
 def _tamper(img: Image.Image, doc: FlatDoc, type_no: int, variant: int, rng: np.random.Generator) -> tuple[int, list[int]]:
     """Re-print one field with another value: erased with a slightly-off background patch, new text in a
     slightly different size/colour, sometimes softened like a pasted patch. Returns (field index, box)."""
-    t, layer = TEMPLATES[type_no], static_layer(type_no, variant, *img.size)
+    t, layer = registry()[type_no], static_layer(type_no, variant, *img.size)
     k = int(rng.integers(len(t.fields)))
     name, old, box = doc.fields[k]
     e = clip_box([box[0] - 1, box[1] - 1, box[2] + 2, box[3] + 1], *img.size)
@@ -147,11 +152,11 @@ def _tamper(img: Image.Image, doc: FlatDoc, type_no: int, variant: int, rng: np.
     for _ in range(8):
         if new != old:
             break
-        new = fake_value(t.fields[k].gen, rng)
+        new = fake_value(t.fields[k].value, rng)
     if new == old:
         new = old[:-1] + ("7" if old[-1:] != "7" else "1")
-    f = font(t.fields[k].style, layer.value_size[k] + int(rng.integers(-1, 2)))
-    ink = tuple(int(v) for v in np.clip(np.array(t.value_color) + rng.integers(-40, 41, 3), 0, 255))
+    f = font(t.value_font(t.fields[k]), layer.value_size[k] + int(rng.integers(-1, 2)))
+    ink = tuple(int(v) for v in np.clip(np.array(t.colors.value) + rng.integers(-40, 41, 3), 0, 255))
     x, y = layer.value_xy[k][0] + int(rng.integers(-1, 2)), layer.value_xy[k][1] + int(rng.integers(-1, 2))
     new = _fit_text(new, f, x, layer.value_right[k])
     nb = clip_box(ImageDraw.Draw(img).textbbox((x, y), new, font=f), *img.size)
@@ -169,7 +174,7 @@ def _tamper(img: Image.Image, doc: FlatDoc, type_no: int, variant: int, rng: np.
 
 def _portrait(img: Image.Image, doc: FlatDoc, slot, n_identities: int, rng: np.random.Generator):
     w, h = img.size
-    x0, y0, x1, y1 = round(slot[0] * w), round(slot[1] * h), round((slot[0] + slot[2]) * w), round((slot[1] + slot[3]) * h)
+    x0, y0, x1, y1 = round(slot.x * w), round(slot.y * h), round((slot.x + slot.w) * w), round((slot.y + slot.h) * h)
     doc.identity = int(rng.integers(n_identities))
     bg = tuple(int(v) for v in rng.integers(200, 250, 3))
     pose = replace(faces.sample_pose(rng, strength=0.3), background=bg, noise=float(rng.uniform(0, 3)),
@@ -179,12 +184,12 @@ def _portrait(img: Image.Image, doc: FlatDoc, slot, n_identities: int, rng: np.r
 
 
 def _seal_params(type_no: int, dh: int, dw: int, rng: np.random.Generator) -> dict | None:
-    s = TEMPLATES[type_no].seal
-    if rng.random() >= s.p:
+    s = registry()[type_no].seal
+    if s is None or rng.random() >= s.rate:  # a type without a seal slot draws nothing
         return None
     return dict(
         shape=s.shapes[int(rng.integers(len(s.shapes)))], color=s.colors[int(rng.integers(len(s.colors)))],
-        variant=int(rng.integers(seals.N_VARIANTS)), h=max(12, round(s.h * dh * rng.uniform(0.9, 1.1))),
+        variant=int(rng.integers(seals.N_VARIANTS)), h=max(12, round(s.height * dh * rng.uniform(0.9, 1.1))),
         center=((s.x + rng.uniform(-0.03, 0.03)) * dw, (s.y + rng.uniform(-0.03, 0.03)) * dh),
         angle=float(rng.uniform(-20, 20)), strength=float(rng.uniform(0.55, 0.95)), tex_xy=tuple(rng.uniform(0, 1, 2)),
     )
@@ -214,7 +219,7 @@ def _to_image(H: np.ndarray, box, size) -> list[int]:
 def _flat_document(type_no: int, variant: int, dw: int, dh: int, cfg: DocumentsConfig, rng: np.random.Generator):
     """(doc, original, seg, seal, tamper) for one document: `doc.image` is what `clean` shows,
     `original` the same document before any tamper, `seg` its label map in document px."""
-    t = TEMPLATES[type_no]
+    t = registry()[type_no]
     img = static_layer(type_no, variant, dw, dh).image.copy()
     doc = FlatDoc(img)
     doc.fields = _draw_fields(img, type_no, variant, rng)
@@ -237,9 +242,10 @@ def _flat_document(type_no: int, variant: int, dw: int, dh: int, cfg: DocumentsC
 
 def make_row(i: int, rng: np.random.Generator, seed: int, cfg: DocumentsConfig) -> dict:
     """Row i of the documents set (see the module docstring for the columns)."""
-    size = cfg.size
-    type_no, variant = int(rng.integers(len(TEMPLATES))), int(rng.integers(N_VARIANTS))
-    ox, oy, dw, dh = doc_rect(size, TEMPLATES[type_no].aspect)
+    size, reg, names = cfg.size, registry(), cfg.names
+    name, variant = names[int(rng.integers(len(names)))], int(rng.integers(N_VARIANTS))
+    type_no = reg.index(name)
+    ox, oy, dw, dh = doc_rect(size, reg[type_no].aspect)
     doc, original, seg, tamper = _flat_document(type_no, variant, dw, dh, cfg, rng)
     angles_tampered = tamper is not None and bool(rng.random() < 0.5)
     clean = Image.new("RGB", size, BACKDROP)
@@ -257,9 +263,9 @@ def make_row(i: int, rng: np.random.Generator, seed: int, cfg: DocumentsConfig) 
     src = arr if (tamper is None or angles_tampered) else np.asarray(original)
     swap_rng = np.random.default_rng([int(seed), KIND_NO, int(i), 1])  # its own stream: other columns unchanged
     swapped, src_wh = bool(swap_rng.random() < cfg.swap_rate), (dw, dh)
-    if swapped:  # another holder's document, of any type (the same one 1 time in 6)
-        other_type = int(swap_rng.integers(len(TEMPLATES)))
-        src_wh = doc_rect(size, TEMPLATES[other_type].aspect)[2:]
+    if swapped:  # another holder's document, of any drawn type (the same one 1 time in 6 by default)
+        other_type = reg.index(names[int(swap_rng.integers(len(names)))])
+        src_wh = doc_rect(size, reg[other_type].aspect)[2:]
         other = _flat_document(other_type, int(swap_rng.integers(N_VARIANTS)), *src_wh, replace(cfg, tamper_rate=0.0),
                                swap_rng)[0]
         src = np.asarray(other.image)
@@ -271,7 +277,7 @@ def make_row(i: int, rng: np.random.Generator, seed: int, cfg: DocumentsConfig) 
 
     tbox = tamper[1] if tamper else []
     return {
-        "id": f"doc-{seed}-{i:07d}", "split": split_of(i), "doc_type": type_no, "doc_type_name": DOC_TYPES[type_no],
+        "id": f"doc-{seed}-{i:07d}", "split": split_of(i), "doc_type": type_no, "doc_type_name": name,
         "image": png(image), "clean": png(clean), "seg": png(warp_labels(np.asarray(seg), H, size)),
         "flash": png(flash), "angles": angles,
         "fields": [{"name": n, "text": t, "box": _to_image(H, b, size)} for n, t, b in doc.fields],

@@ -1,7 +1,9 @@
-"""Field-value generators: names, dates, addresses, numbers, companies, URLs, MRZ lines.
+"""Field-value generators: names, dates, addresses, numbers, companies, URLs, MRZ lines, and
+Chinese names, sexes, ethnic groups, dates and addresses (`zh_*`).
 
-Each generator is `gen(rng) -> str`, ASCII only (the DejaVu fonts cover it), looked up by name in
-`GENERATORS` so document templates can name their fields' generators as plain strings.
+Each generator is `gen(rng) -> str`, looked up by name in `GENERATORS` so document templates can
+name their fields' generators as plain strings (`value:` in a template file, docray.doctypes). The
+Latin ones are ASCII (the DejaVu fonts cover it); the `zh_*` ones need a CJK font (cjk-sans).
 """
 from __future__ import annotations
 
@@ -156,6 +158,38 @@ def mrz_numbers(rng):
     return (doc_number(rng) + _digits(rng, 1) + nationality(rng) + _digits(rng, 7) + sex(rng) + _digits(rng, 7) + "<" * 30)[:30]
 
 
+ZH_SURNAMES = "王李张刘陈杨赵黄周吴徐孙胡朱高林何郭马罗梁宋郑谢韩唐冯于董程曹袁邓许傅沈曾彭吕苏卢蒋蔡贾丁魏薛叶余潘杜戴夏钟汪田任姜范方石姚谭廖邹熊金陆郝孔白崔康毛邱秦江史顾侯邵孟龙万段雷钱汤尹黎易常武乔贺赖龚文"
+ZH_GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华建国红梅玉兰志文斌辉宇浩然子涵欣怡思雨梓萱佳琪晨阳俊博"
+ZH_ETHNIC = ("汉",) * 8 + ("壮", "回", "满", "维吾尔", "苗", "彝", "土家", "藏", "蒙古", "朝鲜")  # Han most often
+ZH_CITIES = "北京市 上海市 天津市 重庆市 广州市 深圳市 杭州市 南京市 成都市 武汉市 西安市 苏州市 长沙市 沈阳市".split()
+ZH_DISTRICTS = "朝阳区 海淀区 浦东新区 天河区 西湖区 鼓楼区 武侯区 江汉区 雁塔区 姑苏区 和平区 南山区".split()
+ZH_ROADS = "人民 建国 解放 中山 和平 长江 黄河 光明 新华 文化 幸福 东风 青年 友谊 胜利 南京".split()
+
+
+def zh_name(rng):
+    """A Chinese name: one surname character and one or two given-name characters, e.g. 王伟, 李欣怡."""
+    return _pick(rng, ZH_SURNAMES) + "".join(_pick(rng, ZH_GIVEN) for _ in range(int(rng.integers(1, 3))))
+
+
+def zh_sex(rng):
+    return _pick(rng, ("男", "女"))
+
+
+def zh_ethnicity(rng):
+    return _pick(rng, ZH_ETHNIC)
+
+
+def zh_birth_date(rng):
+    """e.g. 1987年3月12日."""
+    return f"{int(rng.integers(1950, 2006))}年{int(rng.integers(1, 13))}月{int(rng.integers(1, 29))}日"
+
+
+def zh_address(rng):
+    """e.g. 北京市朝阳区建国路88号."""
+    road = _pick(rng, ZH_ROADS) + _pick(rng, ("路", "街", "大道"))
+    return f"{_pick(rng, ZH_CITIES)}{_pick(rng, ZH_DISTRICTS)}{road}{int(rng.integers(1, 300))}号"
+
+
 def url(rng):
     host = _pick(rng, WORDS) + _pick(rng, ("", "-")) + _pick(rng, WORDS)
     path = _pick(rng, ("", "/join", "/go", "/shop", "/x" + _digits(rng, 3), "/meet"))
@@ -169,10 +203,13 @@ GENERATORS = {
         name, surname, given, sex, nationality, birth_date, issue_date, expiry_date, address,
         short_address, city, id_number, doc_number, licence_class, permit_type, company, uscc,
         capital, area, usage, scope, company_type, authority, mrz, mrz_numbers, url,
+        zh_name, zh_sex, zh_ethnicity, zh_birth_date, zh_address,
     )
 }
 
 
 def fake_value(gen_name: str, rng: np.random.Generator) -> str:
     """A value from the named generator."""
+    if gen_name not in GENERATORS:
+        raise ValueError(f"unknown value generator {gen_name!r}; one of {sorted(GENERATORS)}")
     return GENERATORS[gen_name](rng)

@@ -4,6 +4,11 @@
     cat.names()                                  # ['doc_type', 'capture_quality', ...]
     cat.for_doc_type("business_licence")         # tasks configured for a document type
     cat.check_names(["doc_type", "nope"])        # UnknownTask with the known names
+
+Document types come from the doc-type registry (`docray.doctypes`): a task with `classes: doctypes`
+(the packaged `doc_type` task) gets the registered type names, in class order, when the catalogue
+is loaded; `by_doc_type` in a YAML file may name registered types only, and a type it does not
+name (a user's new type) gets every task. A model stores its catalogue with the names spelled out.
 """
 from __future__ import annotations
 
@@ -38,6 +43,15 @@ class Task(BaseModel):
     values: list | None = None  # raw label values, in class order (cls on a non-integer column)
     range: tuple[float, float] = (0.0, 1.0)  # reg output range
     loss_weight: float = Field(1.0, gt=0)  # its loss's weight in multi-task training
+
+    @model_validator(mode="before")
+    @classmethod
+    def _doctypes(cls, data):
+        if isinstance(data, dict) and data.get("classes") == "doctypes":  # the registry's names, in class order
+            from docray.doctypes import registry
+
+            data = {**data, "classes": list(registry().names)}
+        return data
 
     @model_validator(mode="after")
     def _check(self):
@@ -150,10 +164,23 @@ def load_catalogue(source: str | Path | dict | Catalogue | None = None) -> Catal
         if not path.exists():
             raise FileNotFoundError(f"task catalogue not found: {path}")
         data = yaml.safe_load(path.read_text()) or {}
+        _check_doc_types(data, path)
     try:
         return Catalogue.model_validate(data)
     except ValidationError as e:
         raise ValueError(f"invalid task catalogue: {e}") from None
+
+
+def _check_doc_types(data: dict, path: Path) -> None:
+    """A catalogue file's by_doc_type names registered document types only (a stored catalogue may
+    name types of another registry: it is not checked)."""
+    from docray.doctypes import registry
+
+    names = registry().names
+    bad = sorted(set((data.get("by_doc_type") or {})) - set(names))
+    if bad:
+        raise ValueError(f"invalid task catalogue {path}: by_doc_type names unregistered document type(s) {bad}; "
+                         f"registered: {list(names)}")
 
 
 def subset(cat: Catalogue, names: list[str]) -> Catalogue:

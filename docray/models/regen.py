@@ -11,8 +11,9 @@ generation (type + content -> the processed image), in one module so they train 
 - Content, read field by field (`docray.compression.fields`): a corner head (a small CNN, soft-argmax
   over four heatmaps) finds the document's corners in the capture; each field's value box is
   warped out of the capture into a line crop; a transformers `VisionEncoderDecoderModel` (a small
-  ViT encoder, a small BERT decoder with cross-attention, from scratch; a character tokenizer over
-  the synthetic world's characters, printable ASCII) reads each line, caption style. The content
+  ViT encoder, a small BERT decoder with cross-attention, from scratch; a character tokenizer whose
+  characters are the config's `chars`: printable ASCII by default, or those of the training texts,
+  `CharTokenizer.from_texts(texts).chars`, Chinese included) reads each line, caption style. The content
   is the values joined by '|'. Its loss: the lines' token cross-entropy + `ctc_weight` x a CTC loss
   on the encoder's columns (joint CTC-attention) + `corner_weight` x the corners' L1 error
   (fractions of the image size).
@@ -48,20 +49,36 @@ from docray.models import make_config, register_model
 
 PAD, BOS, EOS = 0, 1, 2
 CHARS = string.printable[:95]  # ' '..'~' minus nothing: digits, letters, punctuation, space
+UNKNOWN = "?"  # what a character outside the vocabulary reads as
 COND_CHANNELS = 5  # RGBA glyph layer + document region mask
 
 
 class CharTokenizer:
-    """Characters of the synthetic world <-> ids (0 pad, 1 bos, 2 eos, 3.. characters; unknown -> '?')."""
+    """Characters <-> ids (0 pad, 1 bos, 2 eos, 3.. characters; unknown -> '?'). Any Unicode characters:
+
+        tok = CharTokenizer.from_texts(field_texts)     # printable ASCII + every other character seen
+        build_model("regen_small", chars=tok.chars)     # the model config keeps them: a saved model
+                                                        # reads back the same vocabulary
+    """
 
     def __init__(self, chars: str = CHARS):
+        if len(set(chars)) != len(chars) or UNKNOWN not in chars:
+            raise ValueError(f"a tokenizer's chars must be distinct and include {UNKNOWN!r}, got {chars[:40]!r}...")
         self.chars = chars
         self.index = {c: i + 3 for i, c in enumerate(chars)}
         self.vocab_size = len(chars) + 3
 
+    @classmethod
+    def from_texts(cls, texts, base: str = CHARS) -> "CharTokenizer":
+        """`base` (ids unchanged: by default the ASCII set every earlier model used), then every other
+        character of `texts` in code-point order (control characters left out), and '?'."""
+        seen = set(base)
+        extra = sorted({c for t in texts for c in t if c not in seen and c.isprintable()})
+        return cls(base + "".join(extra) + ("" if UNKNOWN in base or UNKNOWN in extra else UNKNOWN))
+
     def encode(self, text: str, max_len: int) -> list[int]:
         """[bos, chars..., eos] padded with 0 to max_len (truncated to fit)."""
-        ids = [self.index.get(c, self.index["?"]) for c in text][: max_len - 2]
+        ids = [self.index.get(c, self.index[UNKNOWN]) for c in text][: max_len - 2]
         ids = [BOS, *ids, EOS]
         return ids + [PAD] * (max_len - len(ids))
 
@@ -80,7 +97,8 @@ class CharTokenizer:
 
 @dataclass
 class RegenConfig:
-    n_types: int = 6  # the synthetic world's document types
+    n_types: int = 6  # document types: the doc-type registry's first n_types (docray.doctypes; 6 built-ins)
+    chars: str = ""  # the reader's characters ('' = printable ASCII, CHARS): CharTokenizer.from_texts(texts).chars
     max_len: int = 160  # content tokens incl. bos/eos (the generator's condition): ~140 characters at most
     content_size: tuple = (96, 160)  # (h, w) of the type model's input
     corner_size: tuple = (120, 192)  # (h, w) of the corner head's input
@@ -188,7 +206,7 @@ class CornerNet(nn.Module):
 class RegenModels(nn.Module):
     def __init__(self, cfg: RegenConfig):
         super().__init__()
-        self.cfg, self.tokenizer = cfg, CharTokenizer()
+        self.cfg, self.tokenizer = cfg, CharTokenizer(cfg.chars or CHARS)
         v = self.tokenizer.vocab_size
         enc = ViTConfig(image_size=list(cfg.line_size), patch_size=list(cfg.line_patch), hidden_size=cfg.enc_dim,
                         num_hidden_layers=cfg.enc_depth, num_attention_heads=cfg.enc_heads,

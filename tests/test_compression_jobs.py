@@ -12,38 +12,57 @@ from tests.test_compression_models import TINY_LIB
 
 
 def test_training_pieces_without_ray(tmp_path):
-    """Synthetic examples, one optimisation step of the three losses, validation losses, the sample grid."""
+    """Dataset rows -> RegenBatch, one optimisation step of the three losses, validation losses, the sample grid."""
+    from docray.compression.data import RegenBatch
     from docray.models import build_model
-    from train_jobs.train_regen import RegenTrainConfig, _batches, _examples, evaluate, sample_grid
+    from docray.synth import generate
+    from train_jobs.train_regen import evaluate, sample_grid
 
     torch.manual_seed(0)
     model = build_model("regen_tiny")
-    cfg = RegenTrainConfig(model="regen_tiny", n_train=4, n_val=2, original_size=(256, 160))
-    ex = _examples(cfg, model, 0, 4)
+    table = generate("documents", 0, 4, seed=0, size=(256, 160), n_angles=0)
+    rows = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}  # as Ray Data gives them
+    b = RegenBatch(model.cfg, model.tokenizer, flat_rate=0.5)(rows)
     c = model.cfg
-    assert ex["pixels"].shape == (4, 3, *c.content_size) and ex["target"].shape == (4, 3, *c.gen_size)
-    assert ex["cond"].shape == (4, 5, *c.gen_size) and ex["content_ids"].shape == (4, c.max_len)
-    assert ex["target"].min() >= -1 and ex["target"].max() <= 1
-    n_lines = sum(len(t.split("|")) for t in ex["texts"])  # one line crop per field
-    assert ex["lines"].shape == (n_lines, 3, *c.line_size) and ex["lines"].dtype == torch.uint8
-    assert ex["line_ids"].shape == (n_lines, c.field_len) and ex["line_doc"].tolist() == sorted(ex["line_doc"].tolist())
-    assert ex["corner_px"].shape == (4, 3, *c.corner_size) and ((ex["quad"] >= 0) & (ex["quad"] <= 1)).all()
-    before = evaluate(model, ex, 4, "cpu")
-    assert before == evaluate(model, ex, 4, "cpu")  # seeded noise: comparable across epochs
+    assert b["pixels"].shape == (4, 3, *c.content_size) and b["target"].shape == (4, 3, *c.gen_size)
+    assert b["cond"].shape == (4, 5, *c.gen_size) and b["content_ids"].shape == (4, c.max_len)
+    assert b["target"].min() >= -1 and b["target"].max() <= 1
+    n_lines = sum(len(f) for f in rows["clean_fields"])  # one line crop per field
+    assert b["lines"].shape == (n_lines, 3, *c.line_size) and 0 <= b["lines"].min() and b["lines"].max() <= 1
+    assert b["line_ids"].shape == (n_lines, c.field_len)
+    assert model.tokenizer.decode(b["line_ids"][0, 1:]) == rows["clean_fields"][0][0]["text"][: c.field_len - 2]
+    assert b["corner_px"].shape == (4, 3, *c.corner_size) and ((b["quad"] >= 0) & (b["quad"] <= 1)).all()
+    assert b["types"].tolist() == rows["doc_type"].tolist()
+    again = RegenBatch(model.cfg, model.tokenizer, flat_rate=0.5)(rows)  # a row's random choices repeat
+    assert all(torch.equal(b[k], again[k]) for k in b)
+    before, first = evaluate(model, [b], "cpu")
+    assert before == evaluate(model, [b], "cpu")[0]  # seeded noise: comparable across epochs
     assert 0 <= before["line_exact"] <= 1 and {"lines", "corners", "line_exact_attention", "line_exact_ctc"} <= set(before)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(3):
-        for b in _batches(ex, 4, shuffle=True, gen=torch.Generator().manual_seed(0)):
-            out = model(**b)
-            loss = out["content"] + out["type"] + out["generation"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    after = evaluate(model, ex, 4, "cpu")
+        out = model(**b)
+        loss = out["content"] + out["type"] + out["generation"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = evaluate(model, [b], "cpu")[0]
     assert after["type"] < before["type"] and after["content"] < before["content"]
-    sample_grid(model, ex, 2, str(tmp_path / "s" / "epoch_000.png"), "cpu")
+    sample_grid(model, first, 2, str(tmp_path / "s" / "epoch_000.png"), "cpu")
     grid = Image.open(tmp_path / "s" / "epoch_000.png")
     assert grid.size == (4 * c.gen_size[1], 2 * c.gen_size[0])
+
+
+def test_regen_batch_rejects_a_field_the_template_lacks():
+    from docray.compression.data import RegenBatch
+    from docray.models import build_model
+    from docray.synth import generate
+
+    model = build_model("regen_tiny")
+    table = generate("documents", 0, 1, seed=0, size=(256, 160), n_angles=0)
+    rows = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+    rows["clean_fields"][0][0]["name"] = "shoe_size"
+    with pytest.raises(ValueError, match="shoe_size.*are not fields of"):
+        RegenBatch(model.cfg, model.tokenizer)(rows)
 
 
 def test_warmup_cosine_by_steps_or_by_progress():

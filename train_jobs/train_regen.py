@@ -2,27 +2,39 @@
 
     python -m train_jobs.train_regen                                         # regen_small, CPU ok
     python -m train_jobs.train_regen --set model=regen_tiny n_train=32 n_val=8 max_epochs=2
-    python -m train_jobs.train_regen --set init_from=~/.docray/models/regen/v0001   # warm start
+    python -m train_jobs.train_regen --set train=/data/docs/train val=/data/docs/val   # your own documents
+    python -m train_jobs.train_regen --set init_from=~/.docray/models/regen/v0001   # warm start / fine-tune
     ray job submit --working-dir . -- python -m train_jobs.train_regen --set num_workers=2
 
+Data: `train` and `val` are Parquet datasets of the documents contract (`docray.datasets.contracts`;
+regen reads id, image, doc_type_name, clean, fields, clean_fields, doc_quad), a folder or file,
+local or s3://. With neither given, the synthetic default (`n_train` + `n_val` documents at
+`original_size`) is materialised once on the driver (`train_jobs.common.synth_dataset`). The driver
+checks the columns, fixes the steps of an epoch (every rank runs the same number) and hands both
+datasets to the TorchTrainer; each worker turns the rows of its shard into tensors with
+`docray.compression.data.RegenBatch`, the functions inference uses.
+
 One model holds the three (`docray.models.regen`); each step computes three losses on a batch of
-synthetic documents: content (token cross-entropy of each field's value read from its line crop,
-plus a CTC loss on the reader's encoder and the L1 error of the document corners the crops are cut
-by; `val_lines`, `val_ctc` and `val_corners` log the parts, `val_line_exact` the share of validation
-lines read exactly), type
-(cross-entropy), generation (MSE between the generator's predicted clean image and the original's
-clean render, the generator conditioned on the LABELLED type and content and their glyph layer).
-Their weighted sum is minimised. After every epoch the validation losses are checked against the
-convergence rule (`docray.compression.convergence`, configurable per loss); training stops when
-all three have converged (or at `max_epochs`). Every epoch: a checkpoint (resumable: worker
-restarts via `FailureConfig`; rerunning with the same `out` continues the run (Ray Train restores
-it from its storage path); `resume_from=<checkpoint folder>` continues another run's) and a sample grid PNG in
-`<out>/samples/epoch_XXX.png` (capture | glyph layer | generated | target). The result is saved to
-`<out>/model` (`from_pretrained`) and the model registry as `regen`.
+documents: content (token cross-entropy of each field's value read from its line crop, plus a CTC
+loss on the reader's encoder and the L1 error of the document corners the crops are cut by;
+`val_lines`, `val_ctc` and `val_corners` log the parts, `val_line_exact` the share of validation
+lines read exactly), type (cross-entropy), generation (MSE between the generator's predicted clean
+image and the row's `clean` resized to the generator's size, the generator conditioned on the
+LABELLED type and content and their glyph layer). Their weighted sum is minimised. Validation runs
+on every rank's val shard and is summed over the ranks. After every epoch the validation losses
+are checked against the convergence rule (`docray.compression.convergence`, configurable per
+loss); training stops when all three have converged (or at `max_epochs`, or when `time_budget_s`
+is spent: one decision for all ranks). Every epoch: a checkpoint (resumable: worker restarts via
+`FailureConfig`; rerunning with the same `out` continues the run (Ray Train restores it from its
+storage path); `resume_from=<checkpoint folder>` continues another run's) and a sample grid PNG in
+`<out>/samples/epoch_XXX.png` (capture | glyph layer | generated | target), from rank 0's first val
+batch. The result is saved to `<out>/model` (`from_pretrained`) and the model registry as `regen`.
 """
 from __future__ import annotations
 
+import collections
 import os
+import sys
 import time
 from typing import Literal
 
@@ -32,27 +44,40 @@ from pydantic import Field
 
 from docray.compression.convergence import LOSSES, Convergence, converged
 from docray.config import Config, parse_args, save_config
-from train_jobs.common import load_checkpoint_state, report_epoch, restore, run_trainer, unwrap, warmup_cosine
+from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, read_datasets, report_epoch,
+                               restore, run_trainer, steps_per_epoch, synth_dataset, unwrap, warmup_cosine)
+
+KIND, METHOD = "documents", "regen"  # the dataset contract regen trains on
 
 
 class RegenTrainConfig(Config):
     model: str = Field("regen_small", description="registered regen factory (regen_small | regen_tiny)")
     model_overrides: dict = Field(default_factory=dict, description="overrides for the factory")
+    train: str = Field("", description="training documents: a Parquet folder or file (local or s3://) in the "
+                       "documents contract; '' -> the synthetic default (n_train documents)")
+    val: str = Field("", description="held-out documents, as `train`; '' -> the synthetic default (n_val documents)")
     seed: int = 0
-    n_train: int = Field(512, ge=1, description="synthetic documents to train on (rows 0..n_train)")
-    n_val: int = Field(32, ge=1, description="held-out documents after the training rows")
+    n_train: int = Field(512, ge=1, description="synthetic default: documents to train on (rows 0..n_train)")
+    n_val: int = Field(32, ge=1, description="synthetic default: held-out documents after the training rows")
+    original_size: tuple[int, int] = Field((384, 240), description="synthetic default: (w, h) of the captures")
     flat_rate: float = Field(0.15, ge=0, le=1, description="share of examples whose content input is the flat "
                              "clean render instead of a photo (so the content model reads processed images too)")
     init_from: str = Field("", description="a regen model folder (model.safetensors) or a checkpoint folder "
                            "(state.pt) to start from: weights whose names and shapes match are loaded, the rest start fresh")
-    original_size: tuple[int, int] = Field((384, 240), description="(w, h) of the captures (the originals)")
     max_epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(0, ge=0, description="joint steps per epoch on every worker (0: the training rows "
+                                 "split equally over the workers, in full batches)")
     time_budget_s: float = Field(0, ge=0, description="also stop after this many seconds of training (0: no limit)")
     batch_size: int = Field(16, ge=1, description="global batch (split across workers)")
+    shuffle_buffer: int = Field(256, ge=0, description="rows each worker shuffles among (Ray Data's local shuffle, "
+                                "reseeded every epoch; 0: the dataset's order)")
     reader_steps: int = Field(0, ge=0, description="reader-only steps after each joint step, each on `line_batch` "
-                              "random training lines: the reader needs many more steps than the type model and "
-                              "the UNet (see the README's regen section)")
+                              "lines drawn from the last `line_pool` batches: the reader needs many more steps "
+                              "than the type model and the UNet (see the README's regen section)")
     line_batch: int = Field(64, ge=1, description="field lines per reader step (per worker)")
+    line_pool: int = Field(4, ge=1, description="recent batches whose lines the reader steps draw from (per worker)")
+    val_read_lines: int = Field(128, ge=0, description="validation lines read for val_line_exact (all workers "
+                                "together)")
     lr: float = Field(5e-4, gt=0, description="AdamW peak rate")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="cosine: warm-up over `warmup_steps`, then "
                                                     "cosine decay to 0 at max_epochs or the time budget, whichever comes first")
@@ -71,52 +96,68 @@ class RegenTrainConfig(Config):
     to_registry: bool = Field(True, description="save the result in the model registry as 'regen'")
 
 
-def _examples(cfg: RegenTrainConfig, model, start: int, stop: int) -> dict:
-    from docray.compression.data import synth_examples
+def datasets(cfg: RegenTrainConfig) -> dict:
+    """The train and val Ray Datasets (cfg's URIs, or the synthetic default made once here, on the
+    driver), reduced to the columns regen reads; a dataset lacking one is named with the column."""
+    from docray.datasets.contracts import contract
 
-    return synth_examples(start, stop, cfg.seed, cfg.original_size, model.cfg, model.tokenizer, cfg.flat_rate)
-
-
-def _batches(ex: dict, bs: int, shuffle: bool, gen: torch.Generator | None = None):
-    """Batches of `bs` documents, each with its documents' field lines."""
-    n = len(ex["types"])
-    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-    for i in range(0, n, bs):
-        idx = order[i:i + bs]
-        b = {k: ex[k][idx] for k in ("pixels", "corner_px", "quad", "content_ids", "types", "target", "cond")}
-        rows = torch.isin(ex["line_doc"], idx)
-        b["lines"], b["line_ids"] = ex["lines"][rows].float() / 255, ex["line_ids"][rows]
-        yield b
+    if bool(cfg.train) != bool(cfg.val):
+        raise ValueError("give both train= and val= (your own documents), or neither (the synthetic default)")
+    train, val = cfg.train, cfg.val
+    if not train:
+        train, val = synth_dataset(KIND, cfg.n_train, cfg.n_val, cfg.seed,
+                                   options={"size": tuple(cfg.original_size), "n_angles": 0})
+    columns = list(contract(KIND).for_method(METHOD))
+    ds = read_datasets(train, val)
+    for split, uri in (("train", train), ("val", val)):
+        missing = [c for c in columns if c not in ds[split].schema().names]
+        if missing:
+            raise ValueError(f"{split} dataset {uri}: missing column(s) {missing}; regen needs {columns} "
+                             f"(the {KIND!r} contract, docray.datasets.contracts)")
+    return {split: d.select_columns(columns) for split, d in ds.items()}
 
 
 @torch.no_grad()
-def evaluate(model, val: dict, bs: int, device, read_lines: int = 128) -> dict:
-    """Validation losses with fixed diffusion noise (seeded), so epochs compare fairly, and
-    `line_exact`: the share of the first `read_lines` field lines the content model reads exactly."""
+def evaluate(model, batches, device, read_lines: int = 128) -> tuple[dict, dict | None]:
+    """Validation over this rank's `batches` (RegenBatch dicts), summed over every rank (`all_sum`):
+    the mean losses with fixed diffusion noise (seeded), so epochs compare fairly, and `line_exact`
+    (with `line_exact_attention`, `line_exact_ctc`): the share of field lines read exactly as
+    labelled, over the first `read_lines` lines of each rank. Returns (metrics, the first batch)."""
     model.eval()
     state = torch.get_rng_state()
     torch.manual_seed(1234)
-    sums, n = {}, 0
-    for b in _batches(val, bs, shuffle=False):
+    sums, first = {"n": 0.0, "read": 0.0}, None
+    for b in batches:
+        if first is None:
+            first = {k: v.cpu() for k, v in b.items()}
         b = {k: v.to(device) for k, v in b.items()}
-        out = model(**b)
-        for k, v in out.items():  # the three losses and the content loss's parts
-            sums[k] = sums.get(k, 0.0) + float(v) * len(b["types"])
-        n += len(b["types"])
+        n = len(b["types"])
+        for k, v in model(**b).items():  # the three losses and the content loss's parts
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        sums["n"] += n
+        k = min(len(b["lines"]), read_lines - int(sums["read"]))
+        if k > 0:  # reads of the first lines, exactly as labelled or not
+            labels = [model.tokenizer.decode(ids[1:]) for ids in b["line_ids"][:k].tolist()]
+            for decode, reads in model.readings(b["lines"][:k]).items():
+                key = "line_exact" if decode == "joint" else f"line_exact_{decode}"
+                sums[key] = sums.get(key, 0.0) + sum(r == t for r, t in zip(reads, labels))
+            sums["read"] += k
     torch.set_rng_state(state)
-    out = {k: v / n for k, v in sums.items()}
-    k = min(len(val["line_texts"]), read_lines)  # reads of the first lines, exactly right or not
-    if k:
-        for decode, reads in model.readings(val["lines"][:k].float().div(255).to(device)).items():
-            key = "line_exact" if decode == "joint" else f"line_exact_{decode}"
-            out[key] = sum(r == t for r, t in zip(reads, val["line_texts"][:k])) / k
+    for k in ("line_exact", "line_exact_attention", "line_exact_ctc", *LOSSES, "lines", "ctc", "corners"):
+        sums.setdefault(k, 0.0)  # the same keys on every rank, even one with no val rows
+    totals = all_sum(sums)
+    exact = [k for k in totals if k.startswith("line_exact")]
+    out = {k: v / max(1.0, totals["n"]) for k, v in totals.items() if k not in ("n", "read", *exact)}
+    if totals["read"]:
+        out.update({k: totals[k] / totals["read"] for k in exact})
     model.train()
-    return out
+    return out, first
 
 
 @torch.no_grad()
 def sample_grid(model, val: dict, n: int, path: str, device) -> None:
-    """Rows: capture | glyph layer | generated (composited, few-step DDIM) | target."""
+    """Rows: capture | glyph layer | generated (composited, few-step DDIM) | target, of the first
+    `n` documents of `val` (a RegenBatch dict)."""
     from PIL import Image
 
     from docray.compression import layout
@@ -160,6 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from docray.compression.data import RegenBatch
     from docray.models import build_model
 
     from train_jobs.common import worker_setup
@@ -170,9 +212,9 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg.model, **cfg.model_overrides)
     if cfg.init_from:
         _init_from(model, cfg.init_from)
-    # each worker renders its own contiguous share of the training rows
-    train = _examples(cfg, model, rank * cfg.n_train // world, (rank + 1) * cfg.n_train // world)
-    val = _examples(cfg, model, cfg.n_train, cfg.n_train + cfg.n_val)
+    collate = RegenBatch(model.cfg, model.tokenizer, cfg.flat_rate, seed=cfg.seed)
+    bs = max(1, cfg.batch_size // world)
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     # reader steps leave the other parts' weights without gradients: DDP must be told
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": cfg.reader_steps > 0})
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -182,17 +224,21 @@ def train_loop_per_worker(config: dict) -> None:
     start, state = restore(model, opt, checkpoint=ckpt)
     history = state.get("history") or {k: [] for k in LOSSES}
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    out_dir = cfg.out
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator()
+    pool = collections.deque(maxlen=cfg.line_pool)  # (lines, line_ids) of the last batches: the reader steps' lines
     t_start = time.perf_counter()
-    per_epoch = -(-len(train["types"]) // max(1, cfg.batch_size // world)) * (1 + cfg.reader_steps)  # optimiser steps
+    per_epoch = cfg.steps_per_epoch * (1 + cfg.reader_steps)  # optimiser steps; the driver fixed steps_per_epoch
     step, total = start * per_epoch, cfg.max_epochs * per_epoch  # a resumed run does not redo the warm-up
     warmup = min(cfg.warmup_steps, total // 10)  # short runs: 10%
 
-    def opt_step(loss) -> None:
+    def elapsed() -> float:
+        """Seconds trained, one clock for all ranks (the mean of theirs), so every rank stops and
+        decays its rate at the same step."""
+        return all_sum({"t": time.perf_counter() - t_start})["t"] / world
+
+    def opt_step(loss, by_time: float) -> None:
         nonlocal step
         if cfg.schedule == "cosine":
-            by_time = (time.perf_counter() - t_start) / cfg.time_budget_s if cfg.time_budget_s else 0.0
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * warmup_cosine(step, warmup, total, progress=max(by_time, step / total))
         opt.zero_grad(set_to_none=True)
@@ -201,36 +247,51 @@ def train_loop_per_worker(config: dict) -> None:
         opt.step()
         step += 1
 
+    out_of_time = False
     for epoch in range(start, cfg.max_epochs):
-        gen.manual_seed(cfg.seed * 1000 + epoch)
+        seed = cfg.seed * 1000 + epoch * world + rank
+        gen.manual_seed(seed)
         t0, sums, steps = time.perf_counter(), dict.fromkeys(LOSSES, 0.0), 0
-        for b in _batches(train, max(1, cfg.batch_size // world), shuffle=True, gen=gen):
-            if cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s:
-                break  # the budget is spent (and the cosine at 0): evaluate, checkpoint and stop
+        shuffle = {}  # Ray Data's local shuffle, reseeded every epoch
+        if cfg.shuffle_buffer:
+            shuffle = dict(local_shuffle_buffer_size=max(cfg.shuffle_buffer, bs), local_shuffle_seed=seed)
+        for b in epoch_batches(train_shard, cfg.steps_per_epoch, batch_size=bs, collate_fn=collate, drop_last=True,
+                               **shuffle):
+            by_time = elapsed() / cfg.time_budget_s if cfg.time_budget_s else 0.0
+            if by_time > 1:
+                out_of_time = True  # the budget is spent (and the cosine at 0): evaluate, checkpoint and stop
+                break
             b = {k: v.to(device) for k, v in b.items()}
             with amp:
                 losses = model(**b)
-            opt_step(sum(cfg.weights.get(k, 1.0) * losses[k].float() for k in LOSSES))
+            opt_step(sum(cfg.weights.get(k, 1.0) * losses[k].float() for k in LOSSES), by_time)
             for k in LOSSES:
                 sums[k] += float(losses[k])
             steps += 1
-            for _ in range(cfg.reader_steps):  # the reader alone, on random training lines
-                idx = torch.randint(len(train["lines"]), (cfg.line_batch,), generator=gen)
-                with amp:
-                    read = model(lines=train["lines"][idx].to(device).float() / 255, line_ids=train["line_ids"][idx].to(device))
-                opt_step(cfg.weights.get("content", 1.0) * read["content"].float())
-        val_losses = evaluate(unwrap(model), val, cfg.batch_size, device)
+            pool.append((b["lines"], b["line_ids"]))
+            if cfg.reader_steps:  # the reader alone, on lines of the last batches
+                lines, line_ids = (torch.cat(x) for x in zip(*pool))
+                for _ in range(cfg.reader_steps):
+                    idx = torch.randint(len(lines), (cfg.line_batch,), generator=gen).to(device)
+                    with amp:
+                        read = model(lines=lines[idx], line_ids=line_ids[idx])
+                    opt_step(cfg.weights.get("content", 1.0) * read["content"].float(), by_time)
+        val_losses, first = evaluate(unwrap(model), val_shard.iter_torch_batches(batch_size=bs, collate_fn=collate),
+                                     device, read_lines=-(-cfg.val_read_lines // world))
         for k in LOSSES:
             history[k].append(val_losses[k])
         done = converged(history, cfg.convergence)
-        metrics = {"epoch": epoch, "epoch_s": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"],
+        metrics = {"epoch": epoch, "epoch_s": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"], "steps": steps,
                    **{f"train_{k}": sums[k] / max(1, steps) for k in LOSSES},
                    **{f"val_{k}": v for k, v in val_losses.items()},
-                   **{f"converged_{k}": bool(v) for k, v in done.items()}, "converged": all(done.values())}
-        if rank == 0:
-            sample_grid(unwrap(model), val, cfg.n_samples, os.path.join(out_dir, "samples", f"epoch_{epoch:03d}.png"), device)
+                   **{f"converged_{k}": bool(v) for k, v in done.items()}, "converged": all(done.values()),
+                   "worker_imported_synth": agree("docray.synth" in sys.modules)}  # on any rank
+        if rank == 0 and first is not None:
+            grid = os.path.join(cfg.out, "samples", f"epoch_{epoch:03d}.png")
+            sample_grid(unwrap(model), first, cfg.n_samples, grid, device)
         report_epoch(rank, model, opt, epoch, metrics, extra={"history": history, "spec": unwrap(model).docray_spec})
-        if metrics["converged"] or (cfg.time_budget_s and time.perf_counter() - t_start > cfg.time_budget_s):
+        out_of_time = out_of_time or bool(cfg.time_budget_s and elapsed() > cfg.time_budget_s)
+        if agree(metrics["converged"] or out_of_time):
             break
 
 
@@ -241,9 +302,15 @@ def run(cfg: RegenTrainConfig) -> dict:
     from docray.storage.registry import ModelRegistry
 
     out = os.path.abspath(cfg.out or paths.sub("models", "regen-run"))
-    cfg = cfg.model_copy(update={"out": out})
+    ds = datasets(cfg)
+    steps = steps_per_epoch(ds["train"].count(), max(1, cfg.batch_size // cfg.num_workers), cfg.num_workers)
+    if cfg.steps_per_epoch > steps:
+        raise ValueError(f"steps_per_epoch={cfg.steps_per_epoch}: each worker's share of the training rows holds "
+                         f"{steps} full batches")
+    steps = cfg.steps_per_epoch or steps
+    cfg = cfg.model_copy(update={"out": out, "steps_per_epoch": steps})
     save_config(cfg, out)
-    result = run_trainer(train_loop_per_worker, cfg, "regen")
+    result = run_trainer(train_loop_per_worker, cfg, "regen", datasets=ds)
     state = load_checkpoint_state(result.checkpoint)
     model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
     model.load_state_dict(state["model"])

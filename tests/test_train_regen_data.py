@@ -1,6 +1,7 @@
 """train_regen reads its documents through Ray Data: datasets by URI, 2 workers, no generator in a worker."""
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,6 +16,9 @@ def docs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("regen-docs")
     table = generate("documents", 0, N_TRAIN + N_VAL, seed=5, size=(192, 120), n_angles=0)
+    rows = table.to_pylist()
+    rows[0]["clean_fields"][0]["text"] += " Zoë 张"  # characters beyond ASCII: the reader's vocabulary grows
+    table = pa.Table.from_pylist(rows, schema=table.schema)
     for split, rows in (("train", table.slice(0, N_TRAIN)), ("val", table.slice(N_TRAIN))):
         (root / split).mkdir()
         pq.write_table(rows, root / split / "part-0.parquet")
@@ -34,7 +38,9 @@ def test_two_workers_train_from_dataset_uris(ray_cluster, docs, tmp_path):
     import torch.nn.functional as F
 
     from docray.compression.data import RegenBatch
+    from docray.doctypes import registry
     from docray.models import from_pretrained
+    from docray.models.regen import CHARS
     from train_jobs.train_regen import run
 
     res = run(_cfg(docs, tmp_path / "run"))
@@ -52,6 +58,8 @@ def test_two_workers_train_from_dataset_uris(ray_cluster, docs, tmp_path):
     with torch.no_grad():
         whole = F.cross_entropy(model.type_model(b["pixels"]), b["types"]).item()
     assert m["val_type"] == pytest.approx(whole, rel=1e-4)
+    assert {"ë", "张"} <= set(model.tokenizer.chars) and model.tokenizer.chars.startswith(CHARS)
+    assert model.cfg.n_types == len(registry())
 
 
 def test_help_lists_the_datasets(capsys):
@@ -73,3 +81,22 @@ def test_dataset_without_a_needed_column_is_named(ray_cluster, docs, tmp_path):
         datasets(_cfg(tmp_path, tmp_path / "out"))
     with pytest.raises(ValueError, match="both train= and val="):
         datasets(_cfg(docs, tmp_path / "out").model_copy(update={"val": ""}))
+
+
+def test_init_from_keeps_the_rows_a_grown_model_shares(tmp_path):
+    """Fine-tuning on data with new characters or types: the saved model's rows are kept, new ones start fresh."""
+    from docray.models import build_model, save_pretrained
+    from docray.models.regen import CHARS
+    from train_jobs.train_regen import _init_from
+
+    torch.manual_seed(0)
+    old = build_model("regen_tiny")
+    save_pretrained(old, tmp_path / "m")
+    new = build_model("regen_tiny", chars=CHARS + "张", n_types=old.cfg.n_types + 1)
+    fresh = new.ctc_head.weight.detach().clone()
+    _init_from(new, str(tmp_path / "m"))
+    for name in ("ctc_head.weight", "char_embed.weight", "type_embed.weight"):
+        a, b = old.state_dict()[name], new.state_dict()[name]
+        assert len(b) == len(a) + 1 and torch.equal(b[: len(a)], a)
+    assert torch.equal(new.ctc_head.weight[-1], fresh[-1])  # the new character's row: as built
+    assert torch.equal(new.unet.conv_in.weight, old.unet.conv_in.weight)

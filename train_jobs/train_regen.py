@@ -52,7 +52,8 @@ KIND, METHOD = "documents", "regen"  # the dataset contract regen trains on
 
 class RegenTrainConfig(Config):
     model: str = Field("regen_small", description="registered regen factory (regen_small | regen_tiny)")
-    model_overrides: dict = Field(default_factory=dict, description="overrides for the factory")
+    model_overrides: dict = Field(default_factory=dict, description="overrides for the factory (the reader's `chars` "
+                                  "and `n_types` default to the training data's and the doc-type registry's)")
     train: str = Field("", description="training documents: a Parquet folder or file (local or s3://) in the "
                        "documents contract; '' -> the synthetic default (n_train documents)")
     val: str = Field("", description="held-out documents, as `train`; '' -> the synthetic default (n_val documents)")
@@ -180,21 +181,66 @@ def sample_grid(model, val: dict, n: int, path: str, device) -> None:
     model.train()
 
 
-def _init_from(model, folder: str) -> None:
-    """Load the weights of `folder` (a saved model's model.safetensors, or a checkpoint's state.pt)
-    whose names and shapes match `model`'s: a warm start, also from an earlier architecture."""
+def _saved(folder: str) -> tuple[dict, dict]:
+    """(state dict, build spec {"name", "overrides"}) of a regen model folder (model.safetensors and
+    config.json: `<out>/model` or the registry's) or a checkpoint folder (state.pt)."""
+    import json
+
     import ray.train
     from safetensors.torch import load_file
 
     folder = os.path.expanduser(folder)
     if os.path.exists(os.path.join(folder, "state.pt")):
-        src = load_checkpoint_state(ray.train.Checkpoint(folder))["model"]
-    else:
-        src = load_file(os.path.join(folder, "model.safetensors"))
+        state = load_checkpoint_state(ray.train.Checkpoint(folder))
+        return state["model"], state.get("spec", {})
+    with open(os.path.join(folder, "config.json")) as f:
+        return load_file(os.path.join(folder, "model.safetensors")), json.load(f)
+
+
+def _init_from(model, folder: str) -> None:
+    """Load the weights of `folder` (see `_saved`) whose names match `model`'s: a warm start, also
+    from an earlier architecture. Tensors of the same shape are copied; where `model` has more rows
+    (a vocabulary with new characters, more document types: `model_overrides` keeps the old ids
+    first), the rows both have; the rest start fresh."""
+    src = _saved(folder)[0]
     own = model.state_dict()
-    keep = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    keep = {}
+    for k, v in src.items():
+        o = own.get(k)
+        if o is not None and o.shape == v.shape:
+            keep[k] = v
+        elif o is not None and o.dim() == v.dim() and o.shape[1:] == v.shape[1:] and o.shape[0] > v.shape[0]:
+            keep[k] = torch.cat([v.to(o.dtype), o[v.shape[0]:]])
     model.load_state_dict(keep, strict=False)
     print(f"init_from {folder}: {len(keep)} of {len(own)} tensors loaded")
+
+
+def field_texts(ds) -> set[str]:
+    """Every field value (`clean_fields` texts) of a documents dataset, read through Ray Data."""
+    import pyarrow.compute as pc
+
+    texts = set()
+    for b in ds.select_columns(["clean_fields"]).iter_batches(batch_size=4096, batch_format="pyarrow"):
+        texts.update(pc.unique(pc.struct_field(pc.list_flatten(b["clean_fields"]), "text")).to_pylist())
+    texts.discard(None)
+    return texts
+
+
+def model_overrides(cfg: RegenTrainConfig, train) -> dict:
+    """cfg's `model_overrides` plus what the data decides, unless given: the reader's characters
+    (`chars`: printable ASCII, or the `init_from` model's, then every other character of the training
+    texts) and `n_types` (the doc-type registry's types)."""
+    from docray.doctypes import registry
+    from docray.models.regen import CHARS, CharTokenizer
+
+    over = dict(cfg.model_overrides)
+    base = (_saved(cfg.init_from)[1].get("overrides", {}).get("chars") if cfg.init_from else "") or CHARS
+    if "chars" not in over:
+        chars = CharTokenizer.from_texts(field_texts(train), base=base).chars
+        if chars != CHARS:
+            over["chars"] = chars
+    over.setdefault("n_types", len(registry()))
+    return over
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -303,12 +349,13 @@ def run(cfg: RegenTrainConfig) -> dict:
 
     out = os.path.abspath(cfg.out or paths.sub("models", "regen-run"))
     ds = datasets(cfg)
+    overrides = model_overrides(cfg, ds["train"])
     steps = steps_per_epoch(ds["train"].count(), max(1, cfg.batch_size // cfg.num_workers), cfg.num_workers)
     if cfg.steps_per_epoch > steps:
         raise ValueError(f"steps_per_epoch={cfg.steps_per_epoch}: each worker's share of the training rows holds "
                          f"{steps} full batches")
     steps = cfg.steps_per_epoch or steps
-    cfg = cfg.model_copy(update={"out": out, "steps_per_epoch": steps})
+    cfg = cfg.model_copy(update={"out": out, "steps_per_epoch": steps, "model_overrides": overrides})
     save_config(cfg, out)
     result = run_trainer(train_loop_per_worker, cfg, "regen", datasets=ds)
     state = load_checkpoint_state(result.checkpoint)

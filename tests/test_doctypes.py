@@ -99,6 +99,12 @@ def test_a_bad_template_names_its_file_and_key(tmp_path, changes, error):
     assert "too_short" not in str(e.value) and "at least 1 item" not in str(e.value)  # only the real problem
 
 
+def test_a_type_is_named_by_its_file(tmp_path):
+    with pytest.raises(DocTypeError, match="'My-Card': use lowercase letters, digits and '_'"):
+        load_doctype(_write(tmp_path, "My-Card"))
+    assert load_doctype(_write(tmp_path, "my_card")).name == "my_card"
+
+
 def test_a_bad_user_file_stops_the_registry(tmp_path, monkeypatch):
     _write(tmp_path, "bad", {"aspect": -1})
     monkeypatch.setenv("DOCRAY_DOCTYPES", str(tmp_path))

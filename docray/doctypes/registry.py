@@ -16,6 +16,7 @@ where it runs.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from docray import paths
-from docray.doctypes.schema import Colors, DocType, FieldSpec, Fonts, Portrait, Seal
+from docray.doctypes.schema import NAME, Colors, DocType, FieldSpec, Fonts, Portrait, Seal
 
 BUILTIN_DIR = Path(__file__).with_name("types")
 # The built-in types in class order: append new ones, never reorder (trained models index them).
@@ -83,6 +84,9 @@ def load_doctype(path: str | Path) -> DocType:
         raise DocTypeError(f"template {path}: cannot read it: {e}") from None
     if not isinstance(data, dict):
         raise DocTypeError(f"template {path}: expected a mapping of keys (aspect, fields, ...), got {type(data).__name__}")
+    if not re.match(NAME, path.stem):
+        raise DocTypeError(f"template {path}: a type's name is its file's name, {path.stem!r}: use lowercase "
+                           "letters, digits and '_', starting with a letter (e.g. cn_resident_card.yaml)")
     if data.get("name", path.stem) != path.stem:
         raise DocTypeError(f"template {path}: a type's name is its file's name; name: {data['name']!r} "
                            f"differs from {path.stem!r}")

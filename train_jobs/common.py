@@ -235,12 +235,13 @@ def all_gather(value) -> list:
     return out
 
 
-def run_trainer(loop, cfg, name: str, datasets: dict | None = None):
+def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config: dict | None = None):
     """Fit `loop` with TorchTrainer under cfg's scaling and failure settings; returns the Result.
 
     `cfg` needs: num_workers, cpus_per_worker, use_gpu (None: a GPU when the cluster has one),
     max_failures, out. `datasets` (from `read_datasets`) are split equally over the workers
-    (`ray.train.get_dataset_shard(name)` in the loop).
+    (`ray.train.get_dataset_shard(name)` in the loop). The loop gets `loop_config`, by default
+    `cfg.model_dump()`.
     """
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -248,7 +249,7 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None):
 
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     trainer = TorchTrainer(
-        loop, train_loop_config=cfg.model_dump(),
+        loop, train_loop_config=cfg.model_dump() if loop_config is None else loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(Path(cfg.out).resolve() / "ray"),

@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(c.threads)
     save_config(c, c.out)
     ucfg = UnifiedTrainConfig(model=c.model, encoder_from=c.encoder_from, text_encoder=c.text_encoder,
-                              tasks=c.tasks, n_docs=c.n_docs, seed=c.seed)
+                              tasks=c.tasks, seed=c.seed)
     cat = catalogue_of(ucfg)
     arrays = prepare(documents_table(c.n_docs, c.seed), cat, build(ucfg)[0].image_size)
     if c.train_limit:

@@ -65,8 +65,9 @@ def job_list(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
     d, e, k = cfg.recognition_docs, cfg.recognition_epochs, cfg.mask_identities
     jobs = []
     if cfg.jobs.recognition:
-        jobs += [("mae_pretrain", "train_jobs.mae_pretrain", [f"n_docs={d}", f"epochs={e}"]),
-                 ("unified_train", "train_jobs.unified_train", [f"n_docs={d}", f"epochs={e}"])]
+        data = [f"n_train={d}", f"n_val={max(d // 10, 2)}"]  # one synthetic dataset, made once, read by both
+        jobs += [("mae_pretrain", "train_jobs.mae_pretrain", [*data, f"epochs={e}"]),
+                 ("unified_train", "train_jobs.unified_train", [*data, f"epochs={e}"])]
     if cfg.jobs.screening:
         jobs += [("train_descriptor", "train_jobs.train_descriptor",
                   ["n_pictures=160", "val_pictures=40", "epochs=1", "steps_per_epoch=60", "batch_size=64",
@@ -74,7 +75,7 @@ def job_list(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
                  ("build_cutout_library", "data_jobs.build_cutout_library", ["synth_n=80"])]
     if cfg.jobs.masking:
         jobs += [("train_mask_models", "train_jobs.train_mask_models",
-                  [f"n_identities={k}", "samples=20", "train.epochs=4", "inpaint_epochs=2", "mask_bank=60"]),
+                  [f"n_identities={k}", "samples=20", "epochs=4", "inpaint_epochs=2", "mask_bank=60"]),
                  # Recognisers trained for seconds cannot open the method's gaps (0.30, 0.07): the funnel's
                  # thresholds are off here, so its masks show the serving flow, not privacy-selected masks.
                  ("mask_grid_eval", "data_jobs.mask_grid_eval", [f"n_identities={k}", "samples=20", "n_masks=36", "runs=2",

@@ -1,5 +1,6 @@
-"""Unified recognition through Ray: a 2-worker Ray Train run that fails once and resumes, the
-encoder hand-off from MAE pre-training, `serve.run` of /v1/recognize, and the archive Data job."""
+"""Unified recognition through Ray: a 2-worker Ray Train run on the synthetic default that fails
+once and resumes, the encoder hand-off from MAE pre-training, `serve.run` of /v1/recognize, and the
+archive Data job. (Datasets by URI, missing labels, a killed worker: test_train_recognition_data.py.)"""
 from __future__ import annotations
 
 import io
@@ -13,7 +14,7 @@ from PIL import Image
 
 from docray.recognition.data import documents_table
 
-TINY = ["model=unified_tiny", "text_encoder=hash", "n_docs=20", "batch_size=8", "eval_split=val"]
+TINY = ["model=unified_tiny", "text_encoder=hash", "n_train=32", "n_val=8", "batch_size=8"]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,11 @@ def test_mae_pretrain_job_registers_encoder_and_writes_grids(ray_cluster, tmp_pa
     from docray.storage.registry import ModelRegistry
     from train_jobs import mae_pretrain
 
-    mae = mae_pretrain.main(["--set", "model=vit_mae_tiny", "n_docs=20", "epochs=2", "batch_size=16", "num_workers=2",
+    mae = mae_pretrain.main(["--set", "model=vit_mae_tiny", "n_train=32", "n_val=8", "epochs=2", "batch_size=8", "num_workers=2",
                              "cpus_per_worker=0.5", "fail_at_epoch=0", "register_as=test-encoder-job",
                              f"out={tmp_path / 'mae'}"])
     assert mae["registered"].startswith("test-encoder-job/v") and mae["resumed_at_epoch"] == 1
+    assert mae["worker_imported_synth"] is False  # the synthetic default was made on the driver
     state, config, metrics = ModelRegistry().load("test-encoder-job")
     assert config["name"] == "vit_encoder_tiny" and "loss" in metrics
     assert all(k.startswith("vit.") for k in state)
@@ -56,6 +58,7 @@ def test_two_worker_training_resumed_from_checkpoint(trained):
     assert (out / "uni" / ".failed_once").exists()
     assert uni["registered"].startswith("test-unified/v")
     assert 0 <= uni["val/doc_type"] <= 1 and "val/layout_detection" in uni
+    assert uni["worker_imported_synth"] is False and uni["steps"] == 2 * (32 // 2 // 8)
 
 
 def test_serve_recognize(trained):

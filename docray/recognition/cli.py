@@ -1,7 +1,7 @@
 """`docray recognize ...`: thin wrappers over the unified-recognition jobs and the predictor.
 
-    docray recognize pretrain [--set epochs=2 n_docs=200]     # train_jobs.mae_pretrain
-    docray recognize train    [--set epochs=2 n_docs=200]     # train_jobs.unified_train
+    docray recognize pretrain [--set epochs=2 n_train=200 n_val=40]    # train_jobs.mae_pretrain
+    docray recognize train    [--set train=DIR val=DIR]                # train_jobs.unified_train
     docray recognize archive  --set input=DIR out=DIR          # data_jobs.recognize_archive
     docray recognize image DOC.png [--flash F.png] [--task doc_type ...]   # the latest model, no Ray
     docray recognize quickstart                                # short pre-training + training + one /v1/recognize

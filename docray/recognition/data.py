@@ -1,57 +1,271 @@
-"""Synthetic documents -> arrays for unified recognition: images, frames, attributes, per-task targets.
+"""Documents (the `documents` contract) -> the tensors unified recognition trains on.
 
-    table = documents_table(2000, seed=0)                 # cached Parquet under $DOCRAY_HOME/datasets
-    arrays = prepare(table, catalogue, image_size=64)      # numpy, decoded and resized once
-    ds = DocumentSet(arrays, split="train")                # torch Dataset of dicts; default collate
+    collate = DocumentBatch(catalogue, image_size=64)               # a Ray Data collate_fn (numpy columns in)
+    for batch in shard.iter_torch_batches(batch_size=32, collate_fn=collate): ...
+    batch = collate(ds.take_batch(8))                               # try it on a few rows first
+    views = DocumentImages(64)(rows)                                # MAE: every view, (n', 3, s, s) uint8
+    counts = check_labels(ds, catalogue)                            # driver: rows labelling each task, or a clear error
 
-Images are resized to a square `image_size` (documents are 256x160; the tasks do not need the
-aspect). Targets, per task type: cls int64 class; reg float32; seg uint8 label map at
-`image_size / 2`; det float32 (n_classes, 5) = [present, cx, cy, w, h] normalised to [0, 1].
-User attributes are synthetic (drawn from the document id) so that the plumbing is exercised.
+The per-image steps are those inference runs (`load_rgb`, `stack_frames`, `to_float`; see
+predictor.py). Images are resized to a square `image_size` (the tasks do not need the aspect).
+Targets, per task type: cls int64 class; reg float; seg uint8 label map at `image_size / 2`; det
+float32 (n_classes, 5) = [present, cx, cy, w, h] normalised to [0, 1]. A user's dataset may lack a
+task's columns in some rows or all: `labelled` (b, n_tasks) says which (row, task) pairs have every
+column the task reads (its label columns and its frames); the others are never asked in training
+(their slot is -1, so no loss) nor scored. User attributes are synthetic (drawn from the document
+id, no signal) so that the fusion is exercised.
+
+The old in-memory path, for benchmarks/unified_vs_separate.py and the model tests: `documents_table`
+(synthetic rows, cached) -> `prepare` (every row through `DocumentBatch` at once) -> `DocumentSet`.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
+from ray.data.collate_fn import NumpyBatchCollateFn
 from tqdm import tqdm
 
 from docray import paths
 from docray.imageio import decode_image
-from docray.recognition.tasks import Catalogue
+from docray.recognition.tasks import Catalogue, Task
 
 # Balanced binary tasks (chance = 50%: half screen recaptures, half substituted angle views) and
 # one angle view (the angle task's frames); see DESIGN.md.
 DOC_OPTIONS = dict(n_angles=1, recapture_rate=0.5, swap_rate=0.5)
 CACHE_VERSION = 2  # part of the cache key: bump when docray.synth's documents change
-IMAGE_COLUMNS = ("image", "flash", "angles")
+FRAME_KINDS = ("flash", "angles")  # each is also the column holding those frames
+
+
+# -- per image (shared with inference) ------------------------------------------------------------
+
+
+def load_rgb(data, size: int, name: str = "image") -> np.ndarray:
+    """Image bytes (or a PIL image) -> (3, size, size) uint8."""
+    img = data if isinstance(data, Image.Image) else decode_image(data, name=name)
+    return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1).copy()
+
+
+def stack_frames(frames: list[list], size: int, name: str = "frame") -> np.ndarray:
+    """Per row a list of frames (bytes or PIL) -> (b, f, 3, size, size) uint8, f the most any row has;
+    a row with fewer repeats its last frame, a row with none is zeros."""
+    per = [[load_rgb(im, size, name) for im in row] for row in frames]
+    out = np.zeros((len(per), max((len(p) for p in per), default=0), 3, size, size), np.uint8)
+    for b, p in enumerate(per):
+        for j in range(out.shape[1]):
+            if p:
+                out[b, j] = p[min(j, len(p) - 1)]
+    return out
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [0, 1] (the models normalise inside)."""
+    return x.float() / 255.0
+
+
+# -- labels of one row ----------------------------------------------------------------------------
+
+
+def is_null(v) -> bool:
+    """A missing cell as pyarrow / Ray Data give it: None, or NaN in a float column."""
+    return v is None or (isinstance(v, (float, np.floating)) and bool(np.isnan(v)))
+
+
+def doc_types(cat: Catalogue) -> list[str]:
+    """The document types a model tells apart, in class order: the catalogue's doc_type classes.
+    (The one place to swap in the template registry, docray.doctypes, when it lands.)"""
+    return list(cat.get("doc_type").classes)
+
+
+def task_columns(task: Task) -> list[str]:
+    """The columns a task reads: its label column(s) and, for a multi-frame task, its frames."""
+    cols = list(task.label.values()) if isinstance(task.label, dict) else [task.label]
+    return cols + ([task.frames] if task.frames != "none" else [])
+
+
+def has_label(task: Task, row: dict) -> bool:
+    """Whether a row (column -> cell; absent columns are missing) has everything `task` reads."""
+    for col in task_columns(task):
+        v = row.get(col)
+        if is_null(v) or (col in FRAME_KINDS and len(v) == 0):
+            return False
+    return True
+
+
+def _class_index(task: Task, options: list, v) -> int:
+    if v not in options:
+        raise ValueError(f"task {task.name!r}: column {task.label!r} holds {v!r}, not one of {list(options)}")
+    return list(options).index(v)
+
+
+def _box01(box, w: int, h: int) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [1.0, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
+
+
+def task_target(task: Task, row: dict, seg_size: int, wh: tuple[int, int]) -> np.ndarray | int | float:
+    """The target of one task for one labelled row (column -> cell; `wh` = the image's size).
+
+    cls: an int class index, a bool, a value listed in `values`, or a class name (a string);
+    reg: a float; seg: a PNG label map; det: per class a box [x0, y0, x1, y1] ([] = absent) or a list
+    of fields (the union of their boxes)."""
+    if task.type == "cls":
+        v = row[task.label]
+        if task.values is not None:
+            return _class_index(task, task.values, v)
+        if isinstance(v, str):
+            return _class_index(task, task.classes, v)
+        return int(v)
+    if task.type == "reg":
+        return float(row[task.label])
+    if task.type == "seg":
+        seg = decode_image(row[task.label], mode=None, name=f"{task.label} label map").resize((seg_size, seg_size), Image.NEAREST)
+        return np.asarray(seg, np.uint8).clip(0, len(task.classes) - 1)
+    out = np.zeros((len(task.classes), 5), np.float32)  # det
+    for c, name in enumerate(task.classes):
+        col = row[task.label[name]]
+        if len(col) and isinstance(col[0], dict):  # a list of fields: the union of their boxes
+            boxes = [f["box"] for f in col if f["box"] is not None and len(f["box"])]
+            col = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
+                   max(b[3] for b in boxes)] if boxes else []
+        if len(col):
+            out[c] = _box01(col, *wh)
+    return out
+
+
+def _blank(task: Task, seg_size: int):
+    """The placeholder target of an unlabelled (row, task): never used by a loss or a metric."""
+    return {"cls": 0, "reg": 0.0, "seg": np.zeros((seg_size, seg_size), np.uint8),
+            "det": np.zeros((len(task.classes), 5), np.float32)}[task.type]
+
+
+def synthetic_attrs(doc_id: str, cat: Catalogue) -> dict:
+    """Deterministic user attributes for a document id (no signal: they exercise the fusion)."""
+    rng = np.random.default_rng(zlib.crc32(doc_id.encode()))
+    cats, nums = cat.attr_spec()
+    out = {k: v[int(rng.integers(len(v)))] for k, v in cats.items()}
+    out.update({k: float(s["mean"] + s["std"] * rng.standard_normal()) for k, s in nums.items()})
+    return out
+
+
+# -- batches of rows ------------------------------------------------------------------------------
+
+
+class DocumentBatch(NumpyBatchCollateFn):
+    """A batch of documents-contract rows (column -> numpy array, as Ray Data's `iter_torch_batches`
+    hands a collate_fn) -> {"image" (b, 3, s, s) uint8, "flash" / "angles" (b, f, 3, s, s) uint8 (when
+    the batch carries them), "attr_cat", "attr_num", "task_set" (b, n_tasks), "labelled" (b, n_tasks)
+    bool, "targets" {task: (b, ...)}}. Columns it does not need are ignored; absent ones are missing."""
+
+    def __init__(self, cat: Catalogue, image_size: int, seg_size: int | None = None, frames: bool = True):
+        self.cat, self.size, self.frames = cat, image_size, frames
+        self.seg_size = seg_size or image_size // 2
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column it reads (select these from a dataset; a dataset may lack the optional ones)."""
+        cols = ["id", "image", "doc_type_name"] + [c for t in self.cat.tasks for c in task_columns(t)]
+        return list(dict.fromkeys(c for c in cols if self.frames or c not in FRAME_KINDS))
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict:
+        ids, n = rows["id"], len(rows["id"])
+        cell = lambda col, i: rows[col][i] if col in rows else None  # noqa: E731
+        images = [decode_image(rows["image"][i], name=f"image of document {ids[i]!r}") for i in range(n)]
+        out = {"image": torch.from_numpy(np.stack([load_rgb(im, self.size) for im in images]))}
+        for kind in FRAME_KINDS if self.frames else ():
+            if kind in rows:
+                per = [[] if is_null(v) else [v] if kind == "flash" else list(v) for v in rows[kind]]
+                out[kind] = torch.from_numpy(stack_frames(per, self.size, f"{kind} frame"))
+        enc = [self.cat.encode_attrs(synthetic_attrs(str(i), self.cat)) for i in ids]
+        out["attr_cat"] = torch.tensor([e[0] for e in enc], dtype=torch.long).view(n, -1)
+        out["attr_num"] = torch.tensor([e[1] for e in enc], dtype=torch.float32).view(n, -1)
+        out["task_set"] = torch.from_numpy(self.cat.task_set_matrix([str(d) for d in rows["doc_type_name"]]))
+        labelled = np.zeros((n, len(self.cat.tasks)), bool)
+        out["targets"] = {}
+        for j, task in enumerate(self.cat.tasks):
+            if task.frames != "none" and not self.frames:
+                continue
+            values = []
+            for i in range(n):
+                row = {c: cell(c, i) for c in task_columns(task)}
+                labelled[i, j] = has_label(task, row)
+                values.append(task_target(task, row, self.seg_size, images[i].size) if labelled[i, j]
+                              else _blank(task, self.seg_size))
+            out["targets"][task.name] = torch.as_tensor(np.asarray(values))
+        out["labelled"] = torch.from_numpy(labelled)
+        return out
+
+
+class DocumentImages(NumpyBatchCollateFn):
+    """Documents -> every view as one batch of images (n', 3, s, s) uint8: each capture, then (with
+    `frames`) its flash and angle frames, more views of the same documents for MAE pre-training."""
+
+    def __init__(self, image_size: int, frames: bool = True):
+        self.size, self.frames = image_size, frames
+
+    @property
+    def columns(self) -> list[str]:
+        return ["image", *(FRAME_KINDS if self.frames else ())]
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> torch.Tensor:
+        views = list(rows["image"])
+        for kind in FRAME_KINDS if self.frames else ():
+            for v in rows.get(kind, ()):
+                views += [] if is_null(v) else [v] if kind == "flash" else list(v)
+        return torch.from_numpy(np.stack([load_rgb(v, self.size) for v in views]))
+
+
+def check_labels(ds, cat: Catalogue, require: bool = True) -> dict[str, int]:
+    """Rows of a documents Ray Dataset that label each task of `cat` (`has_label`), in one pass over
+    the label and frame columns. Raises ValueError naming the values when doc_type_name holds types
+    the model does not know, and, with `require` (a training set), naming the columns when a task's
+    column is absent or no row labels it."""
+    have = set(ds.schema().names)
+    for task in cat.tasks if require else ():
+        absent = [c for c in task_columns(task) if c not in have]
+        if absent:
+            raise ValueError(f"task {task.name!r} needs column(s) {absent}, which the dataset lacks; train the "
+                             "tasks your data labels (tasks=[...]) or add the column(s)")
+    cols = [c for c in dict.fromkeys(["doc_type_name"] + [c for t in cat.tasks for c in task_columns(t)]) if c in have]
+
+    def tally(rows: dict) -> dict:  # one row per batch: labelled rows per task, the type names seen
+        n = len(rows["doc_type_name"])
+        out = {t.name: [sum(has_label(t, {c: rows[c][i] for c in cols}) for i in range(n))] for t in cat.tasks}
+        return {**out, "types": [json.dumps(sorted({str(v) for v in rows["doc_type_name"]}))]}
+
+    counts, types = dict.fromkeys(cat.names(), 0), set()
+    for r in ds.select_columns(cols).map_batches(tally, batch_format="numpy").iter_rows():
+        counts = {k: v + int(r[k]) for k, v in counts.items()}
+        types |= set(json.loads(r["types"]))
+    unknown = sorted(types - set(doc_types(cat))) if "doc_type" in cat.names() else []
+    if unknown:
+        raise ValueError(f"doc_type_name holds unknown document type(s) {unknown}; known: {doc_types(cat)}")
+    unlabelled = [t for t in cat.tasks if counts[t.name] == 0]
+    if require and unlabelled:
+        raise ValueError("no row labels task(s) " + ", ".join(f"{t.name!r} (columns {task_columns(t)})" for t in unlabelled)
+                         + "; train the tasks your data labels (tasks=[...])")
+    return counts
+
+
+# -- the old in-memory path (benchmarks, model tests) ----------------------------------------------
 
 
 def _generate(start: int, stop: int, seed: int, options: dict) -> pa.Table:
     from docray import synth
 
-    if hasattr(synth, "generate"):
-        return synth.generate("documents", start, stop, seed=seed, **options)
-    from docray.synth import documents as d  # until docray.synth.generate lands: the same rows
-    from docray.synth.common import row_rng
-
-    cfg = d.DocumentsConfig(**options)
-    cfg.check()
-    rows = [d.make_row(i, row_rng(seed, d.KIND_NO, i), seed, cfg) for i in range(start, stop)]
-    return pa.Table.from_pylist(rows, schema=d.SCHEMA)
+    return synth.generate("documents", start, stop, seed=seed, **options)
 
 
 def documents_table(n: int, seed: int = 0, options: dict | None = None, cache: bool = True) -> pa.Table:
-    """Rows [0, n) of the synthetic documents (splits by `split`), generated once and cached."""
+    """Rows [0, n) of the synthetic documents (splits by `split`), generated once and cached.
+    Not for trainers: they read datasets (train_jobs.common.synth_dataset)."""
     options = {**DOC_OPTIONS, **(options or {})}
     key = hashlib.sha256(json.dumps([n, seed, options, CACHE_VERSION], sort_keys=True).encode()).hexdigest()[:12]
     path = Path(paths.sub("datasets", "recognition", f"documents-{key}.parquet"))
@@ -68,80 +282,17 @@ def documents_table(n: int, seed: int = 0, options: dict | None = None, cache: b
     return table
 
 
-def load_rgb(data: bytes, size: int) -> np.ndarray:
-    """Image bytes -> (3, size, size) uint8."""
-    img = data if isinstance(data, Image.Image) else decode_image(data)
-    return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1).copy()
-
-
-def _box01(box, w: int, h: int) -> list[float]:
-    x0, y0, x1, y1 = box
-    return [1.0, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
-
-
-def task_target(task, row: dict, seg_size: int, wh: tuple[int, int]) -> np.ndarray | int | float:
-    """The target of one task for one document row (a dict of the documents' columns)."""
-    if task.type == "cls":
-        v = row[task.label]
-        if task.values is not None:
-            return task.values.index(v)
-        return int(v)
-    if task.type == "reg":
-        return float(row[task.label])
-    if task.type == "seg":
-        seg = Image.open(io.BytesIO(row[task.label])).resize((seg_size, seg_size), Image.NEAREST)
-        return np.asarray(seg, np.uint8).clip(0, len(task.classes) - 1)
-    out = np.zeros((len(task.classes), 5), np.float32)  # det
-    for c, name in enumerate(task.classes):
-        col = row[task.label[name]]
-        if col and isinstance(col[0], dict):  # a list of fields: the union of their boxes
-            boxes = [f["box"] for f in col if f["box"]]
-            col = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-                   max(b[3] for b in boxes)] if boxes else []
-        if col:
-            out[c] = _box01(col, *wh)
-    return out
-
-
-def synthetic_attrs(doc_id: str, cat: Catalogue) -> dict:
-    """Deterministic user attributes for a document id (no signal: they exercise the fusion)."""
-    rng = np.random.default_rng(zlib.crc32(doc_id.encode()))
-    cats, nums = cat.attr_spec()
-    out = {k: v[int(rng.integers(len(v)))] for k, v in cats.items()}
-    out.update({k: float(s["mean"] + s["std"] * rng.standard_normal()) for k, s in nums.items()})
-    return out
-
-
 def prepare(table: pa.Table, cat: Catalogue, image_size: int, seg_size: int | None = None,
             with_frames: bool = True) -> dict:
-    """Decode and resize every image once; compute every task's target. Returns numpy arrays."""
-    seg_size = seg_size or image_size // 2
-    rows = table.to_pylist()
-    out: dict = {"image": [], "flash": [], "angles": [], "attr_cat": [], "attr_num": [],
-                 "targets": {t.name: [] for t in cat.tasks}}
-    for row in tqdm(rows, desc="decode documents", unit="doc", disable=len(rows) < 500):
-        img = decode_image(row["image"])
-        out["image"].append(load_rgb(img, image_size))
-        if with_frames:
-            out["flash"].append(load_rgb(row["flash"], image_size)[None])
-            out["angles"].append(np.stack([load_rgb(a, image_size) for a in row["angles"]]))
-        ci, nv = cat.encode_attrs(synthetic_attrs(row["id"], cat))
-        out["attr_cat"].append(ci)
-        out["attr_num"].append(nv)
-        for t in cat.tasks:
-            out["targets"][t.name].append(task_target(t, row, seg_size, img.size))
-    arrays = {
-        "image": np.stack(out["image"]),  # (n, 3, s, s) uint8
-        "attr_cat": np.asarray(out["attr_cat"], np.int64).reshape(len(rows), -1),
-        "attr_num": np.asarray(out["attr_num"], np.float32).reshape(len(rows), -1),
-        "targets": {k: np.asarray(v) for k, v in out["targets"].items()},
-        "split": np.asarray(table.column("split").to_pylist(), dtype=object),
-        "doc_type_name": table.column("doc_type_name").to_pylist(),
-    }
-    if with_frames:
-        arrays["flash"] = np.stack(out["flash"])  # (n, 1, 3, s, s)
-        arrays["angles"] = np.stack(out["angles"])  # (n, a, 3, s, s)
-    arrays["task_set"] = cat.task_set_matrix(arrays["doc_type_name"])  # (n, n_tasks) 0/1
+    """Every row of `table` through `DocumentBatch` at once, as numpy arrays, plus `split` and
+    `doc_type_name` (for `DocumentSet`)."""
+    collate = DocumentBatch(cat, image_size, seg_size, with_frames)
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in collate.columns if c in table.column_names}
+    batch = collate(cols)
+    arrays = {k: v.numpy() for k, v in batch.items() if k != "targets"}
+    arrays["targets"] = {k: v.numpy() for k, v in batch["targets"].items()}
+    arrays["split"] = np.asarray(table.column("split").to_pylist(), dtype=object)
+    arrays["doc_type_name"] = table.column("doc_type_name").to_pylist()
     return arrays
 
 
@@ -161,26 +312,9 @@ class DocumentSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         j = self.idx[i]
         item = {k: torch.from_numpy(np.asarray(self.a[k][j])) for k in ("image", "flash", "angles", "attr_cat",
-                                                                         "attr_num", "task_set") if k in self.a}
+                                                                         "attr_num", "task_set", "labelled") if k in self.a}
         item["targets"] = {k: torch.as_tensor(v[j]) for k, v in self.a["targets"].items()}
         return item
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float in [0, 1] (the models normalise inside)."""
-    return x.float() / 255.0
-
-
-def load_images(table: pa.Table, image_size: int, split: str | None = "train", with_frames: bool = True) -> np.ndarray:
-    """(n, 3, s, s) uint8: the captures of `split` (all rows for None), plus their flash and angle
-    frames when `with_frames` (more views of the same documents for MAE pre-training)."""
-    if split is not None:
-        table = table.filter(pa.compute.equal(table.column("split"), split))
-    cols = ["image"] + (["flash"] if with_frames else [])
-    out = [load_rgb(b, image_size) for c in cols for b in table.column(c).to_pylist()]
-    if with_frames:
-        out += [load_rgb(b, image_size) for views in table.column("angles").to_pylist() for b in views]
-    return np.stack(out)
 
 
 def image_grid(rows: list[list[np.ndarray]], scale: int = 2) -> bytes:

@@ -6,7 +6,13 @@ they are spread over batches). One loss per task type, summed over the tasks in 
   cls  cross-entropy           reg  smooth L1               seg  cross-entropy + soft Dice
   det  presence BCE + L1 + GIoU on present classes
 plus the gate (guidance unit -> task type, cross-entropy) and the task classifier (BCE against the
-catalogue's task set for the document type).
+catalogue's task set for the document type). A document is asked only the tasks it has labels
+(and frames) for (`batch["labelled"]`, from data.DocumentBatch): its other slots are -1, so they
+get no output, no loss and no score.
+
+Validation adds up over shards: `eval_stats` gives sums (correct answers, absolute errors, pixels of
+intersection and union, routing) and the detection rows, `metrics_from_stats` turns the sums of all
+shards into the metrics; `evaluate` does both on one loader.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from docray.recognition.data import to_float
-from docray.recognition.metrics import task_metric
+from docray.recognition.metrics import iou_sums, map50, miou_from_sums
 from docray.recognition.tasks import Catalogue
 
 
@@ -39,11 +45,19 @@ def task_slots(cat: Catalogue, step: int, frame_tasks_per_batch: int = 1) -> lis
     return sorted(single + [multi[(step * k + j) % len(multi)] for j in range(k)])
 
 
-def model_inputs(batch: dict, cat: Catalogue, slots: list[int], device) -> dict:
+def task_ids(batch: dict, slots: list[int], device) -> torch.Tensor:
+    """(b, t) catalogue indices asked of each document: `slots`, -1 where it lacks the task's labels."""
     b = batch["image"].shape[0]
-    kinds = {cat.tasks[i].frames for i in slots} - {"none"}
-    return dict(images=to_float(batch["image"].to(device)),
-                task_ids=torch.tensor(slots, device=device).expand(b, len(slots)),
+    ids = torch.tensor(slots, dtype=torch.long).expand(b, len(slots))
+    if "labelled" in batch:
+        ids = ids.masked_fill(~batch["labelled"][:, slots].bool(), -1)
+    return ids.to(device)
+
+
+def model_inputs(batch: dict, cat: Catalogue, slots: list[int], device) -> dict:
+    ids = task_ids(batch, slots, device)
+    kinds = {cat.tasks[i].frames for i in ids.unique().tolist() if i >= 0} - {"none"}
+    return dict(images=to_float(batch["image"].to(device)), task_ids=ids,
                 frames={k: to_float(batch[k].to(device)) for k in kinds},
                 attr_cat=batch["attr_cat"].to(device), attr_num=batch["attr_num"].to(device))
 
@@ -83,7 +97,7 @@ def _task_loss(task, out: torch.Tensor, target: torch.Tensor, w: LossWeights) ->
 
 
 def compute_loss(out: dict, batch: dict, cat: Catalogue, slots: list[int], w: LossWeights) -> tuple[torch.Tensor, dict]:
-    """Total loss and {task name: loss value} for a batch whose documents were all asked `slots`."""
+    """Total loss and {task name: loss value} for a batch asked `slots` (each document those it has labels for)."""
     total, parts = 0.0, {}
     for ty in ("cls", "reg", "seg", "det"):
         if ty not in out:
@@ -95,33 +109,40 @@ def compute_loss(out: dict, batch: dict, cat: Catalogue, slots: list[int], w: Lo
             loss = _task_loss(task, res[sel], target, w)
             parts[task.name] = float(loss.detach())
             total = total + task.loss_weight * loss
-    types = torch.tensor([["cls", "reg", "seg", "det"].index(cat.tasks[i].type) for i in slots], device=out["gate_logits"].device)
-    gate = F.cross_entropy(out["gate_logits"].flatten(0, 1), types.repeat(out["gate_logits"].shape[0]))
+    ids = task_ids(batch, slots, out["gate_logits"].device)
+    asked = ids >= 0
+    types = torch.tensor([t.type_id for t in cat.tasks], device=ids.device)[ids[asked]]
+    gate = F.cross_entropy(out["gate_logits"][asked], types) if bool(asked.any()) else out["gate_logits"].sum() * 0
     tc = F.binary_cross_entropy_with_logits(out["task_logits"], batch["task_set"].to(out["task_logits"].device).float())
     parts["gate"], parts["task_classifier"] = float(gate.detach()), float(tc.detach())
     return total + w.gate * gate + w.task_classifier * tc, parts
 
 
+def train_step(model, batch: dict, opt, cat: Catalogue, device, step: int, weights: LossWeights | None = None,
+               frame_tasks_per_batch: int = 1, scheduler=None, amp: bool = False) -> dict:
+    """One optimiser step on a batch (the slots of `step`); returns {part: loss value} with "loss"."""
+    slots = task_slots(cat, step, frame_tasks_per_batch)
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+        out = model(**model_inputs(batch, cat, slots, device), route="type")
+        loss, parts = compute_loss(out, batch, cat, slots, weights or LossWeights())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if scheduler is not None:
+        scheduler.step()
+    return {**parts, "loss": float(loss.detach())}
+
+
 def train_epoch(model, loader, opt, cat: Catalogue, device, step: int = 0, weights: LossWeights | None = None,
                 frame_tasks_per_batch: int = 1, scheduler=None, amp: bool = False, progress=None) -> tuple[dict, int]:
     """One pass over `loader`; returns (mean loss per part, next step)."""
-    weights = weights or LossWeights()
     model.train()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for batch in loader:
-        slots = task_slots(cat, step, frame_tasks_per_batch)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
-            out = model(**model_inputs(batch, cat, slots, device), route="type")
-            loss, parts = compute_loss(out, batch, cat, slots, weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
+        parts = train_step(model, batch, opt, cat, device, step, weights, frame_tasks_per_batch, scheduler, amp)
         step += 1
-        parts["loss"] = float(loss.detach())
         for k, v in parts.items():
             sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
         if progress is not None:
@@ -152,48 +173,82 @@ def decode_outputs(out: dict, cat: Catalogue) -> dict:
     return preds
 
 
-def _as_metric_input(task, p: dict):
-    return {"cls": "label", "reg": "value", "seg": "mask", "det": "det"}[task.type], p
+def _stat_keys(cat: Catalogue, names: list[str]) -> list[str]:
+    keys = ["gate/ok", "gate/n", "task_set/ok", "task_set/n"]
+    for n in names:
+        t = cat.get(n)
+        keys += [f"{n}/n"] + {"cls": [f"{n}/correct"], "reg": [f"{n}/abs_err"], "det": [],
+                              "seg": [f"{n}/{k}{c}" for k in ("inter", "union") for c in range(t.n_out)]}[t.type]
+    return keys
 
 
 @torch.inference_mode()
-def evaluate(model, loader, cat: Catalogue, device, tasks: list[str] | None = None) -> dict:
-    """Held-out metric per task (accuracy / mae / miou / map50), gate routing accuracy, task-classifier accuracy."""
+def eval_stats(model, loader, cat: Catalogue, device, tasks: list[str] | None = None) -> tuple[dict, dict]:
+    """(sums, det): sums over the batches of `loader` that add up over shards (the same keys always),
+    and per detection task the (pred, target) rows, (n, k, 5) each, that concatenate. A task's
+    prediction from the wrong unit (the gate's routing) counts as wrong."""
     model.eval()
     names = tasks or cat.names()
     slots = [cat.index(n) for n in names]
-    preds: dict[str, list] = {n: [] for n in names}
-    targets: dict[str, list] = {n: [] for n in names}
-    gate_ok = gate_n = tc_ok = tc_n = 0
+    sums = dict.fromkeys(_stat_keys(cat, names), 0.0)
+    det: dict[str, list] = {n: [] for n in names if cat.get(n).type == "det"}
     for batch in loader:
-        out = model(**model_inputs(batch, cat, slots, device), route="gate")
-        want = model.task_type[torch.tensor(slots, device=device)]
-        gate_ok += int((out["route"] == want).sum())
-        gate_n += out["route"].numel()
-        tc_ok += int(((out["task_logits"] > 0).float() == batch["task_set"].to(device)).all(1).sum())
-        tc_n += batch["image"].shape[0]
+        inputs = model_inputs(batch, cat, slots, device)
+        out = model(**inputs, route="gate")
+        asked = inputs["task_ids"] >= 0
+        want = model.task_type[inputs["task_ids"].clamp(min=0)]
+        sums["gate/ok"] += int((out["route"] == want)[asked].sum())
+        sums["gate/n"] += int(asked.sum())
+        sums["task_set/ok"] += int(((out["task_logits"] > 0).float() == batch["task_set"].to(device)).all(1).sum())
+        sums["task_set/n"] += batch["image"].shape[0]
         dec = decode_outputs(out, cat)
-        for b in range(batch["image"].shape[0]):
-            for n, i in zip(names, slots):
-                key, p = _as_metric_input(cat.tasks[i], dec.get((b, i), {}))
-                if key not in p:  # routed to the wrong unit: counts as wrong (NaN never matches)
-                    t = cat.tasks[i]
-                    p = {key: {"cls": -1, "reg": sum(t.range) / 2, "seg": None, "det": None}[t.type]}
-                preds[n].append(p[key])
-                targets[n].append(batch["targets"][n][b].numpy())
-    metrics = {}
-    for n in names:
-        t = cat.get(n)
-        pr = preds[n]
-        if t.type == "seg":
-            pr = [x if x is not None else np.full_like(targets[n][0], 255) for x in pr]
-        if t.type == "det":
-            pr = [x if x is not None else np.zeros_like(targets[n][0]) for x in pr]
-        metrics[n] = task_metric(t.type, np.stack(pr) if t.type in ("seg", "det") else np.asarray(pr),
-                                 np.stack(targets[n]), t.n_out)
-    metrics["gate_accuracy"] = gate_ok / max(gate_n, 1)
-    metrics["task_set_accuracy"] = tc_ok / max(tc_n, 1)
-    return metrics
+        for j, (n, i) in enumerate(zip(names, slots)):
+            t, rows = cat.tasks[i], asked[:, j].nonzero().flatten().tolist()
+            if not rows:
+                continue
+            target = batch["targets"][n][rows].numpy()
+            p = [dec.get((b, i), {}) for b in rows]
+            sums[f"{n}/n"] += len(rows)
+            if t.type == "cls":
+                sums[f"{n}/correct"] += sum(int(q.get("label", -1) == y) for q, y in zip(p, target))
+            elif t.type == "reg":
+                mid = sum(t.range) / 2
+                sums[f"{n}/abs_err"] += sum(abs(q.get("value", mid) - float(y)) for q, y in zip(p, target))
+            elif t.type == "seg":
+                pred = np.stack([q.get("mask", np.full(y.shape, 255, np.uint8)) for q, y in zip(p, target)])
+                for k, v in zip(("inter", "union"), iou_sums(pred, target, t.n_out)):
+                    for c in range(t.n_out):
+                        sums[f"{n}/{k}{c}"] += float(v[c])
+            else:
+                det[n].append((np.stack([q.get("det", np.zeros_like(y)) for q, y in zip(p, target)]), target))
+    return sums, {n: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) if v else None
+                  for n, v in det.items()}
+
+
+def metrics_from_stats(sums: dict, det: dict, cat: Catalogue) -> dict:
+    """Metric per task that some document was asked (accuracy / mae / miou / map50), gate routing
+    accuracy, task-set accuracy, from `eval_stats` (summed, and detection rows joined, over shards)."""
+    out = {}
+    for t in cat.tasks:
+        n, count = t.name, sums.get(f"{t.name}/n", 0)
+        if not count:
+            continue
+        if t.type == "cls":
+            out[n] = sums[f"{n}/correct"] / count
+        elif t.type == "reg":
+            out[n] = sums[f"{n}/abs_err"] / count
+        elif t.type == "seg":
+            out[n] = miou_from_sums(*[np.array([sums[f"{n}/{k}{c}"] for c in range(t.n_out)]) for k in ("inter", "union")])
+        elif det.get(n) is not None:
+            out[n] = map50(*det[n])
+    out["gate_accuracy"] = sums["gate/ok"] / max(sums["gate/n"], 1)
+    out["task_set_accuracy"] = sums["task_set/ok"] / max(sums["task_set/n"], 1)
+    return out
+
+
+def evaluate(model, loader, cat: Catalogue, device, tasks: list[str] | None = None) -> dict:
+    """Held-out metric per task (accuracy / mae / miou / map50), gate routing accuracy, task-classifier accuracy."""
+    return metrics_from_stats(*eval_stats(model, loader, cat, device, tasks), cat)
 
 
 def fit(model, arrays: dict, cat: Catalogue, *, epochs: int, batch_size: int = 32, lr: float = 1e-3,

@@ -18,16 +18,23 @@ def mae(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(pred, np.float64) - np.asarray(target, np.float64))))
 
 
+def iou_sums(pred: np.ndarray, target: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of intersection and of union per class, (n_classes,) each: they add up over shards."""
+    pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
+    inter = np.array([np.sum((pred == c) & (target == c)) for c in range(n_classes)], np.float64)
+    union = np.array([np.sum((pred == c) | (target == c)) for c in range(n_classes)], np.float64)
+    return inter, union
+
+
+def miou_from_sums(inter: np.ndarray, union: np.ndarray) -> float:
+    """Mean over classes of intersection / union (classes absent everywhere are skipped)."""
+    seen = np.asarray(union) > 0
+    return float(np.mean(np.asarray(inter)[seen] / np.asarray(union)[seen])) if seen.any() else 0.0
+
+
 def miou(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
     """Mean over classes of IoU accumulated over the whole set (classes absent everywhere are skipped)."""
-    pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
-    ious = []
-    for c in range(n_classes):
-        p, t = pred == c, target == c
-        union = np.logical_or(p, t).sum()
-        if union:
-            ious.append(np.logical_and(p, t).sum() / union)
-    return float(np.mean(ious)) if ious else 0.0
+    return miou_from_sums(*iou_sums(pred, target, n_classes))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

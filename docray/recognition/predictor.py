@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from docray.imageio import decode_image, encode_png
-from docray.recognition.data import load_rgb, to_float
+from docray.recognition.data import load_rgb, stack_frames, to_float
 from docray.recognition.engine import decode_outputs
 from docray.recognition.tasks import Catalogue, UnknownTask  # noqa: F401  (re-exported for the API)
 
@@ -128,16 +128,8 @@ class RecognitionPredictor:
     def _frames(self, frames: list[dict], asked: list[list[str]]) -> dict:
         kinds = {self.cat.get(nm).frames for names in asked for nm in names} - {"none"}
         out = {}
-        for k in kinds:
-            per = [[load_rgb(im if isinstance(im, Image.Image) else decode_image(im, name=f"frame ({k})"), self.size)
-                    for im in f.get(k, [])] for f in frames]
-            f_max = max(len(p) for p in per)
-            arr = np.zeros((len(per), f_max, 3, self.size, self.size), np.uint8)
-            for b, p in enumerate(per):
-                for j, a in enumerate(p):
-                    arr[b, j] = a
-                for j in range(len(p), f_max):  # repeat the last frame (rows that did not ask this kind)
-                    arr[b, j] = p[-1] if p else 0
+        for k in kinds:  # rows that did not ask this kind repeat their last frame, or are zeros
+            arr = stack_frames([f.get(k, []) for f in frames], self.size, f"frame ({k})")
             out[k] = to_float(torch.from_numpy(arr)).to(self.device)
         return out
 

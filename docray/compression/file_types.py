@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 DEFAULT_PATH = Path(__file__).with_name("file_types.yaml")
 FORMATS = ("jpeg", "webp")
@@ -63,6 +63,13 @@ class FileTypeLibrary(BaseModel):
                 raise ThresholdError(
                     f"type {name!r}: second threshold ({ft.second}) must be below the first ({self.first}): "
                     "no wider, no taller and fewer bytes")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict:
+        data = handler(self)
+        if self.default is None:  # a library without a default dumps as the dict it was read from
+            data.pop("default", None)
+        return data
 
     def get(self, doc_type: str) -> FileType:
         """The entry of `doc_type`, else the default entry."""

@@ -50,8 +50,8 @@ import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFilter
 
 from docray.datasets import contracts
-from docray.synth import faces, seals
 from docray.doctypes import doc_rect, registry
+from docray.synth import faces, seals
 from docray.synth.captures import (
     degrade, doc_homography, map_box, render_capture, sample_capture, table_texture, warp_document, warp_labels,
 )

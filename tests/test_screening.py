@@ -254,15 +254,16 @@ def test_background_bank_travels_with_the_descriptor(tmp_path):
 
 def test_save_descriptor_writes_model_and_background_bank(tmp_path):
     from docray.models import build_model
+    from docray.screening.data import raw_tiles
     from docray.screening.embed import Embedder
     from train_jobs.train_descriptor import DescriptorTrainConfig, save_descriptor
 
-    cfg = DescriptorTrainConfig(model="descriptor_tiny", n_pictures=4, val_pictures=2, background_pictures=3,
-                                background_distractors=5, to_registry=True)
+    cfg = DescriptorTrainConfig(model="descriptor_tiny", background_pictures=3, background_distractors=5, to_registry=True)
     model = build_model("descriptor_tiny")
-    res = save_descriptor(model, model.docray_spec, {"val_top1": 0.5}, cfg, str(tmp_path / "run"))
+    pictures = [poster(i) for i in range(6)]
+    res = save_descriptor(model, model.docray_spec, {"val_top1": 0.5}, cfg, str(tmp_path / "run"), pictures)
     local, registered = Embedder.load(res["model_dir"]), Embedder.load(f"registry:descriptor:{res['registry_version']}")
-    assert local.background.shape[1] == 32 and local.background.shape[0] > 5  # tiles of 3 pictures + 5 distractors
+    assert local.background.shape == (len(raw_tiles(pictures[:3])) + 5, 32)  # tiles of 3 pictures + 5 whole ones
     assert np.array_equal(local.background, registered.background)
     assert np.allclose(np.linalg.norm(local.background, axis=1), 1, atol=1e-4)
 
@@ -292,11 +293,8 @@ def test_real_ocr_finds_the_text_of_a_poster():
     assert small and all(0 <= b[0] < b[2] <= crop.width and 0 <= b[1] < b[3] <= crop.height for b in small)
 
 
-def test_region_jitter_and_distractor_items():
-    import torch
-
+def test_region_jitter():
     from docray.screening.augment import region_jitter
-    from docray.screening.data import CopyPairs
 
     rng = np.random.default_rng(0)
     tile = Image.new("RGB", (100, 50), (0, 0, 0))
@@ -305,13 +303,6 @@ def test_region_jitter_and_distractor_items():
         assert 88 <= out.shape[1] <= 108 and 44 <= out.shape[0] <= 54  # at most 6% in, 4% out per side
         page = out.min(-1) > 200  # outside the tile only the (light) page shows, and only as a margin
         assert not page[out.shape[0] // 2 - 5: out.shape[0] // 2 + 5, 10:-10].any()
-    tiles = [poster(i, (40, 40)) for i in range(3)]
-    ds = CopyPairs(tiles, 32, length=40, seed=0, distractor_rate=0.5)
-    keys = [ds[i][2] for i in range(40)]
-    assert all(0 <= k < 3 or k == 3 + i for i, k in enumerate(keys))  # a distractor is its own instance
-    assert 5 < sum(k >= 3 for k in keys) < 35 and ds[0][0].shape == (3, 32, 32)
-    _, grey, _ = CopyPairs(tiles, 32, length=4, seed=0, grey_rate=1.0)[0]
-    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])  # the copy went grey
 
 
 def test_descriptor_tiny_shapes_norm_and_roundtrip(tmp_path):

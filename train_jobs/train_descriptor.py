@@ -1,59 +1,92 @@
-"""Train the tile descriptor (copy detection, SSCD-style) on tiles of synthetic targets, on Ray Train.
+"""Train the tile descriptor (copy detection, SSCD-style) on tiles of target pictures, on Ray Train.
 
-    python -m train_jobs.train_descriptor                                  # descriptor_small, CPU ok
+    python -m train_jobs.train_descriptor                                  # synthetic targets, descriptor_small, CPU ok
+    python -m train_jobs.train_descriptor --set train=DIR val=DIR background=DIR   # your pictures (Parquet, `targets`)
     python -m train_jobs.train_descriptor --set model=descriptor_tiny steps_per_epoch=5 epochs=1
     ray job submit --working-dir . -- python -m train_jobs.train_descriptor --set num_workers=2
 
-Each step draws B tiles (every template's tiles of the training pictures, flat ones left out) and
-two views of each: the library view (clean, or lightly edited) and an edited copy (crop, rescale,
-recolour, text overlay, JPEG) as a region finder crops it from an upload (a few pixels in or out).
-A share of the items (`distractor_rate`) are fresh whole pictures of random size instead, the
-pictures an upload carries beside a tile. Loss: InfoNCE over the 2B views (each view's positive is its pair)
-plus a KoLeo entropy term that spreads descriptors over the sphere (as SSCD). The result goes to
-the model registry as `descriptor` (and `out/`), with held-out metrics (top-1 retrieval of edited
-val tiles among all clean val tiles, the mean positive / hardest negative similarity) and its
-background bank (`background.npy`: descriptors of held-out ordinary content, for matching's score
+Data: `train`, `val` and `background` are Parquet datasets of the `targets` contract (`id`, `image`;
+other columns are ignored), local or s3://. '' is the synthetic default, generated once on the
+driver and cached (`synth_dataset`): the 'train' split of rows [0, n_pictures), rows
+[n_pictures, +val_pictures) for validation, and the rows after those for the background. The
+driver reads train and val with Ray Data and TorchTrainer splits them equally over the workers (no
+worker generates data); it reads the background's first rows itself, before training.
+
+A step takes `pictures_per_step` pictures on each worker (by default as many as give ~batch_size
+tiles over all workers) and cuts every template's tiles of them (flat ones left out), each with
+two views (`docray.screening.data.CopyPairBatch`, the collate_fn of `iter_torch_batches`): the
+library view (clean, or lightly edited) and an edited copy (crop, rescale, recolour, text overlay,
+JPEG) as a region finder crops it from an upload (a few pixels in or out). A `distractor_rate`
+share of the items are the tile's whole picture at a random size instead, as an upload carries
+pictures beside a tile. An epoch is one pass over the train shard (`steps_per_epoch` caps it),
+the same number of steps on every worker. Loss: InfoNCE over the 2B views (each view's positive is
+its pair) plus a KoLeo entropy term that spreads descriptors over the sphere (as SSCD).
+
+Validation, each epoch: every worker embeds its val shard's tiles clean and edited; the
+descriptors are all-gathered, so every worker scores the whole val set (top-1 retrieval of edited
+val tiles among all clean val tiles, mean positive / hardest negative similarity). The result goes
+to the model registry as `descriptor` (and `out/`), with these metrics and its background bank
+(`background.npy`: descriptors of the background's tiles and whole pictures, for matching's score
 normalisation).
 """
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from docray.config import Config, parse_args, save_config
-from train_jobs.common import load_checkpoint_state, report_epoch, restore, run_trainer, unwrap, warmup_cosine
+from docray.datasets.contracts import contract
+from docray.screening.templates import DEFAULT_TEMPLATES, grid
+from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, read_datasets, report_epoch,
+                               restore, run_trainer, steps_per_epoch, synth_dataset, unwrap, warmup_cosine,
+                               worker_setup)
+
+COLUMNS = contract("targets").for_method("screening")  # what the descriptor reads of its datasets: id, image
 
 
 class DescriptorTrainConfig(Config):
     model: str = Field("descriptor_small", description="registered descriptor factory")
     image_size: int = Field(0, ge=0, description="tile input size of the model (0: the factory's default)")
-    init_from: str = Field("", description="start from the weights of a saved descriptor folder (fine-tune / continue)")
+    init_from: str = Field("", description="start from a saved descriptor (fine-tune / continue): a folder, "
+                                           "registry:descriptor[:<version>]")
+    train: str = Field("", description="training pictures: Parquet folder/file of the targets contract, "
+                                       "local or s3:// ('' -> synthetic)")
+    val: str = Field("", description="held-out pictures for the metrics, same contract ('' -> synthetic)")
+    background: str = Field("", description="ordinary pictures for the background bank, same contract "
+                                            "('' -> synthetic)")
     seed: int = 0
-    n_pictures: int = Field(1200, description="synthetic target pictures (train split used; every template cut)")
-    val_pictures: int = Field(200, description="pictures after the training ones, for held-out metrics")
-    epochs: int = Field(10, ge=1)
-    steps_per_epoch: int = Field(100, ge=1)
-    batch_size: int = Field(128, ge=2, description="tiles per step (2 views each)")
-    distractor_rate: float = Field(0.2, ge=0, lt=1, description="share of items that are fresh whole pictures, not tiles")
+    n_pictures: int = Field(1200, ge=1, description="synthetic default: rows drawn for training (their 'train' split "
+                                                    "is used, ~80%)")
+    val_pictures: int = Field(200, ge=1, description="synthetic default: validation rows, after the training ones")
+    epochs: int = Field(4, ge=1, description="passes over the training pictures")
+    steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch (0: one whole pass)")
+    batch_size: int = Field(128, ge=2, description="tiles per step over all workers (2 views each), about: a step "
+                                                   "takes whole pictures")
+    pictures_per_step: int = Field(0, ge=0, description="pictures per step on each worker (0: from batch_size, "
+                                                        "35 tiles a picture)")
+    distractor_rate: float = Field(0.2, ge=0, lt=1, description="share of items that are whole pictures, not tiles")
     grey_rate: float = Field(0.2, ge=0, le=1, description="share of edited copies turned grey (recolouring to grey is "
                                                           "the edit the descriptor missed most)")
     lr: float = 2e-3
     weight_decay: float = 0.05
     temperature: float = Field(0.05, description="InfoNCE temperature (SSCD uses 0.05)")
     koleo: float = Field(0.5, description="weight of the KoLeo entropy regulariser")
+    time_budget_s: float = Field(0, ge=0, description="stop after the epoch that passes this many seconds (0: none); "
+                                                      "one decision for all workers")
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     use_gpu: bool | None = Field(None, description="None: when the Ray cluster has a GPU")
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = 1
     out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/descriptor-run)")
-    background_pictures: int = Field(200, ge=0, description="held-out pictures whose tiles form the background bank")
-    background_distractors: int = Field(1000, ge=0, description="whole-picture distractors added to the background bank")
+    background_pictures: int = Field(200, ge=0, description="background pictures whose tiles join the background bank")
+    background_distractors: int = Field(1000, ge=0, description="background pictures added whole (at a random size)")
     to_registry: bool = Field(True, description="save the result in the model registry as 'descriptor'")
 
 
@@ -80,60 +113,92 @@ def koleo(z: torch.Tensor) -> torch.Tensor:
     return -torch.log((z - z[nn_idx]).norm(dim=1) + 1e-6).mean()
 
 
+def retrieval(clean: torch.Tensor, edited: torch.Tensor, chunk: int = 1024) -> dict:
+    """Edited copy i retrieved among all clean tiles (the right one is clean i): top-1 rate, mean
+    positive and hardest-negative similarity. (n, d) unit rows each; queries in chunks."""
+    n, hits, pos, neg = len(clean), 0.0, 0.0, 0.0
+    for i in range(0, n, chunk):
+        sim = edited[i:i + chunk] @ clean.T  # (c, n)
+        rows, right = torch.arange(len(sim), device=sim.device), torch.arange(i, i + len(sim), device=sim.device)
+        hits += float((sim.argmax(1) == right).sum())
+        pos += float(sim[rows, right].sum())
+        sim[rows, right] = -2
+        neg += float(sim.max(1).values.sum())
+    n = max(n, 1)
+    return {"val_top1": hits / n, "val_pos_sim": pos / n, "val_hard_neg_sim": neg / n}
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of `x` of every rank, in rank order (ranks may hold different numbers of rows)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x
+    n = torch.tensor([len(x)], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    padded = torch.cat([x, x.new_zeros((int(max(sizes)) - len(x), *x.shape[1:]))])
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:int(s)] for p, s in zip(parts, sizes)])
+
+
 @torch.inference_mode()
-def evaluate(model, tiles, image_size: int, seed: int = 1, device="cpu") -> dict:
-    """Edited copies of held-out tiles retrieved among all clean held-out tiles."""
-    from docray.screening.augment import copy_edit, to_tensor
+def evaluate(model, shard, image_size: int, pictures: int) -> dict:
+    """Validation over every rank's val shard: this rank embeds its tiles clean and edited
+    (`EditedTileBatch`: the same edits every epoch), the descriptors of all ranks are gathered and
+    every rank scores the whole val set (`retrieval`), so all report the same figures."""
+    from docray.screening.data import EditedTileBatch
 
     model.eval()
-    rng = np.random.default_rng(seed)
-    embed = lambda ims: torch.cat([model(to_tensor(ims[i:i + 256], image_size).to(device)) for i in range(0, len(ims), 256)])
-    clean = embed(tiles)
-    edited = embed([copy_edit(t, rng) for t in tiles])
-    sim = edited @ clean.T  # (n, n)
-    pos = sim.diag()
-    neg = sim.masked_fill(torch.eye(len(sim), dtype=torch.bool, device=sim.device), -2).max(1).values
+    clean, edited = [], []
+    for xa, xb, _ in shard.iter_torch_batches(batch_size=pictures, collate_fn=EditedTileBatch(image_size)):
+        clean.append(model(xa).float())
+        edited.append(model(xb).float())
     model.train()
-    return {"val_top1": float((sim.argmax(1) == torch.arange(len(sim), device=sim.device)).float().mean()),
-            "val_pos_sim": float(pos.mean()), "val_hard_neg_sim": float(neg.mean()), "val_tiles": len(tiles)}
+    device = next(model.parameters()).device
+    empty = torch.zeros(0, model.cfg.dim, device=device)  # a rank whose val shard is empty still gathers
+    clean, edited = all_gather_rows(torch.cat(clean or [empty])), all_gather_rows(torch.cat(edited or [empty]))
+    return {**retrieval(clean, edited), "val_tiles": len(clean)}
+
+
+def build_descriptor(cfg: DescriptorTrainConfig) -> torch.nn.Module:
+    """A fresh descriptor of `cfg.model`, or the saved one `cfg.init_from` (to fine-tune), in train mode."""
+    from docray.models import build_model
+    from docray.screening.embed import load_descriptor
+
+    if cfg.init_from:
+        return load_descriptor(cfg.init_from, device="cpu").train()
+    return build_model(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
 
 
 def train_loop_per_worker(config: dict) -> None:
+    """One worker: its train shard in steps of `pictures_per_step` pictures (fixed on the driver,
+    as `steps_per_epoch`), validation over all val shards, a checkpoint every epoch."""
     import ray.train
     import ray.train.torch
 
-    from docray.models import build_model
-    from docray.screening.data import CopyPairs, raw_tiles, synth_pictures
+    from docray.screening.data import CopyPairBatch
 
     cfg = DescriptorTrainConfig(**config)
+    device, rank, world = worker_setup(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    pics, _ = synth_pictures(0, cfg.n_pictures, cfg.seed, split="train")
-    val_pics, _ = synth_pictures(cfg.n_pictures, cfg.n_pictures + cfg.val_pictures, cfg.seed)
-    tiles, val_tiles = raw_tiles(pics), raw_tiles(val_pics)
-    if cfg.init_from:
-        from docray.models import from_pretrained
-
-        model = from_pretrained(cfg.init_from)
-    else:
-        model = build_model(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
-    size = model.cfg.image_size
-    ds = CopyPairs(tiles, size, cfg.steps_per_epoch * cfg.batch_size, cfg.seed, cfg.distractor_rate, cfg.grey_rate)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size // ray.train.get_context().get_world_size(),
-                                         shuffle=False, drop_last=True)
-    loader = ray.train.torch.prepare_data_loader(loader)
+    model = build_descriptor(cfg)
+    size, spec = model.cfg.image_size, model.docray_spec
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * cfg.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 20, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 20, cfg.epochs * cfg.steps_per_epoch))
     start, _ = restore(model, opt, sched)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if torch.cuda.is_available() else nullcontext()
-    device = ray.train.torch.get_device()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    began = time.perf_counter()
     for epoch in range(start, cfg.epochs):
-        ds.epoch = epoch
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        t0, losses = time.perf_counter(), []
-        for xa, xb, keys in loader:
+        pairs = CopyPairBatch(size, cfg.distractor_rate, cfg.grey_rate, seed=cfg.seed, epoch=epoch)
+        batches = epoch_batches(train, cfg.steps_per_epoch, batch_size=cfg.pictures_per_step, collate_fn=pairs,
+                                drop_last=True, local_shuffle_buffer_size=8 * cfg.pictures_per_step,
+                                local_shuffle_seed=cfg.seed * 1000 + epoch)
+        t0, loss_sum, steps, tiles = time.perf_counter(), 0.0, 0, 0
+        for xa, xb, keys in batches:
             with amp:
                 za, zb = model(xa), model(xb)
             za, zb = za.float(), zb.float()
@@ -142,46 +207,106 @@ def train_loop_per_worker(config: dict) -> None:
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_s": time.perf_counter() - t0}
-        metrics.update(evaluate(unwrap(model), val_tiles, size, device=device))
-        report_epoch(ray.train.get_context().get_world_rank(), model, opt, epoch, metrics, sched=sched,
-                     extra={"spec": unwrap(model).docray_spec})
+            loss_sum, steps, tiles = loss_sum + float(loss), steps + 1, tiles + len(keys)
+        epoch_s = time.perf_counter() - t0
+        totals = all_sum({"loss": loss_sum, "steps": steps, "tiles": tiles,
+                          "synth": float("docray.synth" in sys.modules)})  # the generator must stay out of workers
+        metrics = {"epoch": epoch, "loss": totals["loss"] / max(totals["steps"], 1), "epoch_s": epoch_s,
+                   "steps_per_epoch": steps, "tiles_per_step": totals["tiles"] / max(totals["steps"], 1) * world,
+                   "tiles_per_s_per_worker": tiles / max(epoch_s, 1e-9),
+                   "worker_imported_synth": totals["synth"] > 0}
+        metrics.update(evaluate(unwrap(model), val, size, cfg.pictures_per_step))
+        report_epoch(rank, model, opt, epoch, metrics, sched=sched, extra={"spec": spec})
+        if agree(bool(cfg.time_budget_s) and time.perf_counter() - began > cfg.time_budget_s):
+            break
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+def _read(uris: dict[str, str]) -> dict:
+    """Ray Datasets of these URIs, each checked for the columns the descriptor reads."""
+    ds = read_datasets(uris["train"], uris.get("val", ""))
+    for name, d in ds.items():
+        missing = [c for c in COLUMNS if c not in d.schema().names]
+        if missing:
+            raise ValueError(f"{name} dataset {uris[name]}: no column {', '.join(map(repr, missing))}; the descriptor "
+                             f"reads {list(COLUMNS)} of the targets contract (docray.datasets.contracts)")
+    return ds
+
+
+def training_datasets(cfg: DescriptorTrainConfig) -> dict:
+    """{"train", "val"} Ray Datasets of pictures (id, image): the URIs given, or the synthetic default."""
+    train, val = cfg.train, cfg.val
+    if not (train and val):
+        synth_train, synth_val = synth_dataset("targets", cfg.n_pictures, cfg.val_pictures, cfg.seed)
+        train, val = train or synth_train, val or synth_val
+    ds = _read({"train": train, "val": val})
+    if not cfg.train:  # the synthetic rows' 'train' split, as the descriptor always trained on
+        ds["train"] = ds["train"].filter(expr="split == 'train'")
+    return {k: d.select_columns(list(COLUMNS)) for k, d in ds.items()}
+
+
+def read_background(cfg: DescriptorTrainConfig) -> list[bytes]:
+    """The background bank's pictures (encoded), read on the driver: the first max(background_pictures,
+    background_distractors) rows of `cfg.background`, or synthetic rows after the train and val ones."""
+    from docray.storage.datasets import iter_batches
+
+    n = max(cfg.background_pictures, cfg.background_distractors)
+    if n == 0:
+        return []
+    uri = cfg.background or synth_dataset("targets", n, 0, cfg.seed, start=cfg.n_pictures + cfg.val_pictures)[0]
+    first = next(iter_batches(os.path.expanduser(uri), n), None)
+    if first is None or "image" not in first.schema.names:
+        raise ValueError(f"background dataset {uri}: " + ("no rows" if first is None else "no column 'image'"))
+    return first.column("image").to_pylist()
+
+
+def pictures_per_step(batch_size: int, world: int, templates=DEFAULT_TEMPLATES) -> int:
+    """Pictures per step on each worker for ~batch_size tiles over all workers: a picture gives every
+    template's tiles (35 for the default templates; a few fewer where tiles are flat)."""
+    per_picture = sum(math.prod(grid(t)) for t in templates)
+    return max(1, round(batch_size / world / per_picture))
 
 
 def run(cfg: DescriptorTrainConfig) -> dict:
     """Train on Ray (already initialised), save the model; returns the final metrics and paths."""
     from docray import paths
+    from docray.imageio import decode_image
     from docray.models import build_model
 
     out = cfg.out or paths.sub("models", "descriptor-run")
     save_config(cfg, out)
-    result = run_trainer(train_loop_per_worker, cfg.model_copy(update={"out": out}), "descriptor")
+    ds, background = training_datasets(cfg), read_background(cfg)
+    per_step = cfg.pictures_per_step or pictures_per_step(cfg.batch_size, cfg.num_workers)
+    steps = steps_per_epoch(ds["train"].count(), per_step, cfg.num_workers)
+    steps = min(steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else steps
+    loop_cfg = cfg.model_copy(update={"out": out, "pictures_per_step": per_step, "steps_per_epoch": steps})
+    result = run_trainer(train_loop_per_worker, loop_cfg, "descriptor", ds)
     state = load_checkpoint_state(result.checkpoint)
     model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
     model.load_state_dict(state["model"])
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    return save_descriptor(model, state["spec"], metrics, cfg, out)
+    return save_descriptor(model, state["spec"], metrics, cfg, out, [decode_image(b) for b in background])
 
 
-def save_descriptor(model, spec: dict, metrics: dict, cfg: DescriptorTrainConfig, out: str) -> dict:
-    """Compute the background bank (held-out synthetic pictures after the training and validation
-    rows, and whole-picture distractors), then save model + bank to `out/model` and, if asked, to
-    the registry as `descriptor`."""
+def save_descriptor(model, spec: dict, metrics: dict, cfg: DescriptorTrainConfig, out: str, background: list) -> dict:
+    """Compute the background bank (tiles of the first `background_pictures` of the PIL pictures
+    `background`, and its first `background_distractors` whole), then save model + bank to `out/model` and, if asked,
+    to the registry as `descriptor`."""
     from docray.models import save_pretrained
-    from docray.screening.data import background_bank, synth_pictures
+    from docray.screening.data import background_bank
     from docray.screening.embed import BACKGROUND, Embedder, npy_bytes
     from docray.storage.registry import ModelRegistry
 
-    first = cfg.n_pictures + cfg.val_pictures
-    pics, _ = synth_pictures(first, first + cfg.background_pictures, cfg.seed)
-    bank = npy_bytes(background_bank(Embedder(model.eval()), pics, cfg.background_distractors, cfg.seed))
+    tiled, whole = background[:cfg.background_pictures], background[:cfg.background_distractors]
+    bank = npy_bytes(background_bank(Embedder(model.eval()), tiled, whole, cfg.seed))
     model_dir = str(save_pretrained(model, os.path.join(out, "model")))
     with open(os.path.join(model_dir, BACKGROUND), "wb") as f:
         f.write(bank)
     version = None
     if cfg.to_registry:
-        version = ModelRegistry().save("descriptor", model, config=spec, metrics=metrics, extra_files={BACKGROUND: bank})
+        version = ModelRegistry().save("descriptor", model, config=spec, metrics=metrics,
+                                       extra_files={BACKGROUND: bank})
     return {"metrics": metrics, "model_dir": model_dir, "registry_version": version}
 
 

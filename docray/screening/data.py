@@ -1,5 +1,18 @@
-"""Training and benchmark data for screening, from the synthetic world (`docray.synth` targets)."""
+"""Training data of the descriptor: pictures (the `targets` contract: id, image) -> tiles -> pairs of views.
+
+    pairs = CopyPairBatch(image_size=64, distractor_rate=0.2, grey_rate=0.2, seed=0, epoch=e)
+    for xa, xb, keys in shard.iter_torch_batches(batch_size=4, collate_fn=pairs): ...
+
+A batch is a few pictures (numpy columns `id`, `image` bytes, as Ray Data hands them over); every
+template's tiles of each are cut at their own size by the cutting code the library build uses
+(`templates.cut`, flat tiles dropped by `dedup.detail`), and each tile gives two views: the library
+view and an edited copy as an upload's region. A tile's key (`tile_key`) hashes its picture's id
+and its index among the picture's tiles, so keys are the same on every rank and in every epoch.
+`background_bank` embeds ordinary pictures for matching's score normalisation.
+"""
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -10,9 +23,99 @@ from docray.screening.augment import copy_edit, region_jitter, to_tensor
 from docray.screening.dedup import detail
 from docray.screening.templates import DEFAULT_TEMPLATES, cut
 
+WHOLE = -1  # tile index of a whole picture (a distractor)
+
+
+def tiles_of(picture: Image.Image, templates=DEFAULT_TEMPLATES,
+             min_detail: float = 12.0) -> list[tuple[int, Image.Image]]:
+    """(index, tile) of every template's tiles at their own size; flat ones (nothing to match) left out.
+    The index counts all tiles of all templates, flat ones too, so it names a tile whatever is dropped."""
+    tiles = [t.image for tpl in templates for t in cut(picture, tpl, None)]
+    return [(i, t) for i, t in enumerate(tiles) if detail(t) >= min_detail]
+
+
+def raw_tiles(pictures, templates=DEFAULT_TEMPLATES, min_detail: float = 12.0) -> list[Image.Image]:
+    """Every template's tiles of every picture at their own size, flat ones left out."""
+    return [t for p in pictures for _, t in tiles_of(p, templates, min_detail)]
+
+
+def tile_key(picture_id: str, index: int) -> int:
+    """A 63-bit key of tile `index` of picture `picture_id` (WHOLE: the whole picture), the same on every rank."""
+    digest = hashlib.blake2b(f"{picture_id}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def whole_picture(picture: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The whole picture at a random size and aspect, as uploads carry pictures beside (or instead
+    of) a tile: the descriptor must keep these away from library tiles too."""
+    size = tuple(int(v) for v in rng.integers(64, 224, 2))
+    return picture.convert("RGB").resize(size, Image.BILINEAR)
+
+
+class CopyPairBatch:
+    """collate_fn for `iter_torch_batches`: a batch of pictures -> (xa, xb, keys), one item per tile.
+
+    xa: the library view (clean half of the time, else lightly edited), xb: the edited copy as a
+    region finder crops it from an upload (`copy_edit` then `region_jitter`), a `grey_rate` share
+    turned grey; both (n, 3, image_size, image_size) in [0, 1]. A `distractor_rate` share of the
+    items are the tile's whole picture instead (`whole_picture`, key `tile_key(id, WHOLE)`). Each
+    item's randomness comes from (seed, epoch, key) only, so a batch is the same however the rows
+    were split over workers.
+    """
+
+    def __init__(self, image_size: int, distractor_rate: float = 0.0, grey_rate: float = 0.0, seed: int = 0,
+                 epoch: int = 0, templates=DEFAULT_TEMPLATES):
+        self.size, self.distractor_rate, self.grey_rate = image_size, distractor_rate, grey_rate
+        self.seed, self.epoch, self.templates = seed, epoch, templates
+
+    def views(self, tile: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+        a = tile if rng.random() < 0.5 else copy_edit(tile, rng, strength=0.5)
+        b = region_jitter(copy_edit(tile, rng), rng)
+        if rng.random() < self.grey_rate:  # the edit the descriptor finds hardest (measured): more of it
+            b = b.convert("L").convert("RGB")
+        return a, b
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        a, b, keys = [], [], []
+        for pid, data in zip(batch["id"], batch["image"]):
+            picture = decode_image(bytes(data))
+            for i, tile in tiles_of(picture, self.templates):
+                key = tile_key(str(pid), i)
+                rng = np.random.default_rng([self.seed, self.epoch, key])
+                if rng.random() < self.distractor_rate:
+                    key, tile = tile_key(str(pid), WHOLE), whole_picture(picture, rng)
+                va, vb = self.views(tile, rng)
+                a.append(va)
+                b.append(vb)
+                keys.append(key)
+        if not keys:
+            raise ValueError(f"no tile with detail in pictures {list(map(str, batch['id']))}: every tile is flat")
+        x = to_tensor(a + b, self.size)  # (2n, 3, s, s)
+        return x[: len(a)], x[len(a):], torch.tensor(keys, dtype=torch.int64)
+
+
+class EditedTileBatch(CopyPairBatch):
+    """Validation's collate_fn: every tile clean and one edited copy (`copy_edit`, no region jitter,
+    no grey, no distractors); the same edits every epoch (from `seed` and the tile's key)."""
+
+    def __init__(self, image_size: int, seed: int = 1, templates=DEFAULT_TEMPLATES):
+        super().__init__(image_size, seed=seed, templates=templates)
+
+    def views(self, tile: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+        return tile, copy_edit(tile, rng)
+
+
+def background_bank(embed, tiled: list[Image.Image], whole: list[Image.Image], seed: int = 0) -> np.ndarray:
+    """Descriptors of ordinary content, no library's targets: every template's tiles of the pictures
+    `tiled` and each picture of `whole` at a random size (`whole_picture`). Saved with a trained
+    descriptor."""
+    rng = np.random.default_rng([seed, 2])
+    return embed(raw_tiles(tiled) + [whole_picture(p, rng) for p in whole])
+
 
 def synth_pictures(start: int, stop: int, seed: int = 0, split: str | None = None, size: int = 192):
-    """(PIL pictures, table) of synthetic targets rows [start, stop), optionally one split only."""
+    """(PIL pictures, table) of synthetic targets rows [start, stop), optionally one split only.
+    For benchmarks, on the driver: training reads datasets instead."""
     from docray.synth import generate
 
     table = generate("targets", start, stop, seed=seed, size=size)
@@ -20,55 +123,3 @@ def synth_pictures(start: int, stop: int, seed: int = 0, split: str | None = Non
         keep = np.flatnonzero(np.asarray(table.column("split").to_pylist()) == split)
         table = table.take(keep)
     return [decode_image(b) for b in table.column("image").to_pylist()], table
-
-
-def raw_tiles(pictures, templates=DEFAULT_TEMPLATES, min_detail: float = 12.0) -> list[Image.Image]:
-    """Every template's tiles of every picture at their own size, flat ones (nothing to match) left out."""
-    return [t.image for p in pictures for tpl in templates for t in cut(p, tpl, None) if detail(t.image) >= min_detail]
-
-
-def distractor(rng: np.random.Generator) -> Image.Image:
-    """A fresh whole picture of any category at a random size and aspect, as uploads carry them
-    beside (or instead of) a tile: the descriptor must keep these away from library tiles too."""
-    from docray.synth.targets import BENIGN_CATEGORIES, TARGET_CATEGORIES, render_picture
-
-    cats = BENIGN_CATEGORIES + TARGET_CATEGORIES
-    size = tuple(int(v) for v in rng.integers(64, 224, 2))
-    return render_picture(rng, cats[int(rng.integers(len(cats)))], size)[0]
-
-
-class CopyPairs(torch.utils.data.Dataset):
-    """Pairs (library view, edited copy as an upload's region) of tile i; the library view is clean
-    half of the time, and a `grey_rate` share of the copies are turned grey. A `distractor_rate`
-    share of the items are fresh whole pictures instead (`distractor`), each its own instance
-    (key >= len(tiles))."""
-
-    def __init__(self, tiles: list[Image.Image], image_size: int, length: int, seed: int = 0,
-                 distractor_rate: float = 0.0, grey_rate: float = 0.0):
-        self.tiles, self.size, self.length, self.seed = tiles, image_size, length, seed
-        self.distractor_rate, self.grey_rate = distractor_rate, grey_rate
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int):
-        rng = np.random.default_rng([self.seed, self.epoch, i])
-        if rng.random() < self.distractor_rate:
-            k, tile = len(self.tiles) + i, distractor(rng)
-        else:
-            k = int(rng.integers(len(self.tiles)))
-            tile = self.tiles[k]
-        a = tile if rng.random() < 0.5 else copy_edit(tile, rng, strength=0.5)
-        b = region_jitter(copy_edit(tile, rng), rng)
-        if rng.random() < self.grey_rate:  # the edit the descriptor finds hardest (measured): more of it
-            b = b.convert("L").convert("RGB")
-        x = to_tensor([a, b], self.size)  # (2, 3, s, s)
-        return x[0], x[1], k
-
-
-def background_bank(embed, pictures: list[Image.Image], n_distractors: int, seed: int = 0) -> np.ndarray:
-    """Descriptors of ordinary content, no library's targets: every template's tiles of `pictures`
-    and `n_distractors` whole pictures (`distractor`). Saved with a trained descriptor."""
-    rng = np.random.default_rng([seed, 2])
-    return embed(raw_tiles(pictures) + [distractor(rng) for _ in range(n_distractors)])

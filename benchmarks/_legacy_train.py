@@ -118,7 +118,8 @@ def prepare(table: pa.Table, cat, image_size: int) -> dict:
 
 
 class DocumentSet(torch.utils.data.Dataset):
-    """Rows of `prepare()` output: dicts of tensors, uint8 pixels (default collate)."""
+    """Rows of `prepare()` output: dicts of tensors, uint8 pixels (default collate). Every document is
+    asked every task (`labelled` all true, in the batch format today's engine reads)."""
 
     def __init__(self, arrays: dict):
         self.a = arrays
@@ -130,6 +131,7 @@ class DocumentSet(torch.utils.data.Dataset):
         item = {k: torch.from_numpy(np.asarray(self.a[k][j]))
                 for k in ("image", "flash", "angles", "attr_cat", "attr_num", "task_set")}
         item["targets"] = {k: torch.as_tensor(v[j]) for k, v in self.a["targets"].items()}
+        item["labelled"] = torch.ones(len(item["task_set"]), dtype=torch.bool)
         return item
 
 
@@ -396,7 +398,7 @@ def descriptor_loop(c: dict) -> None:
 
     device, rank, world = worker_setup(c["cpus_per_worker"])
     torch.manual_seed(c["seed"])
-    table = synth_rows("targets", c["rows"], c["seed"], c["options"])
+    table = synth_rows("targets", c["rows"], c["seed"], c["options"], c["split"])
     tiles = raw_tiles([decode_image(b) for b in table.column("image").to_pylist()])
     model = build_model(c["model"], **c["overrides"])
     ds = CopyPairs(tiles, model.cfg.image_size, c["steps_per_epoch"] * c["batch_size"], c["seed"],

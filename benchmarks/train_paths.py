@@ -133,44 +133,54 @@ def row_keys(table) -> list[str]:
 
 
 def timed_loop(module: str, name: str, timing_dir: str):
-    """A new trainer's `module.name` train loop with its "train" shard timed (a StepTimer around each
-    `iter_torch_batches` pass); each rank writes `timing_dir/rank<r>.json` at the end."""
+    """A new trainer's `module.name` train loop with its "train" shard's batches timed: each pass of
+    `train_jobs.common.epoch_batches` (only the batches it hands to the loop, not the rest of the pass
+    it drains) or of `iter_torch_batches` goes through a StepTimer; each rank writes
+    `timing_dir/rank<r>.json` at the end."""
 
     def loop(config: dict) -> None:
         import ray.train
 
-        timer, get_shard = StepTimer(), ray.train.get_dataset_shard
+        from train_jobs import common
+
+        timer, get_shard, epoch_batches = StepTimer(), ray.train.get_dataset_shard, common.epoch_batches
 
         class TimedShard:
             def __init__(self, shard):
-                self._shard = shard
+                self.shard = shard
 
             def iter_torch_batches(self, **kw):
-                return timer.wrap(self._shard.iter_torch_batches(**kw))
+                return timer.wrap(self.shard.iter_torch_batches(**kw))
 
             def __getattr__(self, attr):
-                return getattr(self._shard, attr)
+                return getattr(self.shard, attr)
 
-        def get_dataset_shard(dataset_name: str = None):
+        def timed_shard(dataset_name: str):
             shard = get_shard(dataset_name)
             return TimedShard(shard) if dataset_name == "train" else shard
 
+        def timed_batches(shard, steps=None, **kw):
+            if isinstance(shard, TimedShard):
+                return timer.wrap(epoch_batches(shard.shard, steps, **kw))
+            return epoch_batches(shard, steps, **kw)
+
         mod = importlib.import_module(module)
-        ray.train.get_dataset_shard = get_dataset_shard
-        if hasattr(mod, "get_dataset_shard"):
-            mod.get_dataset_shard = get_dataset_shard
-        try:
-            getattr(mod, name)(config)
-        finally:
-            ray.train.get_dataset_shard = get_shard
-            timer.dump(timing_dir, ray.train.get_context().get_world_rank())
+        patches = [(ray.train, "get_dataset_shard", timed_shard), (common, "epoch_batches", timed_batches)]
+        patches += [(mod, a, f) for _, a, f in patches if hasattr(mod, a)]
+        with contextlib.ExitStack() as stack:
+            for obj, attr, fn in patches:
+                stack.enter_context(patched(obj, attr, fn))
+            try:
+                getattr(mod, name)(config)
+            finally:
+                timer.dump(timing_dir, ray.train.get_context().get_world_rank())
 
     return loop
 
 
 @contextlib.contextmanager
 def patched(obj, attr: str, value):
-    """`obj.attr = value` for the duration (the driver hands a trainer's run() the timed loop)."""
+    """`obj.attr = value` inside the `with` block, restored after."""
     old = getattr(obj, attr)
     setattr(obj, attr, value)
     try:
@@ -246,9 +256,8 @@ class DescriptorBench(Config):
     n_pictures: int = Field(64, ge=4, description="training pictures (targets rows [0, n_pictures))")
     val_pictures: int = Field(32, ge=4, description="held-out pictures: the rows after them")
     model: str = "descriptor_tiny"
-    epochs: int = Field(2, ge=1)
-    steps_per_epoch: int = Field(10, ge=2)
-    batch_size: int = Field(32, ge=2, description="tiles per step (2 views each)")
+    epochs: int = Field(2, ge=1, description="passes over the training pictures")
+    batch_size: int = Field(64, ge=2, description="tiles per step, about (the new path takes whole pictures)")
 
 
 class MaskBench(Config):
@@ -373,6 +382,185 @@ def bench_mask(c: BenchConfig) -> dict:
     return {"figures": figures, "throughput": speed, "same_rows": same_rows, "held_out_rows": len(val)}
 
 
+
+def bench_descriptor(c: BenchConfig) -> dict:
+    """The tile descriptor: top-1 retrieval of edited held-out tiles among all clean ones, and the
+    mean positive / hardest negative similarity (the same edits for both: EditedTileBatch)."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import _legacy_train as L
+    from docray.models import build_model
+    from docray.screening.data import EditedTileBatch
+    from train_jobs import train_descriptor as new
+    from train_jobs.common import load_checkpoint_state, synth_dataset
+
+    d = c.descriptor
+    train, val = synth_dataset("targets", d.n_pictures, d.val_pictures, c.seed)
+    # the trainer's synthetic default (train='', val=''): the same cached folders, the 'train' split of `train`
+    cfg = new.DescriptorTrainConfig(model=d.model, n_pictures=d.n_pictures, val_pictures=d.val_pictures, seed=c.seed,
+                                    epochs=d.epochs, batch_size=d.batch_size,
+                                    num_workers=c.num_workers, cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu,
+                                    out=str(Path(c.out, "descriptor")), background_pictures=2,
+                                    background_distractors=2, to_registry=False)
+    with NewRuns(new, str(Path(c.out, "timing", "new"))) as runs:
+        new.run(cfg)
+    (run,) = runs.runs
+    state_new = load_checkpoint_state(run["result"].checkpoint)
+    spec = state_new["spec"]
+    state_old, t_old = legacy(c, L.descriptor_loop, "old-descriptor", rows=[0, d.n_pictures], split="train",
+                              options={}, model=spec["name"], overrides=spec["overrides"],
+                              steps_per_epoch=run["timing"]["steps"] // d.epochs, batch_size=d.batch_size,
+                              epochs=d.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, temperature=cfg.temperature,
+                              koleo=cfg.koleo, distractor_rate=cfg.distractor_rate, grey_rate=cfg.grey_rate)
+    model = build_model(spec["name"], **spec["overrides"]).eval()
+    rows = pq.read_table(val, columns=["id", "image"]).to_pydict()
+    xa, xb, _ = EditedTileBatch(model.cfg.image_size)(rows)
+
+    @torch.inference_mode()
+    def scores(state: dict) -> dict:
+        model.load_state_dict(state)
+        embed = lambda x: torch.cat([model(x[i:i + 256]).float() for i in range(0, len(x), 256)])  # noqa: E731
+        return new.retrieval(embed(xa), embed(xb))
+
+    old, new_ = scores(state_old), scores(state_new["model"])
+    figures = [figure(k, old[k], new_[k], k != "val_hard_neg_sim", True, c.tolerance_points)
+               for k in ("val_top1", "val_pos_sim", "val_hard_neg_sim")]
+    return {"figures": figures, "throughput": [throughput(spec["name"], t_old, run["timing"], c.min_throughput_ratio)],
+            "same_rows": t_old["rows"] == parquet_rows(train, "train"), "held_out_rows": len(rows["id"]),
+            "held_out_tiles": len(xa)}
+
+
+def bench_unified(c: BenchConfig) -> dict:
+    """MAE pre-training, then unified recognition from each path's own encoder: the MAE validation
+    loss (a fixed mask) and every task's held-out metric, gate and task-set accuracy (engine.evaluate
+    over DocumentBatch of the same held-out rows)."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import _legacy_train as L
+    from docray.models import build_model
+    from docray.recognition.data import DOC_OPTIONS, DocumentBatch, DocumentImages, to_float
+    from docray.recognition.engine import evaluate
+    from docray.recognition.metrics import HIGHER_IS_BETTER
+    from docray.recognition.text import embed_texts
+    from train_jobs import mae_pretrain, unified_train
+    from train_jobs.common import load_checkpoint_state, synth_dataset
+
+    u, out = c.unified, Path(c.out, "unified")
+    train, val = synth_dataset("documents", u.n_train, u.n_val, c.seed, options=DOC_OPTIONS)
+    shared = [f"seed={c.seed}", f"num_workers={c.num_workers}", f"cpus_per_worker={c.cpus_per_worker}",
+              f"use_gpu={json.dumps(c.use_gpu)}", f"train={train}", f"val={val}"]
+    mcfg = mae_pretrain.MAEPretrainConfig(model=u.mae_model, epochs=u.mae_epochs, batch_size=u.mae_batch_size)
+    with NewRuns(mae_pretrain, str(Path(c.out, "timing", "new"))) as runs:
+        mae_pretrain.main(["--set", f"model={u.mae_model}", f"epochs={u.mae_epochs}", f"batch_size={u.mae_batch_size}",
+                           "register_as=bench-encoder-new", f"out={out / 'mae'}", *shared])
+    (mae_run,) = runs.runs
+    views = 2 + DOC_OPTIONS["n_angles"]  # each document's capture, flash and angle frames: the MAE's images
+    mae_state, t_mae = legacy(c, L.mae_loop, "old-mae", rows=[0, u.n_train], options=DOC_OPTIONS, model=u.mae_model,
+                              overrides={"mask_ratio": mcfg.mask_ratio}, use_frames=True,
+                              batch_size=u.mae_batch_size * views, epochs=u.mae_epochs, lr=mcfg.lr,
+                              weight_decay=mcfg.weight_decay)
+    mae = build_model(u.mae_model, mask_ratio=mcfg.mask_ratio)
+    encoder = str(out / "old-encoder.pt")
+    mae.load_state_dict(mae_state)
+    torch.save(mae.encoder_state_dict(), encoder)
+
+    ucfg = unified_train.UnifiedTrainConfig(model=u.model, text_encoder=u.text_encoder, encoder_from="",
+                                            epochs=u.epochs, batch_size=u.batch_size)
+    cat = unified_train.catalogue_of(ucfg)
+    query_text = embed_texts([t.query for t in cat.tasks], u.text_encoder).tolist()
+    with NewRuns(unified_train, str(Path(c.out, "timing", "new"))) as runs:
+        unified_train.main(["--set", f"model={u.model}", f"text_encoder={u.text_encoder}", f"epochs={u.epochs}",
+                            f"batch_size={u.batch_size}", "encoder_from=bench-encoder-new", "register_as=",
+                            f"out={out / 'unified'}", *shared])
+    (uni_run,) = runs.runs
+    uni_state, t_uni = legacy(c, L.unified_loop, "old-unified", rows=[0, u.n_train], options=DOC_OPTIONS,
+                              model=u.model, overrides={}, catalogue=cat.model_dump(), query_text=query_text,
+                              encoder_state=encoder, batch_size=u.batch_size, epochs=u.epochs, lr=ucfg.lr,
+                              encoder_lr=ucfg.encoder_lr, weight_decay=ucfg.weight_decay,
+                              frame_tasks_per_batch=ucfg.frame_tasks_per_batch)
+
+    rows = pq.read_table(val).to_pydict()
+    chunks = [{k: np.asarray(v[i:i + 32], dtype=object) for k, v in rows.items()} for i in range(0, len(rows["id"]), 32)]
+    images = torch.cat([DocumentImages(mae.spec.image_size, frames=False)(b) for b in chunks])
+    noise = torch.rand(len(images), mae.spec.grid ** 2, generator=torch.Generator().manual_seed(0))  # a fixed mask
+
+    @torch.inference_mode()
+    def mae_loss(state: dict) -> float:
+        mae.load_state_dict(state)
+        mae.eval()
+        return float(mae(to_float(images), noise).loss)
+
+    model, _ = unified_train.build(ucfg, np.asarray(query_text, np.float32))
+    batches = [DocumentBatch(cat, model.image_size)(b) for b in chunks]
+
+    def scores(state: dict) -> dict:
+        model.load_state_dict(state)
+        return evaluate(model, batches, cat, "cpu")
+
+    figures = [figure("mae: val_loss", mae_loss(mae_state), mae_loss(load_checkpoint_state(mae_run["result"].checkpoint)["model"]),
+                      False, False, c.tolerance_points)]
+    old, new_ = scores(uni_state), scores(load_checkpoint_state(uni_run["result"].checkpoint)["model"])
+    for t in cat.tasks:
+        figures.append(figure(f"unified: {t.name}", old[t.name], new_[t.name], HIGHER_IS_BETTER[t.type], True,
+                              c.tolerance_points))
+    for k in ("gate_accuracy", "task_set_accuracy"):
+        figures.append(figure(f"unified: {k}", old[k], new_[k], True, True, c.tolerance_points))
+    speed = [throughput(u.mae_model, t_mae, mae_run["timing"], c.min_throughput_ratio),
+             throughput(u.model, t_uni, uni_run["timing"], c.min_throughput_ratio)]
+    want = parquet_rows(train)
+    return {"figures": figures, "throughput": speed, "same_rows": t_mae["rows"] == want and t_uni["rows"] == want,
+            "held_out_rows": len(rows["id"])}
+
+
+def bench_regen(c: BenchConfig) -> dict:
+    """Regen: the validation losses (content, type, generation; fixed diffusion noise), the share of
+    field lines read exactly and the type accuracy, on the same held-out RegenBatch tensors."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import _legacy_train as L
+    from docray.compression.data import RegenBatch
+    from docray.models import build_model
+    from train_jobs import train_regen as new
+    from train_jobs.common import load_checkpoint_state, synth_dataset
+
+    g = c.regen
+    defaults = new.RegenTrainConfig()
+    train, val = synth_dataset("documents", g.n_train, g.n_val, c.seed,
+                               options={"size": tuple(defaults.original_size), "n_angles": 0})
+    never = {k: {"target": 0.0, "patience": 10_000} for k in ("content", "type", "generation")}  # equal epochs
+    cfg = new.RegenTrainConfig(model=g.model, train=train, val=val, seed=c.seed, max_epochs=g.epochs,
+                               batch_size=g.batch_size, convergence=never, num_workers=c.num_workers,
+                               cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu, out=str(Path(c.out, "regen")),
+                               to_registry=False)
+    with NewRuns(new, str(Path(c.out, "timing", "new"))) as runs:
+        new.run(cfg)
+    (run,) = runs.runs
+    state_new = load_checkpoint_state(run["result"].checkpoint)
+    spec = state_new["spec"]
+    state_old, t_old = legacy(c, L.regen_loop, "old-regen", rows=[0, g.n_train], original_size=defaults.original_size,
+                              model=spec["name"], overrides=spec["overrides"], batch_size=g.batch_size,
+                              epochs=g.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                              weights=cfg.weights, flat_rate=cfg.flat_rate)
+    model = build_model(spec["name"], **spec["overrides"]).eval()
+    rows = pq.read_table(val).to_pydict()
+    collate = RegenBatch(model.cfg, model.tokenizer, cfg.flat_rate, seed=c.seed)
+    bs = max(1, g.batch_size // c.num_workers)
+    batches = [collate({k: v[i:i + bs] for k, v in rows.items()}) for i in range(0, len(rows["id"]), bs)]
+
+    @torch.inference_mode()
+    def scores(state: dict) -> dict:
+        model.load_state_dict(state)
+        out, _ = new.evaluate(model, batches, "cpu", read_lines=len(rows["id"]) * 100)
+        right = sum(int((model.predict_type(b["pixels"]).argmax(-1) == b["types"]).sum()) for b in batches)
+        return {**out, "type_accuracy": right / len(rows["id"])}
+
+    old, new_ = scores(state_old), scores(state_new["model"])
+    figures = [figure(k, old[k], new_[k], True, True, c.tolerance_points) for k in ("type_accuracy", "line_exact")]
+    figures += [figure(f"val_{k}", old[k], new_[k], False, False, c.tolerance_points) for k in ("content", "type", "generation")]
+    return {"figures": figures, "throughput": [throughput(spec["name"], t_old, run["timing"], c.min_throughput_ratio)],
+            "same_rows": t_old["rows"] == parquet_rows(train), "held_out_rows": len(rows["id"])}
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 
@@ -401,7 +589,7 @@ def print_report(c: BenchConfig, results: dict) -> None:
         print(f"{method}: same training rows in both paths: {r['same_rows']}; held-out rows: {r['held_out_rows']}")
 
 
-BENCHES = {"mask": bench_mask}
+BENCHES = {"unified": bench_unified, "regen": bench_regen, "descriptor": bench_descriptor, "mask": bench_mask}
 
 
 def main(argv=None) -> dict:
@@ -413,11 +601,15 @@ def main(argv=None) -> dict:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
     c = c.model_copy(update={"out": str(Path(c.out).expanduser().resolve())})
     save_config(c, c.out)
-    os.environ["DOCRAY_HOME"] = str(Path(c.out, "home"))  # before Ray starts: its workers inherit it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    init_ray()
-    load0, t0 = os.getloadavg()[0], time.time()
-    results = {m: BENCHES[m](c) for m in c.methods}
+    home = os.environ.get("DOCRAY_HOME")
+    os.environ["DOCRAY_HOME"] = str(Path(c.out, "home"))  # before Ray starts: its workers inherit it
+    try:
+        init_ray()
+        load0, t0 = os.getloadavg()[0], time.time()
+        results = {m: BENCHES[m](c) for m in c.methods}
+    finally:
+        os.environ.pop("DOCRAY_HOME") if home is None else os.environ.update(DOCRAY_HOME=home)
     print_report(c, results)
     figures = [f for r in results.values() for f in r["figures"]]
     speeds = [t for r in results.values() for t in r["throughput"]]

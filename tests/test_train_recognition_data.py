@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 N_TRAIN, N_VAL = 32, 8
 TINY_UNIFIED = ["model=unified_tiny", "text_encoder=hash", "encoder_from=", "batch_size=4", "num_workers=2",
@@ -150,8 +151,8 @@ def test_mae_pretrain_killed_worker_resumes_from_its_checkpoint(ray_cluster, doc
 
 
 def test_unified_train_two_workers_fine_tune_from_a_folder(ray_cluster, docs, tmp_path):
-    """2 workers on a dataset URI with missing labels, from a saved model (init_from); the val
-    metrics cover every val row: those of the final model evaluated here on the whole val set."""
+    """2 workers on a dataset URI with missing labels, from a saved model (init_from), stopped by its
+    time budget; the val metrics cover every val row: those of the final model evaluated here."""
     from docray.models import build_model, save_pretrained
     from docray.recognition.data import DocumentBatch
     from docray.recognition.engine import evaluate
@@ -166,10 +167,13 @@ def test_unified_train_two_workers_fine_tune_from_a_folder(ray_cluster, docs, tm
     save_pretrained(build_model("vit_encoder_tiny"), tmp_path / "encoder")  # not a unified model: a clear error
     with pytest.raises(ValueError, match="none of its tensors fit"):
         unified_train.main(["--set", *TINY_UNIFIED, f"init_from={tmp_path / 'encoder'}"])
-    r = unified_train.main(["--set", *TINY_UNIFIED, f"train={docs / 'train'}", f"val={docs / 'val'}", "epochs=1",
-                            f"init_from={tmp_path / 'start'}", "lr=1e-12", "encoder_lr=1e-12",
+    r = unified_train.main(["--set", *TINY_UNIFIED, f"train={docs / 'train'}", f"val={docs / 'val'}", "epochs=2",
+                            "time_budget_s=0.001", f"init_from={tmp_path / 'start'}", "lr=1e-12", "encoder_lr=1e-12",
                             "register_as=test-unified-uri", f"out={tmp_path / 'run'}"])
-    assert r["worker_imported_synth"] is False and r["steps"] == N_TRAIN // 2 // 4 and np.isfinite(r["loss"])
+    assert r["worker_imported_synth"] is False and np.isfinite(r["loss"])
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["steps_per_epoch"] == N_TRAIN // 2 // 4 and saved["train"] == str(docs / "train")
+    assert r["steps"] == 1 and r["epochs"] == 1  # the time budget: one decision after the first step, on both ranks
     model = load_unified("test-unified-uri")
     for k, v in start.state_dict().items():  # init_from loaded every tensor (a learning rate of 1e-12 kept them)
         assert torch.allclose(model.state_dict()[k], v, atol=1e-6), k

@@ -212,11 +212,11 @@ class NewRuns:
     def __init__(self, module, timing_root: str):
         self.module, self.root, self.runs = module, timing_root, []
 
-    def run_trainer(self, loop, cfg, name: str, datasets=None):
+    def run_trainer(self, loop, cfg, name: str, datasets=None, loop_config=None):
         from train_jobs.common import run_trainer
 
         folder = str(Path(self.root, name))
-        result = run_trainer(timed_loop(loop.__module__, loop.__name__, folder), cfg, name, datasets)
+        result = run_trainer(timed_loop(loop.__module__, loop.__name__, folder), cfg, name, datasets, loop_config)
         self.runs.append({"name": name, "result": result, "timing": read_timing(folder)})
         return result
 

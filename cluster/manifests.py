@@ -39,7 +39,7 @@ JOBS = {
     "mae_pretrain": "--set num_workers=2 use_gpu=true epochs=20",
     "unified_train": "--set num_workers=2 use_gpu=true epochs=20",
     "train_descriptor": "--set num_workers=2 use_gpu=true epochs=8",
-    "train_mask_models": "--set num_workers=2 use_gpu=true train.epochs=20 inpaint_epochs=20",
+    "train_mask_models": "--set num_workers=2 use_gpu=true epochs=20 inpaint_epochs=20",
     "train_regen": "--set num_workers=2 use_gpu=true max_epochs=60",
 }
 

@@ -1,20 +1,39 @@
 """Train the three mask-privacy models on Ray Train: original recogniser, masked recogniser, inpainter.
 
-    python -m train_jobs.train_mask_models                                   # recognizer_small, CPU ok
+    python -m train_jobs.train_mask_models                                   # synthetic faces, recognizer_small, CPU ok
     python -m train_jobs.train_mask_models --set recognizer=recognizer_tiny inpainter=inpaint_unet_tiny \
-        n_identities=8 samples=20 train.epochs=1 inpaint_epochs=1            # smoke run
+        n_identities=8 samples=20 epochs=1 inpaint_epochs=1                  # smoke run
+    python -m train_jobs.train_mask_models --set train=/data/faces/train val=/data/faces/val masks=/data/masks
     python -m train_jobs.train_mask_models --set data=/data/lfw              # an ImageFolder of identities
+    python -m train_jobs.train_mask_models --set init_from.masked=registry:mask_recognizer_masked train=...
     ray job submit --working-dir . -- python -m train_jobs.train_mask_models --set num_workers=2
 
-The original and the masked recogniser are the same factory, the same `train` parameters and the
-same epochs; the masked one sees every training image overlaid with a mask drawn at random from a
-bank of synthetic masks (seed `mask_seed`, never the grid's masks) with a random placement. The
-inpainter learns masked -> whole on the same images and masks. Each model goes to the registry
-(`mask_recognizer_original`, `mask_recognizer_masked`, `mask_inpainter`) with its val metrics.
+Data (`docray.datasets.contracts`): `train` and `val` are datasets of the `faces` contract (id, image,
+identity; a Parquet folder or file, local or s3://). With `val` empty, the rows of `train` whose
+`split` is 'val' validate and those whose split is 'train' train (test rows are left for
+`data_jobs.mask_grid_eval`). With no `train`, the synthetic faces (`n_identities` x `samples`, split
+by sample 80/10/10) are materialised once on the driver (`train_jobs.common.synth_dataset`); `data`
+instead imports an ImageFolder of identities (root/<identity>/<image>, e.g. LFW) into `out/data`.
+`masks` is a dataset of the `masks` contract (id, mask): the training mask bank, read once on the
+driver and handed to the workers in their config (`mask_bank` synthetic masks of seed `mask_seed`
+when empty; the grid evaluates with other seeds).
+
+The driver fixes what every rank shares: the classes (the sorted distinct identities of the
+training rows: class id = index), the steps of an epoch, the mask bank. Each worker reads its equal
+shard through `iter_torch_batches` with the library's preprocessing as `collate_fn`
+(`docray.masking.data.FacePreprocess` / `MaskedFaces`: decode, resize to `image_size`, [0, 1]: what
+the evaluation feeds the recognisers). The original and the masked recogniser are the same factory,
+the same parameters and the same epochs; the masked one sees every training image overlaid with a
+mask drawn at random from the bank with a random placement. The inpainter learns masked -> whole
+on the same images and masks. Validation runs over every rank's val shard (each row with a fixed
+mask of the bank) and is summed over the ranks. Each model goes to the registry
+(`mask_recognizer_original`, `mask_recognizer_masked`, `mask_inpainter`) with its val metrics and
+`worker_imported_synth` (1 if any worker had imported docray.synth: it must stay 0).
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -22,143 +41,224 @@ import torch
 from pydantic import Field
 
 from docray.config import Config, parse_args, save_config
-from train_jobs.common import load_checkpoint_state, report_epoch, restore, unwrap
+from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, report_epoch, restore, run_trainer,
+                               unwrap, worker_setup)
 
-
-class TrainParams(Config):
-    """Shared by both recognisers (the method: same parameters, same epochs)."""
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(2e-3, description="AdamW, cosine decay")
-    weight_decay: float = 5e-4
+FACE_COLUMNS = ["id", "image", "identity"]  # what the trainer reads of a faces dataset
+KIND_NO = {"original": 0, "masked": 1, "inpaint": 2}
 
 
 class MaskModelsConfig(Config):
-    data: str = Field("synth", description="'synth' faces, or an ImageFolder / Parquet dir of identities")
-    n_identities: int = Field(64, ge=2, description="synth: identities (harder with more)")
-    samples: int = Field(40, ge=10, description="synth: samples per identity (8 of 10 train, 1 val, 1 test)")
+    train: str = Field("", description="faces dataset to train on (Parquet folder/file, local or s3://; columns id, "
+                                       "image, identity): with val '' its rows of split 'train'. '' -> synthetic faces")
+    val: str = Field("", description="faces dataset to validate on; '' -> the rows of `train` whose split is 'val'")
+    data: str = Field("", description="instead of train/val: an ImageFolder of identities (root/<identity>/<image>, "
+                                      "e.g. LFW), imported into out/data (split by file order per identity, 80/10/10)")
+    masks: str = Field("", description="masks dataset (columns id, mask): the training mask bank. '' -> `mask_bank` "
+                                       "synthetic masks of seed `mask_seed`")
+    n_identities: int = Field(64, ge=2, description="synthetic faces: identities (harder with more)")
+    samples: int = Field(40, ge=10, description="synthetic faces: samples per identity (8 of 10 train, 1 val, 1 test)")
     image_size: int = 64
     seed: int = 0
     recognizer: str = Field("recognizer_small", description="registered recogniser factory (both recognisers)")
     inpainter: str = Field("inpaint_unet_small", description="registered inpainting factory")
-    train: TrainParams = TrainParams()
+    epochs: int = Field(10, ge=1, description="recognisers (both: the method's same epochs)")
+    batch_size: int = Field(64, ge=2, description="per worker")
+    lr: float = Field(2e-3, description="recognisers: AdamW, cosine decay")
+    weight_decay: float = 5e-4
     inpaint_epochs: int = Field(10, ge=1)
     inpaint_lr: float = 2e-3
     mask_bank: int = Field(600, ge=6, description="synthetic training masks (bins evenly)")
-    mask_seed: int = Field(100, description="seed of the training masks; the grid uses other seeds")
+    mask_seed: int = Field(100, description="seed of the synthetic training masks; the grid uses other seeds")
     max_shift: float = Field(0.125, description="random mask placement: roll up to this fraction of the side")
+    shuffle_buffer: int = Field(2048, ge=0, description="rows of each worker's local shuffle buffer (0: file order)")
     models: list[str] = Field(["original", "masked", "inpaint"], description="which models to train")
+    init_from: dict[str, str] = Field({}, description="start a model from saved weights to fine-tune, by kind: e.g. "
+                                      "init_from.masked=registry:mask_recognizer_masked (or a saved folder); weights "
+                                      "whose names and shapes match are loaded (a classifier for other identities "
+                                      "starts fresh)")
+    time_budget_s: float = Field(0, ge=0, description="stop a model's training after the epoch that passes this "
+                                 "many seconds (0: no limit); decided once for all ranks")
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool | None = Field(None, description="None: when torch sees a GPU on this host")
+    use_gpu: bool | None = Field(None, description="None: when the cluster has a GPU")
     max_failures: int = 1
     out: str = Field("", description="run folder ('' -> DOCRAY_HOME/reports/masking/train)")
     run_name: str = Field("", description="Ray Train run name prefix; '' -> a fresh one per call. Reuse an earlier "
                                           "name (with the same out) to resume that run from its checkpoints")
 
 
-def _data(ctx: dict):
-    import ray
+class MaskRun(Config):
+    """What one model's workers get: the job's config and what the driver fixed for every rank."""
+    job: MaskModelsConfig
+    kind: str
+    classes: list[int] = Field(description="sorted identity values; class id = index")
+    steps: int = Field(description="optimiser steps per epoch, on every rank")
+    mask_pngs: list[bytes] = Field(description="the training mask bank, PNG (255 kept, 0 hidden)")
 
-    return ray.get(ctx["data_ref"]), ray.get(ctx["bank_ref"])
+
+def _to(device, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    x, y, *m = batch
+    return x.to(device), y.to(device), m[0].to(device) if m else None
 
 
-def train_loop_per_worker(ctx: dict) -> None:
+def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
     from docray.masking import training as T
+    from docray.masking.data import FacePreprocess, MaskedFaces
     from docray.models import build_model
 
-    cfg, kind = MaskModelsConfig(**ctx["cfg"]), ctx["kind"]
-    (train, val), bank = _data(ctx)
-    rank = ray.train.get_context().get_world_rank()
+    mrun = MaskRun(**config)
+    cfg = mrun.job
+    device, rank, _ = worker_setup(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed + rank)
-    rng = np.random.default_rng([cfg.seed, rank, {"original": 0, "masked": 1, "inpaint": 2}[kind]])
-    device = ray.train.torch.get_device()
-    if kind == "inpaint":
+    if mrun.kind == "inpaint":
         model, epochs, lr, wd = build_model(cfg.inpainter, image_size=cfg.image_size), cfg.inpaint_epochs, cfg.inpaint_lr, 0.0
     else:
-        model = build_model(cfg.recognizer, num_classes=int(ctx["num_classes"]))
-        epochs, lr, wd = cfg.train.epochs, cfg.train.lr, cfg.train.weight_decay
+        model = build_model(cfg.recognizer, num_classes=len(mrun.classes))
+        epochs, lr, wd = cfg.epochs, cfg.lr, cfg.weight_decay
     spec = model.docray_spec
-    x, y = train.tensors()
-    ds = torch.utils.data.TensorDataset(x, y)
-    loader = ray.train.torch.prepare_data_loader(torch.utils.data.DataLoader(
-        ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True))
+    if cfg.init_from.get(mrun.kind):
+        loaded, total = T.warm_start(model, cfg.init_from[mrun.kind])
+        print(f"{mrun.kind}: init_from {cfg.init_from[mrun.kind]}: {loaded} of {total} tensors loaded", flush=True)
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
-    start, _ = restore(model, opt, sched)
-    vx, vy = val.tensors(device)
-    vm = torch.from_numpy(np.stack([bank[i % len(bank)] for i in range(len(vy))])).to(device)[:, None]  # fixed val masks
-    use_bank = bank if kind != "original" else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * mrun.steps)
+    start, _ = restore(model, opt, sched)  # a checkpoint of this run (restart or resume) wins over init_from
+    if mrun.kind == "original":
+        prep = FacePreprocess(cfg.image_size, mrun.classes)
+    else:
+        prep = MaskedFaces(cfg.image_size, mrun.classes, mrun.mask_pngs, seed=[cfg.seed, rank, KIND_NO[mrun.kind], start],
+                           max_shift=cfg.max_shift)
+    val_prep = MaskedFaces(cfg.image_size, mrun.classes, mrun.mask_pngs)  # a fixed mask per row
+    shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    shuffle = {"local_shuffle_buffer_size": cfg.shuffle_buffer} if cfg.shuffle_buffer else {}
+    t_start = time.perf_counter()
     for epoch in range(start, epochs):
         model.train()
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        t0, losses = time.perf_counter(), []
-        for xb, yb in loader:
-            masks = T.batch_masks(use_bank, len(xb), rng, xb.device, cfg.max_shift)
-            loss = T.inpaint_step(model, xb, masks) if kind == "inpaint" else T.recognizer_step(model, xb, yb, masks)
+        t0, loss_sum = time.perf_counter(), 0.0
+        for batch in epoch_batches(shard, mrun.steps, batch_size=cfg.batch_size, collate_fn=prep, drop_last=True, **shuffle):
+            x, y, masks = _to(device, batch)
+            loss = T.inpaint_step(model, x, masks) if mrun.kind == "inpaint" else T.recognizer_step(model, x, y, masks)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
-        m = unwrap(model)
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)), "epoch_s": time.perf_counter() - t0}
-        if kind == "inpaint":
-            metrics["val_hole_l1"] = T.inpaint_l1(m, vx, vm)
-        else:
-            metrics.update(val_acc_whole=T.accuracy(m, vx, vy), val_acc_masked=T.accuracy(m, vx, vy, vm))
+            loss_sum += float(loss)
+        sums = T.evaluate(unwrap(model), mrun.kind, (_to(device, b) for b in epoch_batches(
+            val_shard, batch_size=cfg.batch_size, collate_fn=val_prep)))
+        totals = all_sum({**sums, "loss": loss_sum, "synth": float("docray.synth" in sys.modules)})
+        metrics = {"loss": totals["loss"] / (mrun.steps * cfg.num_workers), "epoch_s": time.perf_counter() - t0,
+                   "steps": (epoch + 1) * mrun.steps, "worker_imported_synth": int(totals["synth"] > 0),
+                   **T.val_metrics(totals)}
         report_epoch(rank, model, opt, epoch, metrics, sched=sched, extra={"spec": spec})
+        if agree(cfg.time_budget_s > 0 and time.perf_counter() - t_start > cfg.time_budget_s):
+            break
 
 
-def fit_one(cfg: MaskModelsConfig, kind: str, ctx: dict, out: str, run_name: str):
-    """One TorchTrainer run; returns (model, metrics)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+# -- driver ----------------------------------------------------------------------------------------
 
-    from docray.models import build_model
+def _require(have: list[str], kind: str, uri: str, columns: list[str]) -> None:
+    """A clear error naming the columns of `columns` that a dataset (with columns `have`) lacks."""
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise ValueError(f"{uri}: the {kind} dataset has no column(s) {missing}; the mask trainer needs {columns} "
+                         f"(it has {have})")
 
-    use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config={**ctx, "kind": kind},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=f"{run_name}-{kind}", storage_path=os.path.join(out, "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)))
-    result = trainer.fit()
-    state = load_checkpoint_state(result.checkpoint)
-    model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
-    model.load_state_dict(state["model"])
-    return model, {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+
+def face_datasets(cfg: MaskModelsConfig, out: str) -> tuple[dict, list[int], int]:
+    """{"train", "val"} Ray Datasets (id, image, identity) for the job, the sorted training
+    identities and the training rows. See the module docstring for where they come from."""
+    from ray.data.expressions import col
+
+    from docray.masking.data import import_image_folder
+    from docray.storage.datasets import read_table
+    from train_jobs.common import read_datasets, synth_dataset
+
+    train, val = os.path.expanduser(cfg.train), os.path.expanduser(cfg.val)
+    if cfg.data and (train or val):
+        raise ValueError("give either data= (an ImageFolder) or train=/val= (faces datasets), not both")
+    if val and not train:
+        raise ValueError("val= needs train= too")
+    if cfg.data:
+        train = import_image_folder(cfg.data, os.path.join(out, "data", "faces"))
+    elif not train:
+        train, _ = synth_dataset("faces", cfg.n_identities * cfg.samples, 0, cfg.seed,
+                                 {"size": cfg.image_size, "n_identities": cfg.n_identities})
+    ds = read_datasets(train, val)
+    _require(ds["train"].schema().names, "faces", train, FACE_COLUMNS + ([] if val else ["split"]))
+    if val:
+        _require(ds["val"].schema().names, "faces", val, FACE_COLUMNS)
+        identity = {k: read_table(uri, ["identity"]).column("identity").to_numpy() for k, uri in (("train", train), ("val", val))}
+    else:  # one dataset, split by its split column
+        rows = read_table(train, ["identity", "split"]).to_pandas()
+        identity = {s: rows["identity"][rows["split"] == s].to_numpy() for s in ("train", "val")}
+        ds = {s: ds["train"].filter(expr=col("split") == s) for s in ("train", "val")}
+    ds = {k: d.select_columns(FACE_COLUMNS) for k, d in ds.items()}
+    for k, ids in identity.items():
+        if not len(ids):
+            raise ValueError(f"no {k} rows in {val if val and k == 'val' else train}"
+                             + ("" if val else " (taken by its split column: give val=, or rows of split 'train' and 'val')"))
+    classes = sorted(int(i) for i in np.unique(identity["train"]))
+    unknown = sorted(set(np.unique(identity["val"]).tolist()) - set(classes))
+    if unknown:
+        raise ValueError(f"{len(unknown)} validation identities never appear in training (e.g. {unknown[:5]}): "
+                         "a recogniser can only name identities it trained on")
+    ds["train"] = ds["train"].randomize_block_order(seed=cfg.seed)
+    return ds, classes, len(identity["train"])
+
+
+def mask_bank(cfg: MaskModelsConfig) -> list[bytes]:
+    """The training masks (PNG bytes) of `cfg.masks`, or the synthetic bank, each checked to decode.
+    A bank is small: the driver reads it whole and the workers get it in their config."""
+    from docray.masking.masks import decode_mask
+    from docray.storage.datasets import read_table
+    from train_jobs.common import synth_dataset
+
+    uri = os.path.expanduser(cfg.masks) or synth_dataset("masks", cfg.mask_bank, 0, cfg.mask_seed, {"size": cfg.image_size})[0]
+    table = read_table(uri)
+    _require(table.column_names, "masks", uri, ["id", "mask"])
+    if not table.num_rows:
+        raise ValueError(f"{uri}: no masks")
+    pngs = table.column("mask").to_pylist()
+    for i, png in zip(table.column("id").to_pylist(), pngs):
+        try:
+            decode_mask(png)
+        except ValueError as e:
+            raise ValueError(f"{uri}: mask {i!r}: {e}") from None
+    return pngs
 
 
 def run(cfg: MaskModelsConfig) -> dict:
     """Train the chosen models on Ray (already initialised); returns {kind: (registry version, metrics)}."""
-    import ray
-
     from docray import paths
-    from docray.masking.data import load_identities
-    from docray.masking.masks import mask_stack, synthetic_masks
     from docray.masking.models import NAMES, save_to_registry
+    from docray.models import build_model
+    from train_jobs.common import steps_per_epoch
 
-    unknown = set(cfg.models) - set(NAMES)
-    if unknown:
-        raise ValueError(f"unknown model kind(s) {sorted(unknown)}; choose from {sorted(NAMES)}")
+    for what, kinds in (("model kind(s)", cfg.models), ("init_from kind(s)", cfg.init_from)):
+        unknown = set(kinds) - set(NAMES)
+        if unknown:
+            raise ValueError(f"unknown {what} {sorted(unknown)}; choose from {sorted(NAMES)}")
     out = cfg.out or paths.sub("reports", "masking", "train")
     save_config(cfg, out)
-    splits = load_identities(cfg.data, n_identities=cfg.n_identities, samples=cfg.samples, seed=cfg.seed, size=cfg.image_size)
-    bank = mask_stack(synthetic_masks(cfg.mask_bank, seed=cfg.mask_seed, size=cfg.image_size))
-    num_classes = int(max(s.labels.max() for s in splits.values() if len(s)) + 1)
-    ctx = {"cfg": cfg.model_dump(), "num_classes": num_classes,
-           "data_ref": ray.put((splits["train"], splits["val"])), "bank_ref": ray.put(bank)}
+    datasets, classes, n_train = face_datasets(cfg, out)
+    steps = steps_per_epoch(n_train, cfg.batch_size, cfg.num_workers)
+    bank = mask_bank(cfg)
+    print(f"{n_train} training rows of {len(classes)} identities, {steps} steps per epoch per worker, "
+          f"{len(bank)} training masks", flush=True)
     results = {}
     run_name = cfg.run_name or time.strftime("mask-%Y%m%d-%H%M%S")
     for kind in cfg.models:
-        model, metrics = fit_one(cfg, kind, ctx, out, run_name)
+        job = cfg.model_copy(update={"out": out})
+        loop_config = MaskRun(job=job, kind=kind, classes=classes, steps=steps, mask_pngs=bank).model_dump()
+        result = run_trainer(train_loop_per_worker, job, f"{run_name}-{kind}", datasets, loop_config)
+        state = load_checkpoint_state(result.checkpoint)
+        model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
+        model.load_state_dict(state["model"])
+        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         version = save_to_registry(NAMES[kind], model, metrics)
         results[kind] = (version, metrics)
         print(f"{NAMES[kind]} {version}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)

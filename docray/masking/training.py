@@ -1,24 +1,17 @@
 """Training steps of the three mask-privacy models (plain PyTorch; Ray Train wiring in train_jobs).
 
 The original and the masked recogniser use the same `recognizer_step`, the same optimiser and the
-same epochs; the masked one passes `mask_bank`, so every batch is overlaid with masks drawn at
-random from the bank (with a random placement each). The inpainter learns masked -> whole.
+same epochs; the masked one passes the batch's masks (drawn at random from the training bank with
+a random placement each, by `docray.masking.data.MaskedFaces`), the original passes None. The
+inpainter learns masked -> whole. Validation sums (`val_sums`) add up over batches and ranks.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from docray.masking.masks import overlay, random_masks
-
-
-def batch_masks(bank: np.ndarray | None, n: int, rng: np.random.Generator, device, max_shift: float = 0.125):
-    """(n, 1, h, w) masks from the bank, or None when there is no bank (whole images)."""
-    if bank is None:
-        return None
-    return torch.from_numpy(random_masks(bank, n, rng, max_shift)).to(device)[:, None]
+from docray.masking.masks import overlay
 
 
 def recognizer_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
@@ -38,24 +31,45 @@ def inpaint_step(model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torc
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None = None, chunk: int = 256) -> float:
-    """Top-1 accuracy on (n, 3, h, w), overlaid with (n, 1, h, w) masks when given."""
+def val_sums(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    """Sums over one validation batch, to be added up over batches and ranks (`val_metrics` divides):
+    a recogniser's correct answers on the whole and on the masked images and the count; the
+    inpainter's absolute error over the hidden pixels and their count (x 3 channels)."""
     model.eval()
-    correct = 0
-    for i in range(0, len(y), chunk):
-        xi = x[i:i + chunk] if masks is None else overlay(x[i:i + chunk], masks[i:i + chunk])
-        correct += int((model(xi).argmax(1) == y[i:i + chunk]).sum())
-    return correct / max(len(y), 1)
+    if kind == "inpaint":
+        out = model(overlay(x, masks), masks)
+        return {"hole_err": float(((out - x).abs() * (1 - masks)).sum()), "hole_px": float((1 - masks).sum() * 3)}
+    return {"correct_whole": float((model(x).argmax(1) == y).sum()),
+            "correct_masked": float((model(overlay(x, masks)).argmax(1) == y).sum()), "n": float(len(y))}
 
 
-@torch.inference_mode()
-def inpaint_l1(model: nn.Module, x: torch.Tensor, masks: torch.Tensor, chunk: int = 128) -> float:
-    """Mean absolute error over the hidden pixels (0..1 scale)."""
-    model.eval()
-    err, count = 0.0, 0.0
-    for i in range(0, len(x), chunk):
-        xi, mi = x[i:i + chunk], masks[i:i + chunk]
-        out = model(overlay(xi, mi), mi)
-        err += float(((out - xi).abs() * (1 - mi)).sum())
-        count += float((1 - mi).sum() * 3)
-    return err / max(count, 1.0)
+def evaluate(model: nn.Module, kind: str, batches) -> dict[str, float]:
+    """`val_sums` added up over (images, labels, masks) batches; zeros (same keys) for no batch."""
+    keys = ("hole_err", "hole_px") if kind == "inpaint" else ("correct_whole", "correct_masked", "n")
+    totals = dict.fromkeys(keys, 0.0)
+    for x, y, masks in batches:
+        for k, v in val_sums(model, kind, x, y, masks).items():
+            totals[k] += v
+    return totals
+
+
+def val_metrics(totals: dict[str, float]) -> dict[str, float]:
+    """The validation metrics of summed `val_sums`: val_acc_whole and val_acc_masked, or val_hole_l1 (0..1 scale)."""
+    if "hole_err" in totals:
+        return {"val_hole_l1": totals["hole_err"] / max(totals["hole_px"], 1.0)}
+    n = max(totals["n"], 1.0)
+    return {"val_acc_whole": totals["correct_whole"] / n, "val_acc_masked": totals["correct_masked"] / n}
+
+
+def warm_start(model: nn.Module, ref: str) -> tuple[int, int]:
+    """Load into `model` the weights of `ref` (a registry reference or a saved folder, see
+    `docray.masking.models.load_model`) whose names and shapes match: fine-tuning starts there, and a
+    classifier for another set of identities starts fresh. Returns (tensors loaded, tensors of model)."""
+    from docray.masking.models import load_model
+
+    src, own = load_model(ref).state_dict(), model.state_dict()
+    keep = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    if not keep:
+        raise ValueError(f"init_from {ref!r}: no weight matches the model (another architecture?)")
+    model.load_state_dict(keep, strict=False)
+    return len(keep), len(own)

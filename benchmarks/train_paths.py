@@ -104,7 +104,8 @@ class StepTimer:
         return {"steps": sum(len(p["steps"]) for p in self.passes), "samples_timed": samples, "seconds_timed": seconds,
                 "samples_per_s": samples / seconds if seconds > 0 else float("nan"),
                 "gpu_utilization_percent": float(np.mean(util)) if util else None,
-                "synth_imported": "docray.synth" in __import__("sys").modules, "rows": self.rows}
+                "synth_imported": "docray.synth" in __import__("sys").modules, "rows": self.rows,
+                "load_average_1min": os.getloadavg()[0]}
 
     def dump(self, folder: str, rank: int) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -202,6 +203,7 @@ def read_timing(folder: str) -> dict:
     return {"steps": steps.pop(), "samples_per_s_per_worker": float(np.mean([r["samples_per_s"] for r in ranks])),
             "gpu_utilization_percent": float(np.mean(gpu)) if gpu else None,
             "synth_imported_in_worker": any(r["synth_imported"] for r in ranks),
+            "load_average_1min": max(r["load_average_1min"] for r in ranks),
             "rows": sorted(k for r in ranks for k in r["rows"])}
 
 
@@ -306,6 +308,7 @@ def throughput(model: str, old: dict, new: dict, min_ratio: float) -> dict:
             "gpu_utilization_percent_new": new["gpu_utilization_percent"],
             "synth_imported_in_worker_old": old["synth_imported_in_worker"],
             "synth_imported_in_worker_new": new["synth_imported_in_worker"],
+            "load_average_1min_old": old["load_average_1min"], "load_average_1min_new": new["load_average_1min"],
             "ok": bool(ratio >= min_ratio and old["steps"] == new["steps"])}
 
 
@@ -577,14 +580,15 @@ def print_report(c: BenchConfig, results: dict) -> None:
             unit = "pts" if f["unit"] == "share" else "%"
             print(f"{method:11s} {f['figure']:34s} {f['old']:8.4f} {f['new']:8.4f} {f['diff_points']:+6.1f}{unit:>3s}"
                   f" {'ok' if f['ok'] else 'NO':>3s}")
-    print(f"\n{'method':11s} {'model':10s} {'steps old/new':>13s} {'samples/s/worker old':>21s} {'new':>8s} "
-          f"{'new/old':>7s} {'GPU % old':>9s} {'new':>5s} {'ok':>3s}")
+    print(f"\n{'method':11s} {'model':16s} {'steps old/new':>13s} {'samples/s/worker old':>21s} {'new':>8s} "
+          f"{'new/old':>7s} {'GPU % old':>9s} {'new':>5s} {'load old':>8s} {'new':>5s} {'ok':>3s}")
     for method, r in results.items():
         for t in r["throughput"]:
-            print(f"{method:11s} {t['model']:10s} {t['steps_old']:>6d}/{t['steps_new']:<6d} "
+            print(f"{method:11s} {t['model']:16s} {t['steps_old']:>6d}/{t['steps_new']:<6d} "
                   f"{t['samples_per_s_per_worker_old']:21.1f} {t['samples_per_s_per_worker_new']:8.1f} "
                   f"{t['ratio_new_old']:7.2f} {_num(t['gpu_utilization_percent_old'], '9.0f'):>9s} "
-                  f"{_num(t['gpu_utilization_percent_new'], '5.0f'):>5s} {'ok' if t['ok'] else 'NO':>3s}")
+                  f"{_num(t['gpu_utilization_percent_new'], '5.0f'):>5s} {t['load_average_1min_old']:8.1f} "
+                  f"{t['load_average_1min_new']:5.1f} {'ok' if t['ok'] else 'NO':>3s}")
     for method, r in results.items():
         print(f"{method}: same training rows in both paths: {r['same_rows']}; held-out rows: {r['held_out_rows']}")
 

@@ -99,6 +99,7 @@ def build(c: UnifiedTrainConfig, query_text=None):
         if not fit:
             raise ValueError(f"init_from {c.init_from!r}: none of its tensors fit {c.model}")
         model.load_state_dict(fit, strict=False)
+        print(f"init_from {c.init_from}: {len(fit)} of {len(own)} tensors loaded (the rest start fresh)", flush=True)
     elif c.encoder_from:
         from docray.storage.registry import ModelRegistry
 

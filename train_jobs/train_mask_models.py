@@ -13,7 +13,7 @@ identity; a Parquet folder or file, local or s3://). With `val` empty, the rows 
 `split` is 'val' validate and those whose split is 'train' train (test rows are left for
 `data_jobs.mask_grid_eval`). With no `train`, the synthetic faces (`n_identities` x `samples`, split
 by sample 80/10/10) are materialised once on the driver (`train_jobs.common.synth_dataset`); `data`
-instead imports an ImageFolder of identities (root/<identity>/<image>, e.g. LFW) into `out/data`.
+instead imports an ImageFolder of identities (root/<identity>/<image>, e.g. LFW) into `out/data/faces`.
 `masks` is a dataset of the `masks` contract (id, mask): the training mask bank, read once on the
 driver and handed to the workers in their config (`mask_bank` synthetic masks of seed `mask_seed`
 when empty; the grid evaluates with other seeds).
@@ -53,7 +53,7 @@ class MaskModelsConfig(Config):
                                        "image, identity): with val '' its rows of split 'train'. '' -> synthetic faces")
     val: str = Field("", description="faces dataset to validate on; '' -> the rows of `train` whose split is 'val'")
     data: str = Field("", description="instead of train/val: an ImageFolder of identities (root/<identity>/<image>, "
-                                      "e.g. LFW), imported into out/data (split by file order per identity, 80/10/10)")
+                                      "e.g. LFW), imported into out/data/faces (split by file order per identity, 80/10/10)")
     masks: str = Field("", description="masks dataset (columns id, mask): the training mask bank. '' -> `mask_bank` "
                                        "synthetic masks of seed `mask_seed`")
     n_identities: int = Field(64, ge=2, description="synthetic faces: identities (harder with more)")
@@ -206,7 +206,7 @@ def face_datasets(cfg: MaskModelsConfig, out: str) -> tuple[dict, list[int], int
     if unknown:
         raise ValueError(f"{len(unknown)} validation identities never appear in training (e.g. {unknown[:5]}): "
                          "a recogniser can only name identities it trained on")
-    ds["train"] = ds["train"].randomize_block_order(seed=cfg.seed)
+    ds["train"] = ds["train"].randomize_block_order()  # another order every epoch; rows then mix in the shuffle buffer
     return ds, classes, len(identity["train"])
 
 
@@ -251,8 +251,8 @@ def run(cfg: MaskModelsConfig) -> dict:
           f"{len(bank)} training masks", flush=True)
     results = {}
     run_name = cfg.run_name or time.strftime("mask-%Y%m%d-%H%M%S")
+    job = cfg.model_copy(update={"out": out})
     for kind in cfg.models:
-        job = cfg.model_copy(update={"out": out})
         loop_config = MaskRun(job=job, kind=kind, classes=classes, steps=steps, mask_pngs=bank).model_dump()
         result = run_trainer(train_loop_per_worker, job, f"{run_name}-{kind}", datasets, loop_config)
         state = load_checkpoint_state(result.checkpoint)

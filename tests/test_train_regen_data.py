@@ -43,7 +43,7 @@ def test_two_workers_train_from_dataset_uris(ray_cluster, docs, tmp_path):
     from docray.models.regen import CHARS
     from train_jobs.train_regen import run
 
-    res = run(_cfg(docs, tmp_path / "run"))
+    res = run(_cfg(docs, tmp_path / "run", time_budget_s=3600))  # a budget: the ranks share one clock every step
     m = res["metrics"]
     assert m["worker_imported_synth"] is False
     assert m["epoch"] == 1 and len(res["history"]["type"]) == 2

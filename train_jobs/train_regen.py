@@ -6,12 +6,14 @@
     python -m train_jobs.train_regen --set init_from=~/.docray/models/regen/v0001   # warm start / fine-tune
     ray job submit --working-dir . -- python -m train_jobs.train_regen --set num_workers=2
 
-Data: `train` and `val` are Parquet datasets of the documents contract (`docray.datasets.contracts`;
-regen reads id, image, doc_type_name, clean, fields, clean_fields, doc_quad), a folder or file,
-local or s3://. With neither given, the synthetic default (`n_train` + `n_val` documents at
-`original_size`) is materialised once on the driver (`train_jobs.common.synth_dataset`). The driver
-checks the columns, fixes the steps of an epoch (every rank runs the same number) and hands both
-datasets to the TorchTrainer; each worker turns the rows of its shard into tensors with
+Data: `train` and `val` are Parquet datasets of the documents contract (docs/datasets.md; regen
+needs the columns `contract("documents").for_method("regen")` names: id, image, doc_type_name,
+clean, fields, clean_fields, doc_quad), a folder or file, local or s3://. With neither given, the
+synthetic default (`n_train` + `n_val` documents at `original_size`) is materialised once on the
+driver (`train_jobs.common.synth_dataset`). The driver checks the columns, sets the model's reader
+characters from the training texts (printable ASCII first) and its type classes from the doc-type
+registry (`model_overrides`), fixes the steps of an epoch (every rank runs the same number) and
+hands both datasets to the TorchTrainer; each worker turns the rows of its shard into tensors with
 `docray.compression.data.RegenBatch`, the functions inference uses.
 
 One model holds the three (`docray.models.regen`); each step computes three losses on a batch of
@@ -114,7 +116,7 @@ def datasets(cfg: RegenTrainConfig) -> dict:
         missing = [c for c in columns if c not in ds[split].schema().names]
         if missing:
             raise ValueError(f"{split} dataset {uri}: missing column(s) {missing}; regen needs {columns} "
-                             f"(the {KIND!r} contract, docray.datasets.contracts)")
+                             f"(the {KIND!r} contract: docs/datasets.md)")
     return {split: d.select_columns(columns) for split, d in ds.items()}
 
 

@@ -5,7 +5,9 @@ Train worker and fed them from memory (`documents_table`/`prepare` in mae_pretra
 unified_train, `synth_examples` in train_regen, `synth_pictures`/`CopyPairs` in train_descriptor,
 `synth_identities` and a `ray.put` mask bank in train_mask_models; commit 01ddc54). This module is
 that path, copied and trimmed to what the benchmark runs: the old data functions and the old train
-loops, with no checkpoint/resume, failure hooks, sample grids or registry. Each loop reports once at
+loops, with no checkpoint/resume, failure hooks, sample grids or registry. (Unified recognition's
+in-memory `prepare`/`DocumentSet` stay in `docray.recognition.data`, where the other benchmarks use
+them; the per-row targets are today's, so both paths learn the same labels.) Each loop reports once at
 the end, with a checkpoint holding the trained weights, and times its steps with
 `benchmarks.train_paths.StepTimer`. Models, losses and train steps come from the live library.
 Rows are index ranges `[start, stop)` of `docray.synth.generate` (all rows, whatever their `split`
@@ -13,9 +15,7 @@ column), so the benchmark can train both paths on the same rows. Do not use it f
 """
 from __future__ import annotations
 
-import io
 import time
-import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -51,88 +51,6 @@ def load_images(table: pa.Table, image_size: int, with_frames: bool) -> np.ndarr
     if with_frames:
         out += [load_rgb(b, image_size) for views in table.column("angles").to_pylist() for b in views]
     return np.stack(out)
-
-
-def _box01(box, w: int, h: int) -> list[float]:
-    x0, y0, x1, y1 = box
-    return [1.0, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
-
-
-def task_target(task, row: dict, seg_size: int, wh: tuple[int, int]):
-    """The target of one task for one document row."""
-    if task.type == "cls":
-        v = row[task.label]
-        return task.values.index(v) if task.values is not None else int(v)
-    if task.type == "reg":
-        return float(row[task.label])
-    if task.type == "seg":
-        seg = Image.open(io.BytesIO(row[task.label])).resize((seg_size, seg_size), Image.NEAREST)
-        return np.asarray(seg, np.uint8).clip(0, len(task.classes) - 1)
-    out = np.zeros((len(task.classes), 5), np.float32)  # det
-    for c, name in enumerate(task.classes):
-        col = row[task.label[name]]
-        if col and isinstance(col[0], dict):  # a list of fields: the union of their boxes
-            boxes = [f["box"] for f in col if f["box"]]
-            col = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-                   max(b[3] for b in boxes)] if boxes else []
-        if col:
-            out[c] = _box01(col, *wh)
-    return out
-
-
-def synthetic_attrs(doc_id: str, cat) -> dict:
-    """Deterministic user attributes for a document id (no signal: they exercise the fusion)."""
-    rng = np.random.default_rng(zlib.crc32(doc_id.encode()))
-    cats, nums = cat.attr_spec()
-    out = {k: v[int(rng.integers(len(v)))] for k, v in cats.items()}
-    out.update({k: float(s["mean"] + s["std"] * rng.standard_normal()) for k, s in nums.items()})
-    return out
-
-
-def prepare(table: pa.Table, cat, image_size: int) -> dict:
-    """Decode and resize every image once; compute every task's target (numpy arrays)."""
-    seg_size = image_size // 2
-    rows = table.to_pylist()
-    out: dict = {"image": [], "flash": [], "angles": [], "attr_cat": [], "attr_num": [],
-                 "targets": {t.name: [] for t in cat.tasks}}
-    for row in rows:
-        img = decode_image(row["image"])
-        out["image"].append(load_rgb(img, image_size))
-        out["flash"].append(load_rgb(row["flash"], image_size)[None])
-        out["angles"].append(np.stack([load_rgb(a, image_size) for a in row["angles"]]))
-        ci, nv = cat.encode_attrs(synthetic_attrs(row["id"], cat))
-        out["attr_cat"].append(ci)
-        out["attr_num"].append(nv)
-        for t in cat.tasks:
-            out["targets"][t.name].append(task_target(t, row, seg_size, img.size))
-    arrays = {
-        "image": np.stack(out["image"]),  # (n, 3, s, s) uint8
-        "flash": np.stack(out["flash"]),  # (n, 1, 3, s, s)
-        "angles": np.stack(out["angles"]),  # (n, a, 3, s, s)
-        "attr_cat": np.asarray(out["attr_cat"], np.int64).reshape(len(rows), -1),
-        "attr_num": np.asarray(out["attr_num"], np.float32).reshape(len(rows), -1),
-        "targets": {k: np.asarray(v) for k, v in out["targets"].items()},
-    }
-    arrays["task_set"] = cat.task_set_matrix(table.column("doc_type_name").to_pylist())  # (n, n_tasks) 0/1
-    return arrays
-
-
-class DocumentSet(torch.utils.data.Dataset):
-    """Rows of `prepare()` output: dicts of tensors, uint8 pixels (default collate). Every document is
-    asked every task (`labelled` all true, in the batch format today's engine reads)."""
-
-    def __init__(self, arrays: dict):
-        self.a = arrays
-
-    def __len__(self) -> int:
-        return len(self.a["image"])
-
-    def __getitem__(self, j: int) -> dict:
-        item = {k: torch.from_numpy(np.asarray(self.a[k][j]))
-                for k in ("image", "flash", "angles", "attr_cat", "attr_num", "task_set")}
-        item["targets"] = {k: torch.as_tensor(v[j]) for k, v in self.a["targets"].items()}
-        item["labelled"] = torch.ones(len(item["task_set"]), dtype=torch.bool)
-        return item
 
 
 def synth_examples(table: pa.Table, flat: pa.Table, seed: int, start: int, cfg, tokenizer, flat_rate: float,
@@ -279,7 +197,7 @@ def mae_loop(c: dict) -> None:
     from docray.recognition.data import to_float
     from train_jobs.common import warmup_cosine, worker_setup
 
-    device, rank, world = worker_setup(c["cpus_per_worker"])
+    timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
     torch.manual_seed(c["seed"])
     model = build_model(c["model"], **c["overrides"])
     table = synth_rows("documents", c["rows"], c["seed"], c["options"])
@@ -290,7 +208,7 @@ def mae_loop(c: dict) -> None:
     loader = ray.train.torch.prepare_data_loader(loader)
     net = ray.train.torch.prepare_model(model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, len(loader), c["epochs"] * len(loader)))
-    amp, timer, losses = device.type == "cuda", StepTimer(), []
+    amp, losses = device.type == "cuda", []
     for epoch in range(c["epochs"]):
         if world > 1:
             loader.sampler.set_epoch(epoch)
@@ -307,16 +225,18 @@ def mae_loop(c: dict) -> None:
 
 
 def unified_loop(c: dict) -> None:
-    """Old unified_train: `prepare` every row in the worker, a DataLoader of dicts, engine.train_epoch."""
+    """Old unified_train: `prepare` every row in the worker (the library's in-memory path, kept for
+    benchmarks), a DataLoader of dicts, engine.train_epoch."""
     import ray.train.torch
 
     from benchmarks.train_paths import StepTimer
     from docray.models import build_model
+    from docray.recognition.data import DocumentSet, prepare
     from docray.recognition.engine import train_epoch
     from docray.recognition.tasks import load_catalogue
     from train_jobs.common import warmup_cosine, worker_setup
 
-    device, rank, world = worker_setup(c["cpus_per_worker"])
+    timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
     torch.manual_seed(c["seed"])
     cat = load_catalogue(c["catalogue"])
     model = build_model(c["model"], catalogue=c["catalogue"], **c["overrides"])
@@ -333,7 +253,7 @@ def unified_loop(c: dict) -> None:
     loader = ray.train.torch.prepare_data_loader(loader)
     net = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, len(loader), c["epochs"] * len(loader)))
-    timer, step, losses = StepTimer(), 0, {}
+    step, losses = 0, {}
     for epoch in range(c["epochs"]):
         if world > 1:
             loader.sampler.set_epoch(epoch)
@@ -351,7 +271,7 @@ def regen_loop(c: dict) -> None:
     from docray.models import build_model
     from train_jobs.common import warmup_cosine, worker_setup
 
-    device, rank, world = worker_setup(c["cpus_per_worker"])
+    timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
     torch.manual_seed(c["seed"] + rank)
     model = build_model(c["model"], **c["overrides"])
     mc = model.cfg
@@ -365,7 +285,7 @@ def regen_loop(c: dict) -> None:
     bs = c["batch_size"] // world
     total = c["epochs"] * (len(train["types"]) // bs)
     warmup = min(c["warmup_steps"], total // 10)
-    gen, timer, step, sums = torch.Generator(), StepTimer(), 0, dict.fromkeys(LOSSES, 0.0)
+    gen, step, sums = torch.Generator(), 0, dict.fromkeys(LOSSES, 0.0)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     for epoch in range(c["epochs"]):
         gen.manual_seed(c["seed"] * 1000 + epoch)
@@ -396,7 +316,7 @@ def descriptor_loop(c: dict) -> None:
     from train_jobs.common import warmup_cosine, worker_setup
     from train_jobs.train_descriptor import info_nce, koleo
 
-    device, rank, world = worker_setup(c["cpus_per_worker"])
+    timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
     torch.manual_seed(c["seed"])
     table = synth_rows("targets", c["rows"], c["seed"], c["options"], c["split"])
     tiles = raw_tiles([decode_image(b) for b in table.column("image").to_pylist()])
@@ -409,7 +329,7 @@ def descriptor_loop(c: dict) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 20, c["epochs"] * c["steps_per_epoch"]))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    timer, losses = StepTimer(), []
+    losses = []
     for epoch in range(c["epochs"]):
         ds.epoch = epoch
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -435,7 +355,7 @@ def mask_loop(c: dict) -> None:
     from docray.models import build_model
     from train_jobs.common import worker_setup
 
-    device, rank, world = worker_setup(c["cpus_per_worker"])
+    timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
     torch.manual_seed(c["seed"] + rank)
     rng = np.random.default_rng([c["seed"], rank, {"original": 0, "masked": 1}[c["kind"]]])
     table = synth_rows("faces", c["rows"], c["seed"], c["options"], c["split"])
@@ -447,7 +367,7 @@ def mask_loop(c: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, c["epochs"] * len(loader))
-    timer, losses = StepTimer(), []
+    losses = []
     for epoch in range(c["epochs"]):
         model.train()
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -470,6 +390,6 @@ def fit(loop, c: dict, name: str, out: str, use_gpu: bool | None) -> dict:
 
     t0 = time.time()
     scaling = SimpleNamespace(num_workers=c["num_workers"], cpus_per_worker=c["cpus_per_worker"], use_gpu=use_gpu,
-                              max_failures=0, out=out, model_dump=lambda: c)
-    result = run_trainer(loop, scaling, name)
+                              max_failures=0, out=out)
+    result = run_trainer(loop, scaling, name, loop_config=c)
     return {"state": unwrap_state(load_checkpoint_state(result.checkpoint)["model"]), "wall_s": time.time() - t0}

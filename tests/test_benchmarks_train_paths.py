@@ -30,6 +30,7 @@ def test_step_timer_leaves_out_the_first_step():
     assert s["samples_timed"] == 4 + 3 + 11  # epoch 0 without its first batch, then all of epoch 1
     assert 0.05 <= s["seconds_timed"] < 0.4  # five 0.01 s steps; the 0.5 s first step is not in it
     assert s["samples_per_s"] == pytest.approx(s["samples_timed"] / s["seconds_timed"])
+    assert s["samples_per_cpu_s"] > s["samples_per_s"]  # sleeping takes no CPU
 
 
 def test_mask_run_same_rows_equal_steps(ray_cluster, tmp_path, capsys, monkeypatch):
@@ -39,6 +40,7 @@ def test_mask_run_same_rows_equal_steps(ray_cluster, tmp_path, capsys, monkeypat
     monkeypatch.setenv("DOCRAY_HOME", str(tmp_path / "home"))
     out = train_paths.main(["--set", "methods=[mask]", "cpus_per_worker=0.5", "mask.kinds=[masked]",
                             "mask.n_identities=4", "mask.samples=10", "mask.epochs=2", "mask.batch_size=8",
+                            "mask.model=recognizer_tiny", "mask.image_size=32",
                             "mask.mask_bank=6", f"out={tmp_path / 'bench'}"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(out, default=str))
     mask = out["methods"]["mask"]

@@ -1,24 +1,31 @@
 """Old vs new training data path, per method: quality on the same held-out rows and training throughput.
 
+    python -m benchmarks.train_paths --set out=/tmp/train_paths      # the run reported (2 cores, 1 worker)
+    python -m benchmarks.train_paths --set methods=[mask,descriptor] mask.epochs=2
+    python -m benchmarks.train_paths --help
+
 Issue 15 moved every trainer from "each Ray Train worker generates its synthetic data in memory"
 (the old path, kept in `benchmarks/_legacy_train.py` for this comparison only) to "the driver reads
 Parquet with Ray Data, each worker consumes its shard" (the new path: `train_jobs.*` with `train=`
-and `val=` URIs). For each method this trains both paths on THE SAME ROWS (the synthetic dataset
-that `train_jobs.common.synth_dataset` materialises; the old path generates the same index range in
-the worker, and the benchmark checks that the row sets are equal), for the same steps, with the same
-seed, model and hyper-parameters, on the same workers. Then, in this process and with the trained
-weights, it computes each method's validation figures for both on the same held-out rows (so a
-figure that the new path aggregates over workers is compared fairly), and reads the throughput
-each worker measured: samples per second over the training steps, the first step (warm-up)
-excluded; on a GPU the mean utilisation during those steps too.
+and `val=` URIs). Methods: unified recognition (MAE pre-training, then the unified model from each
+path's own encoder), regen, the screening descriptor, the mask recognisers. For each, both paths
+train on THE SAME ROWS (the synthetic dataset `train_jobs.common.synth_dataset` materialises; the
+old path generates the same index range in its worker, and the benchmark checks that the two row
+sets are equal: ids and image bytes), for the same steps, with the same seed, model and
+hyper-parameters, on the same workers (`num_workers` x `cpus_per_worker`). The short settings train
+the methods' real model sizes on a few hundred rows for a few epochs. Then, in this process and
+with the trained weights, it computes each method's validation figures for both on the same
+held-out rows with the same code (so a figure the new path aggregates over workers is compared
+fairly), and reads what each worker measured of its training steps (the first step, warm-up,
+excluded): samples per second, samples per CPU second of the worker process, GPU utilisation on a
+GPU, and the seconds before the first step (`prep`: the old path generates its data there).
 
 A figure is ok when the new path is not worse than the old by more than `tolerance_points`:
-percentage points for shares (accuracy, mIoU, mAP, top-1), percent of the old value for losses.
-Throughput is ok when new/old >= `min_throughput_ratio`. Prints a table, then (last line) JSON.
-
-    python -m benchmarks.train_paths                                   # short settings, all methods
-    python -m benchmarks.train_paths --set methods=[mask,descriptor] mask.epochs=2
-    python -m benchmarks.train_paths --help
+percentage points for shares (accuracy, mIoU, mAP, top-1, similarities), percent of the old value
+for losses. Throughput is ok when the steps are equal and new/old samples/s >= `min_throughput_ratio`.
+The 1-minute load average beside each run says how shared the host was (wall-clock throughput means
+little on a loaded one; samples per CPU second less so). Trained models and datasets go to
+`out/home` (DOCRAY_HOME of the runs), not to your registry. Prints tables, then (last line) JSON.
 """
 from __future__ import annotations
 
@@ -258,7 +265,7 @@ class UnifiedBench(Config):
 
 class RegenBench(Config):
     n_train: int = Field(48, ge=4, description="training documents")
-    n_val: int = Field(16, ge=4, description="held-out documents")
+    n_val: int = Field(32, ge=4, description="held-out documents")
     model: str = "regen_small"
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(8, ge=1, description="global batch (split across workers)")
@@ -441,8 +448,8 @@ def bench_descriptor(c: BenchConfig) -> dict:
     figures = [figure(k, old[k], new_[k], k != "val_hard_neg_sim", True, c.tolerance_points)
                for k in ("val_top1", "val_pos_sim", "val_hard_neg_sim")]
     return {"figures": figures, "throughput": [throughput(spec["name"], t_old, run["timing"], c.min_throughput_ratio)],
-            "same_rows": t_old["rows"] == parquet_rows(train, "train"), "held_out_rows": len(rows["id"]),
-            "held_out_tiles": len(xa)}
+            "same_rows": t_old["rows"] == parquet_rows(train, "train"), "held_out_rows": len(xa),
+            "held_out_unit": "tiles", "held_out_pictures": len(rows["id"])}
 
 
 def bench_unified(c: BenchConfig) -> dict:
@@ -604,8 +611,9 @@ def print_report(c: BenchConfig, results: dict) -> None:
                   f"{pair('samples_per_cpu_s', '.1f'):>13s} {pair('gpu_utilization_percent', '.0f'):>9s} {pair('prep_s', '.1f'):>11s} "
                   f"{pair('load_average_1min', '.0f'):>9s} {'ok' if t['ok'] else 'NO':>3s}")
     for method, r in results.items():
-        print(f"{method}: same training rows in both paths: {r['same_rows']}; {r['held_out_rows']} held-out rows "
-              f"(one row is {100 / r['held_out_rows']:.1f} points of a per-row share)")
+        unit = r.get("held_out_unit", "rows")
+        print(f"{method}: same training rows in both paths: {r['same_rows']}; {r['held_out_rows']} held-out {unit} "
+              f"(one is {100 / r['held_out_rows']:.2f} points of a share over them)")
 
 
 BENCHES = {"unified": bench_unified, "regen": bench_regen, "descriptor": bench_descriptor, "mask": bench_mask}

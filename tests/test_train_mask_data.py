@@ -134,7 +134,7 @@ def test_validation_sums_add_up_over_shards(faces):
     assert evaluate(rec, "masked", []) == {"correct_whole": 0.0, "correct_masked": 0.0, "n": 0.0}  # an empty shard
 
 
-def test_missing_column_is_named(ray_cluster, datasets, tmp_path, home):
+def test_bad_datasets_are_named(ray_cluster, datasets, tmp_path, home):
     from train_jobs.train_mask_models import run
 
     bad = tmp_path / "bad"
@@ -151,6 +151,10 @@ def test_missing_column_is_named(ray_cluster, datasets, tmp_path, home):
     pq.write_table(other.set_column(other.schema.get_field_index("identity"), "identity",
                                     pc.add(other.column("identity"), 100)), bad / "part-0.parquet")
     with pytest.raises(ValueError, match="6 validation identities never appear in training"):
+        run(tiny_config(tmp_path, train=datasets["train"], val=str(bad), masks=datasets["masks"]))
+    nulls = pa.array([None, *other.column("identity").to_pylist()[1:]], pa.int32())
+    pq.write_table(other.set_column(other.schema.get_field_index("identity"), "identity", nulls), bad / "part-0.parquet")
+    with pytest.raises(ValueError, match=r"1 val row\(s\) have no identity"):
         run(tiny_config(tmp_path, train=datasets["train"], val=str(bad), masks=datasets["masks"]))
 
 

@@ -191,16 +191,19 @@ def face_datasets(cfg: MaskModelsConfig, out: str) -> tuple[dict, list[int], int
     _require(ds["train"].schema().names, "faces", train, FACE_COLUMNS + ([] if val else ["split"]))
     if val:
         _require(ds["val"].schema().names, "faces", val, FACE_COLUMNS)
-        identity = {k: read_table(uri, ["identity"]).column("identity").to_numpy() for k, uri in (("train", train), ("val", val))}
+        identity = {k: read_table(uri, ["identity"]).to_pandas()["identity"] for k, uri in (("train", train), ("val", val))}
     else:  # one dataset, split by its split column
         rows = read_table(train, ["identity", "split"]).to_pandas()
-        identity = {s: rows["identity"][rows["split"] == s].to_numpy() for s in ("train", "val")}
+        identity = {s: rows["identity"][rows["split"] == s] for s in ("train", "val")}
         ds = {s: ds["train"].filter(expr=col("split") == s) for s in ("train", "val")}
     ds = {k: d.select_columns(FACE_COLUMNS) for k, d in ds.items()}
     for k, ids in identity.items():
+        where = val if val and k == "val" else train
         if not len(ids):
-            raise ValueError(f"no {k} rows in {val if val and k == 'val' else train}"
+            raise ValueError(f"no {k} rows in {where}"
                              + ("" if val else " (taken by its split column: give val=, or rows of split 'train' and 'val')"))
+        if ids.isna().any():
+            raise ValueError(f"{where}: {int(ids.isna().sum())} {k} row(s) have no identity (column 'identity' is null)")
     classes = sorted(int(i) for i in np.unique(identity["train"]))
     unknown = sorted(set(np.unique(identity["val"]).tolist()) - set(classes))
     if unknown:

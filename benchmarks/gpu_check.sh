@@ -139,7 +139,7 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 >"$OUT/gpu_util.csv" 2>&1 &
   GPU_SAMPLER=$!
 fi
-$PY - <<'EOF' 2>&1 | tee -a "$LOG"
+timeout 90 $PY - <<'EOF' 2>&1 | tee -a "$LOG"
 import importlib, sys
 from docray.compat import patch_torchvision
 patch_torchvision()  # a no-op where torchvision matches torch (a CUDA host)

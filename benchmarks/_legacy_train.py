@@ -10,8 +10,9 @@ in-memory `prepare`/`DocumentSet` stay in `docray.recognition.data`, where the o
 them; the per-row targets are today's, so both paths learn the same labels.) Each loop reports once at
 the end, with a checkpoint holding the trained weights, and times its steps with
 `benchmarks.train_paths.StepTimer`. Models, losses and train steps come from the live library.
-Rows are index ranges `[start, stop)` of `docray.synth.generate` (all rows, whatever their `split`
-column), so the benchmark can train both paths on the same rows. Do not use it for anything else.
+Rows are index ranges `[start, stop)` of `docray.synth.generate` (seed `seed`; only one `split`
+where asked), so the benchmark can train both paths on the same rows; `train_seed` seeds the
+training's own randomness (initial weights, order, augmentation). Do not use it for anything else.
 """
 from __future__ import annotations
 
@@ -198,7 +199,7 @@ def mae_loop(c: dict) -> None:
     from train_jobs.common import warmup_cosine, worker_setup
 
     timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
-    torch.manual_seed(c["seed"])
+    torch.manual_seed(c["train_seed"])
     model = build_model(c["model"], **c["overrides"])
     table = synth_rows("documents", c["rows"], c["seed"], c["options"])
     images = torch.from_numpy(load_images(table, model.spec.image_size, c["use_frames"]))
@@ -237,7 +238,7 @@ def unified_loop(c: dict) -> None:
     from train_jobs.common import warmup_cosine, worker_setup
 
     timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
-    torch.manual_seed(c["seed"])
+    torch.manual_seed(c["train_seed"])
     cat = load_catalogue(c["catalogue"])
     model = build_model(c["model"], catalogue=c["catalogue"], **c["overrides"])
     model.set_query_text(np.asarray(c["query_text"], np.float32))
@@ -272,14 +273,14 @@ def regen_loop(c: dict) -> None:
     from train_jobs.common import warmup_cosine, worker_setup
 
     timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
-    torch.manual_seed(c["seed"] + rank)
+    torch.manual_seed(c["train_seed"] + rank)
     model = build_model(c["model"], **c["overrides"])
     mc = model.cfg
     lo, hi = c["rows"]
     share = (lo + rank * (hi - lo) // world, lo + (rank + 1) * (hi - lo) // world)  # each worker its contiguous share
     capture = synth_rows("documents", share, c["seed"], {"size": tuple(c["original_size"]), "n_angles": 0})
     flat = synth_rows("documents", share, c["seed"], {"size": (mc.gen_size[1], mc.gen_size[0]), "n_angles": 0})
-    train = synth_examples(capture, flat, c["seed"], share[0], mc, model.tokenizer, c["flat_rate"])
+    train = synth_examples(capture, flat, c["train_seed"], share[0], mc, model.tokenizer, c["flat_rate"])
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
     bs = c["batch_size"] // world
@@ -288,7 +289,7 @@ def regen_loop(c: dict) -> None:
     gen, step, sums = torch.Generator(), 0, dict.fromkeys(LOSSES, 0.0)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     for epoch in range(c["epochs"]):
-        gen.manual_seed(c["seed"] * 1000 + epoch)
+        gen.manual_seed(c["train_seed"] * 1000 + epoch)
         for b in timer.wrap(regen_batches(train, bs, gen)):
             b = {k: v.to(device) for k, v in b.items()}
             with amp:
@@ -317,11 +318,11 @@ def descriptor_loop(c: dict) -> None:
     from train_jobs.train_descriptor import info_nce, koleo
 
     timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
-    torch.manual_seed(c["seed"])
+    torch.manual_seed(c["train_seed"])
     table = synth_rows("targets", c["rows"], c["seed"], c["options"], c["split"])
     tiles = raw_tiles([decode_image(b) for b in table.column("image").to_pylist()])
     model = build_model(c["model"], **c["overrides"])
-    ds = CopyPairs(tiles, model.cfg.image_size, c["steps_per_epoch"] * c["batch_size"], c["seed"],
+    ds = CopyPairs(tiles, model.cfg.image_size, c["steps_per_epoch"] * c["batch_size"], c["train_seed"],
                    c["distractor_rate"], c["grey_rate"])
     loader = torch.utils.data.DataLoader(ds, batch_size=c["batch_size"] // world, shuffle=False, drop_last=True)
     loader = ray.train.torch.prepare_data_loader(loader)
@@ -356,8 +357,8 @@ def mask_loop(c: dict) -> None:
     from train_jobs.common import worker_setup
 
     timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
-    torch.manual_seed(c["seed"] + rank)
-    rng = np.random.default_rng([c["seed"], rank, {"original": 0, "masked": 1}[c["kind"]]])
+    torch.manual_seed(c["train_seed"] + rank)
+    rng = np.random.default_rng([c["train_seed"], rank, {"original": 0, "masked": 1}[c["kind"]]])
     table = synth_rows("faces", c["rows"], c["seed"], c["options"], c["split"])
     x, y = face_tensors(table, c["image_size"])
     bank = mask_bank(c["mask_bank"], c["mask_seed"], c["image_size"]) if c["kind"] == "masked" else None

@@ -1,6 +1,6 @@
 """Old vs new training data path, per method: quality on the same held-out rows and training throughput.
 
-    python -m benchmarks.train_paths --set out=/tmp/train_paths      # the run reported (2 cores, 1 worker)
+    python -m benchmarks.train_paths --set out=/tmp/train_paths reference_seed=1   # the run reported (2 cores)
     python -m benchmarks.train_paths --set methods=[mask,descriptor] mask.epochs=2
     python -m benchmarks.train_paths --help
 
@@ -22,7 +22,9 @@ GPU, and the seconds before the first step (`prep`: the old path generates its d
 
 A figure is ok when the new path is not worse than the old by more than `tolerance_points`:
 percentage points for shares (accuracy, mIoU, mAP, top-1, similarities), percent of the old value
-for losses. Throughput is ok when the steps are equal and new/old samples/s >= `min_throughput_ratio`.
+for losses. With `reference_seed` the old path also trains with that training seed on the same rows:
+its difference to the old run is what two runs of ONE path differ by at these settings (data order,
+initial weights, augmentation), the noise floor against which to read new-old. Throughput is ok when the steps are equal and new/old samples/s >= `min_throughput_ratio`.
 The 1-minute load average beside each run says how shared the host was (wall-clock throughput means
 little on a loaded one; samples per CPU second less so). Trained models and datasets go to
 `out/home` (DOCRAY_HOME of the runs), not to your registry. Prints tables, then (last line) JSON.
@@ -34,6 +36,8 @@ import hashlib
 import importlib
 import json
 import os
+import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -119,7 +123,7 @@ class StepTimer:
                 "samples_per_s": samples / seconds if seconds > 0 else float("nan"),
                 "samples_per_cpu_s": samples / cpu if cpu > 0 else float("nan"),
                 "gpu_utilization_percent": float(np.mean(util)) if util else None,
-                "synth_imported": "docray.synth" in __import__("sys").modules, "rows": self.rows,
+                "synth_imported": "docray.synth" in sys.modules, "rows": self.rows,
                 "load_average_1min": os.getloadavg()[0]}
 
     def dump(self, folder: str, rank: int) -> None:
@@ -234,7 +238,7 @@ class NewRuns:
     def run_trainer(self, loop, cfg, name: str, datasets=None, loop_config=None):
         from train_jobs.common import run_trainer
 
-        folder = str(Path(self.root, name))
+        folder = fresh(Path(self.root, name))
         result = run_trainer(timed_loop(loop.__module__, loop.__name__, folder), cfg, name, datasets, loop_config)
         self.runs.append({"name": name, "result": result, "timing": read_timing(folder)})
         return result
@@ -299,6 +303,9 @@ class BenchConfig(Config):
     tolerance_points: float = Field(2.0, ge=0, description="a new figure may be this much worse than the old one: "
                                     "percentage points of a share, percent of a loss")
     min_throughput_ratio: float = Field(0.9, gt=0, description="new/old training samples/s per worker, at least")
+    reference_seed: int | None = Field(None, description="also train the old path with this training seed (same "
+                                       "rows): old-vs-old shows how far two runs of one path differ at these "
+                                       "settings, the noise floor of the 2-point check (None: skip)")
     unified: UnifiedBench = UnifiedBench()
     regen: RegenBench = RegenBench()
     descriptor: DescriptorBench = DescriptorBench()
@@ -308,12 +315,16 @@ class BenchConfig(Config):
                                  "and models stay out of your own registry)")
 
 
-def figure(name: str, old: float, new: float, higher_is_better: bool, share: bool, tol: float) -> dict:
-    """One validation figure of both paths; `worse_points` > 0 where the new path is worse."""
-    diff = 100 * (new - old) if share else 100 * (new - old) / max(abs(old), 1e-12)
+def figure(name: str, old: float, new: float, higher_is_better: bool, share: bool, tol: float,
+           reference: float | None = None) -> dict:
+    """One validation figure of both paths; `worse_points` > 0 where the new path is worse;
+    `reference`: the old path's figure with `reference_seed` (its difference to `old` alongside)."""
+    points = lambda a, b: 100 * (a - b) if share else 100 * (a - b) / max(abs(b), 1e-12)  # noqa: E731
+    diff = points(new, old)
     worse = -diff if higher_is_better else diff
     return {"figure": name, "unit": "share" if share else "loss", "higher_is_better": higher_is_better,
-            "old": old, "new": new, "diff_points": diff, "worse_points": worse, "ok": bool(worse <= tol)}
+            "old": old, "new": new, "diff_points": diff, "worse_points": worse, "ok": bool(worse <= tol),
+            "old_reseeded": reference, "reseeded_diff_points": None if reference is None else points(reference, old)}
 
 
 def throughput(model: str, old: dict, new: dict, min_ratio: float) -> dict:
@@ -342,14 +353,27 @@ def parquet_rows(uri: str, split: str | None = None) -> list[str]:
     return sorted(row_keys(table))
 
 
-def legacy(c: BenchConfig, loop, name: str, **settings) -> tuple[dict, dict]:
-    """Train an old loop under the benchmark's worker settings: (state dict, timing)."""
+def fresh(folder: Path) -> str:
+    """`folder`, emptied (a rerun must not read an earlier run's timings)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return str(folder)
+
+
+def legacy(c: BenchConfig, loop, name: str, reference: dict | None = None, **settings) -> tuple[dict, dict, dict | None]:
+    """Train an old loop under the benchmark's worker settings: (state dict, timing, and the state
+    dict of a second run with training seed `c.reference_seed` and `reference` settings, or None)."""
     from benchmarks import _legacy_train as L
 
-    folder = str(Path(c.out, "timing", name))
-    run = L.fit(loop, {"num_workers": c.num_workers, "cpus_per_worker": c.cpus_per_worker, "seed": c.seed,
-                       "timing_dir": folder, **settings}, name, c.out, c.use_gpu)
-    return run["state"], read_timing(folder)
+    runs = [(c.seed, name, settings)]
+    if c.reference_seed is not None:
+        runs.append((c.reference_seed, f"{name}-reseeded", {**settings, **(reference or {})}))
+    out = []
+    for train_seed, run_name, kw in runs:
+        folder = fresh(Path(c.out, "timing", run_name))
+        run = L.fit(loop, {"num_workers": c.num_workers, "cpus_per_worker": c.cpus_per_worker, "seed": c.seed,
+                           "train_seed": train_seed, "timing_dir": folder, **kw}, run_name, c.out, c.use_gpu)
+        out.append((run["state"], read_timing(folder)))
+    return out[0][0], out[0][1], out[1][0] if len(out) > 1 else None
 
 
 # -- methods ---------------------------------------------------------------------------------------
@@ -391,18 +415,18 @@ def bench_mask(c: BenchConfig) -> dict:
     figures, speed, same_rows = [], [], True
     want = parquet_rows(faces, "train")
     for kind, run in zip(m.kinds, runs.runs):
-        state, t_old = legacy(c, L.mask_loop, f"old-mask-{kind}", kind=kind, rows=[0, n], split="train",
+        state, t_old, ref = legacy(c, L.mask_loop, f"old-mask-{kind}", kind=kind, rows=[0, n], split="train",
                               options={"size": m.image_size, "n_identities": m.n_identities}, image_size=m.image_size,
                               mask_bank=m.mask_bank, mask_seed=cfg.mask_seed, model=m.model, num_classes=len(classes),
                               batch_size=m.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=m.epochs,
                               max_shift=cfg.max_shift)
         old, new_ = scores(state), scores(load_checkpoint_state(run["result"].checkpoint)["model"])
+        ref = scores(ref) if ref else {}
         for k in ("val_acc_whole", "val_acc_masked"):
-            figures.append(figure(f"{kind}: {k}", old[k], new_[k], True, True, c.tolerance_points))
+            figures.append(figure(f"{kind}: {k}", old[k], new_[k], True, True, c.tolerance_points, ref.get(k)))
         speed.append(throughput(kind, t_old, run["timing"], c.min_throughput_ratio))
         same_rows &= t_old["rows"] == want
     return {"figures": figures, "throughput": speed, "same_rows": same_rows, "held_out_rows": len(val)}
-
 
 
 def bench_descriptor(c: BenchConfig) -> dict:
@@ -429,7 +453,7 @@ def bench_descriptor(c: BenchConfig) -> dict:
     (run,) = runs.runs
     state_new = load_checkpoint_state(run["result"].checkpoint)
     spec = state_new["spec"]
-    state_old, t_old = legacy(c, L.descriptor_loop, "old-descriptor", rows=[0, d.n_pictures], split="train",
+    state_old, t_old, ref = legacy(c, L.descriptor_loop, "old-descriptor", rows=[0, d.n_pictures], split="train",
                               options={}, model=spec["name"], overrides=spec["overrides"],
                               steps_per_epoch=run["timing"]["steps"] // d.epochs, batch_size=d.batch_size,
                               epochs=d.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, temperature=cfg.temperature,
@@ -445,7 +469,8 @@ def bench_descriptor(c: BenchConfig) -> dict:
         return new.retrieval(embed(xa), embed(xb))
 
     old, new_ = scores(state_old), scores(state_new["model"])
-    figures = [figure(k, old[k], new_[k], k != "val_hard_neg_sim", True, c.tolerance_points)
+    ref = scores(ref) if ref else {}
+    figures = [figure(k, old[k], new_[k], k != "val_hard_neg_sim", True, c.tolerance_points, ref.get(k))
                for k in ("val_top1", "val_pos_sim", "val_hard_neg_sim")]
     return {"figures": figures, "throughput": [throughput(spec["name"], t_old, run["timing"], c.min_throughput_ratio)],
             "same_rows": t_old["rows"] == parquet_rows(train, "train"), "held_out_rows": len(xa),
@@ -477,14 +502,17 @@ def bench_unified(c: BenchConfig) -> dict:
                            "register_as=bench-encoder-new", f"out={out / 'mae'}", *shared])
     (mae_run,) = runs.runs
     views = 2 + DOC_OPTIONS["n_angles"]  # each document's capture, flash and angle frames: the MAE's images
-    mae_state, t_mae = legacy(c, L.mae_loop, "old-mae", rows=[0, u.n_train], options=DOC_OPTIONS, model=u.mae_model,
+    mae_state, t_mae, mae_ref = legacy(c, L.mae_loop, "old-mae", rows=[0, u.n_train], options=DOC_OPTIONS, model=u.mae_model,
                               overrides={"mask_ratio": mcfg.mask_ratio}, use_frames=True,
                               batch_size=u.mae_batch_size * views, epochs=u.mae_epochs, lr=mcfg.lr,
                               weight_decay=mcfg.weight_decay)
     mae = build_model(u.mae_model, mask_ratio=mcfg.mask_ratio)
-    encoder = str(out / "old-encoder.pt")
-    mae.load_state_dict(mae_state)
-    torch.save(mae.encoder_state_dict(), encoder)
+    encoders = {}
+    for key, state in (("old", mae_state), ("reseeded", mae_ref)):
+        if state is not None:  # the old unified runs start from their own MAE's encoder
+            mae.load_state_dict(state)
+            encoders[key] = str(out / f"{key}-encoder.pt")
+            torch.save(mae.encoder_state_dict(), encoders[key])
 
     ucfg = unified_train.UnifiedTrainConfig(model=u.model, text_encoder=u.text_encoder, encoder_from="",
                                             epochs=u.epochs, batch_size=u.batch_size)
@@ -495,9 +523,10 @@ def bench_unified(c: BenchConfig) -> dict:
                             f"batch_size={u.batch_size}", "encoder_from=bench-encoder-new", "register_as=",
                             f"out={out / 'unified'}", *shared])
     (uni_run,) = runs.runs
-    uni_state, t_uni = legacy(c, L.unified_loop, "old-unified", rows=[0, u.n_train], options=DOC_OPTIONS,
-                              model=u.model, overrides={}, catalogue=cat.model_dump(), query_text=query_text,
-                              encoder_state=encoder, batch_size=u.batch_size, epochs=u.epochs, lr=ucfg.lr,
+    uni_state, t_uni, uni_ref = legacy(c, L.unified_loop, "old-unified", {"encoder_state": encoders.get("reseeded")},
+                                       rows=[0, u.n_train], options=DOC_OPTIONS, model=u.model, overrides={},
+                                       catalogue=cat.model_dump(), query_text=query_text,
+                                       encoder_state=encoders["old"], batch_size=u.batch_size, epochs=u.epochs, lr=ucfg.lr,
                               encoder_lr=ucfg.encoder_lr, weight_decay=ucfg.weight_decay,
                               frame_tasks_per_batch=ucfg.frame_tasks_per_batch)
 
@@ -519,14 +548,16 @@ def bench_unified(c: BenchConfig) -> dict:
         model.load_state_dict(state)
         return evaluate(model, batches, cat, "cpu")
 
-    figures = [figure("mae: val_loss", mae_loss(mae_state), mae_loss(load_checkpoint_state(mae_run["result"].checkpoint)["model"]),
-                      False, False, c.tolerance_points)]
+    new_mae = load_checkpoint_state(mae_run["result"].checkpoint)["model"]
+    figures = [figure("mae: val_loss", mae_loss(mae_state), mae_loss(new_mae), False, False, c.tolerance_points,
+                      mae_loss(mae_ref) if mae_ref else None)]
     old, new_ = scores(uni_state), scores(load_checkpoint_state(uni_run["result"].checkpoint)["model"])
+    ref = scores(uni_ref) if uni_ref else {}
     for t in cat.tasks:
         figures.append(figure(f"unified: {t.name}", old[t.name], new_[t.name], HIGHER_IS_BETTER[t.type], True,
-                              c.tolerance_points))
+                              c.tolerance_points, ref.get(t.name)))
     for k in ("gate_accuracy", "task_set_accuracy"):
-        figures.append(figure(f"unified: {k}", old[k], new_[k], True, True, c.tolerance_points))
+        figures.append(figure(f"unified: {k}", old[k], new_[k], True, True, c.tolerance_points, ref.get(k)))
     speed = [throughput(u.mae_model, t_mae, mae_run["timing"], c.min_throughput_ratio),
              throughput(u.model, t_uni, uni_run["timing"], c.min_throughput_ratio)]
     want = parquet_rows(train)
@@ -559,7 +590,7 @@ def bench_regen(c: BenchConfig) -> dict:
     (run,) = runs.runs
     state_new = load_checkpoint_state(run["result"].checkpoint)
     spec = state_new["spec"]
-    state_old, t_old = legacy(c, L.regen_loop, "old-regen", rows=[0, g.n_train], original_size=defaults.original_size,
+    state_old, t_old, ref = legacy(c, L.regen_loop, "old-regen", rows=[0, g.n_train], original_size=defaults.original_size,
                               model=spec["name"], overrides=spec["overrides"], batch_size=g.batch_size,
                               epochs=g.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                               weights=cfg.weights, flat_rate=cfg.flat_rate)
@@ -577,8 +608,11 @@ def bench_regen(c: BenchConfig) -> dict:
         return {**out, "type_accuracy": right / len(rows["id"])}
 
     old, new_ = scores(state_old), scores(state_new["model"])
-    figures = [figure(k, old[k], new_[k], True, True, c.tolerance_points) for k in ("type_accuracy", "line_exact")]
-    figures += [figure(f"val_{k}", old[k], new_[k], False, False, c.tolerance_points) for k in ("content", "type", "generation")]
+    ref = scores(ref) if ref else {}
+    figures = [figure(k, old[k], new_[k], True, True, c.tolerance_points, ref.get(k))
+               for k in ("type_accuracy", "line_exact")]
+    figures += [figure(f"val_{k}", old[k], new_[k], False, False, c.tolerance_points, ref.get(k))
+                for k in ("content", "type", "generation")]
     return {"figures": figures, "throughput": [throughput(spec["name"], t_old, run["timing"], c.min_throughput_ratio)],
             "same_rows": t_old["rows"] == parquet_rows(train), "held_out_rows": len(rows["id"])}
 
@@ -593,12 +627,14 @@ def _num(v, fmt: str) -> str:
 def print_report(c: BenchConfig, results: dict) -> None:
     print(f"\nold (in-worker synth) vs new (Parquet -> Ray Data) training path: {c.num_workers} worker(s) x "
           f"{c.cpus_per_worker:g} CPU, {os.cpu_count()} cores, GPU: {torch.cuda.is_available()}")
-    print(f"{'method':11s} {'figure':34s} {'old':>8s} {'new':>8s} {'new-old':>8s} {'ok':>3s}")
+    print(f"{'method':11s} {'figure':34s} {'old':>8s} {'new':>8s} {'new-old':>8s} {'ok':>3s}  "
+          f"{'old, seed ' + str(c.reference_seed) if c.reference_seed is not None else ''}")
     for method, r in results.items():
         for f in r["figures"]:
             unit = "pts" if f["unit"] == "share" else "%"
+            ref = "" if f["old_reseeded"] is None else f"{f['old_reseeded']:8.4f} {f['reseeded_diff_points']:+6.1f}{unit}"
             print(f"{method:11s} {f['figure']:34s} {f['old']:8.4f} {f['new']:8.4f} {f['diff_points']:+6.1f}{unit:>3s}"
-                  f" {'ok' if f['ok'] else 'NO':>3s}")
+                  f" {'ok' if f['ok'] else 'NO':>3s}  {ref}")
     print(f"\n{'method':11s} {'model':16s} {'steps':>9s} {'samples/s/worker':>17s} {'new/old':>7s} "
           f"{'samples/CPU s':>13s} {'GPU %':>9s} {'prep s':>11s} {'load':>9s} {'ok':>3s}")
     print(f"{'':11s} {'':16s} {'old/new':>9s} {'old/new':>17s} {'':7s} {'old/new':>13s} {'old/new':>9s} "
@@ -647,6 +683,8 @@ def main(argv=None) -> dict:
         "figures_ok": all(f["ok"] for f in figures), "throughput_ok": all(t["ok"] for t in speeds),
         "same_rows": all(r["same_rows"] for r in results.values()),
         "worst_figure_points": max((f["worse_points"] for f in figures), default=0.0),
+        "largest_old_vs_old_points": max((abs(f["reseeded_diff_points"]) for f in figures
+                                          if f["reseeded_diff_points"] is not None), default=None),
         "min_throughput_ratio_new_old": min((t["ratio_new_old"] for t in speeds), default=float("nan")),
     }
     summary["ok"] = summary["figures_ok"] and summary["throughput_ok"] and summary["same_rows"]

@@ -18,6 +18,9 @@ def test_figure_points_and_direction():
     loss = figure("loss", old=2.0, new=2.03, higher_is_better=False, share=False, tol=2.0)
     assert loss["diff_points"] == pytest.approx(1.5) and loss["ok"]  # percent of the old loss
     assert figure("loss", old=2.0, new=1.0, higher_is_better=False, share=False, tol=2.0)["ok"]  # better is ok
+    ref = figure("acc", old=0.80, new=0.81, higher_is_better=True, share=True, tol=2.0, reference=0.75)
+    assert ref["old_reseeded"] == 0.75 and ref["reseeded_diff_points"] == pytest.approx(-5.0)
+    assert share["old_reseeded"] is None and share["reseeded_diff_points"] is None
 
 
 def test_step_timer_leaves_out_the_first_step():
@@ -33,6 +36,7 @@ def test_step_timer_leaves_out_the_first_step():
     assert s["samples_per_cpu_s"] > s["samples_per_s"]  # sleeping takes no CPU
 
 
+@pytest.mark.slow  # two Ray Train runs and Ray Data reads: 85 s on 2 shared cores (load ~8)
 def test_mask_run_same_rows_equal_steps(ray_cluster, tmp_path, capsys, monkeypatch):
     """One tiny masked recogniser through both paths: same rows, same steps, throughput measured."""
     from benchmarks import train_paths

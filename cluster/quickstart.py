@@ -4,8 +4,9 @@
     python -m cluster.quickstart --set jobs.train_regen=false --help
 
 1. Ray starts embedded (or is joined through RAY_ADDRESS) with its Jobs API on :8265.
-2. A synthetic corpus of every kind through Ray Data (Parquet + contact sheets); a sample of documents
-   goes into the image repository.
+2. A synthetic corpus of every kind through Ray Data (train and val Parquet folders in the dataset
+   contracts + contact sheets): the datasets the training jobs then read (`train=`/`val=`), as they
+   would read a user's; a sample of documents goes into the image repository.
 3. Short training and batch jobs, each submitted through the Jobs API like `docray submit` does
    (runtime_env working_dir = this repository): MAE pre-training -> multi-task training, the tile
    descriptor -> the cut-out library build, the two recognisers + inpainter -> the mask x image grid
@@ -34,7 +35,8 @@ from docray import paths
 from docray.config import Config, parse_args, save_config
 from docray.storage.datasets import read_table
 from docray.storage.repository import ImageRepository
-from data_jobs.synth_corpus import Counts, SynthCorpusConfig, run as synth_run
+from data_jobs.synth_corpus import Counts, save_contact_sheet
+from train_jobs.common import synth_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,39 +51,60 @@ class Jobs(Config):
 
 class QuickstartConfig(Config):
     seed: int = Field(0, description="seed of the synthetic world")
-    n: Counts = Counts(documents=300, faces=512, targets=120, masks=120)
+    n: Counts = Counts(documents=300, faces=320, targets=120, masks=120)
     store_documents: int = Field(20, ge=0, description="documents put into the image repository")
     jobs: Jobs = Jobs()
-    recognition_docs: int = Field(200, ge=8, description="documents for the short recognition trainings")
     recognition_epochs: int = Field(2, ge=1, description="epochs of MAE pre-training and of multi-task training")
-    mask_identities: int = Field(16, ge=2, description="identities for the recognisers and the grid")
+    mask_identities: int = Field(16, ge=2, description="identities of the faces (n.faces rows cycle through them)")
     serve_config: str = Field("configs/serve/gateway.yaml", description="the gateway's Serve config (serve deploy)")
     address: str = Field("", description="Jobs API of a running cluster ('' -> the one this job starts)")
     job_timeout_s: float = Field(900, description="give up on a job after this long")
 
 
-def job_list(cfg: QuickstartConfig) -> list[tuple[str, str, list[str]]]:
-    """(name, module, --set overrides) in dependency order; small settings that finish in a minute or two."""
-    d, e, k = cfg.recognition_docs, cfg.recognition_epochs, cfg.mask_identities
+# Generator options of the quickstart's corpus: documents large enough for regen (its first size
+# threshold is 256x160) with one angle view and balanced recapture/substitution for recognition.
+CORPUS_OPTIONS = {"documents": {"size": [384, 240], "n_angles": 1, "recapture_rate": 0.5, "swap_rate": 0.5}}
+
+
+def make_corpus(cfg: QuickstartConfig) -> dict[str, dict]:
+    """Every kind (`n` rows) as train and val Parquet folders (`train_jobs.common.synth_dataset`, through Ray Data),
+    a tenth of the rows held out, each with a contact sheet: {kind: {"train", "val", "rows", "contact_sheet"}}."""
+    counts = cfg.n.model_dump()
+    options = {**CORPUS_OPTIONS, "faces": {"n_identities": cfg.mask_identities}}
+    out = {}
+    for kind, n in counts.items():
+        n_val = max(n // 10, 2)
+        train, val = synth_dataset(kind, n - n_val, n_val, cfg.seed, options.get(kind))
+        out[kind] = {"train": train, "val": val, "rows": n, "contact_sheet": save_contact_sheet(kind, train)}
+    return out
+
+
+def job_list(cfg: QuickstartConfig, corpus: dict[str, dict]) -> list[tuple[str, str, list[str]]]:
+    """(name, module, --set overrides) in dependency order; small settings that finish in a minute or two.
+    Every trainer reads its dataset from the corpus."""
+    e, k = cfg.recognition_epochs, cfg.mask_identities
+
+    def data(kind: str) -> list[str]:
+        return [f"train={corpus[kind]['train']}", f"val={corpus[kind]['val']}"]
+
     jobs = []
     if cfg.jobs.recognition:
-        data = [f"n_train={d}", f"n_val={max(d // 10, 2)}"]  # one synthetic dataset, made once, read by both
-        jobs += [("mae_pretrain", "train_jobs.mae_pretrain", [*data, f"epochs={e}"]),
-                 ("unified_train", "train_jobs.unified_train", [*data, f"epochs={e}"])]
+        jobs += [("mae_pretrain", "train_jobs.mae_pretrain", [*data("documents"), f"epochs={e}"]),
+                 ("unified_train", "train_jobs.unified_train", [*data("documents"), f"epochs={e}"])]
     if cfg.jobs.screening:
         jobs += [("train_descriptor", "train_jobs.train_descriptor",
-                  ["n_pictures=160", "val_pictures=40", "epochs=1", "steps_per_epoch=60", "batch_size=64",
-                   "background_pictures=40", "background_distractors=200"]),
+                  [*data("targets"), f"background={corpus['targets']['val']}", "epochs=1", "steps_per_epoch=60",
+                   "batch_size=64", "background_distractors=200"]),
                  ("build_cutout_library", "data_jobs.build_cutout_library", ["synth_n=80"])]
     if cfg.jobs.masking:
         jobs += [("train_mask_models", "train_jobs.train_mask_models",
-                  [f"n_identities={k}", "samples=20", "epochs=4", "inpaint_epochs=2", "mask_bank=60"]),
+                  [*data("faces"), f"masks={corpus['masks']['train']}", "epochs=4", "inpaint_epochs=2"]),
                  # Recognisers trained for seconds cannot open the method's gaps (0.30, 0.07): the funnel's
                  # thresholds are off here, so its masks show the serving flow, not privacy-selected masks.
                  ("mask_grid_eval", "data_jobs.mask_grid_eval", [f"n_identities={k}", "samples=20", "n_masks=36", "runs=2",
                                                                  "funnel.gap_threshold=-1", "funnel.drop_threshold=-1"])]
     if cfg.jobs.train_regen:
-        jobs += [("train_regen", "train_jobs.train_regen", ["n_train=64", "n_val=8", "max_epochs=1", "time_budget_s=60"])]
+        jobs += [("train_regen", "train_jobs.train_regen", [*data("documents"), "max_epochs=1", "time_budget_s=60"])]
     return jobs
 
 
@@ -186,12 +209,13 @@ def _metrics_once_exported(dc, timeout_s: float = 30.0) -> str:
         time.sleep(2)
 
 
-def call_every_endpoint(cfg: QuickstartConfig, out: str) -> list[dict]:
-    """One call per route through the client: (route, ok, ms, what came back, the truth)."""
+def call_every_endpoint(cfg: QuickstartConfig, out: dict[str, dict]) -> list[dict]:
+    """One call per route through the client, on held-out rows of the corpus `out`: (route, ok, ms,
+    what came back, the truth)."""
     from docray.client import DocrayClient, DocrayError
 
-    docs = read_table(str(Path(out, "documents")), columns=["image", "flash", "doc_type_name", "recapture"]).slice(0, 1).to_pylist()[0]
-    face = read_table(str(Path(out, "faces")), columns=["image", "identity"]).slice(0, 1).to_pylist()[0]
+    docs = read_table(out["documents"]["val"], columns=["image", "flash", "doc_type_name", "recapture"]).slice(0, 1).to_pylist()[0]
+    face = read_table(out["faces"]["val"], columns=["image", "identity"]).slice(0, 1).to_pylist()[0]
     poster = None
     rows: list[dict] = []
 
@@ -269,12 +293,14 @@ def main(argv=None) -> None:
           f"DOCRAY_HOME={paths.home()}")
     out = paths.sub("datasets", "quickstart")
     save_config(cfg, out, "quickstart.yaml")
-    corpus = timed("synth corpus (Ray Data)", lambda: synth_run(SynthCorpusConfig(out=out, seed=cfg.seed, n=cfg.n)),
-                   lambda r: ", ".join(f"{x['rows']} {x['kind']}" for x in r))
-    timed("image repository sample", lambda: store_sample(str(Path(out, "documents")), cfg.store_documents),
+    corpus = timed("synth corpus (Ray Data)", lambda: make_corpus(cfg),
+                   lambda r: ", ".join(f"{x['rows']} {kind}" for kind, x in r.items()))
+    if corpus is None:
+        return report(steps, [], {}, out, time.perf_counter() - t_start)
+    timed("image repository sample", lambda: store_sample(corpus["documents"]["train"], cfg.store_documents),
           lambda n: f"{n} records")
     failed: set[str] = set()
-    for name, module, overrides in job_list(cfg):
+    for name, module, overrides in job_list(cfg, corpus):
         if NEEDS.get(name, "") in failed:  # its input was not made: skip, say why
             steps.append({"step": name, "seconds": 0.0, "ok": False, "detail": f"skipped: {NEEDS[name]} failed"})
         else:
@@ -289,7 +315,7 @@ def main(argv=None) -> None:
     if served and not failed:
         timed("gateway (serve deploy)", lambda: deploy_gateway(cfg.serve_config, address), lambda r: cfg.serve_config)
         if steps[-1]["ok"]:
-            calls = timed("one call per endpoint", lambda: call_every_endpoint(cfg, out),
+            calls = timed("one call per endpoint", lambda: call_every_endpoint(cfg, corpus),
                           lambda r: f"{sum(c['ok'] for c in r)}/{len(r)} answered") or []
     else:
         print(f"\nskipping the gateway (it serves every method's models): "
@@ -297,7 +323,7 @@ def main(argv=None) -> None:
     report(steps, calls, corpus, out, time.perf_counter() - t_start)
 
 
-def report(steps: list[dict], calls: list[dict], corpus: list[dict], out: str, total_s: float) -> None:
+def report(steps: list[dict], calls: list[dict], corpus: dict[str, dict], out: str, total_s: float) -> None:
     print("\n== docray quickstart summary ==")
     print(f"{'step':28s} {'s':>6s}  {'ok':3s} detail")
     for s in steps:
@@ -309,12 +335,12 @@ def report(steps: list[dict], calls: list[dict], corpus: list[dict], out: str, t
                   + (f"  [{c['truth']}]" if c["truth"] else ""))
     reports = paths.sub("reports")
     print("\nwhere to look:")
-    for row in corpus:
-        print(f"  contact sheet ({row['kind']}): {row['contact_sheet']}")
+    for kind, row in corpus.items():
+        print(f"  {kind}: {row['train']} (train), {row['val']} (val); contact sheet {row['contact_sheet']}")
     print("  (the short mask run's funnel thresholds are off: its target masks are not privacy-selected)")
     for rel in ("masking/grid/bins.csv", "masking/grid/sample_face.png", "rescan-archive/", "quickstart/"):
         print(f"  {Path(reports, rel)}")
-    print(f"  models: {paths.sub('models')}   library: {paths.sub('indexes', 'screening')}   datasets: {out}")
+    print(f"  models: {paths.sub('models')}   library: {paths.sub('indexes', 'screening')}")
     print(f"  repository: {paths.sub('repository')} (originals readable by the admin role only)")
     print(f"  job logs: {Path(reports, 'quickstart')}/<job>.log;  the gateway's /docs while this runs")
     ok = all(s["ok"] for s in steps) and all(c["ok"] for c in calls)

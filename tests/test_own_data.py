@@ -92,4 +92,5 @@ def test_every_method_trains_one_short_epoch_on_it(ray_cluster, own, tmp_path):
         train=str(own / "faces" / "train"), val=str(own / "faces" / "val"), masks=str(own / "masks"),
         recognizer="recognizer_tiny", inpainter="inpaint_unet_tiny", image_size=32, epochs=1, inpaint_epochs=1,
         batch_size=8, num_workers=1, out=str(tmp_path / "masks")))
-    assert set(masks["models"]) >= {"original", "masked", "inpaint"}
+    assert set(masks) == {"original", "masked", "inpaint"}  # kind -> (registry version, metrics)
+    assert all(m["worker_imported_synth"] == 0 for _, m in masks.values())

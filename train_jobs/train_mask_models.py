@@ -277,4 +277,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module's main: Ray pickles a train loop defined in __main__ by value, which fails
+    # here ("cannot pickle '_Classes' object"); the module's loop pickles by reference.
+    from train_jobs.train_mask_models import main as module_main
+
+    module_main()

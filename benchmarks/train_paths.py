@@ -27,7 +27,8 @@ its difference to the old run is what two runs of ONE path differ by at these se
 initial weights, augmentation), the noise floor against which to read new-old. Throughput is ok when the steps are equal and new/old samples/s >= `min_throughput_ratio`.
 The 1-minute load average beside each run says how shared the host was (wall-clock throughput means
 little on a loaded one; samples per CPU second less so). Trained models and datasets go to
-`out/home` (DOCRAY_HOME of the runs), not to your registry. Prints tables, then (last line) JSON.
+`out/home` (DOCRAY_HOME of the runs; its synthetic datasets are reused by the next run), not to your
+registry; `out/runs` (the runs' checkpoints) and `out/timing` are emptied at the start. Prints tables, then (last line) JSON.
 """
 from __future__ import annotations
 
@@ -371,7 +372,8 @@ def legacy(c: BenchConfig, loop, name: str, reference: dict | None = None, **set
     for train_seed, run_name, kw in runs:
         folder = fresh(Path(c.out, "timing", run_name))
         run = L.fit(loop, {"num_workers": c.num_workers, "cpus_per_worker": c.cpus_per_worker, "seed": c.seed,
-                           "train_seed": train_seed, "timing_dir": folder, **kw}, run_name, c.out, c.use_gpu)
+                           "train_seed": train_seed, "timing_dir": folder, **kw}, run_name, str(Path(c.out, "runs")),
+                    c.use_gpu)
         out.append((run["state"], read_timing(folder)))
     return out[0][0], out[0][1], out[1][0] if len(out) > 1 else None
 
@@ -398,7 +400,7 @@ def bench_mask(c: BenchConfig) -> dict:
     classes = list(range(m.n_identities))
     cfg = new.MaskModelsConfig(train=faces, masks=masks, image_size=m.image_size, seed=c.seed, recognizer=m.model,
                                models=m.kinds, epochs=m.epochs, batch_size=m.batch_size, num_workers=c.num_workers,
-                               cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu, out=str(Path(c.out, "mask")))
+                               cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu, out=str(Path(c.out, "runs", "mask")))
     with NewRuns(new, str(Path(c.out, "timing", "new"))) as runs:
         new.run(cfg)
     val = pq.read_table(faces, columns=["id", "image", "identity", "split"]).to_pylist()
@@ -446,7 +448,7 @@ def bench_descriptor(c: BenchConfig) -> dict:
     cfg = new.DescriptorTrainConfig(model=d.model, n_pictures=d.n_pictures, val_pictures=d.val_pictures, seed=c.seed,
                                     epochs=d.epochs, batch_size=d.batch_size,
                                     num_workers=c.num_workers, cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu,
-                                    out=str(Path(c.out, "descriptor")), background_pictures=2,
+                                    out=str(Path(c.out, "runs", "descriptor")), background_pictures=2,
                                     background_distractors=2, to_registry=False)
     with NewRuns(new, str(Path(c.out, "timing", "new"))) as runs:
         new.run(cfg)
@@ -492,7 +494,7 @@ def bench_unified(c: BenchConfig) -> dict:
     from train_jobs import mae_pretrain, unified_train
     from train_jobs.common import load_checkpoint_state, synth_dataset
 
-    u, out = c.unified, Path(c.out, "unified")
+    u, out = c.unified, Path(c.out, "runs", "unified")
     train, val = synth_dataset("documents", u.n_train, u.n_val, c.seed, options=DOC_OPTIONS)
     shared = [f"seed={c.seed}", f"num_workers={c.num_workers}", f"cpus_per_worker={c.cpus_per_worker}",
               f"use_gpu={json.dumps(c.use_gpu)}", f"train={train}", f"val={val}"]
@@ -583,7 +585,7 @@ def bench_regen(c: BenchConfig) -> dict:
     never = {k: {"target": 0.0, "patience": 10_000} for k in ("content", "type", "generation")}  # equal epochs
     cfg = new.RegenTrainConfig(model=g.model, train=train, val=val, seed=c.seed, max_epochs=g.epochs,
                                batch_size=g.batch_size, convergence=never, num_workers=c.num_workers,
-                               cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu, out=str(Path(c.out, "regen")),
+                               cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu, out=str(Path(c.out, "runs", "regen")),
                                to_registry=False)
     with NewRuns(new, str(Path(c.out, "timing", "new"))) as runs:
         new.run(cfg)
@@ -663,6 +665,8 @@ def main(argv=None) -> dict:
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
     c = c.model_copy(update={"out": str(Path(c.out).expanduser().resolve())})
+    for folder in ("runs", "timing"):  # Ray Train would resume a run of the same name found there
+        fresh(Path(c.out, folder))
     save_config(c, c.out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = os.environ.get("DOCRAY_HOME")

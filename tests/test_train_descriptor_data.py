@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from docray.screening.data import WHOLE, CopyPairBatch, EditedTileBatch, raw_tiles, tile_key, tiles_of
+from docray.screening.data import WHOLE, CopyPairBatch, EditedTileBatch, passes_per_epoch, raw_tiles, tile_key, tiles_of
 
 
 def picture(i: int, size: int = 96) -> Image.Image:
@@ -65,6 +65,13 @@ def test_copy_pair_batch_cuts_tiles_draws_views_and_keys():
     assert torch.equal(torch.cat([a[1] for a in apart]), xb) and torch.equal(torch.cat([a[2] for a in apart]), keys)
     next_epoch = CopyPairBatch(32, distractor_rate=0.3, seed=0, epoch=1)(batch)
     assert not torch.equal(next_epoch[1], xb)  # new edits each epoch
+    # tiles_per_picture 5: 5 tiles of each picture a pass; the 7 passes of an epoch take every tile once
+    assert passes_per_epoch(5) == 7 and passes_per_epoch(0) == 1
+    parts = [[CopyPairBatch(32, seed=0, epoch=e, tiles_per_picture=5, part=p)(batch)[2].tolist() for p in range(7)]
+             for e in (0, 1)]
+    for epoch in parts:
+        assert all(len(p) <= 15 for p in epoch) and sorted(sum(epoch, [])) == sorted(tiles)
+    assert parts[0][0] != parts[1][0]  # another share next epoch
     _, grey, _ = CopyPairBatch(32, grey_rate=1.0)(batch)
     assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])  # every copy went grey
     # validation: clean tiles and their copies, no distractors, the same edits whatever the epoch
@@ -73,8 +80,9 @@ def test_copy_pair_batch_cuts_tiles_draws_views_and_keys():
     from docray.screening.augment import to_tensor
 
     assert torch.equal(clean, to_tensor(list(tiles.values()), 32))
-    with pytest.raises(ValueError, match="flat"):
-        CopyPairBatch(32)(batch_of(["flat"], [Image.new("RGB", (96, 96), (90, 90, 90))]))
+    # a batch whose tiles are all flat is empty (the trainer steps with a zero loss)
+    xa, xb, keys = CopyPairBatch(32)(batch_of(["flat"], [Image.new("RGB", (96, 96), (90, 90, 90))]))
+    assert xa.shape == xb.shape == (0, 3, 32, 32) and keys.shape == (0,)
 
 
 def test_help_lists_the_dataset_fields(capsys):
@@ -128,9 +136,9 @@ def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path
     res = run(cfg)
     m = res["metrics"]
     assert m["worker_imported_synth"] is False  # no worker imported the synthetic world
-    # 32 tiles a step over 2 workers, 35 tiles a picture: 1 picture a step on each, 24 / 2 steps
-    assert m["steps_per_epoch"] == steps_per_epoch(24, 1, 2) == 12
-    assert 20 < m["tiles_per_step"] / 2 <= 35  # all non-flat tiles of one picture on each worker
+    # 32 tiles a step over 2 workers, 2 tiles a picture: 8 pictures a step on each, 1 step a pass over
+    # its 12 pictures, 18 passes to take every tile once
+    assert m["steps_per_epoch"] == steps_per_epoch(24, 8, 2) * 18 == 18 and 16 < m["tiles_per_step"] <= 32
     assert m["val_tiles"] == len(raw_tiles(val_pics))  # both workers' val shards, gathered
     assert 0 <= m["val_top1"] <= 1 and math.isfinite(m["loss"])
     bank = Embedder.load(res["model_dir"]).background

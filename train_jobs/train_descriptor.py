@@ -13,14 +13,17 @@ driver reads train and val with Ray Data and TorchTrainer splits them equally ov
 worker generates data); it reads the background's first rows itself, before training.
 
 A step takes `pictures_per_step` pictures on each worker (by default as many as give ~batch_size
-tiles over all workers) and cuts every template's tiles of them (flat ones left out), each with
-two views (`docray.screening.data.CopyPairBatch`, the collate_fn of `iter_torch_batches`): the
-library view (clean, or lightly edited) and an edited copy (crop, rescale, recolour, text overlay,
-JPEG) as a region finder crops it from an upload (a few pixels in or out). A `distractor_rate`
-share of the items are the tile's whole picture at a random size instead, as an upload carries
-pictures beside a tile. An epoch is one pass over the train shard (`steps_per_epoch` caps it),
-the same number of steps on every worker. Loss: InfoNCE over the 2B views (each view's positive is
-its pair) plus a KoLeo entropy term that spreads descriptors over the sphere (as SSCD).
+tiles over all workers) and cuts `tiles_per_picture` of each one's template tiles (flat ones left
+out), each with two views (`docray.screening.data.CopyPairBatch`, the collate_fn of
+`iter_torch_batches`): the library view (clean, or lightly edited) and an edited copy (crop,
+rescale, recolour, text overlay, JPEG) as a region finder crops it from an upload (a few pixels in
+or out). A `distractor_rate` share of the items are the tile's whole picture at a random size
+instead, as an upload carries pictures beside a tile. Few tiles of many pictures a step: the other
+pictures' tiles are the negatives. An epoch takes every tile once: 35 / tiles_per_picture passes
+over the train shard (each a new share of every picture's tiles; the pictures stay in Ray's object
+store after the first), the same number of steps on every worker (`steps_per_epoch` caps it).
+Loss: InfoNCE over the 2B views (each view's positive is its pair) plus a KoLeo entropy term that
+spreads descriptors over the sphere (as SSCD).
 
 Validation, each epoch: every worker embeds its val shard's tiles clean and edited; the
 descriptors are all-gathered, so every worker scores the whole val set (top-1 retrieval of edited
@@ -31,7 +34,6 @@ normalisation).
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -43,7 +45,7 @@ from pydantic import Field
 
 from docray.config import Config, parse_args, save_config
 from docray.datasets.contracts import contract
-from docray.screening.templates import DEFAULT_TEMPLATES, grid
+from docray.screening.data import passes_per_epoch, tile_count
 from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, read_datasets, report_epoch,
                                restore, run_trainer, steps_per_epoch, synth_dataset, unwrap, warmup_cosine,
                                worker_setup)
@@ -65,12 +67,14 @@ class DescriptorTrainConfig(Config):
     n_pictures: int = Field(1200, ge=1, description="synthetic default: rows drawn for training (their 'train' split "
                                                     "is used, ~80%)")
     val_pictures: int = Field(200, ge=1, description="synthetic default: validation rows, after the training ones")
-    epochs: int = Field(4, ge=1, description="passes over the training pictures")
-    steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch (0: one whole pass)")
+    epochs: int = Field(4, ge=1, description="each takes every tile of every training picture once")
+    steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch (0: all its steps)")
     batch_size: int = Field(128, ge=2, description="tiles per step over all workers (2 views each), about: a step "
-                                                   "takes whole pictures")
-    pictures_per_step: int = Field(0, ge=0, description="pictures per step on each worker (0: from batch_size, "
-                                                        "35 tiles a picture)")
+                                                   "takes tiles_per_picture tiles of whole pictures")
+    tiles_per_picture: int = Field(2, ge=0, description="tiles of one picture in a step, a pass over the pictures "
+                                                        "(0: all 35 in one pass; few make diverse batches)")
+    pictures_per_step: int = Field(0, ge=0, description="pictures per step on each worker (0: batch_size / workers / "
+                                                        "tiles_per_picture)")
     distractor_rate: float = Field(0.2, ge=0, lt=1, description="share of items that are whole pictures, not tiles")
     grey_rate: float = Field(0.2, ge=0, le=1, description="share of edited copies turned grey (recolouring to grey is "
                                                           "the edit the descriptor missed most)")
@@ -83,6 +87,9 @@ class DescriptorTrainConfig(Config):
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     use_gpu: bool | None = Field(None, description="None: when the Ray cluster has a GPU")
     cpus_per_worker: float = Field(1.0, gt=0)
+    cache_pictures: bool = Field(True, description="keep train and val pictures in Ray's object store after the "
+                                                   "first pass (a pass then starts in ms, not seconds); off for "
+                                                   "datasets larger than the object store")
     max_failures: int = 1
     out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/descriptor-run)")
     background_pictures: int = Field(200, ge=0, description="background pictures whose tiles join the background bank")
@@ -172,9 +179,22 @@ def build_descriptor(cfg: DescriptorTrainConfig) -> torch.nn.Module:
     return build_model(cfg.model, **({"image_size": cfg.image_size} if cfg.image_size else {}))
 
 
+def descriptor_loss(model, xa: torch.Tensor, xb: torch.Tensor, keys: torch.Tensor, cfg: DescriptorTrainConfig,
+                    amp) -> torch.Tensor:
+    """InfoNCE over both views plus KoLeo; a zero loss (every parameter in the graph, so DDP's
+    all-reduce still runs) for a batch whose tiles were all flat."""
+    with amp:
+        za, zb = model(xa), model(xb)  # (n, dim) each
+    za, zb = za.float(), zb.float()
+    if len(keys) == 0:
+        return (za.sum() + zb.sum()) * 0
+    return info_nce(za, zb, keys, cfg.temperature) + cfg.koleo * koleo(za)
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """One worker: its train shard in steps of `pictures_per_step` pictures (fixed on the driver,
-    as `steps_per_epoch`), validation over all val shards, a checkpoint every epoch."""
+    """One worker: each epoch `passes_per_epoch` passes over its train shard in steps of
+    `pictures_per_step` pictures, `steps_per_epoch` steps in all (fixed on the driver), validation
+    over all val shards, a checkpoint every epoch."""
     import ray.train
     import ray.train.torch
 
@@ -193,21 +213,22 @@ def train_loop_per_worker(config: dict) -> None:
     train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     began = time.perf_counter()
     for epoch in range(start, cfg.epochs):
-        pairs = CopyPairBatch(size, cfg.distractor_rate, cfg.grey_rate, seed=cfg.seed, epoch=epoch)
-        batches = epoch_batches(train, cfg.steps_per_epoch, batch_size=cfg.pictures_per_step, collate_fn=pairs,
-                                drop_last=True, local_shuffle_buffer_size=8 * cfg.pictures_per_step,
-                                local_shuffle_seed=cfg.seed * 1000 + epoch)
         t0, loss_sum, steps, tiles = time.perf_counter(), 0.0, 0, 0
-        for xa, xb, keys in batches:
-            with amp:
-                za, zb = model(xa), model(xb)
-            za, zb = za.float(), zb.float()
-            loss = info_nce(za, zb, keys, cfg.temperature) + cfg.koleo * koleo(za)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum, steps, tiles = loss_sum + float(loss), steps + 1, tiles + len(keys)
+        for part in range(passes_per_epoch(cfg.tiles_per_picture)):
+            pairs = CopyPairBatch(size, cfg.distractor_rate, cfg.grey_rate, cfg.seed, epoch, cfg.tiles_per_picture,
+                                  part)
+            for xa, xb, keys in epoch_batches(train, cfg.steps_per_epoch - steps, batch_size=cfg.pictures_per_step,
+                                              collate_fn=pairs, drop_last=True,
+                                              local_shuffle_buffer_size=8 * cfg.pictures_per_step,
+                                              local_shuffle_seed=(cfg.seed * 1000 + epoch) * 1000 + part):
+                loss = descriptor_loss(model, xa, xb, keys, cfg, amp)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum, steps, tiles = loss_sum + float(loss), steps + 1, tiles + len(keys)
+            if steps == cfg.steps_per_epoch:  # the same on every rank: equal shards, full batches only
+                break
         epoch_s = time.perf_counter() - t0
         totals = all_sum({"loss": loss_sum, "steps": steps, "tiles": tiles,
                           "synth": float("docray.synth" in sys.modules)})  # the generator must stay out of workers
@@ -261,11 +282,10 @@ def read_background(cfg: DescriptorTrainConfig) -> list[bytes]:
     return first.column("image").to_pylist()
 
 
-def pictures_per_step(batch_size: int, world: int, templates=DEFAULT_TEMPLATES) -> int:
-    """Pictures per step on each worker for ~batch_size tiles over all workers: a picture gives every
-    template's tiles (35 for the default templates; a few fewer where tiles are flat)."""
-    per_picture = sum(math.prod(grid(t)) for t in templates)
-    return max(1, round(batch_size / world / per_picture))
+def pictures_per_step(batch_size: int, world: int, tiles_per_picture: int = 0) -> int:
+    """Pictures per step on each worker for ~batch_size tiles over all workers: a picture gives
+    `tiles_per_picture` tiles, or (0) all of them (35); a few fewer where its tiles are flat."""
+    return max(1, round(batch_size / world / (tiles_per_picture or tile_count())))
 
 
 def run(cfg: DescriptorTrainConfig) -> dict:
@@ -277,8 +297,10 @@ def run(cfg: DescriptorTrainConfig) -> dict:
     out = cfg.out or paths.sub("models", "descriptor-run")
     save_config(cfg, out)
     ds, background = training_datasets(cfg), read_background(cfg)
-    per_step = cfg.pictures_per_step or pictures_per_step(cfg.batch_size, cfg.num_workers)
-    steps = steps_per_epoch(ds["train"].count(), per_step, cfg.num_workers)
+    if cfg.cache_pictures:
+        ds = {k: d.materialize() for k, d in ds.items()}
+    per_step = cfg.pictures_per_step or pictures_per_step(cfg.batch_size, cfg.num_workers, cfg.tiles_per_picture)
+    steps = steps_per_epoch(ds["train"].count(), per_step, cfg.num_workers) * passes_per_epoch(cfg.tiles_per_picture)
     steps = min(steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else steps
     loop_cfg = cfg.model_copy(update={"out": out, "pictures_per_step": per_step, "steps_per_epoch": steps})
     result = run_trainer(train_loop_per_worker, loop_cfg, "descriptor", ds)

@@ -277,7 +277,8 @@ class RegenBench(Config):
 
 
 class DescriptorBench(Config):
-    n_pictures: int = Field(64, ge=4, description="training pictures (targets rows [0, n_pictures))")
+    n_pictures: int = Field(160, ge=4, description="pictures drawn for training (targets rows [0, n_pictures), their "
+                            "'train' split: ~80%)")
     val_pictures: int = Field(48, ge=4, description="held-out pictures: the rows after them")
     model: str = "descriptor_small"
     epochs: int = Field(2, ge=1, description="passes over the training pictures")

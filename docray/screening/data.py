@@ -6,9 +6,9 @@
         for xa, xb, keys in shard.iter_torch_batches(batch_size=64, collate_fn=pairs): ...
 
 A batch is some pictures (numpy columns `id`, `image` bytes, as Ray Data hands them over); of each,
-`tiles_per_picture` of its template tiles are cut at their own size (`tile_boxes`, the grid the
-library build cuts by; flat tiles dropped by `dedup.detail`), and each gives two views: the
-library view and an edited copy as an upload's region. A tile's key (`tile_key`) hashes its picture's id
+`tiles_per_picture` of its textured template tiles are cut at their own size (`tile_boxes`, the
+grid the library build cuts by; flat tiles left out as `dedup.detail` finds them), and each gives
+two views: the library view and an edited copy as an upload's region. A tile's key (`tile_key`) hashes its picture's id
 and its index among the picture's tiles, so keys are the same on every rank and in every epoch.
 `background_bank` embeds ordinary pictures for matching's score normalisation.
 """
@@ -23,7 +23,6 @@ from PIL import Image
 
 from docray.imageio import decode_image
 from docray.screening.augment import copy_edit, region_jitter, to_tensor
-from docray.screening.dedup import detail
 from docray.screening.templates import DEFAULT_TEMPLATES, grid, tile_boxes
 
 WHOLE = -1  # tile index of a whole picture (a distractor)
@@ -34,18 +33,25 @@ def tile_count(templates=DEFAULT_TEMPLATES) -> int:
     return sum(r * c for r, c in map(grid, templates))
 
 
-def tiles_of(picture: Image.Image, templates=DEFAULT_TEMPLATES, min_detail: float = 12.0,
-             indices=None) -> list[tuple[int, Image.Image]]:
-    """(index, tile) of every template's tiles (or those of `indices`) at their own size, as `cut`
-    makes them; flat ones (nothing to match) left out. The index counts all tiles of all templates,
-    row-major in template order, flat ones too, so it names a tile whatever is dropped."""
+def textured_boxes(picture: Image.Image, templates=DEFAULT_TEMPLATES,
+                   min_detail: float = 12.0) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """(index, box) of every template's tiles that are not flat (`dedup.detail` >= min_detail, taken
+    on the picture's grey levels once). The index counts all tiles of all templates, row-major in
+    template order (as `cut` gives them), flat ones too, so it names a tile whatever is dropped."""
+    grey = np.asarray(picture.convert("RGB").convert("L"), np.float32)
     boxes = [b for tpl in templates for b in tile_boxes(picture.width, picture.height, *grid(tpl))]
-    tiles = ((i, picture.crop(boxes[i]).convert("RGB")) for i in (range(len(boxes)) if indices is None else indices))
-    return [(i, t) for i, t in tiles if detail(t) >= min_detail]
+    return [(i, b) for i, b in enumerate(boxes) if grey[b[1]:b[3], b[0]:b[2]].std() >= min_detail]
+
+
+def tiles_of(picture: Image.Image, templates=DEFAULT_TEMPLATES,
+             min_detail: float = 12.0) -> list[tuple[int, Image.Image]]:
+    """(index, tile) of every template's tiles at their own size, as `cut` makes them; flat ones left out."""
+    return [(i, picture.crop(b).convert("RGB")) for i, b in textured_boxes(picture, templates, min_detail)]
 
 
 def passes_per_epoch(tiles_per_picture: int, templates=DEFAULT_TEMPLATES) -> int:
-    """Passes over the pictures that take each of a picture's tiles once, `tiles_per_picture` a pass."""
+    """Passes over the pictures in an epoch: enough for `tiles_per_picture` a pass to take each of a
+    picture's tiles once (pictures with flat tiles take some twice)."""
     return math.ceil(tile_count(templates) / tiles_per_picture) if tiles_per_picture else 1
 
 
@@ -69,15 +75,15 @@ def whole_picture(picture: Image.Image, rng: np.random.Generator) -> Image.Image
 
 class CopyPairBatch:
     """collate_fn for `iter_torch_batches`: a batch of pictures -> (xa, xb, keys), one item per tile:
-    `tiles_per_picture` of each picture's tiles (0: all of them), part `part` of the epoch's
-    shuffle of its tiles, so `passes_per_epoch` passes (parts 0, 1, ...) take every tile once.
+    `tiles_per_picture` of each picture's textured tiles (0: all of them), part `part` of the
+    epoch's shuffle of them (cycled), so the `passes_per_epoch` parts 0, 1, ... take every tile.
 
     xa: the library view (clean half of the time, else lightly edited), xb: the edited copy as a
     region finder crops it from an upload (`copy_edit` then `region_jitter`), a `grey_rate` share
     turned grey; both (n, 3, image_size, image_size) in [0, 1]. A `distractor_rate` share of the
     items are the tile's whole picture instead (`whole_picture`, key `tile_key(id, WHOLE)`). Each
-    item's randomness comes from (seed, epoch, key) only, so a batch is the same however the rows
-    were split over workers. Few tiles of many pictures make a better batch than many tiles of a
+    item's randomness comes from (seed, epoch, part, key) only, so a batch is the same however the
+    rows were split over workers. Few tiles of many pictures make a better batch than many tiles of a
     few: the other pictures are the negatives a tile must be told apart from (measured with
     descriptor_small, 128 steps of 64 tiles: 8 tiles of each of 8 pictures a step gave 1.9 points
     less val top-1 than tiles drawn from all pictures at once, 2 tiles of each of 32 as much).
@@ -90,11 +96,11 @@ class CopyPairBatch:
 
     def tiles(self, picture_id: str, picture: Image.Image) -> list[tuple[int, Image.Image]]:
         """This part's (index, tile) of one picture."""
-        if not self.k:
-            return tiles_of(picture, self.templates)
-        order = np.random.default_rng([self.seed, self.epoch, tile_key(picture_id, WHOLE)]).permutation(
-            tile_count(self.templates))
-        return tiles_of(picture, self.templates, indices=sorted(order[self.part * self.k:(self.part + 1) * self.k]))
+        boxes = textured_boxes(picture, self.templates)
+        if self.k and len(boxes) > self.k:
+            order = np.random.default_rng([self.seed, self.epoch, tile_key(picture_id, WHOLE)]).permutation(len(boxes))
+            boxes = [boxes[order[(self.part * self.k + j) % len(boxes)]] for j in range(self.k)]
+        return [(i, picture.crop(b).convert("RGB")) for i, b in boxes]
 
     def views(self, tile: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
         a = tile if rng.random() < 0.5 else copy_edit(tile, rng, strength=0.5)
@@ -109,7 +115,7 @@ class CopyPairBatch:
             picture = decode_image(bytes(data))
             for i, tile in self.tiles(str(pid), picture):
                 key = tile_key(str(pid), i)
-                rng = np.random.default_rng([self.seed, self.epoch, key])
+                rng = np.random.default_rng([self.seed, self.epoch, self.part, key])
                 if rng.random() < self.distractor_rate:
                     key, tile = tile_key(str(pid), WHOLE), whole_picture(picture, rng)
                 va, vb = self.views(tile, rng)

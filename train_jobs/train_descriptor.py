@@ -19,9 +19,10 @@ out), each with two views (`docray.screening.data.CopyPairBatch`, the collate_fn
 rescale, recolour, text overlay, JPEG) as a region finder crops it from an upload (a few pixels in
 or out). A `distractor_rate` share of the items are the tile's whole picture at a random size
 instead, as an upload carries pictures beside a tile. Few tiles of many pictures a step: the other
-pictures' tiles are the negatives. An epoch takes every tile once: 35 / tiles_per_picture passes
-over the train shard (each a new share of every picture's tiles; the pictures stay in Ray's object
-store after the first), the same number of steps on every worker (`steps_per_epoch` caps it).
+pictures' tiles are the negatives. An epoch takes every textured tile (at least) once: 35 /
+tiles_per_picture passes over the train shard, each a new share of every picture's tiles (with
+`cache_pictures` the driver reads the pictures into Ray's object store once, so a pass starts in
+milliseconds), the same number of steps on every worker (`steps_per_epoch` caps it).
 Loss: InfoNCE over the 2B views (each view's positive is its pair) plus a KoLeo entropy term that
 spreads descriptors over the sphere (as SSCD).
 
@@ -67,7 +68,7 @@ class DescriptorTrainConfig(Config):
     n_pictures: int = Field(1200, ge=1, description="synthetic default: rows drawn for training (their 'train' split "
                                                     "is used, ~80%)")
     val_pictures: int = Field(200, ge=1, description="synthetic default: validation rows, after the training ones")
-    epochs: int = Field(4, ge=1, description="each takes every tile of every training picture once")
+    epochs: int = Field(4, ge=1, description="each takes every tile of every training picture (at least) once")
     steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch (0: all its steps)")
     batch_size: int = Field(128, ge=2, description="tiles per step over all workers (2 views each), about: a step "
                                                    "takes tiles_per_picture tiles of whole pictures")
@@ -87,9 +88,9 @@ class DescriptorTrainConfig(Config):
     num_workers: int = Field(1, ge=1, description="Ray Train workers")
     use_gpu: bool | None = Field(None, description="None: when the Ray cluster has a GPU")
     cpus_per_worker: float = Field(1.0, gt=0)
-    cache_pictures: bool = Field(True, description="keep train and val pictures in Ray's object store after the "
-                                                   "first pass (a pass then starts in ms, not seconds); off for "
-                                                   "datasets larger than the object store")
+    cache_pictures: bool = Field(True, description="read train and val pictures into Ray's object store once, "
+                                                   "before training (a pass then starts in ms, not seconds); off "
+                                                   "for datasets larger than the object store")
     max_failures: int = 1
     out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/descriptor-run)")
     background_pictures: int = Field(200, ge=0, description="background pictures whose tiles join the background bank")
@@ -151,10 +152,11 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model, shard, image_size: int, pictures: int) -> dict:
+def evaluate(model, shard, image_size: int, pictures: int = 8) -> dict:
     """Validation over every rank's val shard: this rank embeds its tiles clean and edited
     (`EditedTileBatch`: the same edits every epoch), the descriptors of all ranks are gathered and
-    every rank scores the whole val set (`retrieval`), so all report the same figures."""
+    every rank scores the whole val set (`retrieval`), so all report the same figures. `pictures`
+    a batch: every tile of each, ~35."""
     from docray.screening.data import EditedTileBatch
 
     model.eval()
@@ -236,7 +238,7 @@ def train_loop_per_worker(config: dict) -> None:
                    "steps_per_epoch": steps, "tiles_per_step": totals["tiles"] / max(totals["steps"], 1) * world,
                    "tiles_per_s_per_worker": tiles / max(epoch_s, 1e-9),
                    "worker_imported_synth": totals["synth"] > 0}
-        metrics.update(evaluate(unwrap(model), val, size, cfg.pictures_per_step))
+        metrics.update(evaluate(unwrap(model), val, size))
         report_epoch(rank, model, opt, epoch, metrics, sched=sched, extra={"spec": spec})
         if agree(bool(cfg.time_budget_s) and time.perf_counter() - began > cfg.time_budget_s):
             break
@@ -284,7 +286,7 @@ def read_background(cfg: DescriptorTrainConfig) -> list[bytes]:
 
 def pictures_per_step(batch_size: int, world: int, tiles_per_picture: int = 0) -> int:
     """Pictures per step on each worker for ~batch_size tiles over all workers: a picture gives
-    `tiles_per_picture` tiles, or (0) all of them (35); a few fewer where its tiles are flat."""
+    `tiles_per_picture` tiles (fewer only if it has fewer textured ones), or (0) all of them (35)."""
     return max(1, round(batch_size / world / (tiles_per_picture or tile_count())))
 
 

@@ -8,9 +8,10 @@
 A batch is some pictures (numpy columns `id`, `image` bytes, as Ray Data hands them over); of each,
 `tiles_per_picture` of its textured template tiles are cut at their own size (`tile_boxes`, the
 grid the library build cuts by; flat tiles left out as `dedup.detail` finds them), and each gives
-two views: the library view and an edited copy as an upload's region. A tile's key (`tile_key`) hashes its picture's id
-and its index among the picture's tiles, so keys are the same on every rank and in every epoch.
-`background_bank` embeds ordinary pictures for matching's score normalisation.
+two views: the library view and an edited copy as an upload's region. A tile's key (`tile_key`)
+hashes its picture's id and its index among the picture's tiles, so keys are the same on every
+rank and in every epoch. `background_bank` embeds ordinary pictures for matching's score
+normalisation.
 """
 from __future__ import annotations
 
@@ -84,9 +85,10 @@ class CopyPairBatch:
     items are the tile's whole picture instead (`whole_picture`, key `tile_key(id, WHOLE)`). Each
     item's randomness comes from (seed, epoch, part, key) only, so a batch is the same however the
     rows were split over workers. Few tiles of many pictures make a better batch than many tiles of a
-    few: the other pictures are the negatives a tile must be told apart from (measured with
-    descriptor_small, 128 steps of 64 tiles: 8 tiles of each of 8 pictures a step gave 1.9 points
-    less val top-1 than tiles drawn from all pictures at once, 2 tiles of each of 32 as much).
+    few: the other pictures are the negatives a tile must be told apart from (benchmarks/train_paths,
+    descriptor_small, 128-144 steps of 64 tiles: 8 tiles of each of 8 pictures a step gave ~2 points
+    less val top-1 than the old path's tiles drawn from all pictures at once; 2 of each of 32 did
+    not lose).
     """
 
     def __init__(self, image_size: int, distractor_rate: float = 0.0, grey_rate: float = 0.0, seed: int = 0,

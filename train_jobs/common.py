@@ -31,6 +31,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -132,9 +133,30 @@ def maybe_exit(cfg_exit_at: int, step: int, out: str, rank: int) -> None:
     worker lost mid-epoch; a marker file remembers, so the restarted group runs through."""
     marker = Path(out) / ".exited_once"
     if step == cfg_exit_at and rank == 0 and not marker.exists():
+        _wait_for_registered_checkpoint()
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("1")
         os._exit(1)
+
+
+def _wait_for_registered_checkpoint(timeout_s: float = 120.0) -> None:
+    """Block until the controller has registered a checkpoint (its snapshot file on storage lists one):
+    the controller collects reports on a 2 s poll, so a worker that dies right after `report` may
+    otherwise die before its checkpoint counts, and the run restarts from scratch."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    fs, path = storage.storage_filesystem, storage.checkpoint_manager_snapshot_path
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with fs.open_input_stream(path) as f:
+                if json.loads(f.read()).get("checkpoint_results"):
+                    return
+        except (FileNotFoundError, OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"no registered checkpoint in {path} after {timeout_s:.0f} s")
 
 
 # -- datasets ------------------------------------------------------------------------------------

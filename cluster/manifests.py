@@ -38,7 +38,7 @@ GPU_WORKERS = {"min": 0, "max": 4}
 JOBS = {
     "mae_pretrain": "--set num_workers=2 use_gpu=true epochs=20",
     "unified_train": "--set num_workers=2 use_gpu=true epochs=20",
-    "train_descriptor": "--set num_workers=2 use_gpu=true epochs=8",
+    "train_descriptor": "--set num_workers=2 use_gpu=true",
     "train_mask_models": "--set num_workers=2 use_gpu=true epochs=20 inpaint_epochs=20",
     "train_regen": "--set num_workers=2 use_gpu=true max_epochs=60",
 }

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +36,15 @@ def ray_cluster():
     except Exception:
         pass
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cn_type():
+    """A seventh document type, Chinese, registered by its template file alone (as a user adds one:
+    a YAML file in DOCRAY_HOME/doctypes), removed afterwards."""
+    folder = Path(os.environ["DOCRAY_HOME"], "doctypes")
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / "cn_resident_card.yaml"
+    shutil.copy(Path(__file__).resolve().parents[1] / "examples" / "doctypes" / "cn_resident_card.yaml", dst)
+    yield "cn_resident_card"
+    dst.unlink()

@@ -3,29 +3,13 @@ fonts, sizes and backgrounds, one Chinese-language document type added by a temp
 imported, validated, and trains every method for one short epoch on local Ray."""
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from tests import own_world
 
-ROOT = Path(__file__).resolve().parents[1]
 TYPES = ["identity_card", "passport_page", "driving_licence", "cn_resident_card"]
-
-
-@pytest.fixture(scope="module")
-def cn_type():
-    """The Chinese type registered by its template file alone (as a user does), removed afterwards."""
-    import os
-
-    folder = Path(os.environ["DOCRAY_HOME"], "doctypes")
-    folder.mkdir(parents=True, exist_ok=True)
-    dst = folder / "cn_resident_card.yaml"
-    shutil.copy(ROOT / "examples" / "doctypes" / "cn_resident_card.yaml", dst)
-    yield "cn_resident_card"
-    dst.unlink()
 
 
 @pytest.fixture(scope="module")

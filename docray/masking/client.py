@@ -4,26 +4,17 @@
     client.recognize("face.png")                 # best target mask, overlaid locally, then sent
     client.recognize(img, mask_id="msk-7-0000041", embedding=True)
 
-`mask_locally` is the overlay (image x mask, 0 hidden) at the server's size, encoded as PNG (lossless,
-so the hidden pixels stay exactly black for the server's check). The HTTP side is `docray.client.
-DocrayClient` (`recognize_private`, `private_masks`); this class keeps the method-specific names.
+`mask_locally` (from `docray.client`) is the overlay (image x mask, 0 hidden) at the server's size,
+encoded as PNG. The HTTP side is `docray.client.DocrayClient` (`recognize_private`, `private_masks`);
+this class keeps the method-specific names.
 """
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
-from docray.client import DocrayClient, DocrayError
-from docray.imageio import encode_png
+from docray.client import DocrayClient, DocrayError, mask_locally  # noqa: F401  (mask_locally: the overlay)
 
 PrivateRecognitionError = DocrayError  # the server refused a request: `status`, `code`, message
-
-
-def mask_locally(image: Image.Image, mask: np.ndarray) -> bytes:
-    """Resize to the mask's size, overlay (hidden pixels black), PNG bytes."""
-    s = mask.shape[0]
-    arr = np.asarray(image.convert("RGB").resize((s, s), Image.Resampling.BILINEAR)).astype(np.float32)
-    return encode_png((arr * mask[..., None]).round().astype(np.uint8))
 
 
 class PrivateRecognitionClient(DocrayClient):

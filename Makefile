@@ -15,9 +15,12 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv and install docray with its dependencies (torch pinned first)
+	@$(BIN)/python -c 'from docray.compat import install_pth; install_pth()'
 
 # torch first, from its own pin (CPU build here, CUDA build on a GPU host); constraints.txt then keeps
 # every later install from replacing it. `docray doctor` proves the model stack imports and runs.
+# `install` then writes docray-compat.pth into the venv (every time: cheap, idempotent), so the
+# torchvision fix and Ray's token mode apply at interpreter start, before a script's first import.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	set -o pipefail; $(BIN)/python -m pip install torch==2.13.0 2>&1 | { $(QUIET_PIP); }

@@ -78,4 +78,4 @@ def screening(pictures, descriptor, max_fpr, queries, seed, as_json) -> None:
         click.echo(json.dumps({"method": "screening", **asdict(op)}))
     else:
         click.echo(f"screening: {op.line()}")
-        click.echo(f"use it: --set threshold={op.threshold:.4f} (ScreenConfig.threshold; configs/screening/serve.yaml)")
+        click.echo(f"use it: --set threshold={op.threshold:.4f} (ScreenConfig.threshold; configs/serve/screening.yaml)")

@@ -1,7 +1,7 @@
 """Regen compression on Ray Serve: `POST /v1/compress`, `GET|PUT /v1/file-types`, `GET /v1/repository/...`.
 
     serve run configs/serve/gateway.yaml                               # every method behind one gateway
-    serve run serve_apps.compression:build_app model_dir=/path/to/regen-run/model   # this one only
+    serve run configs/serve/compression.yaml                           # the gateway with this method only
 
     curl -F image=@capture.png "localhost:8000/v1/compress?mode=server"    # compressed image (base64)
     curl -F image=@capture.png "localhost:8000/v1/compress?mode=split"     # processed image + type
@@ -201,14 +201,3 @@ def backend(cfg: CompressionAppConfig) -> serve.Application:
     """The bound composed deployments for the gateway."""
     args = cfg.model_dump()
     return Compression.bind(TypeModel.bind(args), ContentModel.bind(args), Generator.bind(args), args)
-
-
-def build_app(args: dict | None = None) -> serve.Application:
-    """`serve run serve_apps.compression:build_app model_dir=...` (CompressionAppConfig keys): the gateway with
-    compression only."""
-    from serve_apps.gateway import build_app as gateway
-
-    return gateway({"compression": args or {}})
-
-
-app = build_app

@@ -2,6 +2,7 @@
 
     serve run configs/serve/gateway.yaml                        # embedded: starts Ray, deploys, blocks
     ray start --head && serve deploy configs/serve/gateway.yaml # against a running cluster (:8265)
+    serve run configs/serve/recognition.yaml                    # one method: recognition, screening, private, compression
     serve run serve_apps.gateway:build_app recognition='{}' screening='{"library": "/data/lib"}'
 
 `Gateway` is the FastAPI ingress. It does the HTTP work once for every method: API keys and roles,
@@ -17,6 +18,7 @@ It then calls the method deployments through handles with decoded inputs:
 
 Each method deployment scales on its own (`autoscaling_config` in the YAML); a method left out of the
 args is not deployed and its routes answer 404 `not_deployed`.
+The method modules never import this one: the gateway is composed from them (`build_app`).
 """
 # no `from __future__ import annotations`: FastAPI must see the route annotations as real types
 

@@ -1,7 +1,8 @@
 """Private recognition on Ray Serve: `POST /v1/recognize-private`, `GET /v1/recognize-private/masks` (gateway).
 
     serve run configs/serve/gateway.yaml                  # every method behind one gateway
-    serve run serve_apps.private_recognition:build_app targets=/path/targets.parquet choice=random   # this one only
+    serve run configs/serve/private.yaml                  # the gateway with this method only
+    serve run serve_apps.gateway:build_app private='{"targets": "/path/targets.parquet", "choice": "random"}'
                                         # default: masked recogniser from the registry, targets from
                                         # DOCRAY_HOME/reports/masking/grid
 
@@ -84,14 +85,3 @@ class PrivateRecognition:
         if embedding:
             res["embedding"] = np.asarray(out["embedding"], np.float32).round(5).tolist()
         return res
-
-
-def build_app(args: dict | None = None) -> serve.Application:
-    """`serve run serve_apps.private_recognition:build_app targets=... choice=random` (PrivateRecognitionConfig
-    keys): the gateway with private recognition only."""
-    from serve_apps.gateway import build_app as gateway
-
-    return gateway({"private": args or {}})
-
-
-app = build_app

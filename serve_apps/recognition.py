@@ -1,7 +1,8 @@
 """The unified recognition model behind Ray Serve (`POST /v1/recognize` on the gateway).
 
     serve run configs/serve/gateway.yaml                        # every method behind one gateway
-    serve run serve_apps.recognition:build_app model=recognition-unified select=classifier   # this one only
+    serve run configs/serve/recognition.yaml                    # the gateway with this method only
+    serve run serve_apps.gateway:build_app recognition='{"select": "classifier"}'   # other settings
 
 `Recognizer` loads the model and answers `recognize(image, frames, tasks, attrs)` through a
 `@serve.batch` (many requests, one model call). The HTTP side (multipart parsing, auth, limits) is
@@ -82,14 +83,3 @@ class Recognizer:
 
     def info(self) -> dict:
         return {"model": self.model_id, "tasks": self.predictor.cat.names()}
-
-
-def build_app(args: dict | None = None) -> serve.Application:
-    """`serve run serve_apps.recognition:build_app key=value ...` (keys of RecognitionAppConfig): the gateway
-    with recognition only."""
-    from serve_apps.gateway import build_app as gateway
-
-    return gateway({"recognition": args or {}})
-
-
-app = build_app

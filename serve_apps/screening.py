@@ -1,7 +1,8 @@
 """Cut-out screening on Ray Serve: `POST /v1/screen`, `POST /v1/screen/targets` (admin) on the gateway.
 
     serve run configs/serve/gateway.yaml                    # every method behind one gateway
-    serve run serve_apps.screening:build_app library=/path/to/library    # this one only
+    serve run configs/serve/screening.yaml                  # the gateway with this method only
+    serve run serve_apps.gateway:build_app screening='{"library": "/path/to/library"}'
 
     curl -F pictures=@a.png -F pictures=@b.jpg -F release_time=2024-05-01 localhost:8000/v1/screen
     curl -H "Authorization: Bearer $ADMIN" -F image=@poster.png -F release_time=2024-05-01 \\
@@ -140,14 +141,3 @@ def backend(cfg: ScreeningAppConfig) -> serve.Application:
             source = "registry:descriptor"
     desc = Descriptor.bind(source, cfg.max_batch_size, cfg.batch_wait_timeout_s)
     return Screening.bind(desc, cfg.model_copy(update={"descriptor": source}).model_dump())
-
-
-def build_app(args: dict | None = None) -> serve.Application:
-    """`serve run serve_apps.screening:build_app library=... descriptor=...` (ScreeningAppConfig keys): the
-    gateway with screening only."""
-    from serve_apps.gateway import build_app as gateway
-
-    return gateway({"screening": args or {}})
-
-
-app = build_app

@@ -63,11 +63,16 @@ def test_gateway_config_errors_are_clear():
     assert set(deployments(build_app({"private": "{}"}))) == {"Gateway", "PrivateRecognition"}  # `serve run` strings
 
 
-def test_single_method_config_builds_a_gateway_with_that_method():
-    cfg = load(ROOT / "configs/screening/serve.yaml")
+SINGLE = {"recognition": {"Recognizer"}, "screening": {"Screening", "Descriptor"}, "private": {"PrivateRecognition"},
+          "compression": {"Compression", "TypeModel", "ContentModel", "Generator"}}
+
+
+@pytest.mark.parametrize("method", sorted(SINGLE))
+def test_single_method_config_is_the_gateway_with_that_method(method):
+    cfg = load(ROOT / f"configs/serve/{method}.yaml")
     ServeDeploySchema.model_validate(cfg)
     (app,) = cfg["applications"]
-    from serve_apps.screening import build_app as screening_app
-
-    classes = deployments(screening_app(app["args"]))
-    assert set(classes) == {"Gateway", "Screening", "Descriptor"} and {d["name"] for d in app["deployments"]} <= set(classes)
+    assert app["import_path"] == "serve_apps.gateway:build_app" and app["route_prefix"] == "/"
+    assert set(app["args"]) == {method}  # one method enabled
+    classes = deployments(build_app(app["args"]))
+    assert set(classes) == {"Gateway", *SINGLE[method]} == {d["name"] for d in app["deployments"]}

@@ -47,14 +47,14 @@ def test_ray_grid_gives_exactly_the_plain_loop_numbers(ray_cluster, tiny):
 def served(ray_cluster, tiny, tmp_path_factory):
     from ray import serve
 
-    from serve_apps.private_recognition import build_app
+    from serve_apps.gateway import build_app
 
     faces, models, masks = tiny
     root = tmp_path_factory.mktemp("private")
     save_pretrained(models["masked"], root / "masked")
     t = masks.to_pandas().iloc[[5, 4]].assign(acc_masked=[0.8, 0.7], acc_original=[0.1, 0.2], drop=[0.1, 0.1])
     t.to_parquet(root / "targets.parquet")
-    serve.run(build_app({"masked": str(root / "masked"), "targets": str(root / "targets.parquet"), "image_size": 32}),
+    serve.run(build_app({"private": {"masked": str(root / "masked"), "targets": str(root / "targets.parquet"), "image_size": 32}}),
               name="private-test", route_prefix="/private-test")
     yield "http://127.0.0.1:8000/private-test", faces, models["masked"], t
     serve.delete("private-test")

@@ -65,9 +65,9 @@ def test_serve_recognize(trained):
     import httpx
     from ray import serve
 
-    from serve_apps.recognition import build_app
+    from serve_apps.gateway import build_app
 
-    serve.run(build_app({"model": "test-unified", "select": "all"}), name="recognition", route_prefix="/recognition")
+    serve.run(build_app({"recognition": {"model": "test-unified", "select": "all"}}), name="recognition", route_prefix="/recognition")
     row = documents_table(20, seed=0).slice(0, 1).to_pylist()[0]
     url = "http://127.0.0.1:8000/recognition/v1/recognize"
     try:

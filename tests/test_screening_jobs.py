@@ -87,9 +87,9 @@ def test_serve_screen_and_targets(library, ray_cluster):
     from ray import serve
 
     from docray.synth import generate
-    from serve_apps.screening import build_app
+    from serve_apps.gateway import build_app
 
-    serve.run(build_app({"library": str(library), "screen": EXACT, "reload_interval_s": 0}),
+    serve.run(build_app({"screening": {"library": str(library), "screen": EXACT, "reload_interval_s": 0}}),
               name="screening-test", route_prefix="/screening-test")
     url = "http://127.0.0.1:8000/screening-test"
     lib = Library.open(library)

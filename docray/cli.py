@@ -1,28 +1,21 @@
-"""The `docray` command. Every command and group has `--help`.
+"""The library's own `docray` commands. Every command and group has `--help`.
 
-    docray info                                  versions, devices, Ray address, DOCRAY_HOME
     docray doctor                                check that the model stack imports and runs here
-    docray synth documents --n 500 --out DIR     synthetic data as Parquet shards + a contact sheet
+    docray data validate documents DIR           datasets against their contracts (docray/datasets/cli.py)
     docray api health                            call the gateway (every route; DOCRAY_URL, DOCRAY_API_KEY)
+
+The `docray` console script is `cluster.cli:main`: these commands plus the ones that drive Ray jobs
+(`info`, `synth`, `submit`, `recognize pretrain|train|archive|quickstart`, `screen build|rescan`),
+which live above the library because the library never imports cluster/, train_jobs/ or data_jobs/.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
-import os
-import platform
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import click
-import yaml
-
-from docray import paths
-
-STACK = ["docray", "torch", "torchvision", "ray", "transformers", "diffusers", "timm", "faiss-cpu",
-         "pyarrow", "pillow", "opencv-python-headless", "rapidocr", "onnxruntime", "sqlalchemy"]
 
 
 def _version(dist: str) -> str:
@@ -39,7 +32,6 @@ LAZY_GROUPS = {
     "recognize": "docray.recognition.cli:recognize",
     "compress": "docray.compression.cli:compress",
     "api": "docray.api_cli:api",
-    "submit": "cluster.submit:submit",
     "data": "docray.datasets.cli:data",
     "calibrate": "docray.calibration:calibrate",
 }
@@ -74,53 +66,6 @@ def main() -> None:
     """
 
 
-def gather_info() -> dict:
-    """What `docray info` prints, as a dict (no Ray is started)."""
-    import torch
-
-    from cluster.local import ray_address
-
-    try:
-        import faiss
-
-        faiss_gpus = faiss.get_num_gpus()
-    except Exception:  # faiss missing or broken: report, don't fail
-        faiss_gpus = 0
-    return {
-        "python": platform.python_version(),
-        "versions": {d: _version(d) for d in STACK},
-        "devices": {
-            "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "gpu_count": torch.cuda.device_count(),
-            "gpu_names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-            "faiss_gpus": faiss_gpus,
-        },
-        "ray_address": ray_address() or "none set: jobs start embedded Ray on this host",
-        "docray_home": paths.home(),
-    }
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def info(as_json: bool) -> None:
-    """Print versions, devices (CPU and GPU counts), the Ray address in use and DOCRAY_HOME."""
-    data = gather_info()
-    if as_json:
-        click.echo(json.dumps(data))
-        return
-    click.echo(f"docray {data['versions']['docray']}  (python {data['python']})")
-    click.echo("versions:")
-    for name, v in data["versions"].items():
-        click.echo(f"  {name:24s} {v}")
-    d = data["devices"]
-    click.echo(f"devices:\n  cpus                     {d['cpu_count']} ({d['cpus_usable']} usable)")
-    click.echo(f"  gpus                     {d['gpu_count']} {', '.join(d['gpu_names'])}".rstrip())
-    click.echo(f"  faiss gpus               {d['faiss_gpus']}")
-    click.echo(f"ray address                {data['ray_address']}")
-    click.echo(f"DOCRAY_HOME                {data['docray_home']}")
-
-
 @main.command()
 def doctor() -> None:
     """Check that torch, timm, transformers and diffusers import and a timm ResNet runs here.
@@ -135,56 +80,6 @@ def doctor() -> None:
     except Exception as e:  # the point of this command is to report, not to crash
         raise click.ClickException(f"model stack broken: {type(e).__name__}: {e}") from None
     click.echo("model stack ok: " + ", ".join(f"{k} {v}" for k, v in result.items()))
-
-
-def _parse_opts(items: tuple[str, ...]) -> dict:
-    opts = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r}: expected key=value", param_hint="--opt")
-        value = yaml.safe_load(raw)
-        opts[key.strip()] = tuple(value) if isinstance(value, list) else value
-    return opts
-
-
-@main.command()
-@click.argument("kind", metavar="KIND", type=click.Choice(["documents", "faces", "targets", "masks"]))
-@click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True, help="Number of rows.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder for Parquet shards [default: DOCRAY_HOME/datasets/<kind>].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Rows depend only on (seed, kind, index).")
-@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True, help="First row index.")
-@click.option("--rows-per-shard", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-              help="Generator option, e.g. --opt size=[256,160] (documents), --opt n_identities=300 (faces).")
-@click.option("--ray/--no-ray", "use_ray", default=None,
-              help="Generate through Ray Data [default: only when --n >= 2000].")
-def synth(kind: str, n: int, out: str | None, seed: int, start: int, rows_per_shard: int,
-          opts: tuple[str, ...], use_ray: bool | None) -> None:
-    """Write N synthetic KIND rows as Parquet shards (readable by ray.data.read_parquet).
-
-    KIND is one of documents, faces, targets, masks. Also saves a contact sheet PNG with the labels
-    drawn, as <out>/contact_sheet.png.
-    """
-    from data_jobs.synth_corpus import generate_local, generate_with_ray, save_contact_sheet
-
-    out = out or paths.sub("datasets", kind)
-    options = _parse_opts(opts)
-    use_ray = n >= 2000 if use_ray is None else use_ray
-    try:
-        if use_ray:
-            from cluster.local import init_ray
-
-            init_ray()
-            files = generate_with_ray(kind, n, out, seed=seed, start=start, rows_per_shard=rows_per_shard, **options)
-        else:
-            files = generate_local(kind, n, out, seed=seed, start=start, rows_per_shard=rows_per_shard, **options)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    sheet = save_contact_sheet(kind, out, seed=seed, start=start, **options)
-    click.echo(f"wrote {n} {kind} rows in {len(files)} shard(s) to {out}")
-    click.echo(f"contact sheet: {sheet}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from docray.cli import main
+from cluster.cli import main
 
 
 @pytest.fixture
@@ -25,6 +25,12 @@ def _commands(group, prefix=()):
 def test_every_command_has_help(runner):
     paths = [()] + list(_commands(main))
     assert ("info",) in paths and ("synth",) in paths
+    for job in [("submit",), ("recognize", "pretrain"), ("recognize", "train"), ("recognize", "archive"),
+                ("recognize", "quickstart"), ("screen", "build"), ("screen", "rescan")]:  # the entry layer's
+        assert job in paths, job
+    for lib in [("doctor",), ("recognize", "image"), ("screen", "query"), ("screen", "info"), ("data", "import"),
+                ("calibrate", "screening"), ("masks", "report"), ("api", "health")]:  # the library's
+        assert lib in paths, lib
     for path in paths:
         res = runner.invoke(main, [*path, "--help"])
         assert res.exit_code == 0, (path, res.output)
@@ -64,3 +70,13 @@ def test_synth_bad_option_is_a_message(runner, tmp_path):
     assert res.exit_code != 0 and "Error" in res.output and "Traceback" not in res.output
     res = runner.invoke(main, ["synth", "pictures", "--n", "2"])
     assert res.exit_code == 2 and "is not one of" in res.output
+
+
+def test_library_cli_stays_below_the_entry_layer():
+    """The entry layer adds its job commands to copies of the library's groups, never to the library's own."""
+    from docray.recognition.cli import recognize
+    from docray.screening.cli import screen
+
+    assert set(recognize.commands) == {"image"} and set(screen.commands) == {"query", "info"}
+    res = CliRunner().invoke(main, ["recognize", "--help"])
+    assert res.exit_code == 0 and "pretrain" in res.output and "image" in res.output

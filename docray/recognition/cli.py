@@ -1,10 +1,9 @@
-"""`docray recognize ...`: thin wrappers over the unified-recognition jobs and the predictor.
+"""`docray recognize ...`: unified recognition from the shell.
 
-    docray recognize pretrain [--set epochs=2 n_train=200 n_val=40]    # train_jobs.mae_pretrain
-    docray recognize train    [--set train=DIR val=DIR]                # train_jobs.unified_train
-    docray recognize archive  --set input=DIR out=DIR          # data_jobs.recognize_archive
     docray recognize image DOC.png [--flash F.png] [--task doc_type ...]   # the latest model, no Ray
-    docray recognize quickstart                                # short pre-training + training + one /v1/recognize
+
+The job commands of this group (`pretrain`, `train`, `archive`, `quickstart`) drive Ray jobs, so they
+live in the entry layer (cluster/cli.py), which adds them to this group in the `docray` command.
 """
 from __future__ import annotations
 
@@ -13,39 +12,10 @@ from pathlib import Path
 
 import click
 
-PASS = dict(context_settings={"ignore_unknown_options": True})
-
 
 @click.group("recognize")
 def recognize() -> None:
     """Unified recognition: MAE pre-training, multi-task training, batch and single-image recognition."""
-
-
-@recognize.command("pretrain", **PASS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def pretrain(args) -> None:
-    """MAE pre-training of the encoder (arguments as `python -m train_jobs.mae_pretrain`)."""
-    from train_jobs.mae_pretrain import main
-
-    main(list(args))
-
-
-@recognize.command("train", **PASS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train(args) -> None:
-    """Multi-task training (arguments as `python -m train_jobs.unified_train`)."""
-    from train_jobs.unified_train import main
-
-    main(list(args))
-
-
-@recognize.command("archive", **PASS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def archive(args) -> None:
-    """Recognise an archive with Ray Data (arguments as `python -m data_jobs.recognize_archive`)."""
-    from data_jobs.recognize_archive import main
-
-    main(list(args))
 
 
 @recognize.command("image")
@@ -69,14 +39,3 @@ def image(image, flash, angles, tasks, model) -> None:
             r["mask_png"] = f"<{len(r['mask_png'])} bytes of PNG>"
     click.echo(json.dumps(res, indent=2))
 
-
-@recognize.command("quickstart")
-@click.option("--docs", default=200, show_default=True, help="synthetic documents")
-@click.option("--epochs", default=2, show_default=True)
-def quickstart(docs: int, epochs: int) -> None:
-    """A short MAE pre-training, a short multi-task training, then one POST /v1/recognize through Serve."""
-    from cluster.local import init_ray
-    from cluster.quickstart import recognition_step
-
-    init_ray()
-    click.echo(json.dumps(recognition_step(docs, epochs), indent=2, default=str))

@@ -8,7 +8,7 @@
     ocr         text regions (rapidocr, detection only, cached engine)
     matching    the method: regions -> descriptor -> primary / extended match -> verdict with evidence
     embed, augment, data, predictors   descriptor loading, copy edits, training data, batch predictors
-    cli         `docray screen build|query|rescan|info`
+    cli         `docray screen query|info` (`build`, `rescan`: cluster/cli.py)
 
 Ray lives in data_jobs/build_cutout_library.py, data_jobs/archive_rescan.py, train_jobs/train_descriptor.py
 and serve_apps/screening.py; nothing here imports it.

@@ -1,9 +1,10 @@
-"""`docray screen ...`: thin wrappers over the screening jobs and the library.
+"""`docray screen ...`: the screening library from the shell.
 
-    docray screen build  [--set input=DIR descriptor=...]     # data_jobs.build_cutout_library
     docray screen query  PICTURE... [--release-time 2024-05-01] [--cut-type 3x3]
-    docray screen rescan --set input=ARCHIVE out=REPORT       # data_jobs.archive_rescan
     docray screen info                                        # library version, tiles, index kind
+
+The job commands of this group (`build`, `rescan`) drive Ray jobs, so they live in the entry layer
+(cluster/cli.py), which adds them to this group in the `docray` command.
 """
 from __future__ import annotations
 
@@ -15,24 +16,6 @@ import click
 @click.group("screen")
 def screen() -> None:
     """Cut-out screening: build the tile library, screen pictures, rescan archives."""
-
-
-@screen.command("build", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def build(args) -> None:
-    """Build or extend the library (arguments as `python -m data_jobs.build_cutout_library`)."""
-    from data_jobs.build_cutout_library import main
-
-    main(list(args))
-
-
-@screen.command("rescan", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def rescan(args) -> None:
-    """Rescan an archive (arguments as `python -m data_jobs.archive_rescan`)."""
-    from data_jobs.archive_rescan import main
-
-    main(list(args))
 
 
 @screen.command("query")

@@ -51,6 +51,7 @@ PAD, BOS, EOS = 0, 1, 2
 CHARS = string.printable[:95]  # ' '..'~' minus nothing: digits, letters, punctuation, space
 UNKNOWN = "?"  # what a character outside the vocabulary reads as
 COND_CHANNELS = 5  # RGBA glyph layer + document region mask
+READ_SCORES = ("decoder_mean_logp", "decoder_min_logp", "ctc_logp_per_char", "ctc_agrees")  # `read_scored`
 
 
 class CharTokenizer:
@@ -139,8 +140,12 @@ class TypeNet(nn.Module):
         self.features = nn.Sequential(*layers)  # (b, c, h/16, w/16)
         self.head = nn.Linear(c, n_types)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, 3, h, w) in [0, 1] -> (b, c): the pooled features the head reads (the gate's Mahalanobis space)."""
+        return self.features(x * 2 - 1).mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x * 2 - 1).mean(dim=(2, 3)))
+        return self.head(self.embed(x))
 
 
 class ConvStem(nn.Sequential):
@@ -315,12 +320,21 @@ class RegenModels(nn.Module):
         return self.readings(lines, decode)[decode]
 
     @torch.no_grad()
-    def readings(self, lines: torch.Tensor, decode: str = "joint") -> dict[str, list[str]]:
-        """The readings `decode` needs, by name, from one pass of the encoder ("joint" needs all three)."""
+    def read_scored(self, lines: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """The joint readings and, per line, what its confidence is calibrated from (`READ_SCORES`):
+        the decoder's mean and least token log-probability of the reading, the CTC head's
+        log-probability of it per character, and whether the decoder and CTC readings agree."""
+        texts = self.readings(lines, "joint", scores=True)
+        return texts["joint"], texts["scores"]
+
+    @torch.no_grad()
+    def readings(self, lines: torch.Tensor, decode: str = "joint", scores: bool = False) -> dict[str, list[str]]:
+        """The readings `decode` needs, by name, from one pass of the encoder ("joint" needs all three);
+        with `scores` ("joint" only) also 'scores': (n, len(READ_SCORES)), see `read_scored`."""
         if decode not in ("attention", "ctc", "joint"):
             raise ValueError(f"decode must be 'attention', 'ctc' or 'joint', got {decode!r}")
         if len(lines) == 0:
-            return {"attention": [], "ctc": [], "joint": []}
+            return {"attention": [], "ctc": [], "joint": [], **({"scores": torch.zeros(0, len(READ_SCORES))} if scores else {})}
         enc = self.content.encoder(pixel_values=lines)
         texts = {}
         if decode != "ctc":
@@ -338,15 +352,29 @@ class RegenModels(nn.Module):
         ids = self.tokenizer.batch(cands, self.cfg.field_len).to(lines.device)
         enc2 = enc.last_hidden_state.repeat(2, 1, 1)
         logits = self.content.decoder(input_ids=ids[:, :-1], encoder_hidden_states=enc2).logits
-        nll = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], ignore_index=PAD, reduction="none").sum(1)
+        tok_nll = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], ignore_index=PAD, reduction="none")
+        nll = tok_nll.sum(1)
         ctc = self.ctc_loss(enc2, ids, reduction="none", zero_infinity=False)  # a reading CTC cannot place: inf
         score = (nll + self.cfg.ctc_weight * ctc).view(2, -1)
-        texts["joint"] = [cands[i + len(lines) * int(j)] for i, j in enumerate(score.argmin(0))]
+        pick = torch.arange(len(lines), device=score.device) + len(lines) * score.argmin(0)
+        texts["joint"] = [cands[int(i)] for i in pick]
+        if scores:
+            n_tok = (ids[:, 1:] != PAD).sum(1).clamp(min=1).float()  # the characters and eos
+            worst = tok_nll.masked_fill(ids[:, 1:] == PAD, 0).max(1).values
+            agree = torch.tensor([a == c for a, c in zip(texts["attention"], texts["ctc"])], dtype=torch.float32)
+            texts["scores"] = torch.stack([-nll[pick] / n_tok[pick], -worst[pick],
+                                           (-ctc[pick] / n_tok[pick]).clamp(min=-50.0), agree.to(nll.device)], 1).cpu()
         return texts
 
     @torch.no_grad()
     def predict_type(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.type_model(pixels).softmax(-1)
+
+    @torch.no_grad()
+    def type_outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (b, n_types), pooled features (b, c)) of the type model: what the document gate scores."""
+        f = self.type_model.embed(pixels)
+        return self.type_model.head(f), f
 
     @torch.no_grad()
     def generate(self, types, content_ids, cond, steps: int | None = None, seed: int = 0) -> torch.Tensor:

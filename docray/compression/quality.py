@@ -14,7 +14,8 @@ the square root of the shortfall. It is non-decreasing in the budget and in the 
 The search (`compress_to_threshold`): encode at the formula's quality; if the file is over B2,
 binary-search the largest quality in [1, q) that fits; if even quality 1 is over, shrink the image
 by SHRINK and search again. The result always meets the second threshold (a 16x16 image at quality
-1 is a few hundred bytes; below that a ThresholdError says the budget is impossible).
+1 is a few hundred bytes; below that a ThresholdError says the budget is impossible). A provenance
+stamp (`docray.compression.provenance`) is encoded into every try, so its bytes count too.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from docray.compression import provenance as prov
 from docray.compression.file_types import FileType, Threshold, ThresholdError
 
 BPP_REF = 2.0
@@ -46,16 +48,18 @@ def quality_level(base: int, second: Threshold, w: int, h: int) -> int:
     return int(min(100, max(1, round(base * min(1.0, bpp / BPP_REF) ** GAMMA))))
 
 
-def encode(img: Image.Image, fmt: str, quality: int) -> bytes:
+def encode(img: Image.Image, fmt: str, quality: int, provenance: dict | None = None) -> bytes:
+    """`img` as `fmt` at `quality`, with the provenance stamp in its metadata when one is given."""
     buf = io.BytesIO()
-    if fmt == "jpeg":
-        img.convert("RGB").save(buf, format="JPEG", quality=int(quality), optimize=True)
-    elif fmt == "webp":
-        img.convert("RGB").save(buf, format="WEBP", quality=int(quality), method=4)
-    elif fmt == "avif":
-        img.convert("RGB").save(buf, format="AVIF", quality=int(quality))
-    else:
+    if fmt not in ("jpeg", "webp", "avif"):
         raise ValueError(f"unknown format {fmt!r}; one of jpeg, webp, avif")
+    extra = prov.save_options(fmt, provenance)
+    if fmt == "jpeg":
+        img.convert("RGB").save(buf, format="JPEG", quality=int(quality), optimize=True, **extra)
+    elif fmt == "webp":
+        img.convert("RGB").save(buf, format="WEBP", quality=int(quality), method=4, **extra)
+    else:
+        img.convert("RGB").save(buf, format="AVIF", quality=int(quality), **extra)
     return buf.getvalue()
 
 
@@ -72,12 +76,13 @@ class Compressed:
         return len(self.data)
 
 
-def _largest_fitting(img: Image.Image, fmt: str, hi: int, limit: int) -> tuple[int, bytes] | None:
+def _largest_fitting(img: Image.Image, fmt: str, hi: int, limit: int, provenance: dict | None = None
+                     ) -> tuple[int, bytes] | None:
     """The largest quality in [1, hi] whose file is <= limit bytes (binary search), or None."""
     lo, best = 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
-        data = encode(img, fmt, mid)
+        data = encode(img, fmt, mid, provenance)
         if len(data) <= limit:
             best, lo = (mid, data), mid + 1
         else:
@@ -85,17 +90,18 @@ def _largest_fitting(img: Image.Image, fmt: str, hi: int, limit: int) -> tuple[i
     return best
 
 
-def compress_to_threshold(img: Image.Image, base: int, second: Threshold, fmt: str = "jpeg") -> Compressed:
-    """Compress `img` so that it fits `second` (size and bytes); see the module docstring."""
+def compress_to_threshold(img: Image.Image, base: int, second: Threshold, fmt: str = "jpeg",
+                          provenance: dict | None = None) -> Compressed:
+    """Compress `img` so that it fits `second` (size and bytes, metadata included); see the module docstring."""
     w, h = fit_size(*img.size, second.width, second.height)
     img = img.convert("RGB")
     q0 = quality_level(base, second, *img.size)
     while True:
         cur = img if (w, h) == img.size else img.resize((w, h), Image.Resampling.LANCZOS)
-        data = encode(cur, fmt, q0)
+        data = encode(cur, fmt, q0, provenance)
         if len(data) <= second.bytes:
             return Compressed(data, fmt, q0, q0, (w, h))
-        found = _largest_fitting(cur, fmt, q0 - 1, second.bytes)
+        found = _largest_fitting(cur, fmt, q0 - 1, second.bytes, provenance)
         if found is not None:
             return Compressed(found[1], fmt, found[0], q0, (w, h))
         if min(w, h) <= MIN_SIDE:
@@ -103,6 +109,6 @@ def compress_to_threshold(img: Image.Image, base: int, second: Threshold, fmt: s
         w, h = max(MIN_SIDE, round(w * SHRINK)), max(MIN_SIDE, round(h * SHRINK))
 
 
-def compress_for_type(img: Image.Image, file_type: FileType) -> Compressed:
-    """Per-type compression with the file type's base, format and second threshold."""
-    return compress_to_threshold(img, file_type.base, file_type.second, file_type.format)
+def compress_for_type(img: Image.Image, file_type: FileType, provenance: dict | None = None) -> Compressed:
+    """Per-type compression with the file type's base, format and second threshold (and the stamp)."""
+    return compress_to_threshold(img, file_type.base, file_type.second, file_type.format, provenance)

@@ -92,6 +92,17 @@ class Attachment(Base):
     record: Mapped[Record] = relationship(back_populates="attachments")
 
 
+def new_record_id() -> str:
+    """A fresh record id (uuid hex): drawn before storing when the images must name their record."""
+    return uuid.uuid4().hex
+
+
+def _check_record_id(record_id) -> str:
+    if not (isinstance(record_id, str) and len(record_id) == 32 and all(c in "0123456789abcdef" for c in record_id)):
+        raise ValueError(f"record_id must be 32 lowercase hex digits (new_record_id()), got {record_id!r:.60}")
+    return record_id
+
+
 def _check_role(role: str) -> str:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {list(ROLES)}")
@@ -195,8 +206,11 @@ class ImageRepository:
         doc_type: str | None = None,
         meta: dict | None = None,
         split: dict | None = None,
+        record_id: str | None = None,
     ) -> str:
-        """Store a record and its attachments; returns the record id (uuid hex)."""
+        """Store a record and its attachments; returns the record id (uuid hex). `record_id`: one drawn
+        beforehand with `new_record_id()` (e.g. to embed it in the images' metadata); a taken id fails."""
+        record_id = new_record_id() if record_id is None else _check_record_id(record_id)
         original = _check_bytes(original, "original")
         processed = None if processed is None else _check_bytes(processed, "processed")
         compressed = None if compressed is None else _check_bytes(compressed, "compressed")
@@ -204,7 +218,7 @@ class ImageRepository:
         keys = {name: self._put(data, name) for name, data in zip(IMAGES, (original, processed, compressed))}
         att_rows = self._put_attachments(items)
         rec = Record(
-            id=uuid.uuid4().hex,
+            id=record_id,
             created_at=datetime.now(timezone.utc),
             doc_type=doc_type,
             meta=dict(meta or {}),

@@ -132,11 +132,12 @@ def test_convergence_rule():
 
 
 def test_pipeline_stores_one_record_with_attachments_and_split(tiny, docs, tmp_path):
-    rc = RegenCompressor(tiny, file_types=load_file_types(TINY_LIB), fill="blank")
+    rc = RegenCompressor(tiny, file_types=load_file_types(TINY_LIB), fill="blank", ungated=True)  # uncalibrated
     repo = ImageRepository(url=f"sqlite:///{tmp_path}/r.db", blob_root=str(tmp_path / "blobs"))
     row = docs[0]  # a document with a portrait slot
     out = rc.run(row["image"], mode="server", repo=repo)
-    assert out["type"] in TYPES and out["quality"] is not None
+    assert out["type"] in TYPES and out["quality"] is not None and out["method"] == "regen"
+    assert out["gate"]["calibrated"] is False and "ungated" in out["gate"]["reason"]
     comp = Image.open(io.BytesIO(out["compressed"]))
     assert len(out["compressed"]) <= 2500 and comp.size[0] <= 96 and comp.size[1] <= 64
     assert Image.open(io.BytesIO(out["processed"])).size == (96, 64)  # the first size threshold
@@ -157,7 +158,7 @@ def test_pipeline_stores_one_record_with_attachments_and_split(tiny, docs, tmp_p
 def test_terminal_compression_meets_the_limit(tiny, docs):
     from docray.client import compress_on_terminal
 
-    rc = RegenCompressor(tiny, file_types=load_file_types(TINY_LIB))
+    rc = RegenCompressor(tiny, file_types=load_file_types(TINY_LIB), ungated=True)
     out = rc.run(docs[1]["image"], mode="split")
     data = compress_on_terminal(out["processed"], out["type"], TINY_LIB)
     assert len(data) <= 2500 and Image.open(io.BytesIO(data)).size[0] <= 96

@@ -79,3 +79,22 @@ def frame_quad(doc_type, size: tuple[int, int]) -> np.ndarray:
     """The corners of a flat document laid out in a frame of `size` (w, h), as a processed image is."""
     x0, y0, x1, y1 = layout.doc_box(doc_type, size)
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+
+
+def frame_boxes(doc_type, size: tuple[int, int]) -> list[list[int]]:
+    """Each field's value box in a flat frame of `size` (w, h) (a processed image), in px [x0, y0, x1, y1]."""
+    H = doc_to_image(frame_quad(doc_type, size), doc_type)
+    out = []
+    for x0, y0, x1, y1 in value_boxes(doc_type):
+        pts = cv2.perspectiveTransform(np.array([[[x0, y0], [x1, y1]]], np.float64), H)[0]
+        out.append([int(np.floor(pts[0, 0])), int(np.floor(pts[0, 1])), int(np.ceil(pts[1, 0])), int(np.ceil(pts[1, 1]))])
+    return out
+
+
+def original_in_frame(img: np.ndarray, quad, doc_type, size: tuple[int, int]) -> np.ndarray:
+    """The capture `img` (h, w, 3) warped through its document's corners `quad` onto a flat frame of
+    `size` (w, h), the document where a processed image of that size has it: (size[1], size[0], 3)."""
+    to_frame = doc_to_image(frame_quad(doc_type, size), doc_type)
+    to_img = doc_to_image(quad, doc_type)
+    return cv2.warpPerspective(img, to_img @ np.linalg.inv(to_frame), tuple(size),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)

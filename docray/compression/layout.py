@@ -95,6 +95,14 @@ def value_slots(doc_type: str | int, size: tuple[int, int]) -> tuple:
     return _static(_type(doc_type), tuple(size))[1]
 
 
+def value_extent(doc_type: str | int, k: int, text: str, size: tuple[int, int]) -> list[int]:
+    """The box [x0, y0, x1, y1] the glyphs of `text` cover as field `k`'s value in a frame of `size`."""
+    t = _type(doc_type)
+    x, y, fs, _ = value_slots(doc_type, size)[k]
+    box = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((x, y), text or " ", font=font(t.value_font(t.fields[k]), fs))
+    return [int(v) for v in box]
+
+
 def render_layer(doc_type: str | int, values: list[str], size: tuple[int, int]) -> np.ndarray:
     """The text layer of a document of `doc_type` with field `values`, as (h, w, 4) uint8 RGBA."""
     t = _type(doc_type)

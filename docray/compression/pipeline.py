@@ -1,22 +1,34 @@
-"""The regen compression pipeline: recognise -> generate -> paste -> compress -> store.
+"""The regen compression pipeline: gate -> recognise -> generate -> check -> paste -> compress -> store.
 
     rc = RegenCompressor.load("~/.docray/models/regen/v0001")      # or RegenCompressor(model=...)
-    out = rc.run(png_bytes, mode="server", repo=ImageRepository())  # dict: record_id, type, ...
+    out = rc.run(png_bytes, mode="server", repo=ImageRepository())  # dict: method, record_id, type, fields, ...
 
-Steps (DESIGN "Regen compression"):
+Steps (DESIGN "Regen compression"; issue 17: regen never falsifies a document):
 1. check the original against the first threshold (first < original);
-2. portrait: a photographed face (Haar cascade) or, for synthetic documents, the portrait slot of
-   the type the type model sees on the whole image; split off with background or blank fill;
-3. seals: red/blue outlines found by OpenCV (those inside the portrait are ignored), cropped as
+2. the document gate (`docray.compression.gate`): the type model's calibrated confidence and an
+   out-of-distribution score on the whole capture. Not a known document, an unsure type, or a model
+   never calibrated (no calibration.json beside its weights) -> the codec path: the original,
+   fitted inside the first threshold, compressed with the file-type library's `default` entry
+   (the same byte guarantees); the answer says `method: "codec"` and its `reason`;
+3. portrait: a photographed face (Haar cascade) or, for synthetic documents, the portrait slot of
+   the gate's type; split off with background or blank fill;
+4. seals: red/blue outlines found by OpenCV (those inside the portrait are ignored), cropped as
    attachments;
-4. type and content models on the document without the portrait (the content read field by field:
-   the document's corners, then each value box of the type's template as a line crop);
-5. generation at the first size threshold, conditioned on type + content (and their glyph layer,
-   composited over the output, see `layout`); seals optionally composited back (darken blend);
-6. the portrait pasted back, scaled by the pixel ratio processed / document-without-portrait;
-7. per-type compression to the second threshold (server mode), or none (split mode: the terminal
+5. the content model reads the document without the portrait field by field (its corners, then
+   each value box of the type's template as a line crop), each field with a calibrated confidence;
+6. generation at the first size threshold, conditioned on type + the confident fields' content
+   (and their glyph layer, composited over the output, see `layout`); seals composited back
+   (darken blend); the portrait pasted back, scaled by the pixel ratio processed / document-without-portrait;
+7. round trip: the content model re-reads the processed image; a regenerated field read back
+   otherwise is not trusted. Every field below the confidence threshold or failing the round trip
+   keeps the ORIGINAL's pixels inside its box (a hybrid image); `fields` lists per field its text,
+   confidence and `source` ("regenerated" | "pixels");
+8. provenance (`provenance`): the record id is drawn first, then every regenerated image carries a
+   stamp in its own metadata (PNG tEXt, JPEG COM, WebP/AVIF EXIF) naming docray, the record and
+   "regenerated" (or "regenerated-hybrid"); the answer and the record carry it too;
+9. per-type compression to the second threshold (server mode), or none (split mode: the terminal
    compresses with the file-type library);
-8. the record stored one-to-one: original, processed, compressed, attachments, split.
+10. the record stored one-to-one: original, processed, compressed, attachments, split.
 `RegenCompressor` is also the batch predictor of `data_jobs/recompress_archive.py`
 (`__call__(batch) -> batch`) and what the Serve deployments wrap, step by step.
 """
@@ -28,23 +40,37 @@ import numpy as np
 import torch
 from PIL import Image
 
-from docray.compression import fields, layout, portrait as portraits, seals as sealmod
+from docray.compression import fields, gate as gatemod, layout, portrait as portraits, provenance, seals as sealmod
 from docray.compression.data import cond_input, content_input, line_input, to_image
-from docray.compression.file_types import FileTypeLibrary, load_file_types
-from docray.compression.quality import compress_for_type
+from docray.compression.file_types import FileType, FileTypeLibrary, load_file_types
+from docray.compression.quality import compress_for_type, fit_size
 from docray.doctypes import registry
 from docray.imageio import decode_image, encode_png
 
 MODES = ("server", "split")
+UNCALIBRATED = ("the regen model was never calibrated (no calibration.json beside its weights): its confidence "
+                "means nothing, so nothing is regenerated; calibrate it (docray calibrate regen MODEL)")
+UNCALIBRATED_FIELD_THRESHOLD = 0.99  # ungated and uncalibrated: the least sure character's raw probability
+PUBLIC = ("record_id", "method", "reason", "gate", "type", "type_score", "content", "fields", "provenance", "split",
+          "seals", "attachments", "sizes", "quality")  # what the HTTP answer shows (and the image, by mode)
 
 
 def _png(img: Image.Image) -> bytes:
     return encode_png(img, compress_level=6)
 
 
+def regen_content(fs: list[dict]) -> str:
+    """The content the generator draws: the values of the fields to regenerate, the others empty."""
+    return layout.join_content([f["text"] if f["source"] == "regenerated" else "" for f in fs])
+
+
 class RegenCompressor:
     def __init__(self, model, file_types: FileTypeLibrary | None = None, fill: str = "background",
-                 steps: int | None = None, composite_seals: bool = True, device: str | None = None):
+                 steps: int | None = None, composite_seals: bool = True, device: str | None = None,
+                 calibration: gatemod.Calibration | None = None, ungated: bool = False):
+        """`calibration`: the gate and field confidence fitted for this model (None: every upload takes
+        the codec path); `ungated`: regenerate even without a calibration (tests, demos; the answer's
+        gate says so)."""
         if fill not in portraits.FILLS:
             raise ValueError(f"fill must be one of {portraits.FILLS}, got {fill!r}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,6 +89,11 @@ class RegenCompressor:
                              "types it was trained with (template files in $DOCRAY_DOCTYPES or $DOCRAY_HOME/doctypes)")
         for t in self.doc_types:  # every type gets its entry or the default, else a KeyError now
             self.lib.get(t)
+        dim = self.model.type_model.head.in_features
+        if calibration is not None and len(calibration.precision) != dim:
+            raise ValueError(f"the calibration has {len(calibration.precision)}-d type features, this model "
+                             f"{dim}: it belongs to another model; recalibrate (docray calibrate regen)")
+        self.calibration, self.ungated = calibration, ungated
         self.fill, self.steps, self.composite_seals = fill, steps, composite_seals
         self.repo = None  # set to an ImageRepository to store what __call__ compresses
 
@@ -70,57 +101,120 @@ class RegenCompressor:
     def load(cls, folder: str | Path, **kw) -> "RegenCompressor":
         from docray.models import from_pretrained
 
-        return cls(from_pretrained(Path(folder).expanduser()), **kw)
+        folder = Path(folder).expanduser()
+        return cls(from_pretrained(folder), calibration=gatemod.Calibration.load(folder), **kw)
 
     @classmethod
     def from_source(cls, model_dir: str = "", untrained: str = "", file_types: str = "", seed: int = 0,
                     **kw) -> "RegenCompressor":
         """A trained folder (`model_dir`), else random weights of factory `untrained` (tests, demos),
-        else the model registry's latest 'regen'; `file_types`: a YAML path ('' -> packaged)."""
+        else the model registry's latest 'regen'; `file_types`: a YAML path ('' -> packaged). The
+        calibration is the folder's (or the registry version's) calibration.json, if any."""
         from docray.models import build_model, from_pretrained
 
         lib = load_file_types(file_types or None)
+        calibration = None
         if untrained:
             torch.manual_seed(seed)
             model = build_model(untrained)
         elif model_dir:
             model = from_pretrained(Path(model_dir).expanduser())
+            calibration = gatemod.Calibration.load(model_dir)
         else:  # the registry keeps a plain state dict (tied weights stored twice) and the build spec
+            from docray.storage.blobs import NotFound
             from docray.storage.registry import ModelRegistry
 
-            state, spec, _ = ModelRegistry().load("regen")
+            reg = ModelRegistry()
+            version = reg.latest("regen")
+            state, spec, _ = reg.load("regen", version)
             model = build_model(spec["name"], **spec.get("overrides", {}))
             try:
                 model.load_state_dict(state)
             except RuntimeError as e:  # saved by an earlier architecture (before field-by-field reading)
                 raise ValueError(f"the registry's latest 'regen' does not fit the current {spec['name']!r} "
                                  f"architecture; retrain it (python -m train_jobs.train_regen): {e}") from None
-        return cls(model, file_types=lib, **kw)
+            try:
+                calibration = gatemod.Calibration.from_json(reg.read_file("regen", gatemod.FILE, version))
+            except NotFound:
+                pass
+        return cls(model, file_types=lib, calibration=calibration, **kw)
+
+    def calibrate(self, docs: list[tuple], non_docs: list, **kw) -> dict:
+        """Fit the gate and the field confidence (`gate.calibrate`) and use them; returns the report."""
+        self.calibration, report = gatemod.calibrate(self, docs, non_docs, **kw)
+        return report
 
     # -- stages (each also a Serve deployment's body) ------------------------------------------
     def _pixels(self, images: list[Image.Image], size_hw=None) -> torch.Tensor:
         size_hw = size_hw or self.cfg.content_size
         return torch.stack([content_input(im, size_hw) for im in images]).to(self.device)
 
+    def type_outputs(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """(logits (b, n_types), pooled features (b, d)) of the type model on whole images."""
+        logits, feats = self.model.type_outputs(self._pixels(images))
+        return logits.float().cpu().numpy().astype(np.float64), feats.float().cpu().numpy().astype(np.float64)
+
+    def gate(self, images: list[Image.Image]) -> list[dict]:
+        """The document gate per image: {"passed", "type", "confidence", "calibrated", "reason", ...}."""
+        logits, feats = self.type_outputs(images)
+        if self.calibration is not None:
+            return self.calibration.gate(logits, feats, self.doc_types)
+        reason = "gate off (ungated): an uncalibrated model regenerates anyway" if self.ungated else UNCALIBRATED
+        return [{"passed": self.ungated, "type": self.doc_types[int(p.argmax())], "confidence": round(float(p.max()), 4),
+                 "calibrated": False, "reason": reason} for p in gatemod.softmax(logits)]
+
     def predict_types(self, images: list[Image.Image]) -> list[tuple[str, float]]:
-        probs = self.model.predict_type(self._pixels(images)).cpu()
-        return [(self.doc_types[int(p.argmax())], float(p.max())) for p in probs]
+        """(type, confidence: calibrated when the model is) per image."""
+        return [(d["type"], d["confidence"]) for d in self.gate(images)]
 
     def locate(self, images: list[Image.Image]) -> np.ndarray:
         """(b, 4, 2): each document's corners in its image's px (the content model's corner head)."""
         quads = self.model.predict_corners(self._pixels(images, self.cfg.corner_size)).cpu().numpy().astype(np.float64)
         return quads * np.array([[[im.width, im.height]] for im in images], np.float64)
 
-    def read_contents(self, images: list[Image.Image], doc_types: list[str] | None = None) -> list[str]:
+    @property
+    def field_threshold(self) -> float:
+        return self.calibration.field_threshold if self.calibration is not None else UNCALIBRATED_FIELD_THRESHOLD
+
+    def field_confidence(self, scores: np.ndarray) -> np.ndarray:
+        """Calibrated P(read right) per field from the reader's scores; uncalibrated: the raw
+        probability of the reading's least sure character."""
+        if self.calibration is not None:
+            return self.calibration.field_confidence(scores)
+        return np.exp(np.asarray(scores)[:, 1]) if len(scores) else np.zeros(0)
+
+    def read_fields(self, images: list[Image.Image], doc_types: list[str] | None = None) -> list[dict]:
         """The content, field by field: corners -> each value box of the type's template cut out as a
-        line -> the reader. `doc_types` default to what the type model sees."""
+        line -> the reader. Per image {"type", "quad" (4, 2), "fields": [{"name", "text",
+        "confidence"}], "scores": the reader's READ_SCORES}; `doc_types` default to the gate's."""
         if doc_types is None:
             doc_types = [t for t, _ in self.predict_types(images)]
+        quads = self.locate(images)
         crops = [fields.crop_lines(np.asarray(im.convert("RGB")), q, t, self.cfg.line_size)
-                 for im, q, t in zip(images, self.locate(images), doc_types)]
-        values = self.model.read_lines(line_input(np.concatenate(crops)).to(self.device))
-        ends = np.cumsum([len(c) for c in crops])
-        return [layout.join_content(values[e - len(c):e]) for c, e in zip(crops, ends)]
+                 for im, q, t in zip(images, quads, doc_types)]
+        texts, scores = self.model.read_scored(line_input(np.concatenate(crops)).to(self.device))
+        scores = scores.numpy().astype(np.float64)
+        conf, out, e = self.field_confidence(scores), [], 0
+        for t, q, c in zip(doc_types, quads, crops):
+            fs = [{"name": n, "text": texts[e + j], "confidence": round(float(conf[e + j]), 4)}
+                  for j, n in enumerate(layout.field_names(t))]
+            out.append({"type": t, "quad": q, "fields": fs, "scores": scores[e:e + len(c)]})
+            e += len(c)
+        return out
+
+    def read_contents(self, images: list[Image.Image], doc_types: list[str] | None = None) -> list[str]:
+        """The content strings (values joined by '|') of `read_fields`."""
+        return [layout.join_content([f["text"] for f in r["fields"]]) for r in self.read_fields(images, doc_types)]
+
+    def plan_fields(self, reading: dict) -> list[dict]:
+        """The reading's fields, each with `source`: "regenerated", or "pixels" below the confidence threshold."""
+        th, out = self.field_threshold, []
+        for f in reading["fields"]:
+            f = {**f, "source": "regenerated"}
+            if f["confidence"] < th:
+                f.update(source="pixels", reason=f"confidence {f['confidence']:.4f} below {th:.4f}")
+            out.append(f)
+        return out
 
     def generate(self, doc_types: list[str], contents: list[str]) -> list[Image.Image]:
         """Processed images (first size threshold) for (type, content) pairs, glyph layer composited."""
@@ -168,28 +262,103 @@ class RegenCompressor:
             processed, split = portraits.paste_portrait(processed, face, split, s)
         return processed, split
 
+    def round_trip(self, processed: Image.Image, doc_type: str, fs: list[dict]) -> list[dict]:
+        """The content model re-reads the processed image (a flat frame: its corners are known); a
+        regenerated field read back otherwise than at first is marked "pixels"."""
+        lines = fields.crop_lines(np.asarray(processed.convert("RGB")), fields.frame_quad(doc_type, processed.size),
+                                  doc_type, self.cfg.line_size)
+        again = self.model.read_lines(line_input(lines).to(self.device))
+        return [{**f, "source": "pixels", "reason": f"round trip: the regenerated image reads {r!r}"}
+                if f["source"] == "regenerated" and r != f["text"] else f for f, r in zip(fs, again)]
+
+    def keep_pixels(self, processed: Image.Image, original: Image.Image, quad, doc_type: str,
+                    fs: list[dict]) -> Image.Image:
+        """The fields marked "pixels" get the original's pixels (warped through the document's corners)
+        inside their value box, widened to any glyphs drawn there: a hybrid image."""
+        size, keep = processed.size, [k for k, f in enumerate(fs) if f["source"] == "pixels"]
+        if not keep:
+            return processed
+        orig = fields.original_in_frame(np.asarray(original.convert("RGB")), quad, doc_type, size)
+        out, boxes = np.array(processed.convert("RGB")), fields.frame_boxes(doc_type, size)
+        for k in keep:
+            b, g = boxes[k], layout.value_extent(doc_type, k, fs[k]["text"], size)
+            x0, y0, x1, y1 = portraits.clip([min(b[0], g[0]) - 1, min(b[1], g[1]) - 1, max(b[2], g[2]) + 1,
+                                             max(b[3], g[3]) + 1], *size)
+            out[y0:y1, x0:x1] = orig[y0:y1, x0:x1]
+        return Image.fromarray(out)
+
+    def hybrid(self, processed: Image.Image, original: Image.Image, quad, doc_type: str, fs: list[dict]):
+        """Round trip, then the original's pixels for every untrusted field: (image, fields)."""
+        fs = self.round_trip(processed, doc_type, fs)
+        return self.keep_pixels(processed, original, quad, doc_type, fs), fs
+
     # -- the whole flow ------------------------------------------------------------------------
-    def assemble(self, data: bytes, img: Image.Image, doc_type: str, score: float, content: str,
-                 processed: Image.Image, face, split, seals) -> dict:
-        """The result dict (processed PNG, attachments as (kind, bytes, meta) in `_attachments`)."""
+    @staticmethod
+    def _result(data: bytes, gate: dict, image: Image.Image, **kw) -> dict:
+        out = {"method": "regen", "reason": None, "gate": gate, "type": None, "type_score": None, "content": None,
+               "fields": [], "_image": image, "processed": None, "compressed": None, "quality": None, "split": None,
+               "seals": [], "_attachments": [], "attachments": [], "provenance": None,
+               "sizes": {"original": len(data), "processed": None, "compressed": None}}
+        out.update(kw)
+        return out
+
+    def assemble(self, data: bytes, img: Image.Image, gate: dict, fs: list[dict], processed: Image.Image, face, split,
+                 seals) -> dict:
+        """The regen result (the processed image in `_image`, attachments as (kind, bytes, meta) in
+        `_attachments`); `deliver` stamps, compresses and stores it."""
         attachments = [("seal", _png(sealmod.crop_seal(img, s)), s.as_dict()) for s in seals]
         if face is not None:
             attachments.insert(0, ("portrait", _png(face), {"box": split["position"], "fill": split["fill"]}))
-        out = {"type": doc_type, "type_score": round(float(score), 4), "content": content,
-               "fields": dict(zip(layout.field_names(doc_type), layout.split_content(content, doc_type))),
-               "processed": _png(processed), "compressed": None, "quality": None, "split": split,
-               "seals": [s.as_dict() for s in seals], "_attachments": attachments,
-               "attachments": [{"kind": k, "bytes": len(b), **m} for k, b, m in attachments]}
-        out["sizes"] = {"original": len(data), "processed": len(out["processed"]), "compressed": None}
+        return self._result(data, gate, processed, type=gate["type"], type_score=gate["confidence"],
+                            content=layout.join_content([f["text"] for f in fs]), fields=fs, split=split,
+                            seals=[s.as_dict() for s in seals], _attachments=attachments,
+                            attachments=[{"kind": k, "bytes": len(b), **m} for k, b, m in attachments])
+
+    def codec_file_type(self) -> FileType:
+        """The codec path's entry: the library's `default`, else its strictest type (fewest bytes)."""
+        return self.lib.default or min(self.lib.types.values(), key=lambda f: (f.second.bytes, f.second.width * f.second.height))
+
+    def codec(self, data: bytes, img: Image.Image, gate: dict) -> dict:
+        """The codec path: nothing regenerated; the original fitted inside the first threshold."""
+        w, h = fit_size(img.width, img.height, self.lib.first.width, self.lib.first.height)
+        fitted = img.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
+        return self._result(data, gate, fitted, method="codec", reason=gate["reason"])
+
+    def deliver(self, out: dict, data: bytes, mode: str, repo=None, meta: dict | None = None) -> dict:
+        """The record id first (when storing), so the provenance stamped into a regenerated image names
+        it; then the processed PNG, server-mode compression (stamp included in the byte limit) and the record."""
+        from docray.storage.repository import new_record_id
+
+        rid = new_record_id() if repo is not None else None
+        stamp = provenance.stamp(rid, out["fields"]) if out["method"] == "regen" else None
+        image = out.pop("_image")
+        out["provenance"] = stamp
+        out["processed"] = provenance.encode_png(image, stamp)
+        out["sizes"]["processed"] = len(out["processed"])
+        if mode == "server":
+            ft = self.lib.get(out["type"]) if out["method"] == "regen" else self.codec_file_type()
+            c = compress_for_type(image, ft, stamp)
+            out.update(compressed=c.data, quality=c.quality, format=c.format)
+            out["sizes"]["compressed"] = len(c.data)
+        if repo is not None:
+            out["record_id"] = self.store(repo, data, out, mode, meta, record_id=rid)
         return out
 
     @staticmethod
-    def store(repo, data: bytes, out: dict, mode: str, meta: dict | None = None) -> str:
+    def store(repo, data: bytes, out: dict, mode: str, meta: dict | None = None, record_id: str | None = None) -> str:
         """One record: original, processed, compressed (server mode) and attachments, one-to-one."""
+        keep = ("content", "type_score", "quality", "method", "reason", "gate", "fields", "provenance")
         return repo.add(data, processed=out["processed"], compressed=out["compressed"], attachments=out["_attachments"],
-                        doc_type=out["type"], split=out["split"],
-                        meta={"content": out["content"], "mode": mode, "type_score": out["type_score"],
-                              "quality": out["quality"], **(meta or {})})
+                        doc_type=out["type"], split=out["split"], record_id=record_id,
+                        meta={"mode": mode, **{k: out[k] for k in keep}, **(meta or {})})
+
+    @staticmethod
+    def response(out: dict, mode: str) -> dict:
+        """The HTTP answer: PUBLIC keys and the image of the mode (`compressed` or `processed`) with its format."""
+        key = "compressed" if mode == "server" else "processed"
+        body = {k: out.get(k) for k in (*PUBLIC, key)}
+        body["format"] = out.get("format", "png") if mode == "server" else "png"
+        return body
 
     def run(self, data: bytes, mode: str = "server", repo=None, meta: dict | None = None) -> dict:
         """One upload through every step; stores a record when `repo` is given."""
@@ -197,33 +366,34 @@ class RegenCompressor:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         img = decode_image(data)
         self.lib.check_original(img.width, img.height, len(data))
-        rest, face, split = self.split(img)
+        g = self.gate([img])[0]
+        if not g["passed"]:
+            return self.deliver(self.codec(data, img, g), data, mode, repo, meta)
+        doc_type = g["type"]
+        rest, face, split = self.split_at(img, self.portrait_box(img, doc_type))
         seals = self.find_seals(img, split)
-        doc_type, score = self.predict_types([rest])[0]
-        content = self.read_contents([rest], [doc_type])[0]
-        processed = self.generate([doc_type], [content])[0]
+        reading = self.read_fields([rest], [doc_type])[0]
+        fs = self.plan_fields(reading)
+        processed = self.generate([doc_type], [regen_content(fs)])[0]
         processed, split = self.finish(processed, rest, face, split, seals, img)
-        out = self.assemble(data, img, doc_type, score, content, processed, face, split, seals)
-        if mode == "server":
-            c = compress_for_type(processed, self.lib.get(doc_type))
-            out.update(compressed=c.data, quality=c.quality, format=c.format)
-            out["sizes"]["compressed"] = len(c.data)
-        if repo is not None:
-            out["record_id"] = self.store(repo, data, out, mode, meta)
-        return out
+        processed, fs = self.hybrid(processed, img, reading["quad"], doc_type, fs)
+        out = self.assemble(data, img, g, fs, processed, face, split, seals)
+        return self.deliver(out, data, mode, repo, meta)
 
     # -- batch predictor (Ray Data) ------------------------------------------------------------
     def __call__(self, batch: dict) -> dict:
-        """{'image': bytes[]} -> adds type, content, compressed, quality, bytes_in, bytes_out, error
-        (a row that cannot be compressed, e.g. not an image or below the first threshold, gets its
-        error and no output); records go to `self.repo` when one is set."""
-        cols = {k: [] for k in ("type", "content", "compressed", "quality", "bytes_in", "bytes_out", "record_id", "error")}
+        """{'image': bytes[]} -> adds method, type, content, compressed, quality, bytes_in, bytes_out,
+        error (a row that cannot be compressed, e.g. not an image or below the first threshold, gets
+        its error and no output); records go to `self.repo` when one is set."""
+        cols = {k: [] for k in ("method", "type", "content", "compressed", "quality", "bytes_in", "bytes_out",
+                                "record_id", "error")}
         for b in batch["image"]:
             data = bytes(b)
             try:
                 o = self.run(data, mode="server", repo=self.repo)
-                row = {"type": o["type"], "content": o["content"], "compressed": o["compressed"], "quality": o["quality"],
-                       "bytes_out": len(o["compressed"]), "record_id": o.get("record_id"), "error": None}
+                row = {"method": o["method"], "type": o["type"], "content": o["content"], "compressed": o["compressed"],
+                       "quality": o["quality"], "bytes_out": len(o["compressed"]), "record_id": o.get("record_id"),
+                       "error": None}
             except (ValueError, KeyError) as e:  # ImageDecodeError and ThresholdError are ValueErrors
                 row = dict.fromkeys(cols, None) | {"error": f"{type(e).__name__}: {e}"}
             row["bytes_in"] = len(data)
@@ -238,7 +408,7 @@ class ArchivePredictor(RegenCompressor):
     def __init__(self, model_dir: str = "", untrained: str = "", file_types: str = "", store: bool = False,
                  repository_url: str = "", blob_root: str = "", fill: str = "background"):
         src = RegenCompressor.from_source(model_dir, untrained, file_types, fill=fill)
-        super().__init__(src.model, file_types=src.lib, fill=fill)
+        super().__init__(src.model, file_types=src.lib, fill=fill, calibration=src.calibration)
         if store:
             from docray.storage.repository import ImageRepository
 

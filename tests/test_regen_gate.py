@@ -1,0 +1,157 @@
+"""Issue 17, item 1: the document gate. A tiny type model trained for seconds, calibrated on its own
+split of documents and generated non-documents; known documents pass, the rest take the codec path."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from docray.compression import gate as G
+from docray.compression.file_types import load_file_types
+from docray.compression.nondocs import FAMILIES, non_document, non_documents
+from docray.compression.pipeline import UNCALIBRATED, RegenCompressor
+from docray.compression.provenance import read_provenance
+from docray.models import build_model, save_pretrained
+from tests.test_compression_models import TINY_LIB
+
+SIZE = (256, 160)  # captures; the tiny models' first threshold is 96x64
+LIB = {**TINY_LIB, "default": {"base": 70, "format": "webp", "second": {"width": 96, "height": 64, "bytes": 2000}}}
+
+
+def examples(start: int, n: int, flat_every: int = 4) -> list[tuple]:
+    """(image, type, field values) of synthetic documents rows start.., plus every flat_every-th clean render."""
+    from docray.compression import layout
+    from docray.imageio import decode_image
+    from docray.synth import generate
+
+    out = []
+    for i, r in enumerate(generate("documents", start, start + n, seed=0, size=SIZE, n_angles=0).to_pylist()):
+        texts = {f["name"]: f["text"] for f in r["clean_fields"]}
+        values = [texts.get(k, "") for k in layout.field_names(r["doc_type_name"])]
+        out.append((decode_image(r["image"]), r["doc_type_name"], values))
+        if i % flat_every == 0:
+            out.append((decode_image(r["clean"]), r["doc_type_name"], values))
+    return out
+
+
+def png(img: Image.Image) -> bytes:
+    """Stored, not deflated: above the first threshold's bytes even for a smooth image."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=0)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def rc():
+    """regen_tiny whose type model trained 300 steps on 200 documents (~15 s), calibrated on rows
+    200000.. and 250 calibration-split non-documents (the reader is untrained: no field is trusted)."""
+    from docray.compression import layout
+    from docray.compression.data import content_input
+
+    torch.manual_seed(0)
+    model = build_model("regen_tiny")
+    train = examples(0, 160)
+    x = torch.stack([content_input(im, model.cfg.content_size) for im, _, _ in train])
+    y = torch.tensor([layout.type_index(t) for _, t, _ in train])
+    opt, g = torch.optim.AdamW(model.type_model.parameters(), lr=3e-3), torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(300):
+        idx = torch.randint(len(x), (32,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model.type_model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    rc = RegenCompressor(model, file_types=load_file_types(LIB))
+    negs = non_documents(250, "calibration", SIZE)
+    rc.report = rc.calibrate(examples(200_000, 160), negs, families=[FAMILIES[k % 5] for k in range(250)])
+    return rc
+
+
+def test_calibration_chooses_an_ood_score_by_measurement_and_is_saved_with_the_model(rc, tmp_path):
+    rep = rc.report
+    assert set(rep["ood_auroc_heldout_half"]) == set(G.OOD_SCORES)
+    assert rep["ood_chosen"] == max(rep["ood_auroc_heldout_half"], key=rep["ood_auroc_heldout_half"].get)
+    assert rep["non_documents_passing"] == 0 and rep["documents_passing"] > 0
+    assert rep["type_ece_calibrated"] <= rep["type_ece_raw"] + 0.02 and rep["temperature"] > 0
+    assert rep["n_fields"] > 100 and rep["fields_read_right"] == 0  # the untrained reader
+    assert np.isinf(rc.calibration.field_threshold)  # so no field would be retyped
+    save_pretrained(rc.model, tmp_path / "m")
+    rc.calibration.save(tmp_path / "m")
+    again = RegenCompressor.load(tmp_path / "m", file_types=load_file_types(LIB))
+    assert again.calibration == rc.calibration
+    imgs = [non_document("noise", 0, "evaluation", SIZE)]
+    assert again.gate(imgs) == rc.gate(imgs)
+
+
+def test_known_documents_pass_and_are_regenerated(rc):
+    held = examples(100_000, 12, flat_every=10**9)  # held-out rows, never trained or calibrated on
+    decisions = rc.gate([im for im, _, _ in held])
+    passed = [(d, h) for d, h in zip(decisions, held) if d["passed"]]
+    assert passed, [(d["ood_score"], d["confidence"]) for d in decisions]
+    d, (img, doc_type, _) = passed[0]
+    assert d["type"] == doc_type and d["calibrated"] and d["reason"] is None
+    out = rc.run(png(img), mode="server")
+    assert out["method"] == "regen" and out["reason"] is None and out["type"] == doc_type
+    assert all(f["source"] == "pixels" for f in out["fields"])  # the untrained reader: kept as the original's pixels
+    assert read_provenance(out["compressed"])["image"] == "regenerated-hybrid"
+
+
+def _sklearn_samples() -> list[Image.Image]:
+    from sklearn.datasets import load_sample_images  # never calibrated on: independent non-documents
+
+    return [Image.fromarray(a) for a in load_sample_images().images]
+
+
+def _skimage_samples() -> list[Image.Image]:
+    data = pytest.importorskip("skimage.data")
+    return [Image.fromarray(f()).convert("RGB") for f in (data.astronaut, data.coffee, data.chelsea, data.camera)]
+
+
+@pytest.mark.parametrize("source", ["noise", "texture", "shapes", "sklearn", "skimage"])
+def test_non_documents_take_the_codec_path(rc, source):
+    if source == "sklearn":
+        imgs = _sklearn_samples()
+    elif source == "skimage":
+        imgs = _skimage_samples()
+    else:  # the evaluation split: other seeds than the calibration's
+        imgs = [non_document(source, i, "evaluation", SIZE) for i in range(4)]
+    for img in imgs:
+        out = rc.run(png(img), mode="server")
+        assert out["method"] == "codec" and "not a known document" in out["reason"], out["gate"]
+        assert out["type"] is None and out["fields"] == [] and out["provenance"] is None
+        ft = rc.codec_file_type()  # the library's default entry, its byte guarantee
+        c = Image.open(io.BytesIO(out["compressed"]))
+        assert len(out["compressed"]) <= ft.second.bytes and c.format == "WEBP" and c.size[0] <= ft.second.width
+        assert read_provenance(out["compressed"]) is None  # not regenerated: no stamp
+
+
+def test_an_uncalibrated_model_takes_the_codec_path(tmp_path):
+    from docray.storage.repository import ImageRepository
+
+    torch.manual_seed(0)
+    rc = RegenCompressor(build_model("regen_tiny"), file_types=load_file_types(TINY_LIB))  # no default entry
+    doc = examples(0, 1, flat_every=10**9)[0][0]
+    repo = ImageRepository(url=f"sqlite:///{tmp_path}/r.db", blob_root=str(tmp_path / "b"))
+    out = rc.run(png(doc), mode="server", repo=repo)
+    assert out["method"] == "codec" and out["reason"] == UNCALIBRATED and out["gate"]["calibrated"] is False
+    assert len(out["compressed"]) <= 2500  # no default: the strictest entry
+    rec = repo.record(out["record_id"])
+    assert rec["doc_type"] is None and rec["meta"]["method"] == "codec" and rec["meta"]["reason"] == UNCALIBRATED
+    split = rc.run(png(doc), mode="split")  # the terminal compresses the original, fitted inside the first threshold
+    assert split["method"] == "codec" and Image.open(io.BytesIO(split["processed"])).size == (96, 60)
+    body = rc.response(out, "server")
+    assert body["method"] == "codec" and "compressed" in body and "processed" not in body
+
+
+def test_gate_pieces():
+    assert G.auroc([2, 3], [0, 1]) == 1 and G.auroc([0], [0]) == 0.5
+    logits = np.array([[4.0, 0.0], [0.0, 4.0], [3.0, 0.0], [0.0, 1.0]])
+    t = G.fit_temperature(logits, np.array([0, 1, 1, 1]))  # overconfident on a mistake: a temperature above 1
+    assert t > 1
+    conf, ok = np.array([0.99, 0.9, 0.8, 0.7]), np.array([True, True, False, True])
+    assert G.lowest_threshold(conf, ok, 0.0) == 0.9 and G.lowest_threshold(conf, ok, 0.25) == 0.7
+    assert np.isinf(G.lowest_threshold(conf[2:3], ok[2:3], 0.0))

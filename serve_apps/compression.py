@@ -9,9 +9,13 @@
     curl -H "Authorization: Bearer $ADMIN" localhost:8000/v1/repository/<id>/original -o o.png
 
 Composed deployments (the gateway calls `Compression`, which holds handles to the three others):
-`TypeModel` and `ContentModel` run in parallel on the document without its portrait (both calls are
-sent before either is awaited), then `Generator` renders the processed image, then `Compression`
-pastes the portrait and seals back, compresses per type (server mode) and stores the record.
+`TypeModel` is the document gate on the whole capture (not a known document, an unsure type or an
+uncalibrated model: the codec path, `method: "codec"` and its `reason`); `ContentModel` reads the
+document without its portrait as the gate's type, each field with a confidence; `Generator` renders
+the processed image from the confident fields; `Compression` pastes the portrait and seals back,
+re-reads the result (the round trip, with its own copy of the reader) and keeps the original's
+pixels for every untrusted field, stamps the provenance, compresses per type (server mode) and
+stores the record (`RegenCompressor.run` is the same flow in one process).
 Model calls are `@serve.batch`ed across requests. Split mode returns the processed image and its
 type; the terminal compresses it with `docray.client.compress_on_terminal` and the library from
 `GET /v1/file-types`. The library is one file (`file_types`, default DOCRAY_HOME/compression/
@@ -48,6 +52,8 @@ class CompressionAppConfig(Config):
     repository_url: str = Field("", description="image repository DB URL ('' -> DOCRAY_DB_URL or SQLite)")
     blob_root: str = Field("", description="blob root ('' -> DOCRAY_BLOB_ROOT or DOCRAY_HOME/repository/blobs)")
     seed: int = 0
+    ungated: bool = Field(False, description="regenerate even with an uncalibrated model (tests, demos); "
+                          "false: an uncalibrated model answers every upload by the codec path")
 
 
 def file_types_path(cfg: CompressionAppConfig) -> Path:
@@ -91,7 +97,7 @@ def load_compressor(cfg: CompressionAppConfig):
 
     lib = file_types_path(cfg)
     return RegenCompressor.from_source(cfg.model_dir, cfg.untrained, str(lib) if lib.exists() else "", cfg.seed, fill=cfg.fill,
-                                       steps=cfg.steps, composite_seals=cfg.composite_seals)
+                                       steps=cfg.steps, composite_seals=cfg.composite_seals, ungated=cfg.ungated)
 
 
 class _ModelStage:
@@ -110,9 +116,10 @@ class TypeModel(_ModelStage):
     batched = "classify"
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def classify(self, images: list) -> list[tuple[str, float]]:
+    async def classify(self, images: list) -> list[dict]:
+        """The document gate per image (`RegenCompressor.gate`)."""
         record_batch("TypeModel", len(images))
-        return self.rc.predict_types(images)
+        return self.rc.gate(images)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
@@ -120,9 +127,10 @@ class ContentModel(_ModelStage):
     batched = "read"
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def read(self, images: list) -> list[str]:
-        record_batch("ContentModel", len(images))
-        return self.rc.read_contents(images)
+    async def read(self, requests: list[tuple]) -> list[dict]:
+        """(image, document type) -> its fields with their confidences (`RegenCompressor.read_fields`)."""
+        record_batch("ContentModel", len(requests))
+        return self.rc.read_fields([im for im, _ in requests], [t for _, t in requests])
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
@@ -148,8 +156,7 @@ class Compression:
 
     async def compress(self, data: bytes, mode: str) -> dict:
         """The composed flow; mirrors `RegenCompressor.run` with the model calls on other replicas."""
-        from docray.compression import layout
-        from docray.compression.quality import compress_for_type
+        from docray.compression.pipeline import regen_content
 
         rc = self.rc
         rc.lib = lib = self.file_types.get()  # an admin may have edited it
@@ -158,26 +165,22 @@ class Compression:
             lib.check_original(img.width, img.height, len(data))
         except ThresholdError as e:
             raise ApiError(422, "below_first_threshold", str(e)) from None
-        hint, _ = await self.type_model.classify.remote(img)
-        box = await asyncio.to_thread(rc.portrait_box, img, hint)
-        rest, face, split = await asyncio.to_thread(rc.split_at, img, box)
-        seals = await asyncio.to_thread(rc.find_seals, img, split)
-        type_ref, content_ref = self.type_model.classify.remote(rest), self.content_model.read.remote(rest)
-        (doc_type, score), content = await type_ref, await content_ref  # both ran in parallel
-        processed = await self.generator.generate.remote((doc_type, content))
-        processed, split = await asyncio.to_thread(rc.finish, processed, rest, face, split, seals, img)
-        out = rc.assemble(data, img, doc_type, score, content, processed, face, split, seals)
-        if mode == "server":
-            c = await asyncio.to_thread(compress_for_type, processed, lib.get(doc_type))
-            out.update(compressed=c.data, quality=c.quality, format=c.format)
-            out["sizes"]["compressed"] = len(c.data)
-        out["record_id"] = await asyncio.to_thread(rc.store, self.repo, data, out, mode)
-        out["fields"] = dict(zip(layout.field_names(doc_type), layout.split_content(content, doc_type)))
-        key = "compressed" if mode == "server" else "processed"
-        body = {k: out[k] for k in ("record_id", "type", "type_score", "content", "fields", "split", "seals",
-                                    "attachments", "sizes", "quality", key)}
-        body["format"] = out.get("format", "png") if mode == "server" else "png"
-        return body  # the gateway base64-encodes the image bytes
+        gate = await self.type_model.classify.remote(img)
+        if not gate["passed"]:
+            out = rc.codec(data, img, gate)
+        else:
+            doc_type = gate["type"]
+            box = await asyncio.to_thread(rc.portrait_box, img, doc_type)
+            rest, face, split = await asyncio.to_thread(rc.split_at, img, box)
+            seals = await asyncio.to_thread(rc.find_seals, img, split)
+            reading = await self.content_model.read.remote((rest, doc_type))
+            fs = rc.plan_fields(reading)
+            processed = await self.generator.generate.remote((doc_type, regen_content(fs)))
+            processed, split = await asyncio.to_thread(rc.finish, processed, rest, face, split, seals, img)
+            processed, fs = await asyncio.to_thread(rc.hybrid, processed, img, reading["quad"], doc_type, fs)
+            out = rc.assemble(data, img, gate, fs, processed, face, split, seals)
+        out = await asyncio.to_thread(rc.deliver, out, data, mode, self.repo)
+        return rc.response(out, mode)  # the gateway base64-encodes the image bytes
 
     async def repository(self, record_id: str, which: str, role: str) -> tuple[bytes, str]:
         """(image bytes, media type); `role` was checked by the gateway, the repository checks it again."""

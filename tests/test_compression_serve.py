@@ -9,6 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from docray.compression.provenance import read_provenance
 from tests.test_compression_models import TINY_LIB
 
 
@@ -39,7 +40,7 @@ def app_url(ray_cluster, tmp_path_factory):
     d = tmp_path_factory.mktemp("compression-app")
     (d / "lib.yaml").write_text(yaml.safe_dump(TINY_LIB))
     cfg = compression.CompressionAppConfig(untrained="regen_tiny", file_types=str(d / "lib.yaml"), repository_url=f"sqlite:///{d}/r.db",
-                               blob_root=str(d / "blobs"), steps=1)
+                               blob_root=str(d / "blobs"), steps=1, ungated=True)  # uncalibrated: regenerates anyway
     env = {"runtime_env": {"env_vars": {"DOCRAY_API_KEYS": "ukey=user,akey=admin"}}, "num_cpus": 0.25}
     app = Gateway.options(ray_actor_options=env).bind({"compression": cfg.model_dump(), "max_request_bytes": 1_000_000},
                                                            compression=compression.backend(cfg))
@@ -65,6 +66,9 @@ def test_compress_split_file_types_and_repository_roles(app_url):
         data = base64.b64decode(body["compressed"])
         assert len(data) <= 2500 and body["sizes"]["compressed"] == len(data) and body["type"] in TINY_LIB["types"]
         rid = body["record_id"]
+        assert body["method"] == "regen" and body["gate"]["calibrated"] is False and body["provenance"]["record_id"] == rid
+        assert read_provenance(data) == body["provenance"]  # the file itself says it was regenerated, and which record
+        assert {f["source"] for f in body["fields"]} <= {"regenerated", "pixels"} and len(body["fields"]) >= 5
         assert c.get(f"{app_url}/v1/repository/{rid}/compressed", headers=user).content == data
         assert c.get(f"{app_url}/v1/repository/{rid}/original", headers=user).status_code == 403
         assert c.get(f"{app_url}/v1/repository/{rid}/original", headers=admin).content == png

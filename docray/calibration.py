@@ -4,6 +4,7 @@
     op.threshold, op.tpr, op.fpr                      # the lowest threshold whose FPR <= max_fpr
 
     docray calibrate screening PICTURES [--max-fpr 0.005]    # a user's held-out pictures (targets contract)
+    docray calibrate regen [MODEL] [--documents PARQUET]      # regen's document gate and field confidence
 
 A score at or above the threshold is a positive decision (a match, a known document, the same
 person). The threshold is the lowest one whose false-positive rate on the negatives stays at or
@@ -79,3 +80,69 @@ def screening(pictures, descriptor, max_fpr, queries, seed, as_json) -> None:
     else:
         click.echo(f"screening: {op.line()}")
         click.echo(f"use it: --set threshold={op.threshold:.4f} (ScreenConfig.threshold; configs/serve/screening.yaml)")
+
+
+@calibrate.command("regen")
+@click.argument("model", default="registry:regen")
+@click.option("--documents", default="", help="calibration documents: a Parquet dataset of the documents contract "
+              "(image, doc_type_name, clean_fields; clean optional), local or s3://; '' -> synthetic rows from --start")
+@click.option("--n-docs", type=int, default=400, show_default=True, help="synthetic calibration documents")
+@click.option("--start", type=int, default=200_000, show_default=True,
+              help="first synthetic row (training draws rows 0..n_train, benchmarks 100000..)")
+@click.option("--size", default="384x240", show_default=True, help="synthetic captures' WxH (train_regen's original_size)")
+@click.option("--non-docs", type=int, default=500, show_default=True, help="generated non-documents (calibration split)")
+@click.option("--file-types", default="", help="file-type library YAML ('' -> packaged; its first threshold = the model's size)")
+@click.option("--max-wrong", type=float, default=0.005, show_default=True, help="wrong fields allowed among regenerated ones")
+@click.option("--doc-tpr", type=float, default=0.99, show_default=True, help="share of documents the OOD threshold keeps")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong, doc_tpr, as_json) -> None:
+    """Regen compression's document gate and per-field confidence for MODEL (registry:NAME[:VERSION]
+    or a saved model folder), fitted on calibration documents and generated non-documents; written
+    as calibration.json beside the weights. Until then the model regenerates nothing.
+
+    Example: docray calibrate regen registry:regen --n-docs 400 --non-docs 500
+    """
+    from docray.compression import gate
+    from docray.compression.file_types import load_file_types
+    from docray.compression.nondocs import FAMILIES, non_documents
+    from docray.compression.pipeline import RegenCompressor
+
+    w, h = (int(v) for v in size.lower().split("x"))
+    lib = load_file_types(file_types or None)
+    if model == "registry:regen":  # the registry's latest version (what serving loads)
+        from docray.storage.registry import ModelRegistry
+
+        reg = ModelRegistry()
+        folder, rc = reg.path("regen"), RegenCompressor.from_source(file_types=file_types)
+    elif model.startswith("registry:"):
+        raise click.BadParameter("registry:regen (its latest version) or a model folder", param_hint="MODEL")
+    else:
+        folder, rc = model, RegenCompressor.load(model, file_types=lib)
+    if documents:
+        from docray.storage.datasets import read_table
+
+        rows = read_table(documents, columns=None).to_pylist()
+    else:
+        from docray.synth import generate
+
+        rows = generate("documents", start, start + n_docs, seed=0, size=(w, h), n_angles=0).to_pylist()
+    negs = non_documents(non_docs, "calibration", (w, h))
+    report = rc.calibrate(gate.documents(rows), negs, families=[FAMILIES[k % len(FAMILIES)] for k in range(non_docs)],
+                          doc_tpr=doc_tpr, max_wrong=max_wrong)
+    data = rc.calibration.to_json()
+    if model == "registry:regen":
+        reg.fs.pipe_file(f"{folder}/{gate.FILE}", data.encode())
+    else:
+        rc.calibration.save(folder)
+    if as_json:
+        click.echo(json.dumps({"method": "regen", "model": str(folder), **report}))
+        return
+    click.echo(f"regen calibration of {folder} on {report['n_documents']} documents, {report['n_non_documents']} non-documents")
+    click.echo(f"  OOD score AUROC on a held-out half: {report['ood_auroc_heldout_half']} -> {report['ood_chosen']}")
+    click.echo(f"  temperature {report['temperature']}; type ECE {report['type_ece_raw']} -> {report['type_ece_calibrated']}")
+    click.echo(f"  gate: {report['documents_passing']:.1%} of documents pass, {report['non_documents_passing']} "
+               f"non-documents pass {report['non_documents_passing_by_family']}")
+    click.echo(f"  fields: {report['n_fields']} read, {report['fields_read_right']} right; threshold "
+               f"{report['field_threshold']}: {report['fields_regenerated_share']} regenerated, "
+               f"{report['regenerated_fields_wrong']} of those wrong")
+    click.echo(f"written: {folder}/{gate.FILE}")

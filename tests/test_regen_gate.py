@@ -23,18 +23,9 @@ LIB = {**TINY_LIB, "default": {"base": 70, "format": "webp", "second": {"width":
 
 def examples(start: int, n: int, flat_every: int = 4) -> list[tuple]:
     """(image, type, field values) of synthetic documents rows start.., plus every flat_every-th clean render."""
-    from docray.compression import layout
-    from docray.imageio import decode_image
     from docray.synth import generate
 
-    out = []
-    for i, r in enumerate(generate("documents", start, start + n, seed=0, size=SIZE, n_angles=0).to_pylist()):
-        texts = {f["name"]: f["text"] for f in r["clean_fields"]}
-        values = [texts.get(k, "") for k in layout.field_names(r["doc_type_name"])]
-        out.append((decode_image(r["image"]), r["doc_type_name"], values))
-        if i % flat_every == 0:
-            out.append((decode_image(r["clean"]), r["doc_type_name"], values))
-    return out
+    return G.documents(generate("documents", start, start + n, seed=0, size=SIZE, n_angles=0).to_pylist(), flat_every)
 
 
 def png(img: Image.Image) -> bytes:
@@ -155,3 +146,24 @@ def test_gate_pieces():
     conf, ok = np.array([0.99, 0.9, 0.8, 0.7]), np.array([True, True, False, True])
     assert G.lowest_threshold(conf, ok, 0.0) == 0.9 and G.lowest_threshold(conf, ok, 0.25) == 0.7
     assert np.isinf(G.lowest_threshold(conf[2:3], ok[2:3], 0.0))
+
+
+def test_calibrate_command_writes_beside_the_weights(tmp_path):
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from docray.calibration import calibrate
+
+    torch.manual_seed(0)
+    save_pretrained(build_model("regen_tiny"), tmp_path / "m")
+    (tmp_path / "lib.yaml").write_text(yaml.safe_dump(LIB))
+    args = ["regen", str(tmp_path / "m"), "--n-docs", "12", "--non-docs", "20", "--size", "256x160",
+            "--file-types", str(tmp_path / "lib.yaml"), "--json"]
+    res = CliRunner().invoke(calibrate, args)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output.strip().splitlines()[-1])
+    assert rep["n_non_documents"] == 20 and rep["ood_chosen"] in G.OOD_SCORES and rep["non_documents_passing"] == 0
+    assert RegenCompressor.load(tmp_path / "m", file_types=load_file_types(LIB)).calibration.report == \
+        {k: v for k, v in rep.items() if k not in ("method", "model")}

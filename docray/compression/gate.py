@@ -177,9 +177,12 @@ class Calibration:
         return 1 / (1 + np.exp(-(x @ w[:-1] + w[-1])))
 
     # -- storage -------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
     def save(self, folder: str | Path) -> Path:
         path = Path(folder).expanduser() / FILE
-        path.write_text(json.dumps(asdict(self)))
+        path.write_text(self.to_json())
         return path
 
     @classmethod
@@ -199,6 +202,23 @@ def _fit_ood(logits, feats, labels) -> tuple[float, np.ndarray, np.ndarray, np.n
     t = fit_temperature(logits, labels)
     means, precision = fit_gaussians(feats, labels)
     return t, means, precision, np.unique(labels)
+
+
+def documents(rows, flat_every: int = 4) -> list[tuple]:
+    """Rows of the documents contract (`image`, `doc_type_name`, `clean_fields`; `clean` optional) ->
+    (image, type, values in template order) for `calibrate`; every `flat_every`-th row's flat `clean`
+    render is added too (a scanner's flat page is a known document as well)."""
+    from docray.compression import layout
+    from docray.imageio import decode_image
+
+    out = []
+    for i, r in enumerate(rows):
+        texts = {f["name"]: f["text"] for f in r["clean_fields"]}
+        values = [texts.get(n, "") for n in layout.field_names(r["doc_type_name"])]
+        out.append((decode_image(r["image"]), r["doc_type_name"], values))
+        if r.get("clean") and i % flat_every == 0:
+            out.append((decode_image(r["clean"]), r["doc_type_name"], values))
+    return out
 
 
 def _read_right(reading: dict, doc_type: str, values: list[str]) -> list[bool]:

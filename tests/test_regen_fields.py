@@ -76,6 +76,10 @@ def test_a_low_confidence_field_keeps_the_original_pixels(rc, row):
     assert np.array_equal(kept, _original_box(row, 1, size))  # the original's pixels, exactly
     assert not np.array_equal(_box_pixels(out["processed"], row["doc_type_name"], 0), _original_box(row, 0, size))
     assert out["provenance"]["image"] == "regenerated-hybrid" and out["provenance"]["pixel_fields"] == [out["fields"][1]["name"]]
+    from docray.client import compress_on_terminal
+
+    terminal = compress_on_terminal(out["processed"], out["type"], TINY_LIB)  # split mode: the terminal's file
+    assert len(terminal) <= 2500 and P.read_provenance(terminal) == out["provenance"]
 
 
 def test_a_round_trip_disagreement_keeps_the_original_pixels(rc, row):

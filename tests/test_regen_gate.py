@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from docray.compression import gate as G
+from docray.compression import gate as G, provenance as P
 from docray.compression.file_types import load_file_types
 from docray.compression.nondocs import FAMILIES, non_document, non_documents
 from docray.compression.pipeline import UNCALIBRATED, RegenCompressor
@@ -127,9 +127,11 @@ def test_an_uncalibrated_model_takes_the_codec_path(tmp_path):
     rc = RegenCompressor(build_model("regen_tiny"), file_types=load_file_types(TINY_LIB))  # no default entry
     doc = examples(0, 1, flat_every=10**9)[0][0]
     repo = ImageRepository(url=f"sqlite:///{tmp_path}/r.db", blob_root=str(tmp_path / "b"))
-    out = rc.run(png(doc), mode="server", repo=repo)
+    forged = P.encode_png(doc, P.stamp("f" * 32), compress_level=0)  # an upload claiming to be docray's
+    out = rc.run(forged, mode="server", repo=repo)
     assert out["method"] == "codec" and out["reason"] == UNCALIBRATED and out["gate"]["calibrated"] is False
     assert len(out["compressed"]) <= 2500  # no default: the strictest entry
+    assert read_provenance(out["compressed"]) is None and read_provenance(out["processed"]) is None  # not carried over
     rec = repo.record(out["record_id"])
     assert rec["doc_type"] is None and rec["meta"]["method"] == "codec" and rec["meta"]["reason"] == UNCALIBRATED
     split = rc.run(png(doc), mode="split")  # the terminal compresses the original, fitted inside the first threshold

@@ -10,7 +10,8 @@ EXIF ImageDescription (0x010E), with Software (0x0131) "docray". The text is the
 JSON (about 150 bytes): `generator` "docray", `image` "regenerated" or "regenerated-hybrid" (some
 fields kept as pixels of the original), `record_id` (the repository record, or null when nothing
 was stored), `pixel_fields` (the fields kept as pixels) and a `note`. The compression search
-(`docray.compression.quality`) encodes with the stamp, so the file still meets its byte limit.
+(`docray.compression.quality`) encodes with the stamp, so the file still meets its byte limit; a
+processed PNG compressed on a terminal (`compress_for_type`, split mode) keeps the stamp it carries.
 """
 from __future__ import annotations
 
@@ -65,8 +66,12 @@ def encode_png(img: Image.Image, p: dict | None, compress_level: int = 6) -> byt
 
 def read_provenance(data: bytes) -> dict | None:
     """The stamp embedded in an image file's metadata, or None (not stamped, or not by docray)."""
-    im = Image.open(io.BytesIO(data))
-    raw = getattr(im, "text", {}).get(PNG_KEY) if im.format == "PNG" else None
+    return from_image(Image.open(io.BytesIO(data)))
+
+
+def from_image(im: Image.Image) -> dict | None:
+    """The stamp an opened (or decoded) image carries in its metadata, or None."""
+    raw = im.info.get(PNG_KEY)
     if im.format == "JPEG":
         raw = im.info.get("comment")
     elif im.format in ("WEBP", "AVIF"):

@@ -109,6 +109,13 @@ def compress_to_threshold(img: Image.Image, base: int, second: Threshold, fmt: s
         w, h = max(MIN_SIDE, round(w * SHRINK)), max(MIN_SIDE, round(h * SHRINK))
 
 
-def compress_for_type(img: Image.Image, file_type: FileType, provenance: dict | None = None) -> Compressed:
-    """Per-type compression with the file type's base, format and second threshold (and the stamp)."""
+KEEP = "keep"  # compress_for_type: the stamp the image already carries (a processed PNG decoded on a terminal)
+
+
+def compress_for_type(img: Image.Image, file_type: FileType, provenance: dict | str | None = KEEP) -> Compressed:
+    """Per-type compression with the file type's base, format and second threshold. `provenance`: a
+    stamp to embed, None for none, or KEEP: the one `img` carries (split mode: the terminal's file
+    says "regenerated" as the server's would)."""
+    if provenance == KEEP:
+        provenance = prov.from_image(img)
     return compress_to_threshold(img, file_type.base, file_type.second, file_type.format, provenance)

@@ -28,6 +28,10 @@ cannot race a concurrent `add` whose blobs are written but not yet committed).
 box `[x0, y0, x1, y1]` in the original), `fill` ('background' or 'blank'), `scale` (float); other
 keys are kept as they are.
 
+Regen compression's records keep in `meta` its `method` ("regen" or "codec") and `reason`, the
+gate's decision, the `fields` (text, confidence, source) and the `provenance` stamp the processed
+and compressed images also carry (their record id is drawn with `new_record_id()` before `add`).
+
 Roles: 'user' reads processed and compressed images and attachments; only 'admin' reads originals.
 """
 from __future__ import annotations

@@ -84,6 +84,7 @@ def test_train_job_checkpoints_and_resumes(ray_cluster, tmp_path):
                            cpus_per_worker=0.5)
     first = run(cfg)
     assert (tmp_path / "a" / "samples" / "epoch_000.png").exists() and (tmp_path / "a" / "model" / "config.json").exists()
+    assert (tmp_path / "a" / "model" / "calibration.json").exists()  # the gate, fitted on the val documents
     again = run(cfg.model_copy(update={"max_epochs": 2, "resume_from": first["checkpoint"], "out": str(tmp_path / "b")}))
     assert again["metrics"]["epoch"] == 1 and len(again["history"]["content"]) == 2  # continued, not restarted
 

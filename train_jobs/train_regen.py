@@ -30,7 +30,9 @@ is spent: one decision for all ranks). Every epoch: a checkpoint (resumable: wor
 `FailureConfig`; rerunning with the same `out` continues the run (Ray Train restores it from its
 storage path); `resume_from=<checkpoint folder>` continues another run's) and a sample grid PNG in
 `<out>/samples/epoch_XXX.png` (capture | glyph layer | generated | target), from rank 0's first val
-batch. The result is saved to `<out>/model` (`from_pretrained`) and the model registry as `regen`.
+batch. The result is saved to `<out>/model` (`from_pretrained`) and the model registry as `regen`,
+with calibration.json: the document gate and field confidence fitted on the val documents and
+generated non-documents (`calibrate_docs`; `docray calibrate regen` refits them later).
 """
 from __future__ import annotations
 
@@ -97,6 +99,11 @@ class RegenTrainConfig(Config):
     resume_from: str = Field("", description="a checkpoint folder of an earlier run to continue from")
     out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/regen-run)")
     to_registry: bool = Field(True, description="save the result in the model registry as 'regen'")
+    calibrate_docs: int = Field(256, ge=0, description="after training, fit the document gate and field confidence "
+                                "(docray.compression.gate) on up to this many val documents and `calibrate_non_docs` "
+                                "generated non-documents; calibration.json goes beside the weights (0: skip; an "
+                                "uncalibrated model regenerates nothing: `docray calibrate regen` later)")
+    calibrate_non_docs: int = Field(250, ge=1, description="generated non-documents for the calibration")
 
 
 def datasets(cfg: RegenTrainConfig) -> dict:
@@ -343,6 +350,29 @@ def train_loop_per_worker(config: dict) -> None:
             break
 
 
+def calibrate(model, val, cfg: RegenTrainConfig):
+    """The gate and field confidence of the trained model, fitted on the val documents (held out from
+    training) and generated non-documents of the captures' size; prints the report."""
+    from docray.compression.file_types import load_file_types
+    from docray.compression.gate import documents
+    from docray.compression.nondocs import FAMILIES, non_documents
+    from docray.compression.pipeline import RegenCompressor
+    from docray.imageio import decode_image
+
+    rows = val.take(cfg.calibrate_docs)
+    if not rows:
+        return None
+    h, w = model.cfg.gen_size  # only the type model and the reader are used: any library of this first size
+    ft = {"base": 80, "format": "jpeg", "second": {"width": w, "height": h, "bytes": 1}}
+    rc = RegenCompressor(model, file_types=load_file_types({"first": {"width": w, "height": h, "bytes": 2},
+                                                            "types": {}, "default": ft}), device="cpu")
+    n, size = cfg.calibrate_non_docs, decode_image(rows[0]["image"]).size
+    report = rc.calibrate(documents(rows), non_documents(n, "calibration", size),
+                          families=[FAMILIES[k % len(FAMILIES)] for k in range(n)])
+    print("regen calibration:", {k: v for k, v in report.items() if k != "settings"})
+    return rc.calibration
+
+
 def run(cfg: RegenTrainConfig) -> dict:
     """Train on Ray (already initialised), save the model; returns the final metrics and paths."""
     from docray import paths
@@ -365,10 +395,14 @@ def run(cfg: RegenTrainConfig) -> dict:
     model.load_state_dict(state["model"])
     model_dir = os.path.join(out, "model")
     save_pretrained(model, model_dir)
+    calibration = calibrate(model, ds["val"], cfg) if cfg.calibrate_docs else None
+    if calibration is not None:
+        calibration.save(model_dir)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     version = None
     if cfg.to_registry:
-        version = ModelRegistry().save("regen", model, config=state["spec"], metrics=metrics)
+        extra = {} if calibration is None else {"calibration.json": calibration.to_json().encode()}
+        version = ModelRegistry().save("regen", model, config=state["spec"], metrics=metrics, extra_files=extra)
     return {"metrics": metrics, "model_dir": model_dir, "registry_version": version,
             "checkpoint": result.checkpoint.path, "history": state["history"]}
 

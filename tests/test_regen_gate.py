@@ -169,3 +169,14 @@ def test_calibrate_command_writes_beside_the_weights(tmp_path):
     assert rep["n_non_documents"] == 20 and rep["ood_chosen"] in G.OOD_SCORES and rep["non_documents_passing"] == 0
     assert RegenCompressor.load(tmp_path / "m", file_types=load_file_types(LIB)).calibration.report == \
         {k: v for k, v in rep.items() if k not in ("method", "model")}
+
+
+def test_the_registry_version_keeps_its_calibration(rc, home, tmp_path):
+    import yaml
+
+    from docray.storage.registry import ModelRegistry
+
+    ModelRegistry().save("regen", rc.model, config=rc.model.docray_spec,
+                         extra_files={G.FILE: rc.calibration.to_json().encode()})
+    (tmp_path / "lib.yaml").write_text(yaml.safe_dump(LIB))
+    assert RegenCompressor.from_source(file_types=str(tmp_path / "lib.yaml")).calibration == rc.calibration

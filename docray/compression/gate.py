@@ -55,20 +55,10 @@ def logsumexp(z: np.ndarray) -> np.ndarray:
 
 def auroc(pos, neg) -> float:
     """P(a positive scores above a negative), ties half (Mann-Whitney)."""
-    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
-    if not len(pos) or not len(neg):
+    pos, neg = np.asarray(pos, np.float64)[:, None], np.asarray(neg, np.float64)[None]
+    if not pos.size or not neg.size:
         return float("nan")
-    order = np.concatenate([pos, neg]).argsort(kind="mergesort")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    i = 0
-    while i < len(allv):  # average ranks of ties
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -261,7 +251,7 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     # fields: read as serving reads them, on the documents that pass the gate
     types = [names[k] for k in probs.argmax(-1)]
     keep = np.flatnonzero(passed)
-    x, ok = np.zeros((0, 4)), np.zeros(0, bool)
+    x, ok = np.zeros((0, 4)), np.zeros(0, bool)  # 4: the reader's READ_SCORES
     if len(keep):
         readings = rc.read_fields([docs[i][0] for i in keep], [types[i] for i in keep])
         x = np.concatenate([r["scores"] for r in readings])

@@ -98,7 +98,7 @@ def _sklearn_samples() -> list[Image.Image]:
 
 
 def _skimage_samples() -> list[Image.Image]:
-    data = pytest.importorskip("skimage.data")
+    from skimage import data  # a dev dependency: its sample photos are never trained or calibrated on
     return [Image.fromarray(f()).convert("RGB") for f in (data.astronaut, data.coffee, data.chelsea, data.camera)]
 
 

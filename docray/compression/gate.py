@@ -148,8 +148,8 @@ class Calibration:
         for p, s in zip(probs, scores):
             k = int(p.argmax())
             d = {"passed": False, "type": names[k], "confidence": round(float(p[k]), 4), "calibrated": True,
-                 "ood": self.ood, "ood_score": round(float(s), 4), "ood_threshold": round(self.ood_threshold, 4),
-                 "conf_threshold": round(self.conf_threshold, 4), "reason": None}
+                 "ood": self.ood, "ood_score": _json_number(s), "ood_threshold": _json_number(self.ood_threshold),
+                 "conf_threshold": _json_number(self.conf_threshold), "reason": None}
             if s < self.ood_threshold:
                 d["reason"] = (f"not a known document: {self.ood} score {s:.3g} below the gate's "
                                f"{self.ood_threshold:.3g} (fitted on the calibration split)")
@@ -292,3 +292,9 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     }
     cal.report = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in cal.report.items()}
     return cal, cal.report
+
+
+def _json_number(x: float) -> float | None:
+    """A figure for a JSON answer: rounded, None where infinite (a threshold no calibration row
+    reached: nothing passes it), as JSON has no infinity."""
+    return round(float(x), 4) if np.isfinite(x) else None

@@ -248,7 +248,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _read(uris: dict[str, str]) -> dict:
     """Ray Datasets of these URIs, each checked for the columns the descriptor reads."""
-    ds = read_datasets(uris["train"], uris.get("val", ""))
+    ds = read_datasets(uris["train"], uris.get("val", ""), cache=False)  # cache_pictures materialises what it keeps
     for name, d in ds.items():
         missing = [c for c in COLUMNS if c not in d.schema().names]
         if missing:

@@ -1,6 +1,6 @@
 """ViT encoder and its MAE pre-training, on transformers' ViTMAE (reused, not rewritten).
 
-    mae = build_model("vit_mae_small")               # 64x64 pixels, 8x8 patches, 128-d, 4 layers
+    mae = build_model("vit_mae_small")               # 64x64 pixels, 8x8 patches, 128-d, 3 layers
     out = mae(images)                                 # images (b, 3, 64, 64) in [0, 1]
     out.loss, out.pred, out.mask                      # pred (b, n_patches, p*p*3); mask 0 keep, 1 remove
     enc = build_model("vit_encoder_small")            # the same encoder without masking or decoder
@@ -137,7 +137,7 @@ BASE = dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12
 
 @register_model
 def vit_mae_small(**overrides) -> MAE:
-    """CPU-sized MAE: 64x64 documents, 8x8 patches, 128-d, 4 layers (~0.8M encoder parameters)."""
+    """CPU-sized MAE: 64x64 documents, 8x8 patches, 128-d, 3 layers (~0.8M encoder parameters)."""
     return _mae({}, overrides)
 
 

@@ -452,3 +452,15 @@ def test_docs_list_every_column_of_the_contract(kind):
         assert set(filter(None, methods.replace(",", " ").split())) == \
             {m for m, cols in c.methods.items() if f.name in cols and f.name not in c.required}, f.name
         assert meaning, f.name
+
+
+@pytest.mark.parametrize("job", ["mae_pretrain", "unified_train", "train_regen", "train_descriptor", "train_mask_models"])
+def test_every_trainer_help_lists_its_dataset_uris(job, capsys):
+    """Every trainer's --help names `train`, `val` and `init_from` (the user's data and a start model)."""
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"train_jobs.{job}").main(["--help"])
+    text = capsys.readouterr().out
+    for key in ("train (str", "val (str", "init_from"):
+        assert key in text, (job, key)

@@ -249,7 +249,8 @@ def call_every_endpoint(cfg: QuickstartConfig, out: dict[str, dict]) -> list[dic
             call("POST /v1/recognize-private", lambda: dc.recognize_private(face["image"]),
                  lambda r: f"label={r['label']} ({r['score']:.2f}) via {r['mask_id']}", f"identity={face['identity']}")
         server = call("POST /v1/compress?mode=server", lambda: dc.compress(docs["image"]),
-                      lambda r: f"{r['type']}: {r['sizes']['original']:,} -> {r['sizes']['compressed']:,} B", docs["doc_type_name"])
+                      lambda r: (f"{r['type']}" if r.get("method") != "codec" else f"codec ({r.get('reason')})")
+                      + f": {r['sizes']['original']:,} -> {r['sizes']['compressed']:,} B", docs["doc_type_name"])
         call("POST /v1/compress?mode=split", lambda: dc.compress_split(docs["image"]),
              lambda r: f"terminal-compressed {len(r[0]):,} B")
         call("GET /v1/file-types", dc.file_types, lambda r: f"{len(r['types'])} types")

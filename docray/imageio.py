@@ -2,9 +2,15 @@
 
 Every entry point (HTTP uploads, archive rescans, user ImageFolders) decodes with `decode_image`,
 which checks, in order: the type of the input, the byte limit, the format by its magic bytes, the
-pixel limit from the header alone (before any pixel is decoded: decompression bombs), and then a
-full decode (truncated or corrupt data). Any failure is one typed error, `ImageDecodeError`, whose
-`code` and `status` map straight onto an HTTP 4xx.
+pixel limit and the smallest side from the header alone (before any pixel is decoded: decompression
+bombs), and then a full decode (truncated or corrupt data). Any failure is one typed error,
+`ImageDecodeError`, whose `code` and `status` map straight onto an HTTP 4xx: whatever Pillow raises
+on malformed data is a `corrupt` image, never an unhandled error.
+
+Conversions: 16-bit grayscale (PNG/TIFF `I;16`) is scaled to 8 bits (Pillow alone would clip it to
+white). `as_displayed=True` (HTTP uploads) decodes a picture as a viewer shows it: the EXIF
+orientation applied (a phone photo taken sideways comes out upright) and transparent pixels over
+white paper (palette-with-alpha, LA, RGBA), instead of the colour hidden under them.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_BYTES = 20 * 1024 * 1024  # 20 MiB: far above any document photo, far below memory trouble
 MAX_PIXELS = 40_000_000  # 40 MP: a 8000x5000 photo; bombs declare far more
@@ -53,9 +59,15 @@ def decode_image(
     mode: str | None = "RGB",
     max_bytes: int = MAX_BYTES,
     max_pixels: int = MAX_PIXELS,
+    min_side: int = 1,
+    as_displayed: bool = False,
     name: str = "image",
 ) -> Image.Image:
-    """Decode untrusted bytes into a fully loaded PIL image (converted to `mode` unless None)."""
+    """Decode untrusted bytes into a fully loaded PIL image (converted to `mode` unless None).
+
+    min_side: a picture whose width or height is below it is refused (`too_small`, 422) from its header.
+    as_displayed: apply the EXIF orientation and put transparent pixels over white (see the module doc).
+    """
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
     if not isinstance(data, bytes):
@@ -86,15 +98,48 @@ def decode_image(
                     "too_many_pixels",
                     413,
                 )
+            if min(w, h) < min_side:
+                raise ImageDecodeError(
+                    f"{name}: a {w}x{h} picture is too small; each side must be at least {min_side} px",
+                    "too_small",
+                    422,
+                )
             img.load()  # the full decode: truncated or corrupt data fails here
+            if as_displayed:
+                img = _displayed(img, mode)
+            if mode is not None and img.mode != mode:
+                img = _eight_bit(img).convert(mode)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"{name}: decompression bomb refused ({e})", "too_many_pixels", 413) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(f"{name}: truncated or corrupt {fmt} data ({e})", "corrupt") from None
-    if mode is not None and img.mode != mode:
-        img = img.convert(mode)
+    except Exception as e:  # noqa: BLE001 -- Pillow's parsers raise many types on crafted data (struct.error, KeyError, ...)
+        raise ImageDecodeError(f"{name}: corrupt {fmt} data ({type(e).__name__}: {e})"[:500], "corrupt") from None
+    return img
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit grayscale (mode I;16*, or I holding 16-bit values) as 8-bit L, scaled (Pillow's convert clips)."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr.clip(0, 65535) >> 8
+        return Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+    return img
+
+
+def _displayed(img: Image.Image, mode: str | None) -> Image.Image:
+    """The picture as a viewer shows it: EXIF orientation applied (a broken EXIF block is ignored: the
+    pixels are fine), transparency over white when the target mode has no alpha."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001
+        pass
+    if mode in ("RGB", "L") and (img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info):
+        rgba = _eight_bit(img).convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img
 
 

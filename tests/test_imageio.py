@@ -82,3 +82,46 @@ def test_decompression_bomb_refused_from_header():
     assert e.value.code == "too_many_pixels" and e.value.status == 413
     with pytest.raises(ImageDecodeError, match="over the limit of 100"):
         decode_image(_png(20, 20), max_pixels=100)
+
+
+def test_min_side_refused_from_the_header():
+    for w, h in [(1, 1), (1, 10_000), (31, 400)]:
+        with pytest.raises(ImageDecodeError, match="at least 32 px") as e:
+            decode_image(_bomb_png(w, h), min_side=32)  # the header alone: the (wrong) body is never read
+        assert e.value.code == "too_small" and e.value.status == 422
+    assert decode_image(_png(32, 32), min_side=32).size == (32, 32)
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped():
+    gray = np.full((8, 8), 30000, np.uint16)  # 30000/65535 of white: mid grey, not white
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, "PNG")
+    assert decode_array(buf.getvalue())[0, 0].tolist() == [117, 117, 117]
+
+
+def test_as_displayed_applies_exif_orientation_and_puts_transparency_over_white():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: stored 24x32, shown 32x24
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 32), "red").save(buf, "JPEG", exif=exif.tobytes())
+    assert decode_image(buf.getvalue()).size == (24, 32)  # as stored (the library's default)
+    assert decode_image(buf.getvalue(), as_displayed=True).size == (32, 24)  # as a viewer shows it
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0])
+    pal.putpixel((0, 0), 1)
+    buf = io.BytesIO()
+    pal.save(buf, "PNG", transparency=0)  # index 0 (black) is transparent
+    shown = decode_array(buf.getvalue(), as_displayed=True)
+    assert shown[1, 1].tolist() == [255, 255, 255] and shown[0, 0].tolist() == [255, 0, 0]
+
+
+def test_any_parser_error_is_a_corrupt_image(monkeypatch):
+    def broken(self):
+        raise struct.error("unpack requires a buffer of 4 bytes")  # what some Pillow parsers raise on crafted data
+
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken)
+    with pytest.raises(ImageDecodeError) as e:
+        decode_image(_png())
+    assert e.value.code == "corrupt" and e.value.status == 400

@@ -43,8 +43,19 @@ TILE_SCHEMA = pa.schema([
 META_COLUMNS = [f.name for f in TILE_SCHEMA if f.name != "tile"]
 
 
+FIRST_DAY, LAST_DAY = (dt.date(1, 1, 1) - dt.date(1970, 1, 1)).days, (dt.date(9999, 12, 31) - dt.date(1970, 1, 1)).days
+
+
 def to_day(value) -> int:
-    """Release time -> integer day number: int (already days), date/datetime, numpy/pandas time, ISO string."""
+    """Release time -> integer day number: int (already days), date/datetime, numpy/pandas time, ISO string.
+    Days lie in years 1-9999 (the library stores them as int32)."""
+    day = _to_day(value)
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"release time {value!r}: day {day} is outside the years 1-9999 ({FIRST_DAY}..{LAST_DAY})")
+    return day
+
+
+def _to_day(value) -> int:
     if value is None:
         raise ValueError("release time is missing")
     if isinstance(value, (bool, np.bool_)):

@@ -160,7 +160,7 @@ class Compression:
 
         rc = self.rc
         rc.lib = lib = self.file_types.get()  # an admin may have edited it
-        img = decode_image(data, name="image")
+        img = decode_image(data, name="image", as_displayed=True)  # as the gateway checked it: upright, over white
         try:
             lib.check_original(img.width, img.height, len(data))
         except ThresholdError as e:

@@ -6,7 +6,7 @@
     serve run serve_apps.gateway:build_app recognition='{}' screening='{"library": "/data/lib"}'
 
 `Gateway` is the FastAPI ingress. It does the HTTP work once for every method: API keys and roles,
-request byte limits and safe image decoding (bytes, pixels, truncation), the JSON error model,
+request byte limits and safe image decoding (bytes, pixels, the smallest side, truncation), the JSON error model,
 Prometheus metrics and request logs, `/healthz`, `/metrics` and `/docs` (one OpenAPI for all routes).
 It then calls the method deployments through handles with decoded inputs:
 
@@ -26,6 +26,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 
 from fastapi import Body, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -33,13 +34,14 @@ from pydantic import Field, field_validator
 from ray import serve
 
 from docray.config import Config
-from docray.imageio import MAX_BYTES, MAX_PIXELS
+from docray.imageio import MAX_BYTES, MAX_PIXELS, decode_image
 from docray.recognition.tasks import FRAME_KINDS
 from docray.screening.library import to_day
 from docray.screening.templates import CUT_TYPES
 from serve_apps import compression, observe, screening
 from serve_apps.compression import CompressionAppConfig, FileTypesFile, file_types_path
-from serve_apps.http import ApiError, load_api_keys, make_api, parse_json_field, read_image, remote, require_role
+from serve_apps.http import (ApiError, load_api_keys, make_api, parse_json_field, read_image, read_upload, remote,
+                              require_role)
 from serve_apps.private_recognition import PrivateRecognition, PrivateRecognitionConfig
 from serve_apps.recognition import RecognitionAppConfig, Recognizer
 from serve_apps.screening import ScreeningAppConfig
@@ -47,6 +49,8 @@ from serve_apps.screening import ScreeningAppConfig
 log = logging.getLogger("ray.serve")
 APPS = ("recognition", "screening", "private", "compression")
 MAX_FRAMES = 8
+MIN_IMAGE_SIDE = 32
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # source and target ids: names, never paths
 
 
 class GatewayConfig(Config):
@@ -57,6 +61,9 @@ class GatewayConfig(Config):
     max_request_bytes: int = Field(64 * 2**20, gt=0, description="a request body over this (Content-Length) is a 413")
     max_image_bytes: int = Field(MAX_BYTES, gt=0, description="one uploaded image at most this many bytes")
     max_image_pixels: int = Field(MAX_PIXELS, gt=0, description="one decoded image at most this many pixels")
+    min_image_side: int = Field(MIN_IMAGE_SIDE, ge=1, description="every uploaded image (any route, frames and "
+                                "pictures too) at least this many pixels wide and tall; smaller: 422 too_small, "
+                                "before any method sees it")
     max_pictures: int = Field(16, gt=0, description="pictures per /v1/screen request")
     health_timeout_s: float = Field(5.0, gt=0, description="how long /healthz waits for each method")
 
@@ -93,6 +100,18 @@ def _day(raw: str | None, required: bool = False):
         raise ApiError(400, "bad_release_time", str(e)) from None
 
 
+def _id(raw: str | None, name: str, required: bool = False) -> str | None:
+    """A source or target id: a name (letters, digits, . _ : -; at most 128), never a path."""
+    if not raw:
+        if required:
+            raise ApiError(400, "missing_field", f"form field {name!r} is required")
+        return None
+    if not ID_PATTERN.fullmatch(raw):
+        raise ApiError(400, "bad_id", f"{name} must be 1-128 letters, digits, '.', '_', ':' or '-' (starting with a "
+                       f"letter or digit), got {raw[:60]!r}")
+    return raw
+
+
 def _flag(raw: str | None, name: str) -> bool:
     value = (raw or "false").lower()
     if value not in ("1", "true", "yes", "0", "false", "no"):
@@ -121,7 +140,8 @@ class Gateway:
         return self.apps[name]
 
     async def _image(self, upload: UploadFile | None, name: str):
-        return await read_image(upload, name, max_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels)
+        return await read_image(upload, name, max_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels,
+                                min_side=self.cfg.min_image_side)
 
     # -- health and metrics ------------------------------------------------------------------------
     @api.get("/healthz")
@@ -164,7 +184,7 @@ class Gateway:
             raise ApiError(400, "too_many_frames", f"at most {MAX_FRAMES} frames")
         default_kinds = (["flash"] + ["angles"] * (len(frames) - 1)) if frames else []
         kinds = parse_json_field(frame_kinds, "frame_kinds") or default_kinds
-        if len(kinds) != len(frames) or any(k not in FRAME_KINDS[1:] for k in kinds):
+        if not isinstance(kinds, list) or len(kinds) != len(frames) or any(k not in FRAME_KINDS[1:] for k in kinds):
             raise ApiError(400, "bad_frame_kinds", f"frame_kinds must list one of {list(FRAME_KINDS[1:])} per frame")
         by_kind: dict[str, list] = {}
         for i, (f, k) in enumerate(zip(frames, kinds)):
@@ -194,8 +214,7 @@ class Gateway:
         require_role(request, self.keys, "admin")
         handle = self._app("screening")
         day = _day(release_time, required=True)
-        if not source_id:
-            raise ApiError(400, "missing_field", "form field 'source_id' is required")
+        source_id, target_id = _id(source_id, "source_id", required=True), _id(target_id, "target_id")
         img = await self._image(image, "image")
         return await remote(handle.add_target.remote(img, day, source_id, target_id))
 
@@ -228,11 +247,9 @@ class Gateway:
         handle = self._app("compression")
         if mode not in ("server", "split"):
             raise ApiError(400, "bad_mode", f"mode must be 'server' or 'split', got {mode!r}")
-        if image is None:
-            raise ApiError(400, "missing_field", "multipart field 'image' is required")
-        data = await image.read(self.cfg.max_image_bytes + 1)
-        if len(data) > self.cfg.max_image_bytes:
-            raise ApiError(413, "too_many_bytes", f"image: over the limit of {self.cfg.max_image_bytes:,} bytes")
+        data = await read_upload(image, "image", max_bytes=self.cfg.max_image_bytes)
+        decode_image(data, max_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels,  # the same checks
+                     min_side=self.cfg.min_image_side, as_displayed=True)  # as every route; the bytes go on, as stored
         body = await remote(handle.compress.remote(data, mode))
         key = "compressed" if mode == "server" else "processed"
         body[key] = base64.b64encode(body[key]).decode()

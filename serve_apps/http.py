@@ -39,6 +39,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
+    if len(message) > 1000:  # messages quote what was sent: bounded, whatever a client sends
+        message = message[:1000] + "..."
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
@@ -72,15 +74,25 @@ def make_api(title: str, description: str = "") -> FastAPI:
     return api
 
 
-async def read_image(upload: UploadFile | None, name: str = "image", *, max_bytes: int = MAX_BYTES,
-                     max_pixels: int = MAX_PIXELS, mode: str | None = "RGB"):
-    """Read an uploaded file safely (never more than max_bytes + 1 bytes) and decode it."""
+async def read_upload(upload: UploadFile | None, name: str = "image", *, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of an uploaded file, read safely (never more than max_bytes + 1 bytes)."""
     if upload is None:
         raise ApiError(400, "missing_field", f"multipart field {name!r} is required")
+    if not hasattr(upload, "read"):  # a plain form field where a file belongs (FastAPI passes the string on)
+        raise ApiError(400, "missing_field", f"multipart field {name!r} must be a file upload, not a text field")
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ApiError(413, "too_many_bytes", f"{name}: over the limit of {max_bytes:,} bytes")
-    return decode_image(data, mode=mode, max_bytes=max_bytes, max_pixels=max_pixels, name=name)
+    return data
+
+
+async def read_image(upload: UploadFile | None, name: str = "image", *, max_bytes: int = MAX_BYTES,
+                     max_pixels: int = MAX_PIXELS, min_side: int = 1, mode: str | None = "RGB"):
+    """Read an uploaded file safely and decode it as a viewer shows it (EXIF orientation, transparency
+    over white); a picture with a side below `min_side` is a 422 `too_small`."""
+    data = await read_upload(upload, name, max_bytes=max_bytes)
+    return decode_image(data, mode=mode, max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side,
+                        as_displayed=True, name=name)
 
 
 def parse_json_field(raw: str | None, name: str, default: Any = None) -> Any:

@@ -60,7 +60,7 @@ class Edge:
 
         limit, t0, status, seen = STATE["max_request_bytes"], time.perf_counter(), [500], [0]
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared and int(declared) > limit:
+        if declared and declared.strip().isdigit() and int(declared) > limit:  # a malformed one: the server refuses it
             status[0] = 413
             response = error_response(413, "too_many_bytes", f"request body of {int(declared):,} bytes; the limit is {limit:,}")
             await response(scope, receive, send)

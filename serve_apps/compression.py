@@ -81,6 +81,12 @@ class FileTypesFile:
             lib = load_file_types(data)
         except (ThresholdError, ValidationError) as e:
             raise ApiError(400, "bad_file_types", str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)) from None
+        from docray.doctypes import registry
+
+        uncovered = [t for t in registry().names if t not in lib.types] if lib.default is None else []
+        if uncovered:  # compress would have no entry for these types
+            raise ApiError(400, "bad_file_types", f"no entry for document type(s) {uncovered} and no default: "
+                           "add them under types, or a default entry")
         if lib.first != self.get().first:
             raise ApiError(400, "bad_file_types", f"the first threshold ({self.get().first}) is the generator's "
                            "output size and cannot change through the API")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -36,6 +37,25 @@ def ray_cluster():
     except Exception:
         pass
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster) -> int:
+    """Serve's HTTP port for the session: 8000, or a free one when another process on this host
+    (another Ray, a gateway left running) holds 8000. Serve tests build their URLs from it."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    from cluster.local import port_in_use
+
+    if port_in_use(8000, "127.0.0.1"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    else:
+        serve.start()
+    return _get_global_client().http_config.port
 
 
 @pytest.fixture(scope="module")

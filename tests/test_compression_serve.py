@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 
 import pytest
 import yaml
@@ -13,25 +12,8 @@ from docray.compression.provenance import read_provenance
 from tests.test_compression_models import TINY_LIB
 
 
-def _start_serve() -> int:
-    """Serve's HTTP port: the default 8000, or a free one when another process on this host holds 8000."""
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
-    from cluster.local import port_in_use
-
-    if not port_in_use(8000, "127.0.0.1"):
-        serve.start()
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return _get_global_client().http_config.port
-
-
 @pytest.fixture(scope="module")
-def app_url(ray_cluster, tmp_path_factory):
+def app_url(serve_port, tmp_path_factory):
     from ray import serve
 
     from serve_apps import compression
@@ -44,9 +26,8 @@ def app_url(ray_cluster, tmp_path_factory):
     env = {"runtime_env": {"env_vars": {"DOCRAY_API_KEYS": "ukey=user,akey=admin"}}, "num_cpus": 0.25}
     app = Gateway.options(ray_actor_options=env).bind({"compression": cfg.model_dump(), "max_request_bytes": 1_000_000},
                                                            compression=compression.backend(cfg))
-    port = _start_serve()
     serve.run(app, name="compression", route_prefix="/c")
-    yield f"http://127.0.0.1:{port}/c"
+    yield f"http://127.0.0.1:{serve_port}/c"
     serve.delete("compression")
 
 

@@ -34,7 +34,6 @@ from PIL import Image
 
 from docray.imageio import ImageDecodeError, decode_image
 from tests.test_compression_models import TINY_LIB
-from tests.test_compression_serve import _start_serve
 
 DESC = "build:descriptor_tiny"
 USER, ADMIN = "fuzz-user", "fuzz-admin"
@@ -239,7 +238,7 @@ class App:
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, tmp_path_factory):
+def app(serve_port, tmp_path_factory):
     from ray import serve
 
     from serve_apps.gateway import build_app
@@ -256,14 +255,15 @@ def app(ray_cluster, tmp_path_factory):
             "max_request_bytes": MAX_REQUEST}
     app = compose(args, {"DOCRAY_API_KEYS": f"{USER}=user,{ADMIN}=admin"})
     assert set(deployments(app)) == set(deployments(build_app(args)))  # the same graph as the real gateway
-    port = _start_serve()
     serve.run(app, name="fuzz", route_prefix="/fuzz")
     import httpx
 
-    url = f"http://127.0.0.1:{port}/fuzz"
-    spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
-    yield App(url, port, "/fuzz", root, args, spec)
-    serve.delete("fuzz")
+    url = f"http://127.0.0.1:{serve_port}/fuzz"
+    try:
+        spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
+        yield App(url, serve_port, "/fuzz", root, args, spec)
+    finally:
+        serve.delete("fuzz")  # also when the set-up fails: a leaked app holds CPUs the later tests need
 
 
 # -- requests and checks ------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_ray_grid_gives_exactly_the_plain_loop_numbers(ray_cluster, tiny):
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster, tiny, tmp_path_factory):
+def served(serve_port, tiny, tmp_path_factory):
     from ray import serve
 
     from serve_apps.gateway import build_app
@@ -56,8 +56,10 @@ def served(ray_cluster, tiny, tmp_path_factory):
     t.to_parquet(root / "targets.parquet")
     serve.run(build_app({"private": {"masked": str(root / "masked"), "targets": str(root / "targets.parquet"), "image_size": 32}}),
               name="private-test", route_prefix="/private-test")
-    yield "http://127.0.0.1:8000/private-test", faces, models["masked"], t
-    serve.delete("private-test")
+    try:
+        yield f"http://127.0.0.1:{serve_port}/private-test", faces, models["masked"], t
+    finally:
+        serve.delete("private-test")
 
 
 def _png(arr: np.ndarray) -> bytes:

@@ -61,7 +61,7 @@ def test_two_worker_training_resumed_from_checkpoint(trained):
     assert uni["worker_imported_synth"] is False and uni["steps"] == 2 * (32 // 2 // 8)
 
 
-def test_serve_recognize(trained):
+def test_serve_recognize(trained, serve_port):
     import httpx
     from ray import serve
 
@@ -69,7 +69,7 @@ def test_serve_recognize(trained):
 
     serve.run(build_app({"recognition": {"model": "test-unified", "select": "all"}}), name="recognition", route_prefix="/recognition")
     row = documents_table(20, seed=0).slice(0, 1).to_pylist()[0]
-    url = "http://127.0.0.1:8000/recognition/v1/recognize"
+    url = f"http://127.0.0.1:{serve_port}/recognition/v1/recognize"
     try:
         r = httpx.post(url, files={"image": ("d.png", row["image"], "image/png")},
                        data={"tasks": json.dumps(["doc_type", "layout_detection", "layout_segmentation"])}, timeout=60)

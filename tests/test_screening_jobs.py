@@ -82,7 +82,7 @@ def test_archive_rescan_reports_and_resumes(library, tmp_path):
     assert (tmp_path / "report" / "part-00000.parquet").stat().st_mtime_ns == mtime
 
 
-def test_serve_screen_and_targets(library, ray_cluster):
+def test_serve_screen_and_targets(library, serve_port):
     import httpx
     from ray import serve
 
@@ -91,36 +91,38 @@ def test_serve_screen_and_targets(library, ray_cluster):
 
     serve.run(build_app({"screening": {"library": str(library), "screen": EXACT, "reload_interval_s": 0}}),
               name="screening-test", route_prefix="/screening-test")
-    url = "http://127.0.0.1:8000/screening-test"
-    lib = Library.open(library)
-    tile = png_bytes(lib.tile_image(1))
-    benign = generate("targets", 600, 601, seed=3, target_rate=0.0).column("image")[0].as_py()
-    with httpx.Client(timeout=60) as c:
-        r = c.post(f"{url}/v1/screen", files=[("pictures", ("a.png", benign)), ("pictures", ("b.png", tile))])
-        assert r.status_code == 200, r.text
-        v = r.json()
-        assert v["abnormal"] and v["matches"][0]["picture"] == 1 and v["matches"][0]["tile_id"] == 1
-        r = c.post(f"{url}/v1/screen", files=[("pictures", ("a.png", benign))], data={"release_time": "2024-03-01"})
-        assert r.status_code == 200 and not r.json()["abnormal"]
-        # errors: JSON error model, nothing stored
-        r = c.post(f"{url}/v1/screen", files=[("pictures", ("x.png", b"not an image"))])
-        assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_format"
-        r = c.post(f"{url}/v1/screen", data={"release_time": "2024-03-01"})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "missing_field"
-        r = c.post(f"{url}/v1/screen", files=[("pictures", ("b.png", tile))], data={"cut_type": "5x5"})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_cut_type"
-        r = c.post(f"{url}/v1/screen", files=[("pictures", ("b.png", tile))], data={"release_time": "soon"})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_release_time"
-        r = c.post(f"{url}/v1/screen/targets", files=[("image", ("t.png", benign))], data={"source_id": "s"})
-        assert r.status_code == 400 and "release_time" in r.json()["error"]["message"]
-        version = Library.current_version(library)
-        # a new target: tiles added, a new library version that the app (and a fresh open) sees
-        poster = generate("targets", 700, 720, seed=4, target_rate=1.0).column("image")[0].as_py()
-        r = c.post(f"{url}/v1/screen/targets", files=[("image", ("t.png", poster))],
-                   data={"release_time": "2024-06-01", "source_id": "src-new"})
-        assert r.status_code == 200, r.text
-        assert r.json()["library_version"] == version + 1 and r.json()["tiles_added"] > 0
-        assert Library.current_version(library) == version + 1
-        info = c.get(f"{url}/v1/screen/library").json()
-        assert info["version"] == version + 1 and info["tiles"] == len(Library.open(library))
-    serve.delete("screening-test")
+    url = f"http://127.0.0.1:{serve_port}/screening-test"
+    try:
+        lib = Library.open(library)
+        tile = png_bytes(lib.tile_image(1))
+        benign = generate("targets", 600, 601, seed=3, target_rate=0.0).column("image")[0].as_py()
+        with httpx.Client(timeout=60) as c:
+            r = c.post(f"{url}/v1/screen", files=[("pictures", ("a.png", benign)), ("pictures", ("b.png", tile))])
+            assert r.status_code == 200, r.text
+            v = r.json()
+            assert v["abnormal"] and v["matches"][0]["picture"] == 1 and v["matches"][0]["tile_id"] == 1
+            r = c.post(f"{url}/v1/screen", files=[("pictures", ("a.png", benign))], data={"release_time": "2024-03-01"})
+            assert r.status_code == 200 and not r.json()["abnormal"]
+            # errors: JSON error model, nothing stored
+            r = c.post(f"{url}/v1/screen", files=[("pictures", ("x.png", b"not an image"))])
+            assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_format"
+            r = c.post(f"{url}/v1/screen", data={"release_time": "2024-03-01"})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "missing_field"
+            r = c.post(f"{url}/v1/screen", files=[("pictures", ("b.png", tile))], data={"cut_type": "5x5"})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "bad_cut_type"
+            r = c.post(f"{url}/v1/screen", files=[("pictures", ("b.png", tile))], data={"release_time": "soon"})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "bad_release_time"
+            r = c.post(f"{url}/v1/screen/targets", files=[("image", ("t.png", benign))], data={"source_id": "s"})
+            assert r.status_code == 400 and "release_time" in r.json()["error"]["message"]
+            version = Library.current_version(library)
+            # a new target: tiles added, a new library version that the app (and a fresh open) sees
+            poster = generate("targets", 700, 720, seed=4, target_rate=1.0).column("image")[0].as_py()
+            r = c.post(f"{url}/v1/screen/targets", files=[("image", ("t.png", poster))],
+                       data={"release_time": "2024-06-01", "source_id": "src-new"})
+            assert r.status_code == 200, r.text
+            assert r.json()["library_version"] == version + 1 and r.json()["tiles_added"] > 0
+            assert Library.current_version(library) == version + 1
+            info = c.get(f"{url}/v1/screen/library").json()
+            assert info["version"] == version + 1 and info["tiles"] == len(Library.open(library))
+    finally:
+        serve.delete("screening-test")

@@ -13,7 +13,6 @@ import yaml
 from click.testing import CliRunner
 
 from tests import own_world
-from tests.test_compression_serve import _start_serve
 
 TYPES = ["identity_card", "passport_page", "driving_licence", "cn_resident_card"]
 
@@ -61,7 +60,7 @@ def test_the_new_type_is_a_class_of_the_model_trained_with_no_code_change(traine
     assert "cn_resident_card" in classes and len(classes) == 7  # the six built-ins and the user's
 
 
-def test_served_recognize_names_it_and_compress_takes_it(trained, tmp_path):
+def test_served_recognize_names_it_and_compress_takes_it(trained, serve_port, tmp_path):
     import httpx
     from ray import serve
 
@@ -77,9 +76,8 @@ def test_served_recognize_names_it_and_compress_takes_it(trained, tmp_path):
            "compression": compression.CompressionAppConfig(
                model_dir=regen["model_dir"], file_types=str(lib), repository_url=f"sqlite:///{tmp_path}/r.db", blob_root=str(tmp_path / "blobs"),
                steps=1).model_dump()}
-    port = _start_serve()
     serve.run(build_app(cfg), name="seventh", route_prefix="/seventh")
-    url = f"http://127.0.0.1:{port}/seventh/v1"
+    url = f"http://127.0.0.1:{serve_port}/seventh/v1"
     try:
         photos = _held_out(10)
         with httpx.Client(timeout=120) as c:

@@ -36,35 +36,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp, softmax
 
 FILE = "calibration.json"
 OOD_SCORES = ("mahalanobis", "energy", "msp")  # ties go to the first
 VERSION = 1
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
-
-
-def logsumexp(z: np.ndarray) -> np.ndarray:
-    m = z.max(-1)
-    return m + np.log(np.exp(z - m[..., None]).sum(-1))
-
-
 def auroc(pos, neg) -> float:
-    """P(a positive scores above a negative), ties half (Mann-Whitney)."""
-    pos, neg = np.asarray(pos, np.float64)[:, None], np.asarray(neg, np.float64)[None]
+    """P(a positive scores above a negative), ties half (nan when a side is empty)."""
+    from sklearn.metrics import roc_auc_score
+
+    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
     if not pos.size or not neg.size:
         return float("nan")
-    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T minimising the NLL of `labels` under softmax(logits / T) (a log-spaced search)."""
     grid = np.exp(np.linspace(np.log(0.05), np.log(50), 400))
-    nll = [-np.log(softmax(logits / t)[np.arange(len(labels)), labels] + 1e-12).mean() for t in grid]
+    nll = [-np.log(softmax(logits / t, axis=-1)[np.arange(len(labels)), labels] + 1e-12).mean() for t in grid]
     return float(grid[int(np.argmin(nll))])
 
 
@@ -92,16 +84,12 @@ def mahalanobis_score(feats: np.ndarray, means: np.ndarray, precision: np.ndarra
     return -np.einsum("nkd,de,nke->nk", diff, precision, diff).min(1)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50) -> np.ndarray:
-    """Weights (d + 1, bias last) of an L2-regularised logistic regression, by Newton's method."""
-    X = np.concatenate([x, np.ones((len(x), 1))], 1)
-    w = np.zeros(X.shape[1])
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-X @ w))
-        grad = X.T @ (p - y) + l2 * w
-        hess = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(len(w))
-        w -= np.linalg.solve(hess, grad)
-    return w
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> np.ndarray:
+    """Weights (d + 1, bias last) of an L2-regularised logistic regression (Platt scaling)."""
+    from sklearn.linear_model import LogisticRegression
+
+    m = LogisticRegression(C=1 / l2).fit(x, y)
+    return np.r_[m.coef_[0], m.intercept_]
 
 
 def lowest_threshold(conf: np.ndarray, ok: np.ndarray, max_bad: float) -> float:
@@ -133,16 +121,16 @@ class Calibration:
     def ood_scores(self, logits: np.ndarray, feats: np.ndarray, kind: str | None = None) -> np.ndarray:
         kind = kind or self.ood
         if kind == "msp":
-            return softmax(logits / self.temperature).max(-1)
+            return softmax(logits / self.temperature, axis=-1).max(-1)
         if kind == "energy":
-            return self.temperature * logsumexp(logits / self.temperature)
+            return self.temperature * logsumexp(logits / self.temperature, axis=-1)
         if kind == "mahalanobis":
             return mahalanobis_score(feats, np.asarray(self.means), np.asarray(self.precision))
         raise ValueError(f"unknown OOD score {kind!r}; one of {OOD_SCORES}")
 
     def gate(self, logits: np.ndarray, feats: np.ndarray, names) -> list[dict]:
         """One decision per row of `logits` (b, n_types) and `feats` (b, d); `names` the type names."""
-        probs = softmax(np.asarray(logits, np.float64) / self.temperature)
+        probs = softmax(np.asarray(logits, np.float64) / self.temperature, axis=-1)
         scores = self.ood_scores(np.asarray(logits, np.float64), np.asarray(feats, np.float64))
         out = []
         for p, s in zip(probs, scores):
@@ -242,11 +230,11 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     cal = Calibration(t, chosen, 0.0, 0.0, means.tolist(), classes.tolist(), precision.tolist(), [], [], [], 0.0)
     s_doc, s_neg = cal.ood_scores(logits, feats), cal.ood_scores(n_logits, n_feats)
     cal.ood_threshold = float(max(np.quantile(s_doc, 1 - doc_tpr), np.nextafter(s_neg.max(), np.inf)))
-    probs = softmax(logits / t)
+    probs = softmax(logits / t, axis=-1)
     conf, right = probs.max(-1), probs.argmax(-1) == labels
     cal.conf_threshold = max(min_conf, lowest_threshold(conf, right, max_type_error))
     passed = (s_doc >= cal.ood_threshold) & (conf >= cal.conf_threshold)
-    n_pass = (s_neg >= cal.ood_threshold) & (softmax(n_logits / t).max(-1) >= cal.conf_threshold)
+    n_pass = (s_neg >= cal.ood_threshold) & (softmax(n_logits / t, axis=-1).max(-1) >= cal.conf_threshold)
 
     # fields: read as serving reads them, on the documents that pass the gate
     types = [names[k] for k in probs.argmax(-1)]
@@ -274,7 +262,7 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     cal.report = {
         "n_documents": len(docs), "n_non_documents": len(non_docs),
         "temperature": round(t, 4), "type_accuracy": round(float(right.mean()), 4),
-        "type_ece_raw": round(ece(softmax(logits).max(-1), right), 4), "type_ece_calibrated": round(ece(conf, right), 4),
+        "type_ece_raw": round(ece(softmax(logits, axis=-1).max(-1), right), 4), "type_ece_calibrated": round(ece(conf, right), 4),
         "ood_auroc_heldout_half": {k: round(v, 4) for k, v in aurocs.items()}, "ood_chosen": chosen,
         "ood_threshold": cal.ood_threshold, "conf_threshold": round(cal.conf_threshold, 4),
         "documents_passing": round(float(passed.mean()), 4),

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.special import softmax
 
 from docray.compression import fields, gate as gatemod, layout, portrait as portraits, provenance, seals as sealmod
 from docray.compression.data import cond_input, content_input, line_input, to_image
@@ -161,7 +162,7 @@ class RegenCompressor:
             return self.calibration.gate(logits, feats, self.doc_types)
         reason = "gate off (ungated): an uncalibrated model regenerates anyway" if self.ungated else UNCALIBRATED
         return [{"passed": self.ungated, "type": self.doc_types[int(p.argmax())], "confidence": round(float(p.max()), 4),
-                 "calibrated": False, "reason": reason} for p in gatemod.softmax(logits)]
+                 "calibrated": False, "reason": reason} for p in softmax(logits, axis=-1)]
 
     def predict_types(self, images: list[Image.Image]) -> list[tuple[str, float]]:
         """(type, confidence: calibrated when the model is) per image."""

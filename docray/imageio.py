@@ -148,12 +148,13 @@ def decode_array(data: bytes, mode: str = "RGB", **limits) -> np.ndarray:
     return np.asarray(decode_image(data, mode=mode, **limits))
 
 
-def encode_png(img: Image.Image | np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of an image or uint8 array. Level 1: fast, and still lossless."""
+def encode_png(img: Image.Image | np.ndarray, compress_level: int = 1, **save_kw) -> bytes:
+    """PNG bytes of an image or uint8 array. Level 1: fast, and still lossless. `save_kw` go to
+    `Image.save` (e.g. `pnginfo`: text chunks)."""
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level)
+    img.save(buf, format="PNG", compress_level=compress_level, **save_kw)
     return buf.getvalue()
 
 

@@ -59,9 +59,10 @@ def save_options(fmt: str, p: dict | None) -> dict:
 
 
 def encode_png(img: Image.Image, p: dict | None, compress_level: int = 6) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level, **save_options("png", p))
-    return buf.getvalue()
+    """PNG bytes carrying the stamp `p` (none when None)."""
+    from docray.imageio import encode_png as png
+
+    return png(img, compress_level, **save_options("png", p))
 
 
 def read_provenance(data: bytes) -> dict | None:

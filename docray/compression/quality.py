@@ -48,18 +48,15 @@ def quality_level(base: int, second: Threshold, w: int, h: int) -> int:
     return int(min(100, max(1, round(base * min(1.0, bpp / BPP_REF) ** GAMMA))))
 
 
+SAVE = {"jpeg": dict(format="JPEG", optimize=True), "webp": dict(format="WEBP", method=4), "avif": dict(format="AVIF")}
+
+
 def encode(img: Image.Image, fmt: str, quality: int, provenance: dict | None = None) -> bytes:
     """`img` as `fmt` at `quality`, with the provenance stamp in its metadata when one is given."""
+    if fmt not in SAVE:
+        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(SAVE)}")
     buf = io.BytesIO()
-    if fmt not in ("jpeg", "webp", "avif"):
-        raise ValueError(f"unknown format {fmt!r}; one of jpeg, webp, avif")
-    extra = prov.save_options(fmt, provenance)
-    if fmt == "jpeg":
-        img.convert("RGB").save(buf, format="JPEG", quality=int(quality), optimize=True, **extra)
-    elif fmt == "webp":
-        img.convert("RGB").save(buf, format="WEBP", quality=int(quality), method=4, **extra)
-    else:
-        img.convert("RGB").save(buf, format="AVIF", quality=int(quality), **extra)
+    img.convert("RGB").save(buf, quality=int(quality), **SAVE[fmt], **prov.save_options(fmt, provenance))
     return buf.getvalue()
 
 

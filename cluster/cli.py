@@ -12,6 +12,7 @@ drive Ray jobs, which live here because the library never imports cluster/, trai
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import platform
@@ -153,66 +154,40 @@ def synth(kind: str, n: int, out: str | None, seed: int, start: int, rows_per_sh
     click.echo(f"contact sheet: {sheet}")
 
 
-# -- recognition jobs: `docray recognize ...` (the library's group has `image`) --------------------
-@click.command("pretrain", **PASS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def pretrain(args) -> None:
-    """MAE pre-training of the encoder (arguments as `python -m train_jobs.mae_pretrain`)."""
-    from train_jobs.mae_pretrain import main
+# -- the job-driving commands added to the library's groups -----------------------------------------
+def _job(name: str, module: str, summary: str) -> click.Command:
+    """`docray <group> <name> ARGS...`: runs `python -m <module> ARGS...` in this process; `--help` is the
+    module's own, which lists every config key."""
 
-    main(list(args))
+    @click.command(name, help=f"{summary} (arguments as `python -m {module}`).", add_help_option=False, **PASS)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args) -> None:
+        importlib.import_module(module).main(list(args))
 
-
-@click.command("train", **PASS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train(args) -> None:
-    """Multi-task training (arguments as `python -m train_jobs.unified_train`)."""
-    from train_jobs.unified_train import main
-
-    main(list(args))
-
-
-@click.command("archive", **PASS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def archive(args) -> None:
-    """Recognise an archive with Ray Data (arguments as `python -m data_jobs.recognize_archive`)."""
-    from data_jobs.recognize_archive import main
-
-    main(list(args))
+    return command
 
 
 @click.command("quickstart")
 @click.option("--docs", default=200, show_default=True, help="synthetic documents")
 @click.option("--epochs", default=2, show_default=True)
 def quickstart(docs: int, epochs: int) -> None:
-    """A short MAE pre-training, a short multi-task training, then one POST /v1/recognize through Serve."""
-    from cluster.local import init_ray
-    from cluster.quickstart import recognition_step
+    """The quickstart with recognition only: a short MAE pre-training, a short multi-task training,
+    then the gateway's calls (`make quickstart` runs every method)."""
+    from cluster.quickstart import main
 
-    init_ray()
-    click.echo(json.dumps(recognition_step(docs, epochs), indent=2, default=str))
-
-
-# -- screening jobs: `docray screen ...` (the library's group has `query` and `info`) ---------------
-@click.command("build", **PASS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def build(args) -> None:
-    """Build or extend the library (arguments as `python -m data_jobs.build_cutout_library`)."""
-    from data_jobs.build_cutout_library import main
-
-    main(list(args))
+    main(["--set", "jobs.screening=false", "jobs.masking=false", "jobs.train_regen=false", f"n.documents={docs}",
+          "serve_config=configs/serve/recognition.yaml",
+          f"recognition_epochs={epochs}"])
 
 
-@click.command("rescan", **PASS)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def rescan(args) -> None:
-    """Rescan an archive (arguments as `python -m data_jobs.archive_rescan`)."""
-    from data_jobs.archive_rescan import main
-
-    main(list(args))
-
-
-JOB_COMMANDS = {"recognize": [pretrain, train, archive, quickstart], "screen": [build, rescan]}
+# the library's `recognize` group has `image`, its `screen` group `query` and `info`
+JOB_COMMANDS = {
+    "recognize": [_job("pretrain", "train_jobs.mae_pretrain", "MAE pre-training of the encoder"),
+                  _job("train", "train_jobs.unified_train", "Multi-task training"),
+                  _job("archive", "data_jobs.recognize_archive", "Recognise an archive with Ray Data"), quickstart],
+    "screen": [_job("build", "data_jobs.build_cutout_library", "Build or extend the library"),
+               _job("rescan", "data_jobs.archive_rescan", "Rescan an archive")],
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,6 +41,9 @@ from train_jobs.common import synth_dataset
 ROOT = Path(__file__).resolve().parents[1]
 
 
+GATEWAY = "configs/serve/gateway.yaml"
+
+
 class Jobs(Config):
     """Which jobs run (each is short here; `--set jobs.X=false` skips one and the steps that need it)."""
     recognition: bool = Field(True, description="mae_pretrain -> unified_train")
@@ -56,7 +59,8 @@ class QuickstartConfig(Config):
     jobs: Jobs = Jobs()
     recognition_epochs: int = Field(2, ge=1, description="epochs of MAE pre-training and of multi-task training")
     mask_identities: int = Field(16, ge=2, description="identities of the faces (n.faces rows cycle through them)")
-    serve_config: str = Field("configs/serve/gateway.yaml", description="the gateway's Serve config (serve deploy)")
+    serve_config: str = Field(GATEWAY, description="the gateway's Serve config (serve deploy); with a method "
+                              "switched off, a config that serves only the trained ones (configs/serve/)")
     address: str = Field("", description="Jobs API of a running cluster ('' -> the one this job starts)")
     job_timeout_s: float = Field(900, description="give up on a job after this long")
 
@@ -248,15 +252,16 @@ def call_every_endpoint(cfg: QuickstartConfig, out: dict[str, dict]) -> list[dic
             call("GET /v1/recognize-private/masks", dc.private_masks, lambda r: f"{len(r['masks'])} target masks")
             call("POST /v1/recognize-private", lambda: dc.recognize_private(face["image"]),
                  lambda r: f"label={r['label']} ({r['score']:.2f}) via {r['mask_id']}", f"identity={face['identity']}")
-        server = call("POST /v1/compress?mode=server", lambda: dc.compress(docs["image"]),
-                      lambda r: (f"{r['type']}" if r.get("method") != "codec" else f"codec ({r.get('reason')})")
-                      + f": {r['sizes']['original']:,} -> {r['sizes']['compressed']:,} B", docs["doc_type_name"])
-        call("POST /v1/compress?mode=split", lambda: dc.compress_split(docs["image"]),
-             lambda r: f"terminal-compressed {len(r[0]):,} B")
-        call("GET /v1/file-types", dc.file_types, lambda r: f"{len(r['types'])} types")
-        if server:
-            call("GET /v1/repository/{id}/original", lambda: dc.repository(server["record_id"], "original"),
-                 lambda r: f"{len(r):,} B (admin: auth is off locally)")
+        if cfg.jobs.train_regen:  # the compression app serves train_regen's model
+            server = call("POST /v1/compress?mode=server", lambda: dc.compress(docs["image"]),
+                          lambda r: (f"{r['type']}" if r.get("method") != "codec" else f"codec ({r.get('reason')})")
+                          + f": {r['sizes']['original']:,} -> {r['sizes']['compressed']:,} B", docs["doc_type_name"])
+            call("POST /v1/compress?mode=split", lambda: dc.compress_split(docs["image"]),
+                 lambda r: f"terminal-compressed {len(r[0]):,} B")
+            call("GET /v1/file-types", dc.file_types, lambda r: f"{len(r['types'])} types")
+            if server:
+                call("GET /v1/repository/{id}/original", lambda: dc.repository(server["record_id"], "original"),
+                     lambda r: f"{len(r):,} B (admin: auth is off locally)")
         call("GET /metrics", lambda: _metrics_once_exported(dc),
              lambda r: f"{sum(ln.startswith('ray_docray_http_requests_total') for ln in r.splitlines())} request series")
     return rows
@@ -312,14 +317,15 @@ def main(argv=None) -> None:
         archive = write_archive(cfg.seed, Path(out, "archive"))
         steps.append(run_job("archive_rescan", "data_jobs.archive_rescan", [f"input={archive}"], address, cfg.job_timeout_s))
     calls = []
-    served = all(cfg.jobs.model_dump().values())
+    # The full gateway serves every method's models; a single-method config (configs/serve/) serves one.
+    served = all(cfg.jobs.model_dump().values()) or cfg.serve_config != GATEWAY
     if served and not failed:
         timed("gateway (serve deploy)", lambda: deploy_gateway(cfg.serve_config, address), lambda r: cfg.serve_config)
         if steps[-1]["ok"]:
             calls = timed("one call per endpoint", lambda: call_every_endpoint(cfg, corpus),
                           lambda r: f"{sum(c['ok'] for c in r)}/{len(r)} answered") or []
     else:
-        print(f"\nskipping the gateway (it serves every method's models): "
+        print(f"\nskipping the gateway ({cfg.serve_config} serves every method's models): "
               f"{'failed: ' + ', '.join(sorted(failed)) if failed else 'a method was switched off in jobs'}")
     report(steps, calls, corpus, out, time.perf_counter() - t_start)
 
@@ -338,9 +344,11 @@ def report(steps: list[dict], calls: list[dict], corpus: dict[str, dict], out: s
     print("\nwhere to look:")
     for kind, row in corpus.items():
         print(f"  {kind}: {row['train']} (train), {row['val']} (val); contact sheet {row['contact_sheet']}")
-    print("  (the short mask run's funnel thresholds are off: its target masks are not privacy-selected)")
+    if Path(reports, "masking").exists():
+        print("  (the short mask run's funnel thresholds are off: its target masks are not privacy-selected)")
     for rel in ("masking/grid/bins.csv", "masking/grid/sample_face.png", "rescan-archive/", "quickstart/"):
-        print(f"  {Path(reports, rel)}")
+        if Path(reports, rel).exists():
+            print(f"  {Path(reports, rel)}")
     print(f"  models: {paths.sub('models')}   library: {paths.sub('indexes', 'screening')}")
     print(f"  repository: {paths.sub('repository')} (originals readable by the admin role only)")
     print(f"  job logs: {Path(reports, 'quickstart')}/<job>.log;  the gateway's /docs while this runs")

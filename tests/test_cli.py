@@ -31,10 +31,10 @@ def test_every_command_has_help(runner):
     for lib in [("doctor",), ("recognize", "image"), ("screen", "query"), ("screen", "info"), ("data", "import"),
                 ("calibrate", "screening"), ("masks", "report"), ("api", "health")]:  # the library's
         assert lib in paths, lib
-    for path in paths:
+    for path in paths:  # the job commands pass --help on to their module, whose help lists its config keys
         res = runner.invoke(main, [*path, "--help"])
         assert res.exit_code == 0, (path, res.output)
-        assert "Usage:" in res.output and len(res.output) > 80
+        assert "usage:" in res.output.lower() and len(res.output) > 80
 
 
 def test_info_json(runner, home):

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.docray-installed
 # This machine's pip config names local index folders that may not exist; pip warns once per package.
 QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
 
-.PHONY: help install quickstart test test-all test-slow bench clean
+.PHONY: help install quickstart models test test-all test-slow bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 quickstart: install  ## the main job: local Ray, synthetic corpus through Ray, storage, summary
 	$(BIN)/python -m cluster.quickstart
+
+models: install  ## every reference model from scratch, each step a Ray job; resumes (configs/models/standard.yaml)
+	$(BIN)/docray models build --profile standard
 
 test: install  ## the default test suite (no slow, no gpu tests); < 15 min on 2 cores
 	$(BIN)/python -m pytest

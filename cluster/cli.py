@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 import yaml
 
+from cluster.models_build import build_command
 from cluster.submit import submit
 from docray import cli as lib
 from docray import paths
@@ -36,13 +37,15 @@ class EntryGroup(click.Group):
     method groups of the same name (in a copy of each: the library's group objects stay as they are)."""
 
     def list_commands(self, ctx):
-        return sorted({*super().list_commands(ctx), *lib.main.list_commands(ctx)})
+        return sorted({*super().list_commands(ctx), *lib.main.list_commands(ctx), *JOB_COMMANDS})
 
     def get_command(self, ctx, name):
         cmd = super().get_command(ctx, name) or lib.main.get_command(ctx, name)
         jobs = JOB_COMMANDS.get(name)
-        if cmd is None or jobs is None:
+        if jobs is None:
             return cmd
+        if cmd is None:  # a group of job commands only
+            return click.Group(name, commands={c.name: c for c in jobs}, help=f"docray {name}: " + ", ".join(c.name for c in jobs))
         group = copy.copy(cmd)
         group.commands = {**cmd.commands, **{c.name: c for c in jobs}}
         return group
@@ -187,6 +190,7 @@ JOB_COMMANDS = {
                   _job("archive", "data_jobs.recognize_archive", "Recognise an archive with Ray Data"), quickstart],
     "screen": [_job("build", "data_jobs.build_cutout_library", "Build or extend the library"),
                _job("rescan", "data_jobs.archive_rescan", "Rescan an archive")],
+    "models": [build_command],  # the library's `models` group lists and shows registered models
 }
 
 if __name__ == "__main__":

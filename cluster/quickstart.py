@@ -152,17 +152,20 @@ def write_archive(seed: int, out: Path) -> Path:
     return out
 
 
-def run_job(name: str, module: str, overrides: list[str], address: str, timeout_s: float) -> dict:
-    """One job through the Jobs API; its log goes to DOCRAY_HOME/reports/quickstart/<name>.log."""
+def run_job(name: str, module: str, overrides: list[str], address: str, timeout_s: float,
+            log_dir: str | None = None, follow_logs: bool = False) -> dict:
+    """One job through the Jobs API; its log goes to `log_dir`/<name>.log (default
+    DOCRAY_HOME/reports/quickstart), and to the terminal as it runs with `follow_logs`."""
     from cluster.submit import JobFailed, connect, submit_job
 
-    log_dir = Path(paths.sub("reports", "quickstart"))
+    log_dir = Path(log_dir or paths.sub("reports", "quickstart"))
     log_dir.mkdir(parents=True, exist_ok=True)
     entry = f"python -m {module} --set " + " ".join(shlex.quote(o) for o in overrides)
     t0 = time.perf_counter()
     print(f"\n-- job {name}: {entry}", flush=True)
     try:
-        job_id, status = submit_job(entry, address=address, working_dir=str(ROOT), follow_logs=False, timeout_s=timeout_s)
+        job_id, status = submit_job(entry, address=address, working_dir=str(ROOT), follow_logs=follow_logs,
+                                    timeout_s=timeout_s)
         error = ""
     except JobFailed as e:
         job_id, status, error = e.job_id, e.status, e.logs_tail.splitlines()[-1] if e.logs_tail else str(e)

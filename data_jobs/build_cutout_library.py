@@ -42,6 +42,19 @@ class BuildConfig(Config):
     nprobe: int = Field(16, description="IVF lists searched")
     batch_size: int = Field(64, description="pictures per cut task; tiles per descriptor batch is 4x")
     concurrency: int = Field(1, ge=1, description="descriptor actors")
+    fresh: bool = Field(False, description="start a new library at root; an existing one is moved aside to "
+                        "<root>.replaced-<UTC time> (nothing is deleted)")
+
+
+def pinned(descriptor: str) -> str:
+    """`registry:NAME` -> `registry:NAME:vNNNN` (its latest version now): a library's vectors must all
+    come from one model, so its manifest names the version, not 'whatever is latest'."""
+    from docray.storage.registry import ModelRegistry
+
+    if descriptor.startswith("registry:") and ":" not in descriptor[len("registry:"):]:
+        name = descriptor[len("registry:"):]
+        return f"registry:{name}:{ModelRegistry().latest(name)}"
+    return descriptor
 
 
 def read_targets(cfg: BuildConfig):
@@ -78,13 +91,19 @@ def run(cfg: BuildConfig) -> dict:
 
     t0 = time.perf_counter()
     root = Path(cfg.root) if cfg.root else Library.default_root()
+    descriptor = pinned(cfg.descriptor)
+    if cfg.fresh and root.exists():
+        aside = root.with_name(f"{root.name}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        root.rename(aside)
+        print(f"fresh=true: the library that was at {root} is now {aside}")
     if (root / "manifest.json").exists():
         lib = Library.open(root)
-        if lib.manifest["descriptor"] != cfg.descriptor:
-            raise ValueError(f"{root} was built with descriptor {lib.manifest['descriptor']!r}, not {cfg.descriptor!r}")
+        if lib.manifest["descriptor"] not in (cfg.descriptor, descriptor):
+            raise ValueError(f"{root} was built with descriptor {lib.manifest['descriptor']!r}, not {descriptor!r}: "
+                             "its vectors would not compare; build a new library (fresh=true, or another root)")
     else:
-        model = load_descriptor(cfg.descriptor, device="cpu")
-        lib = Library.create(root, dim=model.cfg.dim, tile_size=cfg.tile_size, descriptor=cfg.descriptor,
+        model = load_descriptor(descriptor, device="cpu")
+        lib = Library.create(root, dim=model.cfg.dim, tile_size=cfg.tile_size, descriptor=descriptor,
                              index_opts={"ann_threshold": cfg.ann_threshold, "nprobe": cfg.nprobe}, templates=cfg.templates)
     save_config(cfg, root, "build_config.yaml")
     known = set(lib.meta.column("target_id").to_pylist())
@@ -92,7 +111,7 @@ def run(cfg: BuildConfig) -> dict:
     tiles = ds.map_batches(cut_targets, fn_kwargs=dict(tile_size=lib.manifest["tile_size"], templates=cfg.templates,
                                                        min_detail=cfg.min_detail, skip_ids=frozenset(known)),
                            batch_size=cfg.batch_size, num_cpus=0.5)  # tasks; targets already in the library skipped
-    feats = tiles.map_batches(TileEmbedder, fn_constructor_args=(cfg.descriptor,), batch_size=4 * cfg.batch_size,
+    feats = tiles.map_batches(TileEmbedder, fn_constructor_args=(lib.manifest["descriptor"],), batch_size=4 * cfg.batch_size,
                               concurrency=cfg.concurrency, **actor_resources(cfg.concurrency))
     batch, vectors, n_targets = TileBatch(), [], set()
     for b in tqdm(feats.iter_batches(batch_size=1024, batch_format="numpy"), desc="tiles", unit="batch"):

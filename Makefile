@@ -40,8 +40,8 @@ test: install  ## the default test suite (no slow, no gpu tests); < 15 min on 2 
 test-slow: install  ## the slow tests too
 	$(BIN)/python -m pytest -m "not gpu"
 
-bench: install  ## the benchmarks that run on this machine
-	$(BIN)/python benchmarks/synth_throughput.py
+bench: install  ## every benchmark against the registered models (make models first) -> benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks.run_all --profile standard
 
 clean:  ## remove the virtual environment and caches (not DOCRAY_HOME)
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,157 @@
+"""`make bench`: every benchmark against the registered models; writes `benchmarks/RESULTS.md`.
+
+    python -m benchmarks.run_all                                   # profile standard -> benchmarks/RESULTS.md
+    python -m benchmarks.run_all --profile quick                  # minutes; -> DOCRAY_HOME/reports/bench/
+    python -m benchmarks.run_all --only screening_quality --only index_search
+
+A profile (`configs/bench/<profile>.yaml`) lists the benchmarks and their arguments. Each runs in its
+own process (`python -m benchmarks.NAME ARGS`); its table (what it printed) and its figures (its
+last line, one JSON object) go into the results file with its wall time, beside the machine it ran
+on (CPU, GPU, versions, the git commit) and the model versions in the registry. A benchmark that
+fails is recorded as failed with the end of its output; the others still run, and the command exits
+non-zero. `make models` first: the benchmarks that evaluate trained models read the registry.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from docray.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "configs" / "bench"
+MODELS = ["recognition-encoder", "recognition-unified", "descriptor", "regen", "mask_recognizer_original",
+          "mask_recognizer_masked", "mask_inpainter"]
+
+
+class Bench(Config):
+    name: str = Field(description="benchmarks/<name>.py")
+    args: list[str] = Field([], description="its command-line arguments")
+    timeout_s: float = Field(1800, gt=0)
+
+
+class BenchProfile(Config):
+    description: str = ""
+    benchmarks: list[Bench]
+
+
+def machine() -> dict:
+    import ray
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"host": platform.node(), "cpu_cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+            "commit": commit + ("-dirty" if dirty else "")}
+
+
+def model_versions() -> dict[str, str]:
+    """name -> latest registered version (or 'none') of the reference models."""
+    from docray.storage.registry import ModelRegistry
+
+    reg, out = ModelRegistry(), {}
+    for name in MODELS:
+        try:
+            out[name] = reg.latest(name)
+        except Exception:  # noqa: BLE001 -- not registered (yet): say so in the results
+            out[name] = "none"
+    return out
+
+
+def run_one(b: Bench) -> dict:
+    """Run one benchmark; its output, figures (last JSON line) and wall time."""
+    cmd = [sys.executable, "-m", f"benchmarks.{b.name}", *b.args]
+    print(f"-- {b.name}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=b.timeout_s)
+        out, ok = proc.stdout, proc.returncode == 0
+        err = proc.stderr
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        ok, err = False, f"timed out after {b.timeout_s:.0f} s"
+    seconds = time.perf_counter() - t0
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    figures = None
+    if lines:
+        try:
+            figures = json.loads(lines[-1])
+            lines = lines[:-1]
+        except json.JSONDecodeError:
+            pass
+    ok = ok and isinstance(figures, dict)
+    tail = "" if ok else "\n".join((err or out).strip().splitlines()[-15:])
+    print(f"   {'ok' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
+    return {"name": b.name, "args": b.args, "ok": ok, "seconds": seconds, "table": "\n".join(lines[-80:]),
+            "figures": figures, "error": tail}
+
+
+def write_results(path: Path, profile: str, info: dict, versions: dict, results: list[dict]) -> None:
+    md = [f"# Benchmark results ({profile} profile)", "",
+          f"Written by `python -m benchmarks.run_all --profile {profile}` (`make bench`), "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Rerun it to replace this file.", "",
+          "## Machine", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in info.items()], "",
+          "## Models (registry, latest version)", "", "| model | version |", "|---|---|",
+          *[f"| {k} | {v} |" for k, v in versions.items()], "",
+          "## Summary", "", "| benchmark | ok | minutes | arguments |", "|---|---|---|---|",
+          *[f"| [{r['name']}](#{r['name'].replace('_', '-')}) | {'yes' if r['ok'] else 'FAILED'} | "
+            f"{r['seconds'] / 60:.1f} | `{' '.join(r['args']) or '-'}` |" for r in results], ""]
+    for r in results:
+        md += [f"## {r['name']}", "", f"`python -m benchmarks.{r['name']} {' '.join(r['args'])}`, "
+               f"{r['seconds'] / 60:.1f} min{'' if r['ok'] else ', FAILED'}", "", "```", r["table"] or "(no output)", "```", ""]
+        if r["figures"] is not None:
+            md += ["Figures (its last line):", "", "```json", json.dumps(r["figures"], default=str)[:20000], "```", ""]
+        if r["error"]:
+            md += ["End of its output:", "", "```", r["error"], "```", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(md))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[1:]))
+    p.add_argument("--profile", default="standard", help="quick | standard | a profile YAML path")
+    p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this benchmark (repeatable)")
+    p.add_argument("--out", default="", help="results file (default: benchmarks/RESULTS.md for the standard "
+                   "profile, DOCRAY_HOME/reports/bench/RESULTS-<profile>.md for others)")
+    a = p.parse_args(argv)
+    path = Path(a.profile) if a.profile.endswith((".yaml", ".yml")) else PROFILES / f"{a.profile}.yaml"
+    if not path.is_file():
+        p.error(f"no profile {a.profile!r} (known: {', '.join(sorted(q.stem for q in PROFILES.glob('*.yaml')))})")
+    profile = load_config(BenchProfile, path)
+    names = [b.name for b in profile.benchmarks]
+    unknown = sorted(set(a.only) - set(names))
+    if unknown:
+        p.error(f"--only {unknown}: not in profile {a.profile!r} ({', '.join(names)})")
+    missing = [n for n in names if not (ROOT / "benchmarks" / f"{n}.py").is_file()]
+    if missing:
+        p.error(f"profile {a.profile!r} names benchmarks that do not exist: {missing}")
+    if not a.out:
+        from docray import paths
+
+        a.out = str(ROOT / "benchmarks" / "RESULTS.md") if path == PROFILES / "standard.yaml" else \
+            str(Path(paths.sub("reports", "bench"), f"RESULTS-{path.stem}.md"))
+    info, versions = machine(), model_versions()
+    results = [run_one(b) for b in profile.benchmarks if not a.only or b.name in a.only]
+    write_results(Path(a.out), Path(path).stem, info, versions, results)
+    print(f"\n{'benchmark':24s} {'ok':6s} {'min':>6s}")
+    for r in results:
+        print(f"{r['name']:24s} {'yes' if r['ok'] else 'FAILED':6s} {r['seconds'] / 60:6.1f}")
+    print(f"results: {a.out}")
+    print(json.dumps({"benchmarks": {r["name"]: {"ok": r["ok"], "minutes": round(r["seconds"] / 60, 2)} for r in results},
+                      "ok": all(r["ok"] for r in results), "models": versions, **info}))
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

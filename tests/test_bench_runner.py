@@ -1,0 +1,28 @@
+"""`make bench` (benchmarks/run_all.py): each benchmark's table and JSON figures land in the results
+file beside the machine and the model versions; a failing benchmark is recorded and fails the run."""
+import json
+
+from benchmarks import run_all
+
+
+def test_results_file_holds_tables_figures_machine_and_models(tmp_path, home):
+    profile = tmp_path / "p.yaml"
+    profile.write_text(json.dumps({"benchmarks": [
+        {"name": "synth_throughput", "args": ["--n", "2", "--kinds", "masks"]},
+        {"name": "index_search", "args": ["--sizes", "not-a-number"]}]}))
+    out = tmp_path / "RESULTS.md"
+    assert run_all.main(["--profile", str(profile), "--out", str(out)]) == 1  # one failed
+    md = out.read_text()
+    assert "| cpu_cores |" in md and "| commit |" in md and "| recognition-unified | none |" in md
+    ok, failed = md.split("## synth_throughput")[1], md.split("## index_search")[1]
+    figures = json.loads(ok.split("```json\n")[1].split("\n```")[0])
+    assert figures and "masks" in ok  # its table and its last-line JSON
+    assert "FAILED" in failed and "End of its output" in failed
+    assert "| [synth_throughput](#synth-throughput) | yes |" in md and "| [index_search](#index-search) | FAILED |" in md
+
+
+def test_shipped_profiles_name_real_benchmarks(tmp_path):
+    for name in ("quick", "standard"):
+        profile = run_all.load_config(run_all.BenchProfile, run_all.PROFILES / f"{name}.yaml")
+        for b in profile.benchmarks:
+            assert (run_all.ROOT / "benchmarks" / f"{b.name}.py").is_file(), b.name

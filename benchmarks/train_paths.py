@@ -294,6 +294,10 @@ class MaskBench(Config):
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=2)
     mask_bank: int = Field(60, ge=6, description="synthetic training masks")
+    train_seeds: list[int] = Field([0], min_length=1, description="training seeds (the same rows): both paths train "
+                                   "once per seed and each figure is the mean over them, its spread beside it")
+    eval_splits: list[str] = Field(["val", "test"], description="held-out splits of the faces scored (both are "
+                                   "new photos of the training identities; more rows, less noise)")
 
 
 class BenchConfig(Config):
@@ -317,15 +321,21 @@ class BenchConfig(Config):
                                  "and models stay out of your own registry)")
 
 
-def figure(name: str, old: float, new: float, higher_is_better: bool, share: bool, tol: float,
+def figure(name: str, old, new, higher_is_better: bool, share: bool, tol: float,
            reference: float | None = None) -> dict:
     """One validation figure of both paths; `worse_points` > 0 where the new path is worse;
-    `reference`: the old path's figure with `reference_seed` (its difference to `old` alongside)."""
+    `reference`: the old path's figure with `reference_seed` (its difference to `old` alongside).
+    `old` and `new` may be lists (one value per training seed): the figure is their mean, and the
+    standard deviation over seeds (in points) stands beside it."""
     points = lambda a, b: 100 * (a - b) if share else 100 * (a - b) / max(abs(b), 1e-12)  # noqa: E731
+    olds, news = np.atleast_1d(np.asarray(old, float)), np.atleast_1d(np.asarray(new, float))
+    old, new = float(olds.mean()), float(news.mean())
     diff = points(new, old)
     worse = -diff if higher_is_better else diff
+    sd = lambda v: float(v.std(ddof=1)) * (100 if share else 100 / max(abs(old), 1e-12)) if len(v) > 1 else None  # noqa: E731
     return {"figure": name, "unit": "share" if share else "loss", "higher_is_better": higher_is_better,
             "old": old, "new": new, "diff_points": diff, "worse_points": worse, "ok": bool(worse <= tol),
+            "seeds": len(olds), "old_sd_points": sd(olds), "new_sd_points": sd(news),
             "old_reseeded": reference, "reseeded_diff_points": None if reference is None else points(reference, old)}
 
 
@@ -361,12 +371,14 @@ def fresh(folder: Path) -> str:
     return str(folder)
 
 
-def legacy(c: BenchConfig, loop, name: str, reference: dict | None = None, **settings) -> tuple[dict, dict, dict | None]:
-    """Train an old loop under the benchmark's worker settings: (state dict, timing, and the state
-    dict of a second run with training seed `c.reference_seed` and `reference` settings, or None)."""
+def legacy(c: BenchConfig, loop, name: str, reference: dict | None = None, train_seed: int | None = None,
+           **settings) -> tuple[dict, dict, dict | None]:
+    """Train an old loop under the benchmark's worker settings (training seed `train_seed`, default
+    c.seed): (state dict, timing, and the state dict of a second run with training seed
+    `c.reference_seed` and `reference` settings, or None)."""
     from benchmarks import _legacy_train as L
 
-    runs = [(c.seed, name, settings)]
+    runs = [(c.seed if train_seed is None else train_seed, name, settings)]
     if c.reference_seed is not None:
         runs.append((c.reference_seed, f"{name}-reseeded", {**settings, **(reference or {})}))
     out = []
@@ -402,10 +414,8 @@ def bench_mask(c: BenchConfig) -> dict:
     cfg = new.MaskModelsConfig(train=faces, masks=masks, image_size=m.image_size, seed=c.seed, recognizer=m.model,
                                models=m.kinds, epochs=m.epochs, batch_size=m.batch_size, num_workers=c.num_workers,
                                cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu, out=str(Path(c.out, "runs", "mask")))
-    with NewRuns(new, str(Path(c.out, "timing", "new"))) as runs:
-        new.run(cfg)
     val = pq.read_table(faces, columns=["id", "image", "identity", "split"]).to_pylist()
-    val = [r for r in val if r["split"] == "val"]
+    val = [r for r in val if r["split"] in m.eval_splits]
     prep = MaskedFaces(m.image_size, classes, bank)  # a fixed mask per row: the same for both paths
 
     def scores(state: dict) -> dict:
@@ -415,20 +425,28 @@ def bench_mask(c: BenchConfig) -> dict:
                    for i in range(0, len(val), 256))
         return T.val_metrics(T.evaluate(model, "masked", batches))
 
-    figures, speed, same_rows = [], [], True
-    want = parquet_rows(faces, "train")
-    for kind, run in zip(m.kinds, runs.runs):
-        state, t_old, ref = legacy(c, L.mask_loop, f"old-mask-{kind}", kind=kind, rows=[0, n], split="train",
-                              options={"size": m.image_size, "n_identities": m.n_identities}, image_size=m.image_size,
-                              mask_bank=m.mask_bank, mask_seed=cfg.mask_seed, model=m.model, num_classes=len(classes),
-                              batch_size=m.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=m.epochs,
-                              max_shift=cfg.max_shift)
-        old, new_ = scores(state), scores(load_checkpoint_state(run["result"].checkpoint)["model"])
-        ref = scores(ref) if ref else {}
-        for k in ("val_acc_whole", "val_acc_masked"):
-            figures.append(figure(f"{kind}: {k}", old[k], new_[k], True, True, c.tolerance_points, ref.get(k)))
-        speed.append(throughput(kind, t_old, run["timing"], c.min_throughput_ratio))
-        same_rows &= t_old["rows"] == want
+    keys = ("val_acc_whole", "val_acc_masked")
+    per_seed = {kind: {"old": [], "new": [], "ref": {}} for kind in m.kinds}
+    speed, same_rows, want = [], True, parquet_rows(faces, "train")
+    for i, seed in enumerate(m.train_seeds):
+        with NewRuns(new, str(Path(c.out, "timing", f"new-{seed}"))) as runs:
+            new.run(cfg.model_copy(update={"seed": seed, "out": str(Path(c.out, "runs", f"mask-{seed}"))}))
+        for kind, run in zip(m.kinds, runs.runs):
+            state, t_old, ref = legacy(c if i == 0 else c.model_copy(update={"reference_seed": None}), L.mask_loop,
+                                       f"old-mask-{kind}-{seed}", train_seed=seed, kind=kind, rows=[0, n], split="train",
+                                       options={"size": m.image_size, "n_identities": m.n_identities},
+                                       image_size=m.image_size, mask_bank=m.mask_bank, mask_seed=cfg.mask_seed,
+                                       model=m.model, num_classes=len(classes), batch_size=m.batch_size, lr=cfg.lr,
+                                       weight_decay=cfg.weight_decay, epochs=m.epochs, max_shift=cfg.max_shift)
+            per_seed[kind]["old"].append(scores(state))
+            per_seed[kind]["new"].append(scores(load_checkpoint_state(run["result"].checkpoint)["model"]))
+            if ref:
+                per_seed[kind]["ref"] = scores(ref)
+            if i == 0:
+                speed.append(throughput(kind, t_old, run["timing"], c.min_throughput_ratio))
+            same_rows &= t_old["rows"] == want
+    figures = [figure(f"{kind}: {k}", [s[k] for s in r["old"]], [s[k] for s in r["new"]], True, True,
+                      c.tolerance_points, r["ref"].get(k)) for kind, r in per_seed.items() for k in keys]
     return {"figures": figures, "throughput": speed, "same_rows": same_rows, "held_out_rows": len(val)}
 
 
@@ -636,6 +654,8 @@ def print_report(c: BenchConfig, results: dict) -> None:
         for f in r["figures"]:
             unit = "pts" if f["unit"] == "share" else "%"
             ref = "" if f["old_reseeded"] is None else f"{f['old_reseeded']:8.4f} {f['reseeded_diff_points']:+6.1f}{unit}"
+            if f.get("seeds", 1) > 1:
+                ref += f"  mean of {f['seeds']} seeds, sd old {f['old_sd_points']:.1f} new {f['new_sd_points']:.1f} {unit}"
             print(f"{method:11s} {f['figure']:34s} {f['old']:8.4f} {f['new']:8.4f} {f['diff_points']:+6.1f}{unit:>3s}"
                   f" {'ok' if f['ok'] else 'NO':>3s}  {ref}")
     print(f"\n{'method':11s} {'model':16s} {'steps':>9s} {'samples/s/worker':>17s} {'new/old':>7s} "

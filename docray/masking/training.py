@@ -31,6 +31,7 @@ def inpaint_step(model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torc
 
 
 @torch.inference_mode()
+@torch.no_grad()
 def val_sums(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
     """Sums over one validation batch, to be added up over batches and ranks (`val_metrics` divides):
     a recogniser's correct answers on the whole and on the masked images and the count; the

@@ -80,6 +80,21 @@ def test_document_batch_asks_each_document_only_what_it_has_labels_for(docs):
         DocumentBatch(cat, 32)(_numpy(table))
 
 
+def test_views_decoded_once_are_the_views_mae_trained_on(docs):
+    """DocumentViews (once, in Ray Data) + ViewBatch (per step) give the images DocumentImages gave."""
+    from docray.recognition.data import DocumentImages, DocumentViews, ViewBatch
+
+    rows = _numpy(pq.read_table(docs / "train").slice(0, 6))  # row 1 has no flash frame
+    for frames in (True, False):
+        direct = DocumentImages(32, frames)(rows)
+        stored = DocumentViews(32, frames)(rows)["views"]
+        assert len(stored) == 6 and len(stored[1]) < len(stored[0]) if frames else all(len(v) == 1 for v in stored)
+        batched = ViewBatch(32)({"views": stored})
+        assert batched.shape == direct.shape and batched.dtype == torch.uint8
+        key = lambda t: sorted(x.numpy().tobytes() for x in t)  # noqa: E731 -- the same images, another order
+        assert key(batched) == key(direct)
+
+
 def test_check_labels_names_what_a_dataset_lacks(ray_cluster, docs):
     import ray.data
 

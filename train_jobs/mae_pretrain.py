@@ -71,7 +71,7 @@ class MAEPretrainConfig(Config):
 # -- data and starting weights (shared with unified_train) ---------------------------------------------
 
 
-def documents_datasets(c, columns: list[str], required: tuple[str, ...]) -> tuple[dict, str, str]:
+def documents_datasets(c, columns: list[str], required: tuple[str, ...], cache: bool | None = None) -> tuple[dict, str, str]:
     """({"train", "val"} Ray Datasets, train URI, val URI) of `c.train` / `c.val`, or of the synthetic
     default made once here (on the driver), reduced to the `columns` each carries; a dataset lacking
     a `required` column is a ValueError naming it."""
@@ -82,13 +82,30 @@ def documents_datasets(c, columns: list[str], required: tuple[str, ...]) -> tupl
     train, val = c.train, c.val
     if not train:
         train, val = synth_dataset("documents", c.n_train, c.n_val, c.seed, options=DOC_OPTIONS)
-    ds = read_datasets(train, val)
+    ds = read_datasets(train, val, cache=cache)
     for split, uri in (("train", train), ("val", val)):
         missing = [col for col in required if col not in ds[split].schema().names]
         if missing:
             raise ValueError(f"{split} dataset {uri}: missing column(s) {missing}, which this job needs "
                              "(the 'documents' contract, docray.datasets.contracts)")
     return {s: d.select_columns([col for col in columns if col in d.schema().names]) for s, d in ds.items()}, train, val
+
+
+def decoded_views(ds: dict, size: int, frames: bool) -> dict:
+    """Each document's views decoded and resized once (DocumentViews, in Ray Data tasks): the training
+    views (with frames) and the validation captures. Kept in Ray's object store when they fit in
+    CACHE_FRACTION of it (raw (3, s, s) uint8 each, counted on a sample); streamed otherwise."""
+    from docray.recognition.data import DocumentViews
+    from train_jobs.common import CACHE_FRACTION, _object_store_bytes
+
+    out = {s: d.map_batches(DocumentViews(size, frames and s == "train"), batch_format="numpy", batch_size=32)
+           for s, d in ds.items()}
+    sample = ds["train"].take_batch(16, batch_format="numpy")
+    per_doc = max(len(v) for v in DocumentViews(size, frames)(sample)["views"]) if len(sample["image"]) else 1
+    rows = sum(d.count() for d in ds.values())  # Parquet metadata: no read
+    if rows * per_doc * 3 * size * size <= CACHE_FRACTION * _object_store_bytes():
+        out = {s: d.materialize() for s, d in out.items()}
+    return out
 
 
 def registry_ref(ref: str) -> tuple[str, str] | None:
@@ -157,7 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from docray.recognition.data import DocumentImages, image_grid, to_float
+    from docray.recognition.data import ViewBatch, image_grid, to_float
 
     c = MAEPretrainConfig.model_validate(config)
     device, rank, world = worker_setup(c.cpus_per_worker)
@@ -169,7 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
     start, state = restore(model, opt, sched)
     net = ray.train.torch.prepare_model(model)
     train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    views, captures = DocumentImages(size, c.use_frames), DocumentImages(size, frames=False)
+    views = captures = ViewBatch(size)  # the datasets hold decoded views (DocumentViews, on the driver)
     amp = device.type == "cuda"
     step, elapsed = start * steps, state.get("elapsed_s", 0.0)
     for epoch in range(start, c.epochs):
@@ -229,8 +246,9 @@ def main(argv=None) -> dict:
     c = parse_args(MAEPretrainConfig, argv, description=__doc__.split("\n")[0])
     size = build(c).spec.image_size  # fail fast (bad model, init_from) in the driver
     init_ray()
-    ds, train, val = documents_datasets(c, DocumentImages(size, c.use_frames).columns, required=("image",))
-    steps = steps_per_epoch(ds["train"].count(), c.batch_size, c.num_workers)
+    ds, train, val = documents_datasets(c, DocumentImages(size, c.use_frames).columns, required=("image",), cache=False)
+    steps = steps_per_epoch(ds["train"].count(), c.batch_size, c.num_workers)  # Parquet metadata, before the decode
+    ds = decoded_views(ds, size, c.use_frames)
     c = c.model_copy(update={"train": train, "val": val, "steps_per_epoch": min(steps, c.steps_per_epoch or steps)})
     save_config(c, c.out)
     result = run_trainer(train_loop_per_worker, c, "mae_pretrain", ds)

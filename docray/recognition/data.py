@@ -222,6 +222,34 @@ class DocumentImages(NumpyBatchCollateFn):
         return torch.from_numpy(np.stack([load_rgb(v, self.size) for v in views]))
 
 
+class DocumentViews:
+    """Ray Data step (`ds.map_batches(DocumentViews(s), batch_format="numpy")`): documents -> column
+    `views`, per document its views (as DocumentImages picks them) decoded and resized once, each a raw
+    (3, s, s) uint8 buffer. Decoding then happens once per dataset, in Ray Data's tasks, not in the
+    training worker on every epoch; `ViewBatch` stacks the buffers."""
+
+    def __init__(self, image_size: int, frames: bool = True):
+        self.images = DocumentImages(image_size, frames)
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = np.empty(len(rows["image"]), dtype=object)
+        for i in range(len(out)):
+            one = {k: rows[k][i:i + 1] for k in self.images.columns if k in rows}
+            out[i] = [v.tobytes() for v in self.images(one).numpy()]
+        return {"views": out}
+
+
+class ViewBatch(NumpyBatchCollateFn):
+    """collate_fn over DocumentViews rows: every view of the batch's documents, (n', 3, s, s) uint8."""
+
+    def __init__(self, image_size: int):
+        self.size = image_size
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> torch.Tensor:
+        shape = (3, self.size, self.size)
+        return torch.from_numpy(np.stack([np.frombuffer(b, np.uint8).reshape(shape) for row in rows["views"] for b in row]))
+
+
 def check_labels(ds, cat: Catalogue, require: bool = True) -> dict[str, int]:
     """Rows of a documents Ray Dataset that label each task of `cat` (`has_label`), in one pass over
     the label and frame columns. Raises ValueError naming the values when doc_type_name holds types

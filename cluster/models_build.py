@@ -73,17 +73,25 @@ def load_profile(name: str) -> Profile:
 
 def check_settings(step: Step) -> None:
     """Raise ConfigError unless some config class of the step's module accepts its --set overrides."""
-    module = importlib.import_module(step.module)
+    try:
+        check_job_config(step.module, None, step.set)
+    except ConfigError as e:
+        raise ConfigError(f"step {step.name!r}: {e}") from None
+
+
+def check_job_config(module_name: str, path: str | None = None, overrides: list[str] = ()) -> None:
+    """Raise ConfigError unless some config class of the job module accepts `--config path --set overrides`."""
+    module = importlib.import_module(module_name)
     classes = [c for c in vars(module).values()
                if isinstance(c, type) and issubclass(c, BaseModel) and c.__module__ == module.__name__]
     errors = []
     for cls in classes:
         try:
-            load_config(cls, None, step.set)
+            load_config(cls, path, overrides)
             return
         except ConfigError as e:
             errors.append(str(e))
-    raise ConfigError(f"step {step.name!r}: {step.module} does not take {step.set}: "
+    raise ConfigError(f"{module_name} does not take {path or ''} {list(overrides)}: "
                       + (min(errors, key=len) if errors else "it has no config class"))
 
 

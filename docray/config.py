@@ -68,6 +68,15 @@ def _explain(cls: type[BaseModel], err: ValidationError) -> str:
     return f"invalid {cls.__name__}: " + "; ".join(lines)
 
 
+def _value(raw: str) -> Any:
+    """An override's value as YAML reads it (`2`, `true`, `[a, b]`), or the text itself where it is not
+    YAML on its own (`...`, `a: b: c`): a path or a name is never an error."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
     """Build `cls` from code defaults, then the YAML file at `path`, then `key=value` overrides."""
     data: dict = {}
@@ -75,7 +84,10 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}
@@ -83,7 +95,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key=value")
-        _set_nested(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        _set_nested(data, key.strip(), _value(raw))
     try:
         return cls.model_validate(data)
     except ValidationError as e:

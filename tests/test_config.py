@@ -48,6 +48,16 @@ def test_unknown_key_in_file_and_bad_file(tmp_path):
         load_config(Job, f)
     with pytest.raises(ConfigError, match="not found"):
         load_config(Job, tmp_path / "missing.yaml")
+    f.write_text("epochs: [2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Job, f)
+
+
+def test_an_override_that_is_not_yaml_is_its_text():
+    assert load_config(Model, overrides=["act=..."]).act == "..."
+    assert load_config(Model, overrides=["act=a: b: c"]).act == "a: b: c"
+    with pytest.raises(ConfigError, match="width"):
+        load_config(Model, overrides=["width=[1"])  # the text '[1' is still no int
 
 
 def test_assignment_is_validated():

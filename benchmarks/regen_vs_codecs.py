@@ -1,7 +1,7 @@
 """Regen compression against plain codecs at matched byte budgets, on held-out synthetic documents.
 
     python -m benchmarks.regen_vs_codecs --set model_dir=/path/to/regen-run/model
-    python -m benchmarks.regen_vs_codecs --set untrained=regen_tiny n_docs=1 budgets=[3000]   # smoke
+    python -m benchmarks.regen_vs_codecs --set untrained=regen_tiny file_types=configs/regen/file_types_tiny.yaml n_docs=1 gate_docs=8 ood=2   # smoke
 
 For every held-out document (rows from `start`, never trained on) and every byte budget B:
 - JPEG / WebP / AVIF (if Pillow has it): the capture itself, compressed by the same search as regen
@@ -16,8 +16,21 @@ would match anywhere) read back (a) by OCR (rapidocr; a field counts when its te
 removed, appears in the OCR output) and (b) by the content model (field by field); PSNR/SSIM of
 each decoded image against what it stands for (codecs: the capture; regen: the clean render at
 the first size threshold). Then the bytes each method needs for 95% OCR legibility (the smallest
-budget of the sweep that reaches it). Prints the table, saves a side-by-side PNG, and ends with
-one JSON line.
+budget of the sweep that reaches it).
+
+Never falsify (the regen outputs above are the hybrid images the service sends): over the held-out
+documents' fields, the confidently-wrong rate (regenerated fields whose text is not the truth, over
+all regenerated fields; every field of a document regenerated as the wrong type counts wrong), the
+share of fields kept as pixels, and how many misreadings the fallback caught. They do not depend
+on the byte budget (the fields are decided before compression). Then the document gate on
+`gate_docs` more held-out documents of known types (the share that passes) and on an
+out-of-distribution set, per family: the five generated non-document families of
+`docray.compression.nondocs` from the "evaluation" seed stream (calibration draws from another),
+photo-like pictures of the synthetic world (benign posters, faces: never calibrated on) and
+documents of a type the model does not know (examples/doctypes/cn_resident_card.yaml). Thresholds
+come from the model's calibration split, never from these figures.
+
+Prints the tables, saves a side-by-side PNG, and ends with one JSON line.
 """
 from __future__ import annotations
 
@@ -42,7 +55,9 @@ class BenchConfig(Config):
     start: int = Field(100_000, description="first held-out row (training uses rows 0..n_train)")
     seed: int = 0
     original_size: tuple[int, int] = Field((384, 240), description="(w, h) of the captures")
-    budgets: list[int] = Field([2000, 4000, 8000], description="byte budgets, ascending")
+    budgets: list[int] = Field([2500, 4000, 8000], description="byte budgets, ascending")
+    gate_docs: int = Field(200, ge=0, description="held-out documents of known types the gate is checked on")
+    ood: int = Field(40, ge=0, description="out-of-distribution images per family (7 families; 0: skip)")
     ocr: bool = Field(True, description="read fields back with rapidocr (slow on CPU: ~1-10 s per image)")
     ocr_height: int = Field(480, description="every image is scaled to this height before OCR")
     out: str = Field("", description="where the side-by-side PNG goes ('' -> DOCRAY_HOME/reports/regen_vs_codecs)")
@@ -78,6 +93,58 @@ def model_legibility(read: list[str], fields: list[str], labels: list[str]) -> f
     return float(np.mean([r == l for r, l in zip(read, labels) if len(l) >= 3])) if fields else 0.0
 
 
+def field_honesty(outs: list[dict], rows: list[dict]) -> dict:
+    """Regenerated fields read wrong (the falsifications), fields kept as pixels, misreadings caught."""
+    n = regen_docs = regenerated = wrong = pixels = caught = 0
+    for out, row in zip(outs, rows):
+        truth = {f["name"]: f["text"] for f in row["clean_fields"]}
+        n += len(truth)
+        if out["method"] != "regen":
+            continue
+        regen_docs += 1
+        right_type = out["type"] == row["doc_type_name"]
+        for f in out["fields"]:
+            ok = right_type and truth.get(f["name"]) == f["text"]
+            if f["source"] == "regenerated":
+                regenerated, wrong = regenerated + 1, wrong + (not ok)
+            else:
+                pixels, caught = pixels + 1, caught + (not ok)
+    return {"documents": len(rows), "documents_regenerated": regen_docs, "fields": n, "regenerated_fields": regenerated,
+            "wrong_regenerated_fields": wrong, "confidently_wrong_rate": wrong / max(regenerated, 1),
+            "pixel_fields": pixels, "pixels_share": pixels / max(n, 1), "misread_kept_as_pixels": caught,
+            "regenerated_share_of_all_fields": regenerated / max(n, 1)}
+
+
+def gate_check(rc, cfg: BenchConfig) -> dict:
+    """The gate's decisions per image family: {family: {n, passed, share}}."""
+    from pathlib import Path
+
+    from docray.compression.nondocs import FAMILIES, non_documents
+    from docray.imageio import decode_image
+    from docray.synth import generate
+
+    size = tuple(cfg.original_size)
+    start = cfg.start + cfg.n_docs  # after the documents scored above
+    sets = {}
+    if cfg.gate_docs:
+        docs = generate("documents", start, start + cfg.gate_docs, seed=cfg.seed, size=size, n_angles=0)
+        sets["held-out documents (known types)"] = docs.column("image").to_pylist()
+    if cfg.ood:
+        for fam in FAMILIES:
+            sets[f"non-document: {fam}"] = non_documents(cfg.ood, "evaluation", size, families=(fam,))
+        sets["photo-like: posters"] = generate("targets", 0, cfg.ood, seed=cfg.seed + 11, target_rate=0.0).column("image").to_pylist()
+        sets["photo-like: faces"] = generate("faces", 0, cfg.ood, seed=cfg.seed + 12).column("image").to_pylist()
+        os.environ["DOCRAY_DOCTYPES"] = str(Path(__file__).resolve().parents[1] / "examples" / "doctypes")
+        unknown = generate("documents", 0, cfg.ood, seed=cfg.seed + 13, size=size, n_angles=0, doc_types=("cn_resident_card",))
+        sets["document of an unknown type"] = unknown.column("image").to_pylist()
+    out = {}
+    for name, images in sets.items():
+        images = [decode_image(im) if isinstance(im, bytes) else im for im in images]
+        passed = sum(sum(g["passed"] for g in rc.gate(images[i:i + 32])) for i in range(0, len(images), 32))
+        out[name] = {"n": len(images), "passed": int(passed), "share": passed / max(len(images), 1)}
+    return out
+
+
 def codecs() -> list[str]:
     return ["jpeg", "webp"] + (["avif"] if features.check("avif") else [])
 
@@ -106,13 +173,14 @@ def main(argv=None) -> None:
     flats = generate("documents", cfg.start, cfg.start + cfg.n_docs, seed=cfg.seed, size=(W, H), n_angles=0).to_pylist()
     methods = codecs() + [f"regen_{c}" for c in codecs()] + [f"regen_oracle_{c}" for c in codecs()]
     res = {(m, b): {"ocr": [], "model": [], "psnr": [], "ssim": [], "bytes": []} for m in methods for b in cfg.budgets}
-    side = None
+    side, outs = None, []
     t0 = time.perf_counter()
     for d, (row, flat) in enumerate(zip(rows, flats)):
         labels = [f["text"] for f in row["clean_fields"]]
         fields = [t for t in labels if len(t) >= 3]
         capture, clean = decode_image(row["image"]), np.asarray(decode_image(flat["clean"]))
         out = rc.run(row["image"], mode="split")
+        outs.append(out)
         regen = decode_image(out["processed"])
         cond, layer = cond_input(row["doc_type"], labels, (H, W))
         ids = rc.model.tokenizer.batch([layout.join_content(labels)], rc.cfg.max_len)
@@ -131,7 +199,7 @@ def main(argv=None) -> None:
                 c = compress_to_threshold(img, 100, Threshold(width=img.width, height=img.height, bytes=b), fmt)
                 dec = Image.open(io.BytesIO(c.data)).convert("RGB")
                 decoded[m] = dec
-                full = np.asarray(dec.resize(img.size, Image.Resampling.BICUBIC))
+                full = np.asarray(dec.resize((ref.shape[1], ref.shape[0]), Image.Resampling.BICUBIC))  # codec path: not the clean size
                 r = res[(m, b)]
                 r["bytes"].append(c.nbytes)
                 r["psnr"].append(psnr(full, ref))
@@ -144,6 +212,8 @@ def main(argv=None) -> None:
                 side = [capture] + [decoded[m] for m in methods]
         print(f"document {d + 1}/{cfg.n_docs} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
+    honesty = field_honesty(outs, rows)
+    gate = gate_check(rc, cfg) if cfg.gate_docs or cfg.ood else {}
     mean = lambda v: float(np.mean(v)) if v else float("nan")
     table = []
     for m in methods:
@@ -160,6 +230,16 @@ def main(argv=None) -> None:
         ok = [t["budget_bytes"] for t in table if t["method"] == m and t["ocr_legibility"] >= 0.95]
         need[m] = min(ok) if ok else None
     print("bytes for 95% OCR legibility: " + ", ".join(f"{m}={v if v else 'not reached'}" for m, v in need.items()))
+    print(f"\nfields of {honesty['documents']} documents ({honesty['documents_regenerated']} regenerated, the others "
+          f"went the codec path): {honesty['fields']} fields, {honesty['regenerated_fields']} regenerated, "
+          f"{honesty['pixel_fields']} kept as pixels ({honesty['pixels_share']:.1%})")
+    print(f"confidently wrong: {honesty['wrong_regenerated_fields']} of {honesty['regenerated_fields']} regenerated "
+          f"fields ({honesty['confidently_wrong_rate']:.2%}); misreadings the fallback kept as pixels: "
+          f"{honesty['misread_kept_as_pixels']}")
+    if gate:
+        print(f"\n{'gate on':<34}{'images':>8}{'passed':>8}{'share':>8}")
+        for name, g in gate.items():
+            print(f"{name:<34}{g['n']:>8}{g['passed']:>8}{g['share']:>8.3f}")
     out = cfg.out or paths.sub("reports", "regen_vs_codecs")
     os.makedirs(out, exist_ok=True)
     png = os.path.join(out, "side_by_side.png")
@@ -169,7 +249,9 @@ def main(argv=None) -> None:
         Image.fromarray(np.concatenate(tiles, axis=1)).save(png)
         print(f"side by side (original | {' | '.join(methods)} at {cfg.budgets[0]} bytes): {png}")
     print(json.dumps({"n_docs": cfg.n_docs, "budgets_bytes": cfg.budgets, "rows": table,
-                      "bytes_for_95pct_ocr_legibility": need, "side_by_side_png": png,
+                      "bytes_for_95pct_ocr_legibility": need, "fields": honesty, "gate": gate,
+                      "ood_passed": sum(g["passed"] for k, g in gate.items() if k != "held-out documents (known types)"),
+                      "side_by_side_png": png,
                       "elapsed_s": round(time.perf_counter() - t0, 1)}))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 import ray
@@ -75,6 +76,12 @@ def another_ray_on_host(port: int = AGENT_PORT) -> bool:
     instance's agents ("No available agent", runtime_env packages "not found in the GCS").
     """
     return port_in_use(port)
+
+
+def this_python_first() -> None:
+    """Job entrypoints say `python`: put this interpreter's folder first on PATH, so the Ray processes
+    started after this (and the jobs they run) use it, not the system's."""
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def dashboard_url() -> str:

@@ -141,8 +141,9 @@ def build(profile_name: str, address: str = "", force: tuple[str, ...] = (), dry
                   f"--set {' '.join(s.set)}")
         return []
     if todo and not address:
-        from cluster.local import dashboard_url, init_ray
+        from cluster.local import dashboard_url, init_ray, this_python_first
 
+        this_python_first()
         init_ray(dashboard=True)
         address = dashboard_url()
     rows, failed = [], set()

@@ -272,13 +272,12 @@ def call_every_endpoint(cfg: QuickstartConfig, out: dict[str, dict]) -> list[dic
 
 def main(argv=None) -> None:
     cfg = parse_args(QuickstartConfig, argv, description=__doc__.split("\n\n")[0])
-    from cluster.local import another_ray_on_host, dashboard_url, init_ray
+    from cluster.local import another_ray_on_host, dashboard_url, init_ray, this_python_first
 
     # Per-job package notices ("Uploading package", "'.git' is now ignored by default") would drown the steps.
     logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
     logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
-    # Job entrypoints say `python`: make it this interpreter for the Ray processes started below.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    this_python_first()
     t_start = time.perf_counter()
     steps: list[dict] = []
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,7 @@ from docray.config import Config, parse_args, save_config
 from docray.imageio import decode_image
 from docray.screening.library import Library, TileBatch
 from docray.screening.templates import DEFAULT_TEMPLATES
+from docray.screening.verify import FeatureSpec
 
 
 class BuildConfig(Config):
@@ -42,6 +44,9 @@ class BuildConfig(Config):
     nprobe: int = Field(16, description="IVF lists searched")
     batch_size: int = Field(64, description="pictures per cut task; tiles per descriptor batch is 4x")
     concurrency: int = Field(1, ge=1, description="descriptor actors")
+    local_features: Literal["sift", "orb", "none"] = Field("sift", description="local features of each whole target "
+                                                          "stored with a NEW library, for verification ('none': no "
+                                                          "verification); an existing library keeps what it was built with")
     fresh: bool = Field(False, description="start a new library at root; an existing one is moved aside to "
                         "<root>.replaced-<UTC time> (nothing is deleted)")
 
@@ -104,12 +109,14 @@ def run(cfg: BuildConfig) -> dict:
     else:
         model = load_descriptor(descriptor, device="cpu")
         lib = Library.create(root, dim=model.cfg.dim, tile_size=cfg.tile_size, descriptor=descriptor,
-                             index_opts={"ann_threshold": cfg.ann_threshold, "nprobe": cfg.nprobe}, templates=cfg.templates)
+                             index_opts={"ann_threshold": cfg.ann_threshold, "nprobe": cfg.nprobe}, templates=cfg.templates,
+                             features=None if cfg.local_features == "none" else FeatureSpec(kind=cfg.local_features))
     save_config(cfg, root, "build_config.yaml")
     known = set(lib.meta.column("target_id").to_pylist())
     ds = read_targets(cfg)
     tiles = ds.map_batches(cut_targets, fn_kwargs=dict(tile_size=lib.manifest["tile_size"], templates=cfg.templates,
-                                                       min_detail=cfg.min_detail, skip_ids=frozenset(known)),
+                                                       min_detail=cfg.min_detail, skip_ids=frozenset(known),
+                                                       features=None if lib.feature_spec is None else lib.feature_spec.model_dump()),
                            batch_size=cfg.batch_size, num_cpus=0.5)  # tasks; targets already in the library skipped
     feats = tiles.map_batches(TileEmbedder, fn_constructor_args=(lib.manifest["descriptor"],), batch_size=4 * cfg.batch_size,
                               concurrency=cfg.concurrency, **actor_resources(cfg.concurrency))
@@ -120,6 +127,8 @@ def run(cfg: BuildConfig) -> dict:
             batch.rows.append({c: (b[c][k].item() if hasattr(b[c][k], "item") else b[c][k])
                                for c in ("target_id", "source_id", "cut_type", "cut_code", "position", "release_day")})
             n_targets.add(str(b["target_id"][k]))
+            if len(b["features"][k]):
+                batch.features[str(b["target_id"][k])] = bytes(b["features"][k])
         vectors.append(b["vector"])
     if not batch.rows:
         return {"targets": 0, "tiles": 0, "added": 0, "skipped": 0, "version": lib.version, "n_tiles": len(lib),

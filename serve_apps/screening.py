@@ -108,16 +108,25 @@ class Screening:
         regions = await asyncio.to_thread(screener.regions, images)  # OCR: off the event loop
         vectors = await self._embed([r.crop for r in regions])
         if not screener.cfg.learn:
-            return screener.match(regions, vectors, len(images), day, cut)
+            return await self._match(screener, regions, vectors, images, day, cut)
         with write_lock(self.root):  # the second match may add tiles: one writer, from the latest version
             if Library.current_version(self.root) > screener.library.version:
                 screener.library = await asyncio.to_thread(Library.open, self.root)
-            return screener.match(regions, vectors, len(images), day, cut)
+            # in this thread: a file lock held across a thread hop would block the next writer's event loop
+            return screener.match(regions, vectors, len(images), day, cut, pictures=images)
+
+    @staticmethod
+    async def _match(screener, regions, vectors, images, day, cut) -> dict:
+        """Search and decide; with verification on, local features of the pictures (off the event loop)."""
+        if screener.cfg.verify.enabled:
+            return await asyncio.to_thread(screener.match, regions, vectors, len(images), day, cut, pictures=images)
+        return screener.match(regions, vectors, len(images), day, cut)
 
     async def add_target(self, image: Image.Image, day, source_id: str, target_id: str | None) -> dict:
         lib = self.screener.library
-        batch = cut_target(image, target_id or f"api-{int(time.time() * 1000)}", source_id, day,
-                           lib.manifest["tile_size"], lib.manifest["templates"])
+        batch = await asyncio.to_thread(cut_target, image, target_id or f"api-{int(time.time() * 1000)}", source_id, day,
+                                        lib.manifest["tile_size"], lib.manifest["templates"],
+                                        features=lib.feature_spec)  # the whole target's local features, for verification
         if not batch.tiles:
             raise ApiError(422, "no_tiles", "the picture is flat: no tile carries enough detail to match")
         vectors = await self._embed(batch.tiles)

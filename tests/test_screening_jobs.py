@@ -35,6 +35,9 @@ def library(ray_cluster, tmp_path_factory):
     lib = Library.open(root)
     assert len(lib) == more["n_tiles"] and set(lib.meta.column("cut_type").to_pylist()) <= {"2x2", "1x3"}
     assert (root / "build_config.yaml").exists() and (root / "manifests" / "v0002.json").exists()
+    targets = set(lib.meta.column("target_id").to_pylist())  # each target's local features, for verification
+    assert lib.feature_spec is not None and set(lib.feature_targets()) == targets
+    assert all(len(lib.target_features(t)) > 0 for t in targets)
     return root
 
 
@@ -115,6 +118,7 @@ def test_serve_screen_and_targets(library, serve_port):
             r = c.post(f"{url}/v1/screen/targets", files=[("image", ("t.png", benign))], data={"source_id": "s"})
             assert r.status_code == 400 and "release_time" in r.json()["error"]["message"]
             version = Library.current_version(library)
+            n_featured = len(Library.open(library).feature_targets())
             # a new target: tiles added, a new library version that the app (and a fresh open) sees
             poster = generate("targets", 700, 720, seed=4, target_rate=1.0).column("image")[0].as_py()
             r = c.post(f"{url}/v1/screen/targets", files=[("image", ("t.png", poster))],
@@ -122,6 +126,7 @@ def test_serve_screen_and_targets(library, serve_port):
             assert r.status_code == 200, r.text
             assert r.json()["library_version"] == version + 1 and r.json()["tiles_added"] > 0
             assert Library.current_version(library) == version + 1
+            assert len(Library.open(library).feature_targets()) == n_featured + 1  # the new target's local features
             info = c.get(f"{url}/v1/screen/library").json()
             assert info["version"] == version + 1 and info["tiles"] == len(Library.open(library))
     finally:

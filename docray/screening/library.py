@@ -6,6 +6,11 @@ Layout under `root` (default `$DOCRAY_HOME/indexes/screening`):
     manifests/v0001.json       one per version: shards, tile count, index folder, descriptor, tile size
     tiles/tiles-v0001.parquet  tiles added by version 1 (tile_id, tile PNG, attributes, hashes)
     index/v0001/               the TileIndex after version 1 (index.faiss, attrs.npz, index.json)
+    features/features-v0001.parquet   local features of the targets version 1 added (target_id,
+                               keypoints + descriptors: `docray.screening.verify`), for verification
+
+A library created before local features were stored has no `features` in its manifest: matching
+then cannot verify (the verdict says so) until it is rebuilt (`fresh=true`).
 
 `append` never rewrites old shards: it de-duplicates the new tiles (exact hash or descriptor
 similarity, with equal attributes, within the batch and against the library), adds them to the index (no rebuild), writes
@@ -34,6 +39,7 @@ from docray import paths
 from docray.screening.dedup import dedup, detail, exact_hash, phash
 from docray.screening.index import TileIndex
 from docray.screening.templates import DEFAULT_TEMPLATES, WILD, cut, cut_code, scale_tile
+from docray.screening.verify import Features, FeatureSpec, extract, pack, unpack
 
 TILE_SCHEMA = pa.schema([
     ("tile_id", pa.int64()), ("tile", pa.binary()), ("target_id", pa.string()), ("source_id", pa.string()),
@@ -41,6 +47,7 @@ TILE_SCHEMA = pa.schema([
     ("hash", pa.string()), ("phash", pa.uint64()), ("origin", pa.string()), ("version", pa.int32()),
 ])
 META_COLUMNS = [f.name for f in TILE_SCHEMA if f.name != "tile"]
+FEATURE_SCHEMA = pa.schema([("target_id", pa.string()), ("features", pa.binary()), ("version", pa.int32())])
 
 
 FIRST_DAY, LAST_DAY = (dt.date(1, 1, 1) - dt.date(1970, 1, 1)).days, (dt.date(9999, 12, 31) - dt.date(1970, 1, 1)).days
@@ -92,17 +99,23 @@ class TileBatch:
 
     tiles: list[Image.Image] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
+    features: dict[str, bytes] = field(default_factory=dict)  # target_id -> packed local features of the whole target
 
     def extend(self, other: "TileBatch") -> "TileBatch":
         self.tiles += other.tiles
         self.rows += other.rows
+        self.features.update(other.features)
         return self
 
 
 def cut_target(img: Image.Image, target_id: str, source_id: str, release_day: int, tile_size: int,
-               templates=DEFAULT_TEMPLATES, min_detail: float = 12.0) -> TileBatch:
-    """Every template's tiles of one target, scaled to tile_size; flat tiles (nothing to match) dropped."""
+               templates=DEFAULT_TEMPLATES, min_detail: float = 12.0, features: FeatureSpec | dict | None = None) -> TileBatch:
+    """Every template's tiles of one target, scaled to tile_size; flat tiles (nothing to match) dropped.
+    With `features` (the library's `FeatureSpec`), the whole target's local features too, for verification."""
     out = TileBatch()
+    if features is not None:
+        spec = FeatureSpec.model_validate(features)
+        out.features[target_id] = pack(extract(img, spec.kind, spec.keypoints, spec.side))
     for tpl in templates:
         for t in cut(img, tpl, tile_size):
             if detail(t.image) < min_detail:
@@ -138,6 +151,11 @@ def write_lock(root: str | Path):
 class Library:
     def __init__(self, root: str | Path, manifest: dict, meta: pa.Table, index: TileIndex):
         self.root, self.manifest, self.meta, self.index = Path(root), manifest, meta, index
+        self._feature_shard: dict[str, str] = {}  # target_id -> features shard (read on demand)
+        self._feature_cache: dict[str, dict[str, bytes]] = {}
+        for shard in (manifest.get("features") or {}).get("shards", []):
+            ids = pq.read_table(self.root / shard, columns=["target_id"]).column("target_id").to_pylist()
+            self._feature_shard.update((t, shard) for t in ids)
         self._keys = {f"{h}:{c}:{d}" for h, c, d in zip(meta.column("hash").to_pylist(), meta.column("cut_code").to_pylist(),
                                                          meta.column("release_day").to_pylist())}
 
@@ -154,12 +172,14 @@ class Library:
 
     @classmethod
     def create(cls, root: str | Path, *, dim: int, tile_size: int, descriptor: str, index_opts: dict | None = None,
-               templates=DEFAULT_TEMPLATES) -> "Library":
+               templates=DEFAULT_TEMPLATES, features: FeatureSpec | None = FeatureSpec()) -> "Library":
+        """An empty library; `features` (None: none) is how its targets' local features are described."""
         root = Path(root)
         if (root / "manifest.json").exists():
             raise FileExistsError(f"{root} already holds a library (open it, or choose another root)")
         manifest = dict(version=0, n_tiles=0, dim=int(dim), tile_size=int(tile_size), descriptor=descriptor,
-                        templates=list(templates), index_opts=index_opts or {}, shards=[], index=None)
+                        templates=list(templates), index_opts=index_opts or {}, shards=[], index=None,
+                        features=None if features is None else dict(spec=features.model_dump(), shards=[]))
         return cls(root, manifest, TILE_SCHEMA.empty_table().select(META_COLUMNS), TileIndex(dim, **(index_opts or {})))
 
     @classmethod
@@ -208,6 +228,16 @@ class Library:
         self.index.save(self.root / index_dir)
         manifest = dict(self.manifest, version=version, n_tiles=start + len(rows), shards=self.manifest["shards"] + [shard],
                         index=index_dir, updated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        new_features = {t: f for t, f in batch.features.items() if t not in self._feature_shard}
+        if self.feature_spec is not None and new_features:
+            fshard = f"features/features-v{version:04d}.parquet"
+            (self.root / "features").mkdir(parents=True, exist_ok=True)
+            ftmp = self.root / "features" / f".{version}.tmp"
+            pq.write_table(pa.Table.from_pylist([dict(target_id=t, features=f, version=version) for t, f in new_features.items()],
+                                                schema=FEATURE_SCHEMA), ftmp)
+            os.replace(ftmp, self.root / fshard)
+            manifest["features"] = dict(manifest["features"], shards=manifest["features"]["shards"] + [fshard])
+            self._feature_shard.update((t, fshard) for t in new_features)
         self._write_manifest(manifest)
         self.manifest = manifest
         self.meta = pa.concat_tables([self.meta, table.select(META_COLUMNS)])
@@ -251,6 +281,28 @@ class Library:
             shutil.rmtree(old, ignore_errors=True)
 
     # -- reading ------------------------------------------------------------------------------
+    @property
+    def feature_spec(self) -> FeatureSpec | None:
+        """How the targets' local features are described; None for a library built before they were stored."""
+        f = self.manifest.get("features")
+        return None if f is None else FeatureSpec(**f["spec"])
+
+    def feature_targets(self) -> list[str]:
+        """The targets whose local features the library holds."""
+        return list(self._feature_shard)
+
+    def target_features(self, target_id: str) -> Features | None:
+        """The stored local features of a target (None when the library has none for it)."""
+        shard = self._feature_shard.get(target_id)
+        if shard is None:
+            return None
+        if shard not in self._feature_cache:
+            if len(self._feature_cache) >= 8:  # a few shards in memory
+                self._feature_cache.pop(next(iter(self._feature_cache)))
+            t = pq.read_table(self.root / shard, columns=["target_id", "features"])
+            self._feature_cache[shard] = dict(zip(t.column("target_id").to_pylist(), t.column("features").to_pylist()))
+        return unpack(self._feature_cache[shard][target_id])
+
     def rows(self, ids) -> list[dict]:
         """Attribute rows of tile ids (no PNG)."""
         ids = [int(i) for i in ids]

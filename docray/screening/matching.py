@@ -9,6 +9,16 @@ join the library as wild tiles.
     verdict = screener.screen([pic1, pic2], release_time="2024-05-01", cut_type=None)
     verdict["abnormal"], verdict["matches"]   # evidence: picture, region, tile_id, source, similarity, score, stage
 
+Two-stage matching (`verify.enabled`): the index's top-k tiles of every region, grouped by target,
+are the candidates of a picture; the best `verify.candidates` of them are verified with local
+features of the whole picture against the whole target (`docray.screening.verify`) and a candidate
+matches when RANSAC keeps `verify.min_inliers` (the evidence adds `inliers`), whatever its
+descriptor score; a candidate without inliers enough is rejected. Targets the library holds no
+local features for (a library built before they were stored) are decided by the descriptor alone,
+and the verdict's `verification` says so. With `verify.propose="descriptor+local"` the targets most
+voted for by the picture's keypoints (among those whose tiles pass the stage's attribute filter) are
+candidates too: a tile pasted into a busy photo, which no region isolates, is still proposed.
+
 The three steps are separate (`regions`, embedding, `match`) so the Serve app can batch the
 descriptor across requests between them.
 """
@@ -23,8 +33,9 @@ from pydantic import Field
 
 from docray.config import Config
 from docray.screening.library import Library, TileBatch, to_day, wild_tile
-from docray.screening.rules import ExtensionRule, extended_filter, primary_filter
+from docray.screening.rules import ExtensionRule, extended_filter, mask, primary_filter
 from docray.screening.templates import CUT_TYPES
+from docray.screening.verify import FeatureIndex, VerifyConfig, extract, inliers
 
 Box = tuple[int, int, int, int]
 
@@ -48,6 +59,7 @@ class ScreenConfig(Config):
     max_regions: int = Field(8, description="regions per picture at most")
     learn: bool = Field(True, description="add pictures of documents found abnormal by the second match to the library")
     dedup_similarity: float = Field(0.95, description="near-duplicate similarity when tiles are added")
+    verify: VerifyConfig = VerifyConfig()
 
 
 @dataclass
@@ -121,6 +133,15 @@ class Screener:
         if text_finder is None and cfg.text_finder == "ocr":
             from docray.screening.ocr import text_boxes as text_finder
         self.text_finder = text_finder
+        self._local: tuple[int, FeatureIndex, np.ndarray] | None = None  # (library version, index, tiles' target ids)
+
+    def local_index(self) -> tuple[FeatureIndex, np.ndarray]:
+        """Every target's keypoints in one index, and the tiles' target ids (rebuilt when the library moves on)."""
+        if self._local is None or self._local[0] != self.library.version:
+            lib = self.library
+            index = FeatureIndex({t: lib.target_features(t) for t in lib.feature_targets()})
+            self._local = (lib.version, index, np.asarray(lib.meta.column("target_id").to_pylist(), object))
+        return self._local[1], self._local[2]
 
     # step 1: regions of every picture
     def regions(self, pictures: list[Image.Image]) -> list[Region]:
@@ -144,22 +165,42 @@ class Screener:
         return sims - self.cfg.norm_beta * np.partition(bg, -k, axis=1)[:, -k:].mean(1, keepdims=True)
 
     # step 3: search and decide
+    def verification(self, pictures) -> str:
+        """'off', 'on', or why verification cannot run ('unavailable: ...')."""
+        if not self.cfg.verify.enabled:
+            return "off"
+        if self.library.feature_spec is None:
+            return ("unavailable: this library was built before local features were stored with it; "
+                    "rebuild it (build_cutout_library fresh=true) to verify")
+        if pictures is None:
+            return "unavailable: the pictures were not passed to match()"
+        return "on"
+
     def match(self, regions: list[Region], vectors: np.ndarray, n_pictures: int, release_time=None,
-              cut_type: str | None = None) -> dict:
+              cut_type: str | None = None, pictures: list[Image.Image] | None = None) -> dict:
+        """Search, decide, learn. `pictures` (the decoded pictures) are needed for verification only."""
         day = None if release_time is None else to_day(release_time)
         if cut_type is not None and cut_type not in CUT_TYPES:
             raise ValueError(f"unknown cut type {cut_type!r}; known: {', '.join(CUT_TYPES)}")
+        verification = self.verification(pictures)
         verdict = {"abnormal": False, "stage": None, "matches": [], "pictures": n_pictures, "regions": len(regions),
-                   "best": [None] * n_pictures, "library_version": self.library.version, "added_tiles": 0}
+                   "best": [None] * n_pictures, "library_version": self.library.version, "added_tiles": 0,
+                   "verification": verification}
         if not regions:
             return verdict
+        upload_features: dict[int, object] = {}  # picture -> its local features, described once per call
         stages = [("primary", primary_filter(day, cut_type))]
         ext = extended_filter(self.cfg.rule, day, cut_type)
         if ext is not None:
             stages.append(("extended", ext))
         for stage, filt in stages:
-            sims, ids = self.library.index.search(vectors, self.cfg.k, filt)
-            matches = self._evidence(regions, self.scores(vectors, sims), sims, ids, stage, verdict)
+            if verification == "on":
+                sims, ids = self.library.index.search(vectors, max(self.cfg.k, self.cfg.verify.k), filt)
+                matches = self._verified(regions, self.scores(vectors, sims), sims, ids, stage, verdict, pictures,
+                                         upload_features, filt)
+            else:
+                sims, ids = self.library.index.search(vectors, self.cfg.k, filt)
+                matches = self._evidence(regions, self.scores(vectors, sims), sims, ids, stage, verdict)
             if matches:
                 verdict.update(abnormal=True, stage=stage, matches=matches)
                 break
@@ -168,6 +209,13 @@ class Screener:
             verdict["library_version"] = self.library.version
         return verdict
 
+    @staticmethod
+    def _one(reg: Region, tile: dict, i, s, sc, stage) -> dict:
+        return {"picture": reg.picture, "region": list(reg.box), "tile_id": int(i), "source_id": tile["source_id"],
+                "target_id": tile["target_id"], "cut_type": tile["cut_type"], "position": tile["position"],
+                "release_day": tile["release_day"], "similarity": round(float(s), 4), "score": round(float(sc), 4),
+                "stage": stage}
+
     def _evidence(self, regions, scores, sims, ids, stage, verdict) -> list[dict]:
         best: dict[int, dict] = {}
         rows = self.library.rows(ids[:, 0][ids[:, 0] >= 0])
@@ -175,17 +223,80 @@ class Screener:
         for r, (sc, s, i) in enumerate(zip(scores[:, 0], sims[:, 0], ids[:, 0])):
             if i < 0:
                 continue
-            reg, tile = regions[r], row_of[int(i)]
-            ev = {"picture": reg.picture, "region": list(reg.box), "tile_id": int(i), "source_id": tile["source_id"],
-                  "target_id": tile["target_id"], "cut_type": tile["cut_type"], "position": tile["position"],
-                  "release_day": tile["release_day"], "similarity": round(float(s), 4), "score": round(float(sc), 4),
-                  "stage": stage}
+            reg = regions[r]
+            ev = self._one(reg, row_of[int(i)], i, s, sc, stage)
             b = verdict["best"][reg.picture]
             if b is None or ev["score"] > b["score"]:
                 verdict["best"][reg.picture] = ev
             if sc >= self.cfg.threshold and (reg.picture not in best or sc > best[reg.picture]["score"]):
                 best[reg.picture] = ev
         return [best[p] for p in sorted(best)]
+
+    def _features(self, pictures, p, upload_features):
+        v, spec = self.cfg.verify, self.library.feature_spec
+        if p not in upload_features:
+            upload_features[p] = extract(pictures[p], spec.kind, v.keypoints, v.max_side, v.min_side)
+        return upload_features[p]
+
+    def _local_candidates(self, pictures, p: int, upload_features, filt, exclude) -> list[tuple[str, int]]:
+        """(target, one of its tiles passing `filt`) for the targets picture p's keypoints vote for most."""
+        index, tile_targets = self.local_index()
+        out = []
+        for t in index.vote(self._features(pictures, p, upload_features), self.cfg.verify, self.cfg.verify.candidates):
+            if t in exclude:
+                continue
+            tiles = np.flatnonzero(tile_targets == t)
+            ok = tiles[mask(filt, self.library.index.times[tiles], self.library.index.cuts[tiles])]
+            if len(ok):
+                out.append((t, int(ok[0])))
+        return out
+
+    def _verified(self, regions, scores, sims, ids, stage, verdict, pictures, upload_features, filt) -> list[dict]:
+        """Two-stage decision: candidates (targets of the top-k tiles of a picture's regions, best score
+        first; with local proposals, the targets its keypoints vote for too) confirmed by RANSAC inliers
+        of the whole picture against the whole target."""
+        v = self.cfg.verify
+        row_of = {r["tile_id"]: r for r in self.library.rows(np.unique(ids[ids >= 0]))}
+        cands: dict[int, dict[str, tuple]] = {}  # picture -> target -> (score, similarity, region, tile id)
+        for r in range(len(regions)):
+            for j in np.flatnonzero(ids[r] >= 0):
+                t = row_of[int(ids[r, j])]["target_id"]
+                c = cands.setdefault(regions[r].picture, {})
+                if t not in c or scores[r, j] > c[t][0]:
+                    c[t] = (float(scores[r, j]), float(sims[r, j]), r, int(ids[r, j]))
+        matches = []
+        for p in sorted(set(cands) | (set(range(len(pictures))) if v.propose == "descriptor+local" else set())):
+            ranked = sorted(cands.get(p, {}).items(), key=lambda kv: -kv[1][0])
+            evs = []
+            for rank, (t, (sc, s, r, i)) in enumerate(ranked):
+                ev = self._one(regions[r], row_of[i], i, s, sc, stage)
+                if rank == 0:
+                    b = verdict["best"][p]
+                    if b is None or ev["score"] > b["score"]:
+                        verdict["best"][p] = ev
+                if rank < v.candidates:
+                    evs.append(dict(ev, proposal="descriptor"))
+            if v.propose == "descriptor+local":
+                pic = pictures[p]
+                for t, i in self._local_candidates(pictures, p, upload_features, filt, {e["target_id"] for e in evs}):
+                    reg = Region(p, (0, 0, pic.width, pic.height), pic)
+                    evs.append(dict(self._one(reg, self.library.rows([i])[0], i, float("nan"), float("nan"), stage),
+                                    similarity=None, score=None, proposal="local"))
+            found = None
+            for ev in evs:
+                t = ev["target_id"]
+                target = self.library.target_features(t) if t else None
+                if target is None:  # no stored features for this target: the descriptor decides
+                    ev["inliers"], ok = None, ev["score"] is not None and ev["score"] >= self.cfg.threshold
+                else:
+                    ev["inliers"] = inliers(self._features(pictures, p, upload_features), target, v)
+                    ok = ev["inliers"] >= v.min_inliers
+                rank_key = lambda e: (e["inliers"] or 0, -1e9 if e["score"] is None else e["score"])
+                if ok and (found is None or rank_key(ev) > rank_key(found)):
+                    found = ev
+            if found is not None:
+                matches.append(found)
+        return matches
 
     def _learn(self, regions, vectors, matches, day, cut_type) -> int:
         """The matched regions of a document found by the second match join the library (wild tiles)."""
@@ -202,4 +313,4 @@ class Screener:
     def screen(self, pictures: list[Image.Image], release_time=None, cut_type: str | None = None) -> dict:
         regions = self.regions(pictures)
         vectors = self.embed([r.crop for r in regions]) if regions else np.zeros((0, self.library.index.dim), np.float32)
-        return self.match(regions, vectors, len(pictures), release_time, cut_type)
+        return self.match(regions, vectors, len(pictures), release_time, cut_type, pictures=pictures)

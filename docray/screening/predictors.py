@@ -13,21 +13,23 @@ from docray.screening.templates import DEFAULT_TEMPLATES
 
 
 def cut_targets(batch: dict, tile_size: int, templates=DEFAULT_TEMPLATES, min_detail: float = 12.0,
-                skip_ids: frozenset = frozenset()) -> dict:
+                skip_ids: frozenset = frozenset(), features: dict | None = None) -> dict:
     """Target pictures -> one row per tile (scaled, flat tiles dropped); targets in `skip_ids` are left out.
-    A plain function (stateless): Ray Data runs it as tasks."""
-    cols = {k: [] for k in ("tile", "target_id", "source_id", "cut_type", "cut_code", "position", "release_day")}
+    With `features` (the library's FeatureSpec as a dict), each target's first row carries the whole
+    target's packed local features in `features` (b"" on the other rows). A plain function: Ray Data runs it as tasks."""
+    cols = {k: [] for k in ("tile", "target_id", "source_id", "cut_type", "cut_code", "position", "release_day", "features")}
     for img_bytes, tid, src, rt in zip(batch["image"], batch["id"], batch["source_id"], batch["release_time"]):
         if str(tid) in skip_ids:
             continue
         b = cut_target(decode_image(bytes(img_bytes)), str(tid), str(src), to_day(rt), tile_size,
-                       templates, min_detail)
-        for tile, row in zip(b.tiles, b.rows):
+                       templates, min_detail, features)
+        for k, (tile, row) in enumerate(zip(b.tiles, b.rows)):
+            cols["features"].append(b.features.get(str(tid), b"") if k == 0 else b"")
             cols["tile"].append(png(tile))
             for k, v in row.items():
                 if k in cols:
                     cols[k].append(v)
-    out = {k: np.array(v, dtype=object if k in ("tile", "target_id", "source_id", "cut_type") else None)
+    out = {k: np.array(v, dtype=object if k in ("tile", "target_id", "source_id", "cut_type", "features") else None)
            for k, v in cols.items()}
     if not cols["tile"]:
         out = {k: np.array([], dtype=object) for k in cols}

@@ -3,6 +3,7 @@
     docray doctor                                check that the model stack imports and runs here
     docray data validate documents DIR           datasets against their contracts (docray/datasets/cli.py)
     docray api health                            call the gateway (every route; DOCRAY_URL, DOCRAY_API_KEY)
+    docray models list | show NAME[:VERSION]     registered models and their model cards (docray/storage/cli.py)
 
 The `docray` console script is `cluster.cli:main`: these commands plus the ones that drive Ray jobs
 (`info`, `synth`, `submit`, `recognize pretrain|train|archive|quickstart`, `screen build|rescan`),
@@ -34,6 +35,7 @@ LAZY_GROUPS = {
     "api": "docray.api_cli:api",
     "data": "docray.datasets.cli:data",
     "calibrate": "docray.calibration:calibrate",
+    "models": "docray.storage.cli:models",
 }
 
 

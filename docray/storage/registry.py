@@ -5,6 +5,8 @@ Layout (root defaults to `$DOCRAY_HOME/models`, a local path or an fsspec URI):
     <root>/<name>/v0001/model.safetensors   the state dict (safetensors.torch.save_file)
                         config.json         what builds the model (sorted keys)
                         metrics.json        evaluation figures ({} when none)
+                        card.json           the model card: when it was saved, plus what the caller
+                                            hands in (trainers: `train_jobs.common.model_card`)
                         <extra files>       anything else the caller hands in (tokeniser, labels...)
     <root>/<name>/v0002/...
     <root>/<name>/.tmp-<random>/            a save in progress (never listed)
@@ -15,6 +17,10 @@ concurrent saves get distinct versions (renaming onto an existing non-empty fold
 loser takes the next number). On an object store there is no folder rename: files are copied with
 `config.json` last, and only a folder holding both `model.safetensors` and `config.json` counts
 as a version (best effort; concurrent remote saves of one name are not supported).
+
+`card(name, version)` reads a version's card: card.json with its config and metrics beside it
+(the whole record of how the version was made, for `docray models show`). `pin(name, version)`
+turns `latest` into the version it is now, so everything deployed from one config loads the same one.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 
 import safetensors.torch
 import torch
@@ -33,7 +40,7 @@ from torch import nn
 from docray import paths
 from docray.storage.blobs import NotFound, atomic_write, filesystem, is_local
 
-WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.json", "metrics.json"
+WEIGHTS, CONFIG, METRICS, CARD = "model.safetensors", "config.json", "metrics.json", "card.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -110,7 +117,8 @@ class ModelRegistry:
             raise NotFound(f"no model named {name!r} in {self.root}; models: {self.names()}")
         return found[-1]
 
-    def _resolve(self, name: str, version: str | int) -> str:
+    def resolve(self, name: str, version: str | int = "latest") -> str:
+        """The version `version` names (`latest`, `vNNNN` or its number); `NotFound` when there is none."""
         if version == "latest":
             return self.latest(name)
         if isinstance(version, int):
@@ -124,7 +132,7 @@ class ModelRegistry:
 
     def path(self, name: str, version: str | int = "latest") -> str:
         """The version's folder, as a local path or a URI."""
-        return f"{self.root}/{name}/{self._resolve(name, version)}"
+        return f"{self.root}/{name}/{self.resolve(name, version)}"
 
     # -- save / load ---------------------------------------------------------------------------
 
@@ -135,13 +143,16 @@ class ModelRegistry:
         config: dict,
         metrics: dict | None = None,
         extra_files: dict[str, bytes] | None = None,
+        card: dict | None = None,
     ) -> str:
-        """Save a new version of `name`; returns it (`v0001`, `v0002`, ...)."""
+        """Save a new version of `name`; returns it (`v0001`, `v0002`, ...). `card`: how it was made
+        (written as card.json with `saved_at`, UTC)."""
         _check_name(name)
-        files = {CONFIG: _json(config, "config"), METRICS: _json(metrics or {}, "metrics")}
+        card = {**(card or {}), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        files = {CONFIG: _json(config, "config"), METRICS: _json(metrics or {}, "metrics"), CARD: _json(card, "card")}
         for fname, data in (extra_files or {}).items():
             _check_name(fname, "extra file name")
-            if fname in (WEIGHTS, CONFIG, METRICS):
+            if fname in (WEIGHTS, CONFIG, METRICS, CARD):
                 raise ValueError(f"extra file {fname!r} would overwrite the registry's own file")
             if not isinstance(data, (bytes, bytearray)):
                 raise TypeError(f"extra file {fname!r}: expected bytes, got {type(data).__name__}")
@@ -191,7 +202,7 @@ class ModelRegistry:
         self, name: str, version: str | int = "latest", device: str = "cpu"
     ) -> tuple[dict[str, torch.Tensor], dict, dict]:
         """`(state_dict, config, metrics)` of a version (default: the latest)."""
-        folder = f"{self._base}/{name}/{self._resolve(name, version)}"
+        folder = f"{self._base}/{name}/{self.resolve(name, version)}"
         if self.local:
             state = safetensors.torch.load_file(f"{folder}/{WEIGHTS}", device=device)
         else:
@@ -203,9 +214,28 @@ class ModelRegistry:
 
     def read_file(self, name: str, filename: str, version: str | int = "latest") -> bytes:
         """One file of a version (an extra file, or config/metrics raw)."""
-        folder = f"{self._base}/{name}/{self._resolve(name, version)}"
+        folder = f"{self._base}/{name}/{self.resolve(name, version)}"
         _check_name(filename, "file name")
         try:
             return self.fs.cat_file(f"{folder}/{filename}")
         except FileNotFoundError:
             raise NotFound(f"model {name!r} {version!r} has no file {filename!r}") from None
+
+    def card(self, name: str, version: str | int = "latest") -> dict:
+        """The version's card: `name`, `version`, card.json's fields (none for a version saved before
+        cards), `config` and `metrics`."""
+        version = self.resolve(name, version)
+        folder = f"{self._base}/{name}/{version}"
+
+        def read(fname: str) -> dict:
+            return json.loads(self.fs.cat_file(f"{folder}/{fname}")) if self.fs.isfile(f"{folder}/{fname}") else {}
+
+        return {"name": name, "version": version, **read(CARD), "config": read(CONFIG), "metrics": read(METRICS)}
+
+    def pin(self, name: str, version: str | int = "latest") -> str:
+        """`resolve(name, version)`, except that a name with no version at all is left as given (so a
+        Serve app builds without models; its replicas then report the missing model). A version the
+        registered name lacks is a `NotFound` here."""
+        if version == "latest" and not self.versions(name):
+            return "latest"
+        return self.resolve(name, version)

@@ -11,6 +11,8 @@
 The working directory goes up as the job's `runtime_env.working_dir` (Ray honours `.gitignore`;
 `EXCLUDES` drops the rest of what should never travel: the venv, git history, data shards), so the
 job runs the code you have here, on whatever node the cluster picks.
+Without its git history: the commit checked out here (`-dirty` with uncommitted changes) goes along
+as the job's DOCRAY_COMMIT, which the model cards of the versions it registers record.
 
 Which `python`? The entrypoint is run by a shell on the head node, so a bare `python` resolves
 through the PATH of the Ray processes there, not through the submitter's. In the images
@@ -90,12 +92,33 @@ def connect(address: str | None = None):
             "or set RAY_ADDRESS to the head's dashboard URL (http://HEAD:8265).") from None
 
 
+def git_commit(folder: str) -> str:
+    """The commit checked out in `folder` (`git rev-parse HEAD`), with `-dirty` when tracked files
+    differ from it (untracked files do not count, as `git describe --dirty`); '' when `folder` is not
+    in a git checkout or git is missing."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def runtime_env(working_dir: str | None, env: dict | None) -> dict:
-    """The job's runtime_env: the working dir (minus EXCLUDES) and env vars."""
+    """The job's runtime_env: the working dir (minus EXCLUDES) and env vars. A working dir travels without
+    its git history, so its commit goes along as DOCRAY_COMMIT (model cards record it), unless `env` sets one."""
     out: dict = {}
     if working_dir:
         out["working_dir"] = os.path.abspath(working_dir)
         out["excludes"] = list(EXCLUDES)
+        commit = git_commit(working_dir) or os.environ.get("DOCRAY_COMMIT", "")
+        if commit and "DOCRAY_COMMIT" not in (env or {}):
+            env = {**(env or {}), "DOCRAY_COMMIT": commit}
     if env:
         out["env_vars"] = {str(k): str(v) for k, v in env.items()}
     return out

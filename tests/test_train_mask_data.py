@@ -108,6 +108,9 @@ def test_two_workers_train_from_datasets_by_uri(ray_cluster, datasets, tmp_path,
     assert np.isfinite(metrics["loss"]) and 0 <= metrics["val_acc_whole"] <= 1 and 0 <= metrics["val_acc_masked"] <= 1
     _, config, _ = ModelRegistry().load("mask_recognizer_masked", version)
     assert config["overrides"]["num_classes"] == N_IDS  # the classes are the training set's identities
+    card = ModelRegistry().card("mask_recognizer_masked", version)  # the model card names the datasets it read
+    assert {k: d["uri"] for k, d in card["datasets"].items()} == {k: datasets[k] for k in ("train", "val", "masks")}
+    assert card["key_metric"] == "val_acc_masked" and card["hardware"]["num_workers"] == 2
 
 
 def test_validation_sums_add_up_over_shards(faces):

@@ -23,6 +23,11 @@ Checkpoints hold one `state.pt` ({"model", "opt", "epoch"} plus "sched" and any 
 model's weights without DDP's `module.` prefix) and `metrics.json`. Rank 0 writes them in a
 TemporaryDirectory; every rank reports (Ray Train's pattern). After a worker failure Ray restarts
 the group (`FailureConfig`) and `restore` picks up the latest checkpoint.
+
+Every registered version carries a model card (`model_card`, saved as the registry's card.json):
+the job's resolved config, its datasets (URI and fingerprint: `dataset_fingerprint`), the code
+commit (DOCRAY_COMMIT, which `docray submit` sets from the submitting checkout), the hardware and
+the wall time; `docray models show NAME` prints it with the version's config and metrics.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -314,3 +320,66 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config:
         dataset_config=DataConfig(datasets_to_split="all"),
     )
     return trainer.fit()
+
+
+# -- model cards ---------------------------------------------------------------------------------
+
+def dataset_fingerprint(uri: str) -> dict:
+    """What a dataset was, cheaply: its URI, Parquet files, bytes, rows and a sha256 over each file's
+    name (relative to `uri`), size and Parquet footer (schema, row groups, every column chunk's
+    offsets, sizes and statistics). Reads only the footers, so it costs the same on S3 as on disk.
+    Equal fingerprints mean the same files with the same layout and statistics; a rewrite that keeps
+    all of these (one value changed for another of the same encoded size, inside min/max) goes unseen."""
+    import pyarrow.parquet as pq
+
+    from docray.storage.blobs import filesystem
+
+    fs, root = filesystem(os.path.expanduser(uri))
+    root = root.rstrip("/")
+    files = sorted(f for f in fs.find(root) if f.endswith(".parquet")) if fs.isdir(root) else [root]
+    digest, rows, size = hashlib.sha256(), 0, 0
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+        n = int(fs.size(f))
+        footer = json.dumps(meta.to_dict(), sort_keys=True, default=str)
+        digest.update(json.dumps([f[len(root):].lstrip("/"), n, footer]).encode())
+        rows, size = rows + meta.num_rows, size + n
+    return {"uri": uri, "files": len(files), "bytes": size, "rows": rows, "sha256": digest.hexdigest()}
+
+
+def code_commit() -> str:
+    """DOCRAY_COMMIT (set by `docray submit`: a job's working dir has no git history), else the commit
+    of the checkout this runs in (`python -m train_jobs.X` from the repository), else 'unknown'."""
+    from cluster.submit import git_commit
+
+    return os.environ.get("DOCRAY_COMMIT") or git_commit(".") or "unknown"
+
+
+def hardware(cfg) -> dict:
+    """Where the job trained: its workers (cfg's scaling settings), the GPU type when it used GPUs
+    (Ray's `accelerator_type:*` resources, or the driver's CUDA device), the cluster's totals."""
+    import ray
+
+    res = ray.cluster_resources() if ray.is_initialized() else {}
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else res.get("GPU", 0) > 0
+    kinds = sorted(k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:"))
+    gpu = None
+    if use_gpu:
+        gpu = ", ".join(kinds) or (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "unknown")
+    return {"num_workers": cfg.num_workers, "cpus_per_worker": cfg.cpus_per_worker, "gpu": gpu,
+            "cluster_cpus": res.get("CPU"), "cluster_gpus": res.get("GPU", 0.0), "driver_cpus": os.cpu_count()}
+
+
+def model_card(cfg, started: float, datasets: dict[str, str], key_metric: str = "") -> dict:
+    """The card of a version this job registers (`ModelRegistry.save(..., card=...)`): the job's module
+    and resolved config, its datasets (`{"train": uri, ...}`, empty URIs left out) fingerprinted, the
+    code commit, the hardware, the wall time since `started` (time.time() at the job's start) and the
+    metric `docray models list` shows (`key_metric`; the version's metrics themselves are metrics.json)."""
+    module = type(cfg).__module__
+    if module == "__main__":  # `python -m train_jobs.X`: the module's own name
+        module = getattr(sys.modules["__main__"].__spec__, "name", module)
+    return {"job": module, "job_config": cfg.model_dump(mode="json"),
+            "datasets": {k: dataset_fingerprint(u) for k, u in datasets.items() if u},
+            "commit": code_commit(), "hardware": hardware(cfg), "wall_time_s": round(time.time() - started, 1),
+            "key_metric": key_metric}

@@ -225,24 +225,28 @@ def train_loop_per_worker(config: dict) -> None:
             break
 
 
-def register_encoder(c: MAEPretrainConfig, state: dict, metrics: dict) -> str:
-    """Save the encoder part of an MAE state dict in the registry; returns the version."""
+def register_encoder(c: MAEPretrainConfig, state: dict, metrics: dict, started: float | None = None) -> str:
+    """Save the encoder part of an MAE state dict in the registry, with its model card (wall time since
+    `started`, time.time() at the job's start); returns the version."""
     from docray.models import build_model
     from docray.models.vit_mae import MAE
     from docray.storage.registry import ModelRegistry
+    from train_jobs.common import model_card
 
     mae = build_model(c.model, **_overrides(c))
     assert isinstance(mae, MAE)
     mae.load_state_dict(unwrap_state(state))
     enc_name = c.model.replace("vit_mae_", "vit_encoder_")
     config = {"name": enc_name, "overrides": _overrides(c), "pretrain": c.model_dump()}
-    return ModelRegistry().save(c.register_as, mae.encoder_state_dict(), config, metrics)
+    card = model_card(c, started or time.time(), {"train": c.train, "val": c.val}, key_metric="val_loss")
+    return ModelRegistry().save(c.register_as, mae.encoder_state_dict(), config, metrics, card=card)
 
 
 def main(argv=None) -> dict:
     from cluster.local import init_ray
     from docray.recognition.data import DocumentImages
 
+    started = time.time()
     c = parse_args(MAEPretrainConfig, argv, description=__doc__.split("\n")[0])
     size = build(c).spec.image_size  # fail fast (bad model, init_from) in the driver
     init_ray()
@@ -253,7 +257,7 @@ def main(argv=None) -> dict:
     save_config(c, c.out)
     result = run_trainer(train_loop_per_worker, c, "mae_pretrain", ds)
     state, metrics = load_result_state(result)
-    version = register_encoder(c, state, metrics) if c.register_as else ""
+    version = register_encoder(c, state, metrics, started) if c.register_as else ""
     summary = {"loss": metrics["loss"], "val_loss": metrics["val_loss"], "epochs": metrics["epoch"] + 1,
                "steps": metrics["steps"], "resumed_at_epoch": metrics["started_at_epoch"],
                "worker_imported_synth": metrics["worker_imported_synth"], "registered": f"{c.register_as}/{version}",

@@ -257,12 +257,26 @@ def _read(uris: dict[str, str]) -> dict:
     return ds
 
 
-def training_datasets(cfg: DescriptorTrainConfig) -> dict:
-    """{"train", "val"} Ray Datasets of pictures (id, image): the URIs given, or the synthetic default."""
+def data_uris(cfg: DescriptorTrainConfig) -> tuple[str, str]:
+    """(train, val) URIs: cfg's, the synthetic default's for the one(s) not given (made once; cached after)."""
     train, val = cfg.train, cfg.val
     if not (train and val):
         synth_train, synth_val = synth_dataset("targets", cfg.n_pictures, cfg.val_pictures, cfg.seed)
         train, val = train or synth_train, val or synth_val
+    return train, val
+
+
+def background_uri(cfg: DescriptorTrainConfig) -> str:
+    """The background pictures' URI: cfg's, or synthetic rows after the train and val ones ('' for none)."""
+    n = max(cfg.background_pictures, cfg.background_distractors)
+    if n == 0:
+        return ""
+    return cfg.background or synth_dataset("targets", n, 0, cfg.seed, start=cfg.n_pictures + cfg.val_pictures)[0]
+
+
+def training_datasets(cfg: DescriptorTrainConfig) -> dict:
+    """{"train", "val"} Ray Datasets of pictures (id, image): the URIs given, or the synthetic default."""
+    train, val = data_uris(cfg)
     ds = _read({"train": train, "val": val})
     if not cfg.train:  # the synthetic rows' 'train' split, as the descriptor always trained on
         ds["train"] = ds["train"].filter(expr="split == 'train'")
@@ -275,9 +289,9 @@ def read_background(cfg: DescriptorTrainConfig) -> list[bytes]:
     from docray.storage.datasets import iter_batches
 
     n = max(cfg.background_pictures, cfg.background_distractors)
-    if n == 0:
+    uri = background_uri(cfg)
+    if not uri:
         return []
-    uri = cfg.background or synth_dataset("targets", n, 0, cfg.seed, start=cfg.n_pictures + cfg.val_pictures)[0]
     first = next(iter_batches(os.path.expanduser(uri), n), None)
     if first is None or "image" not in first.schema.names:
         raise ValueError(f"background dataset {uri}: " + ("no rows" if first is None else "no column 'image'"))
@@ -296,6 +310,7 @@ def run(cfg: DescriptorTrainConfig) -> dict:
     from docray.imageio import decode_image
     from docray.models import build_model
 
+    started = time.time()
     out = cfg.out or paths.sub("models", "descriptor-run")
     save_config(cfg, out)
     ds, background = training_datasets(cfg), read_background(cfg)
@@ -310,17 +325,22 @@ def run(cfg: DescriptorTrainConfig) -> dict:
     model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
     model.load_state_dict(state["model"])
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    return save_descriptor(model, state["spec"], metrics, cfg, out, [decode_image(b) for b in background])
+    train, val = data_uris(cfg)
+    data = {"train": train, "val": val, "background": background_uri(cfg)}
+    return save_descriptor(model, state["spec"], metrics, cfg, out, [decode_image(b) for b in background], started, data)
 
 
-def save_descriptor(model, spec: dict, metrics: dict, cfg: DescriptorTrainConfig, out: str, background: list) -> dict:
+def save_descriptor(model, spec: dict, metrics: dict, cfg: DescriptorTrainConfig, out: str, background: list,
+                    started: float | None = None, data: dict[str, str] | None = None) -> dict:
     """Compute the background bank (tiles of the first `background_pictures` of the PIL pictures
     `background`, and its first `background_distractors` whole), then save model + bank to `out/model` and, if asked,
-    to the registry as `descriptor`."""
+    to the registry as `descriptor`, with its model card (`data`: the datasets' URIs, default cfg's; wall time
+    since `started`)."""
     from docray.models import save_pretrained
     from docray.screening.data import background_bank
     from docray.screening.embed import BACKGROUND, Embedder, npy_bytes
     from docray.storage.registry import ModelRegistry
+    from train_jobs.common import model_card
 
     tiled, whole = background[:cfg.background_pictures], background[:cfg.background_distractors]
     bank = npy_bytes(background_bank(Embedder(model.eval()), tiled, whole, cfg.seed))
@@ -329,8 +349,10 @@ def save_descriptor(model, spec: dict, metrics: dict, cfg: DescriptorTrainConfig
         f.write(bank)
     version = None
     if cfg.to_registry:
+        data = data if data is not None else {"train": cfg.train, "val": cfg.val, "background": cfg.background}
+        card = model_card(cfg, started or time.time(), data, key_metric="val_top1")
         version = ModelRegistry().save("descriptor", model, config=spec, metrics=metrics,
-                                       extra_files={BACKGROUND: bank})
+                                       extra_files={BACKGROUND: bank}, card=card)
     return {"metrics": metrics, "model_dir": model_dir, "registry_version": version}
 
 

@@ -168,9 +168,10 @@ def _require(have: list[str], kind: str, uri: str, columns: list[str]) -> None:
                          f"(it has {have})")
 
 
-def face_datasets(cfg: MaskModelsConfig, out: str) -> tuple[dict, list[int], int]:
+def face_datasets(cfg: MaskModelsConfig, out: str) -> tuple[dict, list[int], int, dict[str, str]]:
     """{"train", "val"} Ray Datasets (id, image, identity) for the job, the sorted training
-    identities and the training rows. See the module docstring for where they come from."""
+    identities, the training rows and the URIs read ({"train", "val"}; val '' when taken from train's
+    split column). See the module docstring for where they come from."""
     from ray.data.expressions import col
 
     from docray.masking.data import import_image_folder
@@ -210,7 +211,7 @@ def face_datasets(cfg: MaskModelsConfig, out: str) -> tuple[dict, list[int], int
         raise ValueError(f"{len(unknown)} validation identities never appear in training (e.g. {unknown[:5]}): "
                          "a recogniser can only name identities it trained on")
     ds["train"] = ds["train"].randomize_block_order()  # another order every epoch; rows then mix in the shuffle buffer
-    return ds, classes, len(identity["train"])
+    return ds, classes, len(identity["train"]), {"train": train, "val": val}
 
 
 def mask_bank(cfg: MaskModelsConfig) -> list[bytes]:
@@ -239,15 +240,16 @@ def run(cfg: MaskModelsConfig) -> dict:
     from docray import paths
     from docray.masking.models import NAMES, save_to_registry
     from docray.models import build_model
-    from train_jobs.common import steps_per_epoch
+    from train_jobs.common import model_card, steps_per_epoch
 
     for what, kinds in (("model kind(s)", cfg.models), ("init_from kind(s)", cfg.init_from)):
         unknown = set(kinds) - set(NAMES)
         if unknown:
             raise ValueError(f"unknown {what} {sorted(unknown)}; choose from {sorted(NAMES)}")
+    started = time.time()
     out = cfg.out or paths.sub("reports", "masking", "train")
     save_config(cfg, out)
-    datasets, classes, n_train = face_datasets(cfg, out)
+    datasets, classes, n_train, uris = face_datasets(cfg, out)
     steps = steps_per_epoch(n_train, cfg.batch_size, cfg.num_workers)
     bank = mask_bank(cfg)
     print(f"{n_train} training rows of {len(classes)} identities, {steps} steps per epoch per worker, "
@@ -262,7 +264,9 @@ def run(cfg: MaskModelsConfig) -> dict:
         model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
         model.load_state_dict(state["model"])
         metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-        version = save_to_registry(NAMES[kind], model, metrics)
+        card = model_card(job, started, {**uris, "masks": cfg.masks},
+                          key_metric={"original": "val_acc_whole", "masked": "val_acc_masked"}.get(kind, "val_hole_l1"))
+        version = save_to_registry(NAMES[kind], model, metrics, card=card)
         results[kind] = (version, metrics)
         print(f"{NAMES[kind]} {version}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
     return results

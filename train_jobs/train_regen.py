@@ -106,17 +106,21 @@ class RegenTrainConfig(Config):
     calibrate_non_docs: int = Field(250, ge=1, description="generated non-documents for the calibration")
 
 
-def datasets(cfg: RegenTrainConfig) -> dict:
-    """The train and val Ray Datasets (cfg's URIs, or the synthetic default made once here, on the
-    driver), reduced to the columns regen reads; a dataset lacking one is named with the column."""
-    from docray.datasets.contracts import contract
-
+def data_uris(cfg: RegenTrainConfig) -> tuple[str, str]:
+    """(train, val) URIs: cfg's, or the synthetic default's (made once, on the driver; cached after)."""
     if bool(cfg.train) != bool(cfg.val):
         raise ValueError("give both train= and val= (your own documents), or neither (the synthetic default)")
-    train, val = cfg.train, cfg.val
-    if not train:
-        train, val = synth_dataset(KIND, cfg.n_train, cfg.n_val, cfg.seed,
-                                   options={"size": tuple(cfg.original_size), "n_angles": 0})
+    if cfg.train:
+        return cfg.train, cfg.val
+    return synth_dataset(KIND, cfg.n_train, cfg.n_val, cfg.seed, options={"size": tuple(cfg.original_size), "n_angles": 0})
+
+
+def datasets(cfg: RegenTrainConfig) -> dict:
+    """The train and val Ray Datasets (`data_uris`), reduced to the columns regen reads; a dataset
+    lacking one is named with the column."""
+    from docray.datasets.contracts import contract
+
+    train, val = data_uris(cfg)
     columns = list(contract(KIND).for_method(METHOD))
     ds = read_datasets(train, val)
     for split, uri in (("train", train), ("val", val)):
@@ -378,7 +382,9 @@ def run(cfg: RegenTrainConfig) -> dict:
     from docray import paths
     from docray.models import build_model, save_pretrained
     from docray.storage.registry import ModelRegistry
+    from train_jobs.common import model_card
 
+    started = time.time()
     out = os.path.abspath(cfg.out or paths.sub("models", "regen-run"))
     ds = datasets(cfg)
     overrides = model_overrides(cfg, ds["train"])
@@ -402,7 +408,10 @@ def run(cfg: RegenTrainConfig) -> dict:
     version = None
     if cfg.to_registry:
         extra = {} if calibration is None else {"calibration.json": calibration.to_json().encode()}
-        version = ModelRegistry().save("regen", model, config=state["spec"], metrics=metrics, extra_files=extra)
+        train, val = data_uris(cfg)
+        card = model_card(cfg, started, {"train": train, "val": val}, key_metric="val_line_exact")
+        version = ModelRegistry().save("regen", model, config=state["spec"], metrics=metrics, extra_files=extra,
+                                       card=card)
     return {"metrics": metrics, "model_dir": model_dir, "registry_version": version,
             "checkpoint": result.checkpoint.path, "history": state["history"]}
 

@@ -183,6 +183,7 @@ def main(argv=None) -> dict:
     from docray.recognition.data import DocumentBatch, check_labels
     from docray.recognition.text import embed_texts
 
+    started = time.time()
     c = parse_args(UnifiedTrainConfig, argv, description=__doc__.split("\n")[0])
     cat = catalogue_of(c)
     query_text = embed_texts([t.query for t in cat.tasks], c.text_encoder).tolist()  # once, here
@@ -200,11 +201,13 @@ def main(argv=None) -> dict:
     version = ""
     if c.register_as:
         from docray.storage.registry import ModelRegistry
+        from train_jobs.common import model_card
 
         model, _ = build(c.model_copy(update={"encoder_from": "", "init_from": ""}), query_text)
         model.load_state_dict(unwrap_state(state))
         config = {"name": model.docray_spec["name"], "overrides": model.docray_spec["overrides"], "train": c.model_dump()}
-        version = ModelRegistry().save(c.register_as, model, config, metrics)
+        card = model_card(c, started, {"train": train, "val": val}, key_metric=_key_metric(metrics))
+        version = ModelRegistry().save(c.register_as, model, config, metrics, card=card)
     summary = {k: v for k, v in metrics.items() if k.startswith("val/")}
     summary.update(loss=metrics["loss/loss"], epochs=metrics["epoch"] + 1, steps=metrics["steps"],
                    resumed_at_epoch=metrics["started_at_epoch"], worker_imported_synth=metrics["worker_imported_synth"],
@@ -213,6 +216,13 @@ def main(argv=None) -> dict:
     Path(c.out, "metrics.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return summary
+
+
+def _key_metric(metrics: dict) -> str:
+    """The metric `docray models list` shows: the doc_type task's validation figure when there is one,
+    else the first validation figure."""
+    val = sorted(k for k in metrics if k.startswith("val/"))
+    return next((k for k in val if k.startswith("val/doc_type")), val[0] if val else "")
 
 
 class _WithText:

@@ -17,14 +17,15 @@ from docray.models import build_model, from_pretrained
 NAMES = {"original": "mask_recognizer_original", "masked": "mask_recognizer_masked", "inpaint": "mask_inpainter"}
 
 
-def save_to_registry(name: str, model: nn.Module, metrics: dict | None = None, registry=None) -> str:
-    """Save `model` (made by build_model) under `name`; returns the version."""
+def save_to_registry(name: str, model: nn.Module, metrics: dict | None = None, registry=None,
+                     card: dict | None = None) -> str:
+    """Save `model` (made by build_model) under `name`, with its model `card`; returns the version."""
     from docray.storage.registry import ModelRegistry
 
     spec = getattr(model, "docray_spec", None)
     if spec is None:
         raise ValueError("model was not made by build_model(); cannot record how to rebuild it")
-    return (registry or ModelRegistry()).save(name, model, config=dict(spec), metrics=metrics or {})
+    return (registry or ModelRegistry()).save(name, model, config=dict(spec), metrics=metrics or {}, card=card)
 
 
 def load_model(ref: nn.Module | str, device: str = "cpu", registry=None) -> nn.Module:

@@ -21,7 +21,8 @@ type; the terminal compresses it with `docray.client.compress_on_terminal` and t
 `GET /v1/file-types`. The library is one file (`file_types`, default DOCRAY_HOME/compression/
 file_types.yaml; `FileTypesFile`): the gateway serves and edits it (`GET`/`PUT /v1/file-types`, the edit
 validated: second < first for every type, the first threshold fixed) and `Compression` reads it again
-when it changes.
+when it changes. `version` pins the registry's regen model (`latest` is pinned to the newest when the
+app is built, so the four deployments load the same one); every `/v1/compress` answer names it (`models`).
 """
 
 import asyncio
@@ -43,6 +44,8 @@ from serve_apps.observe import record_batch, set_batching
 
 class CompressionAppConfig(Config):
     model_dir: str = Field("", description="regen model folder (train_regen's <out>/model); '' -> registry 'regen'")
+    version: str = Field("latest", description="registry version of 'regen': vNNNN, or latest (the newest when the "
+                                               "app is built)")
     untrained: str = Field("", description="build this factory with random weights instead (tests, demos)")
     file_types: str = Field("", description="file-type library YAML ('' -> DOCRAY_HOME/compression/file_types.yaml "
                                             "when an admin has edited it, else the packaged one)")
@@ -102,7 +105,8 @@ def load_compressor(cfg: CompressionAppConfig):
     from docray.compression.pipeline import RegenCompressor
 
     lib = file_types_path(cfg)
-    return RegenCompressor.from_source(cfg.model_dir, cfg.untrained, str(lib) if lib.exists() else "", cfg.seed, fill=cfg.fill,
+    return RegenCompressor.from_source(cfg.model_dir, cfg.untrained, str(lib) if lib.exists() else "", cfg.seed,
+                                       version=cfg.version, fill=cfg.fill,
                                        steps=cfg.steps, composite_seals=cfg.composite_seals, ungated=cfg.ungated)
 
 
@@ -154,7 +158,8 @@ class Compression:
     def __init__(self, type_model, content_model, generator, config: dict):
         from docray.storage.repository import ImageRepository
 
-        self.cfg = CompressionAppConfig(**config)
+        self.cfg = pinned(CompressionAppConfig(**config))
+        self.models = models_of(self.cfg)  # in every answer
         self.type_model, self.content_model, self.generator = type_model, content_model, generator
         self.rc = load_compressor(self.cfg)  # geometry, seals, compression; its models stay idle here
         self.repo = ImageRepository(self.cfg.repository_url or None, self.cfg.blob_root or None)
@@ -186,7 +191,7 @@ class Compression:
             processed, fs = await asyncio.to_thread(rc.hybrid, processed, img, reading["quad"], doc_type, fs)
             out = rc.assemble(data, img, gate, fs, processed, face, split, seals)
         out = await asyncio.to_thread(rc.deliver, out, data, mode, self.repo)
-        return rc.response(out, mode)  # the gateway base64-encodes the image bytes
+        return {**rc.response(out, mode), "models": self.models}  # the gateway base64-encodes the image bytes
 
     async def repository(self, record_id: str, which: str, role: str) -> tuple[bytes, str]:
         """(image bytes, media type); `role` was checked by the gateway, the repository checks it again."""
@@ -203,10 +208,25 @@ class Compression:
         return data, media
 
     def info(self) -> dict:
-        return {"types": len(self.rc.lib.types)}
+        return {"types": len(self.rc.lib.types), "models": self.models}
+
+
+def pinned(cfg: CompressionAppConfig) -> CompressionAppConfig:
+    """`cfg` with `latest` turned into the registry's newest 'regen' (`ModelRegistry.pin`; a folder or an
+    untrained factory: as is)."""
+    if cfg.model_dir or cfg.untrained:
+        return cfg
+    from docray.storage.registry import ModelRegistry
+
+    return cfg.model_copy(update={"version": ModelRegistry().pin("regen", cfg.version)})
+
+
+def models_of(cfg: CompressionAppConfig) -> dict:
+    """{"regen": version}; a folder is named by its path, random weights by `untrained:<factory>`."""
+    return {"regen": f"untrained:{cfg.untrained}" if cfg.untrained else cfg.model_dir or cfg.version}
 
 
 def backend(cfg: CompressionAppConfig) -> serve.Application:
-    """The bound composed deployments for the gateway."""
-    args = cfg.model_dump()
+    """The bound composed deployments for the gateway, the registry version pinned now: all four load the same one."""
+    args = pinned(cfg).model_dump()
     return Compression.bind(TypeModel.bind(args), ContentModel.bind(args), Generator.bind(args), args)

@@ -17,7 +17,9 @@ It then calls the method deployments through handles with decoded inputs:
     /v1/file-types                    -> the gateway itself (a static file: compression.FileTypesFile)
 
 Each method deployment scales on its own (`autoscaling_config` in the YAML); a method left out of the
-args is not deployed and its routes answer 404 `not_deployed`.
+args is not deployed and its routes answer 404 `not_deployed`. Each method's `backend(cfg)` pins its
+registry models (`latest` becomes the newest version when the app is built; a version in the args
+stays), and every answer names them (`models: {registry name: version}`): docs/serving.md.
 The method modules never import this one: the gateway is composed from them (`build_app`).
 """
 # no `from __future__ import annotations`: FastAPI must see the route annotations as real types
@@ -38,12 +40,12 @@ from docray.imageio import MAX_BYTES, MAX_PIXELS, decode_image
 from docray.recognition.tasks import FRAME_KINDS
 from docray.screening.library import to_day
 from docray.screening.templates import CUT_TYPES
-from serve_apps import compression, observe, screening
+from serve_apps import compression, observe, private_recognition, recognition, screening
 from serve_apps.compression import CompressionAppConfig, FileTypesFile, file_types_path
 from serve_apps.http import (ApiError, load_api_keys, make_api, parse_json_field, read_image, read_upload, remote,
                               require_role)
-from serve_apps.private_recognition import PrivateRecognition, PrivateRecognitionConfig
-from serve_apps.recognition import RecognitionAppConfig, Recognizer
+from serve_apps.private_recognition import PrivateRecognitionConfig
+from serve_apps.recognition import RecognitionAppConfig
 from serve_apps.screening import ScreeningAppConfig
 
 log = logging.getLogger("ray.serve")
@@ -284,11 +286,11 @@ def build_app(args: dict | None = None) -> serve.Application:
     cfg = GatewayConfig.model_validate(args or {})
     handles = {}
     if cfg.recognition is not None:
-        handles["recognition"] = Recognizer.bind(cfg.recognition.model_dump())
+        handles["recognition"] = recognition.backend(cfg.recognition)
     if cfg.screening is not None:
         handles["screening"] = screening.backend(cfg.screening)
     if cfg.private is not None:
-        handles["private"] = PrivateRecognition.bind(cfg.private.model_dump())
+        handles["private"] = private_recognition.backend(cfg.private)
     if cfg.compression is not None:
         handles["compression"] = compression.backend(cfg.compression)
     if not handles:

@@ -11,7 +11,9 @@
     # docray.masking.client.PrivateRecognitionClient masks on the client, so the raw face never leaves it
 
 Multipart `image` (raw, or already masked with the target `mask_id`), optional `embedding=true`.
-Response: `label`, `score`, `mask_id`, and `embedding` when asked. A masked upload must be the
+Response: `label`, `score`, `mask_id`, `models` ({registry name: version}: the masked recogniser that
+answered; `masked: registry:NAME@vNNNN` pins it, plain `registry:NAME` is pinned to the newest when the
+app is built), and `embedding` when asked. A masked upload must be the
 model's size and black under the declared mask (else 400 `mask_mismatch` / `bad_size`); an
 unknown mask id is 400 `unknown_mask`. The model call is batched across requests (`@serve.batch`).
 The gateway (`serve_apps/gateway.py`) parses the upload; `PrivateRecognition` masks and recognises.
@@ -33,7 +35,8 @@ log = logging.getLogger("docray.private_recognition")
 
 
 class PrivateRecognitionConfig(Config):
-    masked: str = Field("registry:mask_recognizer_masked", description="the masked recogniser")
+    masked: str = Field("registry:mask_recognizer_masked", description="the masked recogniser: registry:NAME[@vNNNN] "
+                        "(no version: the newest when the app is built) or a save_pretrained folder")
     targets: str = Field("", description="target masks ('' -> DOCRAY_HOME/reports/masking/grid/targets.parquet)")
     choice: str = Field("best", description="mask for raw uploads: 'best' (highest masked accuracy) or 'random'")
     image_size: int = 64
@@ -47,7 +50,8 @@ class PrivateRecognition:
         from docray import paths
         from docray.masking.private import PrivateRecognizer
 
-        self.cfg = PrivateRecognitionConfig(**(cfg or {}))
+        self.cfg = pinned(PrivateRecognitionConfig(**(cfg or {})))
+        self.models = models_of(self.cfg)  # in every answer
         targets = self.cfg.targets or paths.sub("reports", "masking", "grid", "targets.parquet")
         self.rec = PrivateRecognizer(self.cfg.masked, targets, self.cfg.choice, self.cfg.image_size)
         set_batching(self.recognize_batch, {"max_batch_size": self.cfg.max_batch_size,
@@ -63,13 +67,13 @@ class PrivateRecognition:
         return [{k: v[i] for k, v in out.items()} for i in range(len(images))]
 
     def info(self) -> dict:
-        return {"target_masks": len(self.rec.masks)}
+        return {"target_masks": len(self.rec.masks), "models": self.models}
 
     def masks(self) -> dict:
         """The target masks (PNG base64, 255 kept / 0 hidden), best first, for clients that mask locally."""
         from docray.masking.masks import encode_mask
 
-        return {"image_size": self.cfg.image_size, "choice": self.cfg.choice,
+        return {"image_size": self.cfg.image_size, "choice": self.cfg.choice, "models": self.models,
                 "masks": [{"mask_id": k, "png": base64.b64encode(encode_mask(m)).decode()} for k, m in self.rec.masks.items()]}
 
     async def recognize(self, image, mask_id: str | None, embedding: bool) -> dict:
@@ -81,7 +85,39 @@ class PrivateRecognition:
         except MaskError as e:
             raise ApiError(400, e.code, str(e)) from None
         out = await self.recognize_batch(x)
-        res = {"label": int(out["label"]), "score": float(out["score"]), "mask_id": used}
+        res = {"label": int(out["label"]), "score": float(out["score"]), "mask_id": used, "models": self.models}
         if embedding:
             res["embedding"] = np.asarray(out["embedding"], np.float32).round(5).tolist()
         return res
+
+
+def _registry_ref(ref: str) -> tuple[str, str] | None:
+    """'registry:NAME[@VERSION]' -> (NAME, VERSION or 'latest'); None for a folder."""
+    if not ref.startswith("registry:"):
+        return None
+    name, _, version = ref[len("registry:"):].partition("@")
+    return name, version or "latest"
+
+
+def pinned(cfg: PrivateRecognitionConfig) -> PrivateRecognitionConfig:
+    """`cfg` with a registry reference's version made explicit (`ModelRegistry.pin`; a folder: as is)."""
+    ref = _registry_ref(cfg.masked)
+    if ref is None:
+        return cfg
+    from docray.storage.registry import ModelRegistry
+
+    version = ModelRegistry().pin(*ref)
+    return cfg.model_copy(update={"masked": f"registry:{ref[0]}" + ("" if version == "latest" else f"@{version}")})
+
+
+def models_of(cfg: PrivateRecognitionConfig) -> dict:
+    """{registry name: version} of the masked recogniser; a folder is named by its path."""
+    from docray.masking.models import NAMES
+
+    ref = _registry_ref(cfg.masked)
+    return {ref[0]: ref[1]} if ref else {NAMES["masked"]: cfg.masked}
+
+
+def backend(cfg: PrivateRecognitionConfig) -> serve.Application:
+    """The bound `PrivateRecognition` for the gateway, its version pinned now: every replica loads the same one."""
+    return PrivateRecognition.bind(pinned(cfg).model_dump())

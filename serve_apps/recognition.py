@@ -10,8 +10,11 @@ the gateway's (`serve_apps/gateway.py`). Request (multipart): `image`; optional 
 with `frame_kinds` (JSON list, one of "flash" | "angles" per frame; default: the first frame is the
 flash frame, the rest angle views); `tasks` (JSON list of task names; none: chosen from the predicted
 document type, or by the task classifier with select=classifier); `user_attrs` (JSON object, see
-tasks.yaml). Response: `{"results": {task: {"type": ..., ...}}, "skipped": [...], "model": "name/version"}`
-with masks as base64 PNG (`mask_png`) and boxes in the uploaded image's pixels. Bad input -> 4xx JSON.
+tasks.yaml). Response: `{"results": {task: {"type": ..., ...}}, "skipped": [...], "model": "name/version",
+"models": {name: version}}` with masks as base64 PNG (`mask_png`) and boxes in the uploaded image's
+pixels. Bad input -> 4xx JSON. `version` pins a registry version (a redeploy with an earlier one rolls
+back); `latest` is pinned to the newest when the app is built (`backend`), so every replica loads the
+same version, and the answer names it (a `folder` is named by its path).
 """
 
 import base64
@@ -29,7 +32,7 @@ from serve_apps.observe import record_batch, set_batching
 
 class RecognitionAppConfig(Config):
     model: str = Field("recognition-unified", description="model registry name")
-    version: str = Field("latest", description="registry version (vNNNN or latest)")
+    version: str = Field("latest", description="registry version: vNNNN, or latest (the newest when the app is built)")
     folder: str | None = Field(None, description="a save_pretrained folder instead of the registry")
     select: str = Field("doc_type", description="task selection without `tasks`: doc_type | classifier | all")
     max_batch_size: int = Field(8, ge=1)
@@ -46,13 +49,14 @@ ERRORS = {UnknownTask: "unknown_task", MissingFrames: "missing_frames", ValueErr
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
 class Recognizer:
     def __init__(self, cfg: dict | None = None):
-        self.cfg = RecognitionAppConfig.model_validate(cfg or {})
+        self.cfg = pinned(RecognitionAppConfig.model_validate(cfg or {}))
         self.predictor = RecognitionPredictor(self.cfg.model, self.cfg.version, self.cfg.folder,
                                               device="cuda" if torch.cuda.is_available() else "cpu",
                                               select=self.cfg.select)
         set_batching(self.recognize_batch, {"max_batch_size": self.cfg.max_batch_size,
                                             "batch_wait_timeout_s": self.cfg.batch_wait_timeout_s})
         self.model_id = self.cfg.folder or f"{self.cfg.model}/{self.cfg.version}"
+        self.models = {self.cfg.model: self.cfg.folder or self.cfg.version}  # in every answer
 
     def reconfigure(self, user_config: dict) -> None:
         set_batching(self.recognize_batch, user_config)
@@ -79,7 +83,22 @@ class Recognizer:
         if isinstance(out, Exception):
             raise ApiError(400, next(c for t, c in ERRORS.items() if isinstance(out, t)), str(out))
         skipped = out.pop("_skipped", [])
-        return {"results": {k: _jsonable(v) for k, v in out.items()}, "skipped": skipped, "model": self.model_id}
+        return {"results": {k: _jsonable(v) for k, v in out.items()}, "skipped": skipped, "model": self.model_id,
+                "models": self.models}
 
     def info(self) -> dict:
-        return {"model": self.model_id, "tasks": self.predictor.cat.names()}
+        return {"model": self.model_id, "models": self.models, "tasks": self.predictor.cat.names()}
+
+
+def pinned(cfg: RecognitionAppConfig) -> RecognitionAppConfig:
+    """`cfg` with `latest` turned into the registry's newest version (`ModelRegistry.pin`; a folder: as is)."""
+    if cfg.folder:
+        return cfg
+    from docray.storage.registry import ModelRegistry
+
+    return cfg.model_copy(update={"version": ModelRegistry().pin(cfg.model, cfg.version)})
+
+
+def backend(cfg: RecognitionAppConfig) -> serve.Application:
+    """The bound `Recognizer` for the gateway, its version pinned now: every replica loads the same one."""
+    return Recognizer.bind(pinned(cfg).model_dump())

@@ -16,7 +16,8 @@ index reloads without downtime: every request checks (at most once per `reload_i
 library manifest's version and, when it moved on, loads the new version beside the old one and
 swaps the reference; requests in flight finish on the version they started with. Writes (new
 targets, tiles learned by the second match) take the library's file lock and start from the
-latest version on disk.
+latest version on disk. Every answer names the descriptor version it embedded with (`models`); a
+`registry:descriptor` source without a version is pinned to the newest when the app is built.
 """
 # no `from __future__ import annotations`: FastAPI must see the route annotations as real types
 
@@ -75,7 +76,8 @@ class Screening:
         from docray.screening.embed import load_background
 
         library = Library.open(self.root)
-        source = self.cfg.descriptor or library.manifest["descriptor"]
+        source = pin_descriptor(self.cfg.descriptor or library.manifest["descriptor"])
+        self.models = {"descriptor": _descriptor_version(source)}  # in every answer
         self.screener = Screener(library, None, self.cfg.screen, background=load_background(source))
         self._checked = time.monotonic()
 
@@ -94,12 +96,14 @@ class Screening:
         return np.stack(await asyncio.gather(*refs)) if refs else np.zeros((0, self.screener.library.index.dim), np.float32)
 
     def info(self) -> dict:
-        return {"library_version": self.screener.library.version, "tiles": len(self.screener.library)}
+        return {"library_version": self.screener.library.version, "tiles": len(self.screener.library),
+                "models": self.models}
 
     async def library_info(self) -> dict:
         await self._fresh()
         lib = self.screener.library
-        return {"version": lib.version, "tiles": len(lib), "index": lib.index.current_kind, "descriptor": lib.manifest["descriptor"]}
+        return {"version": lib.version, "tiles": len(lib), "index": lib.index.current_kind, "descriptor": lib.manifest["descriptor"],
+                "models": self.models}
 
     async def screen(self, images: list[Image.Image], day, cut: str | None) -> dict:
         """Decoded pictures of one document -> the verdict (`abnormal`, `matches`, ...)."""
@@ -108,12 +112,12 @@ class Screening:
         regions = await asyncio.to_thread(screener.regions, images)  # OCR: off the event loop
         vectors = await self._embed([r.crop for r in regions])
         if not screener.cfg.learn:
-            return await self._match(screener, regions, vectors, images, day, cut)
+            return {**(await self._match(screener, regions, vectors, images, day, cut)), "models": self.models}
         with write_lock(self.root):  # the second match may add tiles: one writer, from the latest version
             if Library.current_version(self.root) > screener.library.version:
                 screener.library = await asyncio.to_thread(Library.open, self.root)
             # in this thread: a file lock held across a thread hop would block the next writer's event loop
-            return screener.match(regions, vectors, len(images), day, cut, pictures=images)
+            return {**screener.match(regions, vectors, len(images), day, cut, pictures=images), "models": self.models}
 
     @staticmethod
     async def _match(screener, regions, vectors, images, day, cut) -> dict:
@@ -136,7 +140,7 @@ class Screening:
             res = lib.append(batch, vectors, min_similarity=self.cfg.screen.dedup_similarity)
         self.screener.library = lib
         return {"tiles_added": res["added"], "duplicates_skipped": res["skipped"], "library_version": res["version"],
-                "library_tiles": res["n_tiles"]}
+                "library_tiles": res["n_tiles"], "models": self.models}
 
 
 def backend(cfg: ScreeningAppConfig) -> serve.Application:
@@ -148,5 +152,25 @@ def backend(cfg: ScreeningAppConfig) -> serve.Application:
             source = json.load(open(f"{root}/manifest.json"))["descriptor"]
         except FileNotFoundError:
             source = "registry:descriptor"
+    source = pin_descriptor(source)
     desc = Descriptor.bind(source, cfg.max_batch_size, cfg.batch_wait_timeout_s)
     return Screening.bind(desc, cfg.model_copy(update={"descriptor": source}).model_dump())
+
+
+def pin_descriptor(source: str) -> str:
+    """`registry:NAME[:latest]` -> `registry:NAME:vNNNN`, its newest version (`ModelRegistry.pin`; a pinned
+    version is checked to exist); a folder or `build:...` as given."""
+    if not source.startswith("registry:"):
+        return source
+    from docray.storage.registry import ModelRegistry
+
+    name, _, version = source.split(":", 1)[1].partition(":")
+    version = ModelRegistry().pin(name, version or "latest")
+    return f"registry:{name}" + ("" if version == "latest" else f":{version}")
+
+
+def _descriptor_version(source: str) -> str:
+    """The registry version of a `registry:NAME:VERSION` source; a folder or `build:...` names itself."""
+    if not source.startswith("registry:"):
+        return source
+    return source.split(":", 1)[1].partition(":")[2] or "latest"

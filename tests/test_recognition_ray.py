@@ -59,6 +59,13 @@ def test_two_worker_training_resumed_from_checkpoint(trained):
     assert uni["registered"].startswith("test-unified/v")
     assert 0 <= uni["val/doc_type"] <= 1 and "val/layout_detection" in uni
     assert uni["worker_imported_synth"] is False and uni["steps"] == 2 * (32 // 2 // 8)
+    from docray.storage.registry import ModelRegistry
+
+    card = ModelRegistry().card("test-unified", uni["registered"].split("/")[1])  # its model card
+    assert card["job"] == "train_jobs.unified_train" and card["commit"] and card["wall_time_s"] > 0
+    assert card["datasets"]["train"]["uri"] == uni["train"] and card["datasets"]["val"]["rows"] > 0
+    assert card["hardware"]["num_workers"] == 2 and card["job_config"]["epochs"] == 2
+    assert card["key_metric"] == "val/doc_type" and card["metrics"]["val/doc_type"] == uni["val/doc_type"]
 
 
 def test_serve_recognize(trained, serve_port):
@@ -76,6 +83,7 @@ def test_serve_recognize(trained, serve_port):
         assert r.status_code == 200, r.text
         body = r.json()
         assert set(body["results"]) == {"doc_type", "layout_detection", "layout_segmentation"}
+        assert body["models"] == {"test-unified": trained[0]["registered"].split("/")[1]}  # the version that answered
         # every answer comes from its unit, or says the (barely trained) gate sent it elsewhere
         for name, res in body["results"].items():
             assert "error" in res or res["type"] == {"doc_type": "cls", "layout_detection": "det",

@@ -107,9 +107,9 @@ class RegenCompressor:
 
     @classmethod
     def from_source(cls, model_dir: str = "", untrained: str = "", file_types: str = "", seed: int = 0,
-                    **kw) -> "RegenCompressor":
+                    version: str = "latest", **kw) -> "RegenCompressor":
         """A trained folder (`model_dir`), else random weights of factory `untrained` (tests, demos),
-        else the model registry's latest 'regen'; `file_types`: a YAML path ('' -> packaged). The
+        else the model registry's 'regen' at `version` (vNNNN or latest); `file_types`: a YAML path ('' -> packaged). The
         calibration is the folder's (or the registry version's) calibration.json, if any."""
         from docray.models import build_model, from_pretrained
 
@@ -126,13 +126,13 @@ class RegenCompressor:
             from docray.storage.registry import ModelRegistry
 
             reg = ModelRegistry()
-            version = reg.latest("regen")
+            version = reg.resolve("regen", version)
             state, spec, _ = reg.load("regen", version)
             model = build_model(spec["name"], **spec.get("overrides", {}))
             try:
                 model.load_state_dict(state)
             except RuntimeError as e:  # saved by an earlier architecture (before field-by-field reading)
-                raise ValueError(f"the registry's latest 'regen' does not fit the current {spec['name']!r} "
+                raise ValueError(f"the registry's 'regen' {version} does not fit the current {spec['name']!r} "
                                  f"architecture; retrain it (python -m train_jobs.train_regen): {e}") from None
             try:
                 calibration = gatemod.Calibration.from_json(reg.read_file("regen", gatemod.FILE, version))

@@ -71,6 +71,9 @@ def test_library_keeps_target_features_and_verdict_carries_inliers(tmp_path):
     assert m["target_id"] == "t1" and m["inliers"] >= cfg.verify.min_inliers
     v = s.screen([rotated_copy(picture(3))])  # a look-alike: candidates proposed, none confirmed
     assert v["verification"] == "on" and not v["abnormal"] and v["best"][0] is not None
+    either = Screener(lib, embed, cfg.model_copy(update={"verify": VerifyConfig(enabled=True, decide="either")}))
+    v = either.screen([rotated_copy(picture(3))])  # the descriptor's score alone suffices (threshold -1)
+    assert v["abnormal"] and v["matches"][0]["inliers"] < cfg.verify.min_inliers
     off = Screener(lib, embed, cfg.model_copy(update={"verify": VerifyConfig(enabled=False)}))
     v = off.screen([rotated_copy(picture(3))])
     assert v["verification"] == "off" and v["abnormal"] and "inliers" not in v["matches"][0]

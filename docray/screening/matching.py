@@ -13,7 +13,8 @@ Two-stage matching (`verify.enabled`): the index's top-k tiles of every region, 
 are the candidates of a picture; the best `verify.candidates` of them are verified with local
 features of the whole picture against the whole target (`docray.screening.verify`) and a candidate
 matches when RANSAC keeps `verify.min_inliers` (the evidence adds `inliers`), whatever its
-descriptor score; a candidate without inliers enough is rejected. Targets the library holds no
+descriptor score; a candidate without inliers enough is rejected (`verify.decide="either"`: unless
+its descriptor score reaches the threshold, so verification only adds matches). Targets the library holds no
 local features for (a library built before they were stored) are decided by the descriptor alone,
 and the verdict's `verification` says so. With `verify.propose="descriptor+local"` the targets most
 voted for by the picture's keypoints (among those whose tiles pass the stage's attribute filter) are
@@ -290,7 +291,8 @@ class Screener:
                     ev["inliers"], ok = None, ev["score"] is not None and ev["score"] >= self.cfg.threshold
                 else:
                     ev["inliers"] = inliers(self._features(pictures, p, upload_features), target, v)
-                    ok = ev["inliers"] >= v.min_inliers
+                    ok = ev["inliers"] >= v.min_inliers or (v.decide == "either" and ev["score"] is not None
+                                                            and ev["score"] >= self.cfg.threshold)
                 rank_key = lambda e: (e["inliers"] or 0, -1e9 if e["score"] is None else e["score"])
                 if ok and (found is None or rank_key(ev) > rank_key(found)):
                     found = ev

@@ -50,6 +50,9 @@ class VerifyConfig(Config):
     model: Literal["homography", "similarity"] = Field("similarity", description="the transform RANSAC fits: a "
                                                        "similarity (rotation, scale, shift; 2 points) or a homography (4)")
     min_inliers: int = Field(12, ge=3, description="inliers at or above which a candidate is confirmed")
+    decide: Literal["inliers", "either"] = Field("inliers", description="'inliers': a verified candidate matches by "
+                                                 "its inliers alone (the descriptor only proposes); 'either': by its "
+                                                 "inliers or by its descriptor score (verification only adds matches)")
     propose: Literal["descriptor", "descriptor+local"] = Field(
         "descriptor", description="where candidates come from: the descriptor index only, or also the targets most "
         "voted for by the upload's keypoints (an exact index of every target's keypoints in memory: finds tiles pasted "

@@ -266,6 +266,8 @@ class UnifiedBench(Config):
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(16, ge=1)
     text_encoder: str = Field("hash", description="query-text encoder: hash (fast) | minilm")
+    train_seeds: list[int] = Field([0], min_length=1, description="training seeds (the same rows): both paths train "
+                                   "once per seed and each figure is the mean over them, its spread beside it")
 
 
 class RegenBench(Config):
@@ -513,43 +515,50 @@ def bench_unified(c: BenchConfig) -> dict:
     from train_jobs import mae_pretrain, unified_train
     from train_jobs.common import load_checkpoint_state, synth_dataset
 
-    u, out = c.unified, Path(c.out, "runs", "unified")
+    u = c.unified
     train, val = synth_dataset("documents", u.n_train, u.n_val, c.seed, options=DOC_OPTIONS)
-    shared = [f"seed={c.seed}", f"num_workers={c.num_workers}", f"cpus_per_worker={c.cpus_per_worker}",
-              f"use_gpu={json.dumps(c.use_gpu)}", f"train={train}", f"val={val}"]
     mcfg = mae_pretrain.MAEPretrainConfig(model=u.mae_model, epochs=u.mae_epochs, batch_size=u.mae_batch_size)
-    with NewRuns(mae_pretrain, str(Path(c.out, "timing", "new"))) as runs:
-        mae_pretrain.main(["--set", f"model={u.mae_model}", f"epochs={u.mae_epochs}", f"batch_size={u.mae_batch_size}",
-                           "register_as=bench-encoder-new", f"out={out / 'mae'}", *shared])
-    (mae_run,) = runs.runs
-    views = 2 + DOC_OPTIONS["n_angles"]  # each document's capture, flash and angle frames: the MAE's images
-    mae_state, t_mae, mae_ref = legacy(c, L.mae_loop, "old-mae", rows=[0, u.n_train], options=DOC_OPTIONS, model=u.mae_model,
-                              overrides={"mask_ratio": mcfg.mask_ratio}, use_frames=True,
-                              batch_size=u.mae_batch_size * views, epochs=u.mae_epochs, lr=mcfg.lr,
-                              weight_decay=mcfg.weight_decay)
-    mae = build_model(u.mae_model, mask_ratio=mcfg.mask_ratio)
-    encoders = {}
-    for key, state in (("old", mae_state), ("reseeded", mae_ref)):
-        if state is not None:  # the old unified runs start from their own MAE's encoder
-            mae.load_state_dict(state)
-            encoders[key] = str(out / f"{key}-encoder.pt")
-            torch.save(mae.encoder_state_dict(), encoders[key])
-
     ucfg = unified_train.UnifiedTrainConfig(model=u.model, text_encoder=u.text_encoder, encoder_from="",
                                             epochs=u.epochs, batch_size=u.batch_size)
     cat = unified_train.catalogue_of(ucfg)
     query_text = embed_texts([t.query for t in cat.tasks], u.text_encoder).tolist()
-    with NewRuns(unified_train, str(Path(c.out, "timing", "new"))) as runs:
-        unified_train.main(["--set", f"model={u.model}", f"text_encoder={u.text_encoder}", f"epochs={u.epochs}",
-                            f"batch_size={u.batch_size}", "encoder_from=bench-encoder-new", "register_as=",
-                            f"out={out / 'unified'}", *shared])
-    (uni_run,) = runs.runs
-    uni_state, t_uni, uni_ref = legacy(c, L.unified_loop, "old-unified", {"encoder_state": encoders.get("reseeded")},
-                                       rows=[0, u.n_train], options=DOC_OPTIONS, model=u.model, overrides={},
-                                       catalogue=cat.model_dump(), query_text=query_text,
-                                       encoder_state=encoders["old"], batch_size=u.batch_size, epochs=u.epochs, lr=ucfg.lr,
-                              encoder_lr=ucfg.encoder_lr, weight_decay=ucfg.weight_decay,
-                              frame_tasks_per_batch=ucfg.frame_tasks_per_batch)
+    mae = build_model(u.mae_model, mask_ratio=mcfg.mask_ratio)
+
+    def train_both(seed: int, first: bool) -> dict:
+        """Both paths, MAE then unified from each path's own encoder, with training seed `seed`."""
+        out = Path(c.out, "runs", f"unified-{seed}")
+        cs = c if first else c.model_copy(update={"reference_seed": None})  # the old-vs-old run: once
+        shared = [f"seed={seed}", f"num_workers={c.num_workers}", f"cpus_per_worker={c.cpus_per_worker}",
+                  f"use_gpu={json.dumps(c.use_gpu)}", f"train={train}", f"val={val}"]
+        with NewRuns(mae_pretrain, str(Path(c.out, "timing", f"new-{seed}"))) as runs:
+            mae_pretrain.main(["--set", f"model={u.mae_model}", f"epochs={u.mae_epochs}", f"batch_size={u.mae_batch_size}",
+                               "register_as=bench-encoder-new", f"out={out / 'mae'}", *shared])
+        (mae_run,) = runs.runs
+        views = 2 + DOC_OPTIONS["n_angles"]  # each document's capture, flash and angle frames: the MAE's images
+        mae_state, t_mae, mae_ref = legacy(cs, L.mae_loop, f"old-mae-{seed}", train_seed=seed, rows=[0, u.n_train],
+                                           options=DOC_OPTIONS, model=u.mae_model, overrides={"mask_ratio": mcfg.mask_ratio},
+                                           use_frames=True, batch_size=u.mae_batch_size * views, epochs=u.mae_epochs,
+                                           lr=mcfg.lr, weight_decay=mcfg.weight_decay)
+        encoders = {}
+        for key, state in (("old", mae_state), ("reseeded", mae_ref)):
+            if state is not None:  # the old unified runs start from their own MAE's encoder
+                mae.load_state_dict(state)
+                encoders[key] = str(out / f"{key}-encoder.pt")
+                torch.save(mae.encoder_state_dict(), encoders[key])
+        with NewRuns(unified_train, str(Path(c.out, "timing", f"new-{seed}"))) as runs:
+            unified_train.main(["--set", f"model={u.model}", f"text_encoder={u.text_encoder}", f"epochs={u.epochs}",
+                                f"batch_size={u.batch_size}", "encoder_from=bench-encoder-new", "register_as=",
+                                f"out={out / 'unified'}", *shared])
+        (uni_run,) = runs.runs
+        uni_state, t_uni, uni_ref = legacy(cs, L.unified_loop, f"old-unified-{seed}", {"encoder_state": encoders.get("reseeded")},
+                                           train_seed=seed, rows=[0, u.n_train], options=DOC_OPTIONS, model=u.model,
+                                           overrides={}, catalogue=cat.model_dump(), query_text=query_text,
+                                           encoder_state=encoders["old"], batch_size=u.batch_size, epochs=u.epochs,
+                                           lr=ucfg.lr, encoder_lr=ucfg.encoder_lr, weight_decay=ucfg.weight_decay,
+                                           frame_tasks_per_batch=ucfg.frame_tasks_per_batch)
+        return {"mae": (mae_state, load_checkpoint_state(mae_run["result"].checkpoint)["model"], mae_ref),
+                "unified": (uni_state, load_checkpoint_state(uni_run["result"].checkpoint)["model"], uni_ref),
+                "timing": (t_mae, mae_run["timing"], t_uni, uni_run["timing"])}
 
     rows = pq.read_table(val).to_pydict()
     chunks = [{k: np.asarray(v[i:i + 32], dtype=object) for k, v in rows.items()} for i in range(0, len(rows["id"]), 32)]
@@ -567,23 +576,29 @@ def bench_unified(c: BenchConfig) -> dict:
 
     def scores(state: dict) -> dict:
         model.load_state_dict(state)
-        return evaluate(model, batches, cat, "cpu")
+        return {"mae": None, **evaluate(model, batches, cat, "cpu")}
 
-    new_mae = load_checkpoint_state(mae_run["result"].checkpoint)["model"]
-    figures = [figure("mae: val_loss", mae_loss(mae_state), mae_loss(new_mae), False, False, c.tolerance_points,
-                      mae_loss(mae_ref) if mae_ref else None)]
-    old, new_ = scores(uni_state), scores(load_checkpoint_state(uni_run["result"].checkpoint)["model"])
-    ref = scores(uni_ref) if uni_ref else {}
-    for t in cat.tasks:
-        figures.append(figure(f"unified: {t.name}", old[t.name], new_[t.name], HIGHER_IS_BETTER[t.type], True,
-                              c.tolerance_points, ref.get(t.name)))
-    for k in ("gate_accuracy", "task_set_accuracy"):
-        figures.append(figure(f"unified: {k}", old[k], new_[k], True, True, c.tolerance_points, ref.get(k)))
-    speed = [throughput(u.mae_model, t_mae, mae_run["timing"], c.min_throughput_ratio),
-             throughput(u.model, t_uni, uni_run["timing"], c.min_throughput_ratio)]
-    want = parquet_rows(train)
-    return {"figures": figures, "throughput": speed, "same_rows": t_mae["rows"] == want and t_uni["rows"] == want,
-            "held_out_rows": len(rows["id"])}
+    keys = [t.name for t in cat.tasks] + ["gate_accuracy", "task_set_accuracy"]
+    old, new_, ref, want, same_rows, speed = [], [], {}, parquet_rows(train), True, []
+    for i, seed in enumerate(u.train_seeds):
+        r = train_both(seed, i == 0)
+        (m_old, m_new, m_ref), (s_old, s_new, s_ref) = r["mae"], r["unified"]
+        old.append({**scores(s_old), "mae": mae_loss(m_old)})
+        new_.append({**scores(s_new), "mae": mae_loss(m_new)})
+        if m_ref is not None:
+            ref = {**(scores(s_ref) if s_ref else {}), "mae": mae_loss(m_ref)}
+        t_mae, t_mae_new, t_uni, t_uni_new = r["timing"]
+        if i == 0:
+            speed = [throughput(u.mae_model, t_mae, t_mae_new, c.min_throughput_ratio),
+                     throughput(u.model, t_uni, t_uni_new, c.min_throughput_ratio)]
+        same_rows &= t_mae["rows"] == want and t_uni["rows"] == want
+    figures = [figure("mae: val_loss", [o["mae"] for o in old], [n["mae"] for n in new_], False, False,
+                      c.tolerance_points, ref.get("mae"))]
+    higher = {**{t.name: HIGHER_IS_BETTER[t.type] for t in cat.tasks}, "gate_accuracy": True, "task_set_accuracy": True}
+    for k in keys:
+        figures.append(figure(f"unified: {k}", [o[k] for o in old], [n[k] for n in new_], higher[k], True,
+                              c.tolerance_points, ref.get(k)))
+    return {"figures": figures, "throughput": speed, "same_rows": same_rows, "held_out_rows": len(rows["id"])}
 
 
 def bench_regen(c: BenchConfig) -> dict:

@@ -12,7 +12,8 @@ import pytest
 from docray.screening.library import Library
 
 DESC = "build:descriptor_tiny"  # random weights, same in every process (seeded): enough for plumbing
-EXACT = {"text_finder": "none", "threshold": 0.9999, "learn": False}  # only identical tiles match
+EXACT = {"text_finder": "none", "threshold": 0.9999, "learn": False,  # only identical tiles match ...
+         "verify": {"enabled": True, "decide": "either", "propose": "descriptor+local"}}  # ... or verified ones
 
 
 def png_bytes(img) -> bytes:
@@ -104,6 +105,7 @@ def test_serve_screen_and_targets(library, serve_port):
             assert r.status_code == 200, r.text
             v = r.json()
             assert v["abnormal"] and v["matches"][0]["picture"] == 1 and v["matches"][0]["tile_id"] == 1
+            assert v["verification"] == "on" and "inliers" in v["matches"][0]
             r = c.post(f"{url}/v1/screen", files=[("pictures", ("a.png", benign))], data={"release_time": "2024-03-01"})
             assert r.status_code == 200 and not r.json()["abnormal"]
             # errors: JSON error model, nothing stored

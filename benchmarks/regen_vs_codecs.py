@@ -186,9 +186,10 @@ def main(argv=None) -> None:
         ids = rc.model.tokenizer.batch([layout.join_content(labels)], rc.cfg.max_len)
         with torch.no_grad():
             bg = rc.model.generate(torch.tensor([row["doc_type"]]), ids, cond[None])[0]
-        rest, face, split = rc.split(capture)
-        oracle, _ = rc.finish(Image.fromarray(layout.composite(layer, to_image(bg))), rest, face, split,
-                              rc.find_seals(capture, split), capture)
+        quad = rc.locate([capture])[0]
+        rest, face, split = rc.split(capture, row["doc_type_name"], quad)
+        oracle, _ = rc.finish(Image.fromarray(layout.composite(layer, to_image(bg))), split,
+                              rc.find_seals(capture, split), capture, quad, row["doc_type_name"])
         sources = {}
         for c in codecs():
             sources.update({c: (capture, np.asarray(capture)), f"regen_{c}": (regen, clean), f"regen_oracle_{c}": (oracle, clean)})

@@ -40,12 +40,13 @@ def rc(row, monkeypatch):
                                                      "calibrated": True, "reason": None}] * len(images))
     quad = np.reshape(row["doc_quad"], (4, 2))
 
-    def read_fields(images, doc_types=None):
+    def read_fields(images, doc_types=None, quads=None):
         fs = [{"name": n, "text": v, "confidence": c}
               for n, v, c in zip(layout.field_names(doc_type), rc.values, rc.confidence)]
         return [{"type": doc_type, "quad": quad, "fields": fs, "scores": np.zeros((len(fs), 4))}]
 
     monkeypatch.setattr(rc, "read_fields", read_fields)
+    monkeypatch.setattr(rc, "locate", lambda images: np.stack([quad] * len(images)))  # the corners, as read
     monkeypatch.setattr(rc.model, "read_lines", lambda lines, decode="joint": list(rc.reread or rc.values))
     rc.field_threshold_value = 0.5
     monkeypatch.setattr(RegenCompressor, "field_threshold", property(lambda self: self.field_threshold_value))

@@ -91,6 +91,30 @@ def frame_boxes(doc_type, size: tuple[int, int]) -> list[list[int]]:
     return out
 
 
+def frame_to_image(quad, doc_type, size: tuple[int, int]) -> np.ndarray:
+    """3x3 H mapping px of a flat frame of `size` (w, h) (where a processed image has its document)
+    to px of the capture whose document has the corners `quad`."""
+    return doc_to_image(quad, doc_type) @ np.linalg.inv(doc_to_image(frame_quad(doc_type, size), doc_type))
+
+
+def map_points(H: np.ndarray, pts) -> np.ndarray:
+    """(n, 2) points mapped through the homography H."""
+    return cv2.perspectiveTransform(np.asarray(pts, np.float64).reshape(-1, 1, 2), H).reshape(-1, 2)
+
+
+def box_corners(box) -> np.ndarray:
+    """(4, 2) corners of a box [x0, y0, x1, y1]: tl, tr, br, bl."""
+    x0, y0, x1, y1 = box
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+
+
+def bounding_box(pts) -> list[int]:
+    """The integer box [x0, y0, x1, y1] around points (n, 2), outward-rounded."""
+    p = np.asarray(pts, np.float64)
+    return [int(np.floor(p[:, 0].min())), int(np.floor(p[:, 1].min())), int(np.ceil(p[:, 0].max())),
+            int(np.ceil(p[:, 1].max()))]
+
+
 def original_in_frame(img: np.ndarray, quad, doc_type, size: tuple[int, int]) -> np.ndarray:
     """The capture `img` (h, w, 3) warped through its document's corners `quad` onto a flat frame of
     `size` (w, h), the document where a processed image of that size has it: (size[1], size[0], 3)."""

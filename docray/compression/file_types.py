@@ -10,7 +10,10 @@ KeyError naming the type, which `RegenCompressor` checks for every type its mode
 
 Thresholds are (width, height, bytes). `a < b` means: `a` is no wider and no taller than `b`, and
 strictly smaller in bytes. The library enforces second < first for every type when it is loaded,
-and `check_original` enforces first < original for every request, each with a clear error.
+`check_original` enforces first < original for every request, `check_processed` that a processed
+image fits the first threshold (size and bytes), and `FileType.check_compressed` that a compressed
+file (a terminal's upload in split mode) has its type's format and fits its second threshold.
+`codec_entry()` is the entry of an upload that is not a known document (the codec path).
 """
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ FORMATS = ("jpeg", "webp")
 
 class ThresholdError(ValueError):
     """Size thresholds out of order: second < first < original must hold."""
+
+
+class WrongFormat(ValueError):
+    """A compressed file in another format than its file type's."""
 
 
 class Threshold(BaseModel):
@@ -47,6 +54,15 @@ class FileType(BaseModel):
     base: int = Field(ge=1, le=100, description="quality level (1-100) when the byte budget is ample")
     format: Literal["jpeg", "webp"] = "jpeg"
     second: Threshold
+
+    def check_compressed(self, fmt: str | None, width: int, height: int, nbytes: int) -> None:
+        """A compressed file of this type: its format (`sniff_format`'s name, e.g. 'JPEG') must be
+        `format` (WrongFormat), its size and bytes within `second` (ThresholdError)."""
+        if (fmt or "").lower() != self.format:
+            raise WrongFormat(f"this type compresses to {self.format}, the file is {fmt or 'not a known format'}")
+        if width > self.second.width or height > self.second.height or nbytes > self.second.bytes:
+            raise ThresholdError(f"the file ({width}x{height} px, {nbytes:,} bytes) is over the second threshold "
+                                 f"({self.second})")
 
 
 class FileTypeLibrary(BaseModel):
@@ -79,6 +95,17 @@ class FileTypeLibrary(BaseModel):
             raise KeyError(f"the file-type library has no entry for document type {doc_type!r} and no default; "
                            f"it has {sorted(self.types)}: add one (types: or default: in file_types.yaml)")
         return self.default
+
+    def codec_entry(self) -> FileType:
+        """The codec path's entry (an upload that is not a known document): the `default`, else the
+        strictest type (fewest bytes, then fewest pixels)."""
+        return self.default or min(self.types.values(), key=lambda f: (f.second.bytes, f.second.width * f.second.height))
+
+    def check_processed(self, width: int, height: int, nbytes: int) -> None:
+        """Raise ThresholdError unless a processed image fits the first threshold (size and bytes)."""
+        if width > self.first.width or height > self.first.height or nbytes > self.first.bytes:
+            raise ThresholdError(f"the processed image ({width}x{height} px, {nbytes:,} bytes) is over the first "
+                                 f"threshold ({self.first})")
 
     def check_original(self, width: int, height: int, nbytes: int) -> None:
         """Raise ThresholdError unless first < original (the upload is larger than what we generate)."""

@@ -10,15 +10,18 @@ Steps (DESIGN "Regen compression"; issue 17: regen never falsifies a document):
    never calibrated (no calibration.json beside its weights) -> the codec path: the original,
    fitted inside the first threshold, compressed with the file-type library's `default` entry
    (the same byte guarantees); the answer says `method: "codec"` and its `reason`;
-3. portrait: a photographed face (Haar cascade) or, for synthetic documents, the portrait slot of
-   the gate's type; split off with background or blank fill;
+3. corners and portrait: the content model's corner head finds the document's four corners in the
+   capture; the gate type's portrait slot is mapped through them (a photographed face, Haar cascade,
+   for a type without a slot; `portrait.locate_portrait`) and split off with background or blank
+   fill, leaving the document without the portrait;
 4. seals: red/blue outlines found by OpenCV (those inside the portrait are ignored), cropped as
-   attachments;
-5. the content model reads the document without the portrait field by field (its corners, then
-   each value box of the type's template as a line crop), each field with a calibrated confidence;
+   attachments, each compressed in its type's format (`quality.compress_attachment`);
+5. the content model reads the document without the portrait field by field (each value box of the
+   type's template through the same corners, as a line crop), each field with a calibrated confidence;
 6. generation at the first size threshold, conditioned on type + the confident fields' content
-   (and their glyph layer, composited over the output, see `layout`); seals composited back
-   (darken blend); the portrait pasted back, scaled by the pixel ratio processed / document-without-portrait;
+   (and their glyph layer, composited over the output, see `layout`); the capture straightened
+   through the corners onto the processed frame gives back the seals (darken blend where their
+   boxes map) and the portrait (pasted into the slot of the processed frame);
 7. round trip: the content model re-reads the processed image; a regenerated field read back
    otherwise is not trusted. Every field below the confidence threshold or failing the round trip
    keeps the ORIGINAL's pixels inside its box (a hybrid image); `fields` lists per field its text,
@@ -26,9 +29,14 @@ Steps (DESIGN "Regen compression"; issue 17: regen never falsifies a document):
 8. provenance (`provenance`): the record id is drawn first, then every regenerated image carries a
    stamp in its own metadata (PNG tEXt, JPEG COM, WebP/AVIF EXIF) naming docray, the record and
    "regenerated" (or "regenerated-hybrid"); the answer and the record carry it too;
-9. per-type compression to the second threshold (server mode), or none (split mode: the terminal
-   compresses with the file-type library);
-10. the record stored one-to-one: original, processed, compressed, attachments, split.
+9. the processed PNG checked against the first threshold, size and bytes (`quality.fit_first`:
+   lossless, else a palette); per-type compression to the second threshold (server mode), or none
+   (split mode: the terminal compresses with the file-type library and uploads the file,
+   `accept_compressed`: its type's format, within its second threshold, stamped with this record,
+   like the processed image; stored once);
+10. the record stored one-to-one: original, processed, compressed, split, and the attachments in
+   this order: the portrait and the document without it (PNG, the original's pixels: admin only),
+   then the seals (compressed: users may read them; `docray.storage.repository.ATTACHMENT_READERS`).
 `RegenCompressor` is also the batch predictor of `data_jobs/recompress_archive.py`
 (`__call__(batch) -> batch`) and what the Serve deployments wrap, step by step.
 """
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -43,10 +52,10 @@ from scipy.special import softmax
 
 from docray.compression import fields, gate as gatemod, layout, portrait as portraits, provenance, seals as sealmod
 from docray.compression.data import cond_input, content_input, line_input, to_image
-from docray.compression.file_types import FileType, FileTypeLibrary, load_file_types
-from docray.compression.quality import compress_for_type, fit_size
+from docray.compression.file_types import FileType, FileTypeLibrary, ThresholdError, WrongFormat, load_file_types
+from docray.compression.quality import compress_attachment, compress_for_type, fit_first, fit_size
 from docray.doctypes import registry
-from docray.imageio import decode_image, encode_png
+from docray.imageio import decode_image, encode_png, sniff_format
 
 MODES = ("server", "split")
 UNCALIBRATED = ("the regen model was never calibrated (no calibration.json beside its weights): its confidence "
@@ -54,6 +63,15 @@ UNCALIBRATED = ("the regen model was never calibrated (no calibration.json besid
 UNCALIBRATED_FIELD_THRESHOLD = 0.99  # ungated and uncalibrated: the least sure character's raw probability
 PUBLIC = ("record_id", "method", "reason", "gate", "type", "type_score", "content", "fields", "provenance", "split",
           "seals", "attachments", "sizes", "quality")  # what the HTTP answer shows (and the image, by mode)
+LIKENESS = 40.0  # accept_compressed: the most mean grey difference of 32x20 thumbnails (upload vs processed)
+
+
+class UploadRefused(ValueError):
+    """A terminal's compressed file that is not stored: HTTP `status` and a stable `code` (as ImageDecodeError)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 def _png(img: Image.Image) -> bytes:
@@ -184,13 +202,14 @@ class RegenCompressor:
             return self.calibration.field_confidence(scores)
         return np.exp(np.asarray(scores)[:, 1]) if len(scores) else np.zeros(0)
 
-    def read_fields(self, images: list[Image.Image], doc_types: list[str] | None = None) -> list[dict]:
+    def read_fields(self, images: list[Image.Image], doc_types: list[str] | None = None, quads=None) -> list[dict]:
         """The content, field by field: corners -> each value box of the type's template cut out as a
         line -> the reader. Per image {"type", "quad" (4, 2), "fields": [{"name", "text",
-        "confidence"}], "scores": the reader's READ_SCORES}; `doc_types` default to the gate's."""
+        "confidence"}], "scores": the reader's READ_SCORES}; `doc_types` default to the gate's, `quads`
+        (the corners, (b, 4, 2)) to the corner head's on `images`."""
         if doc_types is None:
             doc_types = [t for t, _ in self.predict_types(images)]
-        quads = self.locate(images)
+        quads = self.locate(images) if quads is None else np.asarray(quads, np.float64).reshape(len(images), 4, 2)
         crops = [fields.crop_lines(np.asarray(im.convert("RGB")), q, t, self.cfg.line_size)
                  for im, q, t in zip(images, quads, doc_types)]
         texts, scores = self.model.read_scored(line_input(np.concatenate(crops)).to(self.device))
@@ -226,19 +245,17 @@ class RegenCompressor:
         out = self.model.generate(types, ids, torch.stack(conds).to(self.device), steps=self.steps)
         return [Image.fromarray(layout.composite(layer, to_image(x))) for layer, x in zip(layers, out)]
 
-    def portrait_box(self, img: Image.Image, hint_type: str | None) -> list[int] | None:
-        """A photographed face, else the portrait slot of `hint_type` (the type seen on the whole image)."""
-        return portraits.find_portrait(img, layout.slot_box(hint_type, img.size) if hint_type else None)
-
-    def split_at(self, img: Image.Image, box: list[int] | None):
-        """(document without portrait, portrait or None, split record or None)."""
-        if box is None:
+    def split_at(self, img: Image.Image, where: dict | None):
+        """(document without portrait, portrait or None, split record or None); `where`:
+        `portrait.locate_portrait`'s answer."""
+        if where is None:
             return img, None, None
-        face, rest, split = portraits.split_portrait(img, box, self.fill)
-        return rest, face, split
+        face, rest, split = portraits.split_portrait(img, where["box"], self.fill, where["polygon"])
+        return rest, face, {**split, "found_by": where["found_by"]}
 
-    def split(self, img: Image.Image):
-        return self.split_at(img, self.portrait_box(img, self.predict_types([img])[0][0]))
+    def split(self, img: Image.Image, doc_type: str, quad):
+        """`split_at` where `portrait.locate_portrait` finds the portrait of `doc_type` through `quad`."""
+        return self.split_at(img, portraits.locate_portrait(img, quad, doc_type))
 
     def find_seals(self, img: Image.Image, split: dict | None) -> list[sealmod.Seal]:
         found = sealmod.detect_seals(img)
@@ -247,20 +264,31 @@ class RegenCompressor:
             found = [s for s in found if not (s.box[0] >= px0 and s.box[1] >= py0 and s.box[2] <= px1 and s.box[3] <= py1)]
         return found
 
-    def finish(self, processed: Image.Image, rest: Image.Image, face, split, seals, original: Image.Image):
-        """Seals and portrait back onto the processed image; returns (image, split with scale)."""
-        scale = (processed.width / rest.width, processed.height / rest.height)
+    def finish(self, processed: Image.Image, split: dict | None, seals, original: Image.Image, quad, doc_type: str):
+        """Seals and portrait back onto the processed image through the document's corners `quad`: the
+        capture straightened onto the processed frame gives each seal's ink (darken blend where its box
+        maps) and the portrait, pasted into the type's slot of the frame (a face: where its box maps).
+        Returns (image, split with `scale`: processed document px per captured document px, `pasted_at`)."""
+        size = processed.size
+        flat = fields.original_in_frame(np.asarray(original.convert("RGB")), quad, doc_type, size)
+        to_frame = np.linalg.inv(fields.frame_to_image(quad, doc_type, size))
+
+        def in_frame(box):  # a box of the capture -> the box around it in the processed frame
+            return portraits.clip(fields.bounding_box(fields.map_points(to_frame, fields.box_corners(box))), *size)
+
         if self.composite_seals:
-            arr = np.array(processed)
+            arr = np.array(processed.convert("RGB"))
             for s in seals:
-                b = portraits.clip(portraits.map_box(s.box, scale), *processed.size)
-                if b[2] > b[0] and b[3] > b[1]:
-                    crop = np.asarray(original.crop(tuple(s.box)).resize((b[2] - b[0], b[3] - b[1])))
-                    arr[b[1]:b[3], b[0]:b[2]] = np.minimum(arr[b[1]:b[3], b[0]:b[2]], crop)  # darken: ink only
+                x0, y0, x1, y1 = in_frame(s.box)
+                arr[y0:y1, x0:x1] = np.minimum(arr[y0:y1, x0:x1], flat[y0:y1, x0:x1])  # darken: ink only
             processed = Image.fromarray(arr)
-        if face is not None:
-            s = scale[0] if abs(scale[0] - scale[1]) < 1e-3 else scale
-            processed, split = portraits.paste_portrait(processed, face, split, s)
+        if split is not None:
+            slot = layout.slot_box(doc_type, size) if split.get("found_by") == "slot" else None
+            quad_area = abs(cv2.contourArea(np.asarray(quad, np.float32).reshape(4, 1, 2)))
+            x0, y0, x1, y1 = layout.doc_box(doc_type, size)
+            scale = float(np.sqrt((x1 - x0) * (y1 - y0) / max(quad_area, 1.0)))
+            processed, split = portraits.paste_through_corners(processed, flat, split, slot or in_frame(split["position"]),
+                                                               scale)
         return processed, split
 
     def round_trip(self, processed: Image.Image, doc_type: str, fs: list[dict]) -> list[dict]:
@@ -304,20 +332,29 @@ class RegenCompressor:
         return out
 
     def assemble(self, data: bytes, img: Image.Image, gate: dict, fs: list[dict], processed: Image.Image, face, split,
-                 seals) -> dict:
+                 seals, rest: Image.Image | None = None) -> dict:
         """The regen result (the processed image in `_image`, attachments as (kind, bytes, meta) in
-        `_attachments`); `deliver` stamps, compresses and stores it."""
-        attachments = [("seal", _png(sealmod.crop_seal(img, s)), s.as_dict()) for s in seals]
+        `_attachments`: the portrait and `rest`, the document without it, as PNG; the seals compressed
+        in the type's format); `deliver` stamps, compresses and stores it. The answer lists each
+        attachment with its number `n` (`GET /v1/repository/{id}/attachments/{n}`) and who may read it."""
+        from docray.storage.repository import attachment_reader
+
+        ft = self.lib.get(gate["type"])
+        attachments = [("seal", compress_attachment(sealmod.crop_seal(img, s), ft).data, {**s.as_dict(), "format": ft.format})
+                       for s in seals]
         if face is not None:
-            attachments.insert(0, ("portrait", _png(face), {"box": split["position"], "fill": split["fill"]}))
+            where = {"box": split["position"], "fill": split["fill"], "found_by": split.get("found_by")}
+            attachments[:0] = [("portrait", _png(face), where)] + (
+                [("document", _png(rest), {**where, "without": "portrait"})] if rest is not None else [])
+        listed = [{"n": n, "kind": k, "bytes": len(b), "readable_by": attachment_reader(k), **m}
+                  for n, (k, b, m) in enumerate(attachments)]
         return self._result(data, gate, processed, type=gate["type"], type_score=gate["confidence"],
                             content=layout.join_content([f["text"] for f in fs]), fields=fs, split=split,
-                            seals=[s.as_dict() for s in seals], _attachments=attachments,
-                            attachments=[{"kind": k, "bytes": len(b), **m} for k, b, m in attachments])
+                            seals=[s.as_dict() for s in seals], _attachments=attachments, attachments=listed)
 
     def codec_file_type(self) -> FileType:
-        """The codec path's entry: the library's `default`, else its strictest type (fewest bytes)."""
-        return self.lib.default or min(self.lib.types.values(), key=lambda f: (f.second.bytes, f.second.width * f.second.height))
+        """The codec path's entry: the library's `default`, else its strictest type (`FileTypeLibrary.codec_entry`)."""
+        return self.lib.codec_entry()
 
     def codec(self, data: bytes, img: Image.Image, gate: dict) -> dict:
         """The codec path: nothing regenerated; the original fitted inside the first threshold."""
@@ -327,14 +364,16 @@ class RegenCompressor:
 
     def deliver(self, out: dict, data: bytes, mode: str, repo=None, meta: dict | None = None) -> dict:
         """The record id first (when storing), so the provenance stamped into a regenerated image names
-        it; then the processed PNG, server-mode compression (stamp included in the byte limit) and the record."""
+        it; then the processed PNG within the first threshold (size and bytes, stamp included; a
+        ThresholdError when it cannot fit), server-mode compression (stamp included in the byte limit)
+        and the record."""
         from docray.storage.repository import new_record_id
 
         rid = new_record_id() if repo is not None else None
         stamp = provenance.stamp(rid, out["fields"]) if out["method"] == "regen" else None
         image = out.pop("_image")
         out["provenance"] = stamp
-        out["processed"] = provenance.encode_png(image, stamp)
+        out["processed"], out["processed_encoding"] = fit_first(image, self.lib, stamp)
         out["sizes"]["processed"] = len(out["processed"])
         if mode == "server":
             ft = self.lib.get(out["type"]) if out["method"] == "regen" else self.codec_file_type()
@@ -348,7 +387,7 @@ class RegenCompressor:
     @staticmethod
     def store(repo, data: bytes, out: dict, mode: str, meta: dict | None = None, record_id: str | None = None) -> str:
         """One record: original, processed, compressed (server mode) and attachments, one-to-one."""
-        keep = ("content", "type_score", "quality", "method", "reason", "gate", "fields", "provenance")
+        keep = ("content", "type_score", "quality", "method", "reason", "gate", "fields", "provenance", "processed_encoding")
         return repo.add(data, processed=out["processed"], compressed=out["compressed"], attachments=out["_attachments"],
                         doc_type=out["type"], split=out["split"], record_id=record_id,
                         meta={"mode": mode, **{k: out[k] for k in keep}, **(meta or {})})
@@ -371,15 +410,60 @@ class RegenCompressor:
         if not g["passed"]:
             return self.deliver(self.codec(data, img, g), data, mode, repo, meta)
         doc_type = g["type"]
-        rest, face, split = self.split_at(img, self.portrait_box(img, doc_type))
+        quad = self.locate([img])[0]  # the document's corners: the portrait, the fields and the paste go through them
+        rest, face, split = self.split(img, doc_type, quad)
         seals = self.find_seals(img, split)
-        reading = self.read_fields([rest], [doc_type])[0]
+        reading = self.read_fields([rest], [doc_type], [quad])[0]
         fs = self.plan_fields(reading)
         processed = self.generate([doc_type], [regen_content(fs)])[0]
-        processed, split = self.finish(processed, rest, face, split, seals, img)
+        processed, split = self.finish(processed, split, seals, img, quad, doc_type)
         processed, fs = self.hybrid(processed, img, reading["quad"], doc_type, fs)
-        out = self.assemble(data, img, g, fs, processed, face, split, seals)
+        out = self.assemble(data, img, g, fs, processed, face, split, seals, rest)
         return self.deliver(out, data, mode, repo, meta)
+
+    # -- split mode: the terminal's file -------------------------------------------------------
+    def accept_compressed(self, repo, record_id: str, data: bytes) -> dict:
+        """Store a terminal's compressed file (split mode) in its record, one-to-one. Refused
+        (`UploadRefused`, nothing stored): a record not made in split mode or already holding its
+        compressed image (409); another format than its file type's (415 wrong_format); over its
+        second threshold, size or bytes (422 over_second_threshold); a regenerated record's file without
+        the provenance stamp naming the record (422 no_provenance); a file that does not look like the
+        record's processed image (422 not_this_image). The file type: the record's type's entry, the
+        codec entry for a record of the codec path. A missing record: NotFound (a KeyError)."""
+        from docray.compression.provenance import read_provenance
+        from docray.storage.repository import AlreadyStored
+
+        rec = repo.record(record_id)
+        meta = rec["meta"]
+        if meta.get("mode") != "split":
+            raise UploadRefused(409, "not_split", f"record {record_id} was compressed on the server "
+                                f"(mode {meta.get('mode')!r}); only a split-mode record takes the terminal's file")
+        if rec["sizes"]["compressed"] is not None:
+            raise UploadRefused(409, "already_compressed", f"record {record_id} already has its compressed image")
+        regen = meta.get("method") == "regen"
+        ft = self.lib.get(rec["doc_type"]) if regen else self.lib.codec_entry()
+        img = decode_image(data)
+        try:
+            ft.check_compressed(sniff_format(data), img.width, img.height, len(data))
+        except WrongFormat as e:
+            raise UploadRefused(415, "wrong_format", f"record {record_id} ({rec['doc_type'] or 'codec path'}): {e}") from None
+        except ThresholdError as e:
+            raise UploadRefused(422, "over_second_threshold", f"record {record_id} ({rec['doc_type'] or 'codec path'}): "
+                                f"{e}") from None
+        if regen and (read_provenance(data) or {}).get("record_id") != record_id:
+            raise UploadRefused(422, "no_provenance", f"record {record_id} was regenerated: its compressed file must "
+                                "carry the provenance stamp naming it (compress the processed image as received: "
+                                "docray.client.compress_on_terminal keeps it)")
+        diff = likeness(img, decode_image(repo.get(record_id, "processed", "user")))
+        if diff > LIKENESS:
+            raise UploadRefused(422, "not_this_image", f"the file does not look like record {record_id}'s processed "
+                                f"image (mean grey difference {diff:.0f} > {LIKENESS:.0f})")
+        try:
+            repo.put_compressed(record_id, data, meta={**meta, "compressed_by": "terminal", "format": ft.format})
+        except AlreadyStored as e:  # another upload won the race
+            raise UploadRefused(409, "already_compressed", str(e)) from None
+        return {"record_id": record_id, "type": rec["doc_type"], "format": ft.format,
+                "sizes": {**rec["sizes"], "compressed": len(data)}}
 
     # -- batch predictor (Ray Data) ------------------------------------------------------------
     def __call__(self, batch: dict) -> dict:
@@ -401,6 +485,12 @@ class RegenCompressor:
             for k in cols:
                 cols[k].append(row[k])
         return {**{k: v for k, v in batch.items() if k != "image"}, **cols}
+
+
+def likeness(a: Image.Image, b: Image.Image, size: tuple[int, int] = (32, 20)) -> float:
+    """Mean absolute grey difference (0-255) of two images' thumbnails: small for one image and its compression."""
+    ta, tb = (np.asarray(im.convert("L").resize(size, Image.Resampling.BOX), np.float64) for im in (a, b))
+    return float(np.abs(ta - tb).mean())
 
 
 class ArchivePredictor(RegenCompressor):

@@ -16,21 +16,30 @@ binary-search the largest quality in [1, q) that fits; if even quality 1 is over
 by SHRINK and search again. The result always meets the second threshold (a 16x16 image at quality
 1 is a few hundred bytes; below that a ThresholdError says the budget is impossible). A provenance
 stamp (`docray.compression.provenance`) is encoded into every try, so its bytes count too.
+
+The processed image (`fit_first`) is a PNG within the first threshold, its bytes included: lossless
+(compression level 6, then 9); when that is over, an adaptive palette of 256, then 64, then 16
+colours (no dithering: flat ink stays flat); else a ThresholdError. An attachment (a seal's crop,
+`compress_attachment`) gets its document type's format and base, and the bits per pixel that type's
+second threshold allows a whole document (at least ATTACHMENT_MIN_BYTES).
 """
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 from PIL import Image
 
 from docray.compression import provenance as prov
-from docray.compression.file_types import FileType, Threshold, ThresholdError
+from docray.compression.file_types import FileType, FileTypeLibrary, Threshold, ThresholdError
 
 BPP_REF = 2.0
 GAMMA = 0.5
 SHRINK = 0.85  # scale step when quality 1 is still over the budget
 MIN_SIDE = 16
+PALETTES = (256, 64, 16)  # fit_first: colours tried when the lossless PNG is over the first threshold's bytes
+ATTACHMENT_MIN_BYTES = 1024  # compress_attachment: the least budget of a crop (headers alone take a few hundred)
 
 
 def fit_size(w: int, h: int, box_w: int, box_h: int) -> tuple[int, int]:
@@ -116,3 +125,27 @@ def compress_for_type(img: Image.Image, file_type: FileType, provenance: dict | 
     if provenance == KEEP:
         provenance = prov.from_image(img)
     return compress_to_threshold(img, file_type.base, file_type.second, file_type.format, provenance)
+
+
+def fit_first(img: Image.Image, lib: FileTypeLibrary, provenance: dict | None = None) -> tuple[bytes, str]:
+    """(PNG bytes, encoding) of a processed image within the library's first threshold, size and bytes
+    (the module docstring); encoding is "png" (lossless) or "png-<colours>"."""
+    lib.check_processed(img.width, img.height, 0)  # the size: never resized here
+    rgb, data = img.convert("RGB"), b""
+    tries = [(rgb, 6, "png"), (rgb, 9, "png")] + [
+        (rgb.quantize(n, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE), 9, f"png-{n}") for n in PALETTES]
+    for im, level, name in tries:
+        data = prov.encode_png(im, provenance, compress_level=level)
+        if len(data) <= lib.first.bytes:
+            return data, name
+    raise ThresholdError(f"the processed image does not fit the first threshold ({lib.first}) even with "
+                         f"{PALETTES[-1]} colours ({len(data):,} bytes)")
+
+
+def compress_attachment(img: Image.Image, file_type: FileType) -> Compressed:
+    """An attachment crop in its document type's format and base, at the bits per pixel the type's
+    second threshold gives a whole document (at least ATTACHMENT_MIN_BYTES)."""
+    s = file_type.second
+    budget = max(ATTACHMENT_MIN_BYTES, math.ceil(s.bytes * img.width * img.height / (s.width * s.height)))
+    return compress_to_threshold(img, file_type.base, Threshold(width=img.width, height=img.height, bytes=budget),
+                                 file_type.format)

@@ -32,7 +32,12 @@ Regen compression's records keep in `meta` its `method` ("regen" or "codec") and
 gate's decision, the `fields` (text, confidence, source) and the `provenance` stamp the processed
 and compressed images also carry (their record id is drawn with `new_record_id()` before `add`).
 
-Roles: 'user' reads processed and compressed images and attachments; only 'admin' reads originals.
+Roles: 'user' reads processed and compressed images; only 'admin' reads originals. Attachments by
+kind (`ATTACHMENT_READERS`): a user reads the compressed seal crops; the attachments that hold the
+original's pixels (the portrait, the document without it) and any other kind are read by admins only.
+
+Split mode: the record is stored without a compressed image; `put_compressed` sets it once (a
+conditional UPDATE: two racing uploads cannot both win; the loser gets `AlreadyStored`).
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, create_engine, event, func, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload, sessionmaker
 
@@ -51,6 +57,7 @@ from docray.storage.blobs import BlobStore, NotFound
 ROLES = ("user", "admin")
 IMAGES = ("original", "processed", "compressed")
 FILLS = ("background", "blank")
+ATTACHMENT_READERS = {"seal": "user"}  # kind -> the least role that reads it; any other kind: admin
 DEFAULT_GC_AGE_S = 3600.0  # orphan blobs younger than this may belong to an add still in flight
 
 _JSON = JSON().with_variant(JSONB(), "postgresql")
@@ -58,6 +65,19 @@ _JSON = JSON().with_variant(JSONB(), "postgresql")
 
 class AccessDenied(PermissionError):
     """The role may not read this image."""
+
+
+class AlreadyStored(ValueError):
+    """The record already has the image a one-time write would set."""
+
+
+def attachment_reader(kind: str) -> str:
+    """The least role that reads attachments of `kind` (`ATTACHMENT_READERS`, else 'admin')."""
+    return ATTACHMENT_READERS.get(kind, "admin")
+
+
+def _may_read(role: str, kind: str) -> bool:
+    return role == "admin" or attachment_reader(kind) == role
 
 
 class Base(DeclarativeBase):
@@ -281,6 +301,20 @@ class ImageRepository:
             first = max((a.seq for a in rec.attachments), default=-1) + 1
             self._link(s, record_id, att_rows, first_seq=first)
 
+    def put_compressed(self, record_id: str, compressed: bytes, meta: dict | None = None) -> None:
+        """Set a record's compressed image once (split mode: the terminal's file), `meta` replacing the
+        record's in the same statement; `AlreadyStored` when it has one, NotFound when there is no record."""
+        compressed = _check_bytes(compressed, "compressed")
+        self._get_record(record_id)  # NotFound before writing any blob
+        key = self._put(compressed, "compressed")
+        values = {"compressed_key": key, "compressed_bytes": len(compressed)}
+        if meta is not None:
+            values["meta"] = dict(meta)
+        with self._session.begin() as s:  # conditional: of two racing uploads only one matches the row
+            done = s.execute(sql_update(Record).where(Record.id == record_id, Record.compressed_key.is_(None)).values(**values))
+            if done.rowcount != 1:
+                raise AlreadyStored(f"record {record_id} already has its compressed image")
+
     def gc(self, min_age_s: float = DEFAULT_GC_AGE_S) -> list[str]:
         """Delete blobs that no record references and that are older than `min_age_s`; returns their keys."""
         with self._session() as s:
@@ -327,10 +361,24 @@ class ImageRepository:
         return _as_dict(self._get_record(record_id))
 
     def attachments(self, record_id: str, role: str) -> list[dict]:
-        """The record's attachments in insertion order: id, kind, size, meta and `data` (bytes)."""
+        """The attachments `role` may read, in insertion order: id, n, kind, size, meta and `data` (bytes)."""
         _check_role(role)
         rec = self._get_record(record_id)
-        return [{**_attachment_dict(a), "data": self.blobs.get(a.key)} for a in rec.attachments]
+        return [{**_attachment_dict(a), "data": self.blobs.get(a.key)} for a in rec.attachments if _may_read(role, a.kind)]
+
+    def attachment(self, record_id: str, n: int, role: str) -> dict:
+        """Attachment number `n` (its order in the record, from 0) with its `data`; AccessDenied when
+        `role` may not read its kind, NotFound when there is none."""
+        _check_role(role)
+        rec = self._get_record(record_id)
+        found = [a for a in rec.attachments if a.seq == n]
+        if not found:
+            raise NotFound(f"record {record_id!r} has no attachment {n} (it has {len(rec.attachments)})")
+        a = found[0]
+        if not _may_read(role, a.kind):
+            raise AccessDenied(f"role {role!r} may not read {a.kind} attachments (pieces of the original); "
+                               f"only {attachment_reader(a.kind)!r} may")
+        return {**_attachment_dict(a), "data": self.blobs.get(a.key)}
 
     def list(self, limit: int = 100, offset: int = 0) -> list[dict]:
         """Records' metadata, oldest first."""
@@ -345,7 +393,7 @@ class ImageRepository:
 
 
 def _attachment_dict(a: Attachment) -> dict[str, Any]:
-    return {"id": a.id, "kind": a.kind, "size": a.size, "meta": a.meta}
+    return {"id": a.id, "n": a.seq, "kind": a.kind, "size": a.size, "meta": a.meta}
 
 
 def _as_dict(r: Record) -> dict[str, Any]:

@@ -186,7 +186,8 @@ def recognize_private(ctx, image, mask_id, raw, embedding):
 @api.command()
 @click.argument("image", type=IMAGE)
 @click.option("--mode", type=click.Choice(["server", "split"]), default="server", show_default=True,
-              help="server: the server compresses; split: the server regenerates and this side compresses.")
+              help="server: the server compresses; split: the server regenerates, this side compresses and "
+                   "uploads the file into the record (PUT /v1/repository/ID/compressed).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the compressed image here (split mode: compressed on this side).")
 @click.pass_context
@@ -239,18 +240,23 @@ def file_types(ctx, set_from):
 @click.argument("record_id")
 @click.option("--which", type=click.Choice(["original", "processed", "compressed"]), default="processed",
               show_default=True, help="Which image of the record (original: admin only).")
+@click.option("--attachment", type=click.IntRange(min=0), default=None,
+              help="Download attachment N instead (the compress answer lists them: seals for users; the portrait "
+                   "and the document without it for admins).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the image.")
 @click.pass_context
-def repository(ctx, record_id, which, out):
-    """GET /v1/repository/RECORD_ID/WHICH: download an image of a stored record.
+def repository(ctx, record_id, which, attachment, out):
+    """GET /v1/repository/RECORD_ID/WHICH (or /attachments/N): download an image of a stored record.
 
     \b
     Example:  docray api repository rec-0001 --which compressed --out rec.jpg
+              docray api repository rec-0001 --attachment 2 --out seal.jpg
     """
     def call(dc):
-        data = dc.repository(record_id, which)
+        data = dc.repository(record_id, which) if attachment is None else dc.attachment(record_id, attachment)
         out.write_bytes(data)
-        return {"record_id": record_id, "which": which, "bytes": len(data), "out": str(out)}
+        what = {"which": which} if attachment is None else {"attachment": attachment}
+        return {"record_id": record_id, **what, "bytes": len(data), "out": str(out)}
 
     _run(ctx, call)
 

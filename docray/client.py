@@ -7,7 +7,8 @@
         dc.recognize("id.png", frames=["flash.png"], tasks=["doc_type"])
         dc.screen(["a.jpg", "b.jpg"], release_time="2024-05-01")
         dc.recognize_private(face)                          # masked HERE: the raw face never leaves
-        data, answer = dc.compress_split("scan.png")        # server regenerates, terminal compresses
+        data, answer = dc.compress_split("scan.png")        # server regenerates, terminal compresses + uploads
+        dc.attachment(answer["record_id"], 2)               # a seal crop (the answer lists the attachments)
 
     async with AsyncDocrayClient(url, api_key="...") as dc:  # same methods, awaited
         await dc.library()
@@ -263,15 +264,30 @@ class Endpoints:
         """`POST /v1/compress?mode=`: server mode -> answer with `compressed` bytes; split -> `processed` bytes."""
         return self._run(one("POST", "/v1/compress", parse_compress, params={"mode": mode}, files=[upload("image", image)]))
 
-    def compress_split(self, image):
+    def compress_split(self, image, store: bool = True):
         """Split mode end to end: the server recognises and regenerates, this side compresses with
-        the server's file-type library. Returns (compressed bytes, the server's answer)."""
-        return self._run(self._split_op(image))
+        the server's file-type library and (`store`) uploads the file into the record
+        (`PUT /v1/repository/{id}/compressed`; its answer in the returned answer's `stored`).
+        Returns (compressed bytes, the server's answer)."""
+        return self._run(self._split_op(image, store))
 
-    def _split_op(self, image) -> Operation:
+    def _split_op(self, image, store: bool) -> Operation:
         lib = yield Call("GET", "/v1/file-types")
         body = yield Call("POST", "/v1/compress", parse_compress, {"params": {"mode": "split"}, "files": [upload("image", image)]})
-        return compress_on_terminal(body["processed"], body["type"], lib), body
+        data = compress_on_terminal(body["processed"], body["type"], lib)
+        if store and body.get("record_id"):
+            body["stored"] = yield Call("PUT", _record_path(body["record_id"], "compressed"), parse_json,
+                                        {"files": [upload("image", data)]})
+        return data, body
+
+    def upload_compressed(self, record_id: str, data: bytes):
+        """`PUT /v1/repository/{record_id}/compressed`: a split-mode record's compressed file (its type's
+        format, within its second threshold, once) -> {"record_id", "type", "format", "sizes"}."""
+        return self._run(one("PUT", _record_path(record_id, "compressed"), files=[upload("image", data)]))
+
+    def attachment(self, record_id: str, n: int):
+        """`GET /v1/repository/{record_id}/attachments/{n}` -> bytes (seals: users; portrait, document: admin)."""
+        return self._run(one("GET", _record_path(record_id, "attachments", str(int(n))), parse_bytes))
 
     def file_types(self):
         """`GET /v1/file-types` -> the file-type library (JSON)."""
@@ -284,7 +300,7 @@ class Endpoints:
 
     def repository(self, record_id: str, which: str = "processed"):
         """`GET /v1/repository/{record_id}/{which}` -> image bytes (which=original: admin only)."""
-        return self._run(one("GET", f"/v1/repository/{quote(str(record_id), safe='')}/{quote(which, safe='')}", parse_bytes))
+        return self._run(one("GET", _record_path(record_id, which), parse_bytes))
 
     # operations -------------------------------------------------------------------------------
     def healthz(self):
@@ -294,6 +310,10 @@ class Endpoints:
     def metrics(self):
         """`GET /metrics` -> Prometheus text."""
         return self._run(one("GET", "/metrics", parse_text))
+
+
+def _record_path(record_id: str, *parts: str) -> str:
+    return "/".join(["/v1/repository", quote(str(record_id), safe=""), *(quote(p, safe="") for p in parts)])
 
 
 class DocrayClient(Endpoints):
@@ -358,8 +378,9 @@ def fetch_file_types(base_url: str, api_key: str | None = None, timeout: float =
         return load_file_types(dc.file_types())
 
 
-def compress_on_terminal(processed_png: bytes, doc_type: str, file_types: FileTypeLibrary | dict) -> bytes:
-    """Compress a processed image (split mode) for `doc_type`; the result meets its second threshold."""
+def compress_on_terminal(processed_png: bytes, doc_type: str | None, file_types: FileTypeLibrary | dict) -> bytes:
+    """Compress a processed image (split mode) for `doc_type` (None: the codec path's entry); the
+    result meets its second threshold and keeps the processed image's provenance stamp."""
     lib = file_types if isinstance(file_types, FileTypeLibrary) else load_file_types(file_types)
     img: Image.Image = decode_image(processed_png)
-    return compress_for_type(img, lib.get(doc_type)).data
+    return compress_for_type(img, lib.get(doc_type) if doc_type else lib.codec_entry()).data

@@ -7,18 +7,25 @@
     curl -F image=@capture.png "localhost:8000/v1/compress?mode=split"     # processed image + type
     curl localhost:8000/v1/file-types                                       # for terminal compression
     curl -H "Authorization: Bearer $ADMIN" localhost:8000/v1/repository/<id>/original -o o.png
+    curl -X PUT -F image=@terminal.jpg localhost:8000/v1/repository/<id>/compressed   # split mode's file
+    curl localhost:8000/v1/repository/<id>/attachments/2 -o seal.jpg             # n: the answer's attachments
 
 Composed deployments (the gateway calls `Compression`, which holds handles to the three others):
 `TypeModel` is the document gate on the whole capture (not a known document, an unsure type or an
-uncalibrated model: the codec path, `method: "codec"` and its `reason`); `ContentModel` reads the
-document without its portrait as the gate's type, each field with a confidence; `Generator` renders
-the processed image from the confident fields; `Compression` pastes the portrait and seals back,
+uncalibrated model: the codec path, `method: "codec"` and its `reason`); `Compression` finds the
+document's corners (the content model's corner head, its own copy) and the portrait through them;
+`ContentModel` reads the document without its portrait through those corners as the gate's type,
+each field with a confidence; `Generator` renders the processed image from the confident fields;
+`Compression` pastes the portrait and seals back through the corners,
 re-reads the result (the round trip, with its own copy of the reader) and keeps the original's
 pixels for every untrusted field, stamps the provenance, compresses per type (server mode) and
 stores the record (`RegenCompressor.run` is the same flow in one process).
 Model calls are `@serve.batch`ed across requests. Split mode returns the processed image and its
 type; the terminal compresses it with `docray.client.compress_on_terminal` and the library from
-`GET /v1/file-types`. The library is one file (`file_types`, default DOCRAY_HOME/compression/
+`GET /v1/file-types`, and uploads the file (`PUT /v1/repository/{id}/compressed`,
+`RegenCompressor.accept_compressed`: format and second threshold checked, stored once). Attachments
+are served by number (`GET /v1/repository/{id}/attachments/{n}`): seals to users, the portrait and
+the document without it (the original's pixels) to admins. The library is one file (`file_types`, default DOCRAY_HOME/compression/
 file_types.yaml; `FileTypesFile`): the gateway serves and edits it (`GET`/`PUT /v1/file-types`, the edit
 validated: second < first for every type, the first threshold fixed) and `Compression` reads it again
 when it changes. `version` pins the registry's regen model (`latest` is pinned to the newest when the
@@ -138,9 +145,9 @@ class ContentModel(_ModelStage):
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def read(self, requests: list[tuple]) -> list[dict]:
-        """(image, document type) -> its fields with their confidences (`RegenCompressor.read_fields`)."""
+        """(image, document type, its corners) -> its fields with their confidences (`RegenCompressor.read_fields`)."""
         record_batch("ContentModel", len(requests))
-        return self.rc.read_fields([im for im, _ in requests], [t for _, t in requests])
+        return self.rc.read_fields([r[0] for r in requests], [r[1] for r in requests], [r[2] for r in requests])
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25})
@@ -181,17 +188,46 @@ class Compression:
             out = rc.codec(data, img, gate)
         else:
             doc_type = gate["type"]
-            box = await asyncio.to_thread(rc.portrait_box, img, doc_type)
-            rest, face, split = await asyncio.to_thread(rc.split_at, img, box)
+            quad = (await asyncio.to_thread(rc.locate, [img]))[0]  # the corner head: one small forward pass
+            rest, face, split = await asyncio.to_thread(rc.split, img, doc_type, quad)
             seals = await asyncio.to_thread(rc.find_seals, img, split)
-            reading = await self.content_model.read.remote((rest, doc_type))
+            reading = await self.content_model.read.remote((rest, doc_type, quad))
             fs = rc.plan_fields(reading)
             processed = await self.generator.generate.remote((doc_type, regen_content(fs)))
-            processed, split = await asyncio.to_thread(rc.finish, processed, rest, face, split, seals, img)
+            processed, split = await asyncio.to_thread(rc.finish, processed, split, seals, img, quad, doc_type)
             processed, fs = await asyncio.to_thread(rc.hybrid, processed, img, reading["quad"], doc_type, fs)
-            out = rc.assemble(data, img, gate, fs, processed, face, split, seals)
-        out = await asyncio.to_thread(rc.deliver, out, data, mode, self.repo)
+            out = rc.assemble(data, img, gate, fs, processed, face, split, seals, rest)
+        try:
+            out = await asyncio.to_thread(rc.deliver, out, data, mode, self.repo)
+        except ThresholdError as e:  # the processed image cannot fit the first threshold: nothing stored
+            raise ApiError(422, "over_first_threshold", str(e)) from None
         return {**rc.response(out, mode), "models": self.models}  # the gateway base64-encodes the image bytes
+
+    async def store_compressed(self, record_id: str, data: bytes) -> dict:
+        """Split mode's terminal file into its record (`RegenCompressor.accept_compressed`), once."""
+        from docray.compression.pipeline import UploadRefused
+        from docray.storage.blobs import NotFound
+
+        self.rc.lib = self.file_types.get()
+        try:
+            return await asyncio.to_thread(self.rc.accept_compressed, self.repo, record_id, data)
+        except UploadRefused as e:
+            raise ApiError(e.status, e.code, str(e)) from None
+        except NotFound as e:
+            raise ApiError(404, "not_found", str(e)) from None
+
+    async def attachment(self, record_id: str, n: int, role: str) -> tuple[bytes, str]:
+        """(bytes, media type) of attachment `n`; the repository decides by its kind whether `role` reads it."""
+        from docray.storage.blobs import NotFound
+        from docray.storage.repository import AccessDenied
+
+        try:
+            a = await asyncio.to_thread(self.repo.attachment, record_id, n, role)
+        except NotFound as e:
+            raise ApiError(404, "not_found", str(e)) from None
+        except AccessDenied as e:
+            raise ApiError(403, "forbidden", str(e)) from None
+        return a["data"], media_type(a["data"])
 
     async def repository(self, record_id: str, which: str, role: str) -> tuple[bytes, str]:
         """(image bytes, media type); `role` was checked by the gateway, the repository checks it again."""
@@ -204,11 +240,14 @@ class Compression:
             data = await asyncio.to_thread(self.repo.get, record_id, which, role)
         except NotFound as e:
             raise ApiError(404, "not_found", str(e)) from None
-        media = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}.get(sniff_format(data), "application/octet-stream")
-        return data, media
+        return data, media_type(data)
 
     def info(self) -> dict:
         return {"types": len(self.rc.lib.types), "models": self.models}
+
+
+def media_type(data: bytes) -> str:
+    return {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}.get(sniff_format(data), "application/octet-stream")
 
 
 def pinned(cfg: CompressionAppConfig) -> CompressionAppConfig:

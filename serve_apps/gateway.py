@@ -280,6 +280,31 @@ class Gateway:
         data, media = await remote(self._app("compression").repository.remote(record_id, which, role))
         return Response(content=data, media_type=media)
 
+    @api.put("/v1/repository/{record_id}/{which}")
+    async def upload_compressed(self, request: Request, record_id: str, which: str,
+                                image: UploadFile | None = File(None)):
+        """Split mode: the terminal's compressed file for its record (`which` is `compressed`, the only
+        image a client uploads): its type's format, within its second threshold, stored once."""
+        require_role(request, self.keys, "user")
+        handle = self._app("compression")
+        data = await read_upload(image, "image", max_bytes=self.cfg.max_image_bytes)
+        decode_image(data, max_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels,
+                     min_side=self.cfg.min_image_side)  # the same checks as every upload, before the record is read
+        if which != "compressed":
+            raise ApiError(400, "bad_image_kind", f"only the compressed image is uploaded (PUT .../compressed), "
+                           f"got {which[:60]!r}")
+        return await remote(handle.store_compressed.remote(record_id, data))
+
+    @api.get("/v1/repository/{record_id}/attachments/{n}")
+    async def attachment(self, request: Request, record_id: str, n: str):
+        """Attachment `n` of a record (the compress answer lists them): seals for users; the portrait and
+        the document without it, pieces of the original, for admins."""
+        role = require_role(request, self.keys, "user")  # the key first: a caller without one learns nothing
+        if not (n.isascii() and n.isdigit() and len(n) <= 6):
+            raise ApiError(400, "bad_attachment", f"n is an attachment's number (0, 1, ...), got {n[:60]!r}")
+        data, media = await remote(self._app("compression").attachment.remote(record_id, int(n), role))
+        return Response(content=data, media_type=media)
+
 
 def build_app(args: dict | None = None) -> serve.Application:
     """The gateway over the methods named in `args` (GatewayConfig keys; `{}` for a method: its defaults)."""

@@ -134,6 +134,12 @@ def make_stub():
             raise ApiError(404, "not_found", f"no record {record_id!r}")
         return Response(encode_png(_image(1)), media_type="image/png")
 
+    @app.put("/v1/repository/{record_id}/{which}")
+    async def upload_compressed(request: Request, record_id: str, which: str):
+        form = (await record(request, "upload"))["form"]
+        data = await form["image"].read()
+        return {"record_id": record_id, "which": which, "bytes": len(data)}
+
     @app.get("/healthz")
     async def healthz():
         if app.state.degraded:
@@ -283,6 +289,8 @@ def test_compress_server_and_split_decode_base64(client, stub):
     data, body = client.compress_split(_image())
     assert body["type"] == "identity_card" and isinstance(body["processed"], bytes)
     assert 0 < len(data) <= load_file_types().get("identity_card").second.bytes
+    assert body["stored"] == {"record_id": "rec-1", "which": "compressed", "bytes": len(data)}  # uploaded, as is
+    assert client.compress_split(_image(), store=False)[1].get("stored") is None
 
 
 def test_file_types_get_put_and_repository(client, admin):

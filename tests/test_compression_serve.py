@@ -104,3 +104,49 @@ def test_gateway_health_limits_docs_and_metrics(app_url):
             time.sleep(2)
             text = c.get(f"{app_url}/metrics").text
         assert [w for w in want if w not in text] == []
+
+
+def test_split_upload_and_attachments_with_roles(app_url):
+    """Split mode's file uploaded into its record (once; a wrong size or kind refused) and the attachments
+    route: seals for users, the original's pieces (portrait, document without it) for admins only."""
+    import httpx
+
+    from docray.client import DocrayClient, DocrayError
+    from docray.compression.quality import encode
+    from docray.synth import generate
+
+    png = generate("documents", 10, 11, seed=0, n_angles=0).column("image")[0].as_py()  # a portrait and a seal
+    with DocrayClient(app_url, api_key="ukey", timeout=120) as user, DocrayClient(app_url, api_key="akey", timeout=120) as admin:
+        data, body = user.compress_split(png)  # compressed here, uploaded into the record
+        rid = body["record_id"]
+        assert body["stored"]["sizes"]["compressed"] == len(data) and user.repository(rid, "compressed") == data
+        with pytest.raises(DocrayError) as e:
+            user.upload_compressed(rid, data)
+        assert (e.value.status, e.value.code) == (409, "already_compressed")
+
+        s = user.compress(png, mode="split")  # another record; a file larger than its second threshold
+        fmt = TINY_LIB["types"][s["type"]]["format"]
+        big = encode(Image.open(io.BytesIO(s["processed"])).resize((150, 100)), fmt, 30, s["provenance"])
+        with pytest.raises(DocrayError) as e:
+            user.upload_compressed(s["record_id"], big)
+        assert (e.value.status, e.value.code) == (422, "over_second_threshold") and "second threshold" in e.value.message
+        r = httpx.put(f"{app_url}/v1/repository/{s['record_id']}/processed", files={"image": ("c", big)},
+                      headers={"Authorization": "Bearer ukey"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_image_kind"
+        with pytest.raises(DocrayError) as e:
+            user.repository(s["record_id"], "compressed")
+        assert e.value.status == 404  # nothing stored by the refused uploads
+
+        listed = body["attachments"]
+        assert any(a["kind"] == "seal" for a in listed), listed
+        for a in listed:  # each by its number: users read the seals, admins everything
+            assert len(admin.attachment(rid, a["n"])) == a["bytes"]
+            if a["readable_by"] == "user":
+                assert user.attachment(rid, a["n"]) == admin.attachment(rid, a["n"])
+            else:
+                with pytest.raises(DocrayError) as e:
+                    user.attachment(rid, a["n"])
+                assert (e.value.status, e.value.code) == (403, "forbidden")
+        with pytest.raises(DocrayError) as e:
+            user.attachment(rid, len(listed))
+        assert e.value.status == 404

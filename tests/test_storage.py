@@ -114,7 +114,7 @@ def test_registry_round_trip(tmp_path, where):
     assert reg.read_file("mlp", "labels.txt") == b"a\nb"
     assert reg.path("mlp").endswith("mlp/v0002")
     if where == "local":
-        assert sorted(os.listdir(reg.path("mlp", 1))) == ["config.json", "metrics.json", "model.safetensors"]
+        assert sorted(os.listdir(reg.path("mlp", 1))) == ["card.json", "config.json", "metrics.json", "model.safetensors"]
 
 
 def test_registry_unknown_names_list_what_exists(tmp_path):

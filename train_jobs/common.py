@@ -212,7 +212,7 @@ def read_datasets(train: str, val: str = "", columns: list[str] | None = None, c
     uris = {"train": train, **({"val": val} if val else {})}
     ds = {name: read(uri) for name, uri in uris.items()}
     if cache is None:
-        cache = sum(_stored_bytes(u) for u in uris.values()) <= CACHE_FRACTION * _object_store_bytes()
+        cache = fits_in_store(sum(_stored_bytes(u) for u in uris.values()))
     return {name: d.materialize() for name, d in ds.items()} if cache else ds
 
 
@@ -222,6 +222,11 @@ def _stored_bytes(uri: str) -> int:
 
     fs, path = filesystem(os.path.expanduser(uri))
     return int(fs.du(path, total=True)) if fs.isdir(path) else int(fs.size(path))
+
+
+def fits_in_store(nbytes: float) -> bool:
+    """Whether `nbytes` fit in CACHE_FRACTION of Ray's object store (the rule for caching a dataset)."""
+    return nbytes <= CACHE_FRACTION * _object_store_bytes()
 
 
 def _object_store_bytes() -> float:

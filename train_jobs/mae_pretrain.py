@@ -96,14 +96,14 @@ def decoded_views(ds: dict, size: int, frames: bool) -> dict:
     views (with frames) and the validation captures. Kept in Ray's object store when they fit in
     CACHE_FRACTION of it (raw (3, s, s) uint8 each, counted on a sample); streamed otherwise."""
     from docray.recognition.data import DocumentViews
-    from train_jobs.common import CACHE_FRACTION, _object_store_bytes
+    from train_jobs.common import fits_in_store
 
     out = {s: d.map_batches(DocumentViews(size, frames and s == "train"), batch_format="numpy", batch_size=32)
            for s, d in ds.items()}
     sample = ds["train"].take_batch(16, batch_format="numpy")
     per_doc = max(len(v) for v in DocumentViews(size, frames)(sample)["views"]) if len(sample["image"]) else 1
     rows = sum(d.count() for d in ds.values())  # Parquet metadata: no read
-    if rows * per_doc * 3 * size * size <= CACHE_FRACTION * _object_store_bytes():
+    if fits_in_store(rows * per_doc * 3 * size * size):
         out = {s: d.materialize() for s, d in out.items()}
     return out
 

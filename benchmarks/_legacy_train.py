@@ -1,9 +1,9 @@
 """The OLD training data path, kept ONLY for `benchmarks/train_paths.py` (issue 15's "no loss of quality").
 
 Before issue 15 every trainer generated its synthetic rows with `docray.synth` INSIDE each Ray
-Train worker and fed them from memory (`documents_table`/`prepare` in mae_pretrain and
-unified_train, `synth_examples` in train_regen, `synth_pictures`/`CopyPairs` in train_descriptor,
-`synth_identities` and a `ray.put` mask bank in train_mask_models; commit 01ddc54). This module is
+Train worker and fed them from memory (`documents_table`/`prepare` in pretrain_recognition and
+train_recognition, `synth_examples` in train_regen, `synth_pictures`/`CopyPairs` in train_screening,
+`synth_identities` and a `ray.put` mask bank in train_privacy; commit 01ddc54). This module is
 that path, copied and trimmed to what the benchmark runs: the old data functions and the old train
 loops, with no checkpoint/resume, failure hooks, sample grids or registry. (Unified recognition's
 in-memory `prepare`/`DocumentSet` stay in `docray.recognition.data`, where the other benchmarks use
@@ -59,9 +59,9 @@ def synth_examples(table: pa.Table, flat: pa.Table, seed: int, start: int, cfg, 
     """Regen's old training tensors: `table` the captures at the original size, `flat` the same rows
     rendered at the first size threshold (the generator's target). Lines kept as uint8, `line_doc`
     their example's index."""
-    from docray.compression import layout
-    from docray.compression.data import cond_input, content_input
-    from docray.compression.fields import crop_lines, frame_quad
+    from docray.regen import layout
+    from docray.regen.data import cond_input, content_input
+    from docray.regen.fields import crop_lines, frame_quad
 
     gen_size = tuple(cfg.gen_size)
     rng = np.random.default_rng([seed, start, 0xF1E1D])
@@ -161,14 +161,14 @@ def face_tensors(table: pa.Table, size: int) -> tuple[torch.Tensor, torch.Tensor
 
 def mask_bank(n: int, seed: int, size: int) -> np.ndarray:
     """(n, s, s) float32 synthetic masks (1 kept, 0 hidden), as the old driver `ray.put` them."""
-    from docray.masking.masks import decode_mask
+    from docray.privacy.masks import decode_mask
 
     return np.stack([decode_mask(b) for b in synth_rows("masks", (0, n), seed, {"size": size}).column("mask").to_pylist()])
 
 
 def batch_masks(bank: np.ndarray | None, n: int, rng: np.random.Generator, device, max_shift: float):
     """(n, 1, h, w) masks drawn from the bank with a random placement each, or None without a bank."""
-    from docray.masking.masks import random_masks
+    from docray.privacy.masks import random_masks
 
     if bank is None:
         return None
@@ -190,7 +190,7 @@ def _finish(c: dict, rank: int, model, opt, timer, metrics: dict, table: pa.Tabl
 
 
 def mae_loop(c: dict) -> None:
-    """Old mae_pretrain: all images of the rows (frames too when `use_frames`) in memory, a DataLoader."""
+    """Old pretrain_recognition: all images of the rows (frames too when `use_frames`) in memory, a DataLoader."""
     import ray.train.torch
 
     from benchmarks.train_paths import StepTimer
@@ -226,7 +226,7 @@ def mae_loop(c: dict) -> None:
 
 
 def unified_loop(c: dict) -> None:
-    """Old unified_train: `prepare` every row in the worker (the library's in-memory path, kept for
+    """Old train_recognition: `prepare` every row in the worker (the library's in-memory path, kept for
     benchmarks), a DataLoader of dicts, engine.train_epoch."""
     import ray.train.torch
 
@@ -268,7 +268,7 @@ def regen_loop(c: dict) -> None:
     import ray.train.torch
 
     from benchmarks.train_paths import StepTimer
-    from docray.compression.convergence import LOSSES
+    from docray.regen.convergence import LOSSES
     from docray.models import build_model
     from train_jobs.common import warmup_cosine, worker_setup
 
@@ -307,7 +307,7 @@ def regen_loop(c: dict) -> None:
 
 
 def descriptor_loop(c: dict) -> None:
-    """Old train_descriptor: every tile of the rows' pictures in memory; pairs (and distractor
+    """Old train_screening: every tile of the rows' pictures in memory; pairs (and distractor
     pictures, drawn by docray.synth) made per item by a DataLoader."""
     import ray.train
     import ray.train.torch
@@ -315,7 +315,7 @@ def descriptor_loop(c: dict) -> None:
     from benchmarks.train_paths import StepTimer
     from docray.models import build_model
     from train_jobs.common import warmup_cosine, worker_setup
-    from train_jobs.train_descriptor import info_nce, koleo
+    from train_jobs.train_screening import info_nce, koleo
 
     timer, (device, rank, world) = StepTimer(), worker_setup(c["cpus_per_worker"])
     torch.manual_seed(c["train_seed"])
@@ -348,11 +348,11 @@ def descriptor_loop(c: dict) -> None:
 
 
 def mask_loop(c: dict) -> None:
-    """Old train_mask_models (a recogniser, `kind` original | masked): faces and the mask bank in memory."""
+    """Old train_privacy (a recogniser, `kind` original | masked): faces and the mask bank in memory."""
     import ray.train.torch
 
     from benchmarks.train_paths import StepTimer
-    from docray.masking import training as T
+    from docray.privacy import training as T
     from docray.models import build_model
     from train_jobs.common import worker_setup
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-# The file-type library of tests/test_compression_models.py (copied, not imported: benchmarks do not
+# The file-type library of tests/test_regen_models.py (copied, not imported: benchmarks do not
 # import tests): the regen_tiny output size (96x64) as the first threshold, a small second one per type.
 TYPES = ("identity_card", "passport_page", "driving_licence", "residence_permit", "property_certificate", "business_licence")
 TINY_LIB = {"first": {"width": 96, "height": 64, "bytes": 30000},
@@ -39,9 +39,9 @@ def recognition(root: Path) -> dict:
     return {"folder": str(root / "unified"), "select": "doc_type"}
 
 
-def private(root: Path) -> dict:
+def privacy(root: Path) -> dict:
     """An untrained tiny recogniser folder and a targets parquet of two synthetic masks."""
-    from docray.masking.masks import synthetic_masks
+    from docray.privacy.masks import synthetic_masks
     from docray.models import build_model, save_pretrained
 
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def screening(root: Path, n_targets: int = 6) -> tuple[dict, bytes]:
     return {"library": str(root / "library"), "screen": SCREEN, "reload_interval_s": 60}, _png(lib.tile_image(0))
 
 
-def compression(root: Path) -> dict:
+def regen(root: Path) -> dict:
     lib = root / "file_types.yaml"
     lib.write_text(yaml.safe_dump(TINY_LIB))
     return {"untrained": "regen_tiny", "file_types": str(lib), "repository_url": f"sqlite:///{root}/repository.db",
@@ -80,8 +80,8 @@ def build(root: Path) -> tuple[dict, dict]:
 
     root.mkdir(parents=True, exist_ok=True)
     screen_cfg, tile = screening(root)
-    args = {"recognition": recognition(root), "screening": screen_cfg, "private": private(root),
-            "compression": compression(root)}
+    args = {"recognition": recognition(root), "screening": screen_cfg, "privacy": privacy(root),
+            "regen": regen(root)}
     doc = generate("documents", 5, 6, seed=0, n_angles=0).column("image")[0].as_py()  # 256x160 capture
     benign = generate("targets", 600, 601, seed=3, target_rate=0.0).column("image")[0].as_py()
     face = generate("faces", 0, 1, seed=0, size=PRIVATE_SIZE).column("image")[0].as_py()

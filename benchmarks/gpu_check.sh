@@ -5,8 +5,8 @@
 # all steps together stay within BUDGET_S seconds, the later ones get what is left):
 #   compat   the model stack imports (docray.compat: torch, torchvision, timm, transformers, diffusers)
 #   (a)      every trainer, tiny, as a Ray Data -> Ray Train run with use_gpu=true num_workers=1:
-#            mae_pretrain, unified_train (text_encoder=hash, encoder_from=''), train_regen,
-#            train_descriptor, train_mask_models (registering only under the local DOCRAY_HOME)
+#            pretrain_recognition, train_recognition (text_encoder=hash, encoder_from=''), train_regen,
+#            train_screening, train_privacy (registering only under the local DOCRAY_HOME)
 #   (b)      python -m benchmarks.train_paths, short settings, one method per call (a time-out costs
 #            one method): old (in-worker synth) vs new path, samples/s and GPU utilisation per worker
 #   (c)      mixed precision: during (a) a probe in every Python process (a sitecustomize.py this
@@ -179,17 +179,17 @@ step compat 60 $PY -c "from docray.compat import main; main()"
 # (a) every trainer, tiny, on the GPU. mae and unified share one synthetic documents set (same n_train,
 # n_val, seed and options: made once). Each run's forward passes are counted by the probe (c).
 W="use_gpu=$USE_GPU num_workers=1 cpus_per_worker=$CPUS"
-step mae 100 env AMP_PROBE_DIR=$PROBE/mae $PY -m train_jobs.mae_pretrain --set $W model=vit_mae_tiny n_train=64 n_val=16 \
+step mae 100 env AMP_PROBE_DIR=$PROBE/mae $PY -m train_jobs.pretrain_recognition --set $W model=vit_mae_tiny n_train=64 n_val=16 \
   epochs=1 batch_size=16 register_as=gpu-check-encoder out=$RUNS/mae
-step unified 100 env AMP_PROBE_DIR=$PROBE/unified $PY -m train_jobs.unified_train --set $W model=unified_tiny text_encoder=hash \
+step unified 100 env AMP_PROBE_DIR=$PROBE/unified $PY -m train_jobs.train_recognition --set $W model=unified_tiny text_encoder=hash \
   encoder_from= n_train=64 n_val=16 epochs=1 batch_size=16 register_as= out=$RUNS/unified
 step regen 100 env AMP_PROBE_DIR=$PROBE/regen $PY -m train_jobs.train_regen --set $W model=regen_tiny n_train=16 n_val=8 \
   "original_size=[256,160]" max_epochs=1 batch_size=8 reader_steps=1 line_batch=8 to_registry=false out=$RUNS/regen
-step descriptor 100 env AMP_PROBE_DIR=$PROBE/descriptor $PY -m train_jobs.train_descriptor --set $W model=descriptor_tiny \
+step descriptor 100 env AMP_PROBE_DIR=$PROBE/descriptor $PY -m train_jobs.train_screening --set $W model=descriptor_tiny \
   n_pictures=40 val_pictures=8 background_pictures=2 background_distractors=4 epochs=1 batch_size=64 \
   steps_per_epoch=8 to_registry=false out=$RUNS/descriptor
 # (imported, not `-m`: as __main__ its train loop is pickled by value, which fails: "cannot pickle '_Classes'")
-step mask 120 env AMP_PROBE_DIR=$PROBE/mask $PY -c "import sys; from train_jobs.train_mask_models import main; main(sys.argv[1:])" \
+step mask 120 env AMP_PROBE_DIR=$PROBE/mask $PY -c "import sys; from train_jobs.train_privacy import main; main(sys.argv[1:])" \
   --set $W recognizer=recognizer_tiny \
   inpainter=inpaint_unet_tiny image_size=32 n_identities=8 samples=10 mask_bank=24 epochs=1 inpaint_epochs=1 \
   batch_size=16 run_name=gpu-check-mask out=$RUNS/mask

@@ -42,7 +42,7 @@ def _rss_mb() -> float:
 
 
 def _plain(args, q):
-    from docray.masking.grid import GridPredictor, plain_grid
+    from docray.privacy.grid import GridPredictor, plain_grid
 
     images, labels, models, masks, cfg, threads = args
     if threads:
@@ -61,7 +61,7 @@ class _MeasuredActor:
     """GridActor plus the actor's peak RSS in every output batch."""
 
     def __init__(self, **kw):
-        from data_jobs.mask_grid_eval import GridActor
+        from data_jobs.privacy_grid import GridActor
 
         self.inner = GridActor(**kw)
 
@@ -74,7 +74,7 @@ class _MeasuredActor:
 
 
 def _ray_grid(masks, data_ref, models, cfg: GridBenchConfig, k: int):
-    import data_jobs.mask_grid_eval as job
+    import data_jobs.privacy_grid as job
 
     gcfg = job.GridEvalConfig(runs=cfg.runs, batch_size=cfg.batch_size, chunk=cfg.chunk, concurrency=k)
     original, job.GridActor = job.GridActor, _MeasuredActor
@@ -92,8 +92,8 @@ def main(argv=None) -> None:
     import ray
 
     from cluster.local import init_ray
-    from docray.masking.data import synth_identities
-    from docray.masking.masks import synthetic_masks
+    from docray.privacy.data import synth_identities
+    from docray.privacy.masks import synthetic_masks
     from docray.models import build_model, save_pretrained
 
     init_ray()

@@ -25,7 +25,7 @@ share of fields kept as pixels, and how many misreadings the fallback caught. Th
 on the byte budget (the fields are decided before compression). Then the document gate on
 `gate_docs` more held-out documents of known types (the share that passes) and on an
 out-of-distribution set, per family: the five generated non-document families of
-`docray.compression.nondocs` from the "evaluation" seed stream (calibration draws from another),
+`docray.regen.nondocs` from the "evaluation" seed stream (calibration draws from another),
 photo-like pictures of the synthetic world (benign posters, faces: never calibrated on) and
 documents of a type the model does not know (examples/doctypes/cn_resident_card.yaml). Thresholds
 come from the model's calibration split, never from these figures.
@@ -119,7 +119,7 @@ def gate_check(rc, cfg: BenchConfig) -> dict:
     """The gate's decisions per image family: {family: {n, passed, share}}."""
     from pathlib import Path
 
-    from docray.compression.nondocs import FAMILIES, non_documents
+    from docray.regen.nondocs import FAMILIES, non_documents
     from docray.imageio import decode_image
     from docray.synth import generate
 
@@ -153,11 +153,11 @@ def main(argv=None) -> None:
     import torch
 
     from docray import paths
-    from docray.compression import layout
-    from docray.compression.data import cond_input, to_image
-    from docray.compression.file_types import Threshold
-    from docray.compression.pipeline import RegenCompressor
-    from docray.compression.quality import compress_to_threshold
+    from docray.regen import layout
+    from docray.regen.data import cond_input, to_image
+    from docray.regen.file_types import Threshold
+    from docray.regen.pipeline import RegenCompressor
+    from docray.regen.quality import compress_to_threshold
     from docray.imageio import decode_image
     from docray.synth import generate
 

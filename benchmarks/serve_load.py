@@ -19,7 +19,7 @@ httpx.AsyncClient, N workers until a deadline) runs in this process and shares t
    handle from this driver; and a composed route (`GET /v1/screen/library`, Gateway -> Screening) against
    `Screening.library_info` by handle, which adds the gateway's own hop to the backend;
 3. a mixed load over every endpoint for --duration s: requests, req/s, errors (non-2xx or exception);
-4. /v1/recognize-private with PrivateRecognition at 1 then 2 replicas (same load): req/s and ratio;
+4. /v1/recognize-private with Privacy at 1 then 2 replicas (same load): req/s and ratio;
 5. autoscaling: Recognizer redeployed with autoscaling_config (min 1, max 3, target 2 ongoing requests),
    /v1/recognize under load, `serve.status()` polled until a second replica is RUNNING.
 Last line: one JSON object.
@@ -137,12 +137,12 @@ def warm_up(url: str, eps: list[Endpoint], n: int = 3) -> None:
 # -- deployment -----------------------------------------------------------------------------------------
 def yaml_options() -> tuple[dict[str, dict], list[str]]:
     """Per deployment: the YAML's replica options, one replica; user_config only where the class can take it."""
-    from serve_apps import compression, private_recognition, recognition, screening
+    from serve_apps import privacy, recognition, regen, screening
     from serve_apps.gateway import Gateway
 
     classes = {d.name: d for d in (Gateway, recognition.Recognizer, screening.Screening, screening.Descriptor,
-                                   private_recognition.PrivateRecognition, compression.Compression,
-                                   compression.TypeModel, compression.ContentModel, compression.Generator)}
+                                   privacy.Privacy, regen.Regen,
+                                   regen.TypeModel, regen.ContentModel, regen.Generator)}
     opts, notes = {}, []
     for d in yaml.safe_load(CONFIG.read_text())["applications"][0]["deployments"]:
         o = {k: d[k] for k in ("max_ongoing_requests", "ray_actor_options", "user_config") if k in d}
@@ -155,9 +155,9 @@ def yaml_options() -> tuple[dict[str, dict], list[str]]:
 
 def graph(args: dict, base: dict[str, dict], overrides: dict[str, dict] | None = None):
     """The gateway's app graph (as serve_apps.gateway.build_app builds it) with per-deployment options."""
-    from serve_apps import compression, screening
+    from serve_apps import regen, screening
     from serve_apps.gateway import Gateway, GatewayConfig
-    from serve_apps.private_recognition import PrivateRecognition
+    from serve_apps.privacy import Privacy
     from serve_apps.recognition import Recognizer
 
     overrides = overrides or {}
@@ -172,14 +172,14 @@ def graph(args: dict, base: dict[str, dict], overrides: dict[str, dict] | None =
         return dep.options(version="serve-load", _internal=True, **opts)
 
     cfg = GatewayConfig.model_validate(args)
-    sc, cc = cfg.screening, cfg.compression.model_dump()
+    sc, cc = cfg.screening, cfg.regen.model_dump()
     source = json.loads((Path(sc.library) / "manifest.json").read_text())["descriptor"]  # as screening.backend does
     desc = o(screening.Descriptor).bind(source, sc.max_batch_size, sc.batch_wait_timeout_s)
     handles = {"recognition": o(Recognizer).bind(cfg.recognition.model_dump()),
                "screening": o(screening.Screening).bind(desc, sc.model_dump()),
-               "private": o(PrivateRecognition).bind(cfg.private.model_dump()),
-               "compression": o(compression.Compression).bind(o(compression.TypeModel).bind(cc), o(compression.ContentModel).bind(cc),
-                                                             o(compression.Generator).bind(cc), cc)}
+               "privacy": o(Privacy).bind(cfg.privacy.model_dump()),
+               "regen": o(regen.Regen).bind(o(regen.TypeModel).bind(cc), o(regen.ContentModel).bind(cc),
+                                                o(regen.Generator).bind(cc), cc)}
     return o(Gateway).bind(cfg.model_dump(), **handles)
 
 
@@ -354,11 +354,11 @@ def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark
     private = next(e for e in eps if e.name == "recognize_private")
     scale = {}
     for n in (1, 2):
-        deploy(args, base, {"PrivateRecognition": {"num_replicas": n}})
+        deploy(args, base, {"Privacy": {"num_replicas": n}})
         warm_up(url, [private])
         scale[n] = run_load(url, [private], opts.concurrency, opts.endpoint_duration).summary()
     ratio = round(scale[2]["req_per_s"] / scale[1]["req_per_s"], 2) if scale[1]["req_per_s"] else None
-    print(f"\n4. /v1/recognize-private, PrivateRecognition replicas 1 -> 2: {scale[1]['req_per_s']} -> "
+    print(f"\n4. /v1/recognize-private, Privacy replicas 1 -> 2: {scale[1]['req_per_s']} -> "
           f"{scale[2]['req_per_s']} req/s (x{ratio}); p50 {scale[1]['p50_ms']} -> {scale[2]['p50_ms']} ms; "
           f"errors {scale[1]['errors']} + {scale[2]['errors']}", flush=True)
     mark("replicas")

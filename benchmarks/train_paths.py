@@ -1,7 +1,7 @@
 """Old vs new training data path, per method: quality on the same held-out rows and training throughput.
 
     python -m benchmarks.train_paths --set out=/tmp/train_paths reference_seed=1   # the run reported (2 cores)
-    python -m benchmarks.train_paths --set methods=[mask,descriptor] mask.epochs=2
+    python -m benchmarks.train_paths --set methods=[privacy,screening] privacy.epochs=2
     python -m benchmarks.train_paths --help
 
 Issue 15 moved every trainer from "each Ray Train worker generates its synthetic data in memory"
@@ -50,7 +50,7 @@ from pydantic import Field
 from docray import paths
 from docray.config import Config, parse_args, save_config
 
-METHODS = ("unified", "regen", "descriptor", "mask")
+METHODS = ("recognition", "regen", "screening", "privacy")
 
 
 # -- step timing (runs inside the Ray Train workers of both paths) --------------------------------
@@ -256,7 +256,7 @@ class NewRuns:
 # -- configuration ---------------------------------------------------------------------------------
 
 
-class UnifiedBench(Config):
+class RecognitionBench(Config):
     n_train: int = Field(192, ge=8, description="training documents: rows [0, n_train) of the synthetic documents")
     n_val: int = Field(128, ge=8, description="held-out documents: the rows after them")
     mae_model: str = Field("vit_mae_small", description="MAE factory (pre-training, both paths)")
@@ -278,7 +278,7 @@ class RegenBench(Config):
     batch_size: int = Field(8, ge=1, description="global batch (split across workers)")
 
 
-class DescriptorBench(Config):
+class ScreeningBench(Config):
     n_pictures: int = Field(160, ge=4, description="pictures drawn for training (targets rows [0, n_pictures), their "
                             "'train' split: ~80%)")
     val_pictures: int = Field(48, ge=4, description="held-out pictures: the rows after them")
@@ -287,7 +287,7 @@ class DescriptorBench(Config):
     batch_size: int = Field(64, ge=2, description="tiles per step, about (the new path takes whole pictures)")
 
 
-class MaskBench(Config):
+class PrivacyBench(Config):
     n_identities: int = Field(32, ge=2, description="synthetic identities")
     samples: int = Field(20, ge=10, description="faces per identity (8 of 10 train, 1 val)")
     image_size: int = 64
@@ -314,10 +314,10 @@ class BenchConfig(Config):
     reference_seed: int | None = Field(None, description="also train the old path with this training seed (same "
                                        "rows): old-vs-old shows how far two runs of one path differ at these "
                                        "settings, the noise floor of the 2-point check (None: skip)")
-    unified: UnifiedBench = UnifiedBench()
+    recognition: RecognitionBench = RecognitionBench()
     regen: RegenBench = RegenBench()
-    descriptor: DescriptorBench = DescriptorBench()
-    mask: MaskBench = MaskBench()
+    screening: ScreeningBench = ScreeningBench()
+    privacy: PrivacyBench = PrivacyBench()
     out: str = Field(default_factory=lambda: paths.sub("reports", "train_paths"),
                      description="report folder; its home/ is DOCRAY_HOME of both paths' runs (their datasets "
                                  "and models stay out of your own registry)")
@@ -396,24 +396,24 @@ def legacy(c: BenchConfig, loop, name: str, reference: dict | None = None, train
 # -- methods ---------------------------------------------------------------------------------------
 
 
-def bench_mask(c: BenchConfig) -> dict:
+def bench_privacy(c: BenchConfig) -> dict:
     """Original and masked recognisers: val accuracy on whole and on masked faces (fixed masks)."""
     import pyarrow.parquet as pq
 
     from benchmarks import _legacy_train as L
-    from docray.masking import training as T
-    from docray.masking.data import MaskedFaces
+    from docray.privacy import training as T
+    from docray.privacy.data import MaskedFaces
     from docray.models import build_model
-    from train_jobs import train_mask_models as new
+    from train_jobs import train_privacy as new
     from train_jobs.common import load_checkpoint_state, synth_dataset
 
-    m = c.mask
+    m = c.privacy
     n = m.n_identities * m.samples
     faces, _ = synth_dataset("faces", n, 0, c.seed, {"size": m.image_size, "n_identities": m.n_identities})
-    masks, _ = synth_dataset("masks", m.mask_bank, 0, new.MaskModelsConfig().mask_seed, {"size": m.image_size})
+    masks, _ = synth_dataset("masks", m.mask_bank, 0, new.PrivacyTrainConfig().mask_seed, {"size": m.image_size})
     bank = pq.read_table(masks, columns=["mask"]).column("mask").to_pylist()
     classes = list(range(m.n_identities))
-    cfg = new.MaskModelsConfig(train=faces, masks=masks, image_size=m.image_size, seed=c.seed, recognizer=m.model,
+    cfg = new.PrivacyTrainConfig(train=faces, masks=masks, image_size=m.image_size, seed=c.seed, recognizer=m.model,
                                models=m.kinds, epochs=m.epochs, batch_size=m.batch_size, num_workers=c.num_workers,
                                cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu, out=str(Path(c.out, "runs", "mask")))
     val = pq.read_table(faces, columns=["id", "image", "identity", "split"]).to_pylist()
@@ -452,7 +452,7 @@ def bench_mask(c: BenchConfig) -> dict:
     return {"figures": figures, "throughput": speed, "same_rows": same_rows, "held_out_rows": len(val)}
 
 
-def bench_descriptor(c: BenchConfig) -> dict:
+def bench_screening(c: BenchConfig) -> dict:
     """The tile descriptor: top-1 retrieval of edited held-out tiles among all clean ones, and the
     mean positive / hardest negative similarity (the same edits for both: EditedTileBatch)."""
     import pyarrow.parquet as pq
@@ -460,13 +460,13 @@ def bench_descriptor(c: BenchConfig) -> dict:
     from benchmarks import _legacy_train as L
     from docray.models import build_model
     from docray.screening.data import EditedTileBatch
-    from train_jobs import train_descriptor as new
+    from train_jobs import train_screening as new
     from train_jobs.common import load_checkpoint_state, synth_dataset
 
-    d = c.descriptor
+    d = c.screening
     train, val = synth_dataset("targets", d.n_pictures, d.val_pictures, c.seed)
     # the trainer's synthetic default (train='', val=''): the same cached folders, the 'train' split of `train`
-    cfg = new.DescriptorTrainConfig(model=d.model, n_pictures=d.n_pictures, val_pictures=d.val_pictures, seed=c.seed,
+    cfg = new.ScreeningTrainConfig(model=d.model, n_pictures=d.n_pictures, val_pictures=d.val_pictures, seed=c.seed,
                                     epochs=d.epochs, batch_size=d.batch_size,
                                     num_workers=c.num_workers, cpus_per_worker=c.cpus_per_worker, use_gpu=c.use_gpu,
                                     out=str(Path(c.out, "runs", "descriptor")), background_pictures=2,
@@ -500,7 +500,7 @@ def bench_descriptor(c: BenchConfig) -> dict:
             "held_out_unit": "tiles", "held_out_pictures": len(rows["id"])}
 
 
-def bench_unified(c: BenchConfig) -> dict:
+def bench_recognition(c: BenchConfig) -> dict:
     """MAE pre-training, then unified recognition from each path's own encoder: the MAE validation
     loss (a fixed mask) and every task's held-out metric, gate and task-set accuracy (engine.evaluate
     over DocumentBatch of the same held-out rows)."""
@@ -512,15 +512,15 @@ def bench_unified(c: BenchConfig) -> dict:
     from docray.recognition.engine import evaluate
     from docray.recognition.metrics import HIGHER_IS_BETTER
     from docray.recognition.text import embed_texts
-    from train_jobs import mae_pretrain, unified_train
+    from train_jobs import pretrain_recognition, train_recognition
     from train_jobs.common import load_checkpoint_state, synth_dataset
 
-    u = c.unified
+    u = c.recognition
     train, val = synth_dataset("documents", u.n_train, u.n_val, c.seed, options=DOC_OPTIONS)
-    mcfg = mae_pretrain.MAEPretrainConfig(model=u.mae_model, epochs=u.mae_epochs, batch_size=u.mae_batch_size)
-    ucfg = unified_train.UnifiedTrainConfig(model=u.model, text_encoder=u.text_encoder, encoder_from="",
+    mcfg = pretrain_recognition.RecognitionPretrainConfig(model=u.mae_model, epochs=u.mae_epochs, batch_size=u.mae_batch_size)
+    ucfg = train_recognition.RecognitionTrainConfig(model=u.model, text_encoder=u.text_encoder, encoder_from="",
                                             epochs=u.epochs, batch_size=u.batch_size)
-    cat = unified_train.catalogue_of(ucfg)
+    cat = train_recognition.catalogue_of(ucfg)
     query_text = embed_texts([t.query for t in cat.tasks], u.text_encoder).tolist()
     mae = build_model(u.mae_model, mask_ratio=mcfg.mask_ratio)
 
@@ -530,8 +530,8 @@ def bench_unified(c: BenchConfig) -> dict:
         cs = c if first else c.model_copy(update={"reference_seed": None})  # the old-vs-old run: once
         shared = [f"seed={seed}", f"num_workers={c.num_workers}", f"cpus_per_worker={c.cpus_per_worker}",
                   f"use_gpu={json.dumps(c.use_gpu)}", f"train={train}", f"val={val}"]
-        with NewRuns(mae_pretrain, str(Path(c.out, "timing", f"new-{seed}"))) as runs:
-            mae_pretrain.main(["--set", f"model={u.mae_model}", f"epochs={u.mae_epochs}", f"batch_size={u.mae_batch_size}",
+        with NewRuns(pretrain_recognition, str(Path(c.out, "timing", f"new-{seed}"))) as runs:
+            pretrain_recognition.main(["--set", f"model={u.mae_model}", f"epochs={u.mae_epochs}", f"batch_size={u.mae_batch_size}",
                                "register_as=bench-encoder-new", f"out={out / 'mae'}", *shared])
         (mae_run,) = runs.runs
         views = 2 + DOC_OPTIONS["n_angles"]  # each document's capture, flash and angle frames: the MAE's images
@@ -545,8 +545,8 @@ def bench_unified(c: BenchConfig) -> dict:
                 mae.load_state_dict(state)
                 encoders[key] = str(out / f"{key}-encoder.pt")
                 torch.save(mae.encoder_state_dict(), encoders[key])
-        with NewRuns(unified_train, str(Path(c.out, "timing", f"new-{seed}"))) as runs:
-            unified_train.main(["--set", f"model={u.model}", f"text_encoder={u.text_encoder}", f"epochs={u.epochs}",
+        with NewRuns(train_recognition, str(Path(c.out, "timing", f"new-{seed}"))) as runs:
+            train_recognition.main(["--set", f"model={u.model}", f"text_encoder={u.text_encoder}", f"epochs={u.epochs}",
                                 f"batch_size={u.batch_size}", "encoder_from=bench-encoder-new", "register_as=",
                                 f"out={out / 'unified'}", *shared])
         (uni_run,) = runs.runs
@@ -571,7 +571,7 @@ def bench_unified(c: BenchConfig) -> dict:
         mae.eval()
         return float(mae(to_float(images), noise).loss)
 
-    model, _ = unified_train.build(ucfg, np.asarray(query_text, np.float32))
+    model, _ = train_recognition.build(ucfg, np.asarray(query_text, np.float32))
     batches = [DocumentBatch(cat, model.image_size)(b) for b in chunks]
 
     def scores(state: dict) -> dict:
@@ -607,7 +607,7 @@ def bench_regen(c: BenchConfig) -> dict:
     import pyarrow.parquet as pq
 
     from benchmarks import _legacy_train as L
-    from docray.compression.data import RegenBatch
+    from docray.regen.data import RegenBatch
     from docray.models import build_model
     from train_jobs import train_regen as new
     from train_jobs.common import load_checkpoint_state, synth_dataset
@@ -690,7 +690,7 @@ def print_report(c: BenchConfig, results: dict) -> None:
               f"(one is {100 / r['held_out_rows']:.2f} points of a share over them)")
 
 
-BENCHES = {"unified": bench_unified, "regen": bench_regen, "descriptor": bench_descriptor, "mask": bench_mask}
+BENCHES = {"recognition": bench_recognition, "regen": bench_regen, "screening": bench_screening, "privacy": bench_privacy}
 
 
 def main(argv=None) -> dict:

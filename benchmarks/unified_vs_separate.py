@@ -77,12 +77,12 @@ def main(argv=None) -> dict:
     from docray.recognition.engine import evaluate, fit
     from docray.recognition.metrics import HIGHER_IS_BETTER, METRIC_NAME, chance
     from docray.recognition.data import DocumentSet
-    from train_jobs.unified_train import UnifiedTrainConfig, build, catalogue_of
+    from train_jobs.train_recognition import RecognitionTrainConfig, build, catalogue_of
 
     c = parse_args(BenchConfig, argv, description=__doc__.split("\n")[0])
     torch.set_num_threads(c.threads)
     save_config(c, c.out)
-    ucfg = UnifiedTrainConfig(model=c.model, encoder_from=c.encoder_from, text_encoder=c.text_encoder,
+    ucfg = RecognitionTrainConfig(model=c.model, encoder_from=c.encoder_from, text_encoder=c.text_encoder,
                               tasks=c.tasks, seed=c.seed)
     cat = catalogue_of(ucfg)
     arrays = prepare(documents_table(c.n_docs, c.seed), cat, build(ucfg)[0].image_size)

@@ -4,9 +4,11 @@ drive Ray jobs, which live here because the library never imports cluster/, trai
     docray info                                  versions, devices, Ray address, DOCRAY_HOME
     docray doctor                                check that the model stack imports and runs here
     docray synth documents --n 500 --out DIR     synthetic data as Parquet shards + a contact sheet
-    docray submit -- python -m train_jobs.mae_pretrain     a job through the Jobs API (cluster/submit.py)
-    docray recognize pretrain|train|archive|quickstart     the recognition jobs (and `recognize image`)
-    docray screen build|rescan                   the screening jobs (and `screen query|info`)
+    docray submit -- python -m train_jobs.pretrain_recognition     a job through the Jobs API (cluster/submit.py)
+    docray recognition pretrain|train|archive|quickstart  the recognition jobs (and `recognition image`)
+    docray screening train|build|rescan          the screening jobs (and `screening query|info`)
+    docray privacy train|grid                    the mask-privacy jobs (and `privacy report|tables|sheet`)
+    docray regen train|archive                   the regen jobs
     docray api health                            call the gateway (every route; DOCRAY_URL, DOCRAY_API_KEY)
 """
 from __future__ import annotations
@@ -45,7 +47,8 @@ class EntryGroup(click.Group):
         if jobs is None:
             return cmd
         if cmd is None:  # a group of job commands only
-            return click.Group(name, commands={c.name: c for c in jobs}, help=f"docray {name}: " + ", ".join(c.name for c in jobs))
+            return click.Group(name, commands={c.name: c for c in jobs},
+                              help=GROUP_HELP.get(name, f"docray {name}") + ": " + ", ".join(c.name for c in jobs))
         group = copy.copy(cmd)
         group.commands = {**cmd.commands, **{c.name: c for c in jobs}}
         return group
@@ -178,20 +181,27 @@ def quickstart(docs: int, epochs: int) -> None:
     then the gateway's calls (`make quickstart` runs every method)."""
     from cluster.quickstart import main
 
-    main(["--set", "jobs.screening=false", "jobs.masking=false", "jobs.train_regen=false", f"n.documents={docs}",
+    main(["--set", "jobs.screening=false", "jobs.privacy=false", "jobs.regen=false", f"n.documents={docs}",
           "serve_config=configs/serve/recognition.yaml",
           f"recognition_epochs={epochs}"])
 
 
-# the library's `recognize` group has `image`, its `screen` group `query` and `info`
+# the library's `recognition` group has `image`, `screening` has `query` and `info`, `privacy` has `report`,
+# `tables` and `sheet`; `regen` is a group of job commands only
 JOB_COMMANDS = {
-    "recognize": [_job("pretrain", "train_jobs.mae_pretrain", "MAE pre-training of the encoder"),
-                  _job("train", "train_jobs.unified_train", "Multi-task training"),
-                  _job("archive", "data_jobs.recognize_archive", "Recognise an archive with Ray Data"), quickstart],
-    "screen": [_job("build", "data_jobs.build_cutout_library", "Build or extend the library"),
-               _job("rescan", "data_jobs.archive_rescan", "Rescan an archive")],
+    "recognition": [_job("pretrain", "train_jobs.pretrain_recognition", "MAE pre-training of the encoder"),
+                    _job("train", "train_jobs.train_recognition", "Multi-task training"),
+                    _job("archive", "data_jobs.recognition_archive", "Recognise an archive with Ray Data"), quickstart],
+    "screening": [_job("train", "train_jobs.train_screening", "Train the descriptor"),
+                  _job("build", "data_jobs.screening_library", "Build or extend the library"),
+                  _job("rescan", "data_jobs.screening_archive", "Rescan an archive")],
+    "privacy": [_job("train", "train_jobs.train_privacy", "Train the original and masked recognisers and the inpainter"),
+                _job("grid", "data_jobs.privacy_grid", "The mask x image grid, the funnel, the target masks")],
+    "regen": [_job("train", "train_jobs.train_regen", "Joint training of the regen models"),
+              _job("archive", "data_jobs.regen_archive", "Re-compress an archive with Ray Data")],
     "models": [build_command],  # the library's `models` group lists and shows registered models
 }
+GROUP_HELP = {"regen": "Regen compression: recognise a document, regenerate a smaller image, compress it per type"}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,10 +36,10 @@ GPU_WORKERS = {"min": 0, "max": 4}
 # job -> arguments after `python -m train_jobs.<job>`: two DDP workers, one GPU each. use_gpu=true
 # explicitly: the driver runs on the CPU head, where "auto" (torch.cuda.is_available()) says no.
 JOBS = {
-    "mae_pretrain": "--set num_workers=2 use_gpu=true epochs=20",
-    "unified_train": "--set num_workers=2 use_gpu=true epochs=20",
-    "train_descriptor": "--set num_workers=2 use_gpu=true",
-    "train_mask_models": "--set num_workers=2 use_gpu=true epochs=20 inpaint_epochs=20",
+    "pretrain_recognition": "--set num_workers=2 use_gpu=true epochs=20",
+    "train_recognition": "--set num_workers=2 use_gpu=true epochs=20",
+    "train_screening": "--set num_workers=2 use_gpu=true",
+    "train_privacy": "--set num_workers=2 use_gpu=true epochs=20 inpaint_epochs=20",
     "train_regen": "--set num_workers=2 use_gpu=true max_epochs=60",
 }
 

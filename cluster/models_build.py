@@ -3,6 +3,7 @@
     docray models build --profile quick          # about 7 minutes on 2 cores: the flow, not the figures
     docray models build --profile standard       # the reference models (time budgets sum to 150 minutes)
     docray models build --profile standard --force train_regen    # redo one step (and what needs it)
+    docray models build --profile standard --only screening_library  # one step (and the steps it needs)
     docray models build --profile quick --dry-run                 # check the profile, print the plan
 
 A profile (`configs/models/<profile>.yaml`) lists the steps: each a Ray job (`python -m MODULE --set ...`,
@@ -116,28 +117,36 @@ def is_done(stamp: dict | None, key: str, registry) -> bool:
     return all(v in registry.versions(n) for n, v in stamp.get("versions", {}).items())
 
 
-def build(profile_name: str, address: str = "", force: tuple[str, ...] = (), dry_run: bool = False) -> list[dict]:
-    """Run the profile's steps that lack a valid stamp; returns one row per step."""
+def build(profile_name: str, address: str = "", force: tuple[str, ...] = (), dry_run: bool = False,
+          only: tuple[str, ...] = ()) -> list[dict]:
+    """Run the profile's steps (or the `only` ones and what they need) that lack a valid stamp; one row per step."""
     from cluster.quickstart import run_job
     from docray.storage.registry import ModelRegistry
 
     profile = load_profile(profile_name)
     names = [s.name for s in profile.steps]
-    unknown = sorted(set(force) - set(names))
-    if unknown:
-        raise click.BadParameter(f"no step(s) {unknown} in profile {profile_name!r} (steps: {', '.join(names)})",
-                                 param_hint="--force")
+    for option, given in (("--force", force), ("--only", only)):
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise click.BadParameter(f"no step(s) {unknown} in profile {profile_name!r} (steps: {', '.join(names)})",
+                                     param_hint=option)
+    wanted = set(only or names)  # --only: those steps and, transitively, the steps they need
+    for s in reversed(profile.steps):
+        if s.name in wanted:
+            wanted |= set(s.needs)
     folder = Path(paths.sub("builds", Path(profile_name).stem))
     keys, registry = step_keys(profile), ModelRegistry()
     forced = set(force)
     for s in profile.steps:  # a forced step forces the steps that need it
         if forced & set(s.needs):
             forced.add(s.name)
-    todo = [s for s in profile.steps if s.name in forced or not is_done(_stamp(folder, s), keys[s.name], registry)]
+    todo = [s for s in profile.steps if s.name in wanted
+            and (s.name in forced or not is_done(_stamp(folder, s), keys[s.name], registry))]
     print(f"profile {profile_name}: {len(profile.steps)} steps, {len(todo)} to run; stamps and logs in {folder}")
     if dry_run:
         for i, s in enumerate(profile.steps, 1):
-            print(f"[{i}/{len(names)}] {s.name:22s} {'run ' if s in todo else 'done'}  python -m {s.module} "
+            state = "run" if s in todo else "done" if s.name in wanted else "left out"
+            print(f"[{i}/{len(names)}] {s.name:22s} {state:8s}  python -m {s.module} "
                   f"--set {' '.join(s.set)}")
         return []
     if todo and not address:
@@ -149,6 +158,8 @@ def build(profile_name: str, address: str = "", force: tuple[str, ...] = (), dry
     rows, failed = [], set()
     for i, s in enumerate(profile.steps, 1):
         head = f"[{i}/{len(names)}] {s.name}"
+        if s.name not in wanted:
+            continue  # not asked for with --only
         if s not in todo:
             stamp = _stamp(folder, s)
             print(f"{head}: done earlier ({_versions(stamp)}), skipped")
@@ -195,14 +206,15 @@ def report(rows: list[dict]) -> bool:
               help="quick (minutes: the flow) | standard (the reference models) | a profile YAML path")
 @click.option("--address", default="", help="Jobs API of a running cluster ('' -> start local Ray)")
 @click.option("--force", multiple=True, metavar="STEP", help="run STEP (and the steps that need it) even if done")
+@click.option("--only", multiple=True, metavar="STEP", help="build only STEP (and the steps it needs, when not done)")
 @click.option("--dry-run", is_flag=True, help="check the profile and print which steps would run")
-def build_command(profile: str, address: str, force: tuple[str, ...], dry_run: bool) -> None:
+def build_command(profile: str, address: str, force: tuple[str, ...], only: tuple[str, ...], dry_run: bool) -> None:
     """Train every reference model from scratch, each step a Ray job; resumes where a build stopped.
 
     Steps and settings: configs/models/<profile>.yaml. A step is skipped when it succeeded before with
     the same settings (and inputs) and its models are still registered."""
     try:
-        rows = build(profile, address, force, dry_run)
+        rows = build(profile, address, force, dry_run, only)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     if rows and not report(rows):

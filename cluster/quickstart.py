@@ -1,7 +1,7 @@
 """The main job (`make quickstart`): every method trained, batch-run and served on local Ray, end to end.
 
     python -m cluster.quickstart                       # about 8 minutes on 2 cores, CPU only (7.7 min measured)
-    python -m cluster.quickstart --set jobs.train_regen=false --help
+    python -m cluster.quickstart --set jobs.regen=false --help
 
 1. Ray starts embedded (or is joined through RAY_ADDRESS) with its Jobs API on :8265.
 2. A synthetic corpus of every kind through Ray Data (train and val Parquet folders in the dataset
@@ -46,10 +46,10 @@ GATEWAY = "configs/serve/gateway.yaml"
 
 class Jobs(Config):
     """Which jobs run (each is short here; `--set jobs.X=false` skips one and the steps that need it)."""
-    recognition: bool = Field(True, description="mae_pretrain -> unified_train")
-    screening: bool = Field(True, description="train_descriptor -> build_cutout_library -> archive_rescan")
-    masking: bool = Field(True, description="train_mask_models -> mask_grid_eval")
-    train_regen: bool = Field(True, description="train_regen (the gateway's compression serves its model)")
+    recognition: bool = Field(True, description="pretrain_recognition -> train_recognition")
+    screening: bool = Field(True, description="train_screening -> screening_library -> screening_archive")
+    privacy: bool = Field(True, description="train_privacy -> privacy_grid")
+    regen: bool = Field(True, description="train_regen (the gateway's regen app serves its model)")
 
 
 class QuickstartConfig(Config):
@@ -93,26 +93,26 @@ def job_list(cfg: QuickstartConfig, corpus: dict[str, dict]) -> list[tuple[str, 
 
     jobs = []
     if cfg.jobs.recognition:
-        jobs += [("mae_pretrain", "train_jobs.mae_pretrain", [*data("documents"), f"epochs={e}"]),
-                 ("unified_train", "train_jobs.unified_train", [*data("documents"), f"epochs={e}"])]
+        jobs += [("pretrain_recognition", "train_jobs.pretrain_recognition", [*data("documents"), f"epochs={e}"]),
+                 ("train_recognition", "train_jobs.train_recognition", [*data("documents"), f"epochs={e}"])]
     if cfg.jobs.screening:
-        jobs += [("train_descriptor", "train_jobs.train_descriptor",
+        jobs += [("train_screening", "train_jobs.train_screening",
                   [*data("targets"), f"background={corpus['targets']['val']}", "epochs=1", "steps_per_epoch=60",
                    "batch_size=64", "background_distractors=200"]),
-                 ("build_cutout_library", "data_jobs.build_cutout_library", ["synth_n=80"])]
-    if cfg.jobs.masking:
-        jobs += [("train_mask_models", "train_jobs.train_mask_models",
+                 ("screening_library", "data_jobs.screening_library", ["synth_n=80"])]
+    if cfg.jobs.privacy:
+        jobs += [("train_privacy", "train_jobs.train_privacy",
                   [*data("faces"), f"masks={corpus['masks']['train']}", "epochs=4", "inpaint_epochs=2"]),
                  # Recognisers trained for seconds cannot open the method's gaps (0.30, 0.07): the funnel's
                  # thresholds are off here, so its masks show the serving flow, not privacy-selected masks.
-                 ("mask_grid_eval", "data_jobs.mask_grid_eval", [f"n_identities={k}", "samples=20", "n_masks=36", "runs=2",
+                 ("privacy_grid", "data_jobs.privacy_grid", [f"n_identities={k}", "samples=20", "n_masks=36", "runs=2",
                                                                  "funnel.gap_threshold=-1", "funnel.drop_threshold=-1"])]
-    if cfg.jobs.train_regen:
+    if cfg.jobs.regen:
         jobs += [("train_regen", "train_jobs.train_regen", [*data("documents"), "max_epochs=1", "time_budget_s=60"])]
     return jobs
 
 
-NEEDS = {"unified_train": "mae_pretrain", "build_cutout_library": "train_descriptor", "mask_grid_eval": "train_mask_models"}
+NEEDS = {"train_recognition": "pretrain_recognition", "screening_library": "train_screening", "privacy_grid": "train_privacy"}
 
 
 def store_sample(documents_dir: str, k: int) -> int:
@@ -251,11 +251,11 @@ def call_every_endpoint(cfg: QuickstartConfig, out: dict[str, dict]) -> list[dic
             call("POST /v1/screen/targets", lambda: dc.add_target(poster, "2026-11-21", "quickstart"),
                  lambda r: f"+{r['tiles_added']} tiles -> v{r['library_version']}")
             call("GET /v1/screen/library", dc.library, lambda r: f"v{r['version']}, {r['tiles']} tiles, {r['index']}")
-        if cfg.jobs.masking:
+        if cfg.jobs.privacy:
             call("GET /v1/recognize-private/masks", dc.private_masks, lambda r: f"{len(r['masks'])} target masks")
             call("POST /v1/recognize-private", lambda: dc.recognize_private(face["image"]),
                  lambda r: f"label={r['label']} ({r['score']:.2f}) via {r['mask_id']}", f"identity={face['identity']}")
-        if cfg.jobs.train_regen:  # the compression app serves train_regen's model
+        if cfg.jobs.regen:  # the regen app serves train_regen's model
             server = call("POST /v1/compress?mode=server", lambda: dc.compress(docs["image"]),
                           lambda r: (f"{r['type']}" if r.get("method") != "codec" else f"codec ({r.get('reason')})")
                           + f": {r['sizes']['original']:,} -> {r['sizes']['compressed']:,} B", docs["doc_type_name"])
@@ -315,9 +315,9 @@ def main(argv=None) -> None:
             steps.append(run_job(name, module, overrides, address, cfg.job_timeout_s))
         if not steps[-1]["ok"]:
             failed.add(name)
-    if cfg.jobs.screening and "build_cutout_library" not in failed:
+    if cfg.jobs.screening and "screening_library" not in failed:
         archive = write_archive(cfg.seed, Path(out, "archive"))
-        steps.append(run_job("archive_rescan", "data_jobs.archive_rescan", [f"input={archive}"], address, cfg.job_timeout_s))
+        steps.append(run_job("screening_archive", "data_jobs.screening_archive", [f"input={archive}"], address, cfg.job_timeout_s))
     calls = []
     # The full gateway serves every method's models; a single-method config (configs/serve/) serves one.
     served = all(cfg.jobs.model_dump().values()) or cfg.serve_config != GATEWAY
@@ -346,9 +346,9 @@ def report(steps: list[dict], calls: list[dict], corpus: dict[str, dict], out: s
     print("\nwhere to look:")
     for kind, row in corpus.items():
         print(f"  {kind}: {row['train']} (train), {row['val']} (val); contact sheet {row['contact_sheet']}")
-    if Path(reports, "masking").exists():
+    if Path(reports, "privacy").exists():
         print("  (the short mask run's funnel thresholds are off: its target masks are not privacy-selected)")
-    for rel in ("masking/grid/bins.csv", "masking/grid/sample_face.png", "rescan-archive/", "quickstart/"):
+    for rel in ("privacy/grid/bins.csv", "privacy/grid/sample_face.png", "rescan-archive/", "quickstart/"):
         if Path(reports, rel).exists():
             print(f"  {Path(reports, rel)}")
     print(f"  models: {paths.sub('models')}   library: {paths.sub('indexes', 'screening')}")

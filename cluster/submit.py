@@ -1,12 +1,12 @@
 """`docray submit`: run an entrypoint on a Ray cluster through the Jobs API, with this folder as its code.
 
-    docray submit -- python -m train_jobs.mae_pretrain --set epochs=1          # RAY_ADDRESS or :8265
+    docray submit -- python -m train_jobs.pretrain_recognition --set epochs=1          # RAY_ADDRESS or :8265
     docray submit --address http://head:8265 --env DOCRAY_HOME=s3://b/docray -- python -m train_jobs.train_regen
-    docray submit --no-wait -- python -m train_jobs.unified_train --set num_workers=2
+    docray submit --no-wait -- python -m train_jobs.train_recognition --set num_workers=2
     docray submit --list                       docray submit --stop raysubmit_...
 
     from cluster.submit import submit_job
-    job_id, status = submit_job("python -m train_jobs.mae_pretrain --set epochs=1")
+    job_id, status = submit_job("python -m train_jobs.pretrain_recognition --set epochs=1")
 
 The working directory goes up as the job's `runtime_env.working_dir` (Ray honours `.gitignore`;
 `EXCLUDES` drops the rest of what should never travel: the venv, git history, data shards), so the
@@ -169,7 +169,7 @@ def submit_job(entrypoint: str, address: str | None = None, working_dir: str | N
     Raises ClusterUnreachable, JobFailed (FAILED or STOPPED, with the last log lines), TimeoutError.
     """
     if not entrypoint.strip():
-        raise ValueError("empty entrypoint: give the command to run, e.g. `python -m train_jobs.mae_pretrain`")
+        raise ValueError("empty entrypoint: give the command to run, e.g. `python -m train_jobs.pretrain_recognition`")
     if working_dir and not os.path.isdir(working_dir):
         raise FileNotFoundError(f"working_dir {working_dir!r} is not a directory")
     client = connect(address)
@@ -205,7 +205,7 @@ def _parse_env(items: tuple[str, ...]) -> dict:
 def submit(address, working_dir, env_items, no_wait, timeout_s, list_jobs, stop_id, entrypoint):
     """Run ENTRYPOINT on a Ray cluster (Jobs API), with the working dir as its code.
 
-    Put `--` before the entrypoint: docray submit -- python -m train_jobs.mae_pretrain --set epochs=1.
+    Put `--` before the entrypoint: docray submit -- python -m train_jobs.pretrain_recognition --set epochs=1.
     A bare `python` is the one on the PATH of the cluster's Ray processes (see cluster/submit.py).
     """
     try:
@@ -217,7 +217,7 @@ def submit(address, working_dir, env_items, no_wait, timeout_s, list_jobs, stop_
                 click.echo(f"{job.submission_id or job.job_id}  {job.status!s:<9}  {job.entrypoint}")
             return
         if not entrypoint:
-            raise click.UsageError("give an entrypoint after --, e.g. docray submit -- python -m train_jobs.mae_pretrain")
+            raise click.UsageError("give an entrypoint after --, e.g. docray submit -- python -m train_jobs.pretrain_recognition")
         command = entrypoint[0] if len(entrypoint) == 1 else shlex.join(entrypoint)  # one quoted string: as given
         job_id, status = submit_job(command, address=address, working_dir=working_dir or None,
                                     env=_parse_env(env_items), wait=not no_wait, timeout_s=timeout_s)

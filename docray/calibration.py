@@ -59,7 +59,7 @@ def calibrate() -> None:
 @calibrate.command("screening")
 @click.argument("pictures")
 @click.option("--descriptor", default="registry:descriptor", show_default=True,
-              help="descriptor to score with: registry:NAME[:VERSION] or a saved model folder")
+              help="descriptor to score with: registry:NAME[@VERSION] or a saved model folder")
 @click.option("--max-fpr", type=float, default=0.005, show_default=True, help="false-positive budget on benign pictures")
 @click.option("--queries", type=int, default=200, show_default=True, help="edited tiles per class (targets, benign)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -103,10 +103,10 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
 
     Example: docray calibrate regen registry:regen --n-docs 400 --non-docs 500
     """
-    from docray.compression import gate
-    from docray.compression.file_types import load_file_types
-    from docray.compression.nondocs import FAMILIES, non_documents
-    from docray.compression.pipeline import RegenCompressor
+    from docray.regen import gate
+    from docray.regen.file_types import load_file_types
+    from docray.regen.nondocs import FAMILIES, non_documents
+    from docray.regen.pipeline import RegenCompressor
 
     w, h = (int(v) for v in size.lower().split("x"))
     lib = load_file_types(file_types or None)

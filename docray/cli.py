@@ -3,7 +3,7 @@
     docray doctor                                check that the model stack imports and runs here
     docray data validate documents DIR           datasets against their contracts (docray/datasets/cli.py)
     docray api health                            call the gateway (every route; DOCRAY_URL, DOCRAY_API_KEY)
-    docray models list | show NAME[:VERSION]     registered models and their model cards (docray/storage/cli.py)
+    docray models list | show NAME[@VERSION]     registered models and their model cards (docray/storage/cli.py)
 
 The `docray` console script is `cluster.cli:main`: these commands plus the ones that drive Ray jobs
 (`info`, `synth`, `submit`, `recognize pretrain|train|archive|quickstart`, `screen build|rescan`),
@@ -28,10 +28,9 @@ def _version(dist: str) -> str:
 
 # Method command groups, imported only when used so `docray --help` stays fast.
 LAZY_GROUPS = {
-    "screen": "docray.screening.cli:screen",
-    "masks": "docray.masking.cli:masks",
-    "recognize": "docray.recognition.cli:recognize",
-    "compress": "docray.compression.cli:compress",
+    "screening": "docray.screening.cli:screening",
+    "privacy": "docray.privacy.cli:privacy",
+    "recognition": "docray.recognition.cli:recognition",
     "api": "docray.api_cli:api",
     "data": "docray.datasets.cli:data",
     "calibrate": "docray.calibration:calibrate",

@@ -39,8 +39,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from docray.compression.file_types import FileTypeLibrary, load_file_types
-from docray.compression.quality import compress_for_type
+from docray.regen.file_types import FileTypeLibrary, load_file_types
+from docray.regen.quality import compress_for_type
 from docray.imageio import decode_image, encode_png, sniff_format
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -245,7 +245,7 @@ class Endpoints:
         data = {"embedding": "true" if embedding else "false"}
         if local:
             if self._masks is None:
-                from docray.masking.masks import decode_mask
+                from docray.privacy.masks import decode_mask
 
                 body = yield Call("GET", "/v1/recognize-private/masks", parse_masks)
                 self._masks = {m["mask_id"]: decode_mask(m["png"]) for m in body["masks"]}
@@ -371,7 +371,7 @@ class AsyncDocrayClient(Endpoints):
         await self.aclose()
 
 
-# -- terminal side of split-mode compression (used by tests and serve_apps.compression's docs) ---
+# -- terminal side of split-mode compression (used by tests and serve_apps.regen's docs) ---
 def fetch_file_types(base_url: str, api_key: str | None = None, timeout: float = 30.0) -> FileTypeLibrary:
     """The server's file-type library (`GET /v1/file-types`), validated (second < first)."""
     with DocrayClient(base_url, api_key=api_key, timeout=timeout) as dc:

@@ -2,7 +2,7 @@
 
     serve run configs/serve/gateway.yaml                        # embedded: starts Ray, deploys, blocks
     ray start --head && serve deploy configs/serve/gateway.yaml # against a running cluster (:8265)
-    serve run configs/serve/recognition.yaml                    # one method: recognition, screening, private, compression
+    serve run configs/serve/recognition.yaml                    # one method: recognition, screening, privacy, regen
     serve run serve_apps.gateway:build_app recognition='{}' screening='{"library": "/data/lib"}'
 
 `Gateway` is the FastAPI ingress. It does the HTTP work once for every method: API keys and roles,
@@ -12,9 +12,9 @@ It then calls the method deployments through handles with decoded inputs:
 
     /v1/recognize                     -> Recognizer          (serve_apps/recognition.py)
     /v1/screen, /v1/screen/*          -> Screening, Descriptor (serve_apps/screening.py)
-    /v1/recognize-private[/masks]     -> PrivateRecognition  (serve_apps/private_recognition.py)
-    /v1/compress, /v1/repository/*    -> Compression, TypeModel, ContentModel, Generator (serve_apps/compression.py)
-    /v1/file-types                    -> the gateway itself (a static file: compression.FileTypesFile)
+    /v1/recognize-private[/masks]     -> Privacy  (serve_apps/privacy.py)
+    /v1/compress, /v1/repository/*    -> Regen, TypeModel, ContentModel, Generator (serve_apps/regen.py)
+    /v1/file-types                    -> the gateway itself (a static file: regen.FileTypesFile)
 
 Each method deployment scales on its own (`autoscaling_config` in the YAML); a method left out of the
 args is not deployed and its routes answer 404 `not_deployed`. Each method's `backend(cfg)` pins its
@@ -40,16 +40,16 @@ from docray.imageio import MAX_BYTES, MAX_PIXELS, decode_image
 from docray.recognition.tasks import FRAME_KINDS
 from docray.screening.library import to_day
 from docray.screening.templates import CUT_TYPES
-from serve_apps import compression, observe, private_recognition, recognition, screening
-from serve_apps.compression import CompressionAppConfig, FileTypesFile, file_types_path
+from serve_apps import observe, privacy, recognition, regen, screening
+from serve_apps.regen import RegenAppConfig, FileTypesFile, file_types_path
 from serve_apps.http import (ApiError, load_api_keys, make_api, parse_json_field, read_image, read_upload, remote,
                               require_role)
-from serve_apps.private_recognition import PrivateRecognitionConfig
+from serve_apps.privacy import PrivacyAppConfig
 from serve_apps.recognition import RecognitionAppConfig
 from serve_apps.screening import ScreeningAppConfig
 
 log = logging.getLogger("ray.serve")
-APPS = ("recognition", "screening", "private", "compression")
+APPS = ("recognition", "screening", "privacy", "regen")
 MAX_FRAMES = 8
 MIN_IMAGE_SIDE = 32
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # source and target ids: names, never paths
@@ -58,8 +58,8 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # source and targ
 class GatewayConfig(Config):
     recognition: RecognitionAppConfig | None = Field(None, description="unified recognition; null: not deployed")
     screening: ScreeningAppConfig | None = Field(None, description="cut-out screening; null: not deployed")
-    private: PrivateRecognitionConfig | None = Field(None, description="private (masked) recognition; null: not deployed")
-    compression: CompressionAppConfig | None = Field(None, description="regen compression; null: not deployed")
+    privacy: PrivacyAppConfig | None = Field(None, description="private (masked) recognition; null: not deployed")
+    regen: RegenAppConfig | None = Field(None, description="regen compression; null: not deployed")
     max_request_bytes: int = Field(64 * 2**20, gt=0, description="a request body over this (Content-Length) is a 413")
     max_image_bytes: int = Field(MAX_BYTES, gt=0, description="one uploaded image at most this many bytes")
     max_image_pixels: int = Field(MAX_PIXELS, gt=0, description="one decoded image at most this many pixels")
@@ -124,12 +124,12 @@ def _flag(raw: str | None, name: str) -> bool:
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, cfg: dict, recognition=None, screening=None, private=None, compression=None):
+    def __init__(self, cfg: dict, recognition=None, screening=None, privacy=None, regen=None):
         self.cfg = GatewayConfig.model_validate(cfg)
-        handles = dict(recognition=recognition, screening=screening, private=private, compression=compression)
+        handles = dict(recognition=recognition, screening=screening, privacy=privacy, regen=regen)
         self.apps = {k: h for k, h in handles.items() if h is not None}
-        self.file_types = FileTypesFile(file_types_path(self.cfg.compression)) \
-            if self.cfg.compression is not None else None  # a static file: served here, no backend hop
+        self.file_types = FileTypesFile(file_types_path(self.cfg.regen)) \
+            if self.cfg.regen is not None else None  # a static file: served here, no backend hop
         self.keys = load_api_keys()
         if not self.keys:
             log.warning("no API keys configured (DOCRAY_API_KEYS / DOCRAY_API_KEYS_FILE): auth is off, every caller is admin")
@@ -230,7 +230,7 @@ class Gateway:
     async def recognize_private(self, request: Request, image: UploadFile = File(None),
                                 mask_id: str | None = Form(None), embedding: str | None = Form(None)):
         require_role(request, self.keys, "user")
-        handle = self._app("private")
+        handle = self._app("privacy")
         want = _flag(embedding, "embedding")
         img = await self._image(image, "image")
         return await remote(handle.recognize.remote(img, mask_id or None, want))
@@ -239,14 +239,14 @@ class Gateway:
     async def private_masks(self, request: Request):
         """The target masks (PNG base64, 255 kept / 0 hidden), best first, for clients that mask locally."""
         require_role(request, self.keys, "user")
-        return await remote(self._app("private").masks.remote())
+        return await remote(self._app("privacy").masks.remote())
 
     # -- regen compression -------------------------------------------------------------------------
     @api.post("/v1/compress")
     async def compress(self, request: Request, image: UploadFile | None = File(None),
                        mode: str = Query("server", description="server | split")):
         require_role(request, self.keys, "user")
-        handle = self._app("compression")
+        handle = self._app("regen")
         if mode not in ("server", "split"):
             raise ApiError(400, "bad_mode", f"mode must be 'server' or 'split', got {mode!r}")
         data = await read_upload(image, "image", max_bytes=self.cfg.max_image_bytes)
@@ -259,7 +259,7 @@ class Gateway:
 
     def file_types_json(self) -> dict:
         """The file-type library (`GET /v1/file-types`; also what a deployment handle gets)."""
-        self._app("compression")
+        self._app("regen")
         return self.file_types.get().to_json()
 
     @api.get("/v1/file-types")
@@ -271,13 +271,13 @@ class Gateway:
     async def set_file_types(self, request: Request, library: dict = Body(...)):
         """Replace the file-type library (admin): validated, stored, picked up by every replica."""
         require_role(request, self.keys, "admin")
-        self._app("compression")
+        self._app("regen")
         return self.file_types.set(library).to_json()
 
     @api.get("/v1/repository/{record_id}/{which}")
     async def repository(self, request: Request, record_id: str, which: str):
         role = require_role(request, self.keys, "admin" if which == "original" else "user")
-        data, media = await remote(self._app("compression").repository.remote(record_id, which, role))
+        data, media = await remote(self._app("regen").repository.remote(record_id, which, role))
         return Response(content=data, media_type=media)
 
     @api.put("/v1/repository/{record_id}/{which}")
@@ -286,7 +286,7 @@ class Gateway:
         """Split mode: the terminal's compressed file for its record (`which` is `compressed`, the only
         image a client uploads): its type's format, within its second threshold, stored once."""
         require_role(request, self.keys, "user")
-        handle = self._app("compression")
+        handle = self._app("regen")
         data = await read_upload(image, "image", max_bytes=self.cfg.max_image_bytes)
         decode_image(data, max_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels,
                      min_side=self.cfg.min_image_side)  # the same checks as every upload, before the record is read
@@ -302,7 +302,7 @@ class Gateway:
         role = require_role(request, self.keys, "user")  # the key first: a caller without one learns nothing
         if not (n.isascii() and n.isdigit() and len(n) <= 6):
             raise ApiError(400, "bad_attachment", f"n is an attachment's number (0, 1, ...), got {n[:60]!r}")
-        data, media = await remote(self._app("compression").attachment.remote(record_id, int(n), role))
+        data, media = await remote(self._app("regen").attachment.remote(record_id, int(n), role))
         return Response(content=data, media_type=media)
 
 
@@ -314,10 +314,10 @@ def build_app(args: dict | None = None) -> serve.Application:
         handles["recognition"] = recognition.backend(cfg.recognition)
     if cfg.screening is not None:
         handles["screening"] = screening.backend(cfg.screening)
-    if cfg.private is not None:
-        handles["private"] = private_recognition.backend(cfg.private)
-    if cfg.compression is not None:
-        handles["compression"] = compression.backend(cfg.compression)
+    if cfg.privacy is not None:
+        handles["privacy"] = privacy.backend(cfg.privacy)
+    if cfg.regen is not None:
+        handles["regen"] = regen.backend(cfg.regen)
     if not handles:
         raise ValueError(f"the gateway config enables no method: give at least one of {', '.join(APPS)}")
     return Gateway.bind(cfg.model_dump(), **handles)

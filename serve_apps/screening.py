@@ -34,6 +34,7 @@ from ray import serve
 from docray.config import Config
 from docray.screening.library import Library, cut_target, write_lock
 from docray.screening.matching import Screener, ScreenConfig
+from docray.storage.registry import ModelRegistry, parse_ref, ref
 from serve_apps.http import ApiError
 from serve_apps.observe import record_batch, set_batching
 
@@ -158,19 +159,15 @@ def backend(cfg: ScreeningAppConfig) -> serve.Application:
 
 
 def pin_descriptor(source: str) -> str:
-    """`registry:NAME[:latest]` -> `registry:NAME:vNNNN`, its newest version (`ModelRegistry.pin`; a pinned
+    """`registry:NAME` -> `registry:NAME@vNNNN`, its newest version (`ModelRegistry.pin`; a pinned
     version is checked to exist); a folder or `build:...` as given."""
-    if not source.startswith("registry:"):
+    found = parse_ref(source)
+    if found is None:
         return source
-    from docray.storage.registry import ModelRegistry
-
-    name, _, version = source.split(":", 1)[1].partition(":")
-    version = ModelRegistry().pin(name, version or "latest")
-    return f"registry:{name}" + ("" if version == "latest" else f":{version}")
+    return ref(found[0], ModelRegistry().pin(*found))
 
 
 def _descriptor_version(source: str) -> str:
-    """The registry version of a `registry:NAME:VERSION` source; a folder or `build:...` names itself."""
-    if not source.startswith("registry:"):
-        return source
-    return source.split(":", 1)[1].partition(":")[2] or "latest"
+    """The registry version of a `registry:NAME@VERSION` source; a folder or `build:...` names itself."""
+    found = parse_ref(source)
+    return source if found is None else found[1]

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from docray.compression import layout
+from docray.regen import layout
 from docray.doctypes import doc_rect, draw_static, registry
 from docray.fonts import font
 

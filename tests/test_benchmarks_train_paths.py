@@ -42,12 +42,12 @@ def test_mask_run_same_rows_equal_steps(ray_cluster, tmp_path, capsys, monkeypat
     from benchmarks import train_paths
 
     monkeypatch.setenv("DOCRAY_HOME", str(tmp_path / "home"))
-    out = train_paths.main(["--set", "methods=[mask]", "cpus_per_worker=0.5", "mask.kinds=[masked]",
-                            "mask.n_identities=4", "mask.samples=10", "mask.epochs=2", "mask.batch_size=8",
-                            "mask.model=recognizer_tiny", "mask.image_size=32",
-                            "mask.mask_bank=6", f"out={tmp_path / 'bench'}"])
+    out = train_paths.main(["--set", "methods=[privacy]", "cpus_per_worker=0.5", "privacy.kinds=[masked]",
+                            "privacy.n_identities=4", "privacy.samples=10", "privacy.epochs=2", "privacy.batch_size=8",
+                            "privacy.model=recognizer_tiny", "privacy.image_size=32",
+                            "privacy.mask_bank=6", f"out={tmp_path / 'bench'}"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(out, default=str))
-    mask = out["methods"]["mask"]
+    mask = out["methods"]["privacy"]
     assert mask["same_rows"] and out["same_rows"]
     (speed,) = mask["throughput"]
     assert speed["steps_old"] == speed["steps_new"] == 2 * (4 * 8 // 8)  # 2 epochs of the 32 'train' rows

@@ -25,11 +25,13 @@ def _commands(group, prefix=()):
 def test_every_command_has_help(runner):
     paths = [()] + list(_commands(main))
     assert ("info",) in paths and ("synth",) in paths
-    for job in [("submit",), ("recognize", "pretrain"), ("recognize", "train"), ("recognize", "archive"),
-                ("recognize", "quickstart"), ("screen", "build"), ("screen", "rescan")]:  # the entry layer's
+    for job in [("submit",), ("models", "build"), ("recognition", "pretrain"), ("recognition", "train"),
+                ("recognition", "archive"), ("recognition", "quickstart"), ("screening", "train"), ("screening", "build"),
+                ("screening", "rescan"), ("privacy", "train"), ("privacy", "grid"), ("regen", "train"),
+                ("regen", "archive")]:  # the entry layer's
         assert job in paths, job
-    for lib in [("doctor",), ("recognize", "image"), ("screen", "query"), ("screen", "info"), ("data", "import"),
-                ("calibrate", "screening"), ("masks", "report"), ("api", "health")]:  # the library's
+    for lib in [("doctor",), ("recognition", "image"), ("screening", "query"), ("screening", "info"), ("data", "import"),
+                ("calibrate", "screening"), ("privacy", "report"), ("api", "health")]:  # the library's
         assert lib in paths, lib
     for path in paths:  # the job commands pass --help on to their module, whose help lists its config keys
         res = runner.invoke(main, [*path, "--help"])
@@ -74,9 +76,11 @@ def test_synth_bad_option_is_a_message(runner, tmp_path):
 
 def test_library_cli_stays_below_the_entry_layer():
     """The entry layer adds its job commands to copies of the library's groups, never to the library's own."""
-    from docray.recognition.cli import recognize
-    from docray.screening.cli import screen
+    from docray.privacy.cli import privacy
+    from docray.recognition.cli import recognition
+    from docray.screening.cli import screening
 
-    assert set(recognize.commands) == {"image"} and set(screen.commands) == {"query", "info"}
-    res = CliRunner().invoke(main, ["recognize", "--help"])
+    assert set(recognition.commands) == {"image"} and set(screening.commands) == {"query", "info"}
+    assert set(privacy.commands) == {"report", "tables", "sheet"}
+    res = CliRunner().invoke(main, ["recognition", "--help"])
     assert res.exit_code == 0 and "pretrain" in res.output and "image" in res.output

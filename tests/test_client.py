@@ -21,9 +21,9 @@ from PIL import Image
 
 from docray import api_cli
 from docray.client import AsyncDocrayClient, DocrayClient, DocrayError, raise_for_error
-from docray.compression.file_types import ThresholdError, load_file_types
+from docray.regen.file_types import ThresholdError, load_file_types
 from docray.imageio import decode_array, encode_jpeg, encode_png
-from docray.masking.masks import encode_mask
+from docray.privacy.masks import encode_mask
 from serve_apps.http import ApiError, make_api, read_image, require_role
 
 KEYS = {"ukey": "user", "akey": "admin"}

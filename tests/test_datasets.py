@@ -454,7 +454,7 @@ def test_docs_list_every_column_of_the_contract(kind):
         assert meaning, f.name
 
 
-@pytest.mark.parametrize("job", ["mae_pretrain", "unified_train", "train_regen", "train_descriptor", "train_mask_models"])
+@pytest.mark.parametrize("job", ["pretrain_recognition", "train_recognition", "train_regen", "train_screening", "train_privacy"])
 def test_every_trainer_help_lists_its_dataset_uris(job, capsys):
     """Every trainer's --help names `train`, `val` and `init_from` (the user's data and a start model)."""
     import importlib

@@ -116,7 +116,7 @@ def test_command_fits_the_code(where, command):
 
 def test_the_checks_catch_a_stale_command():
     with pytest.raises(Exception, match="epoch"):
-        check_python_module(["python", "-m", "train_jobs.mae_pretrain", "--set", "epoch=4"])
+        check_python_module(["python", "-m", "train_jobs.pretrain_recognition", "--set", "epoch=4"])
     with pytest.raises(ModuleNotFoundError):
         check_python_module(["python", "-m", "train_jobs.no_such_job"])
     with pytest.raises(AssertionError, match="no command"):

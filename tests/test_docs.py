@@ -192,9 +192,9 @@ def test_set_keys_are_config_fields():
 @pytest.mark.parametrize("command, keys, problems", [
     ("python -m data_jobs.synth_corpus --set n.documents=5 n.nonsense=1 seed=2 # n.also=3",
      ["n.documents", "n.nonsense", "seed"], [False, True, False]),
-    (".venv/bin/python -m data_jobs.mask_grid_eval --set funnel.top_k=3 runs=2 && ls --set x=1",
+    (".venv/bin/python -m data_jobs.privacy_grid --set funnel.top_k=3 runs=2 && ls --set x=1",
      ["funnel.top_k", "runs"], [False, False]),
-    ("RAY_ADDRESS=x ray job submit -- \\\n    python -m train_jobs.train_mask_models --set init_from.masked=r epoch=1",
+    ("RAY_ADDRESS=x ray job submit -- \\\n    python -m train_jobs.train_privacy --set init_from.masked=r epoch=1",
      ["init_from.masked", "epoch"], [False, True]),
 ])
 def test_the_set_check_catches_what_it_should(command, keys, problems):

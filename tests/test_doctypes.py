@@ -120,7 +120,7 @@ def test_a_bad_user_file_stops_the_registry(tmp_path, monkeypatch):
 
 
 def test_recognition_and_file_types_read_the_registry(cn_type, tmp_path):
-    from docray.compression.file_types import load_file_types
+    from docray.regen.file_types import load_file_types
     from docray.recognition.tasks import load_catalogue
 
     cat = load_catalogue()
@@ -157,9 +157,9 @@ def test_reader_vocabulary_comes_from_the_texts():
 
 
 def test_a_chinese_regen_model_saves_its_vocabulary_and_runs_the_pipeline(cn_type, tmp_path, monkeypatch):
-    from docray.compression import fields, layout
-    from docray.compression.file_types import load_file_types
-    from docray.compression.pipeline import RegenCompressor
+    from docray.regen import fields, layout
+    from docray.regen.file_types import load_file_types
+    from docray.regen.pipeline import RegenCompressor
     from docray.models import build_model, from_pretrained, save_pretrained
     from docray.models.regen import CharTokenizer
     from docray.synth import generate

@@ -11,7 +11,7 @@ A second, smaller phase sends pictures that are odd but valid (CMYK, 16-bit, pal
 an animated GIF, an EXIF-rotated photo, the smallest side allowed). These have a documented 200:
 uploads are decoded as a viewer shows them (docs/serving.md): the EXIF orientation is applied, an
 animated picture is its first frame, transparency lies over white, 16-bit is scaled to 8 bits,
-CMYK is converted. A method may still refuse one with its own documented 4xx (compression's first
+CMYK is converted. A method may still refuse one with its own documented 4xx (regen's first
 threshold, a flat target without tiles). What they store is counted exactly.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import yaml
 from PIL import Image
 
 from docray.imageio import ImageDecodeError, decode_image
-from tests.test_compression_models import TINY_LIB
+from tests.test_regen_models import TINY_LIB
 
 DESC = "build:descriptor_tiny"
 USER, ADMIN = "fuzz-user", "fuzz-admin"
@@ -177,10 +177,10 @@ def _library(root: Path) -> Path:
     return root
 
 
-def _private(root: Path) -> dict:
+def _privacy(root: Path) -> dict:
     import torch
 
-    from docray.masking.masks import synthetic_masks
+    from docray.privacy.masks import synthetic_masks
     from docray.models import build_model, save_pretrained
 
     torch.manual_seed(0)
@@ -207,23 +207,23 @@ def _recognition(root: Path) -> dict:
 
 def compose(args: dict, env: dict):
     """`build_app(args)` with every deployment at 0.1 CPU (nine replicas on a 2-CPU test Ray)."""
-    from serve_apps import compression as comp
+    from serve_apps import regen
     from serve_apps import screening as scr
     from serve_apps.gateway import Gateway, GatewayConfig
-    from serve_apps.private_recognition import PrivateRecognition
+    from serve_apps.privacy import Privacy
     from serve_apps.recognition import Recognizer
 
     cfg = GatewayConfig.model_validate(args)
     small = {"ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 32}
-    c = cfg.compression.model_dump()
+    c = cfg.regen.model_dump()
     handles = dict(
         recognition=Recognizer.options(**small).bind(cfg.recognition.model_dump()),
         screening=scr.Screening.options(**small).bind(scr.Descriptor.options(**small).bind(DESC, 8, 0.01),
                                                       cfg.screening.model_dump()),
-        private=PrivateRecognition.options(**small).bind(cfg.private.model_dump()),
-        compression=comp.Compression.options(**small).bind(comp.TypeModel.options(**small).bind(c),
-                                                           comp.ContentModel.options(**small).bind(c),
-                                                           comp.Generator.options(**small).bind(c), c))
+        privacy=Privacy.options(**small).bind(cfg.privacy.model_dump()),
+        regen=regen.Regen.options(**small).bind(regen.TypeModel.options(**small).bind(c),
+                                               regen.ContentModel.options(**small).bind(c),
+                                               regen.Generator.options(**small).bind(c), c))
     return Gateway.options(ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": env}}).bind(cfg.model_dump(), **handles)
 
 
@@ -245,12 +245,12 @@ def app(serve_port, tmp_path_factory):
     from tests.test_gateway import deployments
 
     root = tmp_path_factory.mktemp("fuzz")
-    lib = dict(TINY_LIB, first=dict(TINY_LIB["first"], bytes=3000))  # small originals pass compression's first threshold
+    lib = dict(TINY_LIB, first=dict(TINY_LIB["first"], bytes=3000))  # small originals pass regen's first threshold
     (root / "file_types.yaml").write_text(yaml.safe_dump(lib))
-    args = {"recognition": _recognition(root), "private": _private(root),
+    args = {"recognition": _recognition(root), "privacy": _privacy(root),
             "screening": {"library": str(_library(root / "library")), "descriptor": DESC, "reload_interval_s": 0,
                           "screen": {"text_finder": "none", "learn": False}},
-            "compression": {"untrained": "regen_tiny", "file_types": str(root / "file_types.yaml"), "steps": 1,
+            "regen": {"untrained": "regen_tiny", "file_types": str(root / "file_types.yaml"), "steps": 1,
                             "repository_url": f"sqlite:///{root}/repo.db", "blob_root": str(root / "blobs"), "ungated": True},
             "max_request_bytes": MAX_REQUEST}
     app = compose(args, {"DOCRAY_API_KEYS": f"{USER}=user,{ADMIN}=admin"})
@@ -535,13 +535,13 @@ def stored(app: App) -> dict:
     from docray.screening.library import Library
     from docray.storage.repository import ImageRepository
 
-    root = Path(app.args["compression"]["blob_root"])
-    with ImageRepository(app.args["compression"]["repository_url"], str(root)) as repo:
+    root = Path(app.args["regen"]["blob_root"])
+    with ImageRepository(app.args["regen"]["repository_url"], str(root)) as repo:
         records = repo.count()
     lib = Path(app.args["screening"]["library"])
     return {"records": records, "blobs": sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0,
             "library_version": Library.current_version(lib), "library_files": sum(1 for p in lib.rglob("*") if p.is_file()),
-            "file_types": Path(app.args["compression"]["file_types"]).read_bytes()}
+            "file_types": Path(app.args["regen"]["file_types"]).read_bytes()}
 
 
 # -- the tests ---------------------------------------------------------------------------------------
@@ -617,7 +617,7 @@ def test_odd_but_valid_pictures_get_the_documented_answer(app):
     answers, compress_ok, targets_ok, failures = Counter(), 0, 0, []
     with httpx.Client(timeout=120, headers=AS_ADMIN) as c:
         for i, (name, data) in enumerate(odd_images(min_side).items()):
-            small = str(min_side) in name  # the smallest and the thin picture: compression's first threshold refuses them
+            small = str(min_side) in name  # the smallest and the thin picture: regen's first threshold refuses them
             shown = None if small else (128, 96)
             reqs = [("/v1/recognize", [("image", ("p", data, "image/png"))], {"tasks": '["layout_segmentation"]'}, {200}),
                     ("/v1/screen", [("pictures", ("p", data, "image/png"))], {"release_time": "2024-05-01"}, {200}),

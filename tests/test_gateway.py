@@ -49,8 +49,8 @@ def test_small_host_fits_two_cores_and_gpu_config_is_in_step():
     assert sum(d["ray_actor_options"]["num_cpus"] for d in cpu["deployments"]) <= 1.2  # leaves CPU for autoscaling
     assert cpu["args"] == gpu["args"] and [d["name"] for d in cpu["deployments"]] == [d["name"] for d in gpu["deployments"]]
     gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in gpu["deployments"]}
-    assert gpus["Gateway"] == 0 and gpus["Compression"] == 0 and gpus["Screening"] == 0  # HTTP and glue: CPU only
-    assert all(0 < gpus[n] < 1 for n in ("Recognizer", "Descriptor", "PrivateRecognition", "Generator"))
+    assert gpus["Gateway"] == 0 and gpus["Regen"] == 0 and gpus["Screening"] == 0  # HTTP and glue: CPU only
+    assert all(0 < gpus[n] < 1 for n in ("Recognizer", "Descriptor", "Privacy", "Generator"))
 
 
 def test_gateway_config_errors_are_clear():
@@ -60,11 +60,11 @@ def test_gateway_config_errors_are_clear():
         GatewayConfig.model_validate({"recogniton": {}})
     with pytest.raises(ValueError, match="nope"):
         build_app({"recognition": {"nope": 1}})
-    assert set(deployments(build_app({"private": "{}"}))) == {"Gateway", "PrivateRecognition"}  # `serve run` strings
+    assert set(deployments(build_app({"privacy": "{}"}))) == {"Gateway", "Privacy"}  # `serve run` strings
 
 
-SINGLE = {"recognition": {"Recognizer"}, "screening": {"Screening", "Descriptor"}, "private": {"PrivateRecognition"},
-          "compression": {"Compression", "TypeModel", "ContentModel", "Generator"}}
+SINGLE = {"recognition": {"Recognizer"}, "screening": {"Screening", "Descriptor"}, "privacy": {"Privacy"},
+          "regen": {"Regen", "TypeModel", "ContentModel", "Generator"}}
 
 
 @pytest.mark.parametrize("method", sorted(SINGLE))

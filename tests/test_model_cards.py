@@ -88,23 +88,23 @@ def test_git_commit_and_the_jobs_runtime_env(tmp_path, monkeypatch):
 
 
 def test_a_trainers_registered_version_carries_its_card(home, tmp_path, monkeypatch):
-    """train_descriptor's registration (the path every trainer takes: `model_card` then `save(card=)`)."""
+    """train_screening's registration (the path every trainer takes: `model_card` then `save(card=)`)."""
     import time
 
     from PIL import Image
 
-    from train_jobs.train_descriptor import DescriptorTrainConfig, save_descriptor
+    from train_jobs.train_screening import ScreeningTrainConfig, save_descriptor
 
     monkeypatch.setenv("DOCRAY_COMMIT", "0123abc-dirty")
     train, val = _parquet(tmp_path / "train", rows=4), _parquet(tmp_path / "val", rows=2, n_files=1)
-    cfg = DescriptorTrainConfig(model="descriptor_tiny", train=str(train), val=str(val), background_pictures=1,
+    cfg = ScreeningTrainConfig(model="descriptor_tiny", train=str(train), val=str(val), background_pictures=1,
                                 background_distractors=1, to_registry=True, num_workers=1)
     model = build_model("descriptor_tiny")
     res = save_descriptor(model, model.docray_spec, {"val_top1": 0.75, "loss": 1.5}, cfg, str(tmp_path / "run"),
                           [Image.new("RGB", (96, 96), "gray")], started=time.time() - 5,
                           data={"train": str(train), "val": str(val), "background": ""})
     card = ModelRegistry().card("descriptor", res["registry_version"])
-    assert card["commit"] == "0123abc-dirty" and card["job"] == "train_jobs.train_descriptor"
+    assert card["commit"] == "0123abc-dirty" and card["job"] == "train_jobs.train_screening"
     assert card["job_config"]["train"] == str(train) and card["job_config"]["model"] == "descriptor_tiny"
     assert set(card["datasets"]) == {"train", "val"} and card["datasets"]["train"]["rows"] == 8
     assert card["hardware"]["num_workers"] == 1 and card["hardware"]["gpu"] is None
@@ -170,28 +170,29 @@ def test_recognition_loads_the_pinned_version_and_names_it(home):
 
 
 def test_other_apps_pin_and_name_their_versions(home, tmp_path):
-    from serve_apps import compression, private_recognition, screening
+    from serve_apps import privacy, regen, screening
 
     reg = ModelRegistry()
     for name in ("mask_recognizer_masked", "descriptor", "regen"):
         for seed in (0, 1):
             reg.save(name, {"w": torch.full((1,), float(seed))}, {"name": "x"})
-    cfg = private_recognition.PrivateRecognitionConfig()
-    assert private_recognition.pinned(cfg).masked == "registry:mask_recognizer_masked@v0002"
-    pinned = private_recognition.pinned(cfg.model_copy(update={"masked": "registry:mask_recognizer_masked@v0001"}))
-    assert private_recognition.models_of(pinned) == {"mask_recognizer_masked": "v0001"}
-    assert private_recognition.models_of(cfg.model_copy(update={"masked": "/m"})) == {"mask_recognizer_masked": "/m"}
+    cfg = privacy.PrivacyAppConfig()
+    assert privacy.pinned(cfg).masked == "registry:mask_recognizer_masked@v0002"
+    pinned = privacy.pinned(cfg.model_copy(update={"masked": "registry:mask_recognizer_masked@v0001"}))
+    assert privacy.models_of(pinned) == {"mask_recognizer_masked": "v0001"}
+    assert privacy.models_of(cfg.model_copy(update={"masked": "/m"})) == {"mask_recognizer_masked": "/m"}
 
-    assert screening.pin_descriptor("registry:descriptor") == "registry:descriptor:v0002"
-    assert screening.pin_descriptor("registry:descriptor:v0001") == "registry:descriptor:v0001"
+    assert screening.pin_descriptor("registry:descriptor") == "registry:descriptor@v0002"
+    assert screening.pin_descriptor("registry:descriptor@v0001") == "registry:descriptor@v0001"
+    assert screening.pin_descriptor("registry:descriptor:v0001") == "registry:descriptor@v0001"  # older libraries' spelling
     assert screening.pin_descriptor("build:descriptor_tiny") == "build:descriptor_tiny"
     with pytest.raises(NotFound):
-        screening.pin_descriptor("registry:descriptor:v0003")
+        screening.pin_descriptor("registry:descriptor@v0003")
 
-    c = compression.CompressionAppConfig()
-    assert compression.models_of(compression.pinned(c)) == {"regen": "v0002"}
-    assert compression.models_of(compression.pinned(c.model_copy(update={"version": "v0001"}))) == {"regen": "v0001"}
-    assert compression.models_of(c.model_copy(update={"untrained": "regen_tiny"})) == {"regen": "untrained:regen_tiny"}
+    c = regen.RegenAppConfig()
+    assert regen.models_of(regen.pinned(c)) == {"regen": "v0002"}
+    assert regen.models_of(regen.pinned(c.model_copy(update={"version": "v0001"}))) == {"regen": "v0001"}
+    assert regen.models_of(c.model_copy(update={"untrained": "regen_tiny"})) == {"regen": "untrained:regen_tiny"}
     args = [d._bound_deployment.init_args[-1] for d in
-            [compression.backend(c), *compression.backend(c)._bound_deployment.init_args[:3]]]
+            [regen.backend(c), *regen.backend(c)._bound_deployment.init_args[:3]]]
     assert {a["version"] for a in args} == {"v0002"}  # the four deployments load one version

@@ -16,7 +16,7 @@ from docray.storage.registry import ModelRegistry
 @pytest.mark.parametrize("name", ["quick", "standard"])
 def test_shipped_profiles_are_valid(name):
     profile = mb.load_profile(name)  # every step's --set keys checked against its job's config
-    assert [s.name for s in profile.steps][:2] == ["mae_pretrain", "unified_train"]
+    assert [s.name for s in profile.steps][:2] == ["pretrain_recognition", "train_recognition"]
     produced = {n for s in profile.steps for n in s.produces}
     assert {"recognition-encoder", "recognition-unified", "descriptor", "regen", "mask_recognizer_masked"} <= produced
 
@@ -27,9 +27,9 @@ def _profile(tmp_path, steps) -> str:
     return str(path)
 
 
-A = {"name": "a", "module": "train_jobs.mae_pretrain", "set": ["epochs=1"], "produces": ["enc"]}
-B = {"name": "b", "module": "train_jobs.unified_train", "set": ["epochs=1"], "needs": ["a"], "produces": ["uni"]}
-C = {"name": "c", "module": "data_jobs.mask_grid_eval", "set": ["runs=1"]}
+A = {"name": "a", "module": "train_jobs.pretrain_recognition", "set": ["epochs=1"], "produces": ["enc"]}
+B = {"name": "b", "module": "train_jobs.train_recognition", "set": ["epochs=1"], "needs": ["a"], "produces": ["uni"]}
+C = {"name": "c", "module": "data_jobs.privacy_grid", "set": ["runs=1"]}
 
 
 def test_bad_profiles_are_refused_before_any_job(tmp_path):
@@ -94,13 +94,19 @@ def test_build_resumes_forces_and_stops_dependants(tmp_path, jobs):
     (tmp_path / "home" / "models" / "uni" / "v0002" / "config.json").unlink()
     mb.build(path, address="http://unused")
     assert ran == ["b"]
+    ran.clear()  # --only: the step asked for, and what it needs when that is not done
+    (tmp_path / "home" / "builds" / "p" / "a.json").unlink()
+    rows = mb.build(path, address="http://unused", only=("b",))
+    assert ran == ["a"] and [(r["step"], r["status"]) for r in rows] == [("a", "built"), ("b", "skipped")]
+    rows = mb.build(path, address="http://unused", only=("c",), force=("c",))
+    assert ran == ["a", "c"] and [(r["step"], r["status"]) for r in rows] == [("c", "built")]
 
 
 def test_cli_dry_run_and_errors(tmp_path, home):
     runner = CliRunner()
     res = runner.invoke(main, ["models", "build", "--profile", "quick", "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "[1/7] mae_pretrain" in res.output and "7 to run" in res.output
+    assert "[1/7] pretrain_recognition" in res.output and "7 to run" in res.output
     res = runner.invoke(main, ["models", "build", "--profile", "nope"])
     assert res.exit_code != 0 and "no profile 'nope'" in res.output and "quick" in res.output
     res = runner.invoke(main, ["models", "build", "--profile", _profile(tmp_path, [A]), "--force", "zz", "--dry-run"])
@@ -109,11 +115,11 @@ def test_cli_dry_run_and_errors(tmp_path, home):
 
 def test_a_library_names_the_descriptor_version_it_was_built_with(home):
     """A library's vectors must come from one model: its manifest pins the version that was latest."""
-    from data_jobs.build_cutout_library import pinned
-    from docray.screening.embed import _registry_ref
+    from data_jobs.screening_library import pinned
+    from docray.storage.registry import parse_ref
 
     ModelRegistry().save("descriptor", {"w": torch.zeros(1)}, {"name": "x"})
     ModelRegistry().save("descriptor", {"w": torch.zeros(1)}, {"name": "x"})
-    assert pinned("registry:descriptor") == "registry:descriptor:v0002"
-    assert _registry_ref(pinned("registry:descriptor")) == ("descriptor", "v0002")  # what loading reads
-    assert pinned("registry:descriptor:v0001") == "registry:descriptor:v0001" and pinned("/a/folder") == "/a/folder"
+    assert pinned("registry:descriptor") == "registry:descriptor@v0002"
+    assert parse_ref(pinned("registry:descriptor")) == ("descriptor", "v0002")  # what loading reads
+    assert pinned("registry:descriptor@v0001") == "registry:descriptor@v0001" and pinned("/a/folder") == "/a/folder"

@@ -41,18 +41,18 @@ def test_the_imported_datasets_validate_for_their_methods(own):
 
 def test_every_method_trains_one_short_epoch_on_it(ray_cluster, own, tmp_path):
     from docray.storage.datasets import read_table
-    from train_jobs import mae_pretrain, train_descriptor, train_mask_models, train_regen, unified_train
+    from train_jobs import pretrain_recognition, train_screening, train_privacy, train_regen, train_recognition
 
     docs = {"train": str(own / "documents" / "train"), "val": str(own / "documents" / "val")}
     names = read_table(docs["train"], columns=["doc_type_name"]).column("doc_type_name").to_pylist()
     assert "cn_resident_card" in names and len(set(names)) == len(TYPES)
     common = ["num_workers=1", "cpus_per_worker=1", "epochs=1"]
 
-    mae = mae_pretrain.main(["--set", f"train={docs['train']}", f"val={docs['val']}", "model=vit_mae_tiny", "image_size=32",
+    mae = pretrain_recognition.main(["--set", f"train={docs['train']}", f"val={docs['val']}", "model=vit_mae_tiny", "image_size=32",
                              "batch_size=8", "register_as=", f"out={tmp_path / 'mae'}", *common])
     assert mae["epochs"] == 1 and mae["loss"] > 0
 
-    uni = unified_train.main(["--set", f"train={docs['train']}", f"val={docs['val']}", "model=unified_tiny",
+    uni = train_recognition.main(["--set", f"train={docs['train']}", f"val={docs['val']}", "model=unified_tiny",
                               "encoder_from=", "text_encoder=hash", "tasks=[doc_type,layout_detection]", "batch_size=8", "register_as=",
                               f"out={tmp_path / 'unified'}", *common])
     assert 0 <= uni["val/doc_type"] <= 1 and 0 <= uni["val/layout_detection"] <= 1
@@ -66,13 +66,13 @@ def test_every_method_trains_one_short_epoch_on_it(ray_cluster, own, tmp_path):
     reader = from_pretrained(regen["model_dir"]).tokenizer
     assert "姓" not in reader.chars and any("\u4e00" <= ch <= "\u9fff" for ch in reader.chars)  # values' characters
 
-    desc = train_descriptor.run(train_descriptor.DescriptorTrainConfig(
+    desc = train_screening.run(train_screening.ScreeningTrainConfig(
         model="descriptor_tiny", train=str(own / "targets" / "train"), val=str(own / "targets" / "val"),
         background=str(own / "targets" / "val"), epochs=1, batch_size=32, background_distractors=8,
         to_registry=False, num_workers=1, out=str(tmp_path / "descriptor")))
     assert 0 <= desc["metrics"]["val_top1"] <= 1
 
-    masks = train_mask_models.run(train_mask_models.MaskModelsConfig(
+    masks = train_privacy.run(train_privacy.PrivacyTrainConfig(
         train=str(own / "faces" / "train"), val=str(own / "faces" / "val"), masks=str(own / "masks"),
         recognizer="recognizer_tiny", inpainter="inpaint_unet_tiny", image_size=32, epochs=1, inpaint_epochs=1,
         batch_size=8, num_workers=1, out=str(tmp_path / "masks")))

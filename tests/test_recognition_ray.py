@@ -22,12 +22,12 @@ def trained(ray_cluster, tmp_path_factory):
     """A registered tiny encoder -> unified training on 2 workers that fails after epoch 0 and
     resumes from its checkpoint -> a registered unified model (used by Serve and Data below)."""
     from docray.models import build_model
-    from train_jobs import mae_pretrain, unified_train
+    from train_jobs import pretrain_recognition, train_recognition
 
     out = tmp_path_factory.mktemp("runs")
-    mcfg = mae_pretrain.MAEPretrainConfig(model="vit_mae_tiny", register_as="test-encoder")
-    mae_pretrain.register_encoder(mcfg, build_model("vit_mae_tiny").state_dict(), {"loss": 1.0})
-    uni = unified_train.main(["--set", *TINY, "epochs=2", "num_workers=2", "cpus_per_worker=0.5", "fail_at_epoch=0",
+    mcfg = pretrain_recognition.RecognitionPretrainConfig(model="vit_mae_tiny", register_as="test-encoder")
+    pretrain_recognition.register_encoder(mcfg, build_model("vit_mae_tiny").state_dict(), {"loss": 1.0})
+    uni = train_recognition.main(["--set", *TINY, "epochs=2", "num_workers=2", "cpus_per_worker=0.5", "fail_at_epoch=0",
                               "encoder_from=test-encoder", "register_as=test-unified", f"out={out / 'uni'}"])
     return uni, out
 
@@ -35,9 +35,9 @@ def trained(ray_cluster, tmp_path_factory):
 @pytest.mark.slow
 def test_mae_pretrain_job_registers_encoder_and_writes_grids(ray_cluster, tmp_path):
     from docray.storage.registry import ModelRegistry
-    from train_jobs import mae_pretrain
+    from train_jobs import pretrain_recognition
 
-    mae = mae_pretrain.main(["--set", "model=vit_mae_tiny", "n_train=32", "n_val=8", "epochs=2", "batch_size=8", "num_workers=2",
+    mae = pretrain_recognition.main(["--set", "model=vit_mae_tiny", "n_train=32", "n_val=8", "epochs=2", "batch_size=8", "num_workers=2",
                              "cpus_per_worker=0.5", "fail_at_epoch=0", "register_as=test-encoder-job",
                              f"out={tmp_path / 'mae'}"])
     assert mae["registered"].startswith("test-encoder-job/v") and mae["resumed_at_epoch"] == 1
@@ -62,7 +62,7 @@ def test_two_worker_training_resumed_from_checkpoint(trained):
     from docray.storage.registry import ModelRegistry
 
     card = ModelRegistry().card("test-unified", uni["registered"].split("/")[1])  # its model card
-    assert card["job"] == "train_jobs.unified_train" and card["commit"] and card["wall_time_s"] > 0
+    assert card["job"] == "train_jobs.train_recognition" and card["commit"] and card["wall_time_s"] > 0
     assert card["datasets"]["train"]["uri"] == uni["train"] and card["datasets"]["val"]["rows"] > 0
     assert card["hardware"]["num_workers"] == 2 and card["job_config"]["epochs"] == 2
     assert card["key_metric"] == "val/doc_type" and card["metrics"]["val/doc_type"] == uni["val/doc_type"]
@@ -110,7 +110,7 @@ def test_serve_recognize(trained, serve_port):
 
 
 def test_recognize_archive_job(trained, tmp_path):
-    from data_jobs.recognize_archive import RecognizeArchiveConfig, run
+    from data_jobs.recognition_archive import RecognizeArchiveConfig, run
 
     rows = documents_table(20, seed=0).slice(0, 6)
     src = tmp_path / "archive"

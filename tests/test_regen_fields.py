@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from docray.compression import fields, layout, provenance as P
-from docray.compression.file_types import Threshold, load_file_types
-from docray.compression.pipeline import RegenCompressor
-from docray.compression.quality import compress_to_threshold
+from docray.regen import fields, layout, provenance as P
+from docray.regen.file_types import Threshold, load_file_types
+from docray.regen.pipeline import RegenCompressor
+from docray.regen.quality import compress_to_threshold
 from docray.models import build_model
 from docray.synth import generate
-from tests.test_compression_models import TINY_LIB
+from tests.test_regen_models import TINY_LIB
 
 
 @pytest.fixture(scope="module")

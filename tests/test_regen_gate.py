@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from docray.compression import gate as G, provenance as P
-from docray.compression.file_types import load_file_types
-from docray.compression.nondocs import FAMILIES, non_document, non_documents
-from docray.compression.pipeline import UNCALIBRATED, RegenCompressor
-from docray.compression.provenance import read_provenance
+from docray.regen import gate as G, provenance as P
+from docray.regen.file_types import load_file_types
+from docray.regen.nondocs import FAMILIES, non_document, non_documents
+from docray.regen.pipeline import UNCALIBRATED, RegenCompressor
+from docray.regen.provenance import read_provenance
 from docray.models import build_model, save_pretrained
-from tests.test_compression_models import TINY_LIB
+from tests.test_regen_models import TINY_LIB
 
 SIZE = (256, 160)  # captures; the tiny models' first threshold is 96x64
 LIB = {**TINY_LIB, "default": {"base": 70, "format": "webp", "second": {"width": 96, "height": 64, "bytes": 2000}}}
@@ -39,8 +39,8 @@ def png(img: Image.Image) -> bytes:
 def rc():
     """regen_tiny whose type model trained 300 steps on 200 documents (~15 s), calibrated on rows
     200000.. and 250 calibration-split non-documents (the reader is untrained: no field is trusted)."""
-    from docray.compression import layout
-    from docray.compression.data import content_input
+    from docray.regen import layout
+    from docray.regen.data import content_input
 
     torch.manual_seed(0)
     model = build_model("regen_tiny")

@@ -13,17 +13,17 @@ import torch
 from PIL import Image
 
 from docray.client import compress_on_terminal
-from docray.compression import fields, layout
-from docray.compression.file_types import ThresholdError, load_file_types
-from docray.compression.pipeline import RegenCompressor, UploadRefused
-from docray.compression.provenance import read_provenance
-from docray.compression.quality import encode, fit_first
+from docray.regen import fields, layout
+from docray.regen.file_types import ThresholdError, load_file_types
+from docray.regen.pipeline import RegenCompressor, UploadRefused
+from docray.regen.provenance import read_provenance
+from docray.regen.quality import encode, fit_first
 from docray.imageio import encode_png, sniff_format
 from docray.models import build_model
 from docray.storage.blobs import NotFound
 from docray.storage.repository import AccessDenied, ImageRepository
 from docray.synth import generate
-from tests.test_compression_models import TINY_LIB
+from tests.test_regen_models import TINY_LIB
 
 
 @pytest.fixture(scope="module")

@@ -99,16 +99,18 @@ def test_filtered_search_returns_only_matching_candidates(threshold, kind):
     v = unit(n, 32)
     times, cuts = rng.integers(0, 50, n), rng.integers(0, 8, n)
     idx = TileIndex(32, ann_threshold=threshold, nprobe=8, exact_below=100, kind=kind)
-    idx.add(v[:1000], times[:1000], cuts[:1000])
-    idx.add(v[1000:], times[1000:], cuts[1000:])  # add without rebuild (or the one ANN switch)
+    id_of = np.concatenate([idx.add(v[:1000], times[:1000], cuts[:1000]),
+                            idx.add(v[1000:], times[1000:], cuts[1000:])])  # add without rebuild (or the one ANN switch)
     assert idx.current_kind == ("flat" if threshold > n else kind) and idx.ntotal == n
+    assert sorted(id_of) == list(range(n))  # each row has its own id
     for f in (AttrFilter(cuts=frozenset({3})), AttrFilter(t_lo=10, t_hi=30), AttrFilter(t_lo=7, t_hi=7, cuts=frozenset({2}))):
         sims, ids = idx.search(v[:20], 10, f)
-        allowed = mask(f, times, cuts)
+        allowed = np.zeros(n, bool)
+        allowed[id_of[mask(f, times, cuts)]] = True  # the filter on the input rows, in ids
         got = ids[ids >= 0]
         assert len(got) and allowed[got].all()
     sims, ids = idx.search(v[:5], 3)
-    assert list(ids[:, 0]) == [0, 1, 2, 3, 4] and np.allclose(sims[:, 0], 1, atol=1e-4)
+    assert list(ids[:, 0]) == list(id_of[:5]) and np.allclose(sims[:, 0], 1, atol=1e-4)
     sims, ids = idx.search(v[:2], 3, AttrFilter(t_lo=999, t_hi=999))
     assert (ids == -1).all() and np.isneginf(sims).all()
 
@@ -256,9 +258,9 @@ def test_save_descriptor_writes_model_and_background_bank(tmp_path):
     from docray.models import build_model
     from docray.screening.data import raw_tiles
     from docray.screening.embed import Embedder
-    from train_jobs.train_descriptor import DescriptorTrainConfig, save_descriptor
+    from train_jobs.train_screening import ScreeningTrainConfig, save_descriptor
 
-    cfg = DescriptorTrainConfig(model="descriptor_tiny", background_pictures=3, background_distractors=5, to_registry=True)
+    cfg = ScreeningTrainConfig(model="descriptor_tiny", background_pictures=3, background_distractors=5, to_registry=True)
     model = build_model("descriptor_tiny")
     pictures = [poster(i) for i in range(6)]
     res = save_descriptor(model, model.docray_spec, {"val_top1": 0.5}, cfg, str(tmp_path / "run"), pictures)
@@ -309,7 +311,7 @@ def test_descriptor_tiny_shapes_norm_and_roundtrip(tmp_path):
     import torch
 
     from docray.models import build_model, from_pretrained, save_pretrained
-    from train_jobs.train_descriptor import info_nce, koleo
+    from train_jobs.train_screening import info_nce, koleo
 
     torch.manual_seed(0)
     m = build_model("descriptor_tiny").eval()

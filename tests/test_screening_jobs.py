@@ -24,7 +24,7 @@ def png_bytes(img) -> bytes:
 
 @pytest.fixture(scope="module")
 def library(ray_cluster, tmp_path_factory):
-    from data_jobs.build_cutout_library import BuildConfig, run
+    from data_jobs.screening_library import BuildConfig, run
 
     root = tmp_path_factory.mktemp("screen") / "lib"
     first = run(BuildConfig(root=str(root), descriptor=DESC, synth_n=12, templates=["2x2", "1x3"], batch_size=4))
@@ -64,7 +64,7 @@ def archive(lib_root, folder, n_docs=6):
 
 
 def test_archive_rescan_reports_and_resumes(library, tmp_path):
-    from data_jobs.archive_rescan import RescanConfig, run
+    from data_jobs.screening_archive import RescanConfig, run
 
     src = archive(library, tmp_path / "archive")
     cfg = RescanConfig(input=str(src), out=str(tmp_path / "report"), library=str(library), screen=EXACT)

@@ -23,14 +23,14 @@ def trained(ray_cluster, cn_type, tmp_path_factory):
     from scratch on it (lr 5e-4: from scratch, 1e-3 stalls at chance; ~0.9 val accuracy after 24
     epochs), and a tiny regen model trained one epoch."""
     from docray.cli import main
-    from train_jobs import train_regen, unified_train
+    from train_jobs import train_regen, train_recognition
 
     src, out = tmp_path_factory.mktemp("seventh-src"), tmp_path_factory.mktemp("seventh")
     own_world.write_documents(src, TYPES, per_type=60, seed=1)
     res = CliRunner().invoke(main, ["data", "import", "documents", str(src), str(out / "docs"), "--split"])
     assert res.exit_code == 0, res.output
     train, val = str(out / "docs" / "train"), str(out / "docs" / "val")
-    uni = unified_train.main(["--set", f"train={train}", f"val={val}", "model=unified_small", "encoder_from=",
+    uni = train_recognition.main(["--set", f"train={train}", f"val={val}", "model=unified_small", "encoder_from=",
                               "text_encoder=hash", "tasks=[doc_type]", "epochs=24", "batch_size=8", "lr=0.0005",
                               "register_as=test-seventh", f"out={out / 'unified'}"])
     regen = train_regen.run(train_regen.RegenTrainConfig(
@@ -64,7 +64,7 @@ def test_served_recognize_names_it_and_compress_takes_it(trained, serve_port, tm
     import httpx
     from ray import serve
 
-    from serve_apps import compression
+    from serve_apps import regen as regen_app
     from serve_apps.gateway import build_app
 
     _, regen, _ = trained
@@ -73,7 +73,7 @@ def test_served_recognize_names_it_and_compress_takes_it(trained, serve_port, tm
     lib.write_text(yaml.safe_dump({"first": {"width": 96, "height": 64, "bytes": 8000}, "default": entry,
                                    "types": {t: entry for t in TYPES}}))
     cfg = {"recognition": {"model": "test-seventh", "select": "doc_type"},
-           "compression": compression.CompressionAppConfig(
+           "regen": regen_app.RegenAppConfig(
                model_dir=regen["model_dir"], file_types=str(lib), repository_url=f"sqlite:///{tmp_path}/r.db", blob_root=str(tmp_path / "blobs"),
                steps=1).model_dump()}
     serve.run(build_app(cfg), name="seventh", route_prefix="/seventh")

@@ -328,3 +328,15 @@ def test_read_image_folder(tmp_path):
 
     _, skipped = datasets.read_image_folder(str(tmp_path), max_bytes=50)
     assert len(skipped) == 4  # every image is over 50 bytes
+
+
+def test_registry_references_read_one_way():
+    from docray.storage.registry import parse_ref, ref
+
+    assert parse_ref("registry:descriptor") == ("descriptor", "latest")
+    assert parse_ref("registry:descriptor@v0002") == parse_ref("registry:descriptor:v0002") == ("descriptor", "v0002")
+    assert parse_ref("/models/descriptor") is None and parse_ref("build:descriptor_tiny") is None and parse_ref(None) is None
+    assert ref("regen") == "registry:regen" and ref("regen", "v0003") == "registry:regen@v0003"
+    assert parse_ref(ref("mask_recognizer_masked", "v0001")) == ("mask_recognizer_masked", "v0001")
+    with pytest.raises(ValueError, match="model name"):
+        parse_ref("registry:../etc@v0001")

@@ -1,4 +1,4 @@
-"""mae_pretrain and unified_train read documents through Ray Data: datasets by URI, 2 workers, no
+"""pretrain_recognition and train_recognition read documents through Ray Data: datasets by URI, 2 workers, no
 generator in a worker, rows with missing labels, a killed worker that resumes from its checkpoint."""
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_check_labels_names_what_a_dataset_lacks(ray_cluster, docs):
         check_labels(ray.data.from_arrow(odd), subset(cat, ["doc_type"]), require=False)
 
 
-@pytest.mark.parametrize("job", ["mae_pretrain", "unified_train"])
+@pytest.mark.parametrize("job", ["pretrain_recognition", "train_recognition"])
 def test_help_lists_the_datasets(job, capsys):
     import importlib
 
@@ -126,11 +126,11 @@ def test_help_lists_the_datasets(job, capsys):
 
 
 def test_only_train_or_only_val_is_an_error(ray_cluster, docs):
-    from train_jobs.mae_pretrain import MAEPretrainConfig, documents_datasets
+    from train_jobs.pretrain_recognition import RecognitionPretrainConfig, documents_datasets
 
     with pytest.raises(ValueError, match="both train= and val="):
-        documents_datasets(MAEPretrainConfig(train=str(docs / "train")), ["image"], ("image",))
-    c = MAEPretrainConfig(train=str(docs / "train"), val=str(docs / "val"))
+        documents_datasets(RecognitionPretrainConfig(train=str(docs / "train")), ["image"], ("image",))
+    c = RecognitionPretrainConfig(train=str(docs / "train"), val=str(docs / "val"))
     with pytest.raises(ValueError, match=r"train dataset .*missing column\(s\) \['portrait'\]"):
         documents_datasets(c, ["image"], ("image", "portrait"))
 
@@ -145,13 +145,13 @@ def test_mae_pretrain_killed_worker_resumes_from_its_checkpoint(ray_cluster, doc
 
     from docray.models import build_model
     from docray.storage.registry import ModelRegistry
-    from train_jobs import mae_pretrain
+    from train_jobs import pretrain_recognition
 
-    start = mae_pretrain.MAEPretrainConfig(model="vit_mae_tiny", register_as="test-start-encoder")
-    mae_pretrain.register_encoder(start, build_model("vit_mae_tiny").state_dict(), {})
+    start = pretrain_recognition.RecognitionPretrainConfig(model="vit_mae_tiny", register_as="test-start-encoder")
+    pretrain_recognition.register_encoder(start, build_model("vit_mae_tiny").state_dict(), {})
     steps = N_TRAIN // 2 // 4  # each worker's 16 documents in batches of 4
     out = tmp_path / "mae"
-    r = mae_pretrain.main(["--set", "model=vit_mae_tiny", f"train={docs / 'train'}", f"val={docs / 'val'}",
+    r = pretrain_recognition.main(["--set", "model=vit_mae_tiny", f"train={docs / 'train'}", f"val={docs / 'val'}",
                            "init_from=registry:test-start-encoder", "epochs=2", "batch_size=4", "num_workers=2",
                            "cpus_per_worker=0.5", f"exit_at_step={steps + 1}", "register_as=test-mae-uri", f"out={out}"])
     assert (out / ".exited_once").exists()
@@ -173,16 +173,16 @@ def test_unified_train_two_workers_fine_tune_from_a_folder(ray_cluster, docs, tm
     from docray.recognition.engine import evaluate
     from docray.recognition.predictor import load_unified
     from docray.storage.registry import ModelRegistry
-    from train_jobs import unified_train
+    from train_jobs import train_recognition
 
-    base = unified_train.UnifiedTrainConfig(model="unified_tiny", text_encoder="hash", encoder_from="", seed=1)
+    base = train_recognition.RecognitionTrainConfig(model="unified_tiny", text_encoder="hash", encoder_from="", seed=1)
     torch.manual_seed(7)
-    start, _ = unified_train.build(base)
+    start, _ = train_recognition.build(base)
     save_pretrained(start, tmp_path / "start")
     save_pretrained(build_model("vit_encoder_tiny"), tmp_path / "encoder")  # not a unified model: a clear error
     with pytest.raises(ValueError, match="none of its tensors fit"):
-        unified_train.main(["--set", *TINY_UNIFIED, f"init_from={tmp_path / 'encoder'}"])
-    r = unified_train.main(["--set", *TINY_UNIFIED, f"train={docs / 'train'}", f"val={docs / 'val'}", "epochs=2",
+        train_recognition.main(["--set", *TINY_UNIFIED, f"init_from={tmp_path / 'encoder'}"])
+    r = train_recognition.main(["--set", *TINY_UNIFIED, f"train={docs / 'train'}", f"val={docs / 'val'}", "epochs=2",
                             "time_budget_s=0.001", f"init_from={tmp_path / 'start'}", "lr=1e-12", "encoder_lr=1e-12",
                             "register_as=test-unified-uri", f"out={tmp_path / 'run'}"])
     assert r["worker_imported_synth"] is False and np.isfinite(r["loss"])

@@ -37,7 +37,7 @@ def test_two_workers_train_from_dataset_uris(ray_cluster, docs, tmp_path):
     """Every rank runs the same steps; validation covers both ranks' val shards; no worker imports docray.synth."""
     import torch.nn.functional as F
 
-    from docray.compression.data import RegenBatch
+    from docray.regen.data import RegenBatch
     from docray.doctypes import registry
     from docray.models import from_pretrained
     from docray.models.regen import CHARS

@@ -14,7 +14,7 @@ driver (`train_jobs.common.synth_dataset`). The driver checks the columns, sets 
 characters from the training texts (printable ASCII first) and its type classes from the doc-type
 registry (`model_overrides`), fixes the steps of an epoch (every rank runs the same number) and
 hands both datasets to the TorchTrainer; each worker turns the rows of its shard into tensors with
-`docray.compression.data.RegenBatch`, the functions inference uses.
+`docray.regen.data.RegenBatch`, the functions inference uses.
 
 One model holds the three (`docray.models.regen`); each step computes three losses on a batch of
 documents: content (token cross-entropy of each field's value read from its line crop, plus a CTC
@@ -24,7 +24,7 @@ lines read exactly), type (cross-entropy), generation (MSE between the generator
 image and the row's `clean` resized to the generator's size, the generator conditioned on the
 LABELLED type and content and their glyph layer). Their weighted sum is minimised. Validation runs
 on every rank's val shard and is summed over the ranks. After every epoch the validation losses
-are checked against the convergence rule (`docray.compression.convergence`, configurable per
+are checked against the convergence rule (`docray.regen.convergence`, configurable per
 loss); training stops when all three have converged (or at `max_epochs`, or when `time_budget_s`
 is spent: one decision for all ranks). Every epoch: a checkpoint (resumable: worker restarts via
 `FailureConfig`; rerunning with the same `out` continues the run (Ray Train restores it from its
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from docray.compression.convergence import LOSSES, Convergence, converged
+from docray.regen.convergence import LOSSES, Convergence, converged
 from docray.config import Config, parse_args, save_config
 from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, read_datasets, report_epoch,
                                restore, run_trainer, steps_per_epoch, synth_dataset, unwrap, warmup_cosine)
@@ -100,7 +100,7 @@ class RegenTrainConfig(Config):
     out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/regen-run)")
     to_registry: bool = Field(True, description="save the result in the model registry as 'regen'")
     calibrate_docs: int = Field(256, ge=0, description="after training, fit the document gate and field confidence "
-                                "(docray.compression.gate) on up to this many val documents and `calibrate_non_docs` "
+                                "(docray.regen.gate) on up to this many val documents and `calibrate_non_docs` "
                                 "generated non-documents; calibration.json goes beside the weights (0: skip; an "
                                 "uncalibrated model regenerates nothing: `docray calibrate regen` later)")
     calibrate_non_docs: int = Field(250, ge=1, description="generated non-documents for the calibration")
@@ -174,8 +174,8 @@ def sample_grid(model, val: dict, n: int, path: str, device) -> None:
     `n` documents of `val` (a RegenBatch dict)."""
     from PIL import Image
 
-    from docray.compression import layout
-    from docray.compression.data import to_image
+    from docray.regen import layout
+    from docray.regen.data import to_image
 
     model.eval()
     k = min(n, len(val["types"]))
@@ -260,7 +260,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from docray.compression.data import RegenBatch
+    from docray.regen.data import RegenBatch
     from docray.models import build_model
 
     from train_jobs.common import worker_setup
@@ -357,10 +357,10 @@ def train_loop_per_worker(config: dict) -> None:
 def calibrate(model, val, cfg: RegenTrainConfig):
     """The gate and field confidence of the trained model, fitted on the val documents (held out from
     training) and generated non-documents of the captures' size; prints the report."""
-    from docray.compression.file_types import load_file_types
-    from docray.compression.gate import documents
-    from docray.compression.nondocs import FAMILIES, non_documents
-    from docray.compression.pipeline import RegenCompressor
+    from docray.regen.file_types import load_file_types
+    from docray.regen.gate import documents
+    from docray.regen.nondocs import FAMILIES, non_documents
+    from docray.regen.pipeline import RegenCompressor
     from docray.imageio import decode_image
 
     rows = val.take(cfg.calibrate_docs)

@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 from docray.datasets.contracts import SPLITS, conform, contract
 from docray.datasets.validate import Problem, Report, sort_problems, validate
 from docray.imageio import ImageDecodeError, decode_image, encode_png
-from docray.masking.bins import area_bin
+from docray.privacy.bins import area_bin
 from docray.storage.blobs import filesystem
 from docray.storage.datasets import IMAGE_EXTENSIONS, iter_batches, write_shards
 

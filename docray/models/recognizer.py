@@ -6,7 +6,7 @@
 
 The original and the masked recogniser are the same architecture (the same factory and
 overrides); they differ only in what they were trained on. Inputs are pixels in [0, 1] so that
-an overlay (`docray.masking.masks.overlay`, hidden pixels = 0) is applied before the model;
+an overlay (`docray.privacy.masks.overlay`, hidden pixels = 0) is applied before the model;
 the model normalises internally.
 """
 from __future__ import annotations

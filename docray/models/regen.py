@@ -8,7 +8,7 @@ generation (type + content -> the processed image), in one module so they train 
     types = m.predict_type(pixels).argmax(-1)
     images = m.generate(types, content_ids, cond, steps=4)   # (b, 3, H, W) in [-1, 1]
 
-- Content, read field by field (`docray.compression.fields`): a corner head (a small CNN, soft-argmax
+- Content, read field by field (`docray.regen.fields`): a corner head (a small CNN, soft-argmax
   over four heatmaps) finds the document's corners in the capture; each field's value box is
   warped out of the capture into a line crop; a transformers `VisionEncoderDecoderModel` (a small
   ViT encoder, a small BERT decoder with cross-attention, from scratch; a character tokenizer whose
@@ -21,7 +21,7 @@ generation (type + content -> the processed image), in one module so they train 
 - Generation: a diffusers `UNet2DConditionModel`, trained from scratch to predict the clean image
   (x0, `prediction_type="sample"`) from noise. Conditioned on (a) the type and the content, embedded
   as a token sequence and read by cross-attention, and (b) the deterministic rendering of the
-  content's layout and glyphs (`docray.compression.layout.render_layer`) concatenated as 5 extra
+  content's layout and glyphs (`docray.regen.layout.render_layer`) concatenated as 5 extra
   input channels (RGBA layer + document region). Legibility comes from (b): the model learns the
   background, pattern and colours around the glyphs, and the pipeline composites the glyph layer
   over its output. The UNet works at gen_size / gen_down (smooth content) and its output is

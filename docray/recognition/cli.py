@@ -1,6 +1,6 @@
-"""`docray recognize ...`: unified recognition from the shell.
+"""`docray recognition ...`: unified recognition from the shell.
 
-    docray recognize image DOC.png [--flash F.png] [--task doc_type ...]   # the latest model, no Ray
+    docray recognition image DOC.png [--flash F.png] [--task doc_type ...]   # the latest model, no Ray
 
 The job commands of this group (`pretrain`, `train`, `archive`, `quickstart`) drive Ray jobs, so they
 live in the entry layer (cluster/cli.py), which adds them to this group in the `docray` command.
@@ -13,12 +13,12 @@ from pathlib import Path
 import click
 
 
-@click.group("recognize")
-def recognize() -> None:
+@click.group("recognition")
+def recognition() -> None:
     """Unified recognition: MAE pre-training, multi-task training, batch and single-image recognition."""
 
 
-@recognize.command("image")
+@recognition.command("image")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--flash", type=click.Path(exists=True, dir_okay=False), help="the flash frame")
 @click.option("--angle", "angles", multiple=True, type=click.Path(exists=True, dir_okay=False), help="an angle view")

@@ -254,7 +254,7 @@ def evaluate(model, loader, cat: Catalogue, device, tasks: list[str] | None = No
 def fit(model, arrays: dict, cat: Catalogue, *, epochs: int, batch_size: int = 32, lr: float = 1e-3,
         encoder_lr: float = 5e-4, weight_decay: float = 0.05, frame_tasks_per_batch: int = 1, device="cpu",
         seed: int = 0, desc: str = "train") -> list[dict]:
-    """Train in this process (the benchmark's loop; train_jobs/unified_train runs the same steps under Ray)."""
+    """Train in this process (the benchmark's loop; train_jobs/train_recognition runs the same steps under Ray)."""
     import math
 
     from tqdm import tqdm

@@ -8,8 +8,8 @@
     ocr         text regions (rapidocr, detection only, cached engine)
     matching    the method: regions -> descriptor -> primary / extended match -> verdict with evidence
     embed, augment, data, predictors   descriptor loading, copy edits, training data, batch predictors
-    cli         `docray screen query|info` (`build`, `rescan`: cluster/cli.py)
+    cli         `docray screening query|info` (`build`, `rescan`: cluster/cli.py)
 
-Ray lives in data_jobs/build_cutout_library.py, data_jobs/archive_rescan.py, train_jobs/train_descriptor.py
+Ray lives in data_jobs/screening_library.py, data_jobs/screening_archive.py, train_jobs/train_screening.py
 and serve_apps/screening.py; nothing here imports it.
 """

@@ -4,7 +4,7 @@
     docray.calibration.operating_point(pos, neg, max_fpr=0.005)
 
 The pictures (the `targets` contract, `is_target` required here) split in two: the sensitive ones
-are cut into a temporary library as `data_jobs.build_cutout_library` does; a positive query is one
+are cut into a temporary library as `data_jobs.screening_library` does; a positive query is one
 of their tiles after a copy edit (crop, rescale, recolour, text, JPEG) whose best match names its
 own picture; a negative is an edited tile of a benign picture. Each query is screened as
 `Screener` does (regions -> descriptor -> search -> normalised score); the query's score is its

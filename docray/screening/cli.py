@@ -1,7 +1,7 @@
-"""`docray screen ...`: the screening library from the shell.
+"""`docray screening ...`: the screening library from the shell.
 
-    docray screen query  PICTURE... [--release-time 2024-05-01] [--cut-type 3x3]
-    docray screen info                                        # library version, tiles, index kind
+    docray screening query  PICTURE... [--release-time 2024-05-01] [--cut-type 3x3]
+    docray screening info                                        # library version, tiles, index kind
 
 The job commands of this group (`build`, `rescan`) drive Ray jobs, so they live in the entry layer
 (cluster/cli.py), which adds them to this group in the `docray` command.
@@ -13,12 +13,12 @@ import json
 import click
 
 
-@click.group("screen")
-def screen() -> None:
+@click.group("screening")
+def screening() -> None:
     """Cut-out screening: build the tile library, screen pictures, rescan archives."""
 
 
-@screen.command("query")
+@screening.command("query")
 @click.argument("pictures", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--release-time", default=None, help="ISO date or day number of the document")
 @click.option("--cut-type", default=None, help="cut type of the query (1x3 ... 3x3), if known")
@@ -42,7 +42,7 @@ def query(pictures, release_time, cut_type, library, threshold, learn) -> None:
     click.echo(json.dumps(s.screen(images, rt, cut_type), indent=2))
 
 
-@screen.command("info")
+@screening.command("info")
 @click.option("--library", default=None, help="library folder (default DOCRAY_HOME/indexes/screening)")
 def info(library) -> None:
     """The library's manifest: version, tiles, index kind, descriptor."""

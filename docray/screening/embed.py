@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from docray.screening.augment import to_tensor
+from docray.storage.registry import parse_ref
 
 
 def load_descriptor(source: str = "registry:descriptor", device: str | None = None) -> torch.nn.Module:
-    """A descriptor in eval mode from a `save_pretrained` folder, `registry:<name>[:<version>]`,
+    """A descriptor in eval mode from a `save_pretrained` folder, `registry:NAME[@VERSION]`,
     or `build:<factory>` (random weights; tests and smoke runs only)."""
     from docray.models import build_model, from_pretrained
 
@@ -28,7 +29,7 @@ def load_descriptor(source: str = "registry:descriptor", device: str | None = No
     elif source.startswith("registry:"):
         from docray.storage.registry import ModelRegistry
 
-        state, config, _ = ModelRegistry().load(*_registry_ref(source))
+        state, config, _ = ModelRegistry().load(*parse_ref(source))
         model = build_model(config["name"], **config.get("overrides", {}))
         model.load_state_dict(state)
     else:
@@ -39,12 +40,6 @@ def load_descriptor(source: str = "registry:descriptor", device: str | None = No
 BACKGROUND = "background.npy"
 
 
-def _registry_ref(source: str) -> tuple[str, str]:
-    """'registry:<name>[:<version>]' -> (name, version or 'latest')."""
-    name, _, version = source.split(":", 1)[1].partition(":")
-    return name, version or "latest"
-
-
 def load_background(source: str) -> np.ndarray | None:
     """The background bank (n, dim) saved with the descriptor `source`, or None when it has none."""
     if source.startswith("build:"):
@@ -53,7 +48,7 @@ def load_background(source: str) -> np.ndarray | None:
         from docray.storage.blobs import NotFound
         from docray.storage.registry import ModelRegistry
 
-        name, version = _registry_ref(source)
+        name, version = parse_ref(source)
         try:
             data = ModelRegistry().read_file(name, BACKGROUND, version)
         except NotFound:

@@ -172,7 +172,7 @@ class Screener:
             return "off"
         if self.library.feature_spec is None:
             return ("unavailable: this library was built before local features were stored with it; "
-                    "rebuild it (build_cutout_library fresh=true) to verify")
+                    "rebuild it (screening_library fresh=true) to verify")
         if pictures is None:
             return "unavailable: the pictures were not passed to match()"
         return "on"

@@ -28,15 +28,6 @@ def key_metric(card: dict) -> tuple[str, float | None]:
     return name, metrics.get(name)
 
 
-def split_ref(ref: str) -> tuple[str, str]:
-    """'NAME', 'NAME:VERSION' or 'NAME@VERSION' -> (name, version or 'latest')."""
-    for sep in (":", "@"):
-        if sep in ref:
-            name, _, version = ref.partition(sep)
-            return name, version or "latest"
-    return ref, "latest"
-
-
 def _fail(e: Exception):
     from docray.storage.blobs import NotFound
 
@@ -118,12 +109,14 @@ def render(card: dict) -> str:
 
 
 @models.command("show")
-@click.argument("ref", metavar="NAME[:VERSION]")
+@click.argument("ref", metavar="NAME[@VERSION]")
 @click.option("--json", "as_json", is_flag=True, help="the card as JSON")
 def show(ref: str, as_json: bool) -> None:
     """The model card of one version (default: the latest): commit, job, hardware, datasets, metrics, configs."""
-    name, version = split_ref(ref)
+    from docray.storage.registry import PREFIX, parse_ref
+
     try:
+        name, version = parse_ref(ref if ref.startswith(PREFIX) else PREFIX + ref)
         card = _registry().card(name, version)
     except Exception as e:  # noqa: BLE001
         _fail(e)

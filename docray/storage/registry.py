@@ -21,6 +21,10 @@ as a version (best effort; concurrent remote saves of one name are not supported
 `card(name, version)` reads a version's card: card.json with its config and metrics beside it
 (the whole record of how the version was made, for `docray models show`). `pin(name, version)`
 turns `latest` into the version it is now, so everything deployed from one config loads the same one.
+
+A model is named in configs as `registry:NAME` (its newest version) or `registry:NAME@vNNNN`;
+`parse_ref` reads both (and `registry:NAME:vNNNN`, the spelling of libraries built before), `ref`
+writes them.
 """
 from __future__ import annotations
 
@@ -49,6 +53,26 @@ def _check_name(name: str, what: str = "model name") -> str:
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
         raise ValueError(f"{what} {name!r}: use letters, digits, '_', '-', '.' (not leading, no '..')")
     return name
+
+
+PREFIX = "registry:"
+
+
+def parse_ref(ref: str) -> tuple[str, str] | None:
+    """`registry:NAME[@VERSION]` -> (NAME, VERSION or 'latest'); None for anything else (a folder,
+    `build:<factory>`). `registry:NAME:VERSION` reads the same (older screening libraries wrote it)."""
+    if not isinstance(ref, str) or not ref.startswith(PREFIX):
+        return None
+    body = ref[len(PREFIX):]
+    name, sep, version = body.partition("@")
+    if not sep:
+        name, _, version = body.partition(":")
+    return _check_name(name), version or "latest"
+
+
+def ref(name: str, version: str = "latest") -> str:
+    """The config reference of a model: `registry:NAME` for its newest version, else `registry:NAME@VERSION`."""
+    return PREFIX + _check_name(name) + ("" if version == "latest" else f"@{version}")
 
 
 def _tensors(state: dict | nn.Module) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from docray.datasets import contracts
-from docray.masking.bins import BIN_EDGES, area_bin  # the mask-privacy method's bins, aimed at here
+from docray.privacy.bins import BIN_EDGES, area_bin  # the mask-privacy method's bins, aimed at here
 from docray.synth.common import png, split_of
 
 KIND_NO = 4

@@ -1,0 +1,141 @@
+"""Rescan an archive of documents against the cut-out library; a Parquet report of the abnormal ones.
+
+    python -m data_jobs.screening_archive --set input=ARCHIVE out=REPORT_DIR
+    python -m data_jobs.screening_archive --set input=FOLDER                # <doc_id>/<pictures> + metadata.csv
+    ray job submit --working-dir . -- python -m data_jobs.screening_archive --set input=s3://.../archive concurrency=4
+
+Input: Parquet shards with `id`, `pictures` (list of image bytes) or `image` (one picture), and
+optional `release_time`, `cut_type`; or a folder with one sub-folder per document (its pictures)
+and an optional `metadata.csv`/`metadata.jsonl` (`file`, `release_time`). Each input shard is one
+unit of work: actors (descriptor on GPU when present) screen its documents and write
+`<out>/part-<shard>.parquet` (`id`, `abnormal`, `stage`, `n_matches`, `evidence` JSON, `error`,
+`library_version`) atomically. A rerun skips shards whose report exists (resumable); progress is
+shown per shard. `<out>/abnormal.parquet` gathers the abnormal documents at the end.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+from tqdm import tqdm
+
+from docray import paths
+from docray.config import Config, parse_args, save_config
+from docray.screening.library import Library
+
+
+class RescanConfig(Config):
+    input: str = Field(..., description="archive: Parquet file/folder, or a folder of document folders")
+    out: str = Field("", description="report folder ('' -> DOCRAY_HOME/reports/rescan-<input name>)")
+    library: str = Field("", description="library folder ('' -> DOCRAY_HOME/indexes/screening)")
+    descriptor: str = Field("", description="'' -> the descriptor the library was built with")
+    screen: dict = Field(default_factory=dict, description="ScreenConfig overrides, e.g. {threshold: 0.8, learn: false}")
+    rows_per_shard: int = Field(200, description="documents per shard when the input is a folder")
+    batch_size: int = Field(16, description="documents per predictor call")
+    concurrency: int = Field(1, ge=1, description="screening actors")
+
+
+def folder_to_shards(root: Path, out: Path, rows_per_shard: int) -> list[str]:
+    """A folder of document folders -> Parquet shards (id, pictures, release_time) under out/input/."""
+    from docray.storage.datasets import read_image_folder, write_shards
+
+    t = read_image_folder(str(root)).table.sort_by("path")
+    docs: dict[str, dict] = {}
+    has_time = "release_time" in t.column_names
+    for row in t.to_pylist():
+        d = docs.setdefault(row["label"], {"id": row["label"], "pictures": [], "release_time": None})
+        d["pictures"].append(row["image"])
+        if has_time and row["release_time"] is not None:
+            d["release_time"] = str(row["release_time"])
+    table = pa.Table.from_pylist(list(docs.values()), schema=pa.schema(
+        [("id", pa.string()), ("pictures", pa.list_(pa.binary())), ("release_time", pa.string())]))
+    return write_shards(table, str(out / "input"), rows_per_shard, overwrite=True)
+
+
+def input_shards(cfg: RescanConfig, out: Path) -> list[str]:
+    p = Path(cfg.input)
+    if p.is_file():
+        return [str(p)]
+    if p.is_dir() and any(p.glob("*.parquet")):
+        return sorted(str(f) for f in p.glob("*.parquet") if not f.name.startswith((".", "_")))
+    if p.is_dir():
+        return folder_to_shards(p, out, cfg.rows_per_shard)
+    raise FileNotFoundError(f"archive not found: {cfg.input}")
+
+
+def screen_shard(predictor, shard: str, report: str, batch_size: int) -> dict:
+    """Screen one input shard and write its report atomically (temp file + rename)."""
+    t = pq.read_table(shard)
+    if "pictures" not in t.column_names:
+        if "image" not in t.column_names:
+            raise ValueError(f"{shard}: needs a 'pictures' (list of images) or an 'image' column")
+        t = t.append_column("pictures", pa.array([[b] for b in t.column("image").to_pylist()], pa.list_(pa.binary())))
+    cols = [c for c in ("id", "pictures", "release_time", "cut_type") if c in t.column_names]
+    parts = []
+    for s in range(0, t.num_rows, batch_size):
+        b = t.slice(s, batch_size).select(cols).to_pydict()
+        if "release_time" in b:
+            b["release_time"] = [None if v is None else (v if isinstance(v, (int, str)) else v.isoformat()) for v in b["release_time"]]
+        parts.append(pa.table(predictor(b)))
+    res = pa.concat_tables(parts) if parts else pa.table({"id": pa.array([], pa.string())})
+    tmp = f"{os.path.dirname(report)}/.{os.path.basename(report)}.tmp"
+    pq.write_table(res, tmp)
+    os.replace(tmp, report)
+    return {"shard": shard, "documents": res.num_rows, "abnormal": int(sum(res.column("abnormal").to_pylist())) if res.num_rows else 0}
+
+
+def run(cfg: RescanConfig, progress: bool = True) -> dict:
+    import ray
+    from ray.util import ActorPool
+
+    from cluster.local import actor_resources
+    from docray.screening.predictors import DocumentScreener
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out or paths.sub("reports", f"rescan-{Path(cfg.input).name}"))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out, "rescan_config.yaml")
+    root = cfg.library or str(Library.default_root())
+    shards = input_shards(cfg, out)
+    todo = [(s, str(out / f"part-{i:05d}.parquet")) for i, s in enumerate(shards)]
+    pending = [(s, r) for s, r in todo if not Path(r).exists()]
+
+    @ray.remote
+    class Worker:
+        def __init__(self):
+            self.p = DocumentScreener(root, cfg.descriptor or None, cfg.screen)
+
+        def run(self, shard, report):
+            return screen_shard(self.p, shard, report, cfg.batch_size)
+
+    done = []
+    if pending:
+        n = min(cfg.concurrency, len(pending))
+        pool = ActorPool([Worker.options(**actor_resources(n)).remote() for _ in range(n)])
+        it = pool.map_unordered(lambda a, sr: a.run.remote(*sr), pending)
+        for r in tqdm(it, total=len(pending), desc="shards", unit="shard", disable=not progress):
+            done.append(r)
+    reports = pq.read_table([r for _, r in todo]) if todo else None
+    abnormal = reports.filter(reports.column("abnormal")) if reports is not None and reports.num_rows else None
+    if abnormal is not None:
+        pq.write_table(abnormal, out / "abnormal.parquet")
+    return {"shards": len(todo), "skipped_shards": len(todo) - len(pending), "documents": reports.num_rows if reports else 0,
+            "abnormal": abnormal.num_rows if abnormal is not None else 0, "out": str(out), "seconds": time.perf_counter() - t0}
+
+
+def main(argv=None) -> None:
+    cfg = parse_args(RescanConfig, argv, description=__doc__.split("\n\n")[0])
+    from cluster.local import init_ray
+
+    init_ray()
+    res = run(cfg)
+    print(f"rescan: {res['documents']} documents in {res['shards']} shards ({res['skipped_shards']} already done), "
+          f"{res['abnormal']} abnormal; report {res['out']}/abnormal.parquet ({res['seconds']:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Mask privacy: occlusion masks that keep a masked-image recogniser accurate but defeat ordinary
+recognisers and inpainting attacks.
+
+    masks     the overlay convention (image x mask, 1 kept, 0 hidden), mask sets, placements
+    bins      the hole-area bins (no torch: the synthetic mask generator aims at them too)
+    data      identity images (synthetic faces, an ImageFolder, Parquet)
+    training  training steps of the original / masked recogniser and the inpainter
+    grid      the mask x image grid predictor (Ray Data actors and the plain loop share it), Table 1
+    funnel    the selection funnel (gap -> top-K -> inpainting attack -> drop), Table 2
+    report    Markdown + PNG report;  cli: `docray privacy ...`
+    private   the private-recognition predictor;  client: masks on the client, calls the endpoint
+"""

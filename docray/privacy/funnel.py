@@ -1,0 +1,108 @@
+"""The selection funnel: from the grid's per-mask accuracies to the target masks (the method's Table 2).
+
+Stage 1  subsets: area bins whose mean gap (masked-recogniser accuracy - original-recogniser
+         accuracy) exceeds `gap_threshold` (default 0.30, i.e. 30 points of accuracy).
+Stage 2  candidates: in each passing bin, the `top_k` masks by masked-recogniser accuracy.
+Stage 3  inpainting attack: for each candidate, the masked recogniser's accuracy on the masked
+         test images (before) and on those images after inpainting (after), same placements.
+Stage 4  targets: candidates whose drop (before - after) exceeds `drop_threshold` (default 0.07).
+
+`run_funnel` takes the attack as a function (candidates DataFrame -> DataFrame with mask_no,
+acc_before, acc_after), so the funnel itself is plain pandas and tests feed it hand-made tables.
+An empty result names the stage that emptied it and by how much it missed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+from pydantic import Field
+
+from docray.config import Config
+from docray.privacy.grid import bin_table
+from docray.privacy.masks import BIN_EDGES, bin_label
+
+
+class FunnelConfig(Config):
+    gap_threshold: float = Field(0.30, description="stage 1: a bin passes when masked - original accuracy > this")
+    top_k: int = Field(5, ge=1, description="stage 2: candidates kept per passing bin, by masked accuracy")
+    drop_threshold: float = Field(0.07, description="stage 4: a candidate is a target when its inpainting drop > this")
+
+
+@dataclass
+class Stage:
+    name: str
+    n_in: int
+    n_out: int
+    note: str = ""
+
+
+@dataclass
+class FunnelResult:
+    bins: pd.DataFrame  # Table 1 plus `passed`
+    candidates: pd.DataFrame  # stage 2 rows, with acc_before / acc_after / drop / target after stage 3
+    targets: pd.DataFrame  # the target masks (Table 2), best first
+    stages: list[Stage] = field(default_factory=list)
+    empty_reason: str | None = None  # set when no target mask came out
+
+    def summary(self) -> dict:
+        return {"stages": [s.__dict__ for s in self.stages], "n_targets": len(self.targets),
+                "empty_reason": self.empty_reason}
+
+
+def select_bins(per_mask: pd.DataFrame, cfg: FunnelConfig, edges=BIN_EDGES) -> pd.DataFrame:
+    """Stage 1: Table 1 with a `passed` column (bins with no masks never pass)."""
+    bins = bin_table(per_mask, edges)
+    bins["passed"] = (bins["n_masks"] > 0) & (bins["gap"] > cfg.gap_threshold)
+    return bins
+
+
+def top_candidates(per_mask: pd.DataFrame, bins: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Stage 2: the top-k masks by masked accuracy in each passing bin (ties: lower mask_no first)."""
+    passed = bins.loc[bins["passed"], "bin"].tolist()
+    sel = per_mask[per_mask["bin"].isin(passed)].sort_values(["bin", "acc_masked", "mask_no"], ascending=[True, False, True])
+    return sel.groupby("bin", sort=True).head(k).reset_index(drop=True)
+
+
+def run_funnel(per_mask: pd.DataFrame, attack: Callable[[pd.DataFrame], pd.DataFrame], cfg: FunnelConfig | None = None,
+               edges=BIN_EDGES) -> FunnelResult:
+    """Stages 1-4 (see the module docstring). `attack` is called once, on the candidates, if any."""
+    cfg = cfg or FunnelConfig()
+    need = {"mask_no", "mask_id", "bin", "acc_original", "acc_masked"}
+    if missing := need - set(per_mask.columns):
+        raise ValueError(f"per-mask table lacks column(s) {sorted(missing)}")
+    bins = select_bins(per_mask, cfg, edges)
+    n_bins = int((bins["n_masks"] > 0).sum())
+    stages = [Stage(f"bins with gap > {cfg.gap_threshold:g}", n_bins, int(bins["passed"].sum()))]
+    empty = pd.DataFrame(columns=list(per_mask.columns) + ["acc_before", "acc_after", "drop"])
+    if not bins["passed"].any():
+        filled = bins[bins["n_masks"] > 0]
+        if len(filled):
+            best = filled.loc[filled["gap"].idxmax()]
+            why = (f"stage 1 emptied it: no bin's masked - original gap exceeds {cfg.gap_threshold:g}; the largest, "
+                   f"{best['gap']:.3f} in bin {best['range']}, misses by {cfg.gap_threshold - best['gap']:.3f}")
+        else:
+            why = "stage 1 emptied it: no mask falls into any area bin"
+        stages[0].note = why
+        return FunnelResult(bins, empty, empty, stages, why)
+    cands = top_candidates(per_mask, bins, cfg.top_k)
+    stages.append(Stage(f"top {cfg.top_k} per passing bin", int(per_mask["bin"].isin(bins.loc[bins['passed'], 'bin']).sum()), len(cands)))
+    attacked = attack(cands)
+    if missing := {"mask_no", "acc_before", "acc_after"} - set(attacked.columns):
+        raise ValueError(f"attack result lacks column(s) {sorted(missing)}")
+    extra = [c for c in attacked.columns if c not in cands.columns or c == "mask_no"]
+    cands = cands.merge(attacked[extra], on="mask_no", how="left", validate="one_to_one")
+    cands["drop"] = cands["acc_before"] - cands["acc_after"]
+    cands["target"] = cands["drop"] > cfg.drop_threshold
+    stages.append(Stage("inpainting attack", len(cands), len(cands)))
+    targets = cands[cands["target"]].sort_values(["acc_masked", "drop"], ascending=False).reset_index(drop=True)
+    stages.append(Stage(f"drop > {cfg.drop_threshold:g}", len(cands), len(targets)))
+    why = None
+    if targets.empty:
+        best = cands.loc[cands["drop"].idxmax()]
+        why = (f"stage 4 emptied it: no candidate's inpainting drop exceeds {cfg.drop_threshold:g}; the largest, "
+               f"{best['drop']:.3f} for mask {best['mask_id']} in bin {bin_label(int(best['bin']), edges)}, "
+               f"misses by {cfg.drop_threshold - best['drop']:.3f}")
+        stages[-1].note = why
+    return FunnelResult(bins, cands, targets, stages, why)

@@ -1,0 +1,288 @@
+"""The document gate and per-field confidence: what decides between regenerating and a plain codec.
+
+    cal, report = calibrate(rc, docs, non_documents(400))   # fitted on a calibration split
+    cal.save(model_dir)                                      # calibration.json beside the weights
+    cal = Calibration.load(model_dir)                        # None when the model was never calibrated
+    decision = cal.gate(logits, features, type_names)        # {"passed", "type", "confidence", ...}
+    p = cal.field_confidence(read_scores)                    # P(a field was read right), per field
+
+The gate (before any regeneration): is this a document of a known type, and is the type sure?
+- confidence: the type model's softmax at a temperature fitted on the calibration documents
+  (temperature scaling, Guo et al. 2017: the NLL of their labelled types, minimised over T);
+- out-of-distribution score, higher = more like the calibration documents, one of `OOD_SCORES`:
+  "msp" the calibrated top probability, "energy" T * logsumexp(logits / T) (Liu et al. 2020),
+  "mahalanobis" minus the smallest Mahalanobis distance of the type model's pooled features to a
+  class mean under one shared, shrunk covariance (Lee et al. 2018). (Reconstruction error is not a
+  candidate: none of the regen models reconstructs its input.) `calibrate` chooses the score by
+  measurement: fitted on one half of the calibration documents, each score's AUROC (documents vs
+  non-documents) on the other half; the best is kept and every AUROC is in the report.
+A capture passes when its OOD score is at or above `ood_threshold` (the stricter of: what keeps
+`doc_tpr` of the calibration documents, and above every calibration non-document) and its
+confidence is at or above `conf_threshold` (the lowest at which at most `max_type_error` of the
+calibration documents above it have the wrong type, never below `min_conf`). Otherwise the
+pipeline takes the codec path.
+
+Per field: the reader's `READ_SCORES` (decoder token log-probabilities, CTC log-probability,
+decoder/CTC agreement; `RegenModels.read_scored`) -> logistic regression (Platt scaling) fitted on
+the calibration documents' fields, read as in serving (type from the gate, corners from the corner
+head) against their labels. `field_threshold` is the lowest confidence at which at most
+`max_wrong` of the calibration fields at or above it were read wrong; a field below it is kept as
+pixels of the original. With too few fields the rate cannot be resolved (the report says so).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+
+FILE = "calibration.json"
+OOD_SCORES = ("mahalanobis", "energy", "msp")  # ties go to the first
+VERSION = 1
+
+
+def auroc(pos, neg) -> float:
+    """P(a positive scores above a negative), ties half (nan when a side is empty)."""
+    from sklearn.metrics import roc_auc_score
+
+    pos, neg = np.asarray(pos, np.float64), np.asarray(neg, np.float64)
+    if not pos.size or not neg.size:
+        return float("nan")
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising the NLL of `labels` under softmax(logits / T) (a log-spaced search)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(50), 400))
+    nll = [-np.log(softmax(logits / t, axis=-1)[np.arange(len(labels)), labels] + 1e-12).mean() for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def ece(probs: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of confidences `probs` against 0/1 `correct`."""
+    idx = np.minimum((probs * bins).astype(int), bins - 1)
+    return float(sum(abs(probs[idx == b].mean() - correct[idx == b].mean()) * (idx == b).mean()
+                     for b in range(bins) if (idx == b).any()))
+
+
+def fit_gaussians(feats: np.ndarray, labels: np.ndarray, shrink: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """(class means (k, d) of the classes present, shared precision (d, d)), covariance shrunk
+    towards its mean variance (so a few dozen documents give a usable inverse)."""
+    classes = np.unique(labels)
+    means = np.stack([feats[labels == c].mean(0) for c in classes])
+    centred = feats - means[np.searchsorted(classes, labels)]
+    cov = centred.T @ centred / max(1, len(feats) - len(classes))
+    d = cov.shape[0]
+    cov = (1 - shrink) * cov + shrink * (np.trace(cov) / d + 1e-6) * np.eye(d)
+    return means, np.linalg.inv(cov)
+
+
+def mahalanobis_score(feats: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    diff = feats[:, None, :] - means[None]  # (n, k, d)
+    return -np.einsum("nkd,de,nke->nk", diff, precision, diff).min(1)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> np.ndarray:
+    """Weights (d + 1, bias last) of an L2-regularised logistic regression (Platt scaling)."""
+    from sklearn.linear_model import LogisticRegression
+
+    m = LogisticRegression(C=1 / l2).fit(x, y)
+    return np.r_[m.coef_[0], m.intercept_]
+
+
+def lowest_threshold(conf: np.ndarray, ok: np.ndarray, max_bad: float) -> float:
+    """The lowest threshold at which at most `max_bad` of the items at or above it are not `ok`
+    (inf when even the surest item alone is bad: nothing passes)."""
+    order = np.argsort(-conf, kind="mergesort")
+    bad = np.cumsum(~ok[order]) / np.arange(1, len(order) + 1)
+    fine = np.flatnonzero(bad <= max_bad)
+    return float(conf[order][fine[-1]]) if len(fine) else float("inf")
+
+
+@dataclass
+class Calibration:
+    temperature: float
+    ood: str  # one of OOD_SCORES
+    ood_threshold: float
+    conf_threshold: float
+    means: list  # (k, d) class means of the type model's pooled features
+    classes: list  # the class index of each mean
+    precision: list  # (d, d)
+    field_weights: list  # logistic regression on standardised READ_SCORES, bias last
+    field_mean: list
+    field_std: list
+    field_threshold: float
+    report: dict = field(default_factory=dict)
+    version: int = VERSION
+
+    # -- the gate ------------------------------------------------------------------------------
+    def ood_scores(self, logits: np.ndarray, feats: np.ndarray, kind: str | None = None) -> np.ndarray:
+        kind = kind or self.ood
+        if kind == "msp":
+            return softmax(logits / self.temperature, axis=-1).max(-1)
+        if kind == "energy":
+            return self.temperature * logsumexp(logits / self.temperature, axis=-1)
+        if kind == "mahalanobis":
+            return mahalanobis_score(feats, np.asarray(self.means), np.asarray(self.precision))
+        raise ValueError(f"unknown OOD score {kind!r}; one of {OOD_SCORES}")
+
+    def gate(self, logits: np.ndarray, feats: np.ndarray, names) -> list[dict]:
+        """One decision per row of `logits` (b, n_types) and `feats` (b, d); `names` the type names."""
+        probs = softmax(np.asarray(logits, np.float64) / self.temperature, axis=-1)
+        scores = self.ood_scores(np.asarray(logits, np.float64), np.asarray(feats, np.float64))
+        out = []
+        for p, s in zip(probs, scores):
+            k = int(p.argmax())
+            d = {"passed": False, "type": names[k], "confidence": round(float(p[k]), 4), "calibrated": True,
+                 "ood": self.ood, "ood_score": _json_number(s), "ood_threshold": _json_number(self.ood_threshold),
+                 "conf_threshold": _json_number(self.conf_threshold), "reason": None}
+            if s < self.ood_threshold:
+                d["reason"] = (f"not a known document: {self.ood} score {s:.3g} below the gate's "
+                               f"{self.ood_threshold:.3g} (fitted on the calibration split)")
+            elif p[k] < self.conf_threshold:
+                d["reason"] = f"document type unsure: {names[k]} at {p[k]:.3f} < {self.conf_threshold:.3f}"
+            else:
+                d["passed"] = True
+            out.append(d)
+        return out
+
+    # -- fields --------------------------------------------------------------------------------
+    def field_confidence(self, read_scores: np.ndarray) -> np.ndarray:
+        x = (np.asarray(read_scores, np.float64) - self.field_mean) / np.asarray(self.field_std)
+        w = np.asarray(self.field_weights)
+        return 1 / (1 + np.exp(-(x @ w[:-1] + w[-1])))
+
+    # -- storage -------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder).expanduser() / FILE
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> "Calibration":
+        d = json.loads(data)
+        if d.get("version") != VERSION:
+            raise ValueError(f"calibration version {d.get('version')} is not {VERSION}: recalibrate (docray calibrate regen)")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Calibration | None":
+        path = Path(folder).expanduser() / FILE
+        return cls.from_json(path.read_text()) if path.exists() else None
+
+
+def _fit_ood(logits, feats, labels) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    t = fit_temperature(logits, labels)
+    means, precision = fit_gaussians(feats, labels)
+    return t, means, precision, np.unique(labels)
+
+
+def documents(rows, flat_every: int = 4) -> list[tuple]:
+    """Rows of the documents contract (`image`, `doc_type_name`, `clean_fields`; `clean` optional) ->
+    (image, type, values in template order) for `calibrate`; every `flat_every`-th row's flat `clean`
+    render is added too (a scanner's flat page is a known document as well)."""
+    from docray.regen import layout
+    from docray.imageio import decode_image
+
+    out = []
+    for i, r in enumerate(rows):
+        texts = {f["name"]: f["text"] for f in r["clean_fields"]}
+        values = [texts.get(n, "") for n in layout.field_names(r["doc_type_name"])]
+        out.append((decode_image(r["image"]), r["doc_type_name"], values))
+        if r.get("clean") and i % flat_every == 0:
+            out.append((decode_image(r["clean"]), r["doc_type_name"], values))
+    return out
+
+
+def _read_right(reading: dict, doc_type: str, values: list[str]) -> list[bool]:
+    """Per field of `reading`: read as labelled (a document read as another type: every field wrong)."""
+    if reading["type"] != doc_type:
+        return [False] * len(reading["fields"])
+    return [f["text"] == v for f, v in zip(reading["fields"], values)]
+
+
+def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None = None, doc_tpr: float = 0.99,
+              max_type_error: float = 0.01, min_conf: float = 0.5, max_wrong: float = 0.005) -> tuple[Calibration, dict]:
+    """Fit the gate and the field confidence on a calibration split.
+
+    `rc` a `RegenCompressor`; `docs` (PIL image, type name, [field value per template field]) of known
+    types; `non_docs` PIL images that are not documents (`docray.regen.nondocs`, split
+    "calibration"), `families` their family names (for the report). Returns the calibration and its report (also kept in `calibration.report`)."""
+    names = list(rc.doc_types)
+    labels = np.array([names.index(t) for _, t, _ in docs])
+    logits, feats = rc.type_outputs([im for im, _, _ in docs])
+    n_logits, n_feats = rc.type_outputs(list(non_docs))
+
+    # which OOD score: fitted on the even documents, AUROC on the odd ones against the odd non-documents
+    a, b = np.arange(len(docs)) % 2 == 0, np.arange(len(non_docs)) % 2 == 1
+    t_a, means_a, precision_a, _ = _fit_ood(logits[a], feats[a], labels[a])
+    half = Calibration(t_a, "msp", 0.0, 0.0, means_a, [], precision_a, [], [], [], 0.0)
+    aurocs = {k: auroc(half.ood_scores(logits[~a], feats[~a], k), half.ood_scores(n_logits[b], n_feats[b], k))
+              for k in OOD_SCORES}
+    chosen = max(OOD_SCORES, key=lambda k: (np.nan_to_num(aurocs[k], nan=-1), -OOD_SCORES.index(k)))
+
+    t, means, precision, classes = _fit_ood(logits, feats, labels)
+    cal = Calibration(t, chosen, 0.0, 0.0, means.tolist(), classes.tolist(), precision.tolist(), [], [], [], 0.0)
+    s_doc, s_neg = cal.ood_scores(logits, feats), cal.ood_scores(n_logits, n_feats)
+    cal.ood_threshold = float(max(np.quantile(s_doc, 1 - doc_tpr), np.nextafter(s_neg.max(), np.inf)))
+    probs = softmax(logits / t, axis=-1)
+    conf, right = probs.max(-1), probs.argmax(-1) == labels
+    cal.conf_threshold = max(min_conf, lowest_threshold(conf, right, max_type_error))
+    passed = (s_doc >= cal.ood_threshold) & (conf >= cal.conf_threshold)
+    n_pass = (s_neg >= cal.ood_threshold) & (softmax(n_logits / t, axis=-1).max(-1) >= cal.conf_threshold)
+
+    # fields: read as serving reads them, on the documents that pass the gate
+    types = [names[k] for k in probs.argmax(-1)]
+    keep = np.flatnonzero(passed)
+    x, ok = np.zeros((0, 4)), np.zeros(0, bool)  # 4: the reader's READ_SCORES
+    if len(keep):
+        readings = rc.read_fields([docs[i][0] for i in keep], [types[i] for i in keep])
+        x = np.concatenate([r["scores"] for r in readings])
+        ok = np.concatenate([_read_right(r, *docs[i][1:]) for r, i in zip(readings, keep)])
+    if len(x) and 0 < ok.sum() < len(ok):
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        w = fit_logistic((x - mu) / sd, ok.astype(float))
+    else:  # no fields, or all read alike: a constant at the observed rate (all wrong -> nothing regenerated)
+        mu, sd = np.zeros(x.shape[1]), np.ones(x.shape[1])
+        rate = (ok.sum() + 0.5) / (len(ok) + 1)
+        w = np.array([0.0] * x.shape[1] + [float(np.log(rate / (1 - rate)))])
+    cal.field_mean, cal.field_std, cal.field_weights = mu.tolist(), sd.tolist(), w.tolist()
+    fconf = cal.field_confidence(x) if len(x) else np.zeros(0)
+    cal.field_threshold = lowest_threshold(fconf, ok, max_wrong) if len(x) else float("inf")
+    accepted = fconf >= cal.field_threshold
+
+    per_family = {}
+    for f, ok_ in zip(families or ["non_document"] * len(non_docs), n_pass):
+        per_family[f] = per_family.get(f, 0) + int(ok_)
+    cal.report = {
+        "n_documents": len(docs), "n_non_documents": len(non_docs),
+        "temperature": round(t, 4), "type_accuracy": round(float(right.mean()), 4),
+        "type_ece_raw": round(ece(softmax(logits, axis=-1).max(-1), right), 4), "type_ece_calibrated": round(ece(conf, right), 4),
+        "ood_auroc_heldout_half": {k: round(v, 4) for k, v in aurocs.items()}, "ood_chosen": chosen,
+        "ood_threshold": cal.ood_threshold, "conf_threshold": round(cal.conf_threshold, 4),
+        "documents_passing": round(float(passed.mean()), 4),
+        "documents_passing_ood": round(float((s_doc >= cal.ood_threshold).mean()), 4),
+        "documents_passing_confidence": round(float((conf >= cal.conf_threshold).mean()), 4),
+        "non_documents_passing": int(n_pass.sum()),
+        "non_documents_passing_by_family": per_family,
+        "n_fields": int(len(ok)), "fields_read_right": round(float(ok.mean()), 4) if len(ok) else None,
+        "field_confidence_auroc": round(auroc(fconf[ok], fconf[~ok]), 4) if len(ok) else None,
+        "field_ece": round(ece(fconf, ok), 4) if len(ok) else None,
+        "field_threshold": cal.field_threshold, "fields_regenerated_share": round(float(accepted.mean()), 4) if len(ok) else None,
+        "regenerated_fields_wrong": round(float((~ok[accepted]).mean()), 4) if accepted.any() else None,
+        "field_rate_resolved": bool(len(ok) * max_wrong >= 1),
+        "settings": {"doc_tpr": doc_tpr, "max_type_error": max_type_error, "min_conf": min_conf, "max_wrong": max_wrong},
+    }
+    cal.report = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in cal.report.items()}
+    return cal, cal.report
+
+
+def _json_number(x: float) -> float | None:
+    """A figure for a JSON answer: rounded, None where infinite (a threshold no calibration row
+    reached: nothing passes it), as JSON has no infinity."""
+    return round(float(x), 4) if np.isfinite(x) else None

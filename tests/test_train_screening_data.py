@@ -1,0 +1,146 @@
+"""The descriptor's training data through Ray Data: CopyPairBatch (collate_fn), datasets by URI, a 2-worker run."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from docray.screening.data import WHOLE, CopyPairBatch, EditedTileBatch, passes_per_epoch, raw_tiles, tile_key, tiles_of
+
+
+def picture(i: int, size: int = 96) -> Image.Image:
+    """A picture the synthetic world did not draw: shapes and a line of text on a plain colour."""
+    rng = np.random.default_rng([7, i])
+    img = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(0, 256, 3)))
+    d = ImageDraw.Draw(img)
+    for _ in range(10):
+        x, y = (int(v) for v in rng.integers(0, size, 2))
+        w, h = (int(v) for v in rng.integers(8, size // 2, 2))
+        d.rectangle([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    d.text((4, size // 2), f"No {i * 7919} Elm St", fill=(0, 0, 0))
+    return img
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def batch_of(ids: list[str], pictures: list[Image.Image]) -> dict:
+    """Numpy columns, as iter_torch_batches hands a batch to its collate_fn."""
+    return {"id": np.array(ids, dtype=object), "image": np.array([png(p) for p in pictures], dtype=object)}
+
+
+def write_pictures(folder, ids: list[str], pictures: list[Image.Image], columns=("id", "image")) -> str:
+    """A targets dataset with only the columns the contract requires, in two Parquet files."""
+    data = {"id": pa.array(ids, pa.string()), "image": pa.array([png(p) for p in pictures], pa.binary())}
+    t = pa.table({c: data[c] for c in columns})
+    folder.mkdir(parents=True)
+    half = t.num_rows // 2
+    pq.write_table(t.slice(0, half), folder / "part-0.parquet")
+    pq.write_table(t.slice(half), folder / "part-1.parquet")
+    return str(folder)
+
+
+def test_copy_pair_batch_cuts_tiles_draws_views_and_keys():
+    pics, ids = [picture(i) for i in range(3)], ["p0", "p1", "p2"]
+    batch = batch_of(ids, pics)
+    tiles = {tile_key(pid, i): t for pid, p in zip(ids, pics) for i, t in tiles_of(p)}
+    assert len(tiles) == len(raw_tiles(pics)) > 30  # keys distinct over pictures and tile indices
+    xa, xb, keys = CopyPairBatch(32, distractor_rate=0.3, seed=0, epoch=0)(batch)
+    assert xa.shape == xb.shape == (len(tiles), 3, 32, 32) and keys.dtype == torch.int64
+    whole = {tile_key(pid, WHOLE) for pid in ids}
+    n_whole = sum(int(k) in whole for k in keys)
+    assert all(int(k) in tiles or int(k) in whole for k in keys)
+    assert 0.1 * len(keys) < n_whole < 0.5 * len(keys)  # ~30% of the items are whole pictures
+    # the same (seed, epoch, key) -> the same item, however the pictures were batched (split over workers)
+    apart = [CopyPairBatch(32, distractor_rate=0.3, seed=0, epoch=0)(batch_of([pid], [p])) for pid, p in zip(ids, pics)]
+    assert torch.equal(torch.cat([a[1] for a in apart]), xb) and torch.equal(torch.cat([a[2] for a in apart]), keys)
+    next_epoch = CopyPairBatch(32, distractor_rate=0.3, seed=0, epoch=1)(batch)
+    assert not torch.equal(next_epoch[1], xb)  # new edits each epoch
+    # tiles_per_picture 5: 5 textured tiles of each picture a pass; the 7 passes of an epoch take every tile
+    assert passes_per_epoch(5) == 7 and passes_per_epoch(0) == 1
+    parts = [[CopyPairBatch(32, seed=0, epoch=e, tiles_per_picture=5, part=p)(batch)[2].tolist() for p in range(7)]
+             for e in (0, 1)]
+    for epoch in parts:
+        assert all(len(p) == 15 for p in epoch) and set(sum(epoch, [])) == set(tiles)
+    assert parts[0][0] != parts[1][0]  # another share next epoch
+    _, grey, _ = CopyPairBatch(32, grey_rate=1.0)(batch)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])  # every copy went grey
+    # validation: clean tiles and their copies, no distractors, the same edits whatever the epoch
+    clean, edited, vkeys = EditedTileBatch(32)(batch)
+    assert [int(k) for k in vkeys] == list(tiles) and not torch.equal(clean, edited)
+    from docray.screening.augment import to_tensor
+
+    assert torch.equal(clean, to_tensor(list(tiles.values()), 32))
+    # a batch whose tiles are all flat is empty (the trainer steps with a zero loss)
+    xa, xb, keys = CopyPairBatch(32)(batch_of(["flat"], [Image.new("RGB", (96, 96), (90, 90, 90))]))
+    assert xa.shape == xb.shape == (0, 3, 32, 32) and keys.shape == (0,)
+
+
+def test_help_lists_the_dataset_fields(capsys):
+    from train_jobs.train_screening import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for key in ("train", "val", "background", "init_from"):
+        assert f"  {key} (str" in out
+
+
+def test_a_dataset_missing_the_image_column_is_named(ray_cluster, tmp_path):
+    from train_jobs.train_screening import ScreeningTrainConfig, run
+
+    bad = write_pictures(tmp_path / "bad", ["a", "b"], [picture(0), picture(1)], columns=("id",))
+    good = write_pictures(tmp_path / "good", ["c", "d"], [picture(2), picture(3)])
+    with pytest.raises(ValueError, match=r"train dataset .*bad.*no column 'image'"):
+        run(ScreeningTrainConfig(model="descriptor_tiny", train=bad, val=good, out=str(tmp_path / "run")))
+
+
+def test_synthetic_default_train_split_val_and_background(ray_cluster, home):
+    from docray.synth import generate
+    from train_jobs.train_screening import ScreeningTrainConfig, read_background, training_datasets
+
+    cfg = ScreeningTrainConfig(n_pictures=20, val_pictures=4, background_pictures=1, background_distractors=3)
+    ds = training_datasets(cfg)
+    ids = sorted(r["id"] for r in ds["train"].take_all())
+    assert ids == [f"tgt-0-{i:07d}" for i in range(20) if i % 10 < 8]  # the 'train' split of rows 0..19
+    assert sorted(r["id"] for r in ds["val"].take_all()) == [f"tgt-0-{i:07d}" for i in range(20, 24)]
+    assert ds["train"].schema().names == ["id", "image"]
+    bg = read_background(cfg)
+    want = generate("targets", 24, 27, seed=0).column("image").to_pylist()  # the rows after train and val
+    assert sorted(bg) == sorted(want)
+
+
+def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path):
+    """24 train / 8 val pictures of size 96, none from the synthetic world: one epoch on 2 workers."""
+    from docray.screening.embed import Embedder
+    from train_jobs.common import steps_per_epoch
+    from train_jobs.train_screening import ScreeningTrainConfig, run
+
+    train = write_pictures(tmp_path / "train", [f"t{i}" for i in range(24)], [picture(i) for i in range(24)])
+    val_pics = [picture(100 + i) for i in range(8)]
+    val = write_pictures(tmp_path / "val", [f"v{i}" for i in range(8)], val_pics)
+    bg_pics = [picture(200 + i) for i in range(4)]
+    background = write_pictures(tmp_path / "bg", [f"b{i}" for i in range(4)], bg_pics)
+    cfg = ScreeningTrainConfig(model="descriptor_tiny", train=train, val=val, background=background, epochs=1,
+                                batch_size=32, num_workers=2, cpus_per_worker=0.5, background_pictures=2,
+                                background_distractors=4, to_registry=False, out=str(tmp_path / "run"))
+    res = run(cfg)
+    m = res["metrics"]
+    assert m["worker_imported_synth"] is False  # no worker imported the synthetic world
+    # 32 tiles a step over 2 workers, 2 tiles a picture: 8 pictures a step on each, 1 step a pass over
+    # its 12 pictures, 18 passes to take every tile once
+    assert m["steps_per_epoch"] == steps_per_epoch(24, 8, 2) * 18 == 18 and m["tiles_per_step"] == 32
+    assert m["val_tiles"] == len(raw_tiles(val_pics))  # both workers' val shards, gathered
+    assert 0 <= m["val_top1"] <= 1 and math.isfinite(m["loss"])
+    bank = Embedder.load(res["model_dir"]).background
+    assert bank.shape == (len(raw_tiles(bg_pics[:2])) + 4, 32)  # tiles of 2 pictures + 4 whole ones
+    assert not (home / "datasets" / "synth").exists()  # nothing synthetic was materialised either

@@ -1,0 +1,264 @@
+"""MAE pre-training of the recognition encoder on Ray Train (DDP over N workers, CPU or GPU).
+
+Patches, random masking (`mask_ratio`), encoder on the visible patches, mask tokens back in order,
+decoder reconstruction, normalised-pixel loss: transformers' ViTMAE (docray/models/vit_mae.py).
+Data: `train=` and `val=` documents datasets (Parquet, local or s3://, the `documents` contract; only
+`image` is required, `flash` and `angles` frames add views), or neither: the synthetic default
+(`n_train` + `n_val` documents), made once on the driver through Ray Data. Each worker reads its
+equal shard (`DocumentImages`: every capture and frame resized, the code inference uses) and runs
+the same number of steps, fixed on the driver. Each epoch: the validation loss over every worker's
+val shard (a fixed mask), a checkpoint (model, optimiser, schedule, epoch), an original | masked |
+reconstruction grid PNG under `<out>/grids/` (rank 0's first val images); after a worker failure Ray
+restarts the workers (FailureConfig) and training resumes from the latest checkpoint. At the end the
+encoder is registered as `register_as` (`$DOCRAY_HOME/models/<register_as>/vNNNN`).
+
+    python -m train_jobs.pretrain_recognition --set epochs=2 n_train=200 n_val=40          # a quick local run
+    python -m train_jobs.pretrain_recognition --set train=data/docs/train val=data/docs/val init_from=registry:recognition-encoder
+    ray job submit --working-dir . -- python -m train_jobs.pretrain_recognition --set num_workers=2 epochs=20
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from tqdm import tqdm
+
+from docray import paths
+from docray.config import Config, parse_args, save_config
+from docray.storage.registry import parse_ref
+from train_jobs.common import (agree, all_sum, epoch_batches, load_result_state, maybe_exit, maybe_fail, read_datasets,
+                               report_epoch, restore, run_trainer, steps_per_epoch, synth_dataset, unwrap_state,
+                               warmup_cosine, worker_setup)
+
+GRID_IMAGES = 6  # rows of the original | masked | reconstruction grid
+
+
+class RecognitionPretrainConfig(Config):
+    model: str = Field("vit_mae_small", description="registered MAE factory (vit_mae_tiny|small|base)")
+    image_size: int | None = Field(None, description="override the model's square input size (None: its default)")
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="fraction of patches removed")
+    train: str = Field("", description="training documents: a Parquet folder or file, local or s3:// (documents "
+                                       "contract, docs/datasets.md); '' = the synthetic default")
+    val: str = Field("", description="validation documents, the same contract (give both train and val, or neither)")
+    n_train: int = Field(1600, ge=1, description="synthetic default: training documents")
+    n_val: int = Field(200, ge=1, description="synthetic default: validation documents")
+    seed: int = 0
+    init_from: str = Field("", description="start the encoder from 'registry:<name>[@<version>]' (a registered "
+                                           "encoder) or a saved encoder folder; '' = from scratch")
+    use_frames: bool = Field(True, description="flash and angle frames as extra images (more views, same docs)")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1, description="documents per batch per worker (each gives 1 + its frames images)")
+    steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch on every worker (0: a "
+                                                      "pass over the worker's share of the training rows)")
+    time_budget_s: float = Field(0, ge=0, description="stop after this much training time (0 = none); one "
+                                                      "decision for all workers")
+    lr: float = Field(1.5e-3, gt=0, description="AdamW peak learning rate (cosine decay, 1 epoch warm-up)")
+    weight_decay: float = 0.05
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPU reserved per worker (fractions fit a small host)")
+    use_gpu: bool | None = Field(None, description="None: use a GPU when the cluster has one")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
+    out: str = Field(default_factory=lambda: paths.sub("runs", "pretrain_recognition"), description="run folder")
+    register_as: str = Field("recognition-encoder", description="model registry name ('' = do not register)")
+    fail_at_epoch: int = Field(-1, description="testing: raise once after this epoch's checkpoint (-1 = never)")
+    exit_at_step: int = Field(-1, description="testing: rank 0's process dies once after this global step (-1 = never)")
+
+
+# -- data and starting weights (shared with train_recognition) ---------------------------------------------
+
+
+def documents_datasets(c, columns: list[str], required: tuple[str, ...], cache: bool | None = None) -> tuple[dict, str, str]:
+    """({"train", "val"} Ray Datasets, train URI, val URI) of `c.train` / `c.val`, or of the synthetic
+    default made once here (on the driver), reduced to the `columns` each carries; a dataset lacking
+    a `required` column is a ValueError naming it."""
+    from docray.recognition.data import DOC_OPTIONS
+
+    if bool(c.train) != bool(c.val):
+        raise ValueError("give both train= and val= (your own documents), or neither (the synthetic default)")
+    train, val = c.train, c.val
+    if not train:
+        train, val = synth_dataset("documents", c.n_train, c.n_val, c.seed, options=DOC_OPTIONS)
+    ds = read_datasets(train, val, cache=cache)
+    for split, uri in (("train", train), ("val", val)):
+        missing = [col for col in required if col not in ds[split].schema().names]
+        if missing:
+            raise ValueError(f"{split} dataset {uri}: missing column(s) {missing}, which this job needs "
+                             "(the 'documents' contract, docray.datasets.contracts)")
+    return {s: d.select_columns([col for col in columns if col in d.schema().names]) for s, d in ds.items()}, train, val
+
+
+def decoded_views(ds: dict, size: int, frames: bool) -> dict:
+    """Each document's views decoded and resized once (DocumentViews, in Ray Data tasks): the training
+    views (with frames) and the validation captures. Kept in Ray's object store when they fit in
+    CACHE_FRACTION of it (raw (3, s, s) uint8 each, counted on a sample); streamed otherwise."""
+    from docray.recognition.data import DocumentViews
+    from train_jobs.common import fits_in_store
+
+    out = {s: d.map_batches(DocumentViews(size, frames and s == "train"), batch_format="numpy", batch_size=32)
+           for s, d in ds.items()}
+    sample = ds["train"].take_batch(16, batch_format="numpy")
+    per_doc = max(len(v) for v in DocumentViews(size, frames)(sample)["views"]) if len(sample["image"]) else 1
+    rows = sum(d.count() for d in ds.values())  # Parquet metadata: no read
+    if fits_in_store(rows * per_doc * 3 * size * size):
+        out = {s: d.materialize() for s, d in out.items()}
+    return out
+
+
+def saved_state(ref: str) -> tuple[dict, str]:
+    """(state dict, factory name) of a registered model ('registry:<name>[@<version>]') or a saved folder."""
+    from docray.models import from_pretrained
+
+    if parse_ref(ref):
+        from docray.storage.registry import ModelRegistry
+
+        state, config, _ = ModelRegistry().load(*parse_ref(ref))
+        return state, config.get("name", "")
+    model = from_pretrained(os.path.expanduser(ref))
+    return model.state_dict(), model.docray_spec["name"]
+
+
+# -- MAE ---------------------------------------------------------------------------------------------
+
+
+def _overrides(c: RecognitionPretrainConfig) -> dict:
+    o = {"mask_ratio": c.mask_ratio}
+    if c.image_size:
+        o["image_size"] = c.image_size
+    return o
+
+
+def build(c: RecognitionPretrainConfig):
+    """The MAE of config `c`, its encoder loaded from `init_from` when given."""
+    from docray.models import build_model
+
+    model = build_model(c.model, **_overrides(c))
+    if c.init_from:
+        state, name = saved_state(c.init_from)
+        want = c.model.replace("vit_mae_", "vit_encoder_")
+        if name != want:
+            raise ValueError(f"init_from {c.init_from!r} is a {name!r}; {c.model} needs a {want!r}")
+        model.net.vit.load_state_dict({k.removeprefix("vit."): v for k, v in state.items()})
+    return model
+
+
+@torch.no_grad()
+def validate(model, shard, collate, batch_size: int, seed: int, device) -> tuple[float, torch.Tensor | None]:
+    """(MAE loss over every worker's val shard, this worker's first val images). Each batch has a
+    fixed mask (seeded by its index), so epochs compare."""
+    from docray.recognition.data import to_float
+
+    model.eval()
+    total, n, first = 0.0, 0, None
+    for i, x in enumerate(shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate)):
+        x = to_float(x.to(device))
+        noise = torch.rand(len(x), model.spec.grid ** 2, generator=torch.Generator().manual_seed(seed + i))
+        total, n = total + float(model(x, noise.to(device)).loss) * len(x), n + len(x)
+        first = x[:GRID_IMAGES].cpu() if first is None else first
+    sums = all_sum({"loss": total, "n": n})
+    return sums["loss"] / max(sums["n"], 1), first
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from docray.recognition.data import ViewBatch, image_grid, to_float
+
+    c = RecognitionPretrainConfig.model_validate(config)
+    device, rank, world = worker_setup(c.cpus_per_worker)
+    torch.manual_seed(c.seed)
+    model = build(c)
+    steps, size = c.steps_per_epoch, model.spec.image_size  # steps: fixed on the driver, the same on every rank
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, c.epochs * steps))
+    start, state = restore(model, opt, sched)
+    net = ray.train.torch.prepare_model(model)
+    train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    views = captures = ViewBatch(size)  # the datasets hold decoded views (DocumentViews, on the driver)
+    amp = device.type == "cuda"
+    step, elapsed = start * steps, state.get("elapsed_s", 0.0)
+    for epoch in range(start, c.epochs):
+        net.train()
+        t0, total, n, stop = time.time(), 0.0, 0, False
+        batches = epoch_batches(train, steps, batch_size=c.batch_size, collate_fn=views, drop_last=True,
+                                local_shuffle_buffer_size=4 * c.batch_size, local_shuffle_seed=c.seed + epoch)
+        for x in tqdm(batches, total=steps, desc=f"mae epoch {epoch}", unit="batch", disable=rank != 0):
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = net(to_float(x.to(device))).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step, total, n = step + 1, total + float(loss.detach()), n + 1
+            maybe_exit(c.exit_at_step, step, c.out, rank)
+            if c.time_budget_s and agree(elapsed + time.time() - t0 > c.time_budget_s):
+                stop = True
+                break
+        elapsed += time.time() - t0
+        train_sums = all_sum({"loss": total, "n": n})
+        val_loss, first = validate(model, val, captures, c.batch_size, c.seed, device)
+        files = {}
+        if rank == 0 and first is not None:
+            noise = torch.rand(len(first), model.spec.grid ** 2, generator=torch.Generator().manual_seed(0))  # a fixed mask
+            masked, recon = model.reconstruct(first.to(device), noise.to(device))
+            files["grid.png"] = image_grid([[o, m, r] for o, m, r in zip(first, masked.cpu(), recon.cpu())])
+            Path(c.out, "grids").mkdir(parents=True, exist_ok=True)
+            Path(c.out, "grids", f"epoch_{epoch:03d}.png").write_bytes(files["grid.png"])
+        metrics = {"loss": train_sums["loss"] / max(train_sums["n"], 1), "val_loss": val_loss, "steps": step,
+                   "epoch_s": time.time() - t0, "started_at_epoch": start,
+                   "worker_imported_synth": agree("docray.synth" in sys.modules)}
+        report_epoch(rank, model, opt, epoch, metrics, files, sched=sched, extra={"elapsed_s": elapsed})
+        maybe_fail(c.fail_at_epoch, epoch, c.out, rank)
+        if stop:
+            break
+
+
+def register_encoder(c: RecognitionPretrainConfig, state: dict, metrics: dict, started: float | None = None) -> str:
+    """Save the encoder part of an MAE state dict in the registry, with its model card (wall time since
+    `started`, time.time() at the job's start); returns the version."""
+    from docray.models import build_model
+    from docray.models.vit_mae import MAE
+    from docray.storage.registry import ModelRegistry
+    from train_jobs.common import model_card
+
+    mae = build_model(c.model, **_overrides(c))
+    assert isinstance(mae, MAE)
+    mae.load_state_dict(unwrap_state(state))
+    enc_name = c.model.replace("vit_mae_", "vit_encoder_")
+    config = {"name": enc_name, "overrides": _overrides(c), "pretrain": c.model_dump()}
+    card = model_card(c, started or time.time(), {"train": c.train, "val": c.val}, key_metric="val_loss")
+    return ModelRegistry().save(c.register_as, mae.encoder_state_dict(), config, metrics, card=card)
+
+
+def main(argv=None) -> dict:
+    from cluster.local import init_ray
+    from docray.recognition.data import DocumentImages
+
+    started = time.time()
+    c = parse_args(RecognitionPretrainConfig, argv, description=__doc__.split("\n")[0])
+    size = build(c).spec.image_size  # fail fast (bad model, init_from) in the driver
+    init_ray()
+    ds, train, val = documents_datasets(c, DocumentImages(size, c.use_frames).columns, required=("image",), cache=False)
+    steps = steps_per_epoch(ds["train"].count(), c.batch_size, c.num_workers)  # Parquet metadata, before the decode
+    ds = decoded_views(ds, size, c.use_frames)
+    c = c.model_copy(update={"train": train, "val": val, "steps_per_epoch": min(steps, c.steps_per_epoch or steps)})
+    save_config(c, c.out)
+    result = run_trainer(train_loop_per_worker, c, "pretrain_recognition", ds)
+    state, metrics = load_result_state(result)
+    version = register_encoder(c, state, metrics, started) if c.register_as else ""
+    summary = {"loss": metrics["loss"], "val_loss": metrics["val_loss"], "epochs": metrics["epoch"] + 1,
+               "steps": metrics["steps"], "resumed_at_epoch": metrics["started_at_epoch"],
+               "worker_imported_synth": metrics["worker_imported_synth"], "registered": f"{c.register_as}/{version}",
+               "grids": str(Path(c.out, "grids")), "train": train, "val": val}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

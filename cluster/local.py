@@ -78,6 +78,13 @@ def another_ray_on_host(port: int = AGENT_PORT) -> bool:
     return port_in_use(port)
 
 
+def check_no_other_ray(command: str, join: str) -> None:
+    """Exit, saying what to do, when an embedded Ray for `command`'s jobs would meet another Ray on this host."""
+    if not os.environ.get("RAY_ADDRESS") and another_ray_on_host():
+        raise SystemExit(f"Another Ray instance runs on this host (its agent holds port {AGENT_PORT}): the jobs of "
+                         f"{command} would reach its agents and fail. Stop it (`ray stop`), or join it: {join}")
+
+
 def this_python_first() -> None:
     """Job entrypoints say `python`: put this interpreter's folder first on PATH, so the Ray processes
     started after this (and the jobs they run) use it, not the system's."""

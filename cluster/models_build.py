@@ -150,8 +150,9 @@ def build(profile_name: str, address: str = "", force: tuple[str, ...] = (), dry
                   f"--set {' '.join(s.set)}")
         return []
     if todo and not address:
-        from cluster.local import dashboard_url, init_ray, this_python_first
+        from cluster.local import check_no_other_ray, dashboard_url, init_ray, this_python_first
 
+        check_no_other_ray("docray models build", "docray models build --address http://127.0.0.1:8265 ...")
         this_python_first()
         init_ray(dashboard=True)
         address = dashboard_url()

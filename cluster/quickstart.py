@@ -169,6 +169,11 @@ def run_job(name: str, module: str, overrides: list[str], address: str, timeout_
         error = ""
     except JobFailed as e:
         job_id, status, error = e.job_id, e.status, e.logs_tail.splitlines()[-1] if e.logs_tail else str(e)
+    except (ConnectionError, RuntimeError) as e:  # not submitted (no agent, cluster gone): this step fails, not the run
+        (log_dir / f"{name}.log").write_text(f"not submitted: {e}\n")
+        print(f"   NOT SUBMITTED: {e}", flush=True)
+        return {"step": name, "seconds": time.perf_counter() - t0, "ok": False, "detail": f"not submitted: {str(e)[:120]}",
+                "log": str(log_dir / f"{name}.log")}
     logs = connect(address).get_job_logs(job_id)
     (log_dir / f"{name}.log").write_text(logs)
     last = error or next((ln for ln in reversed(logs.strip().splitlines()) if ln.strip()), "")
@@ -272,7 +277,7 @@ def call_every_endpoint(cfg: QuickstartConfig, out: dict[str, dict]) -> list[dic
 
 def main(argv=None) -> None:
     cfg = parse_args(QuickstartConfig, argv, description=__doc__.split("\n\n")[0])
-    from cluster.local import another_ray_on_host, dashboard_url, init_ray, this_python_first
+    from cluster.local import check_no_other_ray, dashboard_url, init_ray, this_python_first
 
     # Per-job package notices ("Uploading package", "'.git' is now ignored by default") would drown the steps.
     logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
@@ -291,10 +296,9 @@ def main(argv=None) -> None:
         steps.append({"step": name, "seconds": time.perf_counter() - t0, "ok": True, "detail": detail(res)})
         return res
 
-    if not cfg.address and not os.environ.get("RAY_ADDRESS") and another_ray_on_host():
-        raise SystemExit("Another Ray instance runs on this host (its agent holds port 52365); the quickstart's jobs "
-                         "would reach its agents and fail. Stop it (`ray stop`), or run against it: "
-                         "RAY_ADDRESS=127.0.0.1:6379 python -m cluster.quickstart --set address=http://127.0.0.1:8265")
+    if not cfg.address:
+        check_no_other_ray("the quickstart", "RAY_ADDRESS=127.0.0.1:6379 python -m cluster.quickstart "
+                           "--set address=http://127.0.0.1:8265")
     resources = init_ray(dashboard=not cfg.address)
     address = cfg.address or dashboard_url()
     print(f"Ray up: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; Jobs API {address}; "

@@ -4,6 +4,7 @@
     docray data validate documents DIR           datasets against their contracts (docray/datasets/cli.py)
     docray api health                            call the gateway (every route; DOCRAY_URL, DOCRAY_API_KEY)
     docray models list | show NAME[@VERSION]     registered models and their model cards (docray/storage/cli.py)
+    docray repository purge | delete | audit     the image repository's data protection (docray/storage/cli.py)
 
 The `docray` console script is `cluster.cli:main`: these commands plus the ones that drive Ray jobs
 (`info`, `synth`, `submit`, `recognize pretrain|train|archive|quickstart`, `screen build|rescan`),
@@ -35,6 +36,7 @@ LAZY_GROUPS = {
     "data": "docray.datasets.cli:data",
     "calibrate": "docray.calibration:calibrate",
     "models": "docray.storage.cli:models",
+    "repository": "docray.storage.cli:repository",
 }
 
 

@@ -1,4 +1,5 @@
-"""`docray models list|show`: the registered models and their cards (`docray.storage.registry`).
+"""`docray models list|show`: the registered models and their cards (`docray.storage.registry`);
+`docray repository purge|delete|audit`: data protection in the image repository (`docray.storage.repository`).
 
     docray models list                          every version: when, key metric, commit
     docray models list recognition-unified      one model's versions
@@ -6,10 +7,20 @@
     docray models show regen:v0002 --json       one version's card as JSON
 
 The registry is DOCRAY_HOME/models (a local path or an fsspec URI such as s3://bucket/docray/models).
+
+    docray repository purge --older-than 30d --dry-run   which originals the retention period would purge
+    docray repository purge --older-than 30d             purge them (and finish deletions left under way)
+    docray repository delete ID                          a record with every image and attachment
+    docray repository audit --record ID                  reads of originals, deletes, purges
+
+The repository is DOCRAY_DB_URL and DOCRAY_BLOB_ROOT (or --db-url, --blob-root), else DOCRAY_HOME/repository.
 """
 from __future__ import annotations
 
+import getpass
 import json
+import re
+from datetime import timedelta
 
 import click
 
@@ -121,3 +132,101 @@ def show(ref: str, as_json: bool) -> None:
     except Exception as e:  # noqa: BLE001
         _fail(e)
     click.echo(json.dumps(card, indent=2, sort_keys=True) if as_json else render(card))
+
+
+# -- the image repository: delete, purge, audit ---------------------------------------------------
+
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_age(text: str) -> timedelta:
+    """'30d', '12h', '90m', '0s' (a number and its unit) as a timedelta."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([dhms])", text.strip())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not an age such as 30d, 12h, 90m or 0s", param_hint="--older-than")
+    return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 -- no user name in this environment
+        return "cli"
+
+
+@click.group("repository")
+@click.option("--db-url", envvar="DOCRAY_DB_URL", default=None,
+              help="The repository's database [env: DOCRAY_DB_URL; default: SQLite in DOCRAY_HOME/repository].")
+@click.option("--blob-root", envvar="DOCRAY_BLOB_ROOT", default=None,
+              help="Its blobs, a folder or s3:// URI [env: DOCRAY_BLOB_ROOT; default: DOCRAY_HOME/repository/blobs].")
+@click.pass_context
+def repository(ctx: click.Context, db_url: str | None, blob_root: str | None) -> None:
+    """The image repository's data protection: retention purge, deletion, the audit log."""
+    ctx.obj = {"db_url": db_url, "blob_root": blob_root}
+
+
+def _repo(ctx: click.Context):
+    from docray.storage.repository import ImageRepository
+
+    return ImageRepository(ctx.obj["db_url"], ctx.obj["blob_root"])
+
+
+@repository.command()
+@click.option("--older-than", "older_than", required=True, help="The retention period: 30d, 12h, 90m, 0s.")
+@click.option("--dry-run", is_flag=True, help="List what would be purged; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+@click.pass_context
+def purge(ctx, older_than: str, dry_run: bool, as_json: bool) -> None:
+    """Purge the originals of records older than the period (and the attachments holding their pixels:
+    portrait, document); processed and compressed images and seals stay. Finishes deletions and purges an
+    earlier run left under way. Audited. Exit 1 when some blobs could not be removed (run it again)."""
+    age = parse_age(older_than)
+    with _repo(ctx) as repo:
+        out = repo.purge(age, dry_run=dry_run, actor=_actor(), role="admin", route="docray repository purge")
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        verb = "would purge" if dry_run else "purged"
+        click.echo(f"records created before {out['cutoff']}: {verb} {len(out['purged'])} original(s)")
+        for p in out["purged"]:
+            extra = "".join(f", attachment {a['n']} ({a['kind']})" for a in p["attachments"])
+            click.echo(f"  {p['record_id']}  {p['created_at']}  original {_size(p['original_bytes'])}{extra}")
+        if out["deleted"]:
+            click.echo(f"{'would finish' if dry_run else 'finished'} {len(out['deleted'])} deletion(s) left under way")
+        for rid, err in out["pending"].items():
+            click.echo(f"  pending {rid}: {err}", err=True)
+    if out["pending"]:
+        ctx.exit(1)
+
+
+@repository.command()
+@click.argument("record_id")
+@click.pass_context
+def delete(ctx, record_id: str) -> None:
+    """Delete a record with its original, processed and compressed images and every attachment (blobs and
+    rows). Audited. A record half-deleted by an earlier failure is finished."""
+    from docray.storage.blobs import NotFound
+    from docray.storage.repository import DeletionIncomplete
+
+    with _repo(ctx) as repo:
+        try:
+            out = repo.delete(record_id, actor=_actor(), role="admin", route="docray repository delete")
+        except (NotFound, DeletionIncomplete) as e:
+            raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(out))
+
+
+@repository.command()
+@click.option("--record", "record_id", default=None, help="Only this record's entries.")
+@click.option("--action", type=click.Choice(["read", "delete", "purge"]), default=None, help="Only this action.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+@click.pass_context
+def audit(ctx, record_id: str | None, action: str | None, limit: int, as_json: bool) -> None:
+    """The audit log, newest first: every admin read of an original, every delete and purge (UTC time,
+    actor: API-key id or role, action, record, what, route)."""
+    with _repo(ctx) as repo:
+        entries = repo.audit_log(record_id, action, limit)
+    for e in entries:
+        click.echo(json.dumps(e) if as_json else
+                   f"{e['at']}  {e['actor']:<18}  {e['action']:<6}  {e['record_id'] or '-'}  {e['what']}  ({e['route'] or '-'})")

@@ -5,6 +5,8 @@
     docray api recognize id.png --frame flash.png --task doc_type
     docray api screen a.jpg b.jpg --release-time 2024-05-01
     docray api compress scan.png --mode split --out scan.jpg
+    docray api delete-record ID                 # admin: a record with every image and attachment
+    docray api audit --record ID                # admin: reads of originals, deletes, purges
 
 Answers are pretty JSON on stdout (base64 and binary blobs shown by their length unless
 `docray api --full`). A refused request prints the server's code and message on stderr and
@@ -259,6 +261,33 @@ def repository(ctx, record_id, which, attachment, out):
         return {"record_id": record_id, **what, "bytes": len(data), "out": str(out)}
 
     _run(ctx, call)
+
+
+@api.command("delete-record")
+@click.argument("record_id")
+@click.pass_context
+def delete_record(ctx, record_id):
+    """DELETE /v1/repository/RECORD_ID (admin): delete a record with its original, processed and compressed
+    images and every attachment (blobs and rows).
+
+    \b
+    Example:  docray api --api-key ADMIN delete-record 3f2c...e1
+    """
+    _run(ctx, lambda dc: dc.delete_record(record_id))
+
+
+@api.command()
+@click.option("--record", "record_id", default=None, help="Only this record's entries.")
+@click.option("--action", type=click.Choice(["read", "delete", "purge"]), default=None, help="Only this action.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=None, help="At most this many entries (default 100).")
+@click.pass_context
+def audit(ctx, record_id, action, limit):
+    """GET /v1/audit (admin): the repository's audit log, newest first (reads of originals, deletes, purges).
+
+    \b
+    Example:  docray api --api-key ADMIN audit --action read --limit 20
+    """
+    _run(ctx, lambda dc: dc.audit(record_id=record_id, action=action, limit=limit))
 
 
 if __name__ == "__main__":

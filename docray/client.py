@@ -9,6 +9,8 @@
         dc.recognize_private(face)                          # masked HERE: the raw face never leaves
         data, answer = dc.compress_split("scan.png")        # server regenerates, terminal compresses + uploads
         dc.attachment(answer["record_id"], 2)               # a seal crop (the answer lists the attachments)
+        dc.delete_record(answer["record_id"])               # admin: the record, every image and attachment
+        dc.audit(record_id=answer["record_id"])             # admin: who read, deleted or purged it
 
     async with AsyncDocrayClient(url, api_key="...") as dc:  # same methods, awaited
         await dc.library()
@@ -301,6 +303,17 @@ class Endpoints:
     def repository(self, record_id: str, which: str = "processed"):
         """`GET /v1/repository/{record_id}/{which}` -> image bytes (which=original: admin only)."""
         return self._run(one("GET", _record_path(record_id, which), parse_bytes))
+
+    def delete_record(self, record_id: str):
+        """`DELETE /v1/repository/{record_id}` (admin): the record with its original, processed and compressed
+        images and every attachment, blobs and rows -> {"record_id", "deleted", "blobs"}; 404 when there is none."""
+        return self._run(one("DELETE", _record_path(record_id)))
+
+    def audit(self, record_id: str | None = None, action: str | None = None, limit: int | None = None):
+        """`GET /v1/audit` (admin) -> {"entries": [{"at", "actor", "role", "action", "record_id", "what", "route"}]},
+        newest first: reads of originals, deletes, purges."""
+        params = {k: v for k, v in {"record_id": record_id, "action": action, "limit": limit}.items() if v is not None}
+        return self._run(one("GET", "/v1/audit", params=params))
 
     # operations -------------------------------------------------------------------------------
     def healthz(self):

@@ -14,6 +14,7 @@ It then calls the method deployments through handles with decoded inputs:
     /v1/screen, /v1/screen/*          -> Screening, Descriptor (serve_apps/screening.py)
     /v1/recognize-private[/masks]     -> Privacy  (serve_apps/privacy.py)
     /v1/compress, /v1/repository/*    -> Regen, TypeModel, ContentModel, Generator (serve_apps/regen.py)
+    /v1/audit                         -> Regen (the repository's audit table)
     /v1/file-types                    -> the gateway itself (a static file: regen.FileTypesFile)
 
 Each method deployment scales on its own (`autoscaling_config` in the YAML); a method left out of the
@@ -26,6 +27,7 @@ The method modules never import this one: the gateway is composed from them (`bu
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -112,6 +114,34 @@ def _id(raw: str | None, name: str, required: bool = False) -> str | None:
         raise ApiError(400, "bad_id", f"{name} must be 1-128 letters, digits, '.', '_', ':' or '-' (starting with a "
                        f"letter or digit), got {raw[:60]!r}")
     return raw
+
+
+def actor_of(request: Request, keys: dict[str, str]) -> str:
+    """Who the audit log names: the API key's id (`key:` and its SHA-256's first 12 hex digits, never
+    the key itself), or `role:admin` when auth is off (no keys: every caller is admin)."""
+    if not keys:
+        return "role:admin"
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    return "key:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def route_of(request: Request) -> str:
+    return f"{request.method} {request.url.path}"[:255]
+
+
+def _audit_query(record_id: str | None, action: str | None, limit: str | None) -> tuple[str | None, str | None, int]:
+    """`GET /v1/audit`'s filters, each a 400 when present and wrong (an empty value included)."""
+    from docray.storage.repository import AUDIT_ACTIONS, is_record_id
+
+    if record_id is not None and not is_record_id(record_id):
+        raise ApiError(400, "bad_id", f"record_id is a record's id (32 lowercase hex digits), got {record_id[:60]!r}")
+    if action is not None and action not in AUDIT_ACTIONS:
+        raise ApiError(400, "bad_action", f"action must be one of {list(AUDIT_ACTIONS)}, got {action[:60]!r}")
+    if limit is None:
+        return record_id, action, 100
+    if not (limit.isascii() and limit.isdigit() and len(limit) <= 4 and 1 <= int(limit) <= 1000):
+        raise ApiError(400, "bad_limit", f"limit is a number from 1 to 1000, got {limit[:60]!r}")
+    return record_id, action, int(limit)
 
 
 def _flag(raw: str | None, name: str) -> bool:
@@ -276,9 +306,32 @@ class Gateway:
 
     @api.get("/v1/repository/{record_id}/{which}")
     async def repository(self, request: Request, record_id: str, which: str):
+        """One image of a record: processed or compressed (user), original (admin; every read audited;
+        410 purged once the retention period has removed it)."""
         role = require_role(request, self.keys, "admin" if which == "original" else "user")
-        data, media = await remote(self._app("regen").repository.remote(record_id, which, role))
+        data, media = await remote(self._app("regen").repository.remote(record_id, which, role, actor_of(request, self.keys),
+                                                                        route_of(request)))
         return Response(content=data, media_type=media)
+
+    @api.delete("/v1/repository/{record_id}")
+    async def delete_record(self, request: Request, record_id: str):
+        """Delete a record (admin) with its original, processed and compressed images and every attachment,
+        blobs and rows; audited. 404 when there is none (a second delete); 503 delete_incomplete when a
+        blob could not be removed (the record is already unreadable; the same DELETE again finishes it)."""
+        require_role(request, self.keys, "admin")
+        return await remote(self._app("regen").delete_record.remote(record_id, actor_of(request, self.keys),
+                                                                    route_of(request)))
+
+    @api.get("/v1/audit")
+    async def audit(self, request: Request, record_id: str | None = Query(None, description="one record's entries"),
+                    action: str | None = Query(None, description="read | delete | purge"),
+                    limit: str | None = Query(None, description="at most this many entries, 1-1000 (default 100)")):
+        """The repository's audit log (admin), newest first: every admin read of an original (or of an
+        attachment holding its pixels), every delete and purge: UTC time, actor (API-key id), role, action,
+        record, what, route."""
+        require_role(request, self.keys, "admin")
+        handle = self._app("regen")
+        return await remote(handle.audit.remote(*_audit_query(record_id, action, limit)))
 
     @api.put("/v1/repository/{record_id}/{which}")
     async def upload_compressed(self, request: Request, record_id: str, which: str,
@@ -302,7 +355,8 @@ class Gateway:
         role = require_role(request, self.keys, "user")  # the key first: a caller without one learns nothing
         if not (n.isascii() and n.isdigit() and len(n) <= 6):
             raise ApiError(400, "bad_attachment", f"n is an attachment's number (0, 1, ...), got {n[:60]!r}")
-        data, media = await remote(self._app("regen").attachment.remote(record_id, int(n), role))
+        data, media = await remote(self._app("regen").attachment.remote(record_id, int(n), role, actor_of(request, self.keys),
+                                                                        route_of(request)))
         return Response(content=data, media_type=media)
 
 

@@ -1,4 +1,4 @@
-"""Regen compression on Ray Serve: `POST /v1/compress`, `GET|PUT /v1/file-types`, `GET /v1/repository/...`.
+"""Regen compression on Ray Serve: `POST /v1/compress`, `GET|PUT /v1/file-types`, `/v1/repository/...`, `/v1/audit`.
 
     serve run configs/serve/gateway.yaml                               # every method behind one gateway
     serve run configs/serve/regen.yaml                           # the gateway with this method only
@@ -9,6 +9,8 @@
     curl -H "Authorization: Bearer $ADMIN" localhost:8000/v1/repository/<id>/original -o o.png
     curl -X PUT -F image=@terminal.jpg localhost:8000/v1/repository/<id>/compressed   # split mode's file
     curl localhost:8000/v1/repository/<id>/attachments/2 -o seal.jpg             # n: the answer's attachments
+    curl -X DELETE -H "Authorization: Bearer $ADMIN" localhost:8000/v1/repository/<id>   # the record, every blob and row
+    curl -H "Authorization: Bearer $ADMIN" "localhost:8000/v1/audit?record_id=<id>"      # who read, deleted, purged
 
 Composed deployments (the gateway calls `Regen`, which holds handles to the three others):
 `TypeModel` is the document gate on the whole capture (not a known document, an unsure type or an
@@ -30,10 +32,20 @@ file_types.yaml; `FileTypesFile`): the gateway serves and edits it (`GET`/`PUT /
 validated: second < first for every type, the first threshold fixed) and `Regen` reads it again
 when it changes. `version` pins the registry's regen model (`latest` is pinned to the newest when the
 app is built, so the four deployments load the same one); every `/v1/compress` answer names it (`models`).
+
+Data protection (`docray.storage.repository`): `DELETE /v1/repository/{id}` (admin) removes a record
+with every image and attachment, blobs and rows (`ImageRepository.delete`); with `retention_days` set,
+each `Regen` replica runs `ImageRepository.purge` every `purge_interval_s` on a daemon thread of its
+own (`Retention`; never on the replica's event loop), so originals older than the period go and
+reading one answers 410 `purged`; every admin read of an original, every delete and every purge is
+written to the repository's audit table, read back by `GET /v1/audit` (admin).
 """
 
 import asyncio
+import logging
 import os
+import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +60,8 @@ from docray.imageio import decode_image, sniff_format
 from serve_apps.http import ApiError
 from serve_apps.observe import record_batch, set_batching
 
+log = logging.getLogger("ray.serve")
+
 
 class RegenAppConfig(Config):
     model_dir: str = Field("", description="regen model folder (train_regen's <out>/model); '' -> registry 'regen'")
@@ -61,6 +75,10 @@ class RegenAppConfig(Config):
     composite_seals: bool = True
     repository_url: str = Field("", description="image repository DB URL ('' -> DOCRAY_DB_URL or SQLite)")
     blob_root: str = Field("", description="blob root ('' -> DOCRAY_BLOB_ROOT or DOCRAY_HOME/repository/blobs)")
+    retention_days: float | None = Field(None, gt=0, description="purge the originals of records older than this many "
+                                         "days (and the attachments holding their pixels; processed, compressed and "
+                                         "seals stay), every purge_interval_s; null: keep them")
+    purge_interval_s: float = Field(3600.0, gt=0, description="how often each Regen replica runs the retention purge")
     seed: int = 0
     ungated: bool = Field(False, description="regenerate even with an uncalibrated model (tests, demos); "
                           "false: an uncalibrated model answers every upload by the codec path")
@@ -117,6 +135,46 @@ def load_compressor(cfg: RegenAppConfig):
                                        steps=cfg.steps, composite_seals=cfg.composite_seals, ungated=cfg.ungated)
 
 
+class Retention:
+    """`ImageRepository.purge(retention)` now and then every `interval_s`, on a daemon thread of its own (the
+    repository's database and blob calls block: never on a replica's event loop). Two replicas purging at
+    once is safe: each record is marked by one conditional update, blob removal is idempotent."""
+
+    def __init__(self, repo, days: float, interval_s: float):
+        self.repo, self.days, self.interval_s = repo, days, interval_s
+        self.last: dict | None = None  # a summary of the latest run, for /healthz
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> dict:
+        out = self.repo.purge(timedelta(days=self.days), actor="retention")
+        self.last = {"cutoff": out["cutoff"], "purged": len(out["purged"]), "deleted": len(out["deleted"]),
+                     "pending": len(out["pending"])}
+        if out["purged"] or out["deleted"] or out["pending"]:
+            log.info("retention purge (older than %s days): %s", self.days, self.last)
+        return out
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 -- a failed run is logged; the next one retries
+                log.exception("retention purge failed; retrying in %.0f s", self.interval_s)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def start(self) -> "Retention":
+        self._thread = threading.Thread(target=self._loop, name="docray-retention", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def info(self) -> dict:
+        return {"days": self.days, "interval_s": self.interval_s, "last": self.last}
+
+
 class _ModelStage:
     """One model of the pipeline on its own replicas: loads it, takes its batch settings from user_config."""
     batched = ""  # the name of the subclass's @serve.batch method
@@ -171,6 +229,12 @@ class Regen:
         self.rc = load_compressor(self.cfg)  # geometry, seals, compression; its models stay idle here
         self.repo = ImageRepository(self.cfg.repository_url or None, self.cfg.blob_root or None)
         self.file_types = FileTypesFile(file_types_path(self.cfg))
+        self.retention = Retention(self.repo, self.cfg.retention_days, self.cfg.purge_interval_s).start() \
+            if self.cfg.retention_days else None
+
+    def __del__(self):
+        if getattr(self, "retention", None) is not None:
+            self.retention.stop()
 
     async def compress(self, data: bytes, mode: str) -> dict:
         """The composed flow; mirrors `RegenCompressor.run` with the model calls on other replicas."""
@@ -216,34 +280,66 @@ class Regen:
         except NotFound as e:
             raise ApiError(404, "not_found", str(e)) from None
 
-    async def attachment(self, record_id: str, n: int, role: str) -> tuple[bytes, str]:
-        """(bytes, media type) of attachment `n`; the repository decides by its kind whether `role` reads it."""
-        from docray.storage.blobs import NotFound
+    async def attachment(self, record_id: str, n: int, role: str, actor: str | None = None,
+                         route: str | None = None) -> tuple[bytes, str]:
+        """(bytes, media type) of attachment `n`; the repository decides by its kind whether `role` reads it
+        (and audits a read of one holding the original's pixels, naming `actor` and `route`)."""
         from docray.storage.repository import AccessDenied
 
         try:
-            a = await asyncio.to_thread(self.repo.attachment, record_id, n, role)
-        except NotFound as e:
-            raise ApiError(404, "not_found", str(e)) from None
+            a = await asyncio.to_thread(self.repo.attachment, record_id, n, role, actor=actor, route=route)
         except AccessDenied as e:
             raise ApiError(403, "forbidden", str(e)) from None
+        except Exception as e:  # noqa: BLE001 -- repository_error re-raises what is not the client's
+            raise repository_error(e) from None
         return a["data"], media_type(a["data"])
 
-    async def repository(self, record_id: str, which: str, role: str) -> tuple[bytes, str]:
-        """(image bytes, media type); `role` was checked by the gateway, the repository checks it again."""
-        from docray.storage.blobs import NotFound
+    async def repository(self, record_id: str, which: str, role: str, actor: str | None = None,
+                         route: str | None = None) -> tuple[bytes, str]:
+        """(image bytes, media type); `role` was checked by the gateway, the repository checks it again
+        and audits a read of the original (`actor`: the API key's id, `route`)."""
         from docray.storage.repository import IMAGES
 
         if which not in IMAGES:
             raise ApiError(400, "bad_image_kind", f"which must be one of {list(IMAGES)}, got {which!r}")
         try:
-            data = await asyncio.to_thread(self.repo.get, record_id, which, role)
-        except NotFound as e:
-            raise ApiError(404, "not_found", str(e)) from None
+            data = await asyncio.to_thread(self.repo.get, record_id, which, role, actor=actor, route=route)
+        except Exception as e:  # noqa: BLE001
+            raise repository_error(e) from None
         return data, media_type(data)
 
+    async def delete_record(self, record_id: str, actor: str | None = None, route: str | None = None) -> dict:
+        """`ImageRepository.delete`: the record with its images and attachments, blobs and rows; audited."""
+        try:
+            return await asyncio.to_thread(self.repo.delete, record_id, actor=actor, role="admin", route=route)
+        except Exception as e:  # noqa: BLE001
+            raise repository_error(e) from None
+
+    async def audit(self, record_id: str | None = None, action: str | None = None, limit: int = 100) -> dict:
+        """The repository's audit entries, newest first."""
+        entries = await asyncio.to_thread(self.repo.audit_log, record_id, action, limit)
+        return {"entries": entries}
+
     def info(self) -> dict:
-        return {"types": len(self.rc.lib.types), "models": self.models}
+        out = {"types": len(self.rc.lib.types), "models": self.models}
+        if self.retention is not None:
+            out["retention"] = self.retention.info()
+        return out
+
+
+def repository_error(e: Exception) -> Exception:
+    """The client's view of a repository error: 410 purged, 404 not_found, 503 delete_incomplete (the
+    record is already unreadable; a retry finishes it); anything else as it is (a 500)."""
+    from docray.storage.blobs import NotFound
+    from docray.storage.repository import DeletionIncomplete, Purged
+
+    if isinstance(e, Purged):
+        return ApiError(410, "purged", str(e))
+    if isinstance(e, NotFound):
+        return ApiError(404, "not_found", str(e))
+    if isinstance(e, DeletionIncomplete):
+        return ApiError(503, "delete_incomplete", str(e))
+    return e
 
 
 def media_type(data: bytes) -> str:

@@ -423,8 +423,8 @@ def test_cli_compress_private_repository_file_types(cli, tmp_path):
 
 def test_cli_every_command_has_help_with_example():
     names = sorted(api_cli.api.commands)
-    assert names == ["add-target", "compress", "file-types", "health", "library", "metrics", "recognize",
-                     "recognize-private", "repository", "screen"]
+    assert names == ["add-target", "audit", "compress", "delete-record", "file-types", "health", "library", "metrics",
+                     "recognize", "recognize-private", "repository", "screen"]
     for name in names:
         r = CliRunner().invoke(api_cli.api, [name, "--help"])
         assert r.exit_code == 0 and "Example:" in r.stdout and "docray api" in r.stdout, name

@@ -4,21 +4,28 @@ The original and the masked recogniser use the same `recognizer_step`, the same 
 same epochs; the masked one passes the batch's masks (drawn at random from the training bank with
 a random placement each, by `docray.privacy.data.MaskedFaces`), the original passes None. The
 inpainter learns masked -> whole. Validation sums (`val_sums`) add up over batches and ranks.
+`fit` runs the same steps in this process on in-memory tensors (the attack suite's small models).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from docray.privacy.masks import overlay
+from docray.privacy.masks import overlay, random_masks
 
 
 def recognizer_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy on (b, 3, h, w) pixels in [0, 1], overlaid with `masks` when given."""
+    """Cross-entropy on (b, 3, h, w) pixels in [0, 1], overlaid with `masks` when given; with a
+    cosine head, the true class's logit first loses scale x margin (CosFace)."""
     if masks is not None:
         x = overlay(x, masks)
-    return F.cross_entropy(model(x), y)
+    logits = model(x)
+    cfg = getattr(getattr(model, "module", model), "cfg", None)  # the model itself, or under DDP
+    if getattr(cfg, "head", "linear") == "cosine" and cfg.margin:
+        logits = logits - cfg.scale * cfg.margin * F.one_hot(y, logits.shape[1]).to(logits)
+    return F.cross_entropy(logits, y)
 
 
 def inpaint_step(model: nn.Module, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -74,3 +81,42 @@ def warm_start(model: nn.Module, ref: str) -> tuple[int, int]:
         raise ValueError(f"init_from {ref!r}: no weight matches the model (another architecture?)")
     model.load_state_dict(keep, strict=False)
     return len(keep), len(own)
+
+
+# -- in-process training (the open-set attack suite; the jobs use Ray Train) -------------------------
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+        yield torch.from_numpy(order[i:i + batch_size])
+
+
+def fit(model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor | None = None, bank: np.ndarray | None = None, *,
+        epochs: int, batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 5e-4, max_shift: float = 0.125,
+        seed: int = 0) -> nn.Module:
+    """Train `model` in this process, the steps the Ray Train job takes (`recognizer_step` /
+    `inpaint_step`, AdamW, cosine decay); returns it in eval mode. kind "original": x (n, 3, h, w)
+    in [0, 1] and class ids y; "masked": the same, each image overlaid with a mask drawn from `bank`
+    (m, h, w) with a random placement; "inpaint": x and `bank` (no labels). Fixed by `seed`."""
+    if kind not in ("original", "masked", "inpaint"):
+        raise ValueError(f"kind must be original, masked or inpaint, got {kind!r}")
+    if kind != "original" and bank is None:
+        raise ValueError(f"kind {kind!r} needs a mask bank")
+    if kind != "inpaint" and (y is None or len(y) != len(x)):
+        raise ValueError("a recogniser needs a class id per image")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    steps = epochs * max(len(x) // batch_size, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0 if kind == "inpaint" else weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    for _ in range(epochs):
+        for idx in _batches(len(x), batch_size, rng):
+            masks = None if bank is None or kind == "original" else \
+                torch.from_numpy(random_masks(bank, len(idx), rng, max_shift))[:, None].to(x)  # (b, 1, h, w)
+            loss = inpaint_step(model, x[idx], masks) if kind == "inpaint" else recognizer_step(model, x[idx], y[idx], masks)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()

@@ -8,5 +8,8 @@ recognisers and inpainting attacks.
     grid      the mask x image grid predictor (Ray Data actors and the plain loop share it), Table 1
     funnel    the selection funnel (gap -> top-K -> inpainting attack -> drop), Table 2
     report    Markdown + PNG report;  cli: `docray privacy ...`
+    openset   the open-set protocol: disjoint identity roles, TAR at FAR and rank-1 from embeddings
+    attacks   the attack suite (masked image + mask -> reconstruction) and the blur / mosaic baselines
+    suite     the attacker table: the defender's and the attacker's models on the open set, per mask
     private   the private-recognition predictor;  client: masks on the client, calls the endpoint
 """

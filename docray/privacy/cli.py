@@ -3,6 +3,7 @@
     docray privacy report [--run DIR] [--out DIR]       Markdown + PNG plots of a grid run
     docray privacy tables [--run DIR]                   Table 1 and the funnel stages, in the terminal
     docray privacy sheet --out masks.png [--folder DIR --invert]   a contact sheet of a mask set, by bin
+    docray privacy attacks [--set KEY=VALUE ...]        the attack suite's table per mask (open-set protocol)
 """
 from __future__ import annotations
 
@@ -75,3 +76,13 @@ def sheet(out: str, folder: str | None, invert: bool, n: int, seed: int) -> None
             canvas[i * (s + 2):i * (s + 2) + s, j * (s + 2):j * (s + 2) + s] = (m * 255).astype(np.uint8)
     Image.fromarray(canvas).save(out)
     click.echo(f"{out}: {table.num_rows} masks, bins {sorted(set(bins.tolist()))}")
+
+
+@privacy.command("attacks", add_help_option=False, context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def attacks(args) -> None:
+    """The attack suite on the open-set protocol: per mask, each recogniser's and attack's TAR at
+    FAR 1e-3 / 1e-2 and rank-1 (arguments as `python -m docray.privacy.suite`; --help lists the keys)."""
+    from docray.privacy.suite import main
+
+    main(list(args))

@@ -1,0 +1,164 @@
+"""The attack suite: each attack's shapes and determinism, the baseline protections, the attacker held
+to its own identities, and the attacker table at tiny settings."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from docray.models import build_model
+from docray.privacy.attacks import ATTACKS, PROTECTIONS, build_attacks, gaussian_blur, mosaic, protect
+from docray.privacy.masks import overlay
+
+TINY = ["identities.train=3", "identities.eval=3", "identities.attacker=3", "samples=4", "image_size=32",
+        "recognizer=recognizer_tiny", "inpainter=inpaint_unet_tiny", "attacker.recognizer=recognizer_tiny",
+        "attacker.inpainter=inpaint_unet_tiny", "epochs=1", "inpaint_epochs=1", "attacker.epochs=1",
+        "attacker.inpaint_epochs=1", "defender.mask_bank=6", "attacker.mask_bank=6", "batch_size=6", "n_masks=2"]
+
+
+@pytest.fixture(scope="module")
+def attacks():
+    torch.manual_seed(0)
+    return build_attacks(ATTACKS, inpainter=build_model("inpaint_unet_tiny", image_size=32))
+
+
+def _batch(b: int = 3, size: int = 32):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(b, 3, size, size, generator=g)
+    mask = torch.ones(b, 1, size, size)
+    mask[0, :, 4:20, 6:18] = 0
+    mask[1, :, 10:30, 0:12] = 0
+    mask[2, :, 16:24, 16:28] = 0
+    return x, mask
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attack_shapes_determinism_and_kept_pixels(attacks, name):
+    x, mask = _batch()
+    masked = overlay(x, mask)
+    out = attacks[name](masked, mask)
+    assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.equal(out, attacks[name](masked.clone(), mask.clone()))  # bit for bit
+    assert torch.allclose(out * mask, masked * mask)  # kept pixels unchanged
+    assert out.min() >= 0 and out.max() <= 1
+    hole = (1 - mask).bool().expand_as(out)
+    if name == "none":
+        assert out[hole].abs().max() == 0  # the masked image itself
+    else:
+        assert out[hole].abs().mean() > 0.05  # holes filled
+    one = attacks[name](masked[:1], mask[:1])
+    assert torch.allclose(one, out[:1], atol=1e-6)  # an image's answer does not depend on its batch
+
+
+@pytest.mark.parametrize("name", ["telea", "navier_stokes", "biharmonic"])
+def test_classical_inpainting_restores_a_smooth_image(attacks, name):
+    yy, xx = torch.meshgrid(torch.linspace(0.2, 0.8, 32), torch.linspace(0.3, 0.6, 32), indexing="ij")
+    x = torch.stack([yy, xx, 0.5 * (yy + xx)])[None]  # (1, 3, 32, 32): a smooth ramp
+    mask = torch.ones(1, 1, 32, 32)
+    mask[..., 10:20, 12:22] = 0
+    out = attacks[name](overlay(x, mask), mask)
+    hole = (1 - mask).bool().expand_as(x)
+    assert (out - x)[hole].abs().mean() < 0.03  # far closer than the black of the masked image (~0.5)
+
+
+def test_one_mask_for_the_whole_batch(attacks):
+    x, mask = _batch()
+    shared = mask[:1]
+    a = attacks["telea"](overlay(x, shared), shared)
+    b = attacks["telea"](overlay(x, shared.expand(3, -1, -1, -1)), shared.expand(3, -1, -1, -1))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="mask must be"):
+        attacks["telea"](x, mask[:2])
+    with pytest.raises(ValueError, match="masked images must be"):
+        attacks["none"](x[:, :1], mask)
+    with pytest.raises(ValueError, match="unknown attack"):
+        build_attacks(["dall-e"])
+    with pytest.raises(ValueError, match="needs the attacker's inpainter"):
+        build_attacks(["learned"])
+
+
+def test_protections_touch_the_hidden_region_only():
+    x, mask = _batch()
+    assert torch.equal(protect("mask", x, mask), overlay(x, mask))
+    for name in ("blur", "mosaic"):
+        out = protect(name, x, mask)
+        assert out.shape == x.shape
+        assert torch.equal(out * mask, x * mask)
+        hole = (1 - mask).bool().expand_as(x)
+        assert (out - x)[hole].abs().mean() > 0.05  # the region really is changed
+        assert (out[hole] > 0).float().mean() > 0.9  # ... but not blacked out
+    blurred = protect("blur", x, mask, blur_sigma=0.1)
+    assert blurred[0, :, 4:20, 6:18].std() < x[0, :, 4:20, 6:18].std() / 2
+    with pytest.raises(ValueError, match="unknown protection"):
+        protect("pixelate", x, mask)
+    assert set(PROTECTIONS) == {"mask", "blur", "mosaic"}
+
+
+def test_blur_and_mosaic_by_hand():
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert torch.allclose(gaussian_blur(flat, 2.0), flat, atol=1e-6)
+    x = torch.arange(16.).repeat(16, 1)[None, None].repeat(1, 3, 1, 1) / 16  # (1, 3, 16, 16), x ramp
+    m = mosaic(x, 4)
+    assert torch.allclose(m[0, 0, 0, :4], torch.full((4,), 1.5 / 16)) and torch.equal(m[..., :4, :], m[..., 4:8, :])
+    assert mosaic(torch.rand(1, 3, 10, 10), 4).shape == (1, 3, 10, 10)  # ragged edge cells
+
+
+def test_attacker_never_trains_on_the_defender_people():
+    from docray.config import load_config
+    from docray.privacy.openset import load_openset
+    from docray.privacy.suite import AttackSuiteConfig, train_attacker
+
+    cfg = load_config(AttackSuiteConfig, overrides=TINY)
+    data = load_openset("synth", cfg.identities.model_dump(), samples=4, size=32)
+    attacker = train_attacker(data, cfg, log=lambda *_: None)
+    assert attacker.identities.tolist() == data.identities["attacker"].tolist()
+    assert attacker.recognizer.classifier.out_features == 3 and attacker.inpainter is not None
+    data.identities["attacker"] = np.r_[data.identities["attacker"], data.identities["eval"][:1]]
+    with pytest.raises(ValueError, match="share 1 identities"):
+        train_attacker(data, cfg)
+
+
+def test_attacker_table_at_tiny_settings(tmp_path):
+    from docray.config import load_config
+    from docray.privacy.suite import AttackSuiteConfig, format_table, run_suite, worst_attacker
+
+    cfg = load_config(AttackSuiteConfig, overrides=TINY + [f"out={tmp_path}"])
+    table = run_suite(cfg, log=lambda *_: None)
+    per_mask = table[table["mask_id"] != ""]
+    assert per_mask["mask_id"].nunique() == 2
+    attacker = per_mask[per_mask["party"] == "attacker"]
+    for a in ATTACKS:  # every attack on the mask, against whole photos and against the same treatment
+        assert len(attacker[(attacker["protection"] == "mask") & (attacker["attack"] == a)]) == 2 * 2
+    for p in ("blur", "mosaic"):  # the baselines beside the masks
+        assert len(attacker[attacker["protection"] == p]) == 2 * 2
+    defender = per_mask[per_mask["party"] == "defender"]
+    assert set(defender["attack"]) == {"none", "defender_inpainter"}
+    assert table[["tar@0.001", "tar@0.01", "rank1"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert set(table.loc[table["mask_id"] == "", "recogniser"]) == {"original", "masked", "attacker"}
+    assert len(worst_attacker(table)) == 2
+    text = format_table(table)
+    assert "whole images" in text and "biharmonic" in text and "mosaic" in text and "fewer than 2,000" in text
+    assert (tmp_path / "attacks.csv").exists() and (tmp_path / "summary.json").exists()
+
+
+def test_cli_prints_the_attacker_table(monkeypatch):
+    from click.testing import CliRunner
+
+    from docray.privacy.cli import privacy
+
+    r = CliRunner().invoke(privacy, ["attacks", "--set", *TINY, "n_masks=1", "attacker.attacks=[none,telea]",
+                                     "protections=[mask,blur]", "references=[whole]", "defender.inpainter=none"])
+    assert r.exit_code == 0, r.output
+    assert "telea" in r.output and "blur" in r.output and "biharmonic" not in r.output
+    r = CliRunner().invoke(privacy, ["attacks", "--set", "attacker.attacks=[dall-e]", *TINY])
+    assert r.exit_code != 0
+
+
+def test_the_attacker_reads_the_hole_off_the_leaked_image():
+    from docray.privacy.attacks import leaked_mask
+
+    x, mask = _batch()
+    x = x.clamp_min(0.05)  # no pixel of the face itself is black
+    assert torch.equal(leaked_mask(overlay(x, mask)), mask)
+    x[0, :, 0, 0] = 0  # a black pixel of the photo looks hidden too
+    assert leaked_mask(overlay(x, mask))[0, 0, 0, 0] == 0

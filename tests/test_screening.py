@@ -334,3 +334,42 @@ def test_default_ann_is_ivfpq_on_cpu_and_ivf_flat_where_faiss_searches_on_a_gpu(
         idx.add(v, np.arange(300), np.arange(300) % 8)
     assert cpu.current_kind == "ivfpq" and gpu.current_kind == "ivf"  # fast-scan PQ has no GPU search
     assert list(cpu.search(v[:4], 1)[1][:, 0]) == [0, 1, 2, 3]
+
+
+def test_ocr_crop_adds_the_text_region_with_its_margin(tmp_path):
+    lib, embed = make_library(tmp_path / "lib", 1)
+    pic = poster(7, (200, 100))
+    lines = lambda img: [(60, 40, 120, 52)] if img.size == (200, 100) else []  # "OCR": one line, found on the picture
+    cfg = ScreenConfig(ocr_crop=True, ocr_margin=0.1)
+    plain = [r.box for r in Screener(lib, embed, cfg.model_copy(update={"ocr_crop": False}), text_boxes=lines).regions([pic])]
+    regions = Screener(lib, embed, cfg, text_boxes=lines).regions([pic])
+    assert [r.box for r in regions] == plain + [(50, 30, 130, 62)]  # the text line widened by 10 px (0.1 x 100)
+    assert regions[-1].crop.size == (80, 32)
+    assert [r.box for r in Screener(lib, embed, cfg, text_boxes=lambda img: []).regions([pic])] == plain  # no text
+    tiny = Screener(lib, embed, cfg.model_copy(update={"ocr_margin": 0.0, "min_region": 16}), text_boxes=lines)
+    assert [r.box for r in tiny.regions([pic])] == plain  # a 12 px high crop is below min_region
+    wide = Screener(lib, embed, cfg.model_copy(update={"ocr_margin": 1.0}), text_boxes=lines)
+    assert [r.box for r in wide.regions([pic])] == plain  # the crop is the whole picture: not searched twice
+
+
+def test_the_second_match_adds_every_picture_of_the_document(tmp_path):
+    lib, embed = make_library(tmp_path / "lib", 3, day=100)
+    cfg = ScreenConfig(threshold=0.9, rule=ExtensionRule(delta_t=5, direction="both", other_cut_types=True))
+    tile = cut(poster(1), "2x2", None)[1].image  # target 1's tile, found only by the extension rule below
+    others = [poster(60), poster(61, (90, 120))]
+    n = len(lib)
+    v = Screener(lib, embed, cfg).screen([others[0], tile, others[1]], release_time=104, cut_type="3x3")
+    assert v["abnormal"] and v["stage"] == "extended" and v["added_tiles"] == 3 and len(lib) == n + 3
+    added = lib.meta.slice(n).to_pylist()
+    assert {r["origin"] for r in added} == {"wild"} and {r["release_day"] for r in added} == {to_day(104)}
+    assert {r["cut_type"] for r in added} == {"3x3"} and {r["source_id"] for r in added} == {"wild:src-1"}
+    # the document's other pictures are found now, by the first match
+    for pic in others:
+        assert Screener(lib, embed, cfg).screen([pic], release_time=104, cut_type="3x3")["stage"] == "primary"
+    # without the whole pictures among the regions (OCR gate) the embedder adds them; nothing twice
+    lib2, embed2 = make_library(tmp_path / "lib2", 3, day=100)
+    gate = lambda crop: [(0, 0, 1, 1)] if crop.size == tile.size else []
+    v = Screener(lib2, embed2, cfg, text_finder=gate).screen([others[0], tile, others[1]], release_time=104, cut_type="3x3")
+    assert v["added_tiles"] == 3
+    v = Screener(lib2, embed2, cfg, text_finder=gate).screen([others[0], tile], release_time=104, cut_type="3x3")
+    assert v["stage"] == "primary" and v["added_tiles"] == 0

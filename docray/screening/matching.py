@@ -1,9 +1,10 @@
 """Matching, the method: picture -> its regions (the whole picture and the pictures laid out in
-it; with `text_finder="ocr"`, only those in which OCR finds text) -> crops scaled to tile size ->
-descriptor -> candidates whose attributes equal the query's -> score (the similarity, less the
-background term) >= threshold is a match; no match -> extension rule -> second match; a document is
-abnormal when any picture matches; the pictures of documents found abnormal by the second match
-join the library as wild tiles.
+it; with `text_finder="ocr"`, only those in which OCR finds text; with `ocr_crop`, also the picture
+cropped to the text OCR finds in it, with a margin) -> crops scaled to tile size -> descriptor ->
+candidates whose attributes equal the query's -> score (the similarity, less the background term)
+>= threshold is a match; no match -> extension rule -> second match; a document is abnormal when any
+picture matches; every content picture of a document found abnormal by the second match (and the
+region that matched, when it is not a whole picture) joins the library as a wild tile.
 
     screener = Screener(library, Embedder.load(), ScreenConfig())
     verdict = screener.screen([pic1, pic2], release_time="2024-05-01", cut_type=None)
@@ -55,6 +56,10 @@ class ScreenConfig(Config):
     text_finder: Literal["ocr", "none"] = Field("none", description="'ocr': only regions in which OCR finds text are "
                                                                     "searched (the design's gate; it misses 10-16% of "
                                                                     "tiles, see the benchmark); 'none': every region is")
+    ocr_crop: bool = Field(False, description="also match each picture cropped to the text OCR finds in it (the "
+                                              "method's OCR step: the union of the text lines, widened by ocr_margin)")
+    ocr_margin: float = Field(0.25, ge=0, description="margin added on each side of the OCR crop, as a fraction of "
+                                                      "the picture's short side")
     whole_picture: bool = Field(True, description="the whole picture is a candidate region too (a tile posted alone)")
     min_region: int = Field(16, description="smallest region side in pixels")
     max_regions: int = Field(8, description="regions per picture at most")
@@ -128,12 +133,16 @@ def find_regions(img: Image.Image, cfg: ScreenConfig) -> list[Box]:
 
 class Screener:
     def __init__(self, library: Library, embed: Callable[[list[Image.Image]], np.ndarray] | None, cfg: ScreenConfig,
-                 text_finder: Callable[[Image.Image], list[Box]] | None = None, background: np.ndarray | None = None):
+                 text_finder: Callable[[Image.Image], list[Box]] | None = None, background: np.ndarray | None = None,
+                 text_boxes: Callable[[Image.Image], list[Box]] | None = None):
         self.library, self.embed, self.cfg = library, embed, cfg
         self.background = background if background is not None else getattr(embed, "background", None)
         if text_finder is None and cfg.text_finder == "ocr":
             from docray.screening.ocr import text_boxes as text_finder
-        self.text_finder = text_finder
+        if text_boxes is None and cfg.ocr_crop:
+            from docray.screening.ocr import text_boxes
+        self.text_finder = text_finder  # the gate: a region is searched only when this finds text in it
+        self.text_boxes = text_boxes  # the OCR crop's text lines
         self._local: tuple[int, FeatureIndex, np.ndarray] | None = None  # (library version, index, tiles' target ids)
 
     def local_index(self) -> tuple[FeatureIndex, np.ndarray]:
@@ -146,14 +155,31 @@ class Screener:
 
     # step 1: regions of every picture
     def regions(self, pictures: list[Image.Image]) -> list[Region]:
-        """The candidate regions of every picture; with a text finder (OCR), those in which it finds text."""
+        """The candidate regions of every picture; with a text finder (OCR), those in which it finds text;
+        with `ocr_crop`, each picture's text crop too."""
         out = []
         for i, pic in enumerate(pictures):
-            for b in find_regions(pic, self.cfg):
+            boxes = find_regions(pic, self.cfg)
+            for b in boxes:
                 crop = pic.crop(b)
                 if self.text_finder is None or self.text_finder(crop):
                     out.append(Region(i, b, crop))
+            b = self.ocr_crop(pic) if self.cfg.ocr_crop else None
+            if b is not None and all(_iou(b, o) < 0.9 for o in boxes):
+                out.append(Region(i, b, pic.crop(b)))
         return out
+
+    def ocr_crop(self, pic: Image.Image) -> Box | None:
+        """The box around every text line OCR finds in `pic`, widened by `ocr_margin` of its short side on each
+        side (the sensitive pictures carry an address or a URL: a tile cut from one holds part of it); None
+        without text, or when the crop would be smaller than `min_region`."""
+        lines = self.text_boxes(pic) if self.text_boxes is not None else []
+        if not lines:
+            return None
+        m = round(self.cfg.ocr_margin * min(pic.size))
+        x0, y0 = max(0, min(b[0] for b in lines) - m), max(0, min(b[1] for b in lines) - m)
+        x1, y1 = min(pic.width, max(b[2] for b in lines) + m), min(pic.height, max(b[3] for b in lines) + m)
+        return (x0, y0, x1, y1) if min(x1 - x0, y1 - y0) >= self.cfg.min_region else None
 
     def scores(self, vectors: np.ndarray, sims: np.ndarray) -> np.ndarray:
         """Similarities (regions, k) -> scores: less `norm_beta` x each region's mean similarity to its
@@ -206,7 +232,7 @@ class Screener:
                 verdict.update(abnormal=True, stage=stage, matches=matches)
                 break
         if verdict["stage"] == "extended" and self.cfg.learn:
-            verdict["added_tiles"] = self._learn(regions, vectors, verdict["matches"], day, cut_type)
+            verdict["added_tiles"] = self._learn(regions, vectors, verdict["matches"], day, cut_type, n_pictures, pictures)
             verdict["library_version"] = self.library.version
         return verdict
 
@@ -300,15 +326,43 @@ class Screener:
                 matches.append(found)
         return matches
 
-    def _learn(self, regions, vectors, matches, day, cut_type) -> int:
-        """The matched regions of a document found by the second match join the library (wild tiles)."""
+    def _learn(self, regions, vectors, matches, day, cut_type, n_pictures, pictures=None) -> int:
+        """A document found by the second match: every content picture of it joins the library as a wild tile
+        (the method's library update), and so does each matched region that is not a whole picture. A picture
+        is added whole with its region's vector when it was a region, else embedded here when this screener
+        has an embedder (`pictures` given); the de-duplication of `append` drops what the library holds."""
+        first = matches[0]
         batch, vecs = TileBatch(), []
+        size = self.library.manifest["tile_size"]
+
+        def add(img, vec, m):
+            batch.extend(wild_tile(img, f"wild:{m['source_id']}", day if day is not None else m["release_day"], size,
+                                   cut_type or "wild", m["target_id"]))
+            vecs.append(vec)
+
         by_box = {(r.picture, tuple(r.box)): k for k, r in enumerate(regions)}
+        if pictures is not None:
+            sizes = {i: pic.size for i, pic in enumerate(pictures)}
+        else:  # the largest extent of a picture's regions (its whole region, when it was one)
+            sizes = {}
+            for r in regions:
+                w, h = sizes.get(r.picture, (0, 0))
+                sizes[r.picture] = (max(w, r.box[2]), max(h, r.box[3]))
+        whole = {r.picture: k for k, r in enumerate(regions) if tuple(r.box) == (0, 0, *sizes[r.picture])}
+        match_of = {m["picture"]: m for m in matches}
+        missing = []
+        for p in range(n_pictures):
+            if p in whole:
+                add(regions[whole[p]].crop, vectors[whole[p]], match_of.get(p, first))
+            elif pictures is not None and self.embed is not None:
+                missing.append(p)
+        if missing:
+            for p, vec in zip(missing, self.embed([pictures[p] for p in missing])):
+                add(pictures[p], vec, match_of.get(p, first))
         for m in matches:
             k = by_box[(m["picture"], tuple(m["region"]))]
-            batch.extend(wild_tile(regions[k].crop, f"wild:{m['source_id']}", day if day is not None else m["release_day"],
-                                   self.library.manifest["tile_size"], cut_type or "wild", m["target_id"]))
-            vecs.append(vectors[k])
+            if k not in whole.values():
+                add(regions[k].crop, vectors[k], m)
         return self.library.append(batch, np.stack(vecs), min_similarity=self.cfg.dedup_similarity)["added"]
 
     # all three steps

@@ -1,8 +1,9 @@
 """The tile vector index: faiss, inner product on L2-normalised vectors (= cosine similarity).
 
     idx = TileIndex(dim=128)
-    idx.add(vectors, release_times, cut_codes)        # ids are row numbers 0..n-1, in add order
+    ids = idx.add(vectors, release_times, cut_codes)  # the id of each row (see "Id layout")
     sims, ids = idx.search(queries, k=10, filt=AttrFilter(t_lo=5, t_hi=5, cuts=frozenset({6})))
+    idx.plan(filt, n_queries)                          # how that search runs: exact or ANN, which selector
     idx.save(folder); idx = TileIndex.load(folder)
 
 Kind, by size (`benchmarks/index_search.py` measured the choice):
@@ -17,26 +18,48 @@ Kind, by size (`benchmarks/index_search.py` measured the choice):
   (the benchmark sweeps it).
 - on a GPU host (`faiss.get_num_gpus() > 0`) IVF-Flat searches run on a GPU copy of the index.
 
-Attribute-restricted search: when few tiles pass the filter (at most `exact_below`, or at most as
-many as one IVF search scans anyway), an exact search over just those (their vectors reconstructed
-from the index); otherwise a faiss ID selector (a bitmap from the attribute arrays) on the one index,
-probing frac^-1/4 times more lists (see `_params`). Chosen by measurement against per-attribute
-shards (`benchmarks/index_search.py --time-shards`, 10^6 tiles): a +-30-day window cost 1.17-1.33x
-an unfiltered search at recall@10 0.961 with the selector, and 1.87x at recall@10 0.956 on one index
-per month (whose shards must probe 4x the share of their lists to keep recall); a cut-type filter
-cost 1.57-1.61x at recall@10 0.952. On GPU, where faiss selectors are not supported, the search
-over-fetches and filters afterwards.
+Id layout: each `add` (a library version) is one segment of consecutive ids, its rows sorted by
+release time. A release-time window is then one id range per segment (fewer where segments follow
+each other in time, as a growing library's do), found by bisection, never by a pass over all tiles.
+Faiss assigns ids in add order, so every IVF list also holds its ids sorted.
+
+Filtered search, per call (all its queries share the filter):
+- the passing ids: the window's ranges; a cut-type filter or an exclusion (the extension rule's
+  "minus the primary candidates") thins them to a bitmap, evaluated inside the ranges only. Their
+  count is the selectivity (counted, not guessed: the count costs what the window holds).
+- then the cheaper of two paths by a cost model (`plan`):
+  exact: `faiss.knn` over the passing vectors (a contiguous slice of the stored vectors for one range).
+  ann: the IVF index with an `IDSelectorRange` (one range) or an `IDSelectorBitmap`, probing more
+  lists the fewer tiles pass: a filter passing a fraction f < WIDE_FRAC probes WIDE_FRAC / f times
+  `nprobe` lists, so that a search still meets about as many passing vectors as an unfiltered one
+  and keeps its recall.
+  The exact scan is chosen when n_pass * (1 + BATCH_READ / m) <= EXACT_PER_CODE * widening * scanned
+  (m queries; `scanned`: the codes one unfiltered IVF search visits, n * nprobe / nlist). Its cost
+  grows with n_pass, the ANN search's with the widening ~ 1/f, so the crossover lies near
+  n_pass = sqrt(WIDE_FRAC * EXACT_PER_CODE * n * scanned / (1 + BATCH_READ / m)): at 10^6 tiles with
+  nprobe 256 of 4096 lists, 11% of the tiles for a batch of 1,000 queries, 8% for a batch of 16.
+- on a GPU host the IVF-Flat search over-fetches and filters afterwards (faiss GPU has no selectors).
+An index built before this layout (ids in arrival order) has as many segments as runs of rising
+release times; past MAX_SEGMENTS a window is found by a pass over all tiles instead (same results).
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from docray.screening.rules import AttrFilter, mask
+
+# The filtered-search cost model (see the module docstring), measured by `benchmarks/index_search.py`
+# (10^6 clustered tiles, dim 128, nlist 4096, nprobe 256, ivfpq, two cores).
+WIDE_FRAC = 0.3        # below this passing fraction f, probe WIDE_FRAC / f times the lists
+EXACT_PER_CODE = 0.65  # exact float vectors scanned for the cost of one code an IVF search visits (batch of 1000)
+BATCH_READ = 16        # an exact scan reads each vector once per batch: per query it costs (1 + BATCH_READ / m)
+MAX_SEGMENTS = 256     # more sorted runs than this (an index from before the layout): windows by a full pass
 
 
 def _ivf(index):
@@ -54,6 +77,21 @@ def _f32(x) -> np.ndarray:
 
 
 KINDS = ("ivf", "ivfpq", "hnsw", "flat")
+PATHS = ("auto", "exact", "ann")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one search runs. `path` "exact" scans the passing ids; "ann" searches the ANN index
+    (with `selector` "range", "bitmap" or None, probing `nprobe` IVF lists)."""
+
+    path: str
+    n_pass: int             # ids passing the filter
+    ranges: np.ndarray      # (r, 2) [a, b) id ranges of the release-time window
+    ids: np.ndarray | None  # the passing ids when a cut type or an exclusion thins the ranges, else None
+    selector: str | None = None
+    nprobe: int | None = None
+    widen: float = 1.0
 
 
 class TileIndex:
@@ -70,6 +108,7 @@ class TileIndex:
         self.times = np.zeros(0, np.int64)
         self.cuts = np.zeros(0, np.int64)
         self._gpu = None  # GPU copy, made lazily
+        self._segments = None  # start id of each sorted run of release times, made lazily
 
     # -- building -----------------------------------------------------------------------------
     @property
@@ -84,14 +123,17 @@ class TileIndex:
         return "hnsw"
 
     def add(self, vectors, release_times, cut_codes) -> np.ndarray:
-        """Append vectors (n, dim) and their attributes; returns their ids. Never rebuilds, except
-        once: the first add that takes a flat index past `ann_threshold` trains the ANN index."""
+        """Append vectors (n, dim) and their attributes as one segment of ids sorted by release time;
+        returns the id of each input row. Never rebuilds, except once: the first add that takes a flat
+        index past `ann_threshold` trains the ANN index."""
         v = _f32(vectors)
         if v.shape[1] != self.dim:
             raise ValueError(f"vectors have dim {v.shape[1]}, the index has {self.dim}")
         t, c = np.asarray(release_times, np.int64).ravel(), np.asarray(cut_codes, np.int64).ravel()
         if not (len(t) == len(c) == len(v)):
             raise ValueError(f"{len(v)} vectors but {len(t)} release times and {len(c)} cut codes")
+        order = np.argsort(t, kind="stable")  # stable: rows already in order keep their ids
+        v, t, c = v[order], t[order], c[order]
         start = self.ntotal
         self.times, self.cuts = np.concatenate([self.times, t]), np.concatenate([self.cuts, c])
         if self.current_kind == "flat" and self.kind != "flat" and start + len(v) >= self.ann_threshold:
@@ -99,8 +141,10 @@ class TileIndex:
             self.index = self._make_ann(np.concatenate([old, v]))
         else:
             self.index.add(v)
-        self._gpu = None
-        return np.arange(start, start + len(v))
+        self._gpu = self._segments = None
+        ids = np.empty(len(v), np.int64)
+        ids[order] = np.arange(start, start + len(v))
+        return ids
 
     def _make_ann(self, v: np.ndarray):
         n = len(v)
@@ -123,6 +167,36 @@ class TileIndex:
             index.make_direct_map()  # reconstruct_batch for the exact search of small candidate sets
         return index
 
+    # -- filters as id ranges -----------------------------------------------------------------
+    def segments(self) -> np.ndarray:
+        """Start ids of the runs of non-decreasing release time: one per add, fewer where adds follow
+        each other in time."""
+        if self._segments is None:
+            self._segments = np.r_[0, np.flatnonzero(np.diff(self.times) < 0) + 1] if self.ntotal else np.zeros(0, np.int64)
+        return self._segments
+
+    def window(self, t_lo: int | None, t_hi: int | None) -> np.ndarray:
+        """(r, 2) [a, b) id ranges holding exactly the ids with t_lo <= release time <= t_hi."""
+        n = self.ntotal
+        if t_lo is None and t_hi is None:
+            return np.array([[0, n]] if n else [], np.int64).reshape(-1, 2)
+        lo = np.iinfo(np.int64).min if t_lo is None else t_lo
+        hi = np.iinfo(np.int64).max if t_hi is None else t_hi
+        starts = self.segments()
+        if len(starts) > MAX_SEGMENTS:  # ids not laid out by time: the edges of a mask over every tile
+            inside = np.r_[False, (self.times >= lo) & (self.times <= hi), False]
+            return np.flatnonzero(np.diff(inside)).reshape(-1, 2)
+        out = []
+        for s, e in zip(starts, np.r_[starts[1:], n]):
+            a = s + int(np.searchsorted(self.times[s:e], lo, "left"))
+            b = s + int(np.searchsorted(self.times[s:e], hi, "right"))
+            if a < b:
+                if out and out[-1][1] == a:  # runs that meet make one range
+                    out[-1][1] = b
+                else:
+                    out.append([a, b])
+        return np.array(out, np.int64).reshape(-1, 2)
+
     # -- searching ----------------------------------------------------------------------------
     def _scanned(self) -> int:
         """About how many vectors one unfiltered search scans."""
@@ -131,50 +205,107 @@ class TileIndex:
             return int(self.ntotal * min(1.0, self.nprobe / ivf.nlist))
         return self.ntotal if isinstance(self.index, faiss.IndexFlat) else 0
 
-    def _params(self, sel=None, frac: float = 1.0):
-        # a filter passing a fraction `frac` leaves fewer candidates per probed list: probe frac^-1/4
-        # times more lists (at most 2x) to keep recall. Measured at 10^6 tiles (nprobe 256, recall@10
-        # 0.964 unfiltered): a cut-type filter (frac 1/8) reached recall@10 0.932 with no widening,
-        # 0.948 at 1.5x, 0.958 at 2x, 0.971 at 2.83x (= frac^-1/2, which cost 2.5x an unfiltered search)
-        widen = min(2.0, frac ** -0.25)
+    def plan(self, filt: AttrFilter | None, n_queries: int = 1, path: str = "auto") -> Plan:
+        """The passing ids of `filt` and the cheaper way to search them for a batch of `n_queries`
+        (`path` "exact" or "ann" forces one, for measurement)."""
+        if path not in PATHS:
+            raise ValueError(f"search path must be one of {PATHS}, got {path!r}")
+        n = self.ntotal
+        if filt is None or filt.is_all:
+            ivf = _ivf(self.index)
+            return Plan("exact" if path == "exact" else "ann", n, self.window(None, None), None,
+                        nprobe=None if ivf is None else min(ivf.nlist, self.nprobe))
+        ranges = self.window(filt.t_lo, filt.t_hi)
+        ids = None
+        if filt.cuts is not None or filt.exclude is not None:  # a bitmap, evaluated inside the window only
+            ids = np.concatenate([a + np.flatnonzero(mask(filt, self.times[a:b], self.cuts[a:b])) for a, b in ranges]
+                                 or [np.zeros(0, np.int64)])
+        n_pass = int((ranges[:, 1] - ranges[:, 0]).sum()) if ids is None else len(ids)
         ivf = _ivf(self.index)
+        widen = 1.0
         if ivf is not None:
-            p = faiss.SearchParametersIVF(sel=sel, nprobe=min(ivf.nlist, int(math.ceil(self.nprobe * widen))))
-            return p if ivf is self.index else faiss.IndexRefineSearchParameters(k_factor=self.k_factor, base_index_params=p)
-        if isinstance(self.index, faiss.IndexHNSW):
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.ef_search * widen))
-        return faiss.SearchParameters(sel=sel) if sel is not None else None
+            widen = min(ivf.nlist / max(1, self.nprobe), max(1.0, WIDE_FRAC * n / max(1, n_pass)))
+        exact_cost = n_pass * (1 + BATCH_READ / max(1, n_queries))
+        cheaper = n_pass <= self.exact_below or exact_cost <= EXACT_PER_CODE * widen * self._scanned()
+        if path == "exact" or (path == "auto" and (cheaper or n_pass == 0)):
+            return Plan("exact", n_pass, ranges, ids, widen=widen)
+        selector = "range" if ids is None and len(ranges) == 1 else "bitmap"
+        nprobe = None if ivf is None else min(ivf.nlist, int(math.ceil(self.nprobe * widen)))
+        return Plan("ann", n_pass, ranges, ids, selector, nprobe, widen)
 
-    def search(self, queries, k: int = 10, filt: AttrFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int = 10, filt: AttrFilter | None = None, path: str = "auto"
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (similarities, ids), each (m, k); ids -1 (similarity -inf) where fewer than k exist."""
         q = _f32(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dim {q.shape[1]}, the index has {self.dim}")
         if self.ntotal == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        allowed = None if (filt is None or filt.is_all) else mask(filt, self.times, self.cuts)
-        if allowed is not None:
-            cand = np.flatnonzero(allowed)
-            if len(cand) <= max(self.exact_below, self._scanned()):  # few: exact, cheaper than a probe
-                return self._search_subset(q, k, cand)
-            frac = len(cand) / self.ntotal
+        p = self.plan(filt, len(q), path)
+        if p.path == "exact":
+            return self._search_exact(q, k, p)
         if self.use_gpu and not isinstance(self.index, faiss.IndexRefine):  # fast-scan PQ stays on the CPU
-            return self._search_gpu(q, k, allowed)
-        sel = None
-        if allowed is not None:
-            bits = np.packbits(allowed, bitorder="little")  # faiss bitmap: bit i of byte i>>3
-            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-        sims, ids = self.index.search(q, k, params=self._params(sel, 1.0 if allowed is None else frac))
+            return self._search_gpu(q, k, None if p.selector is None else self._allowed(p))
+        sel = bits = None
+        if p.selector == "range":  # assume_sorted: IVF lists hold ascending ids (faiss bisects them)
+            sel = faiss.IDSelectorRange(int(p.ranges[0, 0]), int(p.ranges[0, 1]), True)
+        elif p.selector == "bitmap":  # bit i of byte i >> 3; `bits` lives until the search returns
+            bits = np.packbits(self._allowed(p), bitorder="little")
+            sel = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bits))
+        sims, ids = self.index.search(q, k, params=self._params(sel, p))
         sims[ids < 0] = -np.inf
         return sims, ids
 
-    def _search_subset(self, q, k, cand: np.ndarray):
+    def _allowed(self, p: Plan) -> np.ndarray:
+        """The passing ids of a plan as a boolean mask over all ids."""
+        allowed = np.zeros(self.ntotal, bool)
+        if p.ids is not None:
+            allowed[p.ids] = True
+        else:
+            for a, b in p.ranges:
+                allowed[a:b] = True
+        return allowed
+
+    def _params(self, sel, p: Plan):
+        ivf = _ivf(self.index)
+        if ivf is not None:
+            ivf_params = faiss.SearchParametersIVF(sel=sel, nprobe=p.nprobe)
+            if ivf is self.index:
+                return ivf_params
+            return faiss.IndexRefineSearchParameters(k_factor=self.k_factor, base_index_params=ivf_params)
+        if isinstance(self.index, faiss.IndexHNSW):
+            # a filter passing a fraction f thins the graph's candidates: a beam f^-1/4 wider (at most 2x)
+            widen = min(2.0, (self.ntotal / max(1, p.n_pass)) ** 0.25)
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.ef_search * widen))
+        return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+    def _stored(self) -> np.ndarray | None:
+        """The stored float vectors as an (n, dim) view, where the index keeps them flat (flat; ivfpq's
+        re-rank; hnsw), else None. Valid until the next add."""
+        flat = self.index
+        if isinstance(flat, faiss.IndexRefine):
+            flat = faiss.downcast_index(flat.refine_index)
+        elif isinstance(flat, faiss.IndexHNSW):
+            flat = faiss.downcast_index(flat.storage)
+        if not isinstance(flat, faiss.IndexFlat):
+            return None
+        return faiss.rev_swig_ptr(flat.get_xb(), self.ntotal * self.dim).reshape(self.ntotal, self.dim)
+
+    def _search_exact(self, q, k, p: Plan):
         sims = np.full((len(q), k), -np.inf, np.float32)
         ids = np.full((len(q), k), -1, np.int64)
-        if len(cand) == 0:
+        if p.n_pass == 0:
             return sims, ids
+        cand = p.ids if p.ids is not None else np.concatenate([np.arange(a, b) for a, b in p.ranges])
+        stored = self._stored()
+        if stored is None:  # IVF-Flat: through its direct map
+            xb = self.index.reconstruct_batch(cand)
+        elif p.ids is None and len(p.ranges) == 1:  # one range: a slice of the stored vectors, no copy
+            xb = stored[p.ranges[0, 0]:p.ranges[0, 1]]
+        else:
+            xb = stored[cand]
         kk = min(k, len(cand))
-        s, pos = faiss.knn(q, self.index.reconstruct_batch(cand), kk, metric=faiss.METRIC_INNER_PRODUCT)
+        s, pos = faiss.knn(q, xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
         sims[:, :kk], ids[:, :kk] = s, cand[pos]
         return sims, ids
 

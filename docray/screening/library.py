@@ -12,6 +12,9 @@ Layout under `root` (default `$DOCRAY_HOME/indexes/screening`):
 A library created before local features were stored has no `features` in its manifest: matching
 then cannot verify (the verdict says so) until it is rebuilt (`fresh=true`).
 
+Tile ids are row numbers of the shards in order, and the index's ids: inside one version they
+ascend with release day (`docray.screening.index`, "Id layout").
+
 `append` never rewrites old shards: it de-duplicates the new tiles (exact hash or descriptor
 similarity, with equal attributes, within the batch and against the library), adds them to the index (no rebuild), writes
 one new shard and index folder, then the manifest. Readers (`Library.open`, the Serve app) only
@@ -215,10 +218,14 @@ class Library:
             return {"added": 0, "skipped": len(batch.rows), "version": self.version, "n_tiles": len(self)}
         version = self.version + 1
         start = len(self)
+        # tile ids = index ids, which ascend with release day inside a version (the index's id layout:
+        # a release window is a few id ranges); ordering the rows here keeps row number = tile id
+        keep = keep[np.argsort([batch.rows[i]["release_day"] for i in keep], kind="stable")]
         rows = [dict(batch.rows[i], tile_id=start + j, tile=png(batch.tiles[i]), hash=hashes[i],
                      phash=phash(batch.tiles[i]), version=version) for j, i in enumerate(keep)]
         table = pa.Table.from_pylist(rows, schema=TILE_SCHEMA)
-        self.index.add(vectors[keep], table.column("release_day").to_numpy(), table.column("cut_code").to_numpy())
+        ids = self.index.add(vectors[keep], table.column("release_day").to_numpy(), table.column("cut_code").to_numpy())
+        assert (ids == table.column("tile_id").to_numpy()).all(), "tile ids and index ids disagree"
         shard = f"tiles/tiles-v{version:04d}.parquet"
         (self.root / "tiles").mkdir(parents=True, exist_ok=True)
         tmp = self.root / "tiles" / f".{version}.tmp"

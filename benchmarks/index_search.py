@@ -1,31 +1,59 @@
-"""Speed of the tile index: build and search at 10^4, 10^5, 10^6 tiles.
+"""Filtered search of the tile index at every selectivity: seconds per 1,000 queries and recall@10.
 
-    python -m benchmarks.index_search                         # sizes 1e4,1e5,1e6 (about 5 min on 2 cores)
-    python -m benchmarks.index_search --sizes 10000 --hnsw    # also HNSW
-    python -m benchmarks.index_search --sizes 1000000 --kinds ivfpq --time-shards   # selector vs shards
+    python -m benchmarks.index_search                               # 10^6 tiles (about 6 min on 2 cores)
+    python -m benchmarks.index_search --set n=20000 queries=200     # smoke (seconds)
+    python -m benchmarks.index_search --set "crossover_batches=[]"  # without the crossover sweep
 
-Vectors are SYNTHETIC and clustered (a Gaussian mixture of 1 per 100 points around random unit
-centres, L2-normalised, dim 128 as the descriptor): random uniform vectors have no neighbour
+Vectors are SYNTHETIC and clustered (a Gaussian mixture of 1 centre per 100 points around random
+unit centres, L2-normalised, dim 128 as the descriptor): random uniform vectors have no neighbour
 structure and would understate every ANN index. Queries are held-out draws from the same mixture.
-Attributes: release time uniform in 0..364, cut code uniform in 0..7.
+Release days are uniform over 10,000 days (one day passes 0.01% of the tiles), cut codes uniform in
+0..7. The tiles arrive in `segments` adds, as library versions do: each holds its own period's
+tiles and a third of the previous period's (pictures registered late), so a window is a few ids ranges.
 
-For each size: exact search (IndexFlatIP) QPS; the shipped `TileIndex` (IVF) QPS and recall@10
-against exact, for several nprobe; filtered searches (cut type; release-time window +-30; both,
-which falls to the exact-subset path) with their QPS, recall@10 against exact filtered search, and
-cost relative to the unfiltered search; with --time-shards, the same time window searched on one
-index per month instead. Each timed search is the fastest of --repeats runs. Last line: one JSON object.
+Steps: exact search (IndexFlatIP); the shipped `TileIndex` (`kind`), its nprobe the smallest of
+`nprobes` whose unfiltered recall@10 reaches `target_recall`; then for each selectivity s two filters:
+- window: release days in a window passing s (ids in a few ranges: `IDSelectorRange` or a bitmap);
+- cut_window: one cut type AND a window 8x as wide (scattered ids: a bitmap); at 100% every cut type.
+Each row: the index's choice (exact scan or ANN with a selector), seconds per 1,000 queries (the
+fastest of `repeats`, each run beside an unfiltered one, both in one batch of `queries` on faiss's
+threads), recall@10 against the exact filtered top-10, and the cost relative to the unfiltered search.
+The crossover sweep then forces each path (exact scan / ANN with its widened nprobe) on cut_window
+filters passing `crossover_fracs`, in batches of each of `crossover_batches` queries: where the
+exact scan stops being the cheaper, against where the index's rule switches. Last line: one JSON object.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import sys
 import time
 
 import faiss
 import numpy as np
+from pydantic import Field
 
-from docray.screening.index import TileIndex
+from docray.config import Config, parse_args
+from docray.screening.index import TileIndex, _ivf
 from docray.screening.rules import AttrFilter, mask
+
+DAYS = 10_000  # release days span this many: one day passes 0.01%
+
+
+class IndexBenchConfig(Config):
+    n: int = Field(1_000_000, description="tiles in the index")
+    dim: int = Field(128, description="vector size (the descriptor's)")
+    queries: int = Field(1000, description="queries, searched as one batch")
+    kind: str = Field("ivfpq", description="TileIndex kind")
+    segments: int = Field(10, description="adds the tiles arrive in (library versions)")
+    nprobes: list[int] = Field([32, 64, 128, 192, 256, 384], description="nprobe candidates for the unfiltered search")
+    target_recall: float = Field(0.96, description="unfiltered recall@10 the chosen nprobe reaches")
+    selectivities: list[float] = Field([1.0, 0.1, 0.01, 0.001, 0.0001], description="fractions of tiles the filters pass")
+    crossover_fracs: list[float] = Field([0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3], description="selectivities of the sweep")
+    crossover_batches: list[int] = Field([1000, 16], description="queries per search call in the sweep (empty: no sweep)")
+    crossover_queries: int = Field(300, description="queries of the sweep")
+    repeats: int = Field(3, description="each timing is the fastest of this many runs")
+    seed: int = 0
 
 
 def clustered(n: int, dim: int, rng, n_centres: int) -> np.ndarray:
@@ -34,175 +62,151 @@ def clustered(n: int, dim: int, rng, n_centres: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def timed(fn, *a, **kw):
+def recall(ids: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a[a >= 0]) & set(b)) / len(b) for a, b in zip(ids, truth)]))
+
+
+def per_1000(fn, q: np.ndarray, batch: int) -> float:
+    """Seconds per 1,000 queries of fn(batch of queries), the queries searched `batch` at a time."""
     t = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t
+    for i in range(0, len(q), batch):
+        fn(q[i:i + batch])
+    return (time.perf_counter() - t) / len(q) * 1000
 
 
-def best_of(n: int, fn, *a, **kw):
-    """(output, the fastest of n timed calls): two shared cores are noisy, a single timing is not a figure."""
-    runs = [timed(fn, *a, **kw) for _ in range(n)]
-    return runs[0][0], min(t for _, t in runs)
+def paired(filtered, unfiltered, q, batch: int, repeats: int) -> tuple[float, float]:
+    """(filtered, unfiltered) seconds per 1,000 queries, each the fastest of `repeats` runs taken in
+    turns: the host is shared, so the two see the same load."""
+    f, u = [], []
+    for _ in range(repeats):
+        u.append(per_1000(unfiltered, q, batch))
+        f.append(per_1000(filtered, q, batch))
+    return min(f), min(u)
 
 
-def recall(ids: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
-    hits = [len(set(a[:k][a[:k] >= 0]) & set(b[:k][b[:k] >= 0])) / max(1, (b[:k] >= 0).sum()) for a, b in zip(ids, truth)]
-    return float(np.mean(hits))
+def tag(s: float) -> str:
+    return f"{s * 100:g}pct".replace(".", "_")
 
 
-def exact_filtered(db, q, allowed, k):
-    cand = np.flatnonzero(allowed)
-    s = q @ db[cand].T
-    top = np.argsort(-s, axis=1)[:, :k]
-    return cand[top]
+def build(cfg: IndexBenchConfig):
+    """(index, vectors in input order, their ids, release days, cut codes, queries, build seconds)."""
+    rng = np.random.default_rng(cfg.seed)
+    data = clustered(cfg.n + cfg.queries, cfg.dim, rng, max(10, cfg.n // 100))
+    db, q = data[:cfg.n], data[cfg.n:]
+    days, cuts = rng.integers(0, DAYS, cfg.n), rng.integers(0, 8, cfg.n)
+    period = DAYS / cfg.segments
+    seg = np.minimum(cfg.segments - 1, days // period).astype(int)
+    seg = np.where((rng.random(cfg.n) < 1 / 3) & (seg < cfg.segments - 1), seg + 1, seg)  # registered late
+    idx = TileIndex(cfg.dim, ann_threshold=cfg.n, kind=cfg.kind)  # trained once, on all of them, at the last add
+    id_of = np.zeros(cfg.n, np.int64)
+    t = time.perf_counter()
+    for s in range(cfg.segments):
+        rows = np.flatnonzero(seg == s)
+        id_of[rows] = idx.add(db[rows], days[rows], cuts[rows])
+    return idx, db, id_of, days, cuts, q, time.perf_counter() - t
 
 
-def ann(kind: str, db, q, truth, times, cuts, k: int, exact_qps: float, repeats: int) -> dict:
-    """One ANN kind: the nprobe sweep, the smallest nprobe with recall@10 >= 0.95, and filtered searches."""
-    nq, dim = len(q), db.shape[1]
-    idx = TileIndex(dim, ann_threshold=0, kind=kind)
-    _, build_s = timed(idx.add, db, times, cuts)
-    sweep = {}
-    for nprobe in (4, 8, 16, 32, 64, 128, 256):
-        idx.nprobe = nprobe
-        (_, ids), t = timed(idx.search, q, k)
-        sweep[nprobe] = (nq / t, recall(ids, truth, k))
-    ok = [p for p, (_, r) in sweep.items() if r >= 0.95]
-    idx.nprobe = min(ok) if ok else 256
-    _, t = best_of(repeats, idx.search, q, k)  # the chosen nprobe again, timed as the filtered ones
-    sweep[idx.nprobe] = (nq / t, sweep[idx.nprobe][1])
-    row = dict(build_s=build_s, nlist=faiss.extract_index_ivf(idx.index).nlist, nprobe=idx.nprobe, qps=sweep[idx.nprobe][0],
-               recall10=sweep[idx.nprobe][1], speedup=sweep[idx.nprobe][0] / exact_qps,
-               sweep={p: [round(a), round(b, 4)] for p, (a, b) in sweep.items()})
-    filters = {"cut": AttrFilter(cuts=frozenset({3})), "time_window": AttrFilter(t_lo=100, t_hi=160),
-               "time_and_cut": AttrFilter(t_lo=100, t_hi=100, cuts=frozenset({3}))}
-    for name, f in filters.items():
-        allowed = mask(f, times, cuts)
-        ftruth = exact_filtered(db, q, allowed, k)
-        (_, ids), t = best_of(repeats, idx.search, q, k, f)
-        row[f"{name}_frac"] = float(allowed.mean())
-        row[f"{name}_qps"] = nq / t
-        row[f"{name}_recall10"] = recall(ids, ftruth, k)
-        row[f"{name}_cost_ratio"] = row["qps"] / row[f"{name}_qps"]
-    return row
+def filters(s: float) -> dict[str, AttrFilter]:
+    """The two filters passing about a fraction s of the tiles (release days centred in the span).
+    cut_window: c of the 8 cut types (the fewest that leave the window at most 100%) and a window of s * 8 / c."""
+    def window(frac):
+        width = max(1, round(min(1.0, frac) * DAYS))
+        lo = (DAYS - width) // 2
+        return lo, lo + width - 1
 
-
-def time_shards(db, q, times, cuts, k: int, nprobe_frac: float, repeats: int) -> dict:
-    """The alternative to an ID selector: one index per month of release time (12 shards). A time
-    window searches only the months it touches (a bitmap selector inside the partly covered ones) and
-    merges their top-k. Each shard probes m times the fraction of its lists the single index probes,
-    for m in 1, 2, 4, 8 (a shard holds fewer vectors per list); the row is the smallest m whose
-    recall@10 reaches 0.95, with the sweep beside it."""
-    month = np.minimum(times * 12 // 365, 11)
-    shards = []
-    t0 = time.perf_counter()
-    for m in range(12):
-        ids = np.flatnonzero(month == m)
-        idx = TileIndex(db.shape[1], ann_threshold=0, kind="ivfpq")
-        idx.add(db[ids], times[ids], cuts[ids])
-        shards.append((ids, idx))
-    build_s = time.perf_counter() - t0
-    f = AttrFilter(t_lo=100, t_hi=160)
-
-    def search():
-        sims, ids = [], []
-        for m in sorted(set(month[(times >= f.t_lo) & (times <= f.t_hi)])):
-            rows, idx = shards[m]
-            s, i = idx.search(q, k, f)
-            sims.append(s)
-            ids.append(np.where(i >= 0, rows[np.clip(i, 0, None)], -1))
-        s, i = np.concatenate(sims, 1), np.concatenate(ids, 1)
-        top = np.argsort(-s, axis=1)[:, :k]
-        return np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
-
-    truth = exact_filtered(db, q, mask(f, times, cuts), k)
-    sweep = {}
-    for m in (1, 2, 4, 8):
-        for _, idx in shards:
-            nlist = faiss.extract_index_ivf(idx.index).nlist
-            idx.nprobe = min(nlist, max(1, round(m * nprobe_frac * nlist)))
-        (_, ids), t = best_of(repeats, search)
-        sweep[m] = (len(q) / t, recall(ids, truth, k))
-    ok = [m for m, (_, r) in sweep.items() if r >= 0.95]
-    m = min(ok) if ok else 8
-    return dict(build_s=build_s, nprobe_mult=m, qps=sweep[m][0], recall10=sweep[m][1],
-                sweep={m: [round(a), round(b, 4)] for m, (a, b) in sweep.items()})
-
-
-def run_size(n: int, dim: int, nq: int, k: int, kinds: list[str], hnsw: bool, shards: bool, repeats: int = 3,
-             seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    data = clustered(n + nq, dim, rng, max(10, n // 100))
-    db, q = data[:n], data[n:]
-    times, cuts = rng.integers(0, 365, n), rng.integers(0, 8, n)
-    flat = faiss.IndexFlatIP(dim)
-    flat.add(db)
-    (_, truth), t_exact = best_of(repeats, flat.search, q, k)
-    row = {"n": n, "exact_qps": nq / t_exact}
-    for kind in kinds:
-        row[kind] = ann(kind, db, q, truth, times, cuts, k, row["exact_qps"], repeats)
-    if shards and "ivfpq" in kinds:
-        r = row["ivfpq"]
-        row["shards"] = time_shards(db, q, times, cuts, k, r["nprobe"] / r["nlist"], repeats)
-        row["shards"]["cost_ratio"] = r["qps"] / row["shards"]["qps"]
-    if hnsw:
-        h = TileIndex(dim, ann_threshold=0, kind="hnsw", ef_search=64)
-        _, row["hnsw_build_s"] = timed(h.add, db, times, cuts)
-        (_, ids), t = timed(h.search, q, k)
-        row["hnsw_qps"], row["hnsw_recall10"] = nq / t, recall(ids, truth, k)
-    return row
+    c = int(np.clip(np.ceil(8 * s - 1e-9), 1, 8))
+    lo, hi = window(s)
+    c_lo, c_hi = window(s * 8 / c)
+    cuts = frozenset(range(c))
+    return {"window": AttrFilter(t_lo=lo, t_hi=hi), "cut_window": AttrFilter(t_lo=c_lo, t_hi=c_hi, cuts=cuts)}
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--hnsw", action="store_true", help="also build HNSW (slow at 1e6)")
-    ap.add_argument("--time-shards", action="store_true", help="also build one ivfpq index per month of release "
-                    "time and search the time window there, against the ID selector on the one index")
-    ap.add_argument("--kinds", default="ivf,ivfpq", help="ANN kinds of TileIndex: ivf (IVF-Flat), ivfpq "
-                    "(IVF with 4-bit fast-scan PQ, then an exact re-rank of k_factor x k candidates)")
-    ap.add_argument("--repeats", type=int, default=3, help="each timed search runs this many times; the fastest counts")
-    args = ap.parse_args(argv)
-    kinds = args.kinds.split(",")
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, GPUs: {faiss.get_num_gpus()}")
-    rows = []
-    for n in (int(float(s)) for s in args.sizes.split(",")):
-        row = run_size(n, args.dim, args.queries, 10, kinds, args.hnsw, args.time_shards, args.repeats)
-        rows.append(row)
-        print(f"\nn={n:,}  exact {row['exact_qps']:.0f} q/s")
-        for kind in kinds:
-            r = row[kind]
-            print(f"  {kind:6s} nlist={r['nlist']} nprobe={r['nprobe']}: {r['qps']:.0f} q/s ({r['speedup']:.1f}x exact), "
-                  f"recall@10 {r['recall10']:.3f}, build {r['build_s']:.1f}s")
-            print(f"         nprobe sweep (q/s, recall@10): {r['sweep']}")
-            for f in ("cut", "time_window", "time_and_cut"):
-                print(f"         filter {f:13s} passes {r[f + '_frac']:.4f}: {r[f + '_qps']:.0f} q/s, recall@10 "
-                      f"{r[f + '_recall10']:.3f}, cost vs unfiltered {r[f + '_cost_ratio']:.2f}x")
-        if "shards" in row:
-            r = row["shards"]
-            print(f"  ivfpq per-month shards, time window, {r['nprobe_mult']}x the lists' share: {r['qps']:.0f} q/s, "
-                  f"recall@10 {r['recall10']:.3f}, cost vs unfiltered {r['cost_ratio']:.2f}x, build {r['build_s']:.1f}s")
-            print(f"         share sweep (q/s, recall@10): {r['sweep']}")
-        if "hnsw_qps" in row:
-            print(f"  HNSW M=32 ef=64: {row['hnsw_qps']:.0f} q/s, recall@10 {row['hnsw_recall10']:.3f}, build {row['hnsw_build_s']:.1f}s")
-    summary = {}
-    for r in rows:
-        tag = f"n{r['n']}"
-        summary[f"{tag}_exact_qps"] = round(r["exact_qps"], 2)
-        for kind in kinds:
-            for key in ("qps", "speedup", "recall10", "build_s", "nprobe", "cut_cost_ratio", "cut_recall10",
-                        "time_window_cost_ratio", "time_window_recall10", "time_and_cut_cost_ratio", "time_and_cut_recall10"):
-                summary[f"{tag}_{kind}_{key}"] = round(float(r[kind][key]), 4)
-        for key, v in r.get("shards", {}).items():
-            if key != "sweep":
-                summary[f"{tag}_time_shards_{key}"] = round(float(v), 4)
-        for key in ("hnsw_qps", "hnsw_recall10", "hnsw_build_s"):
-            if key in r:
-                summary[f"{tag}_{key}"] = round(float(r[key]), 4)
-    print(json.dumps(summary))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--sizes" in argv:  # the older spelling (configs/bench/quick.yaml): --sizes N is --set n=N
+        i = argv.index("--sizes")
+        argv[i:i + 2] = ["--set", f"n={argv[i + 1] if i + 1 < len(argv) else ''}"]
+    cfg = parse_args(IndexBenchConfig, argv, description=__doc__.split("\n\n")[0])
+    threads = faiss.omp_get_max_threads()
+    load_before = os.getloadavg()[0]
+    print(f"faiss {faiss.__version__}, {threads} threads, GPUs: {faiss.get_num_gpus()}, {os.cpu_count()} cores, "
+          f"load average {load_before:.2f}")
+    idx, db, id_of, days, cuts, q, build_s = build(cfg)
+    k, R = 10, cfg.repeats
+
+    def truth_of(f: AttrFilter | None) -> np.ndarray:
+        rows = np.arange(cfg.n) if f is None else np.flatnonzero(mask(f, days, cuts))
+        _, pos = faiss.knn(q, db[rows], min(k, len(rows)), metric=faiss.METRIC_INNER_PRODUCT)
+        return id_of[rows[pos]]
+
+    flat = faiss.IndexFlatIP(cfg.dim)
+    flat.add(db)
+    exact_s = min(per_1000(lambda x: flat.search(x, k), q, len(q)) for _ in range(R))
+    del flat
+    truth = truth_of(None)
+    sweep = {}
+    nlist = _ivf(idx.index).nlist
+    for nprobe in sorted(p for p in cfg.nprobes if p <= nlist) or [nlist]:
+        idx.nprobe = nprobe
+        sweep[nprobe] = recall(idx.search(q, k)[1], truth)
+        if sweep[nprobe] >= cfg.target_recall:
+            break
+    print(f"\n{cfg.n:,} tiles, dim {cfg.dim}, {cfg.segments} adds (built in {build_s:.0f} s); {cfg.kind} nlist {nlist}, "
+          f"nprobe {idx.nprobe} (unfiltered recall@10 by nprobe: { {p: round(r, 3) for p, r in sweep.items()} })")
+    print(f"exact search: {exact_s:.3f} s per 1,000 queries")
+
+    def unfiltered(x):
+        return idx.search(x, k)
+
+    unf_s = min(per_1000(unfiltered, q, len(q)) for _ in range(R))
+    out = dict(n_tiles=cfg.n, dim=cfg.dim, queries=cfg.queries, threads=threads, segments=cfg.segments, kind=cfg.kind,
+               nlist=nlist, nprobe=idx.nprobe, build_s=round(build_s, 1), exact_s_per_1000_queries=round(exact_s, 4),
+               unfiltered_s_per_1000_queries=round(unf_s, 4), unfiltered_qps=round(1000 / unf_s, 1),
+               unfiltered_recall_at_10=round(sweep[idx.nprobe], 4))
+    head = f"{'filter':11s} {'passes':>8s}  {'path':5s} {'selector':8s} {'nprobe':>6s}  {'s/1000 q':>8s} {'q/s':>7s}  {'cost':>6s}  recall@10"
+    print("\n" + head + "\n" + "-" * len(head))
+    print(f"{'none':11s} {'100%':>8s}  {'ann':5s} {'-':8s} {idx.nprobe:6d}  {unf_s:8.3f} {1000 / unf_s:7.0f}  {1:5.2f}x  "
+          f"{sweep[idx.nprobe]:.3f}")
+    recalls, costs = [], []
+    for s in cfg.selectivities:
+        for name, f in filters(s).items():
+            p = idx.plan(f, len(q))
+            got = idx.search(q, k, f)[1]
+            f_s, u_s = paired(lambda x: idx.search(x, k, f), unfiltered, q, len(q), R)
+            r, cost = recall(got, truth_of(f)), f_s / u_s
+            recalls.append(r)
+            costs.append(cost)
+            key = f"{name}_{tag(s)}"
+            out.update({f"{key}_selectivity": round(p.n_pass / cfg.n, 6), f"{key}_path": p.path,
+                        f"{key}_s_per_1000_queries": round(f_s, 4), f"{key}_qps": round(1000 / f_s, 1),
+                        f"{key}_cost_vs_unfiltered": round(cost, 3), f"{key}_recall_at_10": round(r, 4)})
+            print(f"{name:11s} {p.n_pass / cfg.n:8.2%}  {p.path:5s} {p.selector or '-':8s} {p.nprobe or '-':>6}  "
+                  f"{f_s:8.3f} {1000 / f_s:7.0f}  {cost:5.2f}x  {r:.3f}")
+    out.update(min_recall_at_10=round(min(recalls), 4), max_cost_vs_unfiltered=round(max(costs), 3))
+
+    if cfg.crossover_batches:
+        qc = q[:cfg.crossover_queries]
+        print(f"\ncrossover: cut_window filters, {len(qc)} queries, each path forced (cost vs unfiltered at that batch, recall@10)")
+        for m in cfg.crossover_batches:
+            exact_won, rule_exact = [], []
+            for s in cfg.crossover_fracs:
+                f = filters(s)["cut_window"]
+                truth_f = truth_of(f)[:len(qc)]
+                cost, rec = {}, {}
+                for path in ("exact", "ann"):
+                    f_s, u_s = paired(lambda x: idx.search(x, k, f, path=path), unfiltered, qc, m, R)
+                    cost[path], rec[path] = f_s / u_s, recall(idx.search(qc, k, f, path=path)[1], truth_f)
+                p = idx.plan(f, m)
+                if cost["exact"] <= cost["ann"]:
+                    exact_won.append(s)
+                if p.path == "exact":
+                    rule_exact.append(s)
+                print(f"  m={m:4d} passes {p.n_pass / cfg.n:6.2%}: exact {cost['exact']:5.2f}x ({rec['exact']:.3f}), "
+                      f"ann nprobe {idx.plan(f, m, 'ann').nprobe} {cost['ann']:5.2f}x ({rec['ann']:.3f}); rule: {p.path}")
+            out[f"crossover_m{m}_exact_cheaper_up_to_selectivity"] = max(exact_won, default=0.0)
+            out[f"crossover_m{m}_rule_exact_up_to_selectivity"] = max(rule_exact, default=0.0)
+    out["load_avg_1min_before"], out["load_avg_1min_after"] = round(load_before, 2), round(os.getloadavg()[0], 2)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

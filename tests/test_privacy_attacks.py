@@ -162,3 +162,107 @@ def test_the_attacker_reads_the_hole_off_the_leaked_image():
     assert torch.equal(leaked_mask(overlay(x, mask)), mask)
     x[0, :, 0, 0] = 0  # a black pixel of the photo looks hidden too
     assert leaked_mask(overlay(x, mask))[0, 0, 0, 0] == 0
+
+
+# -- the funnel's stage 5 (issue 18 item 3, the library part) -------------------------------------------
+
+def _per_mask() -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.DataFrame({"mask_no": [0, 1, 2, 3], "mask_id": ["a", "b", "c", "d"], "bin": [5, 5, 5, 5],
+                         "hole_ratio": [0.55] * 4, "acc_original": [0.1] * 4, "acc_masked": [0.9, 0.85, 0.8, 0.75]})
+
+
+def _attacker_table(tars: dict) -> "callable":
+    """mask_no -> (masked recogniser's TAR, [attackers' TARs]); the original on whole images: 0.85."""
+    import pandas as pd
+
+    def attacker(finalists):
+        rows = [dict(mask_no=-1, party="defender", recogniser="original", protection="none", attack="none",
+                     reference="whole", **{"tar@0.01": 0.85})]
+        for no in finalists["mask_no"]:
+            masked, attackers = tars[no]
+            rows.append(dict(mask_no=no, party="defender", recogniser="masked", protection="mask", attack="none",
+                             reference="same", **{"tar@0.01": masked}))
+            for k, t in enumerate(attackers):
+                rows.append(dict(mask_no=no, party="attacker", recogniser="attacker", protection="mask",
+                                 attack=f"a{k}", reference="whole", **{"tar@0.01": t}))
+            rows.append(dict(mask_no=no, party="attacker", recogniser="attacker", protection="blur", attack="none",
+                             reference="whole", **{"tar@0.01": 0.99}))  # a baseline: never counts
+        return pd.DataFrame(rows)
+    return attacker
+
+
+def test_funnel_stage_5_keeps_masks_that_hold_against_every_attacker():
+    import pandas as pd
+
+    from docray.privacy.funnel import FunnelConfig, run_funnel
+
+    drop = lambda c: pd.DataFrame({"mask_no": c["mask_no"], "acc_before": c["acc_masked"], "acc_after": c["acc_masked"] - 0.1})
+    seen = []
+    tars = {0: (0.80, [0.05, 0.10]), 1: (0.70, [0.02]), 2: (0.90, [0.05, 0.30]), 3: (0.76, [0.08])}
+
+    def attacker(f):
+        seen.append(sorted(f["mask_no"]))
+        return _attacker_table(tars)(f)
+
+    cfg = FunnelConfig(top_k=4)
+    res = run_funnel(_per_mask(), drop, cfg, attacker=attacker)
+    assert seen == [[0, 1, 2, 3]]  # once, on the finalists
+    assert res.targets["mask_no"].tolist() == [0, 3]  # 1: masked 0.70 < 0.85 - 0.10; 2: an attacker at 0.30
+    assert res.empty_reason is None and res.stages[-1].n_in == 4 and res.stages[-1].n_out == 2
+    row = res.candidates.set_index("mask_no").loc[2]
+    assert row["worst_attacker_tar"] == 0.30 and row["worst_attack"] == "a1 (whole)" and not row["meets_attacker"]
+    assert res.attacks is not None and len(res.attacks) == 1 + 4 + 6 + 4
+
+    none_safe = {k: (0.9, [0.2 + 0.1 * k]) for k in range(4)}
+    res = run_funnel(_per_mask(), drop, cfg, attacker=_attacker_table(none_safe))
+    assert res.targets.empty and "stage 5" in res.empty_reason and "attacker bound fails" in res.empty_reason
+    assert "0.200 for mask a" in res.empty_reason and "misses by 0.100" in res.empty_reason
+    weak = {k: (0.5 + 0.05 * k, [0.05]) for k in range(4)}
+    res = run_funnel(_per_mask(), drop, cfg, attacker=_attacker_table(weak))
+    assert "masked-recogniser bound fails" in res.empty_reason and "0.650 for mask d" in res.empty_reason
+    assert "by 0.100" in res.empty_reason  # 0.85 - 0.10 - 0.65
+
+
+def test_suite_feeds_the_funnel_and_the_report(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from docray.imageio import encode_png
+    from docray.privacy.funnel import FunnelConfig, run_funnel
+    from docray.privacy.masks import synthetic_masks
+    from docray.privacy.openset import Protocol
+    from docray.privacy.report import write_report
+    from docray.privacy.suite import AttackEvaluator, Attacker
+
+    torch.manual_seed(0)
+    rec = lambda: build_model("recognizer_tiny", num_classes=3).eval()
+    labels = np.repeat(np.arange(4), 3)
+    ev = AttackEvaluator(torch.rand(12, 3, 32, 32), Protocol.of(labels), {"original": rec(), "masked": rec()},
+                         Attacker(rec(), None, np.arange(10, 13)), build_attacks(["none", "telea"]),
+                         references=("whole",))
+    masks = synthetic_masks(12, seed=3, size=32)
+    per = masks.to_pandas().drop(columns=["mask"]).assign(acc_original=0.1, acc_masked=0.9)
+    drop = lambda c: pd.DataFrame({"mask_no": c["mask_no"], "acc_before": 0.9, "acc_after": 0.7})
+    res = run_funnel(per, drop, FunnelConfig(top_k=1, max_attacker_tar=1.0, max_masked_loss=1.0),
+                     attacker=ev.funnel_attacker(masks))
+    assert len(res.targets) == 6 and set(res.attacks["mask_no"]) == {-1, *res.targets["mask_no"]}
+    assert set(res.attacks.loc[res.attacks["party"] == "attacker", "attack"]) == {"none", "telea"}
+
+    per.to_parquet(tmp_path / "per_mask.parquet")  # a grid run folder, as data_jobs.privacy_grid writes it
+    res.bins.to_csv(tmp_path / "bins.csv", index=False)
+    res.candidates.to_parquet(tmp_path / "candidates.parquet")
+    res.attacks.to_parquet(tmp_path / "attacks.parquet")
+    by_no = masks.to_pandas().set_index("mask_no")
+    res.targets.assign(mask=[by_no.loc[n, "mask"] for n in res.targets["mask_no"]]).to_parquet(tmp_path / "targets.parquet")
+    (tmp_path / "funnel.json").write_text(json.dumps({"n_masks": 12, "n_test_images": 12, "runs": 1, "pairs": 144,
+                                                      "grid_s": 1.0, "pairs_per_s": 144.0, **res.summary()}))
+    (tmp_path / "config.yaml").write_text("funnel:\n  max_attacker_tar: 1.0\n  max_masked_loss: 1.0\n")
+    (tmp_path / "sample_face.png").write_bytes(encode_png(np.full((32, 32, 3), 180, np.uint8)))
+    md = open(write_report(str(tmp_path))).read()
+    assert "Stage 5" in md and "Attacker table per finalist" in md and "worst_attacker_tar" in md
+    assert md.count("### ") == 6 and "attacker: mask + telea vs whole" not in md  # tables, not plot labels
+    for png in ("tradeoff.png", "tar_area.png"):
+        assert (tmp_path / png).stat().st_size > 1000

@@ -6,10 +6,18 @@ Stage 2  candidates: in each passing bin, the `top_k` masks by masked-recogniser
 Stage 3  inpainting attack: for each candidate, the masked recogniser's accuracy on the masked
          test images (before) and on those images after inpainting (after), same placements.
 Stage 4  targets: candidates whose drop (before - after) exceeds `drop_threshold` (default 0.07).
+Stage 5  against the attacker (when `run_funnel` gets an `attacker`): the stage-4 survivors, the
+         finalists, go through the attack suite on the open-set protocol (docray.privacy.suite).
+         A target keeps every attacker's TAR at FAR `attacker_far` (1e-2) on the masked images at
+         or below `max_attacker_tar` (0.10), whatever the attack and reference, while the masked
+         recogniser's TAR stays within `max_masked_loss` (0.10) of the original recogniser's on
+         whole images.
 
 `run_funnel` takes the attack as a function (candidates DataFrame -> DataFrame with mask_no,
-acc_before, acc_after), so the funnel itself is plain pandas and tests feed it hand-made tables.
-An empty result names the stage that emptied it and by how much it missed.
+acc_before, acc_after), and the attacker as one too (finalists -> the long attacker table of
+`docray.privacy.suite`, with mask_no; the whole images' rows have mask_no -1), so the funnel itself
+is plain pandas and tests feed it hand-made tables. An empty result names the stage that emptied it
+and by how much it missed (stage 5: the bound that fails, for the best trade-off).
 """
 from __future__ import annotations
 
@@ -28,6 +36,10 @@ class FunnelConfig(Config):
     gap_threshold: float = Field(0.30, description="stage 1: a bin passes when masked - original accuracy > this")
     top_k: int = Field(5, ge=1, description="stage 2: candidates kept per passing bin, by masked accuracy")
     drop_threshold: float = Field(0.07, description="stage 4: a candidate is a target when its inpainting drop > this")
+    attacker_far: float = Field(1e-2, description="stage 5: the FAR at which the TARs are compared")
+    max_attacker_tar: float = Field(0.10, description="stage 5: every attacker's TAR on the masked images at most this")
+    max_masked_loss: float = Field(0.10, description="stage 5: the masked recogniser's TAR at least the original's "
+                                                     "(whole images) minus this")
 
 
 @dataclass
@@ -45,6 +57,7 @@ class FunnelResult:
     targets: pd.DataFrame  # the target masks (Table 2), best first
     stages: list[Stage] = field(default_factory=list)
     empty_reason: str | None = None  # set when no target mask came out
+    attacks: pd.DataFrame | None = None  # stage 5's attacker table (long: a row per mask, recogniser, attack...)
 
     def summary(self) -> dict:
         return {"stages": [s.__dict__ for s in self.stages], "n_targets": len(self.targets),
@@ -66,8 +79,9 @@ def top_candidates(per_mask: pd.DataFrame, bins: pd.DataFrame, k: int) -> pd.Dat
 
 
 def run_funnel(per_mask: pd.DataFrame, attack: Callable[[pd.DataFrame], pd.DataFrame], cfg: FunnelConfig | None = None,
-               edges=BIN_EDGES) -> FunnelResult:
-    """Stages 1-4 (see the module docstring). `attack` is called once, on the candidates, if any."""
+               edges=BIN_EDGES, attacker: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> FunnelResult:
+    """Stages 1-4, and 5 with an `attacker` (see the module docstring). `attack` is called once, on
+    the candidates, if any; `attacker` once, on the finalists (stage 4's survivors), if any."""
     cfg = cfg or FunnelConfig()
     need = {"mask_no", "mask_id", "bin", "acc_original", "acc_masked"}
     if missing := need - set(per_mask.columns):
@@ -105,4 +119,62 @@ def run_funnel(per_mask: pd.DataFrame, attack: Callable[[pd.DataFrame], pd.DataF
                f"{best['drop']:.3f} for mask {best['mask_id']} in bin {bin_label(int(best['bin']), edges)}, "
                f"misses by {cfg.drop_threshold - best['drop']:.3f}")
         stages[-1].note = why
-    return FunnelResult(bins, cands, targets, stages, why)
+        return FunnelResult(bins, cands, targets, stages, why)
+    if attacker is None:
+        return FunnelResult(bins, cands, targets, stages, why)
+    table = attacker(targets)
+    verdict = attacker_verdict(table, cfg)
+    cands = cands.merge(verdict, on="mask_no", how="left", validate="one_to_one")
+    finalists = targets.merge(verdict, on="mask_no", how="left", validate="one_to_one")
+    targets = finalists[finalists["meets_masked"] & finalists["meets_attacker"]].reset_index(drop=True)
+    stages.append(Stage(f"attackers <= {cfg.max_attacker_tar:g} and masked within {cfg.max_masked_loss:g} "
+                        f"(TAR@FAR={cfg.attacker_far:g})", len(finalists), len(targets)))
+    if targets.empty:
+        why = stages[-1].note = "stage 5 emptied it: " + attacker_miss(finalists, cfg)
+    return FunnelResult(bins, cands, targets, stages, why, table)
+
+
+def attacker_verdict(table: pd.DataFrame, cfg: FunnelConfig) -> pd.DataFrame:
+    """Stage 5 per finalist, from the attacker table: masked_tar (the masked recogniser, masked
+    enrolment and probes), original_tar (the original recogniser on whole images, mask_no -1),
+    worst_attacker_tar and the attack / reference that reached it (protection "mask" only: the
+    blur and mosaic rows are baselines), meets_masked, meets_attacker."""
+    col = f"tar@{cfg.attacker_far:g}"
+    if missing := {"mask_no", "party", "recogniser", "protection", "attack", "reference", col} - set(table.columns):
+        raise ValueError(f"attacker table lacks column(s) {sorted(missing)}")
+    whole = table[(table["mask_no"] == -1) & (table["recogniser"] == "original") & (table["protection"] == "none")]
+    if whole.empty:
+        raise ValueError("attacker table has no row of the original recogniser on whole images (mask_no -1)")
+    original = float(whole[col].iloc[0])
+    rows = []
+    for no, t in table[table["mask_no"] >= 0].groupby("mask_no"):
+        masked = t[(t["party"] == "defender") & (t["recogniser"] == "masked") & (t["protection"] == "mask")
+                   & (t["attack"] == "none")]
+        att = t[(t["party"] == "attacker") & (t["protection"] == "mask")]
+        if masked.empty or att.empty:
+            raise ValueError(f"attacker table: mask_no {no} lacks the masked recogniser's row or the attackers' rows")
+        worst = att.loc[att[col].idxmax()]
+        rows.append({"mask_no": no, "masked_tar": float(masked[col].iloc[0]), "original_tar": original,
+                     "worst_attacker_tar": float(worst[col]), "worst_attack": f"{worst['attack']} ({worst['reference']})"})
+    v = pd.DataFrame(rows)
+    v["meets_masked"] = v["masked_tar"] >= v["original_tar"] - cfg.max_masked_loss - 1e-12
+    v["meets_attacker"] = v["worst_attacker_tar"] <= cfg.max_attacker_tar + 1e-12
+    return v
+
+
+def attacker_miss(finalists: pd.DataFrame, cfg: FunnelConfig) -> str:
+    """Which bound of stage 5 fails, said for the best trade-off among the finalists."""
+    far, floor = f"TAR@FAR={cfg.attacker_far:g}", finalists["original_tar"].iloc[0] - cfg.max_masked_loss
+    safe = finalists[finalists["meets_attacker"]]
+    if safe.empty:
+        best = finalists.sort_values(["worst_attacker_tar", "masked_tar"], ascending=[True, False]).iloc[0]
+        return (f"the attacker bound fails: no finalist keeps every attacker at or below {cfg.max_attacker_tar:g} {far}; "
+                f"the lowest, {best['worst_attacker_tar']:.3f} for mask {best['mask_id']} (strongest attack: "
+                f"{best['worst_attack']}), misses by {best['worst_attacker_tar'] - cfg.max_attacker_tar:.3f}"
+                + ("" if best["meets_masked"] else f", and its masked recogniser ({best['masked_tar']:.3f}) is more "
+                   f"than {cfg.max_masked_loss:g} below the original's {best['original_tar']:.3f}"))
+    best = safe.sort_values("masked_tar", ascending=False).iloc[0]
+    return (f"the masked-recogniser bound fails: of the {len(safe)} finalist(s) that keep every attacker at or below "
+            f"{cfg.max_attacker_tar:g} {far}, the best masked recogniser, {best['masked_tar']:.3f} for mask "
+            f"{best['mask_id']}, is below the original's {best['original_tar']:.3f} minus {cfg.max_masked_loss:g} "
+            f"by {floor - best['masked_tar']:.3f}")

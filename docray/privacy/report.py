@@ -4,6 +4,10 @@
 
 Plots: per-bin accuracies of both recognisers (Table 1), every mask's accuracies against its
 hidden area, and each target mask over a sample face (the masked face a client would send).
+With the funnel's stage 5 (attacks.parquet in the run: the attacker table of the finalists,
+docray.privacy.suite), also: the finalists' verdicts, the trade-off of the strongest attacker's TAR
+against the masked recogniser's (tradeoff.png), TAR against hidden area for each recogniser and
+attack (tar_area.png), and an attacker table per finalist.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from docray.imageio import decode_image
 from docray.privacy.masks import decode_mask
@@ -94,6 +99,89 @@ def plot_targets(targets: pd.DataFrame, face: np.ndarray, path: str, max_n: int 
     plt.close(fig)
 
 
+TAR_COLUMNS = ["party", "recogniser", "protection", "attack", "reference", "tar@0.001", "tar@0.01", "rank1"]
+
+
+def _row_name(r) -> str:
+    if r["party"] == "defender":
+        return f"defender {r['recogniser']}" + ("" if r["attack"] == "none" else f" + {r['attack']}")
+    return f"attacker: {r['protection']}" + ("" if r["attack"] == "none" else f" + {r['attack']}") + f" vs {r['reference']}"
+
+
+def plot_tar_area(attacks: pd.DataFrame, path: str, far: float = 1e-2) -> None:
+    """TAR at `far` against the finalists' hidden area, one line per recogniser / attack / reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = attacks[attacks["mask_no"] >= 0].assign(name=lambda d: d.apply(_row_name, axis=1)).sort_values("hole_ratio")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for name, t in per.groupby("name", sort=False):
+        ax.plot(t["hole_ratio"], t[f"tar@{far:g}"], marker="o", ms=3, lw=1, label=name,
+                ls="-" if name.startswith("defender") else "--")
+    ax.set_xlabel("hidden area of the mask")
+    ax.set_ylabel(f"TAR at FAR = {far:g}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("each recogniser and attack against hidden area (finalists)", fontsize=10)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_tradeoff(finalists: pd.DataFrame, path: str, max_attacker: float, floor: float) -> None:
+    """Each finalist: the strongest attacker's TAR against the masked recogniser's, with the bounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ok = finalists["meets_masked"] & finalists["meets_attacker"]
+    ax.scatter(finalists.loc[~ok, "worst_attacker_tar"], finalists.loc[~ok, "masked_tar"], s=14, label="finalist")
+    ax.scatter(finalists.loc[ok, "worst_attacker_tar"], finalists.loc[ok, "masked_tar"], s=24, c="g", label="target")
+    ax.axvline(max_attacker, c="r", lw=0.8, ls="--", label="attacker bound")
+    ax.axhline(floor, c="k", lw=0.8, ls=":", label="masked-recogniser bound")
+    ax.set_xlabel("strongest attacker's TAR")
+    ax.set_ylabel("masked recogniser's TAR")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def attacker_sections(run_dir: str, out: str, cands: pd.DataFrame, cfg: dict) -> list[str]:
+    """The report's stage-5 part (see the module docstring); [] when the run has no attacks.parquet."""
+    path = os.path.join(run_dir, "attacks.parquet")
+    if not os.path.exists(path) or "worst_attacker_tar" not in cands.columns:
+        return []
+    attacks = pd.read_parquet(path)
+    finalists = cands[cands["worst_attacker_tar"].notna()].copy()
+    for c in ("meets_masked", "meets_attacker"):
+        finalists[c] = finalists[c].astype(bool)
+    max_attacker, loss = cfg.get("max_attacker_tar", 0.10), cfg.get("max_masked_loss", 0.10)
+    floor = float(finalists["original_tar"].iloc[0]) - loss if len(finalists) else 0.0
+    md = ["", "## Stage 5: the attack suite on the finalists", "",
+          f"Open-set protocol (docs/privacy.md): a target keeps every attacker's TAR at or below {max_attacker:g} and the "
+          f"masked recogniser's within {loss:g} of the original's on whole images.", ""]
+    whole = attacks[attacks["mask_no"] == -1]
+    md += ["Whole images:", "", markdown_table(whole, TAR_COLUMNS), ""]
+    md.append(markdown_table(finalists, ["mask_id", "range", "hole_ratio", "masked_tar", "original_tar",
+                                         "worst_attacker_tar", "worst_attack", "meets_masked", "meets_attacker"]))
+    if len(finalists):
+        plot_tradeoff(finalists, os.path.join(out, "tradeoff.png"), max_attacker, floor)
+        plot_tar_area(attacks, os.path.join(out, "tar_area.png"))
+        md += ["", "![trade-off](tradeoff.png)", "", "![TAR against hidden area](tar_area.png)", "",
+               "## Attacker table per finalist", ""]
+        for no, t in attacks[attacks["mask_no"] >= 0].groupby("mask_no", sort=False):
+            md += [f"### {t['mask_id'].iloc[0]} (hidden {t['hole_ratio'].iloc[0]:.3f})", "",
+                   markdown_table(t, TAR_COLUMNS), ""]
+    return md
+
+
 def write_report(run_dir: str, out: str | None = None) -> str:
     """Write report.md (+ PNGs) for the grid run in `run_dir` into `out` (default: run_dir)."""
     run_dir = os.path.expanduser(run_dir)
@@ -125,11 +213,15 @@ def write_report(run_dir: str, out: str | None = None) -> str:
            "acc_original_inpainted: the original recogniser on the inpainted images (the attacker's view).", ""]
     md.append(markdown_table(cands, ["mask_id", "range", "bin", "hole_ratio", "acc_original", "acc_masked", "acc_before",
                                      "acc_after", "drop", "acc_original_inpainted", "target"]) if len(cands) else "(no candidates)")
+    if "worst_attacker_tar" in cands.columns:
+        cfg = (yaml.safe_load(cfg_text) or {}).get("funnel", {}) if cfg_text else {}
+        md += attacker_sections(run_dir, out, cands, cfg)
     md += ["", "## Target masks", ""]
     if len(targets):
         plot_targets(targets, face, os.path.join(out, "targets.png"))
         md += [f"{len(targets)} target mask(s), best first:", "", "![targets](targets.png)", "",
-               markdown_table(targets, ["mask_id", "bin", "hole_ratio", "acc_masked", "acc_original", "drop"])]
+               markdown_table(targets, ["mask_id", "bin", "hole_ratio", "acc_masked", "acc_original", "drop", "masked_tar",
+                                        "worst_attacker_tar", "worst_attack"])]
     else:
         md.append(f"No target mask: {summary.get('empty_reason')}")
     if cfg_text:

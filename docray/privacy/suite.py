@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -251,6 +251,26 @@ class AttackEvaluator:
                     ref = self.whole("attacker") if reference == "whole" else None
                     rows.append(self._row("attacker", "attacker", protection, attack, reference, e, ref))
         return rows
+
+
+    def funnel_attacker(self, masks) -> Callable[[pd.DataFrame], pd.DataFrame]:
+        """Stage 5 of the funnel (`docray.privacy.funnel.run_funnel(..., attacker=...)`): finalists
+        (rows with mask_no) -> their attacker table with mask_no, plus the whole images' rows (mask_no -1).
+        `masks` is the grid's masks table (mask_no, mask_id, mask, hole_ratio)."""
+        from docray.privacy.masks import decode_mask
+
+        by_no = masks.to_pandas().set_index("mask_no")
+        size = self.images.shape[-1]
+
+        def attacker(finalists: pd.DataFrame) -> pd.DataFrame:
+            rows = [{"mask_no": -1, "mask_id": "", "hole_ratio": 0.0, **r} for r in self.whole_rows()]
+            for no in finalists["mask_no"]:
+                m = by_no.loc[no]
+                rows += [{"mask_no": int(no), "mask_id": m["mask_id"], "hole_ratio": float(m["hole_ratio"]), **r}
+                         for r in self.mask_rows(decode_mask(m["mask"], size))]
+            return pd.DataFrame(rows)
+
+        return attacker
 
 
 def eval_masks(cfg: AttackSuiteConfig):

@@ -102,14 +102,16 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         raise ConfigError(_explain(cls, e)) from None
 
 
-def save_config(cfg: Config, out_dir: str | Path, name: str = "config.yaml") -> Path:
-    """Write the resolved config beside a job's outputs; returns the file written."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
+def save_config(cfg: Config, out_dir: str | Path, name: str = "config.yaml") -> Path | str:
+    """Write the resolved config beside a job's outputs (a local folder or a URI, e.g. under an
+    s3:// DOCRAY_HOME); returns the file written: a Path locally, the URI on object storage."""
+    from docray import paths
+    from docray.storage.blobs import write_file
+
     plain = json.loads(cfg.model_dump_json())  # JSON-safe (paths, tuples) before YAML
-    path.write_text(f"# resolved {type(cfg).__name__}\n" + yaml.safe_dump(plain, sort_keys=False))
-    return path
+    path = write_file(paths.join(str(out_dir), name),
+                      (f"# resolved {type(cfg).__name__}\n" + yaml.safe_dump(plain, sort_keys=False)).encode())
+    return path if paths.is_uri(path) else Path(path)
 
 
 def describe(cls: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[str]:

@@ -78,6 +78,29 @@ def atomic_write(path: str, data: bytes) -> None:
         raise
 
 
+def write_file(url: str, data: bytes) -> str:
+    """Write `data` to a local path or URI, whole or not at all: `atomic_write` on local disk, one PUT
+    on an object store. Returns `url`. The one way jobs write an artifact file (configs, reports, grids)."""
+    fs, path = filesystem(url)
+    if is_local(fs):
+        atomic_write(path, bytes(data))
+    else:
+        fs.pipe_file(path, bytes(data))
+    return url
+
+
+def read_file(url: str) -> bytes:
+    """The bytes of a local path or URI; FileNotFoundError when there is none."""
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def exists(url: str) -> bool:
+    """Whether a file or folder exists at a local path or URI (on an object store: any key under it)."""
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
 def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 

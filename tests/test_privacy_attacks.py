@@ -266,3 +266,23 @@ def test_suite_feeds_the_funnel_and_the_report(tmp_path):
     assert md.count("### ") == 6 and "attacker: mask + telea vs whole" not in md  # tables, not plot labels
     for png in ("tradeoff.png", "tar_area.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_funnel_absolute_rule():
+    import pandas as pd
+
+    from docray.privacy.funnel import FunnelConfig, run_funnel
+
+    per = pd.DataFrame({"mask_no": range(6), "mask_id": list("abcdef"), "bin": [0, 0, 3, 3, 5, -1],
+                        "hole_ratio": [0.05, 0.05, 0.35, 0.35, 0.55, 0.7],
+                        "acc_original": [0.9, 0.45, 0.4, 0.2, 0.3, 0.0], "acc_masked": [0.95, 0.85, 0.79, 0.9, 0.81, 1.0]})
+    drop = lambda c: pd.DataFrame({"mask_no": c["mask_no"], "acc_before": 0.9, "acc_after": 0.7})
+    res = run_funnel(per, drop, FunnelConfig(rule="absolute", top_k=5))
+    assert sorted(res.candidates["mask_no"]) == [1, 3, 4]  # c: masked 0.79; a: original 0.9; f: no bin
+    assert res.bins["passed"].tolist() == [True, False, False, True, False, True]
+    assert res.stages[0].name == "masks with masked > 0.8 and original < 0.5" and res.stages[0].n_in == 5
+    res = run_funnel(per, lambda c: pytest.fail("no attack"), FunnelConfig(rule="absolute", abs_masked=0.96))
+    assert "stage 1 emptied it" in res.empty_reason and "the closest, mask d (masked 0.900" in res.empty_reason
+    assert "misses by 0.060" in res.empty_reason
+    with pytest.raises(Exception):
+        FunnelConfig(rule="relative")

@@ -1,7 +1,9 @@
 """The selection funnel: from the grid's per-mask accuracies to the target masks (the method's Table 2).
 
 Stage 1  subsets: area bins whose mean gap (masked-recogniser accuracy - original-recogniser
-         accuracy) exceeds `gap_threshold` (default 0.30, i.e. 30 points of accuracy).
+         accuracy) exceeds `gap_threshold` (default 0.30, i.e. 30 points of accuracy). With
+         `rule="absolute"` instead: the masks on which the masked recogniser scores above
+         `abs_masked` (0.80) while the original scores below `abs_original` (0.50).
 Stage 2  candidates: in each passing bin, the `top_k` masks by masked-recogniser accuracy.
 Stage 3  inpainting attack: for each candidate, the masked recogniser's accuracy on the masked
          test images (before) and on those images after inpainting (after), same placements.
@@ -22,7 +24,7 @@ and by how much it missed (stage 5: the bound that fails, for the best trade-off
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import pandas as pd
 from pydantic import Field
@@ -33,6 +35,10 @@ from docray.privacy.masks import BIN_EDGES, bin_label
 
 
 class FunnelConfig(Config):
+    rule: Literal["gap", "absolute"] = Field("gap", description="stage 1: 'gap' (bins by mean gap) or 'absolute' "
+                                                                "(masks by abs_masked / abs_original)")
+    abs_masked: float = Field(0.80, description="stage 1, absolute rule: the masked recogniser's accuracy above this")
+    abs_original: float = Field(0.50, description="stage 1, absolute rule: the original recogniser's accuracy below this")
     gap_threshold: float = Field(0.30, description="stage 1: a bin passes when masked - original accuracy > this")
     top_k: int = Field(5, ge=1, description="stage 2: candidates kept per passing bin, by masked accuracy")
     drop_threshold: float = Field(0.07, description="stage 4: a candidate is a target when its inpainting drop > this")
@@ -71,6 +77,41 @@ def select_bins(per_mask: pd.DataFrame, cfg: FunnelConfig, edges=BIN_EDGES) -> p
     return bins
 
 
+def stage_one(per_mask: pd.DataFrame, cfg: FunnelConfig, edges=BIN_EDGES) -> tuple[pd.DataFrame, pd.DataFrame, list, str | None]:
+    """Stage 1 by cfg.rule: (Table 1 with `passed`, the masks that go on, [Stage], why it emptied or None)."""
+    if cfg.rule == "gap":
+        bins = select_bins(per_mask, cfg, edges)
+        stage = Stage(f"bins with gap > {cfg.gap_threshold:g}", int((bins["n_masks"] > 0).sum()), int(bins["passed"].sum()))
+        pool = per_mask[per_mask["bin"].isin(bins.loc[bins["passed"], "bin"])]
+        why = None
+        if not bins["passed"].any():
+            filled = bins[bins["n_masks"] > 0]
+            if len(filled):
+                best = filled.loc[filled["gap"].idxmax()]
+                why = (f"stage 1 emptied it: no bin's masked - original gap exceeds {cfg.gap_threshold:g}; the largest, "
+                       f"{best['gap']:.3f} in bin {best['range']}, misses by {cfg.gap_threshold - best['gap']:.3f}")
+            else:
+                why = "stage 1 emptied it: no mask falls into any area bin"
+    else:
+        bins = bin_table(per_mask, edges)
+        binned = per_mask[per_mask["bin"] >= 0]
+        pool = binned[(binned["acc_masked"] > cfg.abs_masked) & (binned["acc_original"] < cfg.abs_original)]
+        bins["passed"] = bins["bin"].isin(pool["bin"])
+        stage = Stage(f"masks with masked > {cfg.abs_masked:g} and original < {cfg.abs_original:g}", len(binned), len(pool))
+        why = None
+        if pool.empty:
+            if len(binned):  # the closest: the mask whose worse margin is the least bad
+                margin = pd.concat([binned["acc_masked"] - cfg.abs_masked, cfg.abs_original - binned["acc_original"]], axis=1).min(1)
+                best = binned.loc[margin.idxmax()]
+                why = (f"stage 1 emptied it: no mask has masked accuracy > {cfg.abs_masked:g} with original < "
+                       f"{cfg.abs_original:g}; the closest, mask {best['mask_id']} (masked {best['acc_masked']:.3f}, "
+                       f"original {best['acc_original']:.3f}), misses by {-margin.max():.3f}")
+            else:
+                why = "stage 1 emptied it: no mask falls into any area bin"
+    stage.note = why or ""
+    return bins, pool, [stage], why
+
+
 def top_candidates(per_mask: pd.DataFrame, bins: pd.DataFrame, k: int) -> pd.DataFrame:
     """Stage 2: the top-k masks by masked accuracy in each passing bin (ties: lower mask_no first)."""
     passed = bins.loc[bins["passed"], "bin"].tolist()
@@ -86,22 +127,12 @@ def run_funnel(per_mask: pd.DataFrame, attack: Callable[[pd.DataFrame], pd.DataF
     need = {"mask_no", "mask_id", "bin", "acc_original", "acc_masked"}
     if missing := need - set(per_mask.columns):
         raise ValueError(f"per-mask table lacks column(s) {sorted(missing)}")
-    bins = select_bins(per_mask, cfg, edges)
-    n_bins = int((bins["n_masks"] > 0).sum())
-    stages = [Stage(f"bins with gap > {cfg.gap_threshold:g}", n_bins, int(bins["passed"].sum()))]
+    bins, pool, stages, why = stage_one(per_mask, cfg, edges)
     empty = pd.DataFrame(columns=list(per_mask.columns) + ["acc_before", "acc_after", "drop"])
-    if not bins["passed"].any():
-        filled = bins[bins["n_masks"] > 0]
-        if len(filled):
-            best = filled.loc[filled["gap"].idxmax()]
-            why = (f"stage 1 emptied it: no bin's masked - original gap exceeds {cfg.gap_threshold:g}; the largest, "
-                   f"{best['gap']:.3f} in bin {best['range']}, misses by {cfg.gap_threshold - best['gap']:.3f}")
-        else:
-            why = "stage 1 emptied it: no mask falls into any area bin"
-        stages[0].note = why
+    if why:
         return FunnelResult(bins, empty, empty, stages, why)
-    cands = top_candidates(per_mask, bins, cfg.top_k)
-    stages.append(Stage(f"top {cfg.top_k} per passing bin", int(per_mask["bin"].isin(bins.loc[bins['passed'], 'bin']).sum()), len(cands)))
+    cands = top_candidates(pool, bins, cfg.top_k)
+    stages.append(Stage(f"top {cfg.top_k} per passing bin", len(pool), len(cands)))
     attacked = attack(cands)
     if missing := {"mask_no", "acc_before", "acc_after"} - set(attacked.columns):
         raise ValueError(f"attack result lacks column(s) {sorted(missing)}")

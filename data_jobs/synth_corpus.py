@@ -9,6 +9,7 @@ sheet `<out>/<kind>/contact_sheet.png` with the labels drawn.
 """
 from __future__ import annotations
 
+import io
 import math
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from docray import paths, synth
 from docray.config import Config, parse_args, save_config
+from docray.storage.blobs import filesystem, is_local, write_file
 from docray.storage.datasets import read_table, write_shards
 
 
@@ -39,9 +41,17 @@ class SynthCorpusConfig(Config):
     options: dict[str, dict] = Field(default_factory=dict, description="generator options per kind, e.g. {documents: {size: [256, 160]}}")
 
 
+def _shards(out: str) -> list[str]:
+    """The Parquet shards in `out` (a local folder or a URI), sorted, as paths or URIs like `out`."""
+    fs, root = filesystem(out)
+    found = sorted(fs.glob(f"{root.rstrip('/')}/*.parquet"))
+    return found if is_local(fs) else [paths.join(out, f.rsplit("/", 1)[-1]) for f in found]
+
+
 def _clear_shards(out: str) -> None:
-    for old in Path(out).glob("*.parquet"):
-        old.unlink()
+    fs, _ = filesystem(out)
+    for old in _shards(out):
+        fs.rm_file(filesystem(old)[1])
 
 
 def _generate_batch(batch: dict[str, np.ndarray], kind: str, seed: int, options: dict) -> pa.Table:
@@ -63,16 +73,16 @@ def generate_with_ray(kind: str, n: int, out: str, *, seed: int = 0, start: int 
         ds = ds.map_batches(lambda b: {"id": b["id"] + start}, batch_format="numpy")
     ds = ds.map_batches(_generate_batch, batch_size=rows_per_block, batch_format="numpy",
                         fn_kwargs={"kind": kind, "seed": seed, "options": options})
-    Path(out).mkdir(parents=True, exist_ok=True)
+    if not paths.is_uri(out):
+        Path(out).mkdir(parents=True, exist_ok=True)
     _clear_shards(out)
-    ds.write_parquet(out, min_rows_per_file=min(rows_per_shard, n))
-    return sorted(str(p) for p in Path(out).glob("*.parquet"))
+    ds.write_parquet(out, min_rows_per_file=min(rows_per_shard, n))  # a folder or an s3:// URI
+    return _shards(out)
 
 
 def generate_local(kind: str, n: int, out: str, *, seed: int = 0, start: int = 0, rows_per_shard: int = 1000,
                    **options) -> list[str]:
     """The same rows as `generate_with_ray`, in this process, with a progress bar."""
-    Path(out).mkdir(parents=True, exist_ok=True)
     _clear_shards(out)
     step = min(rows_per_shard, 100)
 
@@ -88,13 +98,13 @@ def generate_local(kind: str, n: int, out: str, *, seed: int = 0, start: int = 0
 
 def save_contact_sheet(kind: str, out: str, *, seed: int = 0, start: int = 0, n: int = 24, **options) -> str:
     """Draw the first `n` rows of the folder `out` (as written) with their labels; returns the PNG path."""
-    files = sorted(Path(out).glob("*.parquet"))
+    files = _shards(out)
     table = read_table(out) if files else synth.generate(kind, start, start + n, seed=seed, **options)
     if "id" in table.column_names and table.num_rows > n:  # Ray may write rows in any order
         table = table.take(np.argsort(np.array(table.column("id").to_pylist(), dtype=object))[:n])
-    path = Path(out) / "contact_sheet.png"
-    synth.contact_sheet(table.slice(0, n), kind, n=n).save(path)
-    return str(path)
+    png = io.BytesIO()
+    synth.contact_sheet(table.slice(0, n), kind, n=n).save(png, format="PNG")
+    return write_file(paths.join(out, "contact_sheet.png"), png.getvalue())
 
 
 def run(cfg: SynthCorpusConfig) -> list[dict]:
@@ -105,7 +115,7 @@ def run(cfg: SynthCorpusConfig) -> list[dict]:
         n = getattr(cfg.n, kind)
         if n == 0:
             continue
-        out, options, t0 = str(Path(cfg.out, kind)), cfg.options.get(kind, {}), time.perf_counter()
+        out, options, t0 = paths.join(cfg.out, kind), cfg.options.get(kind, {}), time.perf_counter()
         files = generate_with_ray(kind, n, out, seed=cfg.seed, rows_per_block=cfg.rows_per_block,
                                   rows_per_shard=cfg.rows_per_shard, **options)
         sheet = save_contact_sheet(kind, out, seed=cfg.seed, **options)

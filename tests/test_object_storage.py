@@ -3,14 +3,22 @@ the registry, the filesystem helpers, and one trainer whose every artifact lands
 from __future__ import annotations
 
 import json
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
 
 
 @pytest.fixture
-def s3_home(s3, monkeypatch, tmp_path):
+def local_home() -> Path:
+    """The session's local DOCRAY_HOME (tests/conftest.py), which Ray's workers were started with."""
+    return Path(os.environ["DOCRAY_HOME"])
+
+
+@pytest.fixture
+def s3_home(s3, local_home, monkeypatch, tmp_path):
     """DOCRAY_HOME on a fresh prefix of the test bucket; HOME an empty folder (the local default,
     ~/.docray, must stay unused)."""
     home = f"{s3}/home-{uuid.uuid4().hex[:8]}"
@@ -68,3 +76,55 @@ def test_model_registry_on_s3(s3_home):
     assert reg.read_file("tiny", "labels.txt", "v0001") == b"a\nb" and reg.card("tiny")["version"] == "v0002"
     keys = _s3fs().find(s3_home.removeprefix("s3://") + "/models/tiny")
     assert any(k.endswith("v0002/model.safetensors") for k in keys)
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def test_a_trainer_keeps_every_artifact_in_object_storage(ray_cluster, s3_home, local_home, tmp_path):
+    """pretrain_recognition with DOCRAY_HOME=s3://...: the synthetic dataset cache, the resolved config,
+    Ray Train's run storage (checkpoints), the epoch grids and the registered model are in the bucket,
+    and nothing is written to a local DOCRAY_HOME (the user's default, or the one the workers know)."""
+    from docray.storage.registry import ModelRegistry
+    from train_jobs import pretrain_recognition
+
+    before = _files(local_home)
+    r = pretrain_recognition.main(["--set", "model=vit_mae_tiny", "image_size=32", "n_train=16", "n_val=8",
+                                   "batch_size=8", "epochs=1", "num_workers=1", "cpus_per_worker=1",
+                                   "register_as=s3-encoder"])
+    assert r["registered"] == "s3-encoder/v0001" and r["train"].startswith(f"{s3_home}/datasets/synth/documents-")
+    assert r["grids"] == f"{s3_home}/runs/pretrain_recognition/grids"
+
+    reg = ModelRegistry(f"{s3_home}/models")  # read back from the S3 root by a registry of its own
+    assert reg.names() == ["s3-encoder"] and reg.load("s3-encoder")[1]["name"] == "vit_encoder_tiny"
+    assert reg.card("s3-encoder")["datasets"]["train"]["rows"] == 16
+
+    bucket = s3_home.removeprefix("s3://")
+    keys = [k[len(bucket) + 1:] for k in _s3fs().find(bucket)]
+    synth = [k for k in keys if k.startswith("datasets/synth/documents-")]
+    assert any(k.endswith("/_SUCCESS") for k in synth) and any("/train/" in k and k.endswith(".parquet") for k in synth)
+    run = "runs/pretrain_recognition/"
+    assert f"{run}config.yaml" in keys and f"{run}grids/epoch_000.png" in keys
+    assert any(k.startswith(f"{run}ray/pretrain_recognition/") and k.endswith("/state.pt") for k in keys)  # checkpoint
+    assert any(k.startswith("models/s3-encoder/v0001/") and k.endswith("model.safetensors") for k in keys)
+
+    assert _files(local_home) == before
+    assert not (tmp_path / "user" / ".docray").exists() and not any(p.name == ".docray" for p in Path(tmp_path).rglob("*"))
+
+
+def test_synthetic_corpus_written_and_read_on_s3(ray_cluster, s3_home):
+    """Ray Data writes and reads Parquet at s3:// URIs; a rerun replaces the shards; the contact sheet
+    goes beside them."""
+    import ray
+
+    from data_jobs.synth_corpus import generate_with_ray, save_contact_sheet
+    from docray.storage.blobs import exists
+    from train_jobs.common import read_datasets
+
+    out = f"{s3_home}/datasets/masks"
+    files = generate_with_ray("masks", 30, out, seed=3, rows_per_block=10, rows_per_shard=10)
+    assert files and all(f.startswith(f"{out}/") and f.endswith(".parquet") for f in files)
+    assert generate_with_ray("masks", 20, out, seed=3, rows_per_block=10, rows_per_shard=10)  # replaces
+    assert ray.data.read_parquet(out).count() == 20 and read_datasets(out, cache=False)["train"].count() == 20
+    assert exists(save_contact_sheet("masks", out, n=4))

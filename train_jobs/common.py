@@ -3,7 +3,9 @@
 Data: every trainer takes `train=` and `val=` dataset URIs (a Parquet folder or file, local or
 `s3://`, in the contract of its kind: `docray.datasets.contracts`). With none given, the job
 materialises its synthetic default once through Ray Data (`synth_dataset`, cached under
-`DOCRAY_HOME/datasets/synth/`) and reads that: no worker generates data. The driver reads both with
+`DOCRAY_HOME/datasets/synth/`) and reads that: no worker generates data. Every artifact path is a
+local path or a URI alike (`docray.paths.join`, `docray.storage.blobs.write_file`), so an s3://
+DOCRAY_HOME keeps datasets, run storage, configs and models in object storage. The driver reads both with
 `ray.data.read_parquet` (`read_datasets`), fixes the steps of an epoch before the loop
 (`steps_per_epoch`: every rank runs the same number), and passes them as `TorchTrainer(datasets=...)`
 (`run_trainer`), split equally over the workers. A worker consumes its shard as
@@ -127,21 +129,25 @@ def warmup_cosine(step: int, warmup: int, total: int, progress: float | None = N
 
 def maybe_fail(cfg_fail_at: int, epoch: int, out: str, rank: int) -> None:
     """Testing hook: raise once (a marker file remembers) to exercise FailureConfig + restore."""
-    marker = Path(out) / ".failed_once"
-    if epoch == cfg_fail_at and rank == 0 and not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("1")
+    from docray import paths
+    from docray.storage.blobs import exists, write_file
+
+    marker = paths.join(out, ".failed_once")
+    if epoch == cfg_fail_at and rank == 0 and not exists(marker):
+        write_file(marker, b"1")
         raise RuntimeError(f"injected failure after epoch {epoch} (fail_at_epoch)")
 
 
 def maybe_exit(cfg_exit_at: int, step: int, out: str, rank: int) -> None:
     """Testing hook: the process of rank 0 dies (os._exit, no clean-up) once, at global `step`, as a
     worker lost mid-epoch; a marker file remembers, so the restarted group runs through."""
-    marker = Path(out) / ".exited_once"
-    if step == cfg_exit_at and rank == 0 and not marker.exists():
+    from docray import paths
+    from docray.storage.blobs import exists, write_file
+
+    marker = paths.join(out, ".exited_once")
+    if step == cfg_exit_at and rank == 0 and not exists(marker):
         _wait_for_registered_checkpoint()
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("1")
+        write_file(marker, b"1")
         os._exit(1)
 
 
@@ -174,22 +180,23 @@ def synth_dataset(kind: str, n_train: int, n_val: int, seed: int = 0, options: d
                   start: int = 0) -> tuple[str, str]:
     """The synthetic default of `kind` as (train, val) Parquet folders: rows [start, start + n_train) and
     [start + n_train, start + n_train + n_val), generated once through Ray Data (`data_jobs.synth_corpus`) and cached
-    under `DOCRAY_HOME/datasets/synth/<kind>-<key>/`, keyed by the arguments. Call on the driver."""
+    under `DOCRAY_HOME/datasets/synth/<kind>-<key>/` (a local folder or object storage), keyed by the
+    arguments; `_SUCCESS`, written last, marks a complete one. Call on the driver."""
     from data_jobs.synth_corpus import generate_with_ray
     from docray import paths
+    from docray.storage.blobs import exists, write_file
 
     options = dict(options or {})
     key = json.dumps([kind, n_train, n_val, seed, options, SYNTH_CACHE_VERSION] + ([start] if start else []),
                      sort_keys=True)
-    root = Path(paths.sub("datasets", "synth", f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"))
-    done = root / "_SUCCESS"
-    if not done.exists():
+    root = paths.sub("datasets", "synth", f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
+    done = paths.join(root, "_SUCCESS")
+    if not exists(done):
         for split, first, n in (("train", start, n_train), ("val", start + n_train, n_val)):
             if n:
-                generate_with_ray(kind, n, str(root / split), seed=seed, start=first, **options)
-        root.mkdir(parents=True, exist_ok=True)
-        done.write_text(key)
-    return str(root / "train"), str(root / "val") if n_val else ""
+                generate_with_ray(kind, n, paths.join(root, split), seed=seed, start=first, **options)
+        write_file(done, key.encode())
+    return paths.join(root, "train"), paths.join(root, "val") if n_val else ""
 
 
 CACHE_FRACTION = 0.25  # datasets whose files fit in this share of Ray's object store are read into it once
@@ -305,7 +312,9 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config:
     """Fit `loop` with TorchTrainer under cfg's scaling and failure settings; returns the Result.
 
     `cfg` needs: num_workers, cpus_per_worker, use_gpu (None: a GPU when the cluster has one),
-    max_failures, out. `datasets` (from `read_datasets`) are split equally over the workers
+    max_failures, out. Ray Train keeps the run (checkpoints, results) under `<out>/ray`, a local
+    folder or object storage (`s3://...`: Ray opens it with pyarrow, which reads the same AWS_*
+    environment as s3fs). `datasets` (from `read_datasets`) are split equally over the workers
     (`ray.train.get_dataset_shard(name)` in the loop). The loop gets `loop_config`, by default
     `cfg.model_dump()`.
     """
@@ -313,12 +322,14 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from docray import paths
+
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     trainer = TorchTrainer(
         loop, train_loop_config=cfg.model_dump() if loop_config is None else loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(Path(cfg.out).resolve() / "ray"),
+        run_config=RunConfig(name=name, storage_path=paths.join(paths.absolute(cfg.out), "ray"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets=datasets or {},

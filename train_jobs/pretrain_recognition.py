@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 from pydantic import Field
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from docray import paths
 from docray.config import Config, parse_args, save_config
+from docray.storage.blobs import write_file
 from docray.storage.registry import parse_ref
 from train_jobs.common import (agree, all_sum, epoch_batches, load_result_state, maybe_exit, maybe_fail, read_datasets,
                                report_epoch, restore, run_trainer, steps_per_epoch, synth_dataset, unwrap_state,
@@ -207,8 +207,7 @@ def train_loop_per_worker(config: dict) -> None:
             noise = torch.rand(len(first), model.spec.grid ** 2, generator=torch.Generator().manual_seed(0))  # a fixed mask
             masked, recon = model.reconstruct(first.to(device), noise.to(device))
             files["grid.png"] = image_grid([[o, m, r] for o, m, r in zip(first, masked.cpu(), recon.cpu())])
-            Path(c.out, "grids").mkdir(parents=True, exist_ok=True)
-            Path(c.out, "grids", f"epoch_{epoch:03d}.png").write_bytes(files["grid.png"])
+            write_file(paths.join(c.out, "grids", f"epoch_{epoch:03d}.png"), files["grid.png"])
         metrics = {"loss": train_sums["loss"] / max(train_sums["n"], 1), "val_loss": val_loss, "steps": step,
                    "epoch_s": time.time() - t0, "started_at_epoch": start,
                    "worker_imported_synth": agree("docray.synth" in sys.modules)}
@@ -254,7 +253,7 @@ def main(argv=None) -> dict:
     summary = {"loss": metrics["loss"], "val_loss": metrics["val_loss"], "epochs": metrics["epoch"] + 1,
                "steps": metrics["steps"], "resumed_at_epoch": metrics["started_at_epoch"],
                "worker_imported_synth": metrics["worker_imported_synth"], "registered": f"{c.register_as}/{version}",
-               "grids": str(Path(c.out, "grids")), "train": train, "val": val}
+               "grids": paths.join(c.out, "grids"), "train": train, "val": val}
     print(json.dumps(summary))
     return summary
 

@@ -12,7 +12,7 @@ every mask on every image inside the actor: the m x n grid is never materialised
 see docray.privacy.masks). The funnel's inpainting attack runs the same actor with the inpainter.
 
 Outputs in `out` (default DOCRAY_HOME/reports/privacy/grid): per_mask.parquet (one row per mask:
-both accuracies, per-run counts, bin), bins.csv (Table 1), candidates.parquet and targets.parquet
+both accuracies, per-run counts, bin), bins.csv (Table 1, the no-mask row first), candidates.parquet and targets.parquet
 (Table 2; targets carry the mask PNG, read by serve_apps.privacy), funnel.json,
 sample_face.png, config.yaml. `docray privacy report` turns them into Markdown with plots.
 """
@@ -125,6 +125,8 @@ def run(cfg: GridEvalConfig) -> dict:
     from docray import paths
     from docray.imageio import encode_png
     from docray.privacy.funnel import run_funnel
+    from docray.privacy.grid import with_no_mask
+    from docray.privacy.masks import masks_table
 
     out = cfg.out or paths.sub("reports", "privacy", "grid")
     os.makedirs(out, exist_ok=True)
@@ -135,6 +137,9 @@ def run(cfg: GridEvalConfig) -> dict:
     t0 = time.perf_counter()
     per_mask = ray_grid(masks, data_ref, models, cfg)
     grid_s = time.perf_counter() - t0
+    whole = ray_grid(masks_table([np.ones((cfg.image_size,) * 2, np.float32)], ["no-mask"]), data_ref, models, cfg,
+                     concurrency=1)  # Table 1's no-mask row: a mask that hides nothing
+    no_mask = {m: float(whole[f"acc_{m}"].iloc[0]) for m in models}
     _parquet(per_mask, os.path.join(out, "per_mask.parquet"))
     by_no = masks.to_pandas().set_index("mask_no")
 
@@ -147,6 +152,7 @@ def run(cfg: GridEvalConfig) -> dict:
 
     edges = tuple(cfg.bin_edges)
     result = run_funnel(per_mask, attack, cfg.funnel, edges)
+    result.bins = with_no_mask(result.bins, no_mask)
     result.bins.to_csv(os.path.join(out, "bins.csv"), index=False)
     cands = result.candidates.drop(columns=[c for c in result.candidates.columns if c.startswith("correct_")])
     _parquet(cands, os.path.join(out, "candidates.parquet"))
@@ -157,7 +163,7 @@ def run(cfg: GridEvalConfig) -> dict:
         f.write(encode_png(test.images[0]))
     summary = {"n_masks": masks.num_rows, "n_test_images": len(test), "runs": cfg.runs,
                "pairs": masks.num_rows * len(test) * cfg.runs, "grid_s": grid_s,
-               "pairs_per_s": masks.num_rows * len(test) * cfg.runs / grid_s, **result.summary()}
+               "pairs_per_s": masks.num_rows * len(test) * cfg.runs / grid_s, "no_mask": no_mask, **result.summary()}
     with open(os.path.join(out, "funnel.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     return {"out": out, "summary": summary, "bins": result.bins, "targets": targets}

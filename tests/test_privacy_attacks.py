@@ -286,3 +286,20 @@ def test_funnel_absolute_rule():
     assert "misses by 0.060" in res.empty_reason
     with pytest.raises(Exception):
         FunnelConfig(rule="relative")
+
+
+def test_table_1_has_the_no_mask_row(tmp_path):
+    from docray.privacy.grid import GridPredictor, bin_table, plain_grid, with_no_mask
+    from docray.privacy.masks import synthetic_masks
+
+    class Whole(torch.nn.Module):  # right (label 0) only when no pixel is hidden
+        def forward(self, x):
+            whole = (x.amin((1, 2, 3)) > 0).float()
+            return torch.stack([whole, 1 - whole], 1)
+
+    pred = GridPredictor(np.full((4, 16, 16, 3), 200, np.uint8), np.zeros(4), {"original": Whole(), "masked": Whole()},
+                         runs=1)
+    assert pred.no_mask() == {"original": 1.0, "masked": 1.0}
+    bins = with_no_mask(bin_table(plain_grid(synthetic_masks(6, size=16), pred)), {"original": 1.0, "masked": 0.9})
+    assert bins["range"].tolist()[0] == "no mask" and bins["n_masks"].tolist() == [0] + [1] * 6
+    assert bins.loc[0, "gap"] == pytest.approx(-0.1) and (bins["acc_original"][1:] == 0).all()

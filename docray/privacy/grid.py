@@ -12,6 +12,9 @@ inpainted masked images (the attack of the funnel's third stage).
 
     pred = GridPredictor(test.images, test.labels, {"original": rec_o, "masked": rec_m}, runs=5)
     out = pred(masks_table.to_pydict())       # mask_no, mask_id, bin, hole_ratio, correct_*, acc_*
+    pred.no_mask()                            # each model's accuracy on the whole test images
+
+Table 1 (`bin_table`) starts with the no-mask row (`with_no_mask`) when the job has measured it.
 """
 from __future__ import annotations
 
@@ -67,6 +70,10 @@ class GridPredictor:
                     out[f"{name}_inpainted"] += int((model(filled).argmax(1) == y).sum())
         return out
 
+    def no_mask(self) -> dict[str, float]:
+        """Each column's accuracy on the whole test images (a mask that hides nothing)."""
+        return {c: v / len(self.y) for c, v in self.correct(np.ones(self.x.shape[-2:], np.float32)).items()}
+
     def __call__(self, batch: Mapping[str, np.ndarray | list]) -> dict[str, np.ndarray]:
         n, cols = len(self.y), self.columns
         counts = {c: np.zeros((len(batch["mask_no"]), self.runs), np.int64) for c in cols}  # (b, runs)
@@ -110,3 +117,14 @@ def bin_table(per_mask: pd.DataFrame, edges=BIN_EDGES, models=("original", "mask
             row["gap"] = row["acc_masked"] - row["acc_original"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def with_no_mask(bins: pd.DataFrame, accuracy: Mapping[str, float]) -> pd.DataFrame:
+    """Table 1 with the no-mask row first (range "no mask", bin -1, no masks): each model's accuracy on
+    the whole test images, {"original": a, "masked": b} (keys as the acc_* columns); it never passes."""
+    row = {"bin": -1, "range": "no mask", "n_masks": 0, **{f"acc_{k}": float(v) for k, v in accuracy.items()}}
+    if "acc_masked" in row and "acc_original" in row:
+        row["gap"] = row["acc_masked"] - row["acc_original"]
+    if "passed" in bins.columns:
+        row["passed"] = False
+    return pd.concat([pd.DataFrame([row]), bins], ignore_index=True)

@@ -194,7 +194,7 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     cands = pd.read_parquet(os.path.join(run_dir, "candidates.parquet"))
     targets = pd.read_parquet(os.path.join(run_dir, "targets.parquet"))
     summary = json.load(open(os.path.join(run_dir, "funnel.json")))
-    ranges = dict(zip(bins["bin"], bins["range"]))
+    ranges = {b: r for b, r in zip(bins["bin"], bins["range"]) if b >= 0}  # -1: the no-mask row
     cands = cands.assign(range=[ranges.get(b, "out") for b in cands["bin"]])
     cfg_text = open(os.path.join(run_dir, "config.yaml")).read() if os.path.exists(os.path.join(run_dir, "config.yaml")) else ""
     face = np.asarray(decode_image(open(os.path.join(run_dir, "sample_face.png"), "rb").read()))

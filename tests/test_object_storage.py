@@ -62,6 +62,13 @@ def test_paths_and_files_on_s3(s3_home):
     saved = save_config(Job(epochs=5), paths.sub("runs", "job"))
     assert saved == f"{s3_home}/runs/job/config.yaml" and b"epochs: 5" in blobs.read_file(saved)
 
+    folder = paths.sub("runs", "job", "model")
+    with blobs.local_folder(folder) as d:  # a library that saves into a folder (save_pretrained)
+        assert not paths.is_uri(d)
+        Path(d, "sub").mkdir()
+        Path(d, "sub", "w.bin").write_bytes(b"w")
+    assert blobs.read_file(f"{folder}/sub/w.bin") == b"w"
+
 
 def test_model_registry_on_s3(s3_home):
     from docray.storage.registry import ModelRegistry

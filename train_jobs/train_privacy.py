@@ -184,7 +184,7 @@ def face_datasets(cfg: PrivacyTrainConfig, out: str) -> tuple[dict, list[int], i
     if val and not train:
         raise ValueError("val= needs train= too")
     if cfg.data:
-        train = import_image_folder(cfg.data, os.path.join(out, "data", "faces"))
+        train = import_image_folder(cfg.data, paths.join(out, "data", "faces"))
     elif not train:
         train, _ = synth_dataset("faces", cfg.n_identities * cfg.samples, 0, cfg.seed,
                                  {"size": cfg.image_size, "n_identities": cfg.n_identities})

@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from docray import paths
 from docray.config import Config, parse_args, save_config
+from docray.storage.blobs import write_file
 from train_jobs.common import (agree, all_gather, all_sum, epoch_batches, load_result_state, maybe_exit, maybe_fail,
                                report_epoch, restore, run_trainer, steps_per_epoch, unwrap_state, warmup_cosine,
                                worker_setup)
@@ -212,8 +212,7 @@ def main(argv=None) -> dict:
     summary.update(loss=metrics["loss/loss"], epochs=metrics["epoch"] + 1, steps=metrics["steps"],
                    resumed_at_epoch=metrics["started_at_epoch"], worker_imported_synth=metrics["worker_imported_synth"],
                    registered=f"{c.register_as}/{version}", train=train, val=val)
-    Path(c.out).mkdir(parents=True, exist_ok=True)
-    Path(c.out, "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_file(paths.join(c.out, "metrics.json"), json.dumps(summary, indent=2).encode())
     print(json.dumps(summary))
     return summary
 

@@ -37,6 +37,7 @@ generated non-documents (`calibrate_docs`; `docray calibrate regen` refits them 
 from __future__ import annotations
 
 import collections
+import io
 import os
 import sys
 import time
@@ -46,8 +47,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from docray import paths
 from docray.regen.convergence import LOSSES, Convergence, converged
 from docray.config import Config, parse_args, save_config
+from docray.storage.blobs import write_file
 from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, read_datasets, report_epoch,
                                restore, run_trainer, steps_per_epoch, synth_dataset, unwrap, warmup_cosine)
 
@@ -189,8 +192,9 @@ def sample_grid(model, val: dict, n: int, path: str, device) -> None:
         grey = np.full((H, W, 3), 160, np.uint8)
         rows.append(np.concatenate([cap, layout.composite(layer, grey), layout.composite(layer, to_image(gen[i])),
                                     to_image(val["target"][i])], axis=1))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    png = io.BytesIO()
+    Image.fromarray(np.concatenate(rows, axis=0)).save(png, format="PNG")
+    write_file(path, png.getvalue())  # a local file or object storage
     model.train()
 
 
@@ -346,7 +350,7 @@ def train_loop_per_worker(config: dict) -> None:
                    **{f"converged_{k}": bool(v) for k, v in done.items()}, "converged": all(done.values()),
                    "worker_imported_synth": agree("docray.synth" in sys.modules)}  # on any rank
         if rank == 0 and first is not None:
-            grid = os.path.join(cfg.out, "samples", f"epoch_{epoch:03d}.png")
+            grid = paths.join(cfg.out, "samples", f"epoch_{epoch:03d}.png")
             sample_grid(unwrap(model), first, cfg.n_samples, grid, device)
         report_epoch(rank, model, opt, epoch, metrics, extra={"history": history, "spec": unwrap(model).docray_spec})
         out_of_time = out_of_time or bool(cfg.time_budget_s and elapsed() > cfg.time_budget_s)
@@ -379,13 +383,13 @@ def calibrate(model, val, cfg: RegenTrainConfig):
 
 def run(cfg: RegenTrainConfig) -> dict:
     """Train on Ray (already initialised), save the model; returns the final metrics and paths."""
-    from docray import paths
     from docray.models import build_model, save_pretrained
+    from docray.storage.blobs import local_folder
     from docray.storage.registry import ModelRegistry
     from train_jobs.common import model_card
 
     started = time.time()
-    out = os.path.abspath(cfg.out or paths.sub("models", "regen-run"))
+    out = paths.absolute(cfg.out or paths.sub("models", "regen-run"))
     ds = datasets(cfg)
     overrides = model_overrides(cfg, ds["train"])
     steps = steps_per_epoch(ds["train"].count(), max(1, cfg.batch_size // cfg.num_workers), cfg.num_workers)
@@ -399,11 +403,12 @@ def run(cfg: RegenTrainConfig) -> dict:
     state = load_checkpoint_state(result.checkpoint)
     model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
     model.load_state_dict(state["model"])
-    model_dir = os.path.join(out, "model")
-    save_pretrained(model, model_dir)
-    calibration = calibrate(model, ds["val"], cfg) if cfg.calibrate_docs else None
-    if calibration is not None:
-        calibration.save(model_dir)
+    model_dir = paths.join(out, "model")
+    with local_folder(model_dir) as folder:  # a local folder, or uploaded to object storage
+        save_pretrained(model, folder)
+        calibration = calibrate(model, ds["val"], cfg) if cfg.calibrate_docs else None
+        if calibration is not None:
+            calibration.save(folder)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     version = None
     if cfg.to_registry:

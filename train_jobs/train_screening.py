@@ -336,17 +336,21 @@ def save_descriptor(model, spec: dict, metrics: dict, cfg: ScreeningTrainConfig,
     `background`, and its first `background_distractors` whole), then save model + bank to `out/model` and, if asked,
     to the registry as `descriptor`, with its model card (`data`: the datasets' URIs, default cfg's; wall time
     since `started`)."""
+    from docray import paths
     from docray.models import save_pretrained
     from docray.screening.data import background_bank
+    from docray.storage.blobs import local_folder
     from docray.screening.embed import BACKGROUND, Embedder, npy_bytes
     from docray.storage.registry import ModelRegistry
     from train_jobs.common import model_card
 
     tiled, whole = background[:cfg.background_pictures], background[:cfg.background_distractors]
     bank = npy_bytes(background_bank(Embedder(model.eval()), tiled, whole, cfg.seed))
-    model_dir = str(save_pretrained(model, os.path.join(out, "model")))
-    with open(os.path.join(model_dir, BACKGROUND), "wb") as f:
-        f.write(bank)
+    model_dir = paths.join(out, "model")
+    with local_folder(model_dir) as folder:  # a local folder, or uploaded to object storage
+        save_pretrained(model, folder)
+        with open(os.path.join(folder, BACKGROUND), "wb") as f:
+            f.write(bank)
     version = None
     if cfg.to_registry:
         data = data if data is not None else {"train": cfg.train, "val": cfg.val, "background": cfg.background}

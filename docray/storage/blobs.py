@@ -14,9 +14,11 @@ blob. S3 needs the optional `s3fs` package (`pip install 'docray[s3]'`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import tempfile
 import time
 
 import fsspec
@@ -99,6 +101,24 @@ def exists(url: str) -> bool:
     """Whether a file or folder exists at a local path or URI (on an object store: any key under it)."""
     fs, path = filesystem(url)
     return fs.exists(path)
+
+
+@contextlib.contextmanager
+def local_folder(url: str):
+    """A local folder to write a whole folder of files into (a library's `save(folder)`), found at
+    `url` afterwards: `url` itself on local disk; on an object store a temporary folder whose files
+    are uploaded under `url` when the block ends without an error."""
+    fs, path = filesystem(url)
+    if is_local(fs):
+        os.makedirs(path, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="docray-upload-") as tmp:
+        yield tmp
+        for folder, _, names in os.walk(tmp):
+            for name in names:
+                rel = os.path.relpath(os.path.join(folder, name), tmp).replace(os.sep, "/")
+                fs.put_file(os.path.join(folder, name), f"{path.rstrip('/')}/{rel}")
 
 
 def _is_temp(name: str) -> bool:

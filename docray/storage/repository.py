@@ -31,6 +31,12 @@ Writes: blobs first, then ONE transaction for the rows. A crash or error before 
 no visible record, only unreferenced blobs; `gc()` deletes blobs that no record references once
 they are older than a grace period (so it cannot race a concurrent `add` whose blobs are written
 but not yet committed). Columns added since a database was created are added when it is opened.
+A database server that goes away under `add` (a Postgres restart, a failover) is waited for, up to
+`reconnect_s`: the transaction is sent again, and when the connection died after the COMMIT was sent
+(the commit may have happened, its answer lost) the retry finds the row by its id and reports the
+write done. So `add` returns only when the record is whole and visible, and raises only when it is
+not there (or, past `reconnect_s` with the server still away after a COMMIT, with its outcome
+unknown: the error says so; the record id names it).
 
 Data protection (identity data):
 - `delete(id)`: (1) one transaction marks the row deleted (`deleted_at`) and writes the audit
@@ -68,6 +74,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
@@ -77,7 +84,7 @@ from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Integer, String,
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload, sessionmaker
 
 from docray import paths
@@ -100,6 +107,10 @@ class AccessDenied(PermissionError):
 
 class AlreadyStored(ValueError):
     """The record already has the image a one-time write would set."""
+
+
+class OutcomeUnknown(RuntimeError):
+    """The database went away after a COMMIT was sent and stayed away: the write may or may not be stored."""
 
 
 class Purged(NotFound):
@@ -292,9 +303,10 @@ def _add_missing_columns(engine) -> None:
 class ImageRepository:
     """Records of original/processed/compressed images and attachments; see the module docstring."""
 
-    def __init__(self, url: str | None = None, blob_root: str | None = None):
+    def __init__(self, url: str | None = None, blob_root: str | None = None, reconnect_s: float = 60.0):
         url = url or os.environ.get("DOCRAY_DB_URL")  # production: Postgres by URL
         self.url = _normalise_url(url) if url else _default_url()
+        self.reconnect_s = reconnect_s  # how long `add` waits for a database server that went away
         self.blobs = BlobStore(blob_root or os.environ.get("DOCRAY_BLOB_ROOT") or paths.sub("repository", "blobs"))
         if self.url.startswith("sqlite"):
             self.engine = create_engine(self.url, connect_args={"timeout": 30})
@@ -345,7 +357,7 @@ class ImageRepository:
         items, split = _check_attachments(attachments), _check_split(split)
         keys = {name: self._put(data, name, record_id) for name, data in zip(IMAGES, (original, processed, compressed))}
         att_rows = self._put_attachments(items, record_id)
-        rec = Record(
+        row = dict(
             id=record_id,
             created_at=_now(),
             doc_type=doc_type,
@@ -358,10 +370,40 @@ class ImageRepository:
             processed_bytes=None if processed is None else len(processed),
             compressed_bytes=None if compressed is None else len(compressed),
         )
-        with self._session.begin() as s:  # one transaction: commit on exit, roll back on error
-            s.add(rec)
-            self._link(s, rec.id, att_rows, first_seq=0)
-        return rec.id
+        self._insert(row, att_rows)
+        return record_id
+
+    def _insert(self, row: dict, att_rows: list) -> None:
+        """The record's rows in one transaction; through a lost connection (module docstring: Writes)."""
+        deadline, wait, sent = time.monotonic() + self.reconnect_s, 0.1, False
+        while True:
+            try:
+                with self._session.begin() as s:  # one transaction: commit on exit, roll back on error
+                    s.add(Record(**row))
+                    self._link(s, row["id"], att_rows, first_seq=0)
+                return
+            except IntegrityError:
+                if sent and self._committed(row):  # an earlier try's COMMIT went through; its answer was lost
+                    return
+                raise
+            except (OperationalError, InterfaceError) as e:
+                if self.url.startswith("sqlite") or not _lost_connection(e):
+                    raise
+                sent = sent or e.connection_invalidated  # the connection died mid-transaction: maybe at COMMIT
+                if time.monotonic() + wait > deadline:
+                    if sent:
+                        raise OutcomeUnknown(f"record {row['id']}: the database went away during its COMMIT and did "
+                                             f"not come back within {self.reconnect_s:.0f} s; whether it was stored "
+                                             "is unknown (look it up by its id)") from e
+                    raise
+            time.sleep(wait)
+            wait = min(2.0, wait * 2)
+
+    def _committed(self, row: dict) -> bool:
+        """Whether this very record (its id and its original's key) is stored."""
+        with self._session() as s:
+            return s.scalar(select(func.count()).select_from(Record).where(
+                Record.id == row["id"], Record.original_key == row["original_key"], Record.deleted_at.is_(None))) == 1
 
     @staticmethod
     def _link(s, record_id: str, att_rows: list, first_seq: int) -> None:
@@ -704,6 +746,15 @@ def _as_dict(r: Record) -> dict[str, Any]:
         "original_purged_at": _iso(r.original_purged_at),
         "attachments": [_attachment_dict(a) for a in r.attachments],
     }
+
+
+def _lost_connection(e: DBAPIError) -> bool:
+    """A database server away or restarting (its connection lost, refused, or cut by a shutdown), not
+    a bad statement: the errors a retry of the same transaction can get past."""
+    if e.connection_invalidated:
+        return True
+    sqlstate = getattr(e.orig, "sqlstate", None) or ""
+    return sqlstate[:2] in ("08", "57") or (not sqlstate and "connection" in str(e.orig).lower())
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

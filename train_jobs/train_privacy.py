@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from docray import paths
 from docray.config import Config, parse_args, save_config
 from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, report_epoch, restore, run_trainer,
                                unwrap, worker_setup)

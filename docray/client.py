@@ -19,6 +19,20 @@ Images may be a path, bytes, a PIL image or a uint8 numpy array (PIL/numpy are s
 Every server error is a `DocrayError(status, code, message)` from the gateway's JSON error model;
 no gateway at the URL is `DocrayError(0, "unreachable", ...)`.
 
+Retries (`RetryPolicy`, default 4 retries, exponential backoff with jitter from 0.25 s to 4 s, at
+least the answer's `Retry-After`): a request is sent again only when repeating it is safe.
+- Any request, when the server did not run it: a 503 `overloaded` (Serve refused it before a
+  replica took it) or a 503 from Serve's proxy itself (not the JSON error model: the gateway never saw it).
+- Idempotent requests, also when it may have run: a 503 `unavailable` (the replica answering died
+  with the request in flight), a 502 or 504 from a proxy in front, a connection dropped before the
+  answer, a read timeout. Idempotent: every GET; the POSTs that only compute (`/v1/recognize`,
+  `/v1/screen`, `/v1/recognize-private`: nothing is stored); `PUT /v1/file-types` (a replacement).
+- Never repeated after it may have run: the requests that store something once (`POST /v1/compress`
+  writes a repository record, `POST /v1/screen/targets` adds a target, `PUT .../compressed`,
+  `DELETE /v1/repository/{id}`): a repeat could store twice or answer 409/404 for the first
+  attempt's success. Their 503 `unavailable` reaches the caller, who checks before repeating.
+A refused connection (no gateway at the URL) is not retried. `RetryPolicy(retries=0)`: no retries.
+
 How it is built: each route is an *operation*, a generator that yields `Call`s (method, path,
 httpx arguments, response parser) and receives the parsed answers. Requests and parsing are
 written once here; `DocrayClient` and `AsyncDocrayClient` only differ in how they send a `Call`.
@@ -29,9 +43,12 @@ Kept for existing callers: `fetch_file_types(url)` and `compress_on_terminal(png
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
+import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable
@@ -51,11 +68,12 @@ MEDIA = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
 class DocrayError(RuntimeError):
-    """A refused or failed request: HTTP `status` (0: no answer), stable `code`, readable `message`."""
+    """A refused or failed request: HTTP `status` (0: no answer), stable `code`, readable `message`;
+    `retry_after`: the answer's Retry-After in seconds, when it gave one."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None):
         super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
 
 
 # -- requests: image uploads and form fields ----------------------------------------------------
@@ -110,7 +128,15 @@ def raise_for_error(r: httpx.Response) -> httpx.Response:
         code, message = str(err["code"]), str(err["message"])
     except (ValueError, KeyError, TypeError):
         code, message = f"http_{r.status_code}", (r.text.strip()[:200] or r.reason_phrase)
-    raise DocrayError(r.status_code, code, message)
+    raise DocrayError(r.status_code, code, message, _seconds(r.headers.get("retry-after")))
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After given in seconds (the HTTP-date form is not used by docray or Serve)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 def parse_json(r: httpx.Response) -> Any:
@@ -153,6 +179,15 @@ def parse_masks(r: httpx.Response) -> dict:
 
 
 # -- operations: generators of Calls ------------------------------------------------------------
+SAFE_POSTS = frozenset({"/v1/recognize", "/v1/screen", "/v1/recognize-private"})  # they compute, store nothing
+
+
+def idempotent(method: str, path: str) -> bool:
+    """Whether sending the request twice does what sending it once does (the module docstring lists them)."""
+    return method in ("GET", "HEAD", "OPTIONS") or (method == "POST" and path in SAFE_POSTS) or \
+        (method == "PUT" and path == "/v1/file-types")
+
+
 @dataclass
 class Call:
     """One HTTP request of an operation and how to read its answer."""
@@ -160,6 +195,30 @@ class Call:
     path: str
     parse: Callable[[httpx.Response], Any] = parse_json
     kwargs: dict = field(default_factory=dict)  # httpx request arguments: files, data, params, json
+
+    @property
+    def idempotent(self) -> bool:
+        return idempotent(self.method, self.path)
+
+
+NOT_RUN = frozenset({(503, "overloaded"), (503, "http_503")})  # refused before a replica ran it (http_503: Serve's proxy)
+MAYBE_RUN = frozenset({(503, "unavailable"), (502, "http_502"), (504, "http_504"), (0, "timeout"), (0, "transport")})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to wait before sending a failed request again (module docstring: which)."""
+    retries: int = 4  # sends after the first; 0: none
+    backoff_s: float = 0.25  # the first wait; doubled after each retry, with full jitter down to half
+    max_backoff_s: float = 4.0  # no wait longer than this, a Retry-After included
+
+    def delay(self, call: Call, error: DocrayError, attempt: int) -> float | None:
+        """Seconds to wait before retry number `attempt` (0-based) of `call`, or None: do not retry."""
+        key = (error.status, error.code)
+        if attempt >= self.retries or not (key in NOT_RUN or (call.idempotent and key in MAYBE_RUN)):
+            return None
+        wait = self.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0)
+        return min(self.max_backoff_s, max(wait, error.retry_after or 0.0))
 
 
 Operation = Generator[Call, Any, Any]
@@ -194,8 +253,9 @@ def transport_errors(url: str):
 class Endpoints:
     """One method per route. On `AsyncDocrayClient` every method returns an awaitable."""
 
-    def __init__(self, base_url: str, api_key: str | None, http, own: bool):
+    def __init__(self, base_url: str, api_key: str | None, http, own: bool, retry: RetryPolicy | None = None):
         self.base_url, self.api_key, self.http, self._own = base_url.rstrip("/"), api_key, http, own
+        self.retry = retry if retry is not None else RetryPolicy()
         self._masks: dict[str, np.ndarray] | None = None  # the private targets, fetched once
 
     def _run(self, op: Operation):  # DocrayClient: the result; AsyncDocrayClient: a coroutine
@@ -330,19 +390,32 @@ def _record_path(record_id: str, *parts: str) -> str:
 
 
 class DocrayClient(Endpoints):
-    """Blocking client; `http` lets a caller pass its own httpx.Client (e.g. FastAPI's TestClient)."""
+    """Blocking client; `http` lets a caller pass its own httpx.Client (e.g. FastAPI's TestClient);
+    `retry`: when to send a failed request again (`RetryPolicy`; the module docstring says which)."""
 
     def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 60.0,
-                 http: httpx.Client | None = None):
-        super().__init__(base_url, api_key, http or httpx.Client(base_url=base_url, timeout=timeout), http is None)
+                 http: httpx.Client | None = None, retry: RetryPolicy | None = None):
+        super().__init__(base_url, api_key, http or httpx.Client(base_url=base_url, timeout=timeout), http is None, retry)
 
     def _run(self, op: Operation):
         call, result = advance(op, None)
         while call is not None:
-            with transport_errors(self.base_url):
-                r = self.http.request(call.method, call.path, headers=self._headers(), **call.kwargs)
-            call, result = advance(op, call.parse(r))
+            call, result = advance(op, self._send(call))
         return result
+
+    def _send(self, call: Call):
+        attempt = 0
+        while True:
+            try:
+                with transport_errors(self.base_url):
+                    r = self.http.request(call.method, call.path, headers=self._headers(), **call.kwargs)
+                return call.parse(r)
+            except DocrayError as e:
+                wait = self.retry.delay(call, e, attempt)
+                if wait is None:
+                    raise
+            time.sleep(wait)
+            attempt += 1
 
     def close(self) -> None:
         if self._own:
@@ -362,16 +435,29 @@ class AsyncDocrayClient(Endpoints):
     in the event loop; both are small (one image), but offload them in a busy loop."""
 
     def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 60.0,
-                 http: httpx.AsyncClient | None = None):
-        super().__init__(base_url, api_key, http or httpx.AsyncClient(base_url=base_url, timeout=timeout), http is None)
+                 http: httpx.AsyncClient | None = None, retry: RetryPolicy | None = None):
+        super().__init__(base_url, api_key, http or httpx.AsyncClient(base_url=base_url, timeout=timeout), http is None,
+                         retry)
 
     async def _run(self, op: Operation):
         call, result = advance(op, None)
         while call is not None:
-            with transport_errors(self.base_url):
-                r = await self.http.request(call.method, call.path, headers=self._headers(), **call.kwargs)
-            call, result = advance(op, call.parse(r))
+            call, result = advance(op, await self._send(call))
         return result
+
+    async def _send(self, call: Call):
+        attempt = 0
+        while True:
+            try:
+                with transport_errors(self.base_url):
+                    r = await self.http.request(call.method, call.path, headers=self._headers(), **call.kwargs)
+                return call.parse(r)
+            except DocrayError as e:
+                wait = self.retry.delay(call, e, attempt)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
+            attempt += 1
 
     async def aclose(self) -> None:
         if self._own:

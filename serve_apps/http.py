@@ -1,7 +1,9 @@
 """The HTTP layer every Serve app shares: one JSON error model, safe uploads, roles.
 
 Errors are always `{"error": {"code": ..., "message": ...}}` with a 4xx/5xx status; clients never
-see a stack trace. Uploaded images go through `docray.imageio.decode_image` (byte and pixel limits,
+see a stack trace. A backend that is lost or full is a 503 with `Retry-After` (`remote`): code
+`unavailable` when the replica answering died (the request may have run: the client retries only
+what is safe to repeat), `overloaded` when Serve refused the request before any replica ran it. Uploaded images go through `docray.imageio.decode_image` (byte and pixel limits,
 format sniffing, truncated data), so a bad upload is a 4xx and nothing is stored.
 
 Roles: API keys map to 'user' or 'admin', from `DOCRAY_API_KEYS` ("key1=admin,key2=user") or the
@@ -27,21 +29,24 @@ log = logging.getLogger("docray.http")
 ROLES = ("user", "admin")
 
 
-class ApiError(Exception):
-    """An error a client should see: HTTP status, stable code, readable message."""
+RETRY_AFTER_S = 1  # the Retry-After of a 503 from a lost or full backend: Serve replaces a replica in seconds
 
-    def __init__(self, status: int, code: str, message: str):
+
+class ApiError(Exception):
+    """An error a client should see: HTTP status, stable code, readable message (and extra headers)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
     def __reduce__(self):  # crosses process boundaries (a backend replica raises it, the gateway answers)
-        return ApiError, (self.status, self.code, self.message)
+        return ApiError, (self.status, self.code, self.message, self.headers)
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     if len(message) > 1000:  # messages quote what was sent: bounded, whatever a client sends
         message = message[:1000] + "..."
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def make_api(title: str, description: str = "") -> FastAPI:
@@ -50,7 +55,7 @@ def make_api(title: str, description: str = "") -> FastAPI:
 
     @api.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError):
-        return error_response(e.status, e.code, e.message)
+        return error_response(e.status, e.code, e.message, e.headers)
 
     @api.exception_handler(ImageDecodeError)
     async def _bad_image(_: Request, e: ImageDecodeError):
@@ -105,23 +110,48 @@ def parse_json_field(raw: str | None, name: str, default: Any = None) -> Any:
         raise ApiError(400, "bad_json", f"field {name!r} is not valid JSON: {e.msg} at position {e.pos}") from None
 
 
+def _lost_types() -> tuple[type, ...]:
+    """Ray's errors for a process that died under a call: the replica's actor, its worker, its node,
+    or an object it awaited (a replica of a deployment it calls)."""
+    from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
+
+    return RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError
+
+
+def unavailable(e: BaseException) -> ApiError:
+    """A 503 the client may retry: the replica answering was lost (`Retry-After` seconds)."""
+    return ApiError(503, "unavailable", f"a backend replica was lost while answering ({type(e).__name__}); "
+                    f"Serve replaces it: retry", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 async def remote(response):
     """Await a deployment call; the backend's ApiError / ImageDecodeError reaches the client as itself.
 
-    Serve wraps a replica's exception in a RayTaskError (`.cause` is the original); an overloaded or
-    missing backend becomes a 503 instead of a 500.
+    Serve wraps a replica's exception in a RayTaskError (`.cause` is the original). A replica that
+    dies with the request in flight (or a replica of a deployment it awaited) is a 503 `unavailable`,
+    an overloaded or missing backend a 503 `overloaded`, both with `Retry-After`; never a 500.
     """
     from ray.exceptions import RayTaskError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
+    lost = _lost_types()
     try:
         return await response
     except RayTaskError as e:
         if isinstance(e.cause, (ApiError, ImageDecodeError)):
             raise e.cause from None
+        if isinstance(e.cause, lost):  # the backend awaited a replica of its own that died
+            raise unavailable(e.cause) from None
         raise
+    except lost as e:
+        raise unavailable(e) from None
     except (BackPressureError, DeploymentUnavailableError) as e:
-        raise ApiError(503, "overloaded", f"the backend cannot take the request now ({type(e).__name__}); retry") from None
+        raise ApiError(503, "overloaded", f"the backend cannot take the request now ({type(e).__name__}); retry",
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    except RayServeException as e:  # Serve's "an upstream actor died" wraps the Ray error
+        if isinstance(e.__cause__, lost):
+            raise unavailable(e.__cause__) from None
+        raise
 
 
 def load_api_keys() -> dict[str, str]:

@@ -237,3 +237,210 @@ def test_postgres_restarted_during_writes_loses_no_record_and_leaves_none_half_w
     repo.close()
     assert not t.is_alive() and len(failed) == n_failed and len(ok) == n_ok + 1  # the add waited for the server
     _check_repository(postgres.url, blob_root, ok, failed)
+
+
+# -- 3. a Serve replica killed under load ----------------------------------------------------------
+
+
+def _tiny_recognition(root: Path) -> dict:
+    """A tiny untrained unified model in a folder: the Recognizer's args."""
+    import torch
+
+    from docray.models import build_model, save_pretrained
+    from docray.recognition.tasks import load_catalogue
+    from docray.recognition.text import embed_texts
+
+    torch.manual_seed(0)
+    cat = load_catalogue()
+    m = build_model("unified_tiny", catalogue=cat.model_dump())
+    m.set_query_text(embed_texts([t.query for t in cat.tasks], "hash"))
+    save_pretrained(m.eval(), root / "unified")
+    return {"folder": str(root / "unified"), "max_batch_size": 32, "batch_wait_timeout_s": 0.5}
+
+
+def _replicas(app: str, deployment: str) -> list[str]:
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#"))
+
+
+def _busy_replica(names: list[str], at_least: int, timeout_s: float = 120) -> str:
+    """The first of these replicas seen holding `at_least` requests (asked through the replica actor)."""
+    import ray
+
+    actors = {n: ray.get_actor(n, namespace="serve") for n in names}
+
+    def busy():
+        counts = ray.get([a.get_num_ongoing_requests.remote() for a in actors.values()], timeout=30)
+        return next((n for n, c in zip(actors, counts) if c >= at_least), None)
+
+    return wait_for(busy, timeout_s, f"a replica holding {at_least} requests", every_s=0.05)
+
+
+def test_serve_replica_killed_under_load_answers_503_and_the_client_retries(serve_port, tmp_path):
+    """The gateway over two Recognizer replicas, eight clients sending /v1/recognize without pause;
+    one replica is killed while requests wait in it (each waits up to 0.5 s for its batch to fill).
+    Those requests must come back as 503 `unavailable` with Retry-After (the JSON error model), no
+    answer may be a 500, and every client call must succeed: the client library retries them."""
+    import asyncio
+
+    import httpx
+    import ray
+    from ray import serve
+
+    from docray.client import AsyncDocrayClient
+    from serve_apps.gateway import Gateway, GatewayConfig
+    from serve_apps.recognition import Recognizer
+
+    cfg = GatewayConfig.model_validate({"recognition": _tiny_recognition(tmp_path)})
+    small = {"num_cpus": 0.1}
+    app = Gateway.options(ray_actor_options=small).bind(cfg.model_dump(), recognition=Recognizer.options(
+        num_replicas=2, ray_actor_options=small, max_ongoing_requests=16).bind(cfg.recognition.model_dump()))
+    serve.run(app, name="faults", route_prefix="/faults")
+    url = f"http://127.0.0.1:{serve_port}/faults"
+    image = np.random.default_rng(0).integers(40, 255, (64, 96, 3), dtype=np.uint8)
+    answers: list[tuple[int, str, str | None]] = []  # every HTTP answer the clients saw: status, code, Retry-After
+    done, failed = [0], []
+
+    async def seen(r: httpx.Response) -> None:
+        await r.aread()
+        code = r.json().get("error", {}).get("code", "") if r.status_code >= 400 and \
+            r.headers.get("content-type", "").startswith("application/json") else ""
+        answers.append((r.status_code, code, r.headers.get("retry-after")))
+
+    async def client(stop: asyncio.Event) -> None:
+        http = httpx.AsyncClient(base_url=url, timeout=120, event_hooks={"response": [seen]})
+        async with AsyncDocrayClient(url, http=http) as dc:
+            while not stop.is_set():
+                try:
+                    out = await dc.recognize(image, tasks=["doc_type"])
+                    assert "doc_type" in out["results"]
+                    done[0] += 1
+                except Exception as e:  # noqa: BLE001 -- counted: the test says no request may fail
+                    failed.append(f"{type(e).__name__}: {e}"[:300])
+            await http.aclose()
+
+    async def until(predicate, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(what)
+            await asyncio.sleep(0.1)
+
+    async def run() -> tuple[str, list[str]]:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(client(stop)) for _ in range(8)]
+        try:
+            await until(lambda: done[0] >= 16 or failed, 300, "16 answers before the kill")
+            before = _replicas("faults", "Recognizer")
+            assert len(before) == 2, before
+            victim = await asyncio.to_thread(_busy_replica, before, 2)
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            n = done[0]
+            await until(lambda: done[0] >= n + 32 or len(failed) > 8, 300, "32 answers after the kill")
+            await until(lambda: len(set(_replicas("faults", "Recognizer")) - {victim}) == 2, 300,
+                        "Serve replaced the killed replica")
+            return victim, _replicas("faults", "Recognizer")
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        killed, after = asyncio.run(run())
+    finally:
+        serve.delete("faults")
+    assert not failed, failed[:3]
+    assert killed not in after and len(after) == 2
+    errors = [a for a in answers if a[0] >= 400]
+    assert [a for a in errors if a[0] >= 500 and a[0] != 503] == []  # never a 500
+    assert errors and all(a[0] == 503 and a[1] in ("unavailable", "overloaded") and a[2] for a in errors), errors
+    assert any(a[1] == "unavailable" for a in errors)  # requests were in flight on the killed replica
+
+
+def _flaky_gateway(fail: dict[str, list[tuple[int, str]]]):
+    """An httpx transport answering each path's listed failures first (status, error code; code ''
+    is a plain-text body, as Serve's proxy sends), then 200; `seen` counts the requests per path."""
+    import json
+
+    import httpx
+
+    seen: dict[str, int] = {}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        n = seen[path] = seen.get(path, 0) + 1
+        if n <= len(fail.get(path, [])):
+            status, code = fail[path][n - 1]
+            if status == 0:
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+            if not code:
+                return httpx.Response(status, text="Service Unavailable")
+            return httpx.Response(status, headers={"Retry-After": "0"},
+                                  content=json.dumps({"error": {"code": code, "message": "x"}}).encode(),
+                                  )
+        body = {"record_id": "r", "compressed": "", "processed": "", "type": None} if path == "/v1/compress" else {"ok": n}
+        return httpx.Response(200, json=body)
+
+    return httpx.MockTransport(handle), seen
+
+
+def test_client_retries_only_what_is_safe_to_repeat():
+    """The retry policy of docray.client (docs/serving.md#client): bounded, backoff, and a request
+    that may have run is repeated only when repeating it is safe."""
+    import httpx
+
+    from docray.client import DocrayClient, DocrayError, RetryPolicy
+
+    fast = RetryPolicy(retries=3, backoff_s=0.001, max_backoff_s=0.01)
+    lost, full, proxy = (503, "unavailable"), (503, "overloaded"), (503, "")
+    transport, seen = _flaky_gateway({
+        "/v1/recognize": [lost, lost, (0, "")],  # a compute-only POST: repeated through a lost replica, a cut connection
+        "/v1/screen/library": [proxy, (502, ""), (504, "")],  # a GET: repeated on any retryable answer
+        "/v1/compress": [lost],  # stores a record: never repeated once it may have run
+        "/v1/screen/targets": [full, proxy],  # refused before any replica ran it: repeated, whatever the route
+        "/v1/file-types": [lost] * 4,  # one more failure than retries: the last one reaches the caller
+        "/metrics": [(503, "metrics_unavailable")],  # a 503 that is not about a lost or full backend: not repeated
+    })
+    with DocrayClient("http://gw", http=httpx.Client(base_url="http://gw", transport=transport), retry=fast) as dc:
+        assert dc.recognize(np.zeros((40, 40, 3), np.uint8)) == {"ok": 4} and seen["/v1/recognize"] == 4
+        assert dc.library() == {"ok": 4}
+        with pytest.raises(DocrayError) as e:
+            dc.compress(np.zeros((40, 40, 3), np.uint8))
+        assert (e.value.status, e.value.code, seen["/v1/compress"]) == (503, "unavailable", 1)
+        assert dc.add_target(np.zeros((40, 40, 3), np.uint8), "2024-01-01", "s") == {"ok": 3}
+        with pytest.raises(DocrayError) as e:
+            dc.file_types()
+        assert (e.value.code, e.value.retry_after, seen["/v1/file-types"]) == ("unavailable", 0.0, 4)
+        with pytest.raises(DocrayError, match="metrics_unavailable"):
+            dc.metrics()
+        assert seen["/metrics"] == 1
+    transport, seen = _flaky_gateway({"/v1/screen/library": [lost, lost]})
+    with DocrayClient("http://gw", http=httpx.Client(base_url="http://gw", transport=transport),
+                      retry=RetryPolicy(retries=0)) as dc, pytest.raises(DocrayError, match="unavailable"):
+        dc.library()  # retries off
+    from docray.client import Call
+
+    policy, get = RetryPolicy(retries=6, backoff_s=0.25, max_backoff_s=4.0), Call("GET", "/v1/screen/library")
+    err = DocrayError(503, "unavailable", "x", retry_after=3.0)  # waits at least Retry-After, at most the cap
+    assert all(3.0 <= policy.delay(get, err, k) <= 4.0 for k in range(6)) and policy.delay(get, err, 6) is None
+    err = DocrayError(503, "unavailable", "x")  # doubling, jittered down to half, capped
+    assert 0.125 <= policy.delay(get, err, 0) <= 0.25 and 1.0 <= policy.delay(get, err, 3) <= 2.0
+    assert policy.delay(get, err, 5) == 4.0
+
+
+def test_async_client_retries_too():
+    import asyncio
+
+    import httpx
+
+    from docray.client import AsyncDocrayClient, RetryPolicy
+
+    transport, seen = _flaky_gateway({"/v1/screen": [(503, "unavailable"), (503, "overloaded")]})
+
+    async def go():
+        http = httpx.AsyncClient(base_url="http://gw", transport=transport)
+        async with AsyncDocrayClient("http://gw", http=http, retry=RetryPolicy(backoff_s=0.001)) as dc:
+            return await dc.screen([np.zeros((40, 40, 3), np.uint8)])
+
+    assert asyncio.run(go()) == {"ok": 3} and seen["/v1/screen"] == 3

@@ -9,13 +9,26 @@ optional `release_time`, `cut_type`; or a folder with one sub-folder per documen
 and an optional `metadata.csv`/`metadata.jsonl` (`file`, `release_time`). Each input shard is one
 unit of work: actors (descriptor on GPU when present) screen its documents and write
 `<out>/part-<shard>.parquet` (`id`, `abnormal`, `stage`, `n_matches`, `evidence` JSON, `error`,
-`library_version`) atomically. A rerun skips shards whose report exists (resumable); progress is
-shown per shard. `<out>/abnormal.parquet` gathers the abnormal documents at the end.
+`library_version`) atomically. Progress is shown per shard. `<out>/abnormal.parquet` gathers the
+abnormal documents at the end.
+
+Faults: every document is reported exactly once, whatever dies.
+- An actor that dies (killed, out of memory, its node lost) is restarted and its shard screened
+  again from the start (`max_restarts` / `max_task_retries`: `retries`); the shard's report is
+  written only whole (a temporary file renamed into place), so a shard is never reported twice or
+  in part.
+- A driver that dies leaves the finished shards' reports; the rerun skips them and screens the rest
+  (resumable). `<out>/shards.json` names the input shard of each report (its path, size and mtime):
+  a report is kept only for the same shard, so an archive that gained or changed shards between the
+  runs is never reported by stale reports. A folder input's shards (`<out>/input/`) are rewritten
+  only when their documents change.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,11 +50,14 @@ class RescanConfig(Config):
     rows_per_shard: int = Field(200, description="documents per shard when the input is a folder")
     batch_size: int = Field(16, description="documents per predictor call")
     concurrency: int = Field(1, ge=1, description="screening actors")
+    retries: int = Field(3, ge=0, description="times a shard is screened again after its actor died (the actor is "
+                                              "restarted as often)")
 
 
 def folder_to_shards(root: Path, out: Path, rows_per_shard: int) -> list[str]:
-    """A folder of document folders -> Parquet shards (id, pictures, release_time) under out/input/."""
-    from docray.storage.datasets import read_image_folder, write_shards
+    """A folder of document folders -> Parquet shards (id, pictures, release_time) under out/input/.
+    A shard whose documents are already there as they are is left untouched (a rerun keeps its report)."""
+    from docray.storage.datasets import read_image_folder
 
     t = read_image_folder(str(root)).table.sort_by("path")
     docs: dict[str, dict] = {}
@@ -53,7 +69,54 @@ def folder_to_shards(root: Path, out: Path, rows_per_shard: int) -> list[str]:
             d["release_time"] = str(row["release_time"])
     table = pa.Table.from_pylist(list(docs.values()), schema=pa.schema(
         [("id", pa.string()), ("pictures", pa.list_(pa.binary())), ("release_time", pa.string())]))
-    return write_shards(table, str(out / "input"), rows_per_shard, overwrite=True)
+    folder = out / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
+        part, path = table.slice(start, rows_per_shard), folder / f"part-{i:05d}.parquet"
+        if not (path.exists() and pq.read_table(path).equals(part)):
+            write_atomic(part, path)
+        paths.append(str(path))
+    for stale in set(folder.glob("part-*.parquet")) - {Path(p) for p in paths}:
+        stale.unlink()
+    return paths
+
+
+def write_atomic(table: pa.Table, path: str | Path) -> None:
+    """Write a Parquet file whole or not at all: a temporary file of this writer's own, renamed into place
+    (two writers of the same file, e.g. a dying driver's actor and the rerun's, never mix their bytes)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def shard_identity(shard: str) -> dict:
+    """What a report is kept for: its input shard's path, size and modification time."""
+    st = os.stat(shard)
+    return {"shard": str(shard), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def plan(out: Path, shards: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(every (shard, report) pair, those still to screen). A report is kept only when `shards.json`
+    says it was written for this very shard; the others, and reports of shards the input no longer has,
+    are deleted before the new `shards.json` is written (so a report on disk always matches it)."""
+    todo = [(s, str(out / f"part-{i:05d}.parquet")) for i, s in enumerate(shards)]
+    manifest = out / "shards.json"
+    old = json.loads(manifest.read_text()) if manifest.exists() else {}
+    new = {Path(r).name: shard_identity(s) for s, r in todo}
+    pending = [(s, r) for s, r in todo if not (Path(r).exists() and old.get(Path(r).name) == new[Path(r).name])]
+    for _, r in pending:
+        Path(r).unlink(missing_ok=True)
+    for stale in set(out.glob("part-*.parquet")) - {Path(r) for _, r in todo}:
+        stale.unlink()
+    tmp = out / f".shards.json.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.write_text(json.dumps(new, indent=1))
+    os.replace(tmp, manifest)
+    return todo, pending
 
 
 def input_shards(cfg: RescanConfig, out: Path) -> list[str]:
@@ -82,9 +145,7 @@ def screen_shard(predictor, shard: str, report: str, batch_size: int) -> dict:
             b["release_time"] = [None if v is None else (v if isinstance(v, (int, str)) else v.isoformat()) for v in b["release_time"]]
         parts.append(pa.table(predictor(b)))
     res = pa.concat_tables(parts) if parts else pa.table({"id": pa.array([], pa.string())})
-    tmp = f"{os.path.dirname(report)}/.{os.path.basename(report)}.tmp"
-    pq.write_table(res, tmp)
-    os.replace(tmp, report)
+    write_atomic(res, report)
     return {"shard": shard, "documents": res.num_rows, "abnormal": int(sum(res.column("abnormal").to_pylist())) if res.num_rows else 0}
 
 
@@ -100,12 +161,10 @@ def run(cfg: RescanConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "rescan_config.yaml")
     root = cfg.library or str(Library.default_root())
-    shards = input_shards(cfg, out)
-    todo = [(s, str(out / f"part-{i:05d}.parquet")) for i, s in enumerate(shards)]
-    pending = [(s, r) for s, r in todo if not Path(r).exists()]
+    todo, pending = plan(out, input_shards(cfg, out))
 
     @ray.remote
-    class Worker:
+    class ScreeningArchiveWorker:
         def __init__(self):
             self.p = DocumentScreener(root, cfg.descriptor or None, cfg.screen)
 
@@ -114,15 +173,17 @@ def run(cfg: RescanConfig, progress: bool = True) -> dict:
 
     done = []
     if pending:
-        n = min(cfg.concurrency, len(pending))
-        pool = ActorPool([Worker.options(**actor_resources(n)).remote() for _ in range(n)])
+        n, run_id = min(cfg.concurrency, len(pending)), uuid.uuid4().hex[:8]
+        pool = ActorPool([ScreeningArchiveWorker.options(  # a dead actor comes back and its shard is screened again
+            name=f"screening-archive:{run_id}:{i}", max_restarts=cfg.retries, max_task_retries=cfg.retries,
+            **actor_resources(n)).remote() for i in range(n)])
         it = pool.map_unordered(lambda a, sr: a.run.remote(*sr), pending)
         for r in tqdm(it, total=len(pending), desc="shards", unit="shard", disable=not progress):
             done.append(r)
     reports = pq.read_table([r for _, r in todo]) if todo else None
     abnormal = reports.filter(reports.column("abnormal")) if reports is not None and reports.num_rows else None
     if abnormal is not None:
-        pq.write_table(abnormal, out / "abnormal.parquet")
+        write_atomic(abnormal, out / "abnormal.parquet")
     return {"shards": len(todo), "skipped_shards": len(todo) - len(pending), "documents": reports.num_rows if reports else 0,
             "abnormal": abnormal.num_rows if abnormal is not None else 0, "out": str(out), "seconds": time.perf_counter() - t0}
 

@@ -444,3 +444,154 @@ def test_async_client_retries_too():
             return await dc.screen([np.zeros((40, 40, 3), np.uint8)])
 
     assert asyncio.run(go()) == {"ok": 3} and seen["/v1/screen"] == 3
+
+
+# -- 2 and 4. the archive rescan: an actor killed, the driver killed ------------------------------
+
+DESC = "build:descriptor_tiny"  # random weights, the same in every process (seeded): enough to match exact tiles
+EXACT = {"text_finder": "none", "threshold": 0.9999, "learn": False}
+SHARDS, PER_SHARD = 8, 4
+
+
+@pytest.fixture(scope="module")
+def rescan_library(tmp_path_factory) -> Path:
+    """A screening library of one noisy target's tiles (cut and described here, no Ray)."""
+    from PIL import Image
+
+    from docray.screening.embed import Embedder
+    from docray.screening.library import Library, cut_target, to_day
+
+    root = tmp_path_factory.mktemp("faults-library") / "lib"
+    emb = Embedder.load(DESC)
+    lib = Library.create(root, dim=emb.dim, tile_size=32, descriptor=DESC, templates=["2x2", "1x3"])
+    target = Image.fromarray(np.random.default_rng(11).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    batch = cut_target(target, "t0", "s0", to_day("2024-01-01"), 32, ["2x2", "1x3"])
+    lib.append(batch, emb(batch.tiles))
+    return root
+
+
+def rescan_archive(library: Path, folder: Path) -> dict[str, bool]:
+    """SHARDS Parquet shards of PER_SHARD documents (two benign pictures each; every fifth document
+    also carries a library tile). Returns {document id: abnormal}."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from docray.screening.library import Library
+    from docray.synth import generate
+
+    lib = Library.open(library)
+    tile = io.BytesIO()
+    lib.tile_image(0).save(tile, "PNG")
+    benign = generate("targets", 500, 500 + 2 * SHARDS * PER_SHARD, seed=3, target_rate=0.0).column("image").to_pylist()
+    folder.mkdir()
+    truth = {}
+    for s in range(SHARDS):
+        rows = []
+        for k in range(PER_SHARD):
+            i = s * PER_SHARD + k
+            rows.append({"id": f"doc-{i:03d}", "pictures": benign[2 * i:2 * i + 2] + ([tile.getvalue()] if i % 5 == 0 else []),
+                         "release_time": None})
+            truth[rows[-1]["id"]] = i % 5 == 0
+        pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(
+            [("id", pa.string()), ("pictures", pa.list_(pa.binary())), ("release_time", pa.string())])),
+            folder / f"shard-{s:03d}.parquet")
+    return truth
+
+
+def reports(out: Path) -> list[Path]:
+    return sorted(out.glob("part-*.parquet"))
+
+
+def check_reported_once(out: Path, truth: dict[str, bool]) -> None:
+    """Every document in exactly one report row, flagged as it should be; abnormal.parquet agrees."""
+    import collections
+
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table([str(p) for p in reports(out)]).to_pylist()
+    counts = collections.Counter(r["id"] for r in rows)
+    assert set(counts) == set(truth) and set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
+    assert {r["id"]: r["abnormal"] for r in rows} == truth and not any(r["error"] for r in rows)
+    assert sorted(pq.read_table(out / "abnormal.parquet").column("id").to_pylist()) == sorted(k for k, v in truth.items() if v)
+
+
+def test_rescan_actor_killed_mid_rescan_reports_every_row_once(ray_cluster, rescan_library, tmp_path):
+    """Two screening actors; once the first shard is reported, one actor is killed (it is screening a
+    shard: one document per predictor call). Ray restarts it and its shard is screened again; every
+    document is reported once."""
+    import ray
+
+    from data_jobs.screening_archive import RescanConfig, run
+
+    truth = rescan_archive(rescan_library, tmp_path / "archive")
+    out = tmp_path / "report"
+    cfg = RescanConfig(input=str(tmp_path / "archive"), out=str(out), library=str(rescan_library), descriptor=DESC,
+                       screen=EXACT, batch_size=1, concurrency=2)
+    result, errors = {}, []
+
+    def rescan():
+        try:
+            result.update(run(cfg, progress=False))
+        except Exception as e:  # noqa: BLE001 -- the test fails on it below
+            errors.append(e)
+
+    t = threading.Thread(target=rescan, daemon=True)
+    t.start()
+    wait_for(lambda: reports(out) or not t.is_alive(), 600, "the first shard's report")
+    actors = sorted(n for n in ray.util.list_named_actors() if n.startswith("screening-archive:"))
+    assert t.is_alive() and len(reports(out)) < SHARDS and len(actors) == 2, (actors, reports(out))
+    ray.kill(ray.get_actor(actors[0]), no_restart=False)  # the process dies; the actor may come back
+    t.join(900)
+    assert not t.is_alive() and not errors, errors
+    assert result["documents"] == SHARDS * PER_SHARD and result["shards"] == SHARDS and result["abnormal"] == sum(truth.values())
+    check_reported_once(out, truth)
+
+
+def test_rescan_driver_killed_rerun_continues_from_finished_shards(ray_cluster, rescan_library, tmp_path):
+    """The rescan runs as its own driver process on the test's Ray; it is killed (SIGKILL) once two
+    shards are reported. The rerun keeps those reports as they are, screens the rest, and every
+    document is reported once."""
+    import sys
+
+    import ray
+    import yaml
+
+    from data_jobs.screening_archive import RescanConfig, run
+
+    truth = rescan_archive(rescan_library, tmp_path / "archive")
+    out = tmp_path / "report"
+    cfg = RescanConfig(input=str(tmp_path / "archive"), out=str(out), library=str(rescan_library), descriptor=DESC,
+                       screen=EXACT, batch_size=1, concurrency=1)
+    (tmp_path / "rescan.yaml").write_text(yaml.safe_dump(cfg.model_dump()))
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "data_jobs.screening_archive", "--config", str(tmp_path / "rescan.yaml")],
+                                  cwd=Path(__file__).resolve().parents[1], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(reports(out)) >= 2 or driver.poll() is not None, 600, "two shards reported")
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        driver.kill()
+        driver.wait(60)
+    finished = {p.name: p.stat().st_mtime_ns for p in reports(out)}
+    assert 2 <= len(finished) < SHARDS and not (out / "abnormal.parquet").exists()
+    res = run(cfg, progress=False)
+    assert len(finished) <= res["skipped_shards"] < SHARDS and res["documents"] == SHARDS * PER_SHARD
+    assert {n: t for n, t in ((p.name, p.stat().st_mtime_ns) for p in reports(out)) if n in finished} == finished
+    check_reported_once(out, truth)
+
+    # an archive shard rewritten after the run: only its report is redone, no stale row remains
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    last = tmp_path / "archive" / f"shard-{SHARDS - 1:03d}.parquet"
+    t = pq.read_table(last)
+    renamed = [f"new-{i[4:]}" for i in t.column("id").to_pylist()]
+    for old, new in zip(t.column("id").to_pylist(), renamed):
+        truth[new] = truth.pop(old)
+    pq.write_table(t.set_column(0, "id", pa.array(renamed)), last)
+    res = run(cfg, progress=False)
+    assert res["skipped_shards"] == SHARDS - 1 and res["documents"] == SHARDS * PER_SHARD
+    check_reported_once(out, truth)

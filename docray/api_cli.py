@@ -6,6 +6,7 @@
     docray api screen a.jpg b.jpg --release-time 2024-05-01
     docray api compress scan.png --mode split --out scan.jpg
     docray api delete-record ID                 # admin: a record with every image and attachment
+    docray api --api-key ADMIN enrol alice face.png; docray api verify face2.png alice   # masked here
     docray api audit --record ID                # admin: reads of originals, deletes, purges
 
 Answers are pretty JSON on stdout (base64 and binary blobs shown by their length unless
@@ -170,19 +171,61 @@ def library(ctx):
     _run(ctx, lambda dc: dc.library())
 
 
-@api.command("recognize-private")
+_MASK_ID = click.option("--mask-id", default=None, help="The target mask to use (default: one of the server's, at random).")
+
+
+@api.command()
+@click.argument("identity_id")
 @click.argument("image", type=IMAGE)
-@click.option("--mask-id", default=None, help="The target mask to use (default: the server's best).")
-@click.option("--raw", is_flag=True, help="Send the raw image and let the server mask it (default: mask here).")
-@click.option("--embedding", is_flag=True, help="Also return the embedding.")
+@_MASK_ID
 @click.pass_context
-def recognize_private(ctx, image, mask_id, raw, embedding):
-    """POST /v1/recognize-private: recognise a face through a mask, masked HERE by default.
+def enrol(ctx, identity_id, image, mask_id):
+    """POST /v1/privacy/enrol (admin): enrol a face under IDENTITY_ID, masked HERE (the raw face never leaves).
 
     \b
-    Example:  docray api recognize-private face.png --embedding
+    Example:  docray api --api-key ADMIN enrol alice face.png
     """
-    _run(ctx, lambda dc: dc.recognize_private(image, mask_id=mask_id, embedding=embedding, mask_locally=not raw))
+    _run(ctx, lambda dc: dc.enrol(identity_id, image, mask_id=mask_id))
+
+
+@api.command()
+@click.argument("image", type=IMAGE)
+@click.argument("identity_id")
+@_MASK_ID
+@click.pass_context
+def verify(ctx, image, identity_id, mask_id):
+    """POST /v1/privacy/verify: is the face (masked HERE) IDENTITY_ID? match, score, threshold.
+
+    \b
+    Example:  docray api verify face2.png alice
+    """
+    _run(ctx, lambda dc: dc.verify(image, identity_id, mask_id=mask_id))
+
+
+@api.command()
+@click.argument("image", type=IMAGE)
+@click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True, help="Identities to list.")
+@_MASK_ID
+@click.pass_context
+def identify(ctx, image, top_k, mask_id):
+    """POST /v1/privacy/identify: the enrolled identities closest to the face (masked HERE).
+
+    \b
+    Example:  docray api identify face2.png --top-k 3
+    """
+    _run(ctx, lambda dc: dc.identify(image, top_k=top_k, mask_id=mask_id))
+
+
+@api.command("delete-identity")
+@click.argument("identity_id")
+@click.pass_context
+def delete_identity(ctx, identity_id):
+    """DELETE /v1/privacy/identities/IDENTITY_ID (admin): every enrolment of an identity, audited.
+
+    \b
+    Example:  docray api --api-key ADMIN delete-identity alice
+    """
+    _run(ctx, lambda dc: dc.delete_identity(identity_id))
 
 
 @api.command()
@@ -278,7 +321,7 @@ def delete_record(ctx, record_id):
 
 @api.command()
 @click.option("--record", "record_id", default=None, help="Only this record's entries.")
-@click.option("--action", type=click.Choice(["read", "delete", "purge"]), default=None, help="Only this action.")
+@click.option("--action", type=click.Choice(["read", "delete", "purge", "enrol"]), default=None, help="Only this action.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=None, help="At most this many entries (default 100).")
 @click.pass_context
 def audit(ctx, record_id, action, limit):

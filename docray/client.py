@@ -6,7 +6,9 @@
         dc.healthz()                                        # {"status": "ok", "apps": {...}}
         dc.recognize("id.png", frames=["flash.png"], tasks=["doc_type"])
         dc.screen(["a.jpg", "b.jpg"], release_time="2024-05-01")
-        dc.recognize_private(face)                          # masked HERE: the raw face never leaves
+        dc.enrol("alice", face)                             # admin; masked HERE: the raw face never leaves
+        dc.verify(face2, "alice")                           # {"match", "score", "threshold", ...}
+        dc.identify(face2, top_k=3)                         # {"candidates": [{"identity_id", "score", "match"}]}
         data, answer = dc.compress_split("scan.png")        # server regenerates, terminal compresses + uploads
         dc.attachment(answer["record_id"], 2)               # a seal crop (the answer lists the attachments)
         dc.delete_record(answer["record_id"])               # admin: the record, every image and attachment
@@ -26,10 +28,12 @@ least the answer's `Retry-After`): a request is sent again only when repeating i
 - Idempotent requests, also when it may have run: a 503 `unavailable` (the replica answering died
   with the request in flight), a 502 or 504 from a proxy in front, a connection dropped before the
   answer, a read timeout. Idempotent: every GET; the POSTs that only compute (`/v1/recognize`,
-  `/v1/screen`, `/v1/recognize-private`: nothing is stored); `PUT /v1/file-types` (a replacement).
+  `/v1/screen`, `/v1/privacy/verify`, `/v1/privacy/identify`: nothing is stored); `PUT /v1/file-types`
+  (a replacement).
 - Never repeated after it may have run: the requests that store something once (`POST /v1/compress`
-  writes a repository record, `POST /v1/screen/targets` adds a target, `PUT .../compressed`,
-  `DELETE /v1/repository/{id}`): a repeat could store twice or answer 409/404 for the first
+  writes a repository record, `POST /v1/screen/targets` adds a target, `POST /v1/privacy/enrol` an
+  embedding, `PUT .../compressed`, `DELETE /v1/repository/{id}`, `DELETE /v1/privacy/identities/{id}`):
+  a repeat could store twice or answer 409/404 for the first
   attempt's success. Their 503 `unavailable` reaches the caller, who checks before repeating.
 A refused connection (no gateway at the URL) is not retried. `RetryPolicy(retries=0)`: no retries.
 
@@ -179,7 +183,7 @@ def parse_masks(r: httpx.Response) -> dict:
 
 
 # -- operations: generators of Calls ------------------------------------------------------------
-SAFE_POSTS = frozenset({"/v1/recognize", "/v1/screen", "/v1/recognize-private"})  # they compute, store nothing
+SAFE_POSTS = frozenset({"/v1/recognize", "/v1/screen", "/v1/privacy/verify", "/v1/privacy/identify"})  # compute only
 
 
 def idempotent(method: str, path: str) -> bool:
@@ -292,34 +296,44 @@ class Endpoints:
 
     # private recognition ----------------------------------------------------------------------
     def private_masks(self):
-        """`GET /v1/recognize-private/masks` -> {"image_size", "choice", "masks": [{"mask_id", "png": bytes}]}."""
-        return self._run(one("GET", "/v1/recognize-private/masks", parse_masks))
+        """`GET /v1/privacy/masks` -> {"image_size", "masks": [{"mask_id", "png": bytes}], "models"}: the served
+        target masks (a secret of the service: authenticated callers only)."""
+        return self._run(one("GET", "/v1/privacy/masks", parse_masks))
 
-    def recognize_private(self, image, mask_id: str | None = None, embedding: bool = False, mask_locally: bool = True):
-        """`POST /v1/recognize-private` -> {"label", "score", "mask_id", ["embedding"]}.
+    def enrol(self, identity_id: str, image, mask_id: str | None = None):
+        """`POST /v1/privacy/enrol` (admin): the face, masked HERE, joins `identity_id`'s gallery entries
+        -> {"identity_id", "enrolment_id", "enrolments", "mask_id"}; the same image twice: 409 already_enrolled."""
+        return self._run(self._masked_op("/v1/privacy/enrol", image, mask_id, {"identity_id": identity_id}))
 
-        mask_locally=True (default): the target masks are fetched once, the image is masked here
-        (default mask: the server's best) and only the masked PNG is sent. False: the raw image is sent.
-        """
-        return self._run(self._private_op(image, mask_id, embedding, mask_locally))
+    def verify(self, image, identity_id: str, mask_id: str | None = None):
+        """`POST /v1/privacy/verify`: is the face (masked HERE) `identity_id`? -> {"identity_id", "match",
+        "score", "threshold", "mask_id"}; 404 unknown_identity when it is not enrolled."""
+        return self._run(self._masked_op("/v1/privacy/verify", image, mask_id, {"identity_id": identity_id}))
 
-    def _private_op(self, image, mask_id, embedding, local) -> Operation:
-        data = {"embedding": "true" if embedding else "false"}
-        if local:
-            if self._masks is None:
-                from docray.privacy.masks import decode_mask
+    def identify(self, image, top_k: int = 5, mask_id: str | None = None):
+        """`POST /v1/privacy/identify`: the gallery's best identities for the face (masked HERE) ->
+        {"candidates": [{"identity_id", "score", "match"}], "threshold", "gallery_identities", "mask_id"}."""
+        return self._run(self._masked_op("/v1/privacy/identify", image, mask_id, {"top_k": str(int(top_k))}))
 
-                body = yield Call("GET", "/v1/recognize-private/masks", parse_masks)
-                self._masks = {m["mask_id"]: decode_mask(m["png"]) for m in body["masks"]}
-            mask_id = mask_id or next(iter(self._masks), None)
-            if mask_id not in self._masks:
-                raise ValueError(f"unknown mask_id {mask_id!r}; the server's target masks: {', '.join(self._masks) or 'none'}")
-            part = ("image", ("masked.png", mask_locally(image, self._masks[mask_id]), "image/png"))
-        else:
-            part = upload("image", image)
-        if mask_id:
-            data["mask_id"] = mask_id
-        return (yield Call("POST", "/v1/recognize-private", parse_json, {"files": [part], "data": data}))
+    def delete_identity(self, identity_id: str):
+        """`DELETE /v1/privacy/identities/{identity_id}` (admin): every enrolment of the identity, audited
+        -> {"identity_id", "deleted", "enrolments"}; 404 when there is none."""
+        return self._run(one("DELETE", "/v1/privacy/identities/" + quote(str(identity_id), safe="")))
+
+    def _masked_op(self, path: str, image, mask_id: str | None, data: dict) -> Operation:
+        """Fetch the target masks once, mask `image` here (default: a served mask drawn at random per
+        request, so the masks rotate), send only the masked PNG and its mask id."""
+        if self._masks is None:
+            from docray.privacy.masks import decode_mask
+
+            body = yield Call("GET", "/v1/privacy/masks", parse_masks)
+            self._masks = {m["mask_id"]: decode_mask(m["png"]) for m in body["masks"]}
+        if mask_id is None and self._masks:
+            mask_id = random.choice(list(self._masks))
+        if mask_id not in self._masks:
+            raise ValueError(f"unknown mask_id {mask_id!r}; the server's target masks: {', '.join(self._masks) or 'none'}")
+        part = ("image", ("masked.png", mask_locally(image, self._masks[mask_id]), "image/png"))
+        return (yield Call("POST", path, parse_json, {"files": [part], "data": {**data, "mask_id": mask_id}}))
 
     # compression ------------------------------------------------------------------------------
     def compress(self, image, mode: str = "server"):
@@ -431,7 +445,7 @@ class DocrayClient(Endpoints):
 class AsyncDocrayClient(Endpoints):
     """The same methods, awaited; `http` lets a caller pass its own httpx.AsyncClient.
 
-    The CPU work of `recognize_private` (masking) and `compress_split` (terminal compression) runs
+    The CPU work of `enrol` / `verify` / `identify` (masking) and `compress_split` (terminal compression) runs
     in the event loop; both are small (one image), but offload them in a busy loop."""
 
     def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 60.0,

@@ -12,7 +12,8 @@ It then calls the method deployments through handles with decoded inputs:
 
     /v1/recognize                     -> Recognizer          (serve_apps/recognition.py)
     /v1/screen, /v1/screen/*          -> Screening, Descriptor (serve_apps/screening.py)
-    /v1/recognize-private[/masks]     -> Privacy  (serve_apps/privacy.py)
+    /v1/privacy/*                     -> Privacy  (serve_apps/privacy.py): masks, enrol, verify, identify, identities
+    /v1/recognize-private[/masks]     -> 410 deprecated (they answered training class labels): /v1/privacy/*
     /v1/compress, /v1/repository/*    -> Regen, TypeModel, ContentModel, Generator (serve_apps/regen.py)
     /v1/audit                         -> Regen (the repository's audit table)
     /v1/file-types                    -> the gateway itself (a static file: regen.FileTypesFile)
@@ -144,11 +145,18 @@ def _audit_query(record_id: str | None, action: str | None, limit: str | None) -
     return record_id, action, int(limit)
 
 
-def _flag(raw: str | None, name: str) -> bool:
-    value = (raw or "false").lower()
-    if value not in ("1", "true", "yes", "0", "false", "no"):
-        raise ApiError(400, "bad_request", f"field {name!r} must be true or false, got {raw!r}")
-    return value in ("1", "true", "yes")
+def _mask_id(raw: str | None) -> str:
+    """The target mask a face was masked with on the client (the Privacy deployment checks it is served)."""
+    if not raw:
+        raise ApiError(400, "missing_field", "form field 'mask_id' is required: mask the face on the client with a "
+                       "target mask (GET /v1/privacy/masks) and name it; the server never masks a raw face")
+    return raw
+
+
+def _count(raw: str, name: str, most: int = 1000) -> int:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= most):
+        raise ApiError(400, f"bad_{name}", f"{name} is a number from 1 to {most}, got {raw[:60]!r}")
+    return int(raw)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -256,20 +264,68 @@ class Gateway:
         return await remote(self._app("screening").library_info.remote())
 
     # -- private recognition -----------------------------------------------------------------------
-    @api.post("/v1/recognize-private")
-    async def recognize_private(self, request: Request, image: UploadFile = File(None),
-                                mask_id: str | None = Form(None), embedding: str | None = Form(None)):
-        require_role(request, self.keys, "user")
-        handle = self._app("privacy")
-        want = _flag(embedding, "embedding")
-        img = await self._image(image, "image")
-        return await remote(handle.recognize.remote(img, mask_id or None, want))
-
-    @api.get("/v1/recognize-private/masks")
-    async def private_masks(self, request: Request):
-        """The target masks (PNG base64, 255 kept / 0 hidden), best first, for clients that mask locally."""
+    @api.get("/v1/privacy/masks")
+    async def privacy_masks(self, request: Request):
+        """The served target masks (PNG base64, 255 kept / 0 hidden), for clients that mask locally: a
+        secret of the service, handed to authenticated callers only."""
         require_role(request, self.keys, "user")
         return await remote(self._app("privacy").masks.remote())
+
+    @api.post("/v1/privacy/enrol")
+    async def privacy_enrol(self, request: Request, image: UploadFile = File(None), identity_id: str | None = Form(None),
+                            mask_id: str | None = Form(None)):
+        """Enrol a face masked on the client (admin): its embedding joins the identity's gallery entries
+        (several images per identity; the same image twice is a 409 already_enrolled). The image is not kept."""
+        require_role(request, self.keys, "admin")
+        handle = self._app("privacy")
+        img = await self._image(image, "image")
+        identity_id = _id(identity_id, "identity_id", required=True)
+        return await remote(handle.enrol.remote(img, identity_id, _mask_id(mask_id), actor_of(request, self.keys),
+                                                route_of(request)))
+
+    @api.post("/v1/privacy/verify")
+    async def privacy_verify(self, request: Request, image: UploadFile = File(None), identity_id: str | None = Form(None),
+                             mask_id: str | None = Form(None)):
+        """Is this masked face the claimed identity? match, score (cosine to its template), threshold."""
+        require_role(request, self.keys, "user")
+        handle = self._app("privacy")
+        img = await self._image(image, "image")
+        identity_id = _id(identity_id, "identity_id", required=True)
+        return await remote(handle.verify.remote(img, identity_id, _mask_id(mask_id)))
+
+    @api.post("/v1/privacy/identify")
+    async def privacy_identify(self, request: Request, image: UploadFile = File(None), mask_id: str | None = Form(None),
+                               top_k: str | None = Form(None)):
+        """The gallery's best identities for this masked face (top_k, default 5): identity_id, score, match."""
+        require_role(request, self.keys, "user")
+        handle = self._app("privacy")
+        img = await self._image(image, "image")
+        k = 5 if top_k in (None, "") else _count(top_k, "top_k")
+        return await remote(handle.identify.remote(img, _mask_id(mask_id), k))
+
+    @api.delete("/v1/privacy/identities/{identity_id}")
+    async def privacy_delete_identity(self, request: Request, identity_id: str):
+        """Delete an enrolled identity (admin): every enrolment of it, audited. 404 when there is none."""
+        require_role(request, self.keys, "admin")
+        handle = self._app("privacy")
+        identity_id = _id(identity_id, "identity_id", required=True)
+        return await remote(handle.delete_identity.remote(identity_id, actor_of(request, self.keys), route_of(request)))
+
+    @api.post("/v1/recognize-private", deprecated=True)
+    async def recognize_private(self, request: Request):
+        """Removed (410): it answered training class labels. Use /v1/privacy/enrol, /verify, /identify."""
+        require_role(request, self.keys, "user")
+        raise ApiError(410, "deprecated", "POST /v1/recognize-private was removed: it answered with training class "
+                       "labels. Enrol with POST /v1/privacy/enrol (admin), then POST /v1/privacy/verify (a claimed "
+                       "identity_id) or POST /v1/privacy/identify, each with a face masked on the client (mask_id "
+                       "from GET /v1/privacy/masks)")
+
+    @api.get("/v1/recognize-private/masks", deprecated=True)
+    async def recognize_private_masks(self, request: Request):
+        """Moved (410): GET /v1/privacy/masks."""
+        require_role(request, self.keys, "user")
+        raise ApiError(410, "deprecated", "GET /v1/recognize-private/masks moved to GET /v1/privacy/masks (with "
+                       "/v1/privacy/enrol, /v1/privacy/verify and /v1/privacy/identify)")
 
     # -- regen compression -------------------------------------------------------------------------
     @api.post("/v1/compress")
@@ -324,7 +380,7 @@ class Gateway:
 
     @api.get("/v1/audit")
     async def audit(self, request: Request, record_id: str | None = Query(None, description="one record's entries"),
-                    action: str | None = Query(None, description="read | delete | purge"),
+                    action: str | None = Query(None, description="read | delete | purge | enrol"),
                     limit: str | None = Query(None, description="at most this many entries, 1-1000 (default 100)")):
         """The repository's audit log (admin), newest first: every admin read of an original (or of an
         attachment holding its pixels), every delete and purge: UTC time, actor (API-key id), role, action,

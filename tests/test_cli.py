@@ -81,6 +81,6 @@ def test_library_cli_stays_below_the_entry_layer():
     from docray.screening.cli import screening
 
     assert set(recognition.commands) == {"image"} and set(screening.commands) == {"query", "info"}
-    assert set(privacy.commands) == {"report", "tables", "sheet"}
+    assert set(privacy.commands) == {"report", "tables", "sheet", "attacks", "calibrate"}
     res = CliRunner().invoke(main, ["recognition", "--help"])
     assert res.exit_code == 0 and "pretrain" in res.output and "image" in res.output

@@ -42,6 +42,7 @@ def make_stub():
     """A stub gateway: the contract's routes and error model; `app.state.seen` records requests."""
     app = make_api("docray stub")
     app.state.seen, app.state.lib, app.state.degraded = [], load_file_types().to_json(), False
+    app.state.gallery = {}
 
     async def record(request: Request, route: str, role: str = "user") -> dict:
         require_role(request, KEYS, role)
@@ -79,26 +80,50 @@ def make_stub():
         await record(request, "library")
         return {"version": 2, "tiles": 9, "index": "flat", "descriptor": "stub"}
 
-    @app.get("/v1/recognize-private/masks")
+    @app.get("/v1/privacy/masks")
     async def masks(request: Request):
         await record(request, "masks")
-        return {"image_size": MASK_SIZE, "choice": "best",
+        return {"image_size": MASK_SIZE,
                 "masks": [{"mask_id": k, "png": base64.b64encode(encode_mask(m)).decode()} for k, m in MASKS.items()]}
 
-    @app.post("/v1/recognize-private")
-    async def recognize_private(request: Request):
-        form = (await record(request, "private"))["form"]
+    async def masked(request: Request, route: str, role: str = "user") -> tuple[dict, np.ndarray]:
+        form = (await record(request, route, role))["form"]
         x = np.asarray(await read_image(form.get("image")))
-        mask_id = form.get("mask_id")
-        if mask_id is not None:  # a client-masked image: the hidden pixels must be exactly 0
-            if mask_id not in MASKS:
-                raise ApiError(400, "unknown_mask", f"no mask {mask_id!r}")
-            if x.shape[:2] != (MASK_SIZE, MASK_SIZE) or x[MASKS[mask_id] == 0].any():
-                raise ApiError(400, "not_masked", "pixels under the mask are not 0")
-        res = {"label": 7, "score": 0.9, "mask_id": mask_id or "m-left", "received": list(x.shape)}
-        if form.get("embedding") == "true":
-            res["embedding"] = [0.5, -0.5]
-        return res
+        mask_id = form.get("mask_id")  # a client-masked image: the hidden pixels must be exactly 0
+        if mask_id not in MASKS:
+            raise ApiError(400, "unknown_mask", f"no mask {mask_id!r}")
+        if x.shape[:2] != (MASK_SIZE, MASK_SIZE) or x[MASKS[mask_id] == 0].any():
+            raise ApiError(400, "mask_mismatch", "pixels under the mask are not 0")
+        return form, x
+
+    @app.post("/v1/privacy/enrol")
+    async def enrol(request: Request):
+        form, x = await masked(request, "enrol", "admin")
+        app.state.gallery.setdefault(form["identity_id"], []).append(x)
+        return {"identity_id": form["identity_id"], "enrolment_id": "e1", "mask_id": form["mask_id"],
+                "enrolments": len(app.state.gallery[form["identity_id"]])}
+
+    @app.post("/v1/privacy/verify")
+    async def verify(request: Request):
+        form, x = await masked(request, "verify")
+        if form["identity_id"] not in app.state.gallery:
+            raise ApiError(404, "unknown_identity", f"identity {form['identity_id']!r} is not enrolled")
+        return {"identity_id": form["identity_id"], "match": True, "score": 0.9, "threshold": 0.5,
+                "mask_id": form["mask_id"], "received": list(x.shape)}
+
+    @app.post("/v1/privacy/identify")
+    async def identify(request: Request):
+        form, x = await masked(request, "identify")
+        k = int(form.get("top_k", "5"))
+        return {"candidates": [{"identity_id": i, "score": 0.9, "match": True} for i in list(app.state.gallery)[:k]],
+                "threshold": 0.5, "mask_id": form["mask_id"], "received": list(x.shape)}
+
+    @app.delete("/v1/privacy/identities/{identity_id}")
+    async def delete_identity(request: Request, identity_id: str):
+        await record(request, "identities", "admin")
+        if app.state.gallery.pop(identity_id, None) is None:
+            raise ApiError(404, "not_found", f"no enrolled identity {identity_id!r}")
+        return {"identity_id": identity_id, "deleted": True, "enrolments": 1}
 
     @app.post("/v1/compress")
     async def compress(request: Request, mode: str = "server"):
@@ -256,20 +281,29 @@ def test_unreachable_gateway_sync_and_async():
 
 
 # -- private recognition --------------------------------------------------------------------------
-def test_private_masked_locally_raw_never_sent(client, stub):
-    face = _image(5, (40, 40))
-    out = client.recognize_private(face, embedding=True)  # default: the server's best mask, masked here
-    assert (out["mask_id"], out["received"], out["embedding"]) == ("m-left", [16, 16, 3], [0.5, -0.5])
-    with pytest.raises(DocrayError, match="not_masked"):  # the stub's check bites: a raw face with a mask_id
-        client.recognize_private(np.asarray(Image.fromarray(face).resize((16, 16))), mask_id="m-left", mask_locally=False)
-    out = client.recognize_private(face, mask_id="m-top")
-    assert out["mask_id"] == "m-top"
-    assert [s["route"] for s in stub.state.seen].count("masks") == 1  # the masks were fetched once
+def test_private_masked_locally_raw_never_sent(client, admin, stub):
+    face = _image(5, (40, 40))  # no zero pixel: a face the stub would refuse unmasked
+    out = admin.enrol("alice", face, mask_id="m-top")
+    assert (out["identity_id"], out["mask_id"], out["enrolments"]) == ("alice", "m-top", 1)
+    assert stub.state.gallery["alice"][0].shape == (16, 16, 3)  # masked here, at the server's size
+    assert sorted(stub.state.seen[-1]["keys"]) == ["identity_id", "image", "mask_id"]
+    out = client.verify(face, "alice")  # default: a served mask drawn at random (they rotate)
+    assert out["match"] and out["mask_id"] in MASKS and out["received"] == [16, 16, 3]
+    assert {client.identify(face, top_k=1)["mask_id"] for _ in range(30)} == set(MASKS)
+    assert stub.state.seen[-1]["form"]["top_k"] == "1"
+    assert [s["route"] for s in stub.state.seen].count("masks") == 2  # once per client (admin, user)
     with pytest.raises(ValueError, match="unknown mask_id"):
-        client.recognize_private(face, mask_id="m-nope")
-    out = client.recognize_private(face, mask_locally=False)  # raw: the server gets the full image
-    assert out["received"] == [40, 40, 3] and "mask_id" not in stub.state.seen[-1]["keys"]
-    assert stub.state.seen[-1]["form"]["embedding"] == "false"
+        client.verify(face, "alice", mask_id="m-nope")
+    with pytest.raises(DocrayError) as e:
+        client.verify(face, "bob")
+    assert (e.value.status, e.value.code) == (404, "unknown_identity")
+    with pytest.raises(DocrayError) as e:
+        client.enrol("alice", face)
+    assert e.value.status == 403
+    assert admin.delete_identity("alice")["deleted"] is True
+    with pytest.raises(DocrayError) as e:
+        admin.delete_identity("alice")
+    assert (e.value.status, e.value.code) == (404, "not_found")
 
 
 def test_private_masks_decoded(client):
@@ -326,7 +360,7 @@ def test_async_client_same_routes(stub):
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=stub), base_url="http://stub")
         async with AsyncDocrayClient(api_key="ukey", http=http) as dc:
             rec = await dc.recognize(_image(), frames=[_image(1)], tasks=["doc_type"])
-            priv = await dc.recognize_private(_image(5, (40, 40)), mask_id="m-top")
+            priv = await dc.identify(_image(5, (40, 40)), mask_id="m-top")
             comp = await dc.compress(_image())
             data, _ = await dc.compress_split(_image())
             with pytest.raises(DocrayError) as e:
@@ -387,7 +421,7 @@ def test_cli_errors_exit_1_with_server_code(cli, tmp_path):
     assert code == 0  # /healthz needs no key
     code, _, err = cli("--api-key", "nope", "library")
     assert code == 1 and "unauthorized" in err
-    code, _, err = cli("--api-key", "ukey", "recognize-private", str(img), "--mask-id", "m-nope")
+    code, _, err = cli("--api-key", "ukey", "verify", str(img), "alice", "--mask-id", "m-nope")
     assert code == 1 and "unknown mask_id" in err
     code, _, err = cli("recognize", str(tmp_path / "missing.png"))
     assert code == 2  # usage: click checks the path
@@ -404,10 +438,14 @@ def test_cli_compress_private_repository_file_types(cli, tmp_path):
     body = json.loads(out)
     assert base64.b64decode(body["processed"])[:4] == b"\x89PNG"  # --full: the blob itself
     assert body["terminal_compressed_bytes"] == out_file.stat().st_size > 0
-    code, out, _ = cli("--api-key", "ukey", "recognize-private", str(img), "--embedding")
-    assert code == 0 and json.loads(out)["received"] == [16, 16, 3]
-    code, out, _ = cli("--api-key", "ukey", "recognize-private", str(img), "--raw")
-    assert json.loads(out)["received"] == [32, 48, 3]
+    code, out, _ = cli("--api-key", "akey", "enrol", "alice", str(img), "--mask-id", "m-left")
+    assert code == 0 and json.loads(out)["enrolments"] == 1
+    code, out, _ = cli("--api-key", "ukey", "verify", str(img), "alice")
+    assert code == 0 and json.loads(out)["match"] is True and json.loads(out)["received"] == [16, 16, 3]
+    code, out, _ = cli("--api-key", "ukey", "identify", str(img), "--top-k", "2")
+    assert code == 0 and [c["identity_id"] for c in json.loads(out)["candidates"]] == ["alice"]
+    code, out, _ = cli("--api-key", "akey", "delete-identity", "alice")
+    assert code == 0 and json.loads(out)["deleted"] is True
     rec = tmp_path / "rec.png"
     code, out, _ = cli("--api-key", "akey", "repository", "rec-1", "--which", "original", "--out", str(rec))
     assert code == 0 and json.loads(out)["bytes"] == rec.stat().st_size and rec.read_bytes()[:4] == b"\x89PNG"
@@ -423,8 +461,8 @@ def test_cli_compress_private_repository_file_types(cli, tmp_path):
 
 def test_cli_every_command_has_help_with_example():
     names = sorted(api_cli.api.commands)
-    assert names == ["add-target", "audit", "compress", "delete-record", "file-types", "health", "library", "metrics",
-                     "recognize", "recognize-private", "repository", "screen"]
+    assert names == ["add-target", "audit", "compress", "delete-identity", "delete-record", "enrol", "file-types", "health",
+                     "identify", "library", "metrics", "recognize", "repository", "screen", "verify"]
     for name in names:
         r = CliRunner().invoke(api_cli.api, [name, "--help"])
         assert r.exit_code == 0 and "Example:" in r.stdout and "docray api" in r.stdout, name

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -187,7 +188,10 @@ def _privacy(root: Path) -> dict:
     save_pretrained(build_model("recognizer_tiny", num_classes=4).eval(), root / "masked")
     t = synthetic_masks(4, seed=3, size=32).to_pandas().iloc[[1, 0]]
     t.assign(acc_masked=[0.8, 0.7], acc_original=[0.1, 0.2], drop=[0.1, 0.1]).to_parquet(root / "targets.parquet")
-    return {"masked": str(root / "masked"), "targets": str(root / "targets.parquet"), "image_size": 32}
+    # no attacker verdict, no calibration: served under the development override; the gallery in the
+    # repository database regen uses (so `stored` counts its enrolments)
+    return {"masked": str(root / "masked"), "targets": str(root / "targets.parquet"), "image_size": 32,
+            "dev_override": True, "repository_url": f"sqlite:///{root}/repo.db"}
 
 
 def _recognition(root: Path) -> dict:
@@ -380,7 +384,8 @@ FIELD_JUNK = {  # field name -> bad values (the picture is good; each is refused
     "source_id": TRAVERSAL[:5] + ["a b", "x" * 200, "\u202eevil", "src\nnewline"],
     "target_id": TRAVERSAL[:5] + ["\x00", "x" * 200, ".hidden"],
     "mask_id": TRAVERSAL[:5] + ["nope"],
-    "embedding": ["maybe", "[1]", "2"],
+    "identity_id": TRAVERSAL[:5] + ["a b", "x" * 200, "\u202eevil", "\x00"],
+    "top_k": ["0", "-1", "1.5", "abc", "99999", "[1]", "1e3"],
 }
 
 
@@ -498,7 +503,7 @@ def path_cases(spec: dict) -> list[Case]:
 def method_cases(spec: dict) -> list[Case]:
     cases = []
     for path, ops in spec["paths"].items():
-        concrete = path.replace("{record_id}", "0" * 32).replace("{which}", "processed")
+        concrete = path.replace("{record_id}", "0" * 32).replace("{which}", "processed").replace("{identity_id}", "fuzz-id")
         for m in METHODS:
             if m.lower() not in ops:
                 cases.append(Case("method:not-allowed", m, path, path=concrete, statuses={405}, codes={"method_not_allowed"}))
@@ -508,11 +513,12 @@ def method_cases(spec: dict) -> list[Case]:
 def auth_cases(spec: dict) -> list[tuple[Case, dict | None]]:
     """(case, auth headers): no key, an unknown key, another scheme (401); the user key on admin routes (403)."""
     out = []
-    admin_only = {("POST", "/v1/screen/targets"), ("PUT", "/v1/file-types")}
+    admin_only = {("POST", "/v1/screen/targets"), ("PUT", "/v1/file-types"), ("POST", "/v1/privacy/enrol"),
+                  ("DELETE", "/v1/privacy/identities/{identity_id}")}
     for method, route, op in operations(spec):
         if route in PUBLIC:
             continue
-        concrete = route.replace("{record_id}", "0" * 32).replace("{which}", "processed")
+        concrete = route.replace("{record_id}", "0" * 32).replace("{which}", "processed").replace("{identity_id}", "fuzz-id")
         ctype, props = body_of(spec, op)
         files = [(n, ("a.png", GOOD, "image/png")) for n, p in props.items() if _is_file(p)][:1] or None
         for auth in (None, {"Authorization": "Bearer not-a-key"}, {"Authorization": f"Basic {ADMIN}"}, {"Authorization": "Bearer"}):
@@ -537,9 +543,9 @@ def stored(app: App) -> dict:
 
     root = Path(app.args["regen"]["blob_root"])
     with ImageRepository(app.args["regen"]["repository_url"], str(root)) as repo:
-        records = repo.count()
+        records, enrolments = repo.count(), repo.count_enrolments()
     lib = Path(app.args["screening"]["library"])
-    return {"records": records, "blobs": sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0,
+    return {"records": records, "enrolments": enrolments, "blobs": sum(1 for p in root.rglob("*") if p.is_file()) if root.exists() else 0,
             "library_version": Library.current_version(lib), "library_files": sum(1 for p in lib.rglob("*") if p.is_file()),
             "file_types": Path(app.args["regen"]["file_types"]).read_bytes()}
 
@@ -568,7 +574,8 @@ def test_every_route_refuses_bad_requests_with_4xx_json_and_stores_nothing(app):
 
     min_side = GatewayConfig.model_validate(app.args).min_image_side
     ops = operations(app.spec)
-    assert {"/v1/recognize", "/v1/screen", "/v1/screen/targets", "/v1/recognize-private", "/v1/compress", "/v1/file-types",
+    assert {"/v1/recognize", "/v1/screen", "/v1/screen/targets", "/v1/privacy/enrol", "/v1/privacy/verify",
+            "/v1/privacy/identify", "/v1/privacy/identities/{identity_id}", "/v1/compress", "/v1/file-types",
             "/v1/repository/{record_id}/{which}"} <= {p for _, p, _ in ops}
     with httpx.Client(timeout=120) as c:
         current_lib = c.get(f"{app.url}/v1/file-types", headers=AS_USER).json()
@@ -582,7 +589,8 @@ def test_every_route_refuses_bad_requests_with_4xx_json_and_stores_nothing(app):
         # the issue's case: a 1x1 GIF on every image route, refused with the minimum side named, before any method's gate
         gif = enc(noise(1, 1).convert("P"), "GIF")
         for route, fname, data in [("/v1/recognize", "image", {}), ("/v1/screen", "pictures", {}),
-                                   ("/v1/screen/targets", "image", BASELINE), ("/v1/recognize-private", "image", {}),
+                                   ("/v1/screen/targets", "image", BASELINE), ("/v1/privacy/enrol", "image", {}),
+                                   ("/v1/privacy/verify", "image", {}), ("/v1/privacy/identify", "image", {}),
                                    ("/v1/compress", "image", {})]:
             status, body = fz.send(Case("image:gif_1x1_named", "POST", route, files=[(fname, ("one.gif", gif, "image/gif"))],
                                         data=data, statuses={422}, codes={"too_small"}))
@@ -613,6 +621,7 @@ def test_odd_but_valid_pictures_get_the_documented_answer(app):
     from serve_apps.gateway import GatewayConfig
 
     min_side = GatewayConfig.model_validate(app.args).min_image_side
+    mask_id = str(pd.read_parquet(app.args["privacy"]["targets"])["mask_id"].iloc[0])
     before = stored(app)
     answers, compress_ok, targets_ok, failures = Counter(), 0, 0, []
     with httpx.Client(timeout=120, headers=AS_ADMIN) as c:
@@ -623,7 +632,8 @@ def test_odd_but_valid_pictures_get_the_documented_answer(app):
                     ("/v1/screen", [("pictures", ("p", data, "image/png"))], {"release_time": "2024-05-01"}, {200}),
                     ("/v1/screen/targets", [("image", ("p", data, "image/png"))],
                      {**BASELINE, "target_id": f"odd-{i}"}, {200, 422}),  # 422 no_tiles: a flat picture
-                    ("/v1/recognize-private", [("image", ("p", data, "image/png"))], {}, {200}),
+                    # decoded, then refused by the method: a masked upload is the model's size (32x32), black under its mask
+                    ("/v1/privacy/identify", [("image", ("p", data, "image/png"))], {"mask_id": mask_id}, {400}),
                     ("/v1/compress", [("image", ("p", data, "image/png"))], {}, {422} if small else {200})]
             for route, files, form, ok in reqs:
                 r = c.post(f"{app.url}{route}", files=files, data=form)
@@ -633,7 +643,8 @@ def test_odd_but_valid_pictures_get_the_documented_answer(app):
                     continue
                 body = r.json()
                 if r.status_code != 200:
-                    assert body["error"]["code"] in ("no_tiles", "below_first_threshold"), (name, route, body)
+                    assert body["error"]["code"] in ("no_tiles", "below_first_threshold", "bad_size", "mask_mismatch"), \
+                        (name, route, body)  # privacy: not masked, or not the model's size
                     continue
                 seg = body.get("results", {}).get("layout_segmentation", {})
                 if route == "/v1/recognize" and shown and "mask_png" in seg:  # (untrained: the gate may route it elsewhere)

@@ -95,7 +95,7 @@ def test_gateway_health_limits_docs_and_metrics(app_url):
         big = c.post(f"{app_url}/v1/compress", files={"image": ("a.png", b"0" * 1_200_000)}, headers=user)
         assert big.status_code == 413 and big.json()["error"]["code"] == "too_many_bytes"
         spec = c.get(f"{app_url}/openapi.json").json()
-        assert {"/v1/recognize", "/v1/screen", "/v1/screen/targets", "/v1/recognize-private", "/v1/compress",
+        assert {"/v1/recognize", "/v1/screen", "/v1/screen/targets", "/v1/privacy/verify", "/v1/compress",
                 "/v1/file-types", "/v1/repository/{record_id}/{which}", "/healthz", "/metrics"} <= set(spec["paths"])
         want = ["ray_docray_http_requests_total", 'route="/v1/file-types"', "ray_docray_http_request_latency_ms_bucket",
                 "ray_docray_batch_size_bucket"]  # the last from the Regen replica, another process

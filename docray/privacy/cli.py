@@ -4,6 +4,7 @@
     docray privacy tables [--run DIR]                   Table 1 and the funnel stages, in the terminal
     docray privacy sheet --out masks.png [--folder DIR --invert]   a contact sheet of a mask set, by bin
     docray privacy attacks [--set KEY=VALUE ...]        the attack suite's table per mask (open-set protocol)
+    docray privacy calibrate [--set KEY=VALUE ...]      the verification threshold at FAR 1e-2 -> calibration.json
 """
 from __future__ import annotations
 
@@ -84,5 +85,16 @@ def attacks(args) -> None:
     """The attack suite on the open-set protocol: per mask, each recogniser's and attack's TAR at
     FAR 1e-3 / 1e-2 and rank-1 (arguments as `python -m docray.privacy.suite`; --help lists the keys)."""
     from docray.privacy.suite import main
+
+    main(list(args))
+
+
+@privacy.command("calibrate", add_help_option=False, context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def calibrate(args) -> None:
+    """The served verification threshold: the masked recogniser at FAR 1e-2 on identities nobody trained
+    on, checked on a held-out half, written beside the target masks as calibration.json (arguments as
+    `python -m docray.privacy.verification`; --help lists the keys)."""
+    from docray.privacy.verification import main
 
     main(list(args))

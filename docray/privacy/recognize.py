@@ -1,16 +1,19 @@
-"""Private recognition: overlay a target mask, recognise with the masked recogniser.
+"""Private recognition: a face masked on the client -> the masked recogniser's embedding.
 
-    rec = PrivateRecognizer("registry:mask_recognizer_masked", "~/.docray/reports/privacy/grid/targets.parquet")
-    x, mask_id = rec.prepare(img)                      # raw image: resize, overlay the best (or a random) target
-    x, mask_id = rec.prepare(masked_img, "msk-7-12")   # already masked on the client: the mask is checked
-    out = rec({"image": x[None]})                      # label, score, embedding
+    rec = PrivateRecognizer("registry:mask_recognizer_masked", {"msk-7-12": mask, ...})
+    x = rec.prepare(masked_img, "msk-7-12")        # checked: a served mask, the model's size, black under it
+    emb = rec({"image": x[None]})["embedding"]     # (1, d), L2-normalised: verified or identified against
+                                                   # the gallery (docray.privacy.verification)
 
-A client that masks locally (docray.privacy.client) sends only the masked image and the mask id;
-`check_masked` then verifies that the declared mask's hidden pixels really are black, so a
-mislabelled or unmasked upload is refused rather than recognised under a false mask id.
+The client masks locally (docray.client.mask_locally) and sends only the masked image and the mask
+id; the server never masks a raw face. `check_masked` verifies that the declared mask's hidden pixels
+really are black, so a mislabelled or unmasked upload is refused rather than embedded under a false
+mask id. The answer is an embedding, never a training class label: the service verifies people it
+never trained on.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -18,7 +21,6 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from docray.privacy.masks import decode_mask
 from docray.privacy.models import load_model
 
 
@@ -56,43 +58,40 @@ def check_masked(image: np.ndarray, mask: np.ndarray, tol: int = 12, max_bad: fl
 
 
 class PrivateRecognizer:
-    """Batch predictor of the private endpoint (shared by Serve and any batch job)."""
+    """The served masked recogniser and target masks: checks a masked upload, embeds a batch."""
 
-    def __init__(self, masked: torch.nn.Module | str, targets: str | pd.DataFrame, choice: str = "best",
-                 image_size: int = 64, seed: int = 0, device: str | None = None):
-        if choice not in ("best", "random"):
-            raise ValueError(f"choice must be 'best' or 'random', got {choice!r}")
+    def __init__(self, masked: torch.nn.Module | str, masks: dict[str, np.ndarray], image_size: int = 64,
+                 device: str | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_model(masked, self.device)
-        self.targets = targets if isinstance(targets, pd.DataFrame) else load_targets(targets)
-        self.masks = {r.mask_id: decode_mask(r.mask, size=image_size) for r in self.targets.itertuples()}
-        self.choice, self.size, self.rng = choice, image_size, np.random.default_rng(seed)
+        self.masks, self.size = dict(masks), image_size
 
-    def pick(self) -> str:
-        ids = list(self.masks)
-        return ids[0] if self.choice == "best" else ids[int(self.rng.integers(len(ids)))]
-
-    def prepare(self, image: Image.Image, mask_id: str | None = None) -> tuple[torch.Tensor, str]:
-        """A raw image (mask_id None) or one masked with `mask_id` -> (3, s, s) masked pixels, the mask id."""
-        if mask_id is None:
-            mask_id = self.pick()
-            arr = np.asarray(image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR))
-        else:
-            if mask_id not in self.masks:
-                raise MaskError(f"unknown mask_id {mask_id!r}; target masks: {', '.join(self.masks)}", "unknown_mask")
-            if image.size != (self.size, self.size):
-                raise MaskError(f"a masked upload must be {self.size}x{self.size} (as the client helper makes it), "
-                                f"got {image.size[0]}x{image.size[1]}", "bad_size")
-            arr = np.asarray(image.convert("RGB"))
-            check_masked(arr, self.masks[mask_id])
+    def prepare(self, image: Image.Image, mask_id: str | None) -> torch.Tensor:
+        """An image masked on the client with `mask_id` -> (3, s, s) masked pixels in [0, 1]; MaskError
+        when the mask id is missing or not served, the size is not the model's, or it is not masked."""
+        if not mask_id:
+            raise MaskError("form field 'mask_id' is required: mask the face on the client with a target mask "
+                            "(GET /v1/privacy/masks) and name it; the server never masks a raw face", "missing_field")
+        if mask_id not in self.masks:
+            raise MaskError(f"unknown mask_id {mask_id[:80]!r}; the served target masks: {', '.join(self.masks)}",
+                            "unknown_mask")
+        if image.size != (self.size, self.size):
+            raise MaskError(f"a masked upload must be {self.size}x{self.size} (as the client helper makes it), "
+                            f"got {image.size[0]}x{image.size[1]}", "bad_size")
+        arr = np.asarray(image.convert("RGB"))
+        check_masked(arr, self.masks[mask_id])
         x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)  # (3, s, s)
-        return x * torch.from_numpy(self.masks[mask_id])[None], mask_id  # the overlay (idempotent if masked)
+        return x * torch.from_numpy(self.masks[mask_id])[None]  # the overlay (idempotent: it is masked)
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
-        """{"image": (b, 3, s, s) masked pixels} -> label (b,), score (b,), embedding (b, d)."""
+        """{"image": (b, 3, s, s) masked pixels} -> {"embedding": (b, d) float32, L2-normalised}."""
         x = torch.as_tensor(np.asarray(batch["image"]), dtype=torch.float32, device=self.device)
-        emb = self.model.embed(x)
-        prob = self.model.classifier(emb).softmax(1)
-        score, label = prob.max(1)
-        return {"label": label.cpu().numpy(), "score": score.cpu().numpy(), "embedding": emb.cpu().numpy()}
+        e = self.model.embed(x).float()
+        return {"embedding": torch.nn.functional.normalize(e, dim=1).cpu().numpy()}
+
+
+def pixels_sha256(x: torch.Tensor) -> str:
+    """The identity of a masked upload: SHA-256 of its (3, s, s) pixels as uint8 (a re-encoded copy of
+    the same picture has the same pixels)."""
+    return hashlib.sha256(x.mul(255).round().to(torch.uint8).numpy().tobytes()).hexdigest()

@@ -218,7 +218,7 @@ def delete(ctx, record_id: str) -> None:
 
 @repository.command()
 @click.option("--record", "record_id", default=None, help="Only this record's entries.")
-@click.option("--action", type=click.Choice(["read", "delete", "purge"]), default=None, help="Only this action.")
+@click.option("--action", type=click.Choice(["read", "delete", "purge", "enrol"]), default=None, help="Only this action.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
 @click.pass_context

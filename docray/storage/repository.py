@@ -22,7 +22,9 @@ Tables:
                  deleted_at (a deletion under way), original_state ('purging', 'purged'), original_purged_at
     attachments  id, record_id -> records.id, seq, kind ('portrait', 'seal', ...), key, size, meta JSON, purged_at
     audit        id, at (UTC), actor (API-key id, 'role:<role>', 'cli:<user>', 'retention'), role,
-                 action ('read', 'delete', 'purge'), record_id, what, route
+                 action ('read', 'delete', 'purge', 'enrol'), record_id, identity_id, what, route
+    enrolments   id, identity_id, model, image_sha256, mask_id, dim, embedding (float32 bytes), created_at;
+                 unique (identity_id, model, image_sha256): private recognition's gallery (below)
 
 One-to-one: the three images are columns of one record row, so a record has exactly one original
 and at most one processed and one compressed image; attachments point at their record.
@@ -45,7 +47,13 @@ Data protection (identity data):
   `update` replaced goes too); (3) one transaction deletes the record and attachment rows. A blob
   that cannot be removed stops at (2) with `DeletionIncomplete`: the record stays invisible, and
   `delete` again (or the next `purge`) finishes the job. A second delete of a finished one:
-  NotFound. An enrolled identity's gallery (`/v1/privacy/enrol`) reuses this order.
+  NotFound.
+- The gallery of private recognition (`/v1/privacy/enrol`): an identity is its enrolment rows, each
+  one embedding of one masked image (never the image) made by one model. `enrol` adds one (the same
+  image twice for an identity and model: `AlreadyEnrolled`, by the unique key, so two racing requests
+  cannot both store it) with an 'enrol' audit entry; `gallery(model)` reads them back;
+  `delete_identity(id)` deletes every enrolment of the identity with its 'delete' audit entry in ONE
+  transaction (there are no blobs, so no step can be left half done); a second delete is NotFound.
 - `purge(older_than)`: the retention period. Records older than it lose their original and the
   attachments that hold its pixels (every kind only admins read: the portrait, the document
   without it); processed and compressed images and the seals stay. Same order: mark
@@ -79,8 +87,9 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Integer, String, and_, create_engine, event, func, inspect,
-                        or_, select)
+import numpy as np
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, UniqueConstraint, and_,
+                        create_engine, event, func, inspect, or_, select)
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects.postgresql import JSONB
@@ -96,7 +105,7 @@ FILLS = ("background", "blank")
 ATTACHMENT_READERS = {"seal": "user"}  # kind -> the least role that reads it; any other kind: admin
 DEFAULT_GC_AGE_S = 3600.0  # orphan blobs younger than this may belong to an add still in flight
 PURGING, PURGED = "purging", "purged"  # records.original_state; NULL: the original is stored
-AUDIT_ACTIONS = ("read", "delete", "purge")
+AUDIT_ACTIONS = ("read", "delete", "purge", "enrol")
 
 _JSON = JSON().with_variant(JSONB(), "postgresql")
 
@@ -111,6 +120,10 @@ class AlreadyStored(ValueError):
 
 class OutcomeUnknown(RuntimeError):
     """The database went away after a COMMIT was sent and stayed away: the write may or may not be stored."""
+
+
+class AlreadyEnrolled(AlreadyStored):
+    """The identity already has an enrolment of this image (by the same model)."""
 
 
 class Purged(NotFound):
@@ -189,6 +202,22 @@ class AuditEntry(Base):
     record_id: Mapped[str | None] = mapped_column(String(32), index=True)  # no foreign key: the entry outlives the record
     what: Mapped[str] = mapped_column(String(255))
     route: Mapped[str | None] = mapped_column(String(255))
+    identity_id: Mapped[str | None] = mapped_column(String(128), index=True)  # an enrolled identity (gallery entries)
+
+
+class Enrolment(Base):
+    """One embedding of one masked image of an identity (private recognition's gallery; no image is kept)."""
+    __tablename__ = "enrolments"
+    __table_args__ = (UniqueConstraint("identity_id", "model", "image_sha256", name="uq_enrolment_image"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    identity_id: Mapped[str] = mapped_column(String(128), index=True)
+    model: Mapped[str] = mapped_column(String(255))  # the masked recogniser that made it: registry:NAME@vNNNN or a folder
+    image_sha256: Mapped[str] = mapped_column(String(64))  # of the decoded masked pixels: the same image is refused twice
+    mask_id: Mapped[str] = mapped_column(String(255))
+    dim: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, L2-normalised, `dim` values
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def new_record_id() -> str:
@@ -286,7 +315,7 @@ def _add_missing_columns(engine) -> None:
     """Columns added to the models since a database was created (`create_all` makes missing tables
     only): added, all nullable. Two processes racing here: the loser's ALTER fails, the column is there."""
     insp = inspect(engine)
-    for table in (Record.__table__, Attachment.__table__):
+    for table in (Record.__table__, Attachment.__table__, AuditEntry.__table__):
         have = {c["name"] for c in insp.get_columns(table.name)}
         for col in table.columns:
             if col.name in have:
@@ -490,9 +519,10 @@ class ImageRepository:
     # -- data protection: delete, purge, audit ---------------------------------------------------
 
     def _audit(self, s, action: str, record_id: str | None, what: str, actor: str | None, role: str | None,
-               route: str | None) -> None:
+               route: str | None, identity_id: str | None = None) -> None:
         s.add(AuditEntry(at=_now(), actor=(actor or f"role:{role or 'admin'}")[:64], role=role, action=action,
-                         record_id=record_id, what=what[:255], route=None if route is None else route[:255]))
+                         record_id=record_id, what=what[:255], route=None if route is None else route[:255],
+                         identity_id=identity_id))
 
     def _referenced(self, keys: set[str], other_than: str) -> set[str]:
         """Which of `keys` another live record still uses (only records of the content-addressed layout share keys)."""
@@ -622,19 +652,79 @@ class ImageRepository:
         return True
 
     def audit_log(self, record_id: str | None = None, action: str | None = None, limit: int = 100,
-                  offset: int = 0) -> list[dict]:
-        """Audit entries, newest first: id, at (UTC ISO), actor, role, action, record_id, what, route."""
+                  offset: int = 0, identity_id: str | None = None) -> list[dict]:
+        """Audit entries, newest first: id, at (UTC ISO), actor, role, action, record_id, identity_id,
+        what, route."""
         if action is not None and action not in AUDIT_ACTIONS:
             raise ValueError(f"unknown audit action {action!r}; one of {list(AUDIT_ACTIONS)}")
         with self._session() as s:
             q = select(AuditEntry)
             if record_id is not None:
                 q = q.where(AuditEntry.record_id == record_id)
+            if identity_id is not None:
+                q = q.where(AuditEntry.identity_id == identity_id)
             if action is not None:
                 q = q.where(AuditEntry.action == action)
             q = q.order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
             return [{"id": e.id, "at": _iso(e.at), "actor": e.actor, "role": e.role, "action": e.action,
-                     "record_id": e.record_id, "what": e.what, "route": e.route} for e in s.scalars(q)]
+                     "record_id": e.record_id, "identity_id": e.identity_id, "what": e.what, "route": e.route}
+                    for e in s.scalars(q)]
+
+    # -- the gallery of private recognition: enrolments, deleting an identity ------------------------
+
+    def enrol(self, identity_id: str, embedding, image_sha256: str, mask_id: str, model: str, *,
+              actor: str | None = None, role: str = "admin", route: str | None = None) -> dict:
+        """Store one embedding (d,) of a masked image of `identity_id`, made by `model`, with its 'enrol'
+        audit entry, in one transaction. Returns {"identity_id", "enrolment_id", "enrolments": how many the
+        identity now has for `model`}. The same image (`image_sha256`) again: `AlreadyEnrolled`."""
+        if not (isinstance(identity_id, str) and 0 < len(identity_id) <= 128):
+            raise ValueError(f"identity_id must be 1-128 characters, got {identity_id!r:.60}")
+        e = np.asarray(embedding, np.float32).reshape(-1)
+        if not (e.size and np.isfinite(e).all()):
+            raise ValueError(f"the embedding must be finite and non-empty, got shape {np.shape(embedding)}")
+        row = Enrolment(id=uuid.uuid4().hex, identity_id=identity_id, model=model[:255], image_sha256=image_sha256,
+                        mask_id=mask_id[:255], dim=int(e.size), embedding=e.astype("<f4").tobytes(), created_at=_now())
+        try:
+            with self._session.begin() as s:
+                s.add(row)
+                s.flush()  # the unique key answers here, before the audit entry
+                self._audit(s, "enrol", None, f"enrolment {row.id} (mask {mask_id})", actor, role, route, identity_id)
+        except IntegrityError:
+            raise AlreadyEnrolled(f"identity {identity_id!r} already has this image enrolled (the same pixels, "
+                                  f"model {model})") from None
+        return {"identity_id": identity_id, "enrolment_id": row.id, "enrolments": self.enrolled(identity_id, model)}
+
+    def enrolled(self, identity_id: str, model: str | None = None) -> int:
+        """How many enrolments `identity_id` has (by `model`; None: by any)."""
+        with self._session() as s:
+            q = select(func.count()).select_from(Enrolment).where(Enrolment.identity_id == identity_id)
+            return s.scalar(q if model is None else q.where(Enrolment.model == model))
+
+    def gallery(self, model: str) -> tuple[list[str], np.ndarray]:
+        """Every enrolment made by `model`: (identity ids (n,), embeddings float32 (n, d)), oldest first.
+        Enrolments of one model share its dimension."""
+        with self._session() as s:
+            rows = s.execute(select(Enrolment.identity_id, Enrolment.dim, Enrolment.embedding)
+                             .where(Enrolment.model == model).order_by(Enrolment.created_at, Enrolment.id)).all()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32)
+        return [r[0] for r in rows], np.stack([np.frombuffer(r[2], "<f4", count=r[1]) for r in rows]).astype(np.float32)
+
+    def count_enrolments(self) -> int:
+        with self._session() as s:
+            return s.scalar(select(func.count()).select_from(Enrolment))
+
+    def delete_identity(self, identity_id: str, *, actor: str | None = None, role: str = "admin",
+                        route: str | None = None) -> dict:
+        """Delete every enrolment of `identity_id` (every model's) with its 'delete' audit entry, in one
+        transaction. Returns {"identity_id", "deleted": True, "enrolments": removed}; NotFound when it has
+        none (a second delete included)."""
+        with self._session.begin() as s:
+            n = s.execute(sql_delete(Enrolment).where(Enrolment.identity_id == identity_id)).rowcount
+            if not n:
+                raise NotFound(f"no enrolled identity {identity_id!r:.140}")
+            self._audit(s, "delete", None, f"identity: {n} enrolment(s)", actor, role, route, identity_id)
+        return {"identity_id": identity_id, "deleted": True, "enrolments": n}
 
     def _audit_read(self, record_id: str, what: str, actor: str | None, role: str, route: str | None) -> None:
         with self._session.begin() as s:

@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 from PIL import Image
@@ -40,7 +41,8 @@ def recognition(root: Path) -> dict:
 
 
 def privacy(root: Path) -> dict:
-    """An untrained tiny recogniser folder and a targets parquet of two synthetic masks."""
+    """An untrained tiny recogniser folder and a targets parquet of two synthetic masks (no attacker verdict,
+    no calibrated threshold: served under the development override)."""
     from docray.privacy.masks import synthetic_masks
     from docray.models import build_model, save_pretrained
 
@@ -48,7 +50,8 @@ def privacy(root: Path) -> dict:
     save_pretrained(build_model("recognizer_tiny", num_classes=4).eval(), root / "masked")
     t = synthetic_masks(7, seed=3, size=PRIVATE_SIZE).to_pandas().iloc[[5, 4]]
     t.assign(acc_masked=[0.8, 0.7], acc_original=[0.1, 0.2], drop=[0.1, 0.1]).to_parquet(root / "targets.parquet")
-    return {"masked": str(root / "masked"), "targets": str(root / "targets.parquet"), "image_size": PRIVATE_SIZE}
+    return {"masked": str(root / "masked"), "targets": str(root / "targets.parquet"), "image_size": PRIVATE_SIZE,
+            "dev_override": True}
 
 
 def screening(root: Path, n_targets: int = 6) -> tuple[dict, bytes]:
@@ -85,6 +88,11 @@ def build(root: Path) -> tuple[dict, dict]:
     doc = generate("documents", 5, 6, seed=0, n_angles=0).column("image")[0].as_py()  # 256x160 capture
     benign = generate("targets", 600, 601, seed=3, target_rate=0.0).column("image")[0].as_py()
     face = generate("faces", 0, 1, seed=0, size=PRIVATE_SIZE).column("image")[0].as_py()
-    samples = {"document": doc, "pictures": [benign, tile], "face": face}
+    from docray.client import mask_locally
+    from docray.privacy.masks import decode_mask
+
+    target = pd.read_parquet(args["privacy"]["targets"]).iloc[0]
+    samples = {"document": doc, "pictures": [benign, tile], "face": mask_locally(face, decode_mask(target["mask"])),
+               "face_mask_id": str(target["mask_id"])}  # masked as the client does: the raw face is never sent
     assert np.asarray(Image.open(io.BytesIO(face))).shape[:2] == (PRIVATE_SIZE, PRIVATE_SIZE)
     return args, samples

@@ -19,7 +19,7 @@ httpx.AsyncClient, N workers until a deadline) runs in this process and shares t
    handle from this driver; and a composed route (`GET /v1/screen/library`, Gateway -> Screening) against
    `Screening.library_info` by handle, which adds the gateway's own hop to the backend;
 3. a mixed load over every endpoint for --duration s: requests, req/s, errors (non-2xx or exception);
-4. /v1/recognize-private with Privacy at 1 then 2 replicas (same load): req/s and ratio;
+4. /v1/privacy/identify with Privacy at 1 then 2 replicas (same load): req/s and ratio;
 5. autoscaling: Recognizer redeployed with autoscaling_config (min 1, max 3, target 2 ongoing requests),
    /v1/recognize under load, `serve.status()` polled until a second replica is RUNNING.
 Last line: one JSON object.
@@ -62,7 +62,8 @@ def endpoints(samples: dict) -> list[Endpoint]:
     pictures = [("pictures", (f"p{i}.png", p, "image/png")) for i, p in enumerate(samples["pictures"])]
     return [Endpoint("recognize", "POST", "/v1/recognize", [("image", doc)]),
             Endpoint("screen", "POST", "/v1/screen", pictures, {"release_time": "2024-05-01"}),
-            Endpoint("recognize_private", "POST", "/v1/recognize-private", [("image", face)]),
+            Endpoint("privacy_identify", "POST", "/v1/privacy/identify", [("image", face)],
+                     {"mask_id": samples["face_mask_id"]}),
             Endpoint("compress_split", "POST", "/v1/compress?mode=split", [("image", doc)]),
             Endpoint("file_types", "GET", "/v1/file-types"),
             Endpoint("healthz", "GET", "/healthz")]
@@ -351,14 +352,14 @@ def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark
         print(f"   error: {s}")
     mark("mixed")
 
-    private = next(e for e in eps if e.name == "recognize_private")
+    private = next(e for e in eps if e.name == "privacy_identify")
     scale = {}
     for n in (1, 2):
         deploy(args, base, {"Privacy": {"num_replicas": n}})
         warm_up(url, [private])
         scale[n] = run_load(url, [private], opts.concurrency, opts.endpoint_duration).summary()
     ratio = round(scale[2]["req_per_s"] / scale[1]["req_per_s"], 2) if scale[1]["req_per_s"] else None
-    print(f"\n4. /v1/recognize-private, Privacy replicas 1 -> 2: {scale[1]['req_per_s']} -> "
+    print(f"\n4. /v1/privacy/identify, Privacy replicas 1 -> 2: {scale[1]['req_per_s']} -> "
           f"{scale[2]['req_per_s']} req/s (x{ratio}); p50 {scale[1]['p50_ms']} -> {scale[2]['p50_ms']} ms; "
           f"errors {scale[1]['errors']} + {scale[2]['errors']}", flush=True)
     mark("replicas")

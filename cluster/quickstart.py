@@ -11,8 +11,9 @@
    (runtime_env working_dir = this repository): MAE pre-training -> multi-task training, the tile
    descriptor -> the cut-out library build, the two recognisers + inpainter -> the mask x image grid
    evaluation, the regen models; then an archive rescan against the library.
-4. The gateway (`configs/serve/gateway.yaml`) deployed with `serve deploy`; every endpoint called
-   once through `docray.client.DocrayClient`.
+4. The gateway (`configs/serve/gateway.yaml`, private verification under its development override:
+   the short run's masks are not privacy-selected) deployed with `serve deploy`; every endpoint called
+   once through `docray.client.DocrayClient` (a face enrolled, verified, identified, deleted).
 5. A summary table: each step's time and outcome, and where the reports and pictures are.
 
 The short runs show the flow, not accuracy: the answers are printed beside the truth. The figures
@@ -182,12 +183,28 @@ def run_job(name: str, module: str, overrides: list[str], address: str, timeout_
             "log": str(log_dir / f"{name}.log")}
 
 
+def with_dev_override(serve_config: str) -> Path:
+    """A copy of the Serve config (beside the job logs) with `privacy.dev_override: true`: the short run's
+    target masks carry no attacker verdict and no calibrated threshold, so verification would refuse
+    (docs/privacy.md#serving); the override is for development, and the Privacy replicas log it."""
+    import yaml
+
+    conf = yaml.safe_load((ROOT / serve_config).read_text())
+    for app in conf.get("applications", []):
+        if (app.get("args") or {}).get("privacy") is not None:
+            app["args"]["privacy"] = {**app["args"]["privacy"], "dev_override": True}
+    out = Path(paths.sub("reports", "quickstart"), "serve-config.yaml")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(conf, sort_keys=False))
+    return out
+
+
 def deploy_gateway(serve_config: str, address: str, timeout_s: float = 300) -> None:
-    """`serve deploy` the gateway config and wait until the application is RUNNING."""
+    """`serve deploy` the gateway config (privacy under its development override) and wait until it is RUNNING."""
     from ray import serve
 
     serve_bin = Path(sys.executable).with_name("serve")
-    subprocess.run([str(serve_bin), "deploy", str(ROOT / serve_config), "--address", address], check=True,
+    subprocess.run([str(serve_bin), "deploy", str(with_dev_override(serve_config)), "--address", address], check=True,
                    capture_output=True, text=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -227,7 +244,7 @@ def call_every_endpoint(cfg: QuickstartConfig, out: dict[str, dict]) -> list[dic
     from docray.client import DocrayClient, DocrayError
 
     docs = read_table(out["documents"]["val"], columns=["image", "flash", "doc_type_name", "recapture"]).slice(0, 1).to_pylist()[0]
-    face = read_table(out["faces"]["val"], columns=["image", "identity"]).slice(0, 1).to_pylist()[0]
+    faces = read_table(out["faces"]["val"], columns=["image", "identity"]).to_pylist()
     poster = None
     rows: list[dict] = []
 
@@ -256,10 +273,19 @@ def call_every_endpoint(cfg: QuickstartConfig, out: dict[str, dict]) -> list[dic
             call("POST /v1/screen/targets", lambda: dc.add_target(poster, "2026-11-21", "quickstart"),
                  lambda r: f"+{r['tiles_added']} tiles -> v{r['library_version']}")
             call("GET /v1/screen/library", dc.library, lambda r: f"v{r['version']}, {r['tiles']} tiles, {r['index']}")
-        if cfg.jobs.privacy:
-            call("GET /v1/recognize-private/masks", dc.private_masks, lambda r: f"{len(r['masks'])} target masks")
-            call("POST /v1/recognize-private", lambda: dc.recognize_private(face["image"]),
-                 lambda r: f"label={r['label']} ({r['score']:.2f}) via {r['mask_id']}", f"identity={face['identity']}")
+        if cfg.jobs.privacy:  # one face enrolled, another photo of the person verified and identified, then deleted
+            a = faces[0]
+            b = next((f for f in faces[1:] if f["identity"] == a["identity"]), faces[0])
+            who = f"quickstart-{a['identity']}-{os.getpid()}"  # a fresh identity per run
+            call("GET /v1/privacy/masks", dc.private_masks, lambda r: f"{len(r['masks'])} target masks")
+            call("POST /v1/privacy/enrol", lambda: dc.enrol(who, a["image"]),
+                 lambda r: f"{r['enrolments']} enrolment via {r['mask_id']}")
+            call("POST /v1/privacy/verify", lambda: dc.verify(b["image"], who),
+                 lambda r: f"match={r['match']} ({r['score']:.2f} vs {r['threshold']:.2f})", "match=True")
+            call("POST /v1/privacy/identify", lambda: dc.identify(b["image"], top_k=3),
+                 lambda r: ", ".join(f"{c['identity_id']} {c['score']:.2f}" for c in r["candidates"]), who)
+            call("DELETE /v1/privacy/identities/{id}", lambda: dc.delete_identity(who),
+                 lambda r: f"{r['enrolments']} enrolment(s) deleted")
         if cfg.jobs.regen:  # the regen app serves train_regen's model
             server = call("POST /v1/compress?mode=server", lambda: dc.compress(docs["image"]),
                           lambda r: (f"{r['type']}" if r.get("method") != "codec" else f"codec ({r.get('reason')})")
@@ -351,7 +377,8 @@ def report(steps: list[dict], calls: list[dict], corpus: dict[str, dict], out: s
     for kind, row in corpus.items():
         print(f"  {kind}: {row['train']} (train), {row['val']} (val); contact sheet {row['contact_sheet']}")
     if Path(reports, "privacy").exists():
-        print("  (the short mask run's funnel thresholds are off: its target masks are not privacy-selected)")
+        print("  (the short mask run's funnel thresholds are off: its target masks are not privacy-selected, so the "
+              "gateway serves verification under privacy.dev_override)")
     for rel in ("privacy/grid/bins.csv", "privacy/grid/sample_face.png", "rescan-archive/", "quickstart/"):
         if Path(reports, rel).exists():
             print(f"  {Path(reports, rel)}")

@@ -337,3 +337,19 @@ def test_routes_through_serve(served, world):
     akey = "key:" + hashlib.sha256(b"akey").hexdigest()[:12]
     assert [(e["action"], e["actor"], e["route"]) for e in entries] == [
         ("delete", akey, "DELETE /ps/v1/privacy/identities/erin"), ("enrol", akey, "POST /ps/v1/privacy/enrol")]
+
+
+def test_the_quickstart_deploys_privacy_under_the_override(home):
+    import yaml
+
+    from cluster.quickstart import GATEWAY, ROOT, with_dev_override
+    from serve_apps.gateway import GatewayConfig
+
+    path = with_dev_override(GATEWAY)
+    conf, orig = yaml.safe_load(path.read_text()), yaml.safe_load((ROOT / GATEWAY).read_text())
+    args = conf["applications"][0]["args"]
+    assert args["privacy"] == {**orig["applications"][0]["args"]["privacy"], "dev_override": True}
+    assert {k: v for k, v in args.items() if k != "privacy"} == {k: v for k, v in orig["applications"][0]["args"].items()
+                                                                  if k != "privacy"}
+    assert GatewayConfig.model_validate(args).privacy.dev_override and str(path).startswith(str(home))
+    assert "dev_override" not in (ROOT / GATEWAY).read_text()  # the production config stays without it

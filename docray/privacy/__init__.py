@@ -11,5 +11,8 @@ recognisers and inpainting attacks.
     openset   the open-set protocol: disjoint identity roles, TAR at FAR and rank-1 from embeddings
     attacks   the attack suite (masked image + mask -> reconstruction) and the blur / mosaic baselines
     suite     the attacker table: the defender's and the attacker's models on the open set, per mask
-    private   the private-recognition predictor;  client: masks on the client, calls the endpoint
+    recognize     the served predictor: a face masked on the client (checked) -> its embedding
+    verification  the threshold (calibrated at FAR 1e-2 on held-out identities), the gallery match,
+                  the serving policy (refuses without masks that meet the attacker bounds)
+    client        masks on the client, calls /v1/privacy/enrol, verify, identify
 """

@@ -186,7 +186,10 @@ def load_policy(cfg: PrivacyAppConfig):
     if os.path.exists(path):
         targets = pd.read_parquet(path).reset_index(drop=True)
         funnel = os.path.join(os.path.dirname(path), "funnel.json")
-        reason = json.load(open(funnel)).get("empty_reason") if os.path.exists(funnel) else None
+        reason = None
+        if os.path.exists(funnel):
+            with open(funnel) as f:
+                reason = json.load(f).get("empty_reason")
         missing = f"{path} holds no target mask" + (f": {reason}" if reason else "")
     masks = {} if targets is None else {str(r.mask_id): decode_mask(r.mask, size=cfg.image_size) for r in targets.itertuples()}
     calibration = load_calibration(cfg.calibration or os.path.join(os.path.dirname(path), CALIBRATION))

@@ -84,7 +84,9 @@ def read_targets(cfg: BuildConfig):
         return ray.data.from_arrow(t)
     ds = ray.data.read_parquet(cfg.input, file_extensions=["parquet"])
     if "is_target" in ds.schema().names:
-        ds = ds.filter(expr="is_target")
+        from ray.data.expressions import col
+
+        ds = ds.filter(expr=col("is_target") == True)  # noqa: E712 (an expression, not a comparison)
     return ds
 
 

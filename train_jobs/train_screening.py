@@ -279,7 +279,9 @@ def training_datasets(cfg: ScreeningTrainConfig) -> dict:
     train, val = data_uris(cfg)
     ds = _read({"train": train, "val": val})
     if not cfg.train:  # the synthetic rows' 'train' split, as the descriptor always trained on
-        ds["train"] = ds["train"].filter(expr="split == 'train'")
+        from ray.data.expressions import col
+
+        ds["train"] = ds["train"].filter(expr=col("split") == "train")
     return {k: d.select_columns(list(COLUMNS)) for k, d in ds.items()}
 
 

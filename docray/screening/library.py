@@ -189,7 +189,7 @@ class Library:
     def open(cls, root: str | Path | None = None) -> "Library":
         root = Path(root or cls.default_root())
         if not (root / "manifest.json").exists():
-            raise FileNotFoundError(f"no screening library at {root} (build one: python -m data_jobs.build_cutout_library)")
+            raise FileNotFoundError(f"no screening library at {root} (build one: python -m data_jobs.screening_library)")
         manifest = json.loads((root / "manifest.json").read_text())
         metas = [pq.read_table(root / s, columns=META_COLUMNS) for s in manifest["shards"]]
         meta = pa.concat_tables(metas) if metas else TILE_SCHEMA.empty_table().select(META_COLUMNS)

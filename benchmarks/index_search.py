@@ -1,6 +1,6 @@
 """Filtered search of the tile index at every selectivity: seconds per 1,000 queries and recall@10.
 
-    python -m benchmarks.index_search                               # 10^6 tiles (about 6 min on 2 cores)
+    python -m benchmarks.index_search                               # 10^6 tiles (about 3 min on 2 quiet cores)
     python -m benchmarks.index_search --set n=20000 queries=200     # smoke (seconds)
     python -m benchmarks.index_search --set "crossover_batches=[]"  # without the crossover sweep
 
@@ -52,7 +52,7 @@ class IndexBenchConfig(Config):
     crossover_fracs: list[float] = Field([0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3], description="selectivities of the sweep")
     crossover_batches: list[int] = Field([1000, 16], description="queries per search call in the sweep (empty: no sweep)")
     crossover_queries: int = Field(300, description="queries of the sweep")
-    repeats: int = Field(3, description="each timing is the fastest of this many runs")
+    repeats: int = Field(5, description="each timing is the fastest of this many runs (the host is shared)")
     seed: int = 0
 
 

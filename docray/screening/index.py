@@ -36,8 +36,13 @@ Filtered search, per call (all its queries share the filter):
   The exact scan is chosen when n_pass * (1 + BATCH_READ / m) <= EXACT_PER_CODE * widening * scanned
   (m queries; `scanned`: the codes one unfiltered IVF search visits, n * nprobe / nlist). Its cost
   grows with n_pass, the ANN search's with the widening ~ 1/f, so the crossover lies near
-  n_pass = sqrt(WIDE_FRAC * EXACT_PER_CODE * n * scanned / (1 + BATCH_READ / m)): at 10^6 tiles with
-  nprobe 256 of 4096 lists, 11% of the tiles for a batch of 1,000 queries, 8% for a batch of 16.
+  n_pass = sqrt(WIDE_FRAC * EXACT_PER_CODE * n * scanned / (1 + BATCH_READ / m)). Measured at 10^6
+  tiles (nprobe 256 of 4096 lists, two cores, scattered filters, each path forced): the exact scan
+  stopped being the cheaper between 10% and 13% of the tiles for a batch of 1,000 queries (at 10%:
+  exact 1.7-1.8x an unfiltered search, ANN 2.3-2.4x; at 13%: 2.1-2.7x and 1.7x), near 5% for a
+  batch of 16 and near 3% for one query; the constants put the switch at 11%, 6.5% and 2%.
+  The exact scan runs faiss's BLAS kernel at every batch size (faiss.knn's own threshold would scan
+  batches of up to a few hundred queries one query at a time).
 - on a GPU host the IVF-Flat search over-fetches and filters afterwards (faiss GPU has no selectors).
 An index built before this layout (ids in arrival order) has as many segments as runs of rising
 release times; past MAX_SEGMENTS a window is found by a pass over all tiles instead (same results).
@@ -56,9 +61,9 @@ from docray.screening.rules import AttrFilter, mask
 
 # The filtered-search cost model (see the module docstring), measured by `benchmarks/index_search.py`
 # (10^6 clustered tiles, dim 128, nlist 4096, nprobe 256, ivfpq, two cores).
-WIDE_FRAC = 0.3        # below this passing fraction f, probe WIDE_FRAC / f times the lists
+WIDE_FRAC = 0.3        # below this passing fraction f, probe WIDE_FRAC / f times the lists: recall@10 0.955-0.97 at 3-30%
 EXACT_PER_CODE = 0.65  # exact float vectors scanned for the cost of one code an IVF search visits (batch of 1000)
-BATCH_READ = 16        # an exact scan reads each vector once per batch: per query it costs (1 + BATCH_READ / m)
+BATCH_READ = 30        # per passing vector, a call's own work (the bitmap, gathering the vectors) is shared by its m queries
 MAX_SEGMENTS = 256     # more sorted runs than this (an index from before the layout): windows by a full pass
 
 
@@ -296,17 +301,25 @@ class TileIndex:
         ids = np.full((len(q), k), -1, np.int64)
         if p.n_pass == 0:
             return sims, ids
-        cand = p.ids if p.ids is not None else np.concatenate([np.arange(a, b) for a, b in p.ranges])
         stored = self._stored()
-        if stored is None:  # IVF-Flat: through its direct map
-            xb = self.index.reconstruct_batch(cand)
-        elif p.ids is None and len(p.ranges) == 1:  # one range: a slice of the stored vectors, no copy
-            xb = stored[p.ranges[0, 0]:p.ranges[0, 1]]
+        if p.ids is None and stored is not None:  # a window: each range a slice of the stored vectors, no copy
+            blocks = [(np.arange(a, b), stored[a:b]) for a, b in p.ranges]
         else:
-            xb = stored[cand]
-        kk = min(k, len(cand))
-        s, pos = faiss.knn(q, xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
-        sims[:, :kk], ids[:, :kk] = s, cand[pos]
+            cand = p.ids if p.ids is not None else np.concatenate([np.arange(a, b) for a, b in p.ranges])
+            blocks = [(cand, self.index.reconstruct_batch(cand) if stored is None else np.take(stored, cand, axis=0))]
+        # faiss.knn scans batches below its BLAS threshold one query at a time, reading every vector
+        # once per query; a matrix product reads them once per batch (at 10^5 vectors: 16 queries 1.8x,
+        # 100 queries 4x faster). Only this call's speed depends on the setting, so it is restored after.
+        old, faiss.cvar.distance_compute_blas_threshold = faiss.cvar.distance_compute_blas_threshold, 0
+        try:
+            found = [faiss.knn(q, xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT) + (cand,) for cand, xb in blocks]
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = old
+        s = np.concatenate([d for d, _, _ in found], 1)  # (m, sum of each block's top-k)
+        i = np.concatenate([cand[pos] for _, pos, cand in found], 1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        kk = top.shape[1]
+        sims[:, :kk], ids[:, :kk] = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
         return sims, ids
 
     def _search_gpu(self, q, k, allowed):

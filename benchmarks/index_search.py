@@ -63,7 +63,9 @@ def clustered(n: int, dim: int, rng, n_centres: int) -> np.ndarray:
 
 
 def recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a[a >= 0]) & set(b)) / len(b) for a, b in zip(ids, truth)]))
+    """Mean share of each query's true top-k found; where no tile passes, 1 when nothing is returned."""
+    return float(np.mean([len(set(a[a >= 0]) & set(b)) / len(b) if len(b) else float((a < 0).all())
+                          for a, b in zip(ids, truth)]))
 
 
 def per_1000(fn, q: np.ndarray, batch: int) -> float:
@@ -136,6 +138,8 @@ def main(argv=None) -> None:
 
     def truth_of(f: AttrFilter | None) -> np.ndarray:
         rows = np.arange(cfg.n) if f is None else np.flatnonzero(mask(f, days, cuts))
+        if len(rows) == 0:
+            return np.zeros((len(q), 0), np.int64)
         _, pos = faiss.knn(q, db[rows], min(k, len(rows)), metric=faiss.METRIC_INNER_PRODUCT)
         return id_of[rows[pos]]
 

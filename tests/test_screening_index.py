@@ -132,3 +132,19 @@ def test_forced_path_must_be_known():
     idx, *_ = build(200, 8, kind="flat")
     with pytest.raises(ValueError, match="search path"):
         idx.plan(AttrFilter(cuts=frozenset({1})), 1, path="gpu")
+
+
+def test_index_search_benchmark_runs_small_and_ends_with_its_figures(capsys):
+    import json
+
+    from benchmarks import index_search
+
+    index_search.main(["--set", "n=3000", "queries=40", "repeats=1", "crossover_batches=[16]", "crossover_queries=20",
+                       "crossover_fracs=[0.05,0.3]"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n_tiles"] == 3000 and out["unfiltered_s_per_1000_queries"] > 0
+    for tag in ("100pct", "10pct", "1pct", "0_1pct", "0_01pct"):
+        for name in ("window", "cut_window"):
+            assert 0 <= out[f"{name}_{tag}_recall_at_10"] <= 1 and out[f"{name}_{tag}_path"] in ("exact", "ann")
+    assert out["window_1pct_path"] == "exact" and out["min_recall_at_10"] > 0.9
+    assert "crossover_m16_rule_exact_up_to_selectivity" in out

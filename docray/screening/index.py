@@ -252,7 +252,8 @@ class TileIndex:
         if self.use_gpu and not isinstance(self.index, faiss.IndexRefine):  # fast-scan PQ stays on the CPU
             return self._search_gpu(q, k, None if p.selector is None else self._allowed(p))
         sel = bits = None
-        if p.selector == "range":  # assume_sorted: IVF lists hold ascending ids (faiss bisects them)
+        if p.selector == "range":  # no bitmap to build; assume_sorted: IVF lists hold ascending ids, so faiss
+            # bisects each IVF-Flat list to the range (fast-scan PQ lists are scanned whole: measured as a bitmap)
             sel = faiss.IDSelectorRange(int(p.ranges[0, 0]), int(p.ranges[0, 1]), True)
         elif p.selector == "bitmap":  # bit i of byte i >> 3; `bits` lives until the search returns
             bits = np.packbits(self._allowed(p), bitorder="little")

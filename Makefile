@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.docray-installed
 # This machine's pip config names local index folders that may not exist; pip warns once per package.
 QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
 
-.PHONY: help install quickstart models test test-all test-slow bench clean
+.PHONY: help install quickstart models test test-all test-slow test-faults bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,11 +34,14 @@ quickstart: install  ## the main job: local Ray, synthetic corpus through Ray, s
 models: install  ## every reference model from scratch, each step a Ray job; resumes (configs/models/standard.yaml)
 	$(BIN)/docray models build --profile standard
 
-test: install  ## the default test suite (no slow, no gpu tests); < 15 min on 2 cores
+test: install  ## the default test suite (no slow, gpu or fault tests); < 15 min on 2 cores
 	$(BIN)/python -m pytest
 
 test-slow: install  ## the slow tests too
 	$(BIN)/python -m pytest -m "not gpu"
+
+test-faults: install  ## the fault suite: kills workers, actors, a replica, a driver; restarts Postgres (~3 min)
+	$(BIN)/python -m pytest -m faults tests/test_faults.py
 
 bench: install  ## every benchmark against the registered models (make models first) -> benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks.run_all --profile standard

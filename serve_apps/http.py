@@ -3,8 +3,9 @@
 Errors are always `{"error": {"code": ..., "message": ...}}` with a 4xx/5xx status; clients never
 see a stack trace. A backend that is lost or full is a 503 with `Retry-After` (`remote`): code
 `unavailable` when the replica answering died (the request may have run: the client retries only
-what is safe to repeat), `overloaded` when Serve refused the request before any replica ran it. Uploaded images go through `docray.imageio.decode_image` (byte and pixel limits,
-format sniffing, truncated data), so a bad upload is a 4xx and nothing is stored.
+what is safe to repeat), `overloaded` when Serve refused the request before any replica ran it.
+Uploaded images go through `docray.imageio.decode_image` (byte and pixel limits, format sniffing,
+truncated data), so a bad upload is a 4xx and nothing is stored.
 
 Roles: API keys map to 'user' or 'admin', from `DOCRAY_API_KEYS` ("key1=admin,key2=user") or the
 YAML file named by `DOCRAY_API_KEYS_FILE` ({key: role}). With no keys configured (a laptop), auth

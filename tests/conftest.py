@@ -86,3 +86,24 @@ def cn_type():
     shutil.copy(Path(__file__).resolve().parents[1] / "examples" / "doctypes" / "cn_resident_card.yaml", dst)
     yield "cn_resident_card"
     dst.unlink()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def repo(request, tmp_path):
+    """An ImageRepository on SQLite, and on DOCRAY_TEST_POSTGRES_URL when set (its tables emptied first)."""
+    from sqlalchemy import delete
+
+    from docray.storage.repository import Attachment, AuditEntry, Enrolment, ImageRepository, Record
+
+    if request.param == "sqlite":
+        r = ImageRepository(f"sqlite:///{tmp_path / 'repo.db'}", str(tmp_path / "blobs"))
+    else:
+        url = os.environ.get("DOCRAY_TEST_POSTGRES_URL")
+        if not url:
+            pytest.skip("DOCRAY_TEST_POSTGRES_URL is not set")
+        r = ImageRepository(url, str(tmp_path / "blobs"))
+        with r.engine.begin() as c:  # a clean slate on a shared server
+            for table in (Attachment, Enrolment, AuditEntry, Record):
+                c.execute(delete(table))
+    yield r
+    r.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
@@ -19,30 +18,13 @@ from PIL import Image
 from sqlalchemy import delete, select, update
 
 from docray.storage.blobs import NotFound
-from docray.storage.repository import (AccessDenied, Attachment, AuditEntry, DeletionIncomplete, ImageRepository, Purged,
-                                       Record)
+from docray.storage.repository import (AccessDenied, Attachment, DeletionIncomplete, ImageRepository, Purged, Record)
 
 
 def png(seed: int, size: int = 16) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (size, size), (seed * 37 % 256, seed * 91 % 256, seed * 13 % 256)).save(buf, "PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def repo(request, tmp_path):
-    if request.param == "sqlite":
-        r = ImageRepository(f"sqlite:///{tmp_path / 'repo.db'}", str(tmp_path / "blobs"))
-    else:
-        url = os.environ.get("DOCRAY_TEST_POSTGRES_URL")
-        if not url:
-            pytest.skip("DOCRAY_TEST_POSTGRES_URL is not set")
-        r = ImageRepository(url, str(tmp_path / "blobs"))
-        with r.engine.begin() as c:  # a clean slate on a shared server
-            for table in (Attachment, Record, AuditEntry):
-                c.execute(delete(table))
-    yield r
-    r.close()
 
 
 def full_record(repo: ImageRepository, seed: int = 0) -> str:

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sqlalchemy import delete
 
 from docray.client import mask_locally
 from docray.privacy.masks import decode_mask, synthetic_masks
 from docray.privacy.openset import load_openset, pair_scores
 from docray.privacy.verification import CALIBRATION, CalibrationConfig, calibrate, run, serving_policy
 from docray.storage.blobs import NotFound
-from docray.storage.repository import AlreadyEnrolled, AuditEntry, Enrolment, ImageRepository
+from docray.storage.repository import AlreadyEnrolled, ImageRepository
 from serve_apps.http import ApiError
 
 SIZE = 32
@@ -72,21 +70,6 @@ def reencoded(img: Image.Image) -> Image.Image:
 
 
 # -- the gallery in the repository database --------------------------------------------------------
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def repo(request, tmp_path):
-    if request.param == "sqlite":
-        r = ImageRepository(f"sqlite:///{tmp_path / 'repo.db'}", str(tmp_path / "blobs"))
-    else:
-        url = os.environ.get("DOCRAY_TEST_POSTGRES_URL")
-        if not url:
-            pytest.skip("DOCRAY_TEST_POSTGRES_URL is not set")
-        r = ImageRepository(url, str(tmp_path / "blobs"))
-        with r.engine.begin() as c:  # a clean slate on a shared server
-            for table in (Enrolment, AuditEntry):
-                c.execute(delete(table))
-    yield r
-    r.close()
 
 
 def test_gallery_enrols_refuses_the_same_image_and_deletes_an_identity_with_its_audit(repo):

@@ -17,7 +17,7 @@ from docray.imageio import encode_png
 from docray.storage import datasets
 from docray.storage.blobs import BlobStore
 from docray.storage.registry import ModelRegistry
-from docray.storage.repository import AccessDenied, Attachment, ImageRepository, Record
+from docray.storage.repository import AccessDenied, Attachment, ImageRepository
 
 
 def png(seed: int, size: int = 8) -> bytes:
@@ -156,22 +156,6 @@ def test_registry_crash_mid_save_leaves_no_version(tmp_path, monkeypatch):
 
 
 # -- image repository (SQLite, and Postgres when configured) -----------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def repo(request, tmp_path):
-    if request.param == "sqlite":
-        r = ImageRepository(f"sqlite:///{tmp_path / 'repo.db'}", str(tmp_path / "blobs"))
-    else:
-        url = os.environ.get("DOCRAY_TEST_POSTGRES_URL")
-        if not url:
-            pytest.skip("DOCRAY_TEST_POSTGRES_URL is not set")
-        r = ImageRepository(url, str(tmp_path / "blobs"))
-        with r.engine.begin() as c:  # a clean slate on a shared server
-            c.execute(delete(Attachment))
-            c.execute(delete(Record))
-    yield r
-    r.close()
 
 
 def test_repository_one_to_one_and_roles(repo):

@@ -4,7 +4,12 @@ Stage 1  subsets: area bins whose mean gap (masked-recogniser accuracy - origina
          accuracy) exceeds `gap_threshold` (default 0.30, i.e. 30 points of accuracy). With
          `rule="absolute"` instead: the masks on which the masked recogniser scores above
          `abs_masked` (0.80) while the original scores below `abs_original` (0.50).
-Stage 2  candidates: in each passing bin, the `top_k` masks by masked-recogniser accuracy.
+Stage 2  candidates: in each passing bin, the `top_k` masks by masked-recogniser accuracy. With
+         `stage2="similar"` instead (the method's alternative second stage): the masks of the grid
+         whose similarity to a mask of the target subsets (stage 1's masks; never itself) exceeds
+         `similar_threshold` (0.80): `similarity="iou"` of the hidden regions (default) or
+         `"agreement"`, the fraction of pixels both masks keep or both hide; at most `top_k` per
+         bin, by masked accuracy, so stages 3 and 5 cost what the default rule costs.
 Stage 3  inpainting attack: for each candidate, the masked recogniser's accuracy on the masked
          test images (before) and on those images after inpainting (after), same placements.
 Stage 4  targets: candidates whose drop (before - after) exceeds `drop_threshold` (default 0.07).
@@ -19,13 +24,16 @@ Stage 5  against the attacker (when `run_funnel` gets an `attacker`): the stage-
 acc_before, acc_after), and the attacker as one too (finalists -> the long attacker table of
 `docray.privacy.suite`, with mask_no; the whole images' rows have mask_no -1), so the funnel itself
 is plain pandas and tests feed it hand-made tables. An empty result names the stage that emptied it
-and by how much it missed (stage 5: the bound that fails, for the best trade-off).
+and by how much it missed (stage 5: the bound that fails, for the best trade-off). `run_rules` runs
+both stage-2 rules side by side (the chosen one first) and calls the attack and the attacker once
+each, on the union of what the rules send them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -41,6 +49,11 @@ class FunnelConfig(Config):
     abs_original: float = Field(0.50, description="stage 1, absolute rule: the original recogniser's accuracy below this")
     gap_threshold: float = Field(0.30, description="stage 1: a bin passes when masked - original accuracy > this")
     top_k: int = Field(5, ge=1, description="stage 2: candidates kept per passing bin, by masked accuracy")
+    stage2: Literal["top_k", "similar"] = Field("top_k", description="stage 2: 'top_k' (the top_k per passing bin) or "
+                                                "'similar' (masks similar to the target subsets' masks)")
+    similar_threshold: float = Field(0.80, description="stage 2, similar rule: similarity above this")
+    similarity: Literal["iou", "agreement"] = Field("iou", description="stage 2, similar rule: 'iou' of the hidden "
+                                                    "regions or 'agreement' (fraction of pixels on which both agree)")
     drop_threshold: float = Field(0.07, description="stage 4: a candidate is a target when its inpainting drop > this")
     attacker_far: float = Field(1e-2, description="stage 5: the FAR at which the TARs are compared")
     max_attacker_tar: float = Field(0.10, description="stage 5: every attacker's TAR on the masked images at most this")
@@ -119,10 +132,67 @@ def top_candidates(per_mask: pd.DataFrame, bins: pd.DataFrame, k: int) -> pd.Dat
     return sel.groupby("bin", sort=True).head(k).reset_index(drop=True)
 
 
+def mask_similarity(a: np.ndarray, b: np.ndarray, kind: str = "iou") -> np.ndarray:
+    """Masks (m, h, w) and (n, h, w) in {0, 1} (1 kept) -> (m, n) similarities in [0, 1]: "iou" of the
+    hidden regions (two masks that hide nothing: 1), or "agreement", the fraction of pixels both keep or
+    both hide."""
+    ha = (np.asarray(a).reshape(len(a), -1) < 0.5).astype(np.float32)  # (m, p) hidden
+    hb = (np.asarray(b).reshape(len(b), -1) < 0.5).astype(np.float32)  # (n, p)
+    if ha.shape[1] != hb.shape[1]:
+        raise ValueError(f"masks of different sizes: {np.shape(a)[1:]} and {np.shape(b)[1:]}")
+    inter = ha @ hb.T  # (m, n) pixels hidden by both
+    sa, sb = ha.sum(1)[:, None], hb.sum(1)[None, :]
+    if kind == "iou":
+        union = sa + sb - inter
+        return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    if kind == "agreement":
+        return 1.0 - (sa + sb - 2 * inter) / ha.shape[1]  # disagreeing pixels: hidden by exactly one
+    raise ValueError(f"unknown mask similarity {kind!r}; choose 'iou' or 'agreement'")
+
+
+def similar_candidates(per_mask: pd.DataFrame, pool: pd.DataFrame, masks, cfg: FunnelConfig) -> tuple[pd.DataFrame, str | None]:
+    """Stage 2, similar rule: (candidates with a `similarity` column, why it emptied or None). `masks`
+    maps mask_no -> (h, w) mask (a dict, or an array indexed by mask_no)."""
+    if masks is None:
+        raise ValueError("stage2='similar' needs the masks (run_funnel(..., masks=...))")
+    binned = per_mask[per_mask["bin"] >= 0]
+    ref_nos, nos = pool["mask_no"].to_numpy(), binned["mask_no"].to_numpy()
+    sim = mask_similarity(np.stack([masks[int(n)] for n in nos]), np.stack([masks[int(n)] for n in ref_nos]),
+                          cfg.similarity)  # (all binned, target subsets' masks)
+    sim[nos[:, None] == ref_nos[None, :]] = -1.0  # a mask is not similar to itself
+    best = sim.max(1) if len(ref_nos) else np.full(len(nos), -1.0)
+    scored = binned.assign(similarity=best)
+    kept = scored[scored["similarity"] > cfg.similar_threshold]
+    kept = kept.sort_values(["bin", "acc_masked", "mask_no"], ascending=[True, False, True])
+    cands = kept.groupby("bin", sort=True).head(cfg.top_k).reset_index(drop=True)
+    why = None
+    if cands.empty:
+        top = scored.loc[scored["similarity"].idxmax()] if len(scored) else None
+        why = (f"stage 2 emptied it: no mask's {cfg.similarity} to another mask of the target subsets exceeds "
+               f"{cfg.similar_threshold:g}" + ("" if top is None or top["similarity"] < 0 else
+               f"; the highest, {top['similarity']:.3f} for mask {top['mask_id']}, misses by "
+               f"{cfg.similar_threshold - top['similarity']:.3f}"))
+    return cands, why
+
+
+def stage_two(per_mask: pd.DataFrame, pool: pd.DataFrame, bins: pd.DataFrame, cfg: FunnelConfig,
+              masks=None) -> tuple[pd.DataFrame, Stage, str | None]:
+    """Stage 2 by cfg.stage2: (candidates, its Stage, why it emptied or None)."""
+    if cfg.stage2 == "top_k":
+        cands = top_candidates(pool, bins, cfg.top_k)
+        return cands, Stage(f"top {cfg.top_k} per passing bin", len(pool), len(cands)), None
+    cands, why = similar_candidates(per_mask, pool, masks, cfg)
+    stage = Stage(f"masks with {cfg.similarity} > {cfg.similar_threshold:g} to a target subset's mask, top "
+                  f"{cfg.top_k} per bin", int((per_mask["bin"] >= 0).sum()), len(cands), why or "")
+    return cands, stage, why
+
+
 def run_funnel(per_mask: pd.DataFrame, attack: Callable[[pd.DataFrame], pd.DataFrame], cfg: FunnelConfig | None = None,
-               edges=BIN_EDGES, attacker: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> FunnelResult:
+               edges=BIN_EDGES, attacker: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+               masks=None) -> FunnelResult:
     """Stages 1-4, and 5 with an `attacker` (see the module docstring). `attack` is called once, on
-    the candidates, if any; `attacker` once, on the finalists (stage 4's survivors), if any."""
+    the candidates, if any; `attacker` once, on the finalists (stage 4's survivors), if any. `masks`
+    (mask_no -> (h, w) mask) only for stage2="similar"."""
     cfg = cfg or FunnelConfig()
     need = {"mask_no", "mask_id", "bin", "acc_original", "acc_masked"}
     if missing := need - set(per_mask.columns):
@@ -131,8 +201,10 @@ def run_funnel(per_mask: pd.DataFrame, attack: Callable[[pd.DataFrame], pd.DataF
     empty = pd.DataFrame(columns=list(per_mask.columns) + ["acc_before", "acc_after", "drop"])
     if why:
         return FunnelResult(bins, empty, empty, stages, why)
-    cands = top_candidates(pool, bins, cfg.top_k)
-    stages.append(Stage(f"top {cfg.top_k} per passing bin", len(pool), len(cands)))
+    cands, stage, why = stage_two(per_mask, pool, bins, cfg, masks)
+    stages.append(stage)
+    if why:
+        return FunnelResult(bins, empty, empty, stages, why)
     attacked = attack(cands)
     if missing := {"mask_no", "acc_before", "acc_after"} - set(attacked.columns):
         raise ValueError(f"attack result lacks column(s) {sorted(missing)}")
@@ -209,3 +281,35 @@ def attacker_miss(finalists: pd.DataFrame, cfg: FunnelConfig) -> str:
             f"{cfg.max_attacker_tar:g} {far}, the best masked recogniser, {best['masked_tar']:.3f} for mask "
             f"{best['mask_id']}, is below the original's {best['original_tar']:.3f} minus {cfg.max_masked_loss:g} "
             f"by {floor - best['masked_tar']:.3f}")
+
+
+def run_rules(per_mask: pd.DataFrame, attack: Callable[[pd.DataFrame], pd.DataFrame], cfg: FunnelConfig | None = None,
+              edges=BIN_EDGES, attacker: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+              masks=None) -> dict[str, FunnelResult]:
+    """The funnel under each stage-2 rule, {rule: result}, cfg.stage2's first. A mask's stage-3 and
+    stage-5 figures do not depend on the rule that nominated it, so `attack` runs once, on the union
+    of the rules' candidates, and `attacker` once, on the union of their finalists; each rule's run
+    then reads its own rows. Without `masks` only cfg.stage2 runs."""
+    cfg = cfg or FunnelConfig()
+    rules = [cfg.stage2] + [r for r in ("top_k", "similar") if r != cfg.stage2 and masks is not None]
+    cfgs = {r: cfg.model_copy(update={"stage2": r}) for r in rules}
+    cands = []
+    for r in rules:  # stages 1 and 2 are cheap: run them to learn what each rule would attack
+        run_funnel(per_mask, lambda c: cands.append(c) or _no_attack(c), cfgs[r], edges, masks=masks)
+    union = pd.concat(cands).drop_duplicates("mask_no") if cands else per_mask.iloc[:0]
+    attacked = attack(union) if len(union) else None
+    shared_attack = lambda c: attacked[attacked["mask_no"].isin(c["mask_no"])].reset_index(drop=True)
+    table = None
+    if attacker is not None and attacked is not None:
+        hit = union.merge(attacked[["mask_no", "acc_before", "acc_after"]], on="mask_no")
+        finalists = union[union["mask_no"].isin(hit.loc[hit["acc_before"] - hit["acc_after"] > cfg.drop_threshold,
+                                                        "mask_no"])]
+        table = attacker(finalists) if len(finalists) else None
+    shared_attacker = None if table is None else (
+        lambda f: table[(table["mask_no"] == -1) | table["mask_no"].isin(f["mask_no"])].reset_index(drop=True))
+    return {r: run_funnel(per_mask, shared_attack, cfgs[r], edges, shared_attacker, masks) for r in rules}
+
+
+def _no_attack(cands: pd.DataFrame) -> pd.DataFrame:
+    """A stand-in attack for learning a rule's candidates: no drop."""
+    return pd.DataFrame({"mask_no": cands["mask_no"], "acc_before": 0.0, "acc_after": 0.0})

@@ -95,6 +95,24 @@ def test_views_decoded_once_are_the_views_mae_trained_on(docs):
         assert key(batched) == key(direct)
 
 
+def test_documents_decoded_once_give_the_batch_of_encoded_ones(docs):
+    """DocumentPixels (once, in Ray Data) + DocumentBatch give what DocumentBatch gives on the encoded
+    rows: the same pixels, frames (row 1 has no flash) and targets (boxes need the capture's size)."""
+    from docray.recognition.data import DocumentBatch, DocumentPixels
+    from docray.recognition.tasks import load_catalogue
+
+    cat, table = load_catalogue(), pq.read_table(docs / "train").slice(0, 6)
+    direct = DocumentBatch(cat, 32)(_numpy(table))
+    decoded = DocumentPixels(32)(table)
+    assert len(decoded.column("image")[0].as_py()) == 3 * 32 * 32 and "image_w" in decoded.column_names
+    again = DocumentBatch(cat, 32)(_numpy(decoded))
+    for key in ("image", "flash", "angles", "attr_cat", "attr_num", "task_set", "labelled"):
+        assert again[key].equal(direct[key]), key
+    for task, target in direct["targets"].items():
+        assert torch.as_tensor(again["targets"][task]).equal(torch.as_tensor(target)), task
+    assert "flash" not in DocumentPixels(32, frames=False)(table).column_names
+
+
 def test_check_labels_names_what_a_dataset_lacks(ray_cluster, docs):
     import ray.data
 

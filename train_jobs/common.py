@@ -231,6 +231,16 @@ def _stored_bytes(uri: str) -> int:
     return int(fs.du(path, total=True)) if fs.isdir(path) else int(fs.size(path))
 
 
+def cache_if_fits(mapped: dict, rows: int) -> dict:
+    """Datasets after a per-row map step (decoded pixels), materialised in Ray's object store when
+    `rows` of them fit in CACHE_FRACTION of it (their size counted on 16 rows of the train one), so
+    the map runs once and not on every epoch's pass; streamed otherwise."""
+    sample = mapped["train"].take_batch(16, batch_format="pyarrow")
+    if fits_in_store(rows * sample.nbytes / max(sample.num_rows, 1)):
+        return {name: d.materialize() for name, d in mapped.items()}
+    return mapped
+
+
 def fits_in_store(nbytes: float) -> bool:
     """Whether `nbytes` fit in CACHE_FRACTION of Ray's object store (the rule for caching a dataset)."""
     return nbytes <= CACHE_FRACTION * _object_store_bytes()
@@ -312,7 +322,8 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config:
     """Fit `loop` with TorchTrainer under cfg's scaling and failure settings; returns the Result.
 
     `cfg` needs: num_workers, cpus_per_worker, use_gpu (None: a GPU when the cluster has one),
-    max_failures, out. Ray Train keeps the run (checkpoints, results) under `<out>/ray`, a local
+    max_failures, out; and may have worker_resources (custom Ray resources each worker needs, e.g.
+    `{node_a: 0.01}`: the workers run only on nodes that have them). Ray Train keeps the run (checkpoints, results) under `<out>/ray`, a local
     folder or object storage (`s3://...`: Ray opens it with pyarrow, which reads the same AWS_*
     environment as s3fs). `datasets` (from `read_datasets`) are split equally over the workers
     (`ray.train.get_dataset_shard(name)` in the loop). The loop gets `loop_config`, by default
@@ -328,7 +339,8 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config:
     trainer = TorchTrainer(
         loop, train_loop_config=cfg.model_dump() if loop_config is None else loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                                           **getattr(cfg, "worker_resources", {})}),
         run_config=RunConfig(name=name, storage_path=paths.join(paths.absolute(cfg.out), "ray"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),

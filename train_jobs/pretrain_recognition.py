@@ -94,19 +94,14 @@ def documents_datasets(c, columns: list[str], required: tuple[str, ...], cache: 
 
 def decoded_views(ds: dict, size: int, frames: bool) -> dict:
     """Each document's views decoded and resized once (DocumentViews, in Ray Data tasks): the training
-    views (with frames) and the validation captures. Kept in Ray's object store when they fit in
-    CACHE_FRACTION of it (raw (3, s, s) uint8 each, counted on a sample); streamed otherwise."""
+    views (with frames) and the validation captures; cached in Ray's object store when they fit
+    (`cache_if_fits`), streamed otherwise."""
     from docray.recognition.data import DocumentViews
-    from train_jobs.common import fits_in_store
+    from train_jobs.common import cache_if_fits
 
     out = {s: d.map_batches(DocumentViews(size, frames and s == "train"), batch_format="numpy", batch_size=32)
            for s, d in ds.items()}
-    sample = ds["train"].take_batch(16, batch_format="numpy")
-    per_doc = max(len(v) for v in DocumentViews(size, frames)(sample)["views"]) if len(sample["image"]) else 1
-    rows = sum(d.count() for d in ds.values())  # Parquet metadata: no read
-    if fits_in_store(rows * per_doc * 3 * size * size):
-        out = {s: d.materialize() for s, d in out.items()}
-    return out
+    return cache_if_fits(out, sum(d.count() for d in ds.values()))  # counts from Parquet metadata: no read
 
 
 def saved_state(ref: str) -> tuple[dict, str]:

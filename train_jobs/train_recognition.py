@@ -68,6 +68,8 @@ class RecognitionTrainConfig(Config):
     frame_tasks_per_batch: int = Field(1, ge=1, description="multi-frame tasks per batch (each costs encoder passes)")
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
+    worker_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per "
+                                               "worker, e.g. {node_a: 0.01}: train only on the nodes that have them")
     use_gpu: bool | None = None
     max_failures: int = Field(2, ge=0)
     out: str = Field(default_factory=lambda: paths.sub("runs", "train_recognition"), description="run folder")
@@ -190,10 +192,11 @@ def main(argv=None) -> dict:
     model, _ = build(c, query_text)  # fail fast (bad catalogue, task list, init_from, encoder) in the driver
     init_ray()
     ds, train, val = documents_datasets(c, DocumentBatch(cat, model.image_size).columns,
-                                        required=contract("documents").required)
+                                        required=contract("documents").required, cache=False)
     check_labels(ds["train"], cat)  # every task has labelled rows (else an error naming its columns)
     check_labels(ds["val"], cat, require=False)  # known document types
     steps = steps_per_epoch(ds["train"].count(), c.batch_size, c.num_workers)
+    ds = decoded_documents(ds, model.image_size)
     c = c.model_copy(update={"train": train, "val": val, "steps_per_epoch": min(steps, c.steps_per_epoch or steps)})
     save_config(c, c.out)
     result = run_trainer(train_loop_per_worker, _WithText(c, query_text), "train_recognition", ds)
@@ -217,6 +220,17 @@ def main(argv=None) -> dict:
     return summary
 
 
+def decoded_documents(ds: dict, size: int) -> dict:
+    """Each document's capture and frames decoded and resized once (`DocumentPixels`, in Ray Data
+    tasks), not by the collate_fn on every epoch: cached in Ray's object store when they fit."""
+    from docray.recognition.data import DocumentPixels
+    from train_jobs.common import cache_if_fits
+
+    rows = sum(d.count() for d in ds.values())  # before the map: Parquet metadata, no read
+    return cache_if_fits({s: d.map_batches(DocumentPixels(size), batch_format="pyarrow", batch_size=32)
+                          for s, d in ds.items()}, rows)
+
+
 def _key_metric(metrics: dict) -> str:
     """The metric `docray models list` shows: the doc_type task's validation figure when there is one,
     else the first validation figure."""
@@ -230,7 +244,7 @@ class _WithText:
     def __init__(self, c: RecognitionTrainConfig, query_text: list):
         self.c, self.query_text = c, query_text
         self.num_workers, self.cpus_per_worker, self.use_gpu = c.num_workers, c.cpus_per_worker, c.use_gpu
-        self.max_failures, self.out = c.max_failures, c.out
+        self.max_failures, self.out, self.worker_resources = c.max_failures, c.out, c.worker_resources
 
     def model_dump(self) -> dict:
         return {**self.c.model_dump(), "query_text": self.query_text}

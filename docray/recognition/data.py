@@ -48,7 +48,9 @@ FRAME_KINDS = ("flash", "angles")  # each is also the column holding those frame
 
 
 def load_rgb(data, size: int, name: str = "image") -> np.ndarray:
-    """Image bytes (or a PIL image) -> (3, size, size) uint8."""
+    """Image bytes (or a PIL image, or (3, size, size) uint8 pixels: returned as they are) -> (3, size, size) uint8."""
+    if isinstance(data, np.ndarray) and data.shape == (3, size, size) and data.dtype == np.uint8:
+        return data
     img = data if isinstance(data, Image.Image) else decode_image(data, name=name)
     return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1).copy()
 
@@ -177,12 +179,19 @@ class DocumentBatch(NumpyBatchCollateFn):
     def __call__(self, rows: dict[str, np.ndarray]) -> dict:
         ids, n = rows["id"], len(rows["id"])
         cell = lambda col, i: rows[col][i] if col in rows else None  # noqa: E731
-        images = [decode_image(rows["image"][i], name=f"image of document {ids[i]!r}") for i in range(n)]
-        out = {"image": torch.from_numpy(np.stack([load_rgb(im, self.size) for im in images]))}
+        if "image_w" in rows:  # DocumentPixels rows: decoded once already, raw (3, s, s) buffers
+            shape = (3, self.size, self.size)
+            sizes = list(zip(rows["image_w"].tolist(), rows["image_h"].tolist()))
+            pixels = lambda b: np.frombuffer(b, np.uint8).reshape(shape)  # noqa: E731
+            out = {"image": torch.from_numpy(np.stack([pixels(b) for b in rows["image"]]))}
+        else:
+            images = [decode_image(rows["image"][i], name=f"image of document {ids[i]!r}") for i in range(n)]
+            sizes, pixels = [im.size for im in images], lambda v: v  # noqa: E731  (stack_frames decodes)
+            out = {"image": torch.from_numpy(np.stack([load_rgb(im, self.size) for im in images]))}
         for kind in FRAME_KINDS if self.frames else ():
             if kind in rows:
                 per = [[] if is_null(v) else [v] if kind == "flash" else list(v) for v in rows[kind]]
-                out[kind] = torch.from_numpy(stack_frames(per, self.size, f"{kind} frame"))
+                out[kind] = torch.from_numpy(stack_frames([[pixels(v) for v in p] for p in per], self.size, f"{kind} frame"))
         enc = [self.cat.encode_attrs(synthetic_attrs(str(i), self.cat)) for i in ids]
         out["attr_cat"] = torch.tensor([e[0] for e in enc], dtype=torch.long).view(n, -1)
         out["attr_num"] = torch.tensor([e[1] for e in enc], dtype=torch.float32).view(n, -1)
@@ -196,11 +205,43 @@ class DocumentBatch(NumpyBatchCollateFn):
             for i in range(n):
                 row = {c: cell(c, i) for c in task_columns(task)}
                 labelled[i, j] = has_label(task, row)
-                values.append(task_target(task, row, self.seg_size, images[i].size) if labelled[i, j]
+                values.append(task_target(task, row, self.seg_size, sizes[i]) if labelled[i, j]
                               else _blank(task, self.seg_size))
             out["targets"][task.name] = torch.as_tensor(np.asarray(values))
         out["labelled"] = torch.from_numpy(labelled)
         return out
+
+
+class DocumentPixels:
+    """Ray Data step (`ds.map_batches(DocumentPixels(s), batch_format="pyarrow")`): each document's
+    capture and frames decoded and resized once, as raw (3, s, s) uint8 buffers, with the capture's
+    size (`image_w`, `image_h`: box targets are normalised by it); other columns pass through
+    untouched. `DocumentBatch` reads these rows as it reads encoded ones, without decoding, so an
+    epoch over a dataset cached in Ray's object store decodes nothing (unified training)."""
+
+    def __init__(self, image_size: int, frames: bool = True):
+        self.size, self.frames = image_size, frames
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        raw = lambda v: load_rgb(v, self.size, "frame").tobytes()  # noqa: E731
+        images = [decode_image(b, name=f"image of document {i!r}")
+                  for b, i in zip(table.column("image").to_pylist(), table.column("id").to_pylist())]
+        table = table.set_column(table.schema.get_field_index("image"), "image",
+                                 pa.array([load_rgb(im, self.size).tobytes() for im in images], pa.binary()))
+        table = table.append_column("image_w", pa.array([im.width for im in images], pa.int32()))
+        table = table.append_column("image_h", pa.array([im.height for im in images], pa.int32()))
+        for kind in FRAME_KINDS:
+            if kind not in table.column_names:
+                continue
+            at = table.schema.get_field_index(kind)
+            if not self.frames:
+                table = table.remove_column(at)
+            elif kind == "flash":
+                table = table.set_column(at, kind, pa.array([None if v is None else raw(v) for v in table.column(kind).to_pylist()], pa.binary()))
+            else:
+                table = table.set_column(at, kind, pa.array([None if v is None else [raw(b) for b in v] for v in table.column(kind).to_pylist()],
+                                                            pa.list_(pa.binary())))
+        return table
 
 
 class DocumentImages(NumpyBatchCollateFn):

@@ -303,3 +303,122 @@ def test_table_1_has_the_no_mask_row(tmp_path):
     bins = with_no_mask(bin_table(plain_grid(synthetic_masks(6, size=16), pred)), {"original": 1.0, "masked": 0.9})
     assert bins["range"].tolist()[0] == "no mask" and bins["n_masks"].tolist() == [0] + [1] * 6
     assert bins.loc[0, "gap"] == pytest.approx(-0.1) and (bins["acc_original"][1:] == 0).all()
+
+
+# -- the alternative second stage, both rules side by side (issue 18 item 3) ---------------------------
+
+def test_mask_similarity_by_hand():
+    from docray.privacy.funnel import mask_similarity
+
+    a = np.ones((3, 4, 4), np.float32)
+    a[0, :2] = 0  # top half hidden
+    a[1, :1] = 0  # top quarter hidden
+    # a[2] hides nothing
+    sim = mask_similarity(a, a)
+    assert sim[0, 1] == pytest.approx(4 / 8) and sim[0, 0] == 1 and sim[2, 2] == 1 and sim[0, 2] == 0
+    agree = mask_similarity(a, a, "agreement")
+    assert agree[0, 1] == pytest.approx(12 / 16) and agree[0, 2] == pytest.approx(8 / 16)
+    with pytest.raises(ValueError, match="unknown mask similarity"):
+        mask_similarity(a, a, "cosine")
+
+
+def _similar_world():
+    """Six masks of 8 x 8: 0 and 1 pass stage 1 (bin 5); 2 is nearly 1 (IoU 28/33), 3 is
+    0 with six pixels more (IoU 32/38), 4 and 5 are unlike any."""
+    import pandas as pd
+
+    m = np.ones((6, 8, 8), np.float32)
+    m[0, :4] = 0  # top half
+    m[1, :, :4] = 0  # left half
+    m[2, :, :4] = 0
+    m[2, 0, :4] = 1
+    m[2, 0, 4] = 0  # a row's 4 pixels kept, 1 hidden beside (hidden 29, 28 shared with 1: IoU 28/33)
+    m[3, :4] = 0
+    m[3, 4, :6] = 0  # 6 more (IoU 32/38)
+    m[4, 6:, 6:] = 0
+    m[5, 7, :] = 0
+    per = pd.DataFrame({"mask_no": range(6), "mask_id": list("abcdef"), "bin": [5, 5, 2, 5, 0, 0],
+                        "hole_ratio": [0.5, 0.5, 0.5, 0.59, 0.06, 0.125],
+                        "acc_original": [0.1, 0.1, 0.6, 0.1, 0.9, 0.9], "acc_masked": [0.9, 0.8, 0.85, 0.7, 0.95, 0.9]})
+    return per, {i: m[i] for i in range(6)}
+
+
+def test_funnel_alternative_second_stage_keeps_masks_like_the_target_subsets():
+    import pandas as pd
+
+    from docray.privacy.funnel import FunnelConfig, run_funnel
+
+    per, masks = _similar_world()
+    seen = []
+    drop = lambda c: seen.append(sorted(c["mask_no"])) or pd.DataFrame(
+        {"mask_no": c["mask_no"], "acc_before": c["acc_masked"], "acc_after": c["acc_masked"] - 0.1})
+    cfg = FunnelConfig(stage2="similar", top_k=5)  # bin 5 passes (gap 0.8 - 0.1 > 0.3), bin 0 does not
+    res = run_funnel(per, drop, cfg, masks=masks)
+    # 0 ~ 3 (0.842); 2 ~ 1 (0.848): kept although its bin failed stage 1, it looks like a target-subset mask;
+    # 1 is in a target subset but like no other mask of them (its twin 2 is not one)
+    assert seen == [[0, 2, 3]] and sorted(res.targets["mask_no"]) == [0, 2, 3]
+    assert res.candidates.set_index("mask_no")["similarity"].to_dict() == pytest.approx({2: 28 / 33, 0: 32 / 38,
+                                                                                        3: 32 / 38})
+    assert res.stages[1].name.startswith("masks with iou > 0.8")
+    res = run_funnel(per, drop, cfg.model_copy(update={"similar_threshold": 0.845}), masks=masks)
+    assert sorted(res.candidates["mask_no"]) == [2]  # 0 and 3 are 0.842 alike
+    res = run_funnel(per, lambda c: pytest.fail("no attack"), cfg.model_copy(update={"similar_threshold": 0.95}),
+                     masks=masks)
+    assert res.targets.empty and "stage 2 emptied it" in res.empty_reason and "0.848 for mask c" in res.empty_reason
+    assert "misses by 0.102" in res.empty_reason
+    with pytest.raises(ValueError, match="needs the masks"):
+        run_funnel(per, drop, cfg)
+
+
+def test_run_rules_attacks_the_union_once_and_reports_each_rule():
+    import pandas as pd
+
+    from docray.privacy.funnel import FunnelConfig, run_rules
+
+    per, masks = _similar_world()
+    calls = {"attack": [], "attacker": []}
+
+    def drop(c):
+        calls["attack"].append(sorted(c["mask_no"]))
+        return pd.DataFrame({"mask_no": c["mask_no"], "acc_before": c["acc_masked"], "acc_after": c["acc_masked"] - 0.1})
+
+    def attacker(f):
+        calls["attacker"].append(sorted(f["mask_no"]))
+        return _attacker_table({n: (0.8, [0.05 if n in (1, 2) else 0.5]) for n in range(6)})(f)
+
+    res = run_rules(per, drop, FunnelConfig(top_k=1), attacker=attacker, masks=masks)
+    assert list(res) == ["top_k", "similar"]
+    assert calls == {"attack": [[0, 2]], "attacker": [[0, 2]]}  # once each, on the union of {0} and {0, 2}
+    assert res["top_k"].candidates["mask_no"].tolist() == [0] and res["top_k"].targets.empty
+    assert "attacker bound fails" in res["top_k"].empty_reason
+    assert sorted(res["similar"].candidates["mask_no"]) == [0, 2]  # top 1 per bin: bin 5 -> 0, bin 2 -> 2
+    assert res["similar"].targets["mask_no"].tolist() == [2]
+    assert set(res["similar"].attacks["mask_no"]) == {-1, 0, 2}
+    only = run_rules(per, drop, FunnelConfig(top_k=1))  # no masks: the chosen rule alone
+    assert list(only) == ["top_k"]
+
+
+def test_sample_strip_panels_shapes_and_probe_faces():
+    from docray.privacy.openset import Protocol
+    from docray.privacy.suite import AttackEvaluator, Attacker
+
+    torch.manual_seed(0)
+    labels = np.repeat(np.arange(4), 3)  # rows 0, 3, 6, 9 enrolled; the first probes: 1, 4, 7, 10
+    x = torch.rand(12, 3, 32, 32).clamp_min(0.05)
+    ev = AttackEvaluator(x, Protocol.of(labels), {}, Attacker(build_model("recognizer_tiny", num_classes=3).eval(),
+                         build_model("inpaint_unet_tiny", image_size=32).eval(), np.arange(10, 13)),
+                         build_attacks(ATTACKS, build_model("inpaint_unet_tiny", image_size=32)))
+    rows = ev.probe_rows(3)
+    assert rows.tolist() == [1, 4, 7]
+    mask = np.ones((32, 32), np.float32)
+    mask[8:24, 4:28] = 0
+    panels = ev.strip(mask, rows)
+    assert [p for p, _ in panels] == ["original", "masked", "learned", "telea", "navier_stokes", "biharmonic", "blur",
+                                      "mosaic"]
+    assert all(t.shape == (3, 3, 32, 32) for _, t in panels)
+    got = dict(panels)
+    assert torch.equal(got["original"], x[rows]) and torch.all(got["masked"][..., 8:24, 4:28] == 0)
+    for name in ("telea", "blur"):  # the hidden region filled or protected; the rest as it was
+        assert got[name][..., 8:24, 4:28].abs().sum() > 0 and torch.equal(got[name][..., :8, :], x[rows][..., :8, :])
+    again = dict(ev.strip(mask, rows))
+    assert all(torch.equal(got[k], again[k]) for k in got)  # deterministic

@@ -7,7 +7,10 @@ hidden area, and each target mask over a sample face (the masked face a client w
 With the funnel's stage 5 (attacks.parquet in the run: the attacker table of the finalists,
 docray.privacy.suite), also: the finalists' verdicts, the trade-off of the strongest attacker's TAR
 against the masked recogniser's (tradeoff.png), TAR against hidden area for each recogniser and
-attack (tar_area.png), and an attacker table per finalist.
+attack (tar_area.png), and an attacker table per finalist. When the run has both stage-2 rules
+(funnel.json `rules`), a table puts them side by side; with strips.parquet, a sample strip per mask
+(strip_<mask_no>.png: for a few probe faces, a row each of the original, the masked image, each
+attack's reconstruction, blur and mosaic). The run's throughput and peak memory head the report.
 """
 from __future__ import annotations
 
@@ -182,6 +185,84 @@ def attacker_sections(run_dir: str, out: str, cands: pd.DataFrame, cfg: dict) ->
     return md
 
 
+def plot_strip(strip: pd.DataFrame, path: str, title: str) -> None:
+    """One mask's sample strip (rows: mask_no, panel, face, image PNG): a row per face, a column per panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(strip["panel"]))
+    faces = sorted(set(strip["face"]))
+    fig, axes = plt.subplots(len(faces), len(panels), figsize=(1.3 * len(panels), 1.4 * len(faces) + 0.4), squeeze=False)
+    cells = {(r["face"], r["panel"]): r["image"] for _, r in strip.iterrows()}
+    for i, face in enumerate(faces):
+        for j, panel in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(np.asarray(decode_image(cells[(face, panel)])))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(panel.replace("_", " "), fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def strip_sections(run_dir: str, out: str) -> list[str]:
+    """The sample strips (strip_<mask_no>.png beside report.md); [] when the run has no strips.parquet."""
+    path = os.path.join(run_dir, "strips.parquet")
+    if not os.path.exists(path):
+        return []
+    strips = pd.read_parquet(path)
+    if strips.empty:
+        return []
+    md = ["", "## Sample strips", "",
+          "For a few probe faces of people nobody trained on, one row each: the original, the masked image (what "
+          "leaks), each attack's reconstruction from it, and the blur and mosaic baselines of the same region.", ""]
+    for no, t in strips.groupby("mask_no", sort=False):
+        name = f"strip_{int(no)}.png"
+        label = f"mask {t['mask_id'].iloc[0]}"
+        plot_strip(t, os.path.join(out, name), label)
+        md += [f"[{label}]({name})", "", f"![{label}]({name})", ""]
+    return md
+
+
+def rules_section(summary: dict) -> list[str]:
+    """The two stage-2 rules side by side (funnel.json `rules`); [] for a run without them."""
+    rules = summary.get("rules") or {}
+    if len(rules) < 2:
+        return []
+    md = ["", "## Stage 2: the default rule and the alternative", "",
+          f"Targets are served from `{summary.get('stage2', 'top_k')}`. `top_k`: the best masks of each passing bin "
+          "by masked accuracy; `similar`: the masks similar to a mask of the target subsets (the method's "
+          "alternative second stage). Stages 3 and 5 ran once on the union of their masks.", "",
+          "| rule | stages (in -> out) | targets | target masks | why empty |", "|---|---|---|---|---|"]
+    for rule, r in rules.items():
+        chain = " / ".join(f"{s['n_in']}->{s['n_out']}" for s in r["stages"])
+        ids = ", ".join(map(str, r.get("targets", [])[:8])) + (" ..." if len(r.get("targets", [])) > 8 else "")
+        md.append(f"| {rule} | {chain} | {r['n_targets']} | {ids} | {r.get('empty_reason') or ''} |")
+    return md
+
+
+def throughput_line(summary: dict) -> list[str]:
+    """The run's masks/s and peak memory (funnel.json `throughput`)."""
+    t = summary.get("throughput")
+    if not t:
+        return []
+    parts = [f"grid {t['masks_per_s']:.2f} masks/s ({t['pairs_per_s']:.0f} pairs/s, actors' peak RSS "
+             f"{t.get('grid_peak_actor_rss_mb') or float('nan'):.0f} MB)"]
+    if "stage3_s" in t:
+        parts.append(f"inpainting attack {t['stage3_masks'] / t['stage3_s']:.2f} masks/s")
+    if "stage5_eval_s" in t:
+        parts.append(f"attack suite {t['stage5_finalists_per_s']:.3f} masks/s on {t['stage5_finalists']} finalists "
+                     f"({t['stage5_actors']} actors, peak RSS {t['stage5_peak_actor_rss_mb']:.0f} MB; the attacker "
+                     f"trained in {t['stage5_attacker_train_s']:.0f} s)")
+    parts.append(f"whole run {t['total_s']:.0f} s, driver peak RSS {t['driver_peak_rss_mb']:.0f} MB")
+    return ["Throughput: " + "; ".join(parts) + ".", ""]
+
+
 def write_report(run_dir: str, out: str | None = None) -> str:
     """Write report.md (+ PNGs) for the grid run in `run_dir` into `out` (default: run_dir)."""
     run_dir = os.path.expanduser(run_dir)
@@ -203,19 +284,23 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     md = ["# Mask privacy report", "",
           f"Grid: {summary['n_masks']} masks x {summary['n_test_images']} test images x {summary['runs']} runs "
           f"= {summary['pairs']:,} pairs, {summary['grid_s']:.0f} s ({summary['pairs_per_s']:.0f} pairs/s).", "",
+          *throughput_line(summary),
           "## Table 1: accuracy per hidden-area bin", "", "![bins](bins.png)", "",
           markdown_table(bins, ["range", "n_masks", "acc_original", "acc_masked", "gap", "passed"]), "",
           "![every mask](masks.png)", "", "## The funnel", ""]
     md += [f"- {s['name']}: {s['n_in']} -> {s['n_out']}" + (f" ({s['note']})" if s.get("note") else "")
            for s in summary["stages"]]
+    md += rules_section(summary)
     md += ["", "## Table 2: candidates and the inpainting attack", "",
            "acc_before / acc_after: masked-recogniser accuracy on the masked images before / after inpainting; "
            "acc_original_inpainted: the original recogniser on the inpainted images (the attacker's view).", ""]
     md.append(markdown_table(cands, ["mask_id", "range", "bin", "hole_ratio", "acc_original", "acc_masked", "acc_before",
-                                     "acc_after", "drop", "acc_original_inpainted", "target"]) if len(cands) else "(no candidates)")
+                                     "acc_after", "drop", "acc_original_inpainted", "target", "similarity",
+                                     "rule_top_k", "rule_similar"]) if len(cands) else "(no candidates)")
     if "worst_attacker_tar" in cands.columns:
         cfg = (yaml.safe_load(cfg_text) or {}).get("funnel", {}) if cfg_text else {}
         md += attacker_sections(run_dir, out, cands, cfg)
+    md += strip_sections(run_dir, out)
     md += ["", "## Target masks", ""]
     if len(targets):
         plot_targets(targets, face, os.path.join(out, "targets.png"))

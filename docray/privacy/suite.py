@@ -252,6 +252,25 @@ class AttackEvaluator:
                     rows.append(self._row("attacker", "attacker", protection, attack, reference, e, ref))
         return rows
 
+    def probe_rows(self, k: int) -> np.ndarray:
+        """Rows of the first probe image of each of the first k eval identities (the sample strips' faces)."""
+        probes = self.protocol.probes
+        _, first = np.unique(self.protocol.labels[probes], return_index=True)
+        return probes[np.sort(first)[:k]]
+
+    @torch.inference_mode()
+    def strip(self, mask: np.ndarray, rows) -> list[tuple[str, torch.Tensor]]:
+        """The sample strip of one mask (h, w) for eval images `rows`: [(panel, (k, 3, h, w) in [0, 1])],
+        the original, the masked image (what leaks), each attack's reconstruction from it (what the
+        attacker's recogniser reads; the hole read as in mask_rows), then each baseline protection."""
+        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]  # (1, 1, h, w)
+        x = self.images[torch.as_tensor(np.asarray(rows), dtype=torch.long)]
+        masked = protect("mask", x, m)
+        hole = leaked_mask(masked) if self.mask_from == "image" else m
+        panels = [("original", x), ("masked", masked)]
+        panels += [(name, attack(masked, hole)) for name, attack in self.attacks.items() if name != "none"]
+        panels += [(p, protect(p, x, m, self.blur_sigma, self.mosaic_block)) for p in self.protections if p != "mask"]
+        return panels
 
     def funnel_attacker(self, masks) -> Callable[[pd.DataFrame], pd.DataFrame]:
         """Stage 5 of the funnel (`docray.privacy.funnel.run_funnel(..., attacker=...)`): finalists

@@ -38,35 +38,42 @@ from train_jobs.common import (agree, all_sum, epoch_batches, load_result_state,
 GRID_IMAGES = 6  # rows of the original | masked | reconstruction grid
 
 
-class RecognitionPretrainConfig(Config):
-    model: str = Field("vit_mae_small", description="registered MAE factory (vit_mae_tiny|small|base)")
-    image_size: int | None = Field(None, description="override the model's square input size (None: its default)")
-    mask_ratio: float = Field(0.75, gt=0, lt=1, description="fraction of patches removed")
+class DocumentsJobConfig(Config):
+    """What the two recognition trainers share: the documents datasets, the workers, the stops."""
+
     train: str = Field("", description="training documents: a Parquet folder or file, local or s3:// (documents "
                                        "contract, docs/datasets.md); '' = the synthetic default")
     val: str = Field("", description="validation documents, the same contract (give both train and val, or neither)")
     n_train: int = Field(1600, ge=1, description="synthetic default: training documents")
     n_val: int = Field(200, ge=1, description="synthetic default: validation documents")
     seed: int = 0
+    steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch on every worker (0: a "
+                                                      "pass over the worker's share of the training rows)")
+    time_budget_s: float = Field(0, ge=0, description="stop after this much training time (0 = none); one "
+                                                      "decision for all workers")
+    weight_decay: float = 0.05
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPU reserved per worker (fractions fit a small host)")
+    worker_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per "
+                                               "worker, e.g. {node_a: 0.01}: train only on the nodes that have them")
+    use_gpu: bool | None = Field(None, description="None: use a GPU when the cluster has one")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
+    fail_at_epoch: int = Field(-1, description="testing: raise once after this epoch's checkpoint (-1 = never)")
+    exit_at_step: int = Field(-1, description="testing: rank 0's process dies once after this global step (-1 = never)")
+
+
+class RecognitionPretrainConfig(DocumentsJobConfig):
+    model: str = Field("vit_mae_small", description="registered MAE factory (vit_mae_tiny|small|base)")
+    image_size: int | None = Field(None, description="override the model's square input size (None: its default)")
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="fraction of patches removed")
     init_from: str = Field("", description="start the encoder from 'registry:<name>[@<version>]' (a registered "
                                            "encoder) or a saved encoder folder; '' = from scratch")
     use_frames: bool = Field(True, description="flash and angle frames as extra images (more views, same docs)")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1, description="documents per batch per worker (each gives 1 + its frames images)")
-    steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch on every worker (0: a "
-                                                      "pass over the worker's share of the training rows)")
-    time_budget_s: float = Field(0, ge=0, description="stop after this much training time (0 = none); one "
-                                                      "decision for all workers")
     lr: float = Field(1.5e-3, gt=0, description="AdamW peak learning rate (cosine decay, 1 epoch warm-up)")
-    weight_decay: float = 0.05
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPU reserved per worker (fractions fit a small host)")
-    use_gpu: bool | None = Field(None, description="None: use a GPU when the cluster has one")
-    max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
     out: str = Field(default_factory=lambda: paths.sub("runs", "pretrain_recognition"), description="run folder")
     register_as: str = Field("recognition-encoder", description="model registry name ('' = do not register)")
-    fail_at_epoch: int = Field(-1, description="testing: raise once after this epoch's checkpoint (-1 = never)")
-    exit_at_step: int = Field(-1, description="testing: rank 0's process dies once after this global step (-1 = never)")
 
 
 # -- data and starting weights (shared with train_recognition) ---------------------------------------------

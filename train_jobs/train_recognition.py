@@ -30,27 +30,21 @@ from pydantic import Field
 from tqdm import tqdm
 
 from docray import paths
-from docray.config import Config, parse_args, save_config
+from docray.config import parse_args, save_config
 from docray.storage.blobs import write_file
 from train_jobs.common import (agree, all_gather, all_sum, epoch_batches, load_result_state, maybe_exit, maybe_fail,
                                report_epoch, restore, run_trainer, steps_per_epoch, unwrap_state, warmup_cosine,
                                worker_setup)
-from train_jobs.pretrain_recognition import documents_datasets, saved_state
+from train_jobs.pretrain_recognition import DocumentsJobConfig, documents_datasets, saved_state
 
 
-class RecognitionTrainConfig(Config):
+class RecognitionTrainConfig(DocumentsJobConfig):
     model: str = Field("unified_small", description="registered unified factory (unified_tiny|small|base)")
     model_overrides: dict = Field(default_factory=dict, description="e.g. {decoder_layers: 3}")
     catalogue: str | None = Field(None, description="task catalogue YAML (None: the packaged tasks.yaml)")
     tasks: list[str] | None = Field(None, description="train only these tasks (single-task baselines, or the "
                                                       "tasks a dataset labels)")
     text_encoder: str = Field("minilm", description="query-text encoder: minilm (packaged, frozen) | hash (tests)")
-    train: str = Field("", description="training documents: a Parquet folder or file, local or s3:// (documents "
-                                       "contract, docs/datasets.md); '' = the synthetic default")
-    val: str = Field("", description="validation documents, the same contract (give both train and val, or neither)")
-    n_train: int = Field(1600, ge=1, description="synthetic default: training documents")
-    n_val: int = Field(200, ge=1, description="synthetic default: validation documents")
-    seed: int = 0
     init_from: str = Field("", description="fine-tune a unified model: 'registry:<name>[@<version>]' or a saved "
                                            "folder; its tensors that fit this model are loaded ('' = encoder_from)")
     encoder_from: str = Field("recognition-encoder", description="registry name of the MAE encoder ('' = scratch; "
@@ -58,24 +52,11 @@ class RecognitionTrainConfig(Config):
     encoder_version: str = "latest"
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1, description="documents per batch per worker")
-    steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch on every worker (0: a "
-                                                      "pass over the worker's share of the training rows)")
-    time_budget_s: float = Field(0, ge=0, description="stop after this much training time (0 = none); one "
-                                                      "decision for all workers")
     lr: float = Field(1e-3, gt=0, description="AdamW peak rate for the new parts (cosine, 1 epoch warm-up)")
     encoder_lr: float = Field(5e-4, gt=0, description="peak rate for the pre-trained encoder")
-    weight_decay: float = 0.05
     frame_tasks_per_batch: int = Field(1, ge=1, description="multi-frame tasks per batch (each costs encoder passes)")
-    num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
-    worker_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per "
-                                               "worker, e.g. {node_a: 0.01}: train only on the nodes that have them")
-    use_gpu: bool | None = None
-    max_failures: int = Field(2, ge=0)
     out: str = Field(default_factory=lambda: paths.sub("runs", "train_recognition"), description="run folder")
     register_as: str = Field("recognition-unified", description="model registry name ('' = do not register)")
-    fail_at_epoch: int = Field(-1, description="testing: raise once after this epoch's checkpoint")
-    exit_at_step: int = Field(-1, description="testing: rank 0's process dies once after this global step (-1 = never)")
 
 
 def catalogue_of(c: RecognitionTrainConfig):

@@ -28,6 +28,7 @@ from cluster.models_build import build_command
 from cluster.submit import submit
 from docray import cli as lib
 from docray import paths
+from docray.config import tiny
 
 STACK = ["docray", "torch", "torchvision", "ray", "transformers", "diffusers", "timm", "faiss-cpu",
          "pyarrow", "pillow", "opencv-python-headless", "rapidocr", "onnxruntime", "sqlalchemy"]
@@ -144,6 +145,8 @@ def synth(kind: str, n: int, out: str | None, seed: int, start: int, rows_per_sh
 
     out = out or paths.sub("datasets", kind)
     options = _parse_opts(opts)
+    if tiny():  # DOCRAY_TINY=1: smoke-test size (docray/tiny.yaml's rule for the jobs)
+        n = min(n, 8)
     use_ray = n >= 2000 if use_ray is None else use_ray
     try:
         if use_ray:

@@ -10,12 +10,20 @@
 Precedence: code defaults < YAML file < overrides (`key.sub=value`, the value parsed as YAML).
 Unknown keys are an error (with the closest known key suggested), as are values of the wrong type.
 Jobs get all of this, plus a `--help` that lists every field, from `parse_args(ConfigCls)`.
+
+`DOCRAY_TINY=1` in the environment makes every job tiny: the config class's overrides in
+`docray/tiny.yaml` (smoke-test sizes: a few rows, one short epoch, the `*_tiny` models) are applied
+last, over the file and the command line. It is for checking that commands run (the docs' commands
+are tested this way), never for results.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -27,6 +35,27 @@ C = TypeVar("C", bound="Config")
 
 class ConfigError(ValueError):
     """A config file or override that does not fit its config class."""
+
+
+TINY_ENV = "DOCRAY_TINY"
+
+
+def tiny() -> bool:
+    """Whether `DOCRAY_TINY` asks every job to run at its smoke-test size."""
+    return os.environ.get(TINY_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+@functools.cache
+def _tiny_sizes() -> dict:
+    return yaml.safe_load((Path(__file__).parent / "tiny.yaml").read_text())
+
+
+def tiny_overrides(cls: type) -> dict:
+    """The smoke-test overrides of config class `cls` (docray/tiny.yaml; {} if it has none)."""
+    module = cls.__module__
+    if module == "__main__":  # `python -m train_jobs.x`: the module's real name
+        module = getattr(sys.modules["__main__"].__spec__, "name", module)
+    return _tiny_sizes().get(f"{module}:{cls.__qualname__}") or {}
 
 
 class Config(BaseModel):
@@ -77,6 +106,14 @@ def _value(raw: str) -> Any:
         return raw
 
 
+def _merge(data: dict, over: dict) -> dict:
+    """`data` with `over` laid on top, section by section."""
+    out = dict(data)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
     """Build `cls` from code defaults, then the YAML file at `path`, then `key=value` overrides."""
     data: dict = {}
@@ -96,6 +133,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key=value")
         _set_nested(data, key.strip(), _value(raw))
+    if tiny():
+        data = _merge(data, tiny_overrides(cls))
     try:
         return cls.model_validate(data)
     except ValidationError as e:
@@ -134,7 +173,9 @@ def parse_args(cls: type[C], argv: Sequence[str] | None = None, description: str
     """The standard command line of a job or app: `--config FILE` and `--set key=value ...`."""
     parser = argparse.ArgumentParser(
         description=description,
-        epilog="config keys (set in --config YAML or with --set key=value):\n" + "\n".join(describe(cls)),
+        epilog="config keys (set in --config YAML or with --set key=value):\n" + "\n".join(describe(cls))
+        + (f"\n\n{TINY_ENV}=1 (smoke tests, not results) sets last: {json.dumps(tiny_overrides(cls))}"
+           if tiny_overrides(cls) else ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with config values (unknown keys are an error)")

@@ -83,3 +83,23 @@ def test_parse_args_help_lists_fields(capsys):
         parse_args(Job, ["--set", "nope=1"])
     assert e.value.code == 2 and "unknown key 'nope'" in capsys.readouterr().err
     assert parse_args(Job, ["--set", "epochs=4"]).epochs == 4
+
+
+def test_tiny_sizes_fit_their_configs_and_apply_last(monkeypatch):
+    """DOCRAY_TINY=1: each entry of docray/tiny.yaml names a config class whose fields take its values
+    (a renamed field fails here), and they win over the command line."""
+    import importlib
+
+    from docray.config import _tiny_sizes, tiny_overrides
+    from train_jobs.train_regen import RegenTrainConfig
+
+    monkeypatch.setenv("DOCRAY_TINY", "1")
+    for key in _tiny_sizes():
+        module, name = key.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        required = [k for k, f in cls.model_fields.items() if f.is_required()]
+        load_config(cls, None, [f"{k}=x" for k in required])
+    cfg = load_config(RegenTrainConfig, None, ["max_epochs=30", "lr=0.01"])
+    assert cfg.max_epochs == tiny_overrides(RegenTrainConfig)["max_epochs"] == 1 and cfg.lr == 0.01
+    monkeypatch.setenv("DOCRAY_TINY", "0")
+    assert load_config(RegenTrainConfig, None, ["max_epochs=30"]).max_epochs == 30

@@ -63,7 +63,7 @@ def test_grid_job_runs_stage_5_and_reports_it(ray_cluster, tmp_path):
         "attack.identities.eval=4", "attack.identities.attacker=3", "attack.samples=4", "attack.max_impostor=1000",
         "attack.attacker.recognizer=recognizer_tiny", "attack.attacker.inpainter=inpaint_unet_tiny",
         "attack.attacker.epochs=1", "attack.attacker.inpaint_epochs=1", "attack.attacker.mask_bank=6",
-        "attack.batch_size=6", "attack.strips=2", "attack.strip_faces=2"])
+        "attack.batch_size=6", "attack.strips=2", "attack.strip_faces=2", "attack.defender_inpainter=true"])
     res = run(cfg)
     s = json.loads((out / "funnel.json").read_text())
     ids = s["stage5"]["identities"]
@@ -74,7 +74,7 @@ def test_grid_job_runs_stage_5_and_reports_it(ray_cluster, tmp_path):
     cands = pd.read_parquet(out / "candidates.parquet")
     finalists = cands[cands["worst_attacker_tar"].notna()]
     assert set(attacks["mask_no"]) == {-1, *finalists["mask_no"]} and len(finalists) >= 6  # both rules' finalists
-    assert {"blur", "mosaic"} <= set(attacks["protection"]) and {"telea", "biharmonic", "learned"} <= set(attacks["attack"])
+    assert {"blur", "mosaic"} <= set(attacks["protection"]) and {"telea", "biharmonic", "learned", "defender_inpainter"} <= set(attacks["attack"])
     assert cands["rule_top_k"].sum() == 6 and cands["rule_similar"].any()  # top 1 of each of the six bins
     fin = pd.read_parquet(out / "finalists.parquet")
     assert sorted(fin["mask_no"]) == sorted(finalists["mask_no"]) and fin["mask"].map(len).gt(0).all()

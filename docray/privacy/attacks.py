@@ -79,10 +79,11 @@ class MaskedOnly(Attack):
 
 
 class LearnedInpaint(Attack):
-    """The attacker's own learned inpainter (an `Inpainter`, eval mode), in chunks of `chunk` images."""
+    """The attacker's own learned inpainter (an `Inpainter`, eval mode), in chunks of `chunk` images
+    (a U-Net's activations grow with the chunk: 256 images of 64 x 64 take about 2 GB)."""
     name = "learned"
 
-    def __init__(self, model: nn.Module, chunk: int = 256):
+    def __init__(self, model: nn.Module, chunk: int = 64):
         self.model, self.chunk = model.eval(), chunk
 
     def fill(self, masked, mask):

@@ -132,7 +132,7 @@ def enrol_probe(labels: np.ndarray, n_enrol: int = 1) -> tuple[np.ndarray, np.nd
 
 
 @torch.inference_mode()
-def embed(model: nn.Module, x: torch.Tensor | np.ndarray, chunk: int = 256) -> np.ndarray:
+def embed(model: nn.Module, x: torch.Tensor | np.ndarray, chunk: int = 64) -> np.ndarray:
     """Images (n, 3, h, w) floats in [0, 1] (or uint8 (n, h, w, 3)) -> L2-normalised float32 (n, d)."""
     if isinstance(x, np.ndarray):
         x = to_tensor(x)

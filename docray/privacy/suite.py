@@ -196,6 +196,7 @@ class AttackEvaluator:
     blur_sigma: float = 0.0625
     mosaic_block: float = 0.125
     mask_from: str = "image"
+    chunk: int = 64  # images per inpainter call (memory)
     _whole: dict = field(default_factory=dict)
 
     @classmethod
@@ -234,8 +235,9 @@ class AttackEvaluator:
         if "masked" in self.defender:
             rec = self.defender["masked"]
             rows.append(self._row("defender", "masked", "mask", "none", "same", embed(rec, masked), None))
-            if "inpaint" in self.defender:
-                filled = self.defender["inpaint"](masked, m.expand(len(masked), -1, -1, -1))
+            if "inpaint" in self.defender:  # in chunks: a U-Net's activations over every eval image at once take GBs
+                inp, mk, c = self.defender["inpaint"], m.expand(len(masked), -1, -1, -1), self.chunk
+                filled = torch.cat([inp(masked[i:i + c], mk[i:i + c]) for i in range(0, len(masked), c)])
                 rows.append(self._row("defender", "masked", "mask", "defender_inpainter", "same", embed(rec, filled), None))
         rows.append(self._row("defender", "original", "mask", "none", "same", embed(self.defender["original"], masked), None))
         rec = self.attacker.recognizer

@@ -34,7 +34,8 @@ class BuildConfig(Config):
     input: str = Field("", description="Parquet file/folder of targets, or an image folder with metadata; '' -> synthetic")
     synth_n: int = Field(400, ge=0, description="synthetic pictures to draw when input is '' (targets among them are used)")
     seed: int = 0
-    root: str = Field("", description="library folder ('' -> DOCRAY_HOME/indexes/screening)")
+    root: str = Field("", description="library folder or s3:// URI ('' -> DOCRAY_HOME/indexes/screening); its versions "
+                      "are ordered by DOCRAY_DB_URL (required for a URI), else <root>/versions.db")
     descriptor: str = Field("registry:descriptor", description="folder, registry:NAME[@VERSION], or build:<factory>")
     templates: list[str] = Field(list(DEFAULT_TEMPLATES), description="cut templates RxC")
     tile_size: int = Field(64, description="tiles are stored at tile_size x tile_size")
@@ -47,8 +48,8 @@ class BuildConfig(Config):
     local_features: Literal["sift", "orb", "none"] = Field("sift", description="local features of each whole target "
                                                           "stored with a NEW library, for verification ('none': no "
                                                           "verification); an existing library keeps what it was built with")
-    fresh: bool = Field(False, description="start a new library at root; an existing one is moved aside to "
-                        "<root>.replaced-<UTC time> (nothing is deleted)")
+    fresh: bool = Field(False, description="start a new library at root; an existing one (files and database rows) "
+                        "is moved aside to <root>.replaced-<UTC time> (nothing is deleted)")
 
 
 def pinned(descriptor: str) -> str:
@@ -97,13 +98,11 @@ def run(cfg: BuildConfig) -> dict:
     from docray.screening.predictors import TileEmbedder, cut_targets
 
     t0 = time.perf_counter()
-    root = Path(cfg.root) if cfg.root else Library.default_root()
+    root = cfg.root or Library.default_root()  # a local folder or an s3:// URI
     descriptor = pinned(cfg.descriptor)
-    if cfg.fresh and root.exists():
-        aside = root.with_name(f"{root.name}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        root.rename(aside)
+    if cfg.fresh and (aside := Library.set_aside(root)):
         print(f"fresh=true: the library that was at {root} is now {aside}")
-    if (root / "manifest.json").exists():
+    if Library.exists(root):
         lib = Library.open(root)
         if lib.manifest["descriptor"] not in (cfg.descriptor, descriptor):
             raise ValueError(f"{root} was built with descriptor {lib.manifest['descriptor']!r}, not {descriptor!r}: "

@@ -11,18 +11,24 @@
 Two deployments: `Descriptor` (the tile descriptor, `@serve.batch` across requests, GPU when the
 replica has one) and `Screening` (regions, OCR, search, score normalisation with the descriptor's
 background bank, verdict, library writes); the gateway parses
-uploads and form fields (`serve_apps/gateway.py`). The
-index reloads without downtime: every request checks (at most once per `reload_interval_s`) the
-library manifest's version and, when it moved on, loads the new version beside the old one and
-swaps the reference; requests in flight finish on the version they started with. Writes (new
-targets, tiles learned by the second match) take the library's file lock and start from the
-latest version on disk. Every answer names the descriptor version it embedded with (`models`); a
-`registry:descriptor` source without a version is pinned to the newest when the app is built.
+uploads and form fields (`serve_apps/gateway.py`).
+
+The library is shared, versioned state (`docray.screening.library`): a local folder or an `s3://`
+URI (`library`), its versions ordered by a database (`db_url`, else `DOCRAY_DB_URL`; Postgres when
+replicas run on several nodes; a local folder's default is its own SQLite file). Replicas reload by
+version: at most once per `reload_interval_s` a request starts a check of the newest version in a
+worker thread and goes on with the version in use; a newer one is loaded beside it and swapped in
+(versions only add tiles, so a request that meets the swap part-way still finds its tiles).
+`GET /v1/screen/library` waits for that check. Writes (new targets, tiles learned by the second
+match) run in a worker thread: the append starts from the newest version and, when another replica
+or node published it first, loads that one and appends again (no lock is held while it works).
+Nothing blocks the event loop: OCR, search, loading and appending all run in worker threads. Every
+answer names the descriptor version it embedded with (`models`); a `registry:descriptor` source
+without a version is pinned to the newest when the app is built.
 """
 # no `from __future__ import annotations`: FastAPI must see the route annotations as real types
 
 import asyncio
-import json
 import logging
 import time
 
@@ -32,8 +38,9 @@ from pydantic import Field
 from ray import serve
 
 from docray.config import Config
-from docray.screening.library import Library, cut_target, write_lock
+from docray.screening.library import Library, cut_target
 from docray.screening.matching import Screener, ScreenConfig
+from docray.screening.versions import VersionStore
 from docray.storage.registry import ModelRegistry, parse_ref, ref
 from serve_apps.http import ApiError
 from serve_apps.observe import record_batch, set_batching
@@ -42,10 +49,14 @@ log = logging.getLogger("docray.screening")
 
 
 class ScreeningAppConfig(Config):
-    library: str = Field("", description="library folder ('' -> DOCRAY_HOME/indexes/screening)")
+    library: str = Field("", description="library folder or s3:// URI ('' -> DOCRAY_HOME/indexes/screening)")
+    db_url: str = Field("", description="the database ordering the library's versions ('' -> DOCRAY_DB_URL, else "
+                        "<library>/versions.db for a local folder; a URI library needs one every node reaches)")
+    cache_dir: str = Field("", description="local copies of an s3:// library's index folders ('' -> "
+                           "DOCRAY_LIBRARY_CACHE, else <temp>/docray-library-cache)")
     descriptor: str = Field("", description="'' -> the descriptor the library was built with")
     screen: ScreenConfig = ScreenConfig()
-    reload_interval_s: float = Field(2.0, description="how often the library manifest is checked")
+    reload_interval_s: float = Field(2.0, description="how often the library's newest version is checked")
     max_pictures: int = Field(16, description="pictures per request at most")
     max_batch_size: int = Field(64, description="regions per descriptor batch")
     batch_wait_timeout_s: float = Field(0.01, description="how long a descriptor batch waits to fill")
@@ -76,20 +87,27 @@ class Screening:
         self.descriptor = descriptor
         from docray.screening.embed import load_background
 
-        library = Library.open(self.root)
+        library = Library.open(self.root, db_url=self.cfg.db_url or None, cache_dir=self.cfg.cache_dir or None)
+        library.versions.check_writable()  # this app writes (targets, learned tiles): fail now, not on the first write
         source = pin_descriptor(self.cfg.descriptor or library.manifest["descriptor"])
         self.models = {"descriptor": _descriptor_version(source)}  # in every answer
         self.screener = Screener(library, None, self.cfg.screen, background=load_background(source))
         self._checked = time.monotonic()
+        self._refresh: asyncio.Future | None = None  # a check for a newer version, in a worker thread
 
-    async def _fresh(self) -> None:
-        """Swap in a newer library version if the manifest moved on (no downtime: load, then swap)."""
+    async def _fresh(self, wait: bool = False) -> None:
+        """At most once per reload_interval_s, check for a newer library version in a worker thread (load
+        it beside the one in use, then swap: `Library.refresh`); `wait`: until that check is done."""
         now = time.monotonic()
-        if now - self._checked < self.cfg.reload_interval_s:
-            return
-        self._checked = now
-        if Library.current_version(self.root) > self.screener.library.version:
-            self.screener.library = await asyncio.to_thread(Library.open, self.root)
+        if (self._refresh is None or self._refresh.done()) and now - self._checked >= self.cfg.reload_interval_s:
+            self._checked = now
+            self._refresh = asyncio.ensure_future(asyncio.to_thread(self.screener.library.refresh))
+            self._refresh.add_done_callback(_log_failed_refresh)
+        if wait and self._refresh is not None:
+            try:
+                await asyncio.shield(self._refresh)
+            except Exception:  # logged by _log_failed_refresh; the version in use answers
+                pass
 
     async def _embed(self, crops: list[Image.Image]) -> np.ndarray:
         size = self.screener.library.manifest["tile_size"]
@@ -101,7 +119,7 @@ class Screening:
                 "models": self.models}
 
     async def library_info(self) -> dict:
-        await self._fresh()
+        await self._fresh(wait=True)
         lib = self.screener.library
         return {"version": lib.version, "tiles": len(lib), "index": lib.index.current_kind, "descriptor": lib.manifest["descriptor"],
                 "models": self.models}
@@ -112,20 +130,9 @@ class Screening:
         screener = self.screener
         regions = await asyncio.to_thread(screener.regions, images)  # OCR: off the event loop
         vectors = await self._embed([r.crop for r in regions])
-        if not screener.cfg.learn:
-            return {**(await self._match(screener, regions, vectors, images, day, cut)), "models": self.models}
-        with write_lock(self.root):  # the second match may add tiles: one writer, from the latest version
-            if Library.current_version(self.root) > screener.library.version:
-                screener.library = await asyncio.to_thread(Library.open, self.root)
-            # in this thread: a file lock held across a thread hop would block the next writer's event loop
-            return {**screener.match(regions, vectors, len(images), day, cut, pictures=images), "models": self.models}
-
-    @staticmethod
-    async def _match(screener, regions, vectors, images, day, cut) -> dict:
-        """Search and decide; with verification on, local features of the pictures (off the event loop)."""
-        if screener.cfg.verify.enabled:
-            return await asyncio.to_thread(screener.match, regions, vectors, len(images), day, cut, pictures=images)
-        return screener.match(regions, vectors, len(images), day, cut)
+        # search, verification and (learn) the append of the second match's tiles: in a worker thread
+        verdict = await asyncio.to_thread(screener.match, regions, vectors, len(images), day, cut, pictures=images)
+        return {**verdict, "models": self.models}
 
     async def add_target(self, image: Image.Image, day, source_id: str, target_id: str | None) -> dict:
         lib = self.screener.library
@@ -135,24 +142,24 @@ class Screening:
         if not batch.tiles:
             raise ApiError(422, "no_tiles", "the picture is flat: no tile carries enough detail to match")
         vectors = await self._embed(batch.tiles)
-        with write_lock(self.root):
-            if Library.current_version(self.root) > lib.version:
-                lib = await asyncio.to_thread(Library.open, self.root)
-            res = lib.append(batch, vectors, min_similarity=self.cfg.screen.dedup_similarity)
-        self.screener.library = lib
+        # from the newest version, published through the database (a racing writer: reload and append again)
+        res = await asyncio.to_thread(lib.append, batch, vectors, min_similarity=self.cfg.screen.dedup_similarity)
         return {"tiles_added": res["added"], "duplicates_skipped": res["skipped"], "library_version": res["version"],
                 "library_tiles": res["n_tiles"], "models": self.models}
 
 
+def _log_failed_refresh(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("library reload failed (kept the version in use): %r", fut.exception())
+
+
 def backend(cfg: ScreeningAppConfig) -> serve.Application:
     """The bound `Screening` deployment (with its `Descriptor`) for the gateway."""
-    root = cfg.library or str(Library.default_root())
+    root = cfg.library or Library.default_root()
     source = cfg.descriptor
     if not source:
-        try:
-            source = json.load(open(f"{root}/manifest.json"))["descriptor"]
-        except FileNotFoundError:
-            source = "registry:descriptor"
+        manifest = VersionStore(root, cfg.db_url or None).manifest()
+        source = manifest["descriptor"] if manifest else "registry:descriptor"
     source = pin_descriptor(source)
     desc = Descriptor.bind(source, cfg.max_batch_size, cfg.batch_wait_timeout_s)
     return Screening.bind(desc, cfg.model_copy(update={"descriptor": source}).model_dump())

@@ -1,38 +1,64 @@
 """The cut-out library: tiles with attributes (Parquet) + their vectors (a `TileIndex`), versioned.
 
-Layout under `root` (default `$DOCRAY_HOME/indexes/screening`):
+The root (default `$DOCRAY_HOME/indexes/screening`) is a local folder or an `s3://` URI; every file
+is written and read through `docray.storage.blobs` (fsspec). Layout:
 
-    manifest.json              the current version (a copy of manifests/vNNNN.json, replaced atomically)
-    manifests/v0001.json       one per version: shards, tile count, index folder, descriptor, tile size
-    tiles/tiles-v0001.parquet  tiles added by version 1 (tile_id, tile PNG, attributes, hashes)
-    index/v0001/               the TileIndex after version 1 (index.faiss, attrs.npz, index.json)
-    features/features-v0001.parquet   local features of the targets version 1 added (target_id,
-                               keypoints + descriptors: `docray.screening.verify`), for verification
+    tiles/tiles-v0002-<tag>.parquet   tiles added by version 2 (tile_id, tile PNG, attributes, hashes)
+    index/v0002-<tag>/                the TileIndex after version 2 (index.faiss, attrs.npz, index.json)
+    features/features-v0002-<tag>.parquet   local features of the targets version 2 added (target_id,
+                                      keypoints + descriptors: `docray.screening.verify`), for verification
+    manifests/v0002.json              version 2: its shards, tile count, index folder, descriptor, tile size
+    manifest.json                     a copy of the newest manifest (for tools and readers without a database)
+    versions.db                       a local library's default database (below)
+
+`<tag>` is drawn by each writer, so two writers staging the same version never share a file; a
+library built before this (`tiles-v0001.parquet`, `index/v0001`) opens as it is.
+
+Versions are ordered by a database (`docray.screening.versions`: the table `library_versions`, one row
+per version holding its manifest; `DOCRAY_DB_URL`, Postgres in production, else `<root>/versions.db`
+for a local folder). `append` de-duplicates the new tiles (exact hash or descriptor similarity, with
+equal attributes, within the batch and against the library), adds them to a COPY of the index (no
+rebuild; readers go on searching the original), writes one new tile shard, features shard and index
+folder, then publishes the version by INSERTing its row. Another writer that published that version
+first makes the INSERT fail: the loser deletes its files, loads the newest version and appends again
+on top of it (optimistic concurrency; why not a lease: `docray.screening.versions`). So versions are
+1, 2, 3, ... with no gap and no duplicate, and every append lands whole in exactly one of them.
+Nothing is locked while an append works; old shards are never rewritten. Readers (`Library.open`,
+`refresh`, the Serve app) follow the database's newest row (a library without rows: its
+`manifest.json`), so they see a version whole or not at all. One `Library` object serialises its own
+appends and refreshes (a thread lock, taken in worker threads, never on an event loop).
+
+In object storage, faiss reads an index folder from a local copy: `Library.open(cache_dir=...)`
+(default `$DOCRAY_LIBRARY_CACHE`, else `<temp>/docray-library-cache`) holds the folders of the two
+newest versions, keyed by the folder's name (version and tag, never reused), each renamed into place
+whole; the bucket stays the source of truth.
 
 A library created before local features were stored has no `features` in its manifest: matching
 then cannot verify (the verdict says so) until it is rebuilt (`fresh=true`).
 
 Tile ids are row numbers of the shards in order, and the index's ids: inside one version they
 ascend with release day (`docray.screening.index`, "Id layout").
-
-`append` never rewrites old shards: it de-duplicates the new tiles (exact hash or descriptor
-similarity, with equal attributes, within the batch and against the library), adds them to the index (no rebuild), writes
-one new shard and index folder, then the manifest. Readers (`Library.open`, the Serve app) only
-follow `manifest.json`, so they see a version whole or not at all. One writer at a time.
 Release times are integer DAYS since 1970-01-01 (`to_day` converts dates, timestamps, strings).
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import hashlib
 import io
 import json
 import os
+import random
+import re
+import secrets
 import shutil
 import tempfile
-from contextlib import contextmanager
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,6 +69,8 @@ from docray.screening.dedup import dedup, detail, exact_hash, phash
 from docray.screening.index import TileIndex
 from docray.screening.templates import DEFAULT_TEMPLATES, WILD, cut, cut_code, scale_tile
 from docray.screening.verify import Features, FeatureSpec, extract, pack, unpack
+from docray.screening.versions import DB_FILE, VersionStore, VersionTaken, normalise_root
+from docray.storage import blobs
 
 TILE_SCHEMA = pa.schema([
     ("tile_id", pa.int64()), ("tile", pa.binary()), ("target_id", pa.string()), ("source_id", pa.string()),
@@ -137,66 +165,121 @@ def wild_tile(img: Image.Image, source_id: str, release_day: int, tile_size: int
                                                          release_day=int(release_day), origin="wild")])
 
 
-@contextmanager
-def write_lock(root: str | Path):
-    """An exclusive lock on the library folder (one writer at a time across processes on one host/NFS)."""
-    import fcntl
+def default_cache_dir() -> str:
+    """Where local copies of index folders of libraries in object storage go: `$DOCRAY_LIBRARY_CACHE`,
+    else `<temp>/docray-library-cache` (a node's temporary files; never the source of truth)."""
+    return os.environ.get("DOCRAY_LIBRARY_CACHE") or os.path.join(tempfile.gettempdir(), "docray-library-cache")
 
-    Path(root).mkdir(parents=True, exist_ok=True)
-    with open(Path(root) / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+
+def _version_of(name: str) -> int | None:
+    """The version in a shard or index folder name (`tiles-v0003-ab12cd34.parquet`, `v0003`), else None."""
+    m = _VERSION.search(name.rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
+
+
+_VERSION = re.compile(r"(?:^|-)v(\d+)")
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _read_parquet(url: str, columns: list[str]) -> pa.Table:
+    fs, path = blobs.filesystem(url)
+    return pq.read_table(url, columns=columns) if blobs.is_local(fs) else pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def _clone(index: TileIndex) -> TileIndex:
+    """A copy to add to while readers search the original (faiss is not safe to add to under a search)."""
+    new = copy.copy(index)
+    new.index = faiss.clone_index(index.index)
+    new._gpu = new._segments = None
+    return new
+
+
+@dataclass
+class _Staged:
+    """One append's new version, its files written under names no other writer uses, not yet published."""
+
+    manifest: dict
+    table: pa.Table                   # the new tile rows
+    index: TileIndex                  # the index with them added (a copy)
+    files: list[str]                  # the new files' URLs (tile shard, features shard, index folder)
+    local_index: str | None           # object storage: the saved index folder, to become the cache entry
+    features: dict[str, str]          # target_id -> features shard of the targets it adds
+    keys: set[str]                    # the dedup keys of the new rows
 
 
 class Library:
-    def __init__(self, root: str | Path, manifest: dict, meta: pa.Table, index: TileIndex):
-        self.root, self.manifest, self.meta, self.index = Path(root), manifest, meta, index
+    """A version of the library at `root` (a local folder or an `s3://` URI), in memory; see the module docstring."""
+
+    def __init__(self, root: str | Path, *, db_url: str | None = None, cache_dir: str | None = None):
+        self.root = normalise_root(root)
+        self.versions = VersionStore(self.root, db_url)
+        self.cache_dir = cache_dir or default_cache_dir()
+        self._mutex = threading.RLock()  # one append or refresh at a time in this process (worker threads, never an event loop)
+        self.manifest: dict = {}
+        self.meta = TILE_SCHEMA.empty_table().select(META_COLUMNS)
+        self.index: TileIndex | None = None
+        self._keys: set[str] = set()  # hash:cut_code:release_day of every tile (exact duplicates)
         self._feature_shard: dict[str, str] = {}  # target_id -> features shard (read on demand)
+        self._shard_of_version: dict[int, str] = {}
         self._feature_cache: dict[str, dict[str, bytes]] = {}
-        for shard in (manifest.get("features") or {}).get("shards", []):
-            ids = pq.read_table(self.root / shard, columns=["target_id"]).column("target_id").to_pylist()
-            self._feature_shard.update((t, shard) for t in ids)
-        self._keys = {f"{h}:{c}:{d}" for h, c, d in zip(meta.column("hash").to_pylist(), meta.column("cut_code").to_pylist(),
-                                                         meta.column("release_day").to_pylist())}
 
     # -- open / create ------------------------------------------------------------------------
     @staticmethod
-    def default_root() -> Path:
-        return Path(paths.sub("indexes", "screening"))
+    def default_root() -> str:
+        return paths.sub("indexes", "screening")
 
     @staticmethod
-    def current_version(root: str | Path) -> int:
-        """The version `manifest.json` names (0 when there is no library yet); cheap, for reload checks."""
-        p = Path(root) / "manifest.json"
-        return json.loads(p.read_text())["version"] if p.exists() else 0
+    def current_version(root: str | Path, db_url: str | None = None) -> int:
+        """The newest version (0 when there is no library yet): the database's, else `manifest.json`'s; cheap, for reload checks."""
+        return VersionStore(root, db_url).newest()
+
+    @staticmethod
+    def exists(root: str | Path, db_url: str | None = None) -> bool:
+        return Library.current_version(root, db_url) > 0
 
     @classmethod
     def create(cls, root: str | Path, *, dim: int, tile_size: int, descriptor: str, index_opts: dict | None = None,
-               templates=DEFAULT_TEMPLATES, features: FeatureSpec | None = FeatureSpec()) -> "Library":
-        """An empty library; `features` (None: none) is how its targets' local features are described."""
-        root = Path(root)
-        if (root / "manifest.json").exists():
-            raise FileExistsError(f"{root} already holds a library (open it, or choose another root)")
-        manifest = dict(version=0, n_tiles=0, dim=int(dim), tile_size=int(tile_size), descriptor=descriptor,
-                        templates=list(templates), index_opts=index_opts or {}, shards=[], index=None,
-                        features=None if features is None else dict(spec=features.model_dump(), shards=[]))
-        return cls(root, manifest, TILE_SCHEMA.empty_table().select(META_COLUMNS), TileIndex(dim, **(index_opts or {})))
+               templates=DEFAULT_TEMPLATES, features: FeatureSpec | None = FeatureSpec(), db_url: str | None = None,
+               cache_dir: str | None = None) -> "Library":
+        """An empty library (version 0, nothing written until the first append); `features` (None: none) is
+        how its targets' local features are described."""
+        lib = cls(root, db_url=db_url, cache_dir=cache_dir)
+        if lib.versions.newest() > 0:
+            raise FileExistsError(f"{lib.root} already holds a library (open it, or choose another root)")
+        lib.manifest = dict(version=0, n_tiles=0, dim=int(dim), tile_size=int(tile_size), descriptor=descriptor,
+                            templates=list(templates), index_opts=index_opts or {}, shards=[], index=None,
+                            features=None if features is None else dict(spec=features.model_dump(), shards=[]))
+        lib.index = TileIndex(dim, **(index_opts or {}))
+        return lib
 
     @classmethod
-    def open(cls, root: str | Path | None = None) -> "Library":
-        root = Path(root or cls.default_root())
-        if not (root / "manifest.json").exists():
-            raise FileNotFoundError(f"no screening library at {root} (build one: python -m data_jobs.screening_library)")
-        manifest = json.loads((root / "manifest.json").read_text())
-        metas = [pq.read_table(root / s, columns=META_COLUMNS) for s in manifest["shards"]]
-        meta = pa.concat_tables(metas) if metas else TILE_SCHEMA.empty_table().select(META_COLUMNS)
-        index = TileIndex.load(root / manifest["index"]) if manifest["index"] else TileIndex(manifest["dim"], **manifest["index_opts"])
-        if index.ntotal != meta.num_rows:
-            raise ValueError(f"{root}: index has {index.ntotal} vectors but the tile shards {meta.num_rows} rows")
-        return cls(root, manifest, meta, index)
+    def open(cls, root: str | Path | None = None, *, db_url: str | None = None, cache_dir: str | None = None) -> "Library":
+        """The newest version of the library at `root` (default `$DOCRAY_HOME/indexes/screening`)."""
+        lib = cls(root or cls.default_root(), db_url=db_url, cache_dir=cache_dir)
+        manifest = lib.versions.manifest()
+        if manifest is None:
+            raise FileNotFoundError(f"no screening library at {lib.root} (build one: python -m data_jobs.screening_library)")
+        lib._load_version(manifest)
+        return lib
+
+    @staticmethod
+    def set_aside(root: str | Path, db_url: str | None = None) -> str | None:
+        """Move the library at `root` (its files and its database rows) to `<root>.replaced-<UTC time>`;
+        returns that root, or None when there was nothing at `root`. Nothing is deleted."""
+        store = VersionStore(root, db_url)
+        fs, path = blobs.filesystem(store.root)
+        if not fs.exists(path):
+            return None
+        aside = f"{store.root}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        in_folder = store.url == f"sqlite:///{paths.join(store.root, DB_FILE)}"  # the default database moves with the files
+        fs.mv(path, blobs.filesystem(aside)[1], recursive=True)
+        (VersionStore(store.root, f"sqlite:///{paths.join(aside, DB_FILE)}") if in_folder else store).rename(aside)
+        return aside
 
     @property
     def version(self) -> int:
@@ -205,52 +288,230 @@ class Library:
     def __len__(self) -> int:
         return self.meta.num_rows
 
+    # -- loading a version (beside the one in use, then swapped in) ------------------------------
+    def refresh(self) -> bool:
+        """Load the newest version if the library moved on (another writer, another node); True if it did.
+        Readers keep searching the old one meanwhile; see `_set_state` for the swap."""
+        with self._mutex:
+            manifest = self.versions.manifest() if self.versions.newest() > self.version else None
+            if manifest is None or int(manifest["version"]) <= self.version:
+                return False
+            self._check_same_library(manifest)
+            self._load_version(manifest)
+            return True
+
+    def _check_same_library(self, manifest: dict) -> None:
+        """A newer version must describe tiles the way this one does (a racing `create` of another kind)."""
+        if not self.manifest:
+            return
+        for key in ("dim", "tile_size", "descriptor"):
+            if manifest[key] != self.manifest[key]:
+                raise ValueError(f"{self.root}: version {manifest['version']} has {key} {manifest[key]!r}, this library "
+                                 f"{self.manifest[key]!r}: another library was written at this root")
+        if (manifest.get("features") or {}).get("spec") != (self.manifest.get("features") or {}).get("spec"):
+            raise ValueError(f"{self.root}: version {manifest['version']} stores other local features than this library")
+
+    def _load_version(self, manifest: dict) -> None:
+        """Make `manifest`'s version the current one: reads only the shards this object does not hold yet."""
+        old = self.manifest.get("shards", []) if self.index is not None else []
+        grows = manifest["shards"][:len(old)] == old
+        new_shards = manifest["shards"][len(old):] if grows else manifest["shards"]
+        base = self.meta if grows else TILE_SCHEMA.empty_table().select(META_COLUMNS)
+        added = [_read_parquet(self._url(s), META_COLUMNS) for s in new_shards]
+        meta = pa.concat_tables([base, *added]) if added else base
+        keys = (set(self._keys) if grows else set()) | (_keys(pa.concat_tables(added)) if added else set())
+        feature_shard = dict(self._feature_shard) if grows else {}
+        known = set(feature_shard.values())
+        for shard in (manifest.get("features") or {}).get("shards", []):
+            if shard not in known:
+                ids = _read_parquet(self._url(shard), ["target_id"]).column("target_id").to_pylist()
+                feature_shard.update((t, shard) for t in ids)
+        index = self._load_index(manifest["index"]) if manifest["index"] else TileIndex(manifest["dim"], **manifest["index_opts"])
+        if index.ntotal != meta.num_rows:
+            raise ValueError(f"{self.root}: index has {index.ntotal} vectors but the tile shards {meta.num_rows} rows")
+        self._set_state(manifest, meta, index, feature_shard, keys)
+        self._prune_cache()
+
+    def _set_state(self, manifest: dict, meta: pa.Table, index: TileIndex, feature_shard: dict, keys: set) -> None:
+        """Swap a version in, one reference at a time, the index last: a reader between two assignments
+        meets rows and features at least as new as the index it searches (versions only add tiles, so
+        the ids an older index returns are rows of a newer version too)."""
+        self._keys = keys
+        self._shard_of_version = {_version_of(s): s for s in manifest["shards"]}
+        self._feature_shard = feature_shard
+        self.meta = meta
+        self.manifest = manifest
+        self.index = index
+
+    def _url(self, rel: str) -> str:
+        return paths.join(self.root, *rel.split("/"))
+
+    # -- index folders: on local disk as they are, from object storage through a local cache --
+    def _cache_root(self) -> str:
+        return os.path.join(self.cache_dir, hashlib.sha1(self.root.encode()).hexdigest()[:16])
+
+    def _cache_entry(self, index_dir: str) -> str:
+        return os.path.join(self._cache_root(), index_dir.replace("/", "__"))
+
+    def _load_index(self, index_dir: str) -> TileIndex:
+        if not paths.is_uri(self.root):
+            return TileIndex.load(self._url(index_dir))
+        entry = self._cache_entry(index_dir)
+        for attempt in range(2):
+            if not os.path.isdir(entry):  # a cache entry appears whole (renamed from a finished download) or not at all
+                os.makedirs(self._cache_root(), exist_ok=True)
+                tmp = tempfile.mkdtemp(dir=self._cache_root(), prefix=".download-")
+                fs, path = blobs.filesystem(self._url(index_dir))
+                for name in ("index.json", "index.faiss", "attrs.npz"):
+                    fs.get_file(f"{path}/{name}", os.path.join(tmp, name))
+                self._into_cache(tmp, entry)
+            try:
+                return TileIndex.load(entry)
+            except (FileNotFoundError, RuntimeError):  # pruned by another process on this node meanwhile: fetch again
+                if attempt:
+                    raise
+                shutil.rmtree(entry, ignore_errors=True)
+
+    @staticmethod
+    def _into_cache(folder: str, entry: str) -> None:
+        try:
+            os.rename(folder, entry)
+        except OSError:  # another process of this node cached the same version first
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _prune_cache(self, keep: int = 2) -> None:
+        """Cached index folders of this library older than the newest `keep` versions go."""
+        if not paths.is_uri(self.root) or not os.path.isdir(self._cache_root()):
+            return
+        for name in os.listdir(self._cache_root()):
+            v = _version_of(name.split("__")[-1])
+            if not name.startswith(".") and v is not None and v <= self.version - keep:
+                shutil.rmtree(os.path.join(self._cache_root(), name), ignore_errors=True)
+
     # -- update -------------------------------------------------------------------------------
     def append(self, batch: TileBatch, vectors: np.ndarray, *, min_similarity: float = 0.95,
-               keep_index_versions: int = 2) -> dict:
-        """De-duplicate, add to the index, write a shard + index + manifest. Returns counts and version."""
+               keep_index_versions: int = 2, max_tries: int = 8) -> dict:
+        """De-duplicate against the newest version, add to (a copy of) the index, write a shard + index,
+        publish the version. Another writer publishing first: load its version and do it again on top
+        (`max_tries` times). Returns counts and version."""
         vectors = np.asarray(vectors, np.float32)
         if len(vectors) != len(batch.rows):
             raise ValueError(f"{len(batch.rows)} tiles but {len(vectors)} vectors")
         hashes = [exact_hash(t) for t in batch.tiles]
+        with self._mutex:
+            self.versions.check_writable()
+            for attempt in range(max_tries):
+                self.refresh()
+                staged = self._stage(batch, hashes, vectors, min_similarity)
+                if staged is None:
+                    return {"added": 0, "skipped": len(batch.rows), "version": self.version, "n_tiles": len(self)}
+                try:
+                    self.versions.publish(staged.manifest)
+                    break
+                except VersionTaken:
+                    self._discard(staged)
+                    time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # let the winner's manifest land
+            else:
+                raise RuntimeError(f"{self.root}: other writers published {max_tries} times while this append "
+                                   "was staged; nothing of it was stored, try again")
+            meta = pa.concat_tables([self.meta, staged.table.select(META_COLUMNS)])
+            if staged.local_index is not None:
+                self._into_cache(staged.local_index, self._cache_entry(staged.manifest["index"]))
+            self._set_state(staged.manifest, meta, staged.index, {**self._feature_shard, **staged.features},
+                            self._keys | staged.keys)
+            self._write_manifest_files(staged.manifest)
+            self._prune(keep_index_versions)
+            self._prune_cache()
+            added = staged.table.num_rows
+            return {"added": added, "skipped": len(batch.rows) - added, "version": self.version, "n_tiles": len(self)}
+
+    def _stage(self, batch: TileBatch, hashes: list[str], vectors: np.ndarray, min_similarity: float) -> _Staged | None:
+        """The next version's rows, index and files (written under this writer's own names); None when
+        every tile is a duplicate."""
         keep = self._new_tiles(batch, hashes, vectors, min_similarity)
         if len(keep) == 0:
-            return {"added": 0, "skipped": len(batch.rows), "version": self.version, "n_tiles": len(self)}
-        version = self.version + 1
-        start = len(self)
+            return None
+        version, start = self.version + 1, len(self)
         # tile ids = index ids, which ascend with release day inside a version (the index's id layout:
         # a release window is a few id ranges); ordering the rows here keeps row number = tile id
         keep = keep[np.argsort([batch.rows[i]["release_day"] for i in keep], kind="stable")]
         rows = [dict(batch.rows[i], tile_id=start + j, tile=png(batch.tiles[i]), hash=hashes[i],
                      phash=phash(batch.tiles[i]), version=version) for j, i in enumerate(keep)]
         table = pa.Table.from_pylist(rows, schema=TILE_SCHEMA)
-        ids = self.index.add(vectors[keep], table.column("release_day").to_numpy(), table.column("cut_code").to_numpy())
+        index = _clone(self.index)  # readers go on searching self.index
+        ids = index.add(vectors[keep], table.column("release_day").to_numpy(), table.column("cut_code").to_numpy())
         assert (ids == table.column("tile_id").to_numpy()).all(), "tile ids and index ids disagree"
-        shard = f"tiles/tiles-v{version:04d}.parquet"
-        (self.root / "tiles").mkdir(parents=True, exist_ok=True)
-        tmp = self.root / "tiles" / f".{version}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.root / shard)
-        index_dir = f"index/v{version:04d}"
-        self.index.save(self.root / index_dir)
-        manifest = dict(self.manifest, version=version, n_tiles=start + len(rows), shards=self.manifest["shards"] + [shard],
-                        index=index_dir, updated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-        new_features = {t: f for t, f in batch.features.items() if t not in self._feature_shard}
-        if self.feature_spec is not None and new_features:
-            fshard = f"features/features-v{version:04d}.parquet"
-            (self.root / "features").mkdir(parents=True, exist_ok=True)
-            ftmp = self.root / "features" / f".{version}.tmp"
-            pq.write_table(pa.Table.from_pylist([dict(target_id=t, features=f, version=version) for t, f in new_features.items()],
-                                                schema=FEATURE_SCHEMA), ftmp)
-            os.replace(ftmp, self.root / fshard)
-            manifest["features"] = dict(manifest["features"], shards=manifest["features"]["shards"] + [fshard])
-            self._feature_shard.update((t, fshard) for t in new_features)
-        self._write_manifest(manifest)
-        self.manifest = manifest
-        self.meta = pa.concat_tables([self.meta, table.select(META_COLUMNS)])
-        self._keys.update(f"{hashes[i]}:{batch.rows[i]['cut_code']}:{batch.rows[i]['release_day']}" for i in keep)
-        self._prune(keep_index_versions)
-        return {"added": len(rows), "skipped": len(batch.rows) - len(rows), "version": version, "n_tiles": len(self)}
+        tag = f"v{version:04d}-{secrets.token_hex(4)}"  # racing writers of one version never share a file
+        shard, index_dir = f"tiles/tiles-{tag}.parquet", f"index/{tag}"
+        staged = _Staged(dict(self.manifest, version=version, n_tiles=start + len(rows), shards=self.manifest["shards"] + [shard],
+                              index=index_dir, updated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")),
+                         table, index, [self._url(shard), self._url(index_dir)], None, {},
+                         {f"{hashes[i]}:{batch.rows[i]['cut_code']}:{batch.rows[i]['release_day']}" for i in keep})
+        try:
+            blobs.write_file(self._url(shard), _parquet(table))
+            staged.local_index = self._save_index(index, index_dir)
+            new_features = {t: f for t, f in batch.features.items() if t not in self._feature_shard}
+            if self.feature_spec is not None and new_features:
+                fshard = f"features/features-{tag}.parquet"
+                staged.files.append(self._url(fshard))
+                blobs.write_file(self._url(fshard), _parquet(pa.Table.from_pylist(
+                    [dict(target_id=t, features=f, version=version) for t, f in new_features.items()], schema=FEATURE_SCHEMA)))
+                staged.manifest["features"] = dict(self.manifest["features"], shards=self.manifest["features"]["shards"] + [fshard])
+                staged.features = {t: fshard for t in new_features}
+        except BaseException:
+            self._discard(staged)
+            raise
+        return staged
+
+    def _save_index(self, index: TileIndex, index_dir: str) -> str | None:
+        """Write the index folder; in object storage, from a local folder kept (returned) as the cache entry."""
+        if not paths.is_uri(self.root):
+            index.save(self._url(index_dir))
+            return None
+        os.makedirs(self._cache_root(), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=self._cache_root(), prefix=".staging-")
+        index.save(tmp)
+        fs, path = blobs.filesystem(self._url(index_dir))
+        for name in sorted(os.listdir(tmp)):
+            fs.put_file(os.path.join(tmp, name), f"{path}/{name}")
+        return tmp
+
+    def _discard(self, staged: _Staged) -> None:
+        """Delete a version that was not published (best effort: nothing refers to these files)."""
+        if staged.local_index is not None:
+            shutil.rmtree(staged.local_index, ignore_errors=True)
+        for url in staged.files:
+            fs, path = blobs.filesystem(url)
+            try:
+                fs.rm(path, recursive=True)
+            except (FileNotFoundError, OSError):
+                pass
+
+    def _write_manifest_files(self, manifest: dict) -> None:
+        """`manifests/vNNNN.json` and `manifest.json`: copies of the published row, for tools without the
+        database and for libraries read without one. A writer that lands after a newer version's rewrites
+        `manifest.json` with the newest (it may lag for a moment; it never stays behind)."""
+        text = json.dumps(manifest, indent=2).encode()
+        blobs.write_file(self._url(f"manifests/v{manifest['version']:04d}.json"), text)
+        blobs.write_file(self._url("manifest.json"), text)
+        newer = self.versions.manifest() if self.versions.db_version() > manifest["version"] else None
+        if newer is not None:
+            blobs.write_file(self._url("manifest.json"), json.dumps(newer, indent=2).encode())
+
+    def _prune(self, keep: int) -> None:
+        """Delete index folders older than the last `keep` versions (a reader may still load the previous one)."""
+        fs, path = blobs.filesystem(self._url("index"))
+        try:
+            folders = fs.ls(path, detail=False, refresh=True)
+        except FileNotFoundError:
+            return
+        for folder in folders:
+            v = _version_of(folder.rstrip("/"))
+            if v is not None and v <= self.version - keep:
+                try:
+                    fs.rm(folder, recursive=True)
+                except (FileNotFoundError, OSError):
+                    pass
 
     def _new_tiles(self, batch: TileBatch, hashes: list[str], vectors: np.ndarray, min_similarity: float) -> np.ndarray:
         """Rows that are not duplicates: same content (exact hash, or cosine >= min_similarity) AND the same
@@ -272,21 +533,6 @@ class Library:
             keep = keep[~dup]
         return keep
 
-    def _write_manifest(self, manifest: dict) -> None:
-        (self.root / "manifests").mkdir(parents=True, exist_ok=True)
-        text = json.dumps(manifest, indent=2)
-        (self.root / "manifests" / f"v{manifest['version']:04d}.json").write_text(text)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, self.root / "manifest.json")
-
-    def _prune(self, keep: int) -> None:
-        """Delete index folders older than the last `keep` versions (a reader may still load the previous one)."""
-        folders = sorted((self.root / "index").glob("v*"))
-        for old in folders[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
     # -- reading ------------------------------------------------------------------------------
     @property
     def feature_spec(self) -> FeatureSpec | None:
@@ -306,7 +552,7 @@ class Library:
         if shard not in self._feature_cache:
             if len(self._feature_cache) >= 8:  # a few shards in memory
                 self._feature_cache.pop(next(iter(self._feature_cache)))
-            t = pq.read_table(self.root / shard, columns=["target_id", "features"])
+            t = _read_parquet(self._url(shard), ["target_id", "features"])
             self._feature_cache[shard] = dict(zip(t.column("target_id").to_pylist(), t.column("features").to_pylist()))
         return unpack(self._feature_cache[shard][target_id])
 
@@ -317,6 +563,11 @@ class Library:
 
     def tile_image(self, tile_id: int) -> Image.Image:
         version = int(self.meta.column("version")[int(tile_id)].as_py())
-        t = pq.read_table(self.root / f"tiles/tiles-v{version:04d}.parquet", columns=["tile_id", "tile"])
+        t = _read_parquet(self._url(self._shard_of_version[version]), ["tile_id", "tile"])
         ids = t.column("tile_id").to_numpy()
         return Image.open(io.BytesIO(t.column("tile")[int(np.flatnonzero(ids == tile_id)[0])].as_py())).convert("RGB")
+
+
+def _keys(meta: pa.Table) -> set[str]:
+    return {f"{h}:{c}:{d}" for h, c, d in zip(meta.column("hash").to_pylist(), meta.column("cut_code").to_pylist(),
+                                               meta.column("release_day").to_pylist())}

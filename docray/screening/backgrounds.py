@@ -3,9 +3,10 @@ picture is not laid out on a plain page: a photo, a collage, a screenshot).
 
     bg = background(rng, (640, 480))                  # one of BACKGROUNDS, chosen at random
     up = paste_upload(tile, rng)                     # {"image", "box", "background"}
+    up = paste_upload(tile, rng, group="texture")    # a background of GROUPS["texture"]
 
-Every picture is drawn from the generator alone (dead-leaves, 1/f spectral noise, gradients, and
-collages of the synthetic world's benign pictures); nothing is read from the sample images that ship
+Every picture is drawn from the generator alone (dead-leaves, 1/f spectral noise, gradients,
+collages of the synthetic world's benign pictures, periodic patterns); nothing is read from the sample images that ship
 inside packages (those are kept for independent checks).
 """
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-BACKGROUNDS = ("dead_leaves", "spectral_noise", "gradient", "collage")
+BACKGROUNDS = ("dead_leaves", "spectral_noise", "gradient", "collage", "pattern")
+# photo-like: natural-image statistics, skies and walls, photos of things; textured: noise and repeated motifs
+GROUPS = {"photo": ("dead_leaves", "gradient", "collage"), "texture": ("spectral_noise", "pattern")}
 
 
 def dead_leaves(rng: np.random.Generator, size: tuple[int, int], n: int = 400) -> Image.Image:
@@ -73,20 +76,53 @@ def collage(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     return img
 
 
+def pattern(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A repeated motif in two colours with grain: stripes or a checker of gratings at a random angle
+    and period, or a brick wall (axis-aligned, so full of straight edges of its own), or a grid of dots."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    style = ("stripes", "checker", "bricks", "dots")[int(rng.integers(4))]
+    period = rng.uniform(6, 40)
+    t = rng.uniform(0, np.pi)
+    u, v = np.cos(t) * xx + np.sin(t) * yy, -np.sin(t) * xx + np.cos(t) * yy
+    if style == "stripes":
+        m = 0.5 + 0.5 * np.sin(2 * np.pi * u / period)
+    elif style == "checker":
+        m = (np.sin(2 * np.pi * u / period) * np.sin(2 * np.pi * v / period) > 0).astype(np.float64)
+    elif style == "bricks":
+        bh = round(period)
+        bw = 2 * bh
+        row = (yy // bh).astype(int)
+        m = ((yy % bh < 2) | ((xx + (row % 2) * bw / 2) % bw < 2)).astype(np.float64)  # mortar lines
+    else:
+        m = ((u % period - period / 2) ** 2 + (v % period - period / 2) ** 2 < (rng.uniform(0.15, 0.4) * period) ** 2)
+        m = m.astype(np.float64)
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    a = c0 + m[..., None] * (c1 - c0) + rng.normal(0, rng.uniform(2, 12), (h, w, 1))
+    img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.0))))
+
+
 def background(rng: np.random.Generator, size: tuple[int, int], kind: str | None = None) -> Image.Image:
     """One background of `kind` (one of BACKGROUNDS; None: chosen at random)."""
     kind = kind or BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-    draw = {"dead_leaves": dead_leaves, "spectral_noise": spectral_noise, "gradient": gradient, "collage": collage}
+    draw = {"dead_leaves": dead_leaves, "spectral_noise": spectral_noise, "gradient": gradient, "collage": collage,
+            "pattern": pattern}
     if kind not in draw:
         raise ValueError(f"unknown background {kind!r}; known: {', '.join(BACKGROUNDS)}")
     return draw[kind](rng, size)
 
 
 def paste_upload(tile: Image.Image, rng: np.random.Generator, kind: str | None = None,
-                 size_range: tuple[int, int] = (320, 720), scale: tuple[float, float] = (0.15, 0.5)) -> dict:
-    """`tile` pasted at a random position into a background picture, its longer side a random share
-    (`scale`) of the background's shorter side. Returns {"image", "box" (x0, y0, x1, y1), "background"}."""
-    kind = kind or BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+                 size_range: tuple[int, int] = (320, 720), scale: tuple[float, float] = (0.15, 0.5),
+                 group: str | None = None) -> dict:
+    """`tile` pasted at a random position into a background picture of `kind` (None: one of `group`'s
+    kinds, GROUPS, or of all), its longer side a random share (`scale`) of the background's shorter
+    side. Returns {"image", "box" (x0, y0, x1, y1), "background"}."""
+    if group is not None and group not in GROUPS:
+        raise ValueError(f"unknown background group {group!r}; known: {', '.join(GROUPS)}")
+    kinds = GROUPS[group] if group is not None else BACKGROUNDS
+    kind = kind or kinds[int(rng.integers(len(kinds)))]
     w, h = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
     img = background(rng, (w, h), kind)
     s = rng.uniform(*scale) * min(w, h) / max(tile.size)

@@ -1,10 +1,12 @@
-"""Matching, the method: picture -> its regions (the whole picture and the pictures laid out in
-it; with `text_finder="ocr"`, only those in which OCR finds text; with `ocr_crop`, also the picture
-cropped to the text OCR finds in it, with a margin) -> crops scaled to tile size -> descriptor ->
-candidates whose attributes equal the query's -> score (the similarity, less the background term)
->= threshold is a match; no match -> extension rule -> second match; a document is abnormal when any
-picture matches; every content picture of a document found abnormal by the second match (and the
-region that matched, when it is not a whole picture) joins the library as a wild tile.
+"""Matching, the method: picture -> its regions (the whole picture and the pictures laid out in it;
+with `proposals`, also rectangles of straight edges or sliding windows that need no layout, scored
+less `proposal_margin`; with `text_finder="ocr"`, only those in which OCR finds text; with
+`ocr_crop`, also the picture cropped to the text OCR finds in it, with a margin) -> crops scaled to
+tile size -> descriptor -> candidates whose attributes equal the query's -> score (the similarity,
+less the background term) >= threshold is a match; no match -> extension rule -> second match; a
+document is abnormal when any picture matches; every content picture of a document found abnormal by
+the second match (and the region that matched, when it is not a whole picture) joins the library as
+a wild tile.
 
     screener = Screener(library, Embedder.load(), ScreenConfig())
     verdict = screener.screen([pic1, pic2], release_time="2024-05-01", cut_type=None)
@@ -36,6 +38,7 @@ from pydantic import Field
 from docray.config import Config
 from docray.screening.library import Library, TileBatch, to_day, wild_tile
 from docray.screening.rules import ExtensionRule, extended_filter, mask, primary_filter
+from docray.screening.proposals import Proposals, iou, propose
 from docray.screening.templates import CUT_TYPES
 from docray.screening.verify import FeatureIndex, VerifyConfig, extract, inliers
 
@@ -62,7 +65,16 @@ class ScreenConfig(Config):
                                                       "the picture's short side")
     whole_picture: bool = Field(True, description="the whole picture is a candidate region too (a tile posted alone)")
     min_region: int = Field(16, description="smallest region side in pixels")
-    max_regions: int = Field(8, description="regions per picture at most")
+    max_regions: int = Field(8, description="regions per picture at most from the layout (the whole picture and the "
+                                            "pictures laid out on a plain background)")
+    proposals: Proposals = Field("layout", description="more regions that do not depend on a layout "
+                                 "(docray.screening.proposals): 'edges', rectangles of straight edges (a picture "
+                                 "pasted into a photo or a texture); 'windows', multi-scale sliding windows; "
+                                 "'edges+windows'; 'layout': none. See docs/screening.md for the measurement")
+    max_proposals: int = Field(16, ge=1, description="layout-free regions per picture at most (each is embedded: the "
+                                                     "cost per picture grows with it)")
+    proposal_margin: float = Field(0.0, ge=0, description="subtracted from the score of a layout-free region: many "
+                                                          "more regions give a benign picture more chances to match")
     learn: bool = Field(True, description="add pictures of documents found abnormal by the second match to the library")
     dedup_similarity: float = Field(0.95, description="near-duplicate similarity when tiles are added")
     verify: VerifyConfig = VerifyConfig()
@@ -73,6 +85,7 @@ class Region:
     picture: int  # index of the picture in the document
     box: Box  # in the picture's pixels
     crop: Image.Image
+    source: str = "layout"  # "layout" (the picture, the pictures laid out in it, the OCR crop) or "proposal"
 
 
 def picture_boxes(img: Image.Image, min_side: int = 16, tols: tuple[int, ...] = (18, 40), reach: int = 5) -> list[Box]:
@@ -115,20 +128,29 @@ def snap_box(a: np.ndarray, box: Box, reach: int = 5, min_side: int = 16) -> Box
     return out if out[2] - out[0] >= min_side and out[3] - out[1] >= min_side else box
 
 
-def _iou(a: Box, b: Box) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix
-    return ix / ua if ua else 0.0
+_iou = iou
 
 
 def find_regions(img: Image.Image, cfg: ScreenConfig) -> list[Box]:
     """Candidate tile regions of one picture: the whole picture (a tile posted alone) and the
-    pictures laid out in it, largest first, at most `cfg.max_regions`."""
+    pictures laid out in it, largest first, at most `cfg.max_regions`; then, with `cfg.proposals`,
+    at most `cfg.max_proposals` layout-free ones (edge rectangles first) that are not near-duplicates."""
+    return _find_regions(img, cfg)[0]
+
+
+def _find_regions(img: Image.Image, cfg: ScreenConfig) -> tuple[list[Box], int]:
+    """(boxes, how many of them, first, come from the layout)."""
     out: list[Box] = [(0, 0, img.width, img.height)] if cfg.whole_picture else []
     for b in sorted(picture_boxes(img, cfg.min_region), key=lambda b: -(b[2] - b[0]) * (b[3] - b[1])):
         if all(_iou(b, o) < 0.9 for o in out):
             out.append(b)
-    return out[: cfg.max_regions]
+    out = out[: cfg.max_regions]
+    n = len(out)
+    if cfg.proposals != "layout":
+        for b in propose(img, cfg.proposals, cfg.max_proposals, cfg.min_region):
+            if all(_iou(b, o) < 0.9 for o in out):
+                out.append(b)
+    return out[: n + cfg.max_proposals], n
 
 
 class Screener:
@@ -159,11 +181,11 @@ class Screener:
         with `ocr_crop`, each picture's text crop too."""
         out = []
         for i, pic in enumerate(pictures):
-            boxes = find_regions(pic, self.cfg)
-            for b in boxes:
+            boxes, n_layout = _find_regions(pic, self.cfg)
+            for k, b in enumerate(boxes):
                 crop = pic.crop(b)
                 if self.text_finder is None or self.text_finder(crop):
-                    out.append(Region(i, b, crop))
+                    out.append(Region(i, b, crop, "layout" if k < n_layout else "proposal"))
             b = self.ocr_crop(pic) if self.cfg.ocr_crop else None
             if b is not None and all(_iou(b, o) < 0.9 for o in boxes):
                 out.append(Region(i, b, pic.crop(b)))
@@ -190,6 +212,13 @@ class Screener:
         bg = vectors @ self.background.T  # (regions, n_background)
         k = min(self.cfg.norm_k, bg.shape[1])
         return sims - self.cfg.norm_beta * np.partition(bg, -k, axis=1)[:, -k:].mean(1, keepdims=True)
+
+    def region_scores(self, regions: list[Region], vectors: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """`scores`, less `proposal_margin` for the layout-free regions."""
+        sc = self.scores(vectors, sims)
+        if self.cfg.proposal_margin and regions:
+            sc = sc - self.cfg.proposal_margin * np.array([[r.source == "proposal"] for r in regions], np.float32)
+        return sc
 
     # step 3: search and decide
     def verification(self, pictures) -> str:
@@ -223,11 +252,11 @@ class Screener:
         for stage, filt in stages:
             if verification == "on":
                 sims, ids = self.library.index.search(vectors, max(self.cfg.k, self.cfg.verify.k), filt)
-                matches = self._verified(regions, self.scores(vectors, sims), sims, ids, stage, verdict, pictures,
-                                         upload_features, filt)
+                matches = self._verified(regions, self.region_scores(regions, vectors, sims), sims, ids, stage, verdict,
+                                         pictures, upload_features, filt)
             else:
                 sims, ids = self.library.index.search(vectors, self.cfg.k, filt)
-                matches = self._evidence(regions, self.scores(vectors, sims), sims, ids, stage, verdict)
+                matches = self._evidence(regions, self.region_scores(regions, vectors, sims), sims, ids, stage, verdict)
             if matches:
                 verdict.update(abnormal=True, stage=stage, matches=matches)
                 break

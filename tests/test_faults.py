@@ -17,26 +17,14 @@ two unmarked tests here, in the default run.
 """
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import socket
 import subprocess
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
@@ -52,92 +40,15 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
 # -- 5. Postgres restarted during repository writes ------------------------------------------------
 
 
-def postgres_bindir() -> str | None:
-    """The folder of initdb and pg_ctl: on PATH, else the newest /usr/lib/postgresql/<version>/bin."""
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return os.path.dirname(os.path.realpath(found))
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: [int(p) for p in d.split("/")[-2].split(".")
-                                                                        if p.isdigit()])
-    return next((d for d in reversed(dirs) if os.path.exists(f"{d}/initdb") and os.path.exists(f"{d}/pg_ctl")), None)
-
-
-@dataclass
-class PostgresServer:
-    """A throw-away Postgres cluster in a temporary folder, on a port of its own (127.0.0.1, trust auth).
-    As root, the server runs as the `postgres` user (or `nobody`): Postgres refuses to run as root."""
-    bindir: str
-    root: str
-    port: int
-    user: str | None  # run the binaries as this user (None: as ourselves)
-
-    @property
-    def data(self) -> str:
-        return f"{self.root}/data"
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://docray@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str, timeout: float = 120) -> str:
-        cmd = [f"{self.bindir}/{args[0]}", *args[1:]]
-        if self.user:
-            cmd = ["runuser", "-u", self.user, "--", *cmd]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if r.returncode:
-            log = Path(self.root, "server.log")
-            raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr[-2000:]}\n"
-                               f"{log.read_text()[-2000:] if log.exists() else ''}")
-        return r.stdout
-
-    def init(self) -> None:
-        self._run("initdb", "-D", self.data, "-U", "docray", "--auth=trust", "-E", "UTF8", "--no-sync")
-        Path(self.data, "postgresql.conf").open("a").write(
-            f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.root}'\n"
-            "fsync = off\nmax_connections = 40\n")  # fsync off: the tests crash the server, never the machine
-
-    def ctl(self, action: str, mode: str = "fast") -> None:
-        self._run("pg_ctl", "-D", self.data, "-l", f"{self.root}/server.log", "-w", "-t", "60", "-m", mode, action)
-
-    def sql(self, statement: str) -> str:
-        return self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "docray", "-d", "postgres", "-Atqc",
-                         statement)
-
-
 @pytest.fixture
 def postgres():
-    bindir = postgres_bindir()
-    if bindir is None:
-        pytest.skip("no Postgres binaries on this host (initdb and pg_ctl: neither on PATH nor in "
-                    "/usr/lib/postgresql/*/bin); install PostgreSQL to run this fault case")
-    user = None
-    if os.geteuid() == 0:  # Postgres refuses to run as root
-        user = next((u for u in ("postgres", "nobody") if _has_user(u)), None)
-        if user is None:
-            pytest.skip("running as root and no 'postgres' or 'nobody' user to run the Postgres server as")
-    root = tempfile.mkdtemp(prefix="docray-pg-")  # not pytest's tmp_path: the server's user must reach it
-    if user:
-        pw = pwd.getpwnam(user)
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-    server = PostgresServer(bindir, root, free_port(), user)
-    server.init()
-    server.ctl("start")
-    try:
+    """A Postgres server of the test's own (tests/pg.py), stopped and deleted afterwards."""
+    from tests.pg import postgres_server, unavailable
+
+    if reason := unavailable():
+        pytest.skip(reason)
+    with postgres_server() as server:
         yield server
-    finally:
-        try:
-            server.ctl("stop", "immediate")
-        except Exception:  # noqa: BLE001 -- already stopped
-            pass
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _has_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
 
 
 def _record_bytes(i: int) -> dict:

@@ -226,6 +226,8 @@ def test_set_aside_moves_files_and_rows(tmp_path, monkeypatch):
     assert not root.exists() and not Library.exists(root)
     assert Library.open(aside).version == 1 and VersionStore(aside).versions() == [1]
     assert Library.set_aside(root) is None
+    again = new_library(root, None, tmp_path)  # a new library at the same root: its own versions from 1
+    assert again.version == 1 and VersionStore(root).versions() == [1] and Library.open(aside).version == 1
 
 
 # -- the Serve deployment's class, without Ray ------------------------------------------------------

@@ -273,11 +273,13 @@ class Library:
         returns that root, or None when there was nothing at `root`. Nothing is deleted."""
         store = VersionStore(root, db_url)
         fs, path = blobs.filesystem(store.root)
-        if not fs.exists(path):
+        has_files = fs.exists(path)
+        if not has_files and not store.db_version():
             return None
         aside = f"{store.root}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         in_folder = store.url == f"sqlite:///{paths.join(store.root, DB_FILE)}"  # the default database moves with the files
-        fs.mv(path, blobs.filesystem(aside)[1], recursive=True)
+        if has_files:
+            fs.mv(path, blobs.filesystem(aside)[1], recursive=True)
         (VersionStore(store.root, f"sqlite:///{paths.join(aside, DB_FILE)}") if in_folder else store).rename(aside)
         return aside
 

@@ -38,10 +38,10 @@ import socket
 import threading
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint, create_engine, event, func, select
+from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint, create_engine, event, func, inspect, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
@@ -76,9 +76,10 @@ _engines: dict[str, object] = {}
 _engines_lock = threading.Lock()
 
 
-def _engine(url: str):
-    """One engine per URL for the process (tables made once). SQLite without a pool: a connection
-    per use, so no file stays open after a library folder is gone."""
+def _engine(url: str, create: bool = False):
+    """One engine per URL for the process, its table made on first use (and again with `create`: a
+    SQLite file made anew at a path seen before). SQLite without a pool: a connection per use, so no
+    file stays open after a library folder is gone."""
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
@@ -87,8 +88,14 @@ def _engine(url: str):
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
                 engine = create_engine(url, pool_pre_ping=True)
-            Base.metadata.create_all(engine)
-            _engines[url] = engine
+            create = True
+        if create:
+            try:
+                Base.metadata.create_all(engine)
+            except DBAPIError:  # two processes made the table at once: the loser's CREATE fails, the table is there
+                if not inspect(engine).has_table(LibraryVersion.__tablename__):
+                    raise
+        _engines[url] = engine
         return engine
 
 
@@ -124,6 +131,7 @@ class VersionStore:
                 if not write:
                     return None
                 os.makedirs(os.path.dirname(file), exist_ok=True)
+                return _engine(self.url, create=True)
         return _engine(self.url)
 
     # -- reading ------------------------------------------------------------------------------

@@ -5,12 +5,13 @@
 
 Library: every template's tiles (flat ones dropped) of `--targets` sensitive posters (synthetic
 targets, `--target-seed` 1: pictures the descriptor never saw in training, which used seed 0). Queries are
-uploads re-encoded as JPEG q50-90, in three postings (equal shares, cut types in turn):
+uploads re-encoded as JPEG q50-90, in four postings (equal shares, cut types in turn):
 - alone: the edited tile is the whole upload (at 1-2.5x its size);
 - post: `docray.synth.targets.make_upload`, a post with a caption and 3 pictures on a plain page;
-- pasted: `docray.screening.backgrounds.paste_upload`, the tile pasted at a random position and
-  scale (0.15-0.5 of the shorter side) into a procedural photo-like or textured background
-  (dead-leaves, 1/f noise, gradients, collages of benign synthetic pictures; no package sample images).
+- pasted_photo / pasted_texture: `docray.screening.backgrounds.paste_upload`, the tile pasted at a
+  random position and scale (0.15-0.5 of the shorter side) into a procedural photo-like background
+  (dead-leaves, gradients, collages of benign synthetic pictures) or a textured one (1/f noise,
+  periodic patterns); no package sample images.
 Kinds:
 - positives: one library tile after realistic edits (crop, rescale, recolour, text overlay, JPEG);
   correct when the best match names the tile's target;
@@ -26,6 +27,9 @@ ones first, by inliers, then the rest by descriptor score; computed from the two
 and local features alone (the upload's SIFT keypoints vote among all targets' keypoints, the best 3 are
 verified; score: inliers). Each is reported overall, per posting and per cut type (that posting's or
 cut's positives against the benign and unseen queries of the same posting, or all of them for a cut),
+beside the descriptor alone with layout-free region proposals added to the layout's (`--proposals`:
+`ScreenConfig.proposals` edges / windows / edges+windows, `docray.screening.proposals`; with their
+decide=either rows too unless `--no-verify`; regions per upload in the JSON),
 with its false-positive rate at its default threshold and its recall where the benign FPR is at most
 0.5% (that threshold is set on these same benign queries: a comparison at equal FPR, not a calibration).
 Each query is screened as the method does it by default (regions: the upload and the pictures laid
@@ -56,11 +60,12 @@ from docray.screening.backgrounds import paste_upload
 from docray.screening.dedup import hamming, phash
 from docray.screening.embed import Embedder
 from docray.screening.library import Library, TileBatch, cut_target, to_day
-from docray.screening.matching import Screener, ScreenConfig, _iou
+from docray.screening.matching import Screener, ScreenConfig, _iou, find_regions
 from docray.screening.templates import DEFAULT_TEMPLATES, cut
 from docray.screening.verify import FeatureIndex, VerifyConfig, extract
 
-POSTINGS = ("alone", "post", "pasted")
+POSTINGS = ("alone", "post", "pasted_photo", "pasted_texture")
+PROPOSALS = ("edges", "windows", "edges+windows")  # layout-free region proposals, each a row beside the layout's
 
 
 def micro_ap(scores: np.ndarray, correct: np.ndarray, n_pos: int) -> float:
@@ -89,8 +94,9 @@ def make_queries(args, lib_pics, lib_table, other_pics, benign_pics, rng):
             img = edited.resize((round(edited.width * s), round(edited.height * s)), Image.BILINEAR)
         elif posting == "post":
             img = make_upload(edited, rng)["image"]
-        else:
-            img = paste_upload(edited.resize((edited.width * 3, edited.height * 3), Image.BILINEAR), rng)["image"]
+        else:  # pasted_photo / pasted_texture
+            img = paste_upload(edited.resize((edited.width * 3, edited.height * 3), Image.BILINEAR), rng,
+                               group=posting.split("_")[1])["image"]
         return jpeg(img, rng, 50, 90)
 
     for kind, pics, n in (("positive", lib_pics, args.positives), ("benign", benign_pics, args.benign),
@@ -136,6 +142,13 @@ def main(argv=None) -> None:
                                                               "calibrate a threshold on other seeds than you report")
     ap.add_argument("--threshold", type=float, default=None, help="default: ScreenConfig().threshold")
     ap.add_argument("--features", choices=("sift", "orb"), default="sift", help="local features of the library's targets")
+    ap.add_argument("--proposals", type=lambda v: [p for p in v.split(",") if p], default=list(PROPOSALS),
+                    help="layout-free region proposals, each measured beside the layout's regions (comma-separated: "
+                         "edges, windows, edges+windows; empty: none)")
+    ap.add_argument("--proposal-margins", type=lambda v: [float(m) for m in v.split(",") if m], default=[0.0],
+                    help="ScreenConfig.proposal_margin values, each a row (comma-separated; from the same scores)")
+    ap.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="skip the two-stage matchers (descriptor + verification; the local features alone stay)")
     ap.add_argument("--cache", default="", help="pickle file for the queries' regions (OCR is the slow part; "
                                                 "reuse them to compare descriptors on the same queries)")
     args = ap.parse_args(argv)
@@ -176,7 +189,9 @@ def main(argv=None) -> None:
 
     queries = make_queries(args, [pics[i] for i in lib_idx], table.take(lib_idx), [pics[i] for i in other_idx],
                            [pics[i] for i in b_idx], rng)
-    screener = Screener(lib, embed, cfg.model_copy(update={"text_finder": "none"}))  # every region; OCR applied below
+    # every region of the layout (the proposals before issue 20); OCR applied below
+    screener = Screener(lib, embed, cfg.model_copy(update={"text_finder": "none", "proposals": "layout"}))
+    proposers = {p: cfg.model_copy(update={"proposals": p}) for p in args.proposals}  # layout + layout-free regions
     # verification: rank by inliers, so every candidate's count comes back (min_inliers 3); the default decides below
     verifiers = {m: Screener(lib, embed, cfg.model_copy(update={
         "text_finder": "none", "threshold": float("inf"), "verify": vcfg.model_copy(update={"min_inliers": 3, "propose": p})}))
@@ -185,10 +200,18 @@ def main(argv=None) -> None:
         from docray.screening.ocr import text_boxes
         ocr_cropper = Screener(lib, embed, cfg.model_copy(update={"text_finder": "none", "ocr_crop": True}))
     lib_ids = np.array(table.take(lib_idx).column("id").to_pylist())
-    methods = ("cutout", "verified", "verified_local", "either_local", "local") + \
+    # one row per proposals kind and margin (the margin lowers the layout-free regions' scores; computed after the loop)
+    prop_rows = [(p, mg, f"{p.replace('+', '_')}" + (f"_m{round(100 * mg):02d}" if mg else ""))
+                 for p in args.proposals for mg in args.proposal_margins]
+    prop_methods = tuple(f"cutout_{key}" for _, _, key in prop_rows)
+    either_prop = tuple(f"either_local_{key}" for _, _, key in prop_rows) if args.verify else ()
+    prop_best = {p: [] for p in args.proposals}  # per query: (best score of the layout-free regions, its target)
+    methods = ("cutout",) + prop_methods + (("verified", "verified_local", "either_local") if args.verify else ()) + \
+        either_prop + ("local",) + \
         (("cutout_ocr", "cutout_ocr_crop") if args.ocr else ()) + ("phash", "whole")
     res = {m: {"score": [], "pred": []} for m in methods}
-    spent = {m: 0.0 for m in ("cutout", "verified", "verified_local", "local")}
+    spent = {m: 0.0 for m in ("cutout",) + prop_methods + (("verified", "verified_local") if args.verify else ()) + ("local",)}
+    n_regions = {m: 0 for m in ("cutout",) + tuple(f"cutout_{p.replace('+', '_')}" for p in args.proposals)}
     t_q = time.perf_counter()
     cached = None
     if args.cache and os.path.exists(args.cache):
@@ -212,9 +235,11 @@ def main(argv=None) -> None:
         spent["local"] += time.perf_counter() - t2
         if not regions:
             for m in res:
-                if m != "local":
+                if m != "local" and m not in prop_methods and not m.startswith("either_local"):  # computed after the loop
                     res[m]["score"].append(-1.0)
                     res[m]["pred"].append(None)
+            for p in prop_best:
+                prop_best[p].append((-np.inf, None))
             continue
         t3 = time.perf_counter()
         crops = [r.crop for r in regions]
@@ -223,7 +248,24 @@ def main(argv=None) -> None:
         sc = screener.scores(v, sims)[:, 0]
         base = time.perf_counter() - t3 + (0.0 if args.ocr or cached is not None else t2 - t1)  # regions (no OCR), embed, search
         spent["cutout"] += base
-        for meth, verifier in verifiers.items():
+        n_regions["cutout"] += len(regions)
+        for p, pcfg in proposers.items():  # the layout's regions (embedded above) and the layout-free ones
+            t5 = time.perf_counter()
+            extra = find_regions(img, pcfg)[len(regions):]
+            best = (-np.inf, None)
+            if extra:
+                ve = embed([img.crop(b) for b in extra])
+                se, ie = lib.index.search(ve, 1)
+                sce = screener.scores(ve, se)[:, 0]
+                b = int(np.argmax(sce))
+                best = (float(sce[b]), lib.rows([ie[b, 0]])[0]["target_id"])
+            prop_best[p].append(best)
+            dt = base + time.perf_counter() - t5
+            for p_, _, key in prop_rows:
+                if p_ == p:
+                    spent[f"cutout_{key}"] += dt
+            n_regions[f"cutout_{p.replace('+', '_')}"] += len(regions) + len(extra)
+        for meth, verifier in (verifiers.items() if args.verify else ()):
             t4 = time.perf_counter()
             verdict = verifier.match(regions, v, 1, pictures=[img])
             m = verdict["matches"][0] if verdict["matches"] else None
@@ -261,14 +303,21 @@ def main(argv=None) -> None:
         res["whole"]["score"].append(float(ws[r, j]))
         res["whole"]["pred"].append(lib_ids[j])
     q_s = time.perf_counter() - t_q
+    for p, mg, key in prop_rows:  # the best of the layout's regions and the layout-free ones less the margin
+        for (sc_, pc), (sp, pp) in zip(zip(res["cutout"]["score"], res["cutout"]["pred"]), prop_best[p]):
+            take = sp - mg > sc_
+            res[f"cutout_{key}"]["score"].append(sp - mg if take else sc_)
+            res[f"cutout_{key}"]["pred"].append(pp if take else pc)
+    print("regions per upload: " + ", ".join(f"{m} {n / len(queries):.1f}" for m, n in n_regions.items()))
     # decide=either with local proposals: a candidate matches by inliers (>= min_inliers) or by descriptor score
     # (>= thr); one score for the ranking: confirmed ones above every descriptor score (<= 1), ordered by inliers
     n_min = ScreenConfig().verify.min_inliers
-    for (sv, pv), (sc_, pc) in zip(zip(res["verified_local"]["score"], res["verified_local"]["pred"]),
-                                   zip(res["cutout"]["score"], res["cutout"]["pred"])):
-        confirmed = pv is not None and sv >= n_min
-        res["either_local"]["score"].append(1 + min(np.floor(sv), 999) / 1000 if confirmed else sc_)
-        res["either_local"]["pred"].append(pv if confirmed else pc)
+    for either, desc in ((("either_local", "cutout"),) if args.verify else ()) + tuple(zip(either_prop, prop_methods)):
+        for (sv, pv), (sc_, pc) in zip(zip(res["verified_local"]["score"], res["verified_local"]["pred"]),
+                                       zip(res[desc]["score"], res[desc]["pred"])):
+            confirmed = pv is not None and sv >= n_min
+            res[either]["score"].append(1 + min(np.floor(sv), 999) / 1000 if confirmed else sc_)
+            res[either]["pred"].append(pv if confirmed else pc)
     if args.cache and cached is None:
         with open(args.cache, "wb") as f:
             pickle.dump(all_regions, f)
@@ -284,26 +333,31 @@ def main(argv=None) -> None:
              "verified_local": "desc.+local proposals, verif.", "either_local": "the same, decide=either",
              "cutout_ocr": "descriptor, OCR-gated regions", "cutout_ocr_crop": "descriptor, regions + OCR crop",
              "phash": "perceptual hash", "whole": "whole-picture matching"}
+    for (p, mg, _), m, e in zip(prop_rows, prop_methods, either_prop or (None,) * len(prop_methods)):
+        thresholds[m] = thr
+        names[m] = f"descriptor, + {p}" + (f" (-{mg:g})" if mg else "")
+        if e:
+            thresholds[e], names[e] = thr, f"decide=either, + {p}" + (f" (-{mg:g})" if mg else "")
     summary = {}
     print(f"\n{len(queries)} queries ({n_pos} positive, {(kinds == 'benign').sum()} benign, {(kinds == 'unseen').sum()} unseen "
           f"targets; postings {', '.join(POSTINGS)} in equal shares); {1000 * q_s / len(queries):.0f} ms/query for all "
           f"matchers; background bank: {'none' if screener.background is None else len(screener.background)}; "
           f"descriptor {args.descriptor}; local features {spec.kind}, {spec.keypoints} a target, {vcfg.keypoints} an upload")
-    print(f"{'method':30s} {'subset':8s} {'micro-AP':>8s} {'thr':>6s} {'recall':>7s} {'FPR benign':>10s} "
+    print(f"{'method':36s} {'subset':14s} {'micro-AP':>8s} {'thr':>6s} {'recall':>7s} {'FPR benign':>10s} "
           f"{'FPR unseen':>10s} {'rec@FPR<=.5%':>12s} {'ms/query':>8s}")
     everything = np.ones(len(queries), bool)
     for m in methods:
         s = np.array(res[m]["score"], np.float64)
         pred = np.array(res[m]["pred"], object)
         groups = [("all", everything)]
-        if m in spent or m in ("either_local", "cutout_ocr_crop"):
+        if m in spent or m.startswith("either_local") or m == "cutout_ocr_crop":
             groups += [(p, postings == p) for p in POSTINGS]
             groups += [(c, (cuts == c) & (kinds == "positive") | (kinds != "positive")) for c in DEFAULT_TEMPLATES]
         for g, sel in groups:
             ap_, rec, fpr, rec05 = figures(s, pred, labels, kinds, thresholds[m], sel)
             fpr_u = float((s >= thresholds[m])[sel & (kinds == "unseen")].mean()) if (sel & (kinds == "unseen")).any() else 0.0
             ms = f"{1000 * spent[m] / len(queries):8.0f}" if m in spent and g == "all" else " " * 8
-            print(f"{names[m] if g == 'all' else '':30s} {g:8s} {ap_:8.3f} {thresholds[m]:6.3g} {rec:7.3f} {fpr:10.4f} "
+            print(f"{names[m] if g == 'all' else '':36s} {g:14s} {ap_:8.3f} {thresholds[m]:6.3g} {rec:7.3f} {fpr:10.4f} "
                   f"{fpr_u:10.4f} {rec05:12.3f} {ms}")
             key = m if g == "all" else f"{m}_{g.replace('x', 'by')}" if g[0].isdigit() else f"{m}_{g}"
             summary.update({f"{key}_micro_ap": round(ap_, 4), f"{key}_recall": round(rec, 4)})
@@ -313,6 +367,8 @@ def main(argv=None) -> None:
                 summary[f"{key}_fpr_unseen"] = round(fpr_u, 4)
                 if m in spent:
                     summary[f"{m}_ms_per_query"] = round(1000 * spent[m] / len(queries), 1)
+                if m in n_regions:
+                    summary[f"{m}_regions_per_query"] = round(n_regions[m] / len(queries), 2)
     # the lowest thresholds that keep FPR <= 1% / 0.5% on benign (calibrate on other seeds than you report)
     s = np.array(res["cutout"]["score"])
     neg = np.sort(s[kinds == "benign"])[::-1]

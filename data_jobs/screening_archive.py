@@ -44,7 +44,7 @@ from docray.screening.library import Library
 class RescanConfig(Config):
     input: str = Field(..., description="archive: Parquet file/folder, or a folder of document folders")
     out: str = Field("", description="report folder ('' -> DOCRAY_HOME/reports/rescan-<input name>)")
-    library: str = Field("", description="library folder ('' -> DOCRAY_HOME/indexes/screening)")
+    library: str = Field("", description="library folder or s3:// URI ('' -> DOCRAY_HOME/indexes/screening; its database: DOCRAY_DB_URL)")
     descriptor: str = Field("", description="'' -> the descriptor the library was built with")
     screen: dict = Field(default_factory=dict, description="ScreenConfig overrides, e.g. {threshold: 0.8, learn: false}")
     rows_per_shard: int = Field(200, description="documents per shard when the input is a folder")

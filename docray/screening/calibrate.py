@@ -48,7 +48,8 @@ def screening_scores(pictures: str, descriptor: str = "registry:descriptor", que
     sources = table.column("source_id").to_pylist() if "source_id" in table.column_names else ids
     times = table.column("release_time").to_pylist() if "release_time" in table.column_names else [None] * len(ids)
     embed = Embedder.load(descriptor)
-    lib = Library.create(tempfile.mkdtemp(prefix="docray-calibrate-"), dim=embed.dim, tile_size=64, descriptor=descriptor)
+    scratch = tempfile.mkdtemp(prefix="docray-calibrate-")  # a throw-away library: its versions in its own folder
+    lib = Library.create(scratch, dim=embed.dim, tile_size=64, descriptor=descriptor, db_url=f"sqlite:///{scratch}/versions.db")
     batch = TileBatch()
     for i in np.flatnonzero(is_t):
         batch.extend(cut_target(images[i], ids[i], sources[i] or ids[i], to_day(times[i]) if times[i] else 0, 64))

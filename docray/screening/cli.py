@@ -22,7 +22,7 @@ def screening() -> None:
 @click.argument("pictures", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--release-time", default=None, help="ISO date or day number of the document")
 @click.option("--cut-type", default=None, help="cut type of the query (1x3 ... 3x3), if known")
-@click.option("--library", default=None, help="library folder (default DOCRAY_HOME/indexes/screening)")
+@click.option("--library", default=None, help="library folder or s3:// URI (default DOCRAY_HOME/indexes/screening)")
 @click.option("--threshold", type=float, default=None, help="override the match threshold")
 @click.option("--learn/--no-learn", default=False, help="add pictures found by the second match to the library")
 def query(pictures, release_time, cut_type, library, threshold, learn) -> None:
@@ -43,7 +43,7 @@ def query(pictures, release_time, cut_type, library, threshold, learn) -> None:
 
 
 @screening.command("info")
-@click.option("--library", default=None, help="library folder (default DOCRAY_HOME/indexes/screening)")
+@click.option("--library", default=None, help="library folder or s3:// URI (default DOCRAY_HOME/indexes/screening)")
 def info(library) -> None:
     """The library's manifest: version, tiles, index kind, descriptor."""
     from docray.screening.library import Library

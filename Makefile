@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.docray-installed
 # This machine's pip config names local index folders that may not exist; pip warns once per package.
 QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
 
-.PHONY: help install quickstart models test test-all test-slow test-faults bench clean
+.PHONY: help install quickstart models test test-all test-slow test-faults test-multinode bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test-slow: install  ## the slow tests too
 
 test-faults: install  ## the fault suite: kills workers, actors, a replica, a driver; restarts Postgres (~3 min)
 	$(BIN)/python -m pytest -m faults tests/test_faults.py
+
+test-multinode: install  ## two Ray nodes on one host: train on one, serve on the other, rescan on both (~2 min)
+	$(BIN)/python -m pytest -m multinode tests/test_multinode.py
 
 bench: install  ## every benchmark against the registered models (make models first) -> benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks.run_all --profile standard

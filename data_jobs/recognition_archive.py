@@ -18,6 +18,7 @@ from pydantic import Field
 
 from docray import paths
 from docray.config import Config, parse_args, save_config
+from docray.storage.blobs import filesystem
 
 
 class RecognizeArchiveConfig(Config):
@@ -42,6 +43,15 @@ def _format(cfg: RecognizeArchiveConfig) -> str:
     return "parquet" if "://" in cfg.input or p.suffix == ".parquet" or any(p.rglob("*.parquet")) else "imagefolder"
 
 
+def _parquet_files(url: str) -> tuple[object, list[str]]:
+    """(fsspec filesystem, its paths of the Parquet files at `url`: the file itself or every one below
+    the folder), a local path or a URI alike."""
+    fs, path = filesystem(url)
+    if path.endswith(".parquet"):
+        return fs, [path]
+    return fs, sorted(fs.glob(f"{path.rstrip('/')}/**/*.parquet"))
+
+
 def read_archive(cfg: RecognizeArchiveConfig):
     import pyarrow.parquet as pq
     import ray
@@ -56,8 +66,11 @@ def read_archive(cfg: RecognizeArchiveConfig):
         ds = ray.data.from_arrow(folder.table.rename_columns(
             ["id" if c == "path" else c for c in folder.table.column_names]))
     else:
-        first = src if src.endswith(".parquet") else next(str(f) for f in sorted(Path(src).rglob("*.parquet")))
-        have = set(pq.read_schema(first).names) if "://" not in src else set(cfg.columns)
+        fs, files = _parquet_files(src)
+        if not files:
+            raise FileNotFoundError(f"{cfg.input}: no Parquet files")
+        with fs.open(files[0], "rb") as f:
+            have = set(pq.read_schema(f).names)
         if "image" not in have:
             raise ValueError(f"{cfg.input}: no `image` column (columns: {sorted(have)})")
         ds = ray.data.read_parquet(src, columns=[c for c in cfg.columns if c in have])
@@ -72,12 +85,13 @@ def run(cfg: RecognizeArchiveConfig) -> dict:
     kwargs = dict(model=cfg.model, version=cfg.version, folder=cfg.folder, tasks=cfg.tasks, select=cfg.select)
     out = ds.map_batches(RecognitionPredictor, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size,
                          batch_format="numpy", concurrency=cfg.concurrency, **actor_resources(cfg.concurrency))
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    for old in Path(cfg.out).glob("*.parquet"):
-        old.unlink()
+    fs, folder = filesystem(cfg.out)  # a local folder or object storage (an s3:// DOCRAY_HOME's reports)
+    fs.makedirs(folder, exist_ok=True)
+    for old in fs.glob(f"{folder.rstrip('/')}/*.parquet"):
+        fs.rm_file(old)
     out.write_parquet(cfg.out)
-    files = sorted(str(p) for p in Path(cfg.out).glob("*.parquet"))
-    return {"out": cfg.out, "files": len(files)}
+    fs.invalidate_cache(folder)  # written by Ray Data's tasks, not through this (caching) filesystem object
+    return {"out": cfg.out, "files": len(fs.glob(f"{folder.rstrip('/')}/*.parquet"))}
 
 
 def main(argv=None) -> dict:

@@ -38,7 +38,7 @@ import socket
 import threading
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint, create_engine, event, func, inspect, select
+from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint, create_engine, func, inspect, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -47,7 +47,7 @@ from sqlalchemy.pool import NullPool
 
 from docray import paths
 from docray.storage import blobs
-from docray.storage.repository import _normalise_url, _sqlite_pragmas
+from docray.storage.repository import _normalise_url
 
 DB_FILE = "versions.db"  # the default SQLite file inside a local library's folder
 
@@ -83,9 +83,8 @@ def _engine(url: str, create: bool = False):
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            if url.startswith("sqlite"):
+            if url.startswith("sqlite"):  # the rollback journal, not WAL: a read leaves no -wal/-shm file beside it
                 engine = create_engine(url, connect_args={"timeout": 30}, poolclass=NullPool)
-                event.listen(engine, "connect", _sqlite_pragmas)
             else:
                 engine = create_engine(url, pool_pre_ping=True)
             create = True

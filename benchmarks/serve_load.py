@@ -22,6 +22,17 @@ httpx.AsyncClient, N workers until a deadline) runs in this process and shares t
 4. /v1/privacy/identify with Privacy at 1 then 2 replicas (same load): req/s and ratio;
 5. autoscaling: Recognizer redeployed with autoscaling_config (min 1, max 3, target 2 ongoing requests),
    /v1/recognize under load, `serve.status()` polled until a second replica is RUNNING.
+
+Two nodes (`--nodes 2`, or `--nodes both` for the one-node run and then the two-node run, side by side):
+`ray.cluster_utils.Cluster` starts two Ray nodes on this host, the head (custom resource
+`docray_gateway`: Serve's proxy and the Gateway) and a second one (`docray_models`: every model
+deployment), 2 logical CPUs each (they only place the replicas: both share the host's cores, as the
+one-node run does). Phases 1-3 run, so every route's p50/p99 and errors compare with one node; the
+cross-node hop's cost is the p50 of one backend call by handle (`Screening.library_info`, from the
+driver on the head) on two nodes minus the same on one node. Both nodes read the same local model
+folders (one host): this measures the hop, not object storage.
+
+    python -m benchmarks.serve_load --nodes both --quick
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -318,14 +329,17 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for Ray/Serve processes (repeatable), e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 s per endpoint, 8 s mixed, 50 overhead requests, 60 s autoscale")
+    ap.add_argument("--nodes", choices=["1", "2", "both"], default="1",
+                    help="1: embedded Ray, phases 1-5; 2: two Ray nodes on this host (gateway on the head, model "
+                         "deployments on the other), phases 1-3; both: phases 1-3 on 1 node, then on 2, side by side")
     args = ap.parse_args(argv)
     if args.quick:
         args.duration, args.endpoint_duration, args.requests, args.autoscale_timeout = 8, 2, 50, 60
     return args
 
 
-def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark) -> dict:
-    """Phases 1-5 on the deployed gateway; prints the tables, returns the JSON figures."""
+def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark, last: int = 5) -> dict:
+    """Phases 1-5 (1-`last`) on the deployed gateway; prints the tables, returns the JSON figures."""
     per = {ep.name: run_load(url, [ep], opts.concurrency, opts.endpoint_duration).summary(ep.name) for ep in eps}
     print(f"\n1. one endpoint at a time, concurrency {opts.concurrency}, {opts.endpoint_duration:g} s each")
     print(table([(e.path, *(per[e.name][k] for k in ("requests", "errors", "p50_ms", "p99_ms", "req_per_s"))) for e in eps],
@@ -351,6 +365,13 @@ def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark
     for s in mixed.samples:
         print(f"   error: {s}")
     mark("mixed")
+    core = {"models": "tiny_untrained", "concurrency": opts.concurrency, "endpoint_duration_s": opts.endpoint_duration,
+            **{f"{name}_{k}": v for name, s in per.items() for k, v in s.items() if k != "requests"},
+            **ov,
+            "mixed_duration_s": round(mixed.wall_s, 1), "mixed_requests": m["requests"], "mixed_errors": m["errors"],
+            "mixed_req_per_s": m["req_per_s"], "mixed_p50_ms": m["p50_ms"], "mixed_p99_ms": m["p99_ms"]}
+    if last <= 3:
+        return core
 
     private = next(e for e in eps if e.name == "privacy_identify")
     scale = {}
@@ -371,13 +392,124 @@ def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark
              else f"NO second replica within {opts.autoscale_timeout:g} s (decided: {auto['autoscale_s_to_decision']})")
           + f"; load errors {auto['autoscale_load_errors']}", flush=True)
     mark("autoscale")
-    return {"models": "tiny_untrained", "concurrency": opts.concurrency, "endpoint_duration_s": opts.endpoint_duration,
-            **{f"{name}_{k}": v for name, s in per.items() for k, v in s.items() if k != "requests"},
-            **ov,
-            "mixed_duration_s": round(mixed.wall_s, 1), "mixed_requests": m["requests"], "mixed_errors": m["errors"],
-            "mixed_req_per_s": m["req_per_s"], "mixed_p50_ms": m["p50_ms"], "mixed_p99_ms": m["p99_ms"],
+    return {**core,
             "private_1_replica_req_per_s": scale[1]["req_per_s"], "private_2_replicas_req_per_s": scale[2]["req_per_s"],
             "private_replica_speedup": ratio, "replica_phase_errors": scale[1]["errors"] + scale[2]["errors"], **auto}
+
+
+GATEWAY_NODE, MODELS_NODE = "docray_gateway", "docray_models"  # the two nodes' custom resources (--nodes 2)
+
+
+def start_ray(nodes: int):
+    """Embedded Ray (one node, 2 CPUs), or two Ray nodes on this host: the head (`GATEWAY_NODE`) and a
+    second one (`MODELS_NODE`), 2 logical CPUs each. Returns the function that stops it."""
+    import ray
+
+    common = dict(log_to_driver=False, logging_level="ERROR", namespace="docray-bench")
+    if nodes == 1:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, **common)
+        return ray.shutdown
+    from ray._common.utils import get_ray_address_file
+    from ray.cluster_utils import Cluster
+
+    address_file = Path(get_ray_address_file(None))  # Cluster writes its address there and removes it at the
+    previous = address_file.read_text() if address_file.exists() else None  # end: a `ray start` cluster's is kept
+
+    def keep_address_file() -> None:
+        if previous is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(previous)
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {GATEWAY_NODE: 1},
+                                                            "include_dashboard": False})
+    keep_address_file()
+    cluster.add_node(num_cpus=2, resources={MODELS_NODE: 1})
+    ray.init(address=cluster.address, **common)
+
+    def stop() -> None:
+        try:
+            ray.shutdown()
+        finally:
+            cluster.shutdown()
+            keep_address_file()
+
+    return stop
+
+
+def on_nodes(base: dict[str, dict], nodes: int) -> dict[str, dict]:
+    """The replica options with each deployment pinned to its node: the Gateway to the head, the rest to
+    the second node (one node: unchanged)."""
+    if nodes == 1:
+        return base
+    return {name: {**o, "ray_actor_options": {**o.get("ray_actor_options", {}), "resources": {
+        GATEWAY_NODE if name == "Gateway" else MODELS_NODE: 0.01}}} for name, o in base.items()}
+
+
+def placement() -> dict[str, str]:
+    """Deployment -> the node its live replica runs on ('head' or 'other')."""
+    import ray
+    import ray._private.state
+
+    head = ray.get_runtime_context().get_node_id()  # this driver runs on the head
+    return {a["ActorClassName"].rsplit(":", 1)[-1]: "head" if a["Address"]["NodeID"] == head else "other"
+            for a in ray._private.state.actors().values()
+            if a["ActorClassName"].startswith(f"ServeReplica:{APP}:") and a["State"] == "ALIVE"}
+
+
+def run_on(nodes: int, opts, args: dict, base: dict, eps: list[Endpoint], notes: list[str], serve_env: dict,
+           mark, last: int) -> dict:
+    """Start Ray on `nodes` nodes, deploy, run phases 1-`last`, stop; returns the JSON figures."""
+    from ray import serve
+
+    stop = start_ray(nodes)
+    mark("setup")
+    try:
+        port = free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        base = on_nodes(base, nodes)
+        deploy_s = deploy(args, base)
+        warm_up(url, eps)
+        mark("deploy")
+        where = ""
+        if nodes == 2:
+            placed = placement()
+            want = {name: "head" if name == "Gateway" else "other" for name in base}
+            if placed != want:
+                raise RuntimeError(f"replicas not where they were pinned: {placed}")
+            where = "; Serve's proxy and the Gateway on the head node, the 8 model deployments on the second node"
+        print(f"\n== {nodes} Ray node{'s' if nodes > 1 else ''}: deployed {APP} (9 deployments, 1 replica each) in "
+              f"{deploy_s:.1f} s on {url}{where}; models: tiny UNTRAINED (serving overhead, not model quality); "
+              f"load generator in this process, on the same cores" + (f"; env {serve_env}" if serve_env else ""), flush=True)
+        for n in notes:
+            print(f"note: {n}", flush=True)
+        result = run_phases(opts, url, args, base, eps, mark, last=last)
+        result.update(nodes=nodes, deploy_s=round(deploy_s, 1), serve_env=serve_env)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            stop()
+    mark("shutdown")
+    return result
+
+
+def compare(one: dict, two: dict, eps: list[Endpoint]) -> dict:
+    """Prints one node beside two nodes (phase 1 per route, phase 3 mixed, the backend hop); returns the
+    cross-node figures for the JSON line."""
+    rows = [(e.path, *(r[f"{e.name}_{k}"] for r in (one, two) for k in ("p50_ms", "p99_ms", "errors"))) for e in eps]
+    rows.append(("mixed load (phase 3)", *(r[f"mixed_{k}"] for r in (one, two) for k in ("p50_ms", "p99_ms", "errors"))))
+    hop = round(two["composed_handle_p50_ms"] - one["composed_handle_p50_ms"], 2)
+    print("\none node vs two nodes (gateway on the head, model deployments on the second node)\n" + table(
+        rows, ("endpoint", "1 node p50 ms", "p99 ms", "errors", "2 nodes p50 ms", "p99 ms", "errors")) +
+        f"\n   one backend call by handle (Screening.library_info, p50): {one['composed_handle_p50_ms']} ms on one node, "
+        f"{two['composed_handle_p50_ms']} ms across nodes: the cross-node hop adds {hop} ms (both runs share this "
+        f"host's cores and loopback, so a difference within a few ms, or below 0, is noise, not the hop)"
+        f"\n   composed route over HTTP (GET /v1/screen/library, Gateway -> Screening): "
+        f"{one['composed_http_p50_ms']} -> {two['composed_http_p50_ms']} ms", flush=True)
+    return {"cross_node_hop_p50_ms": hop,
+            "cross_node_composed_http_p50_delta_ms": round(two["composed_http_p50_ms"] - one["composed_http_p50_ms"], 2)}
 
 
 def main(argv=None) -> dict:
@@ -386,8 +518,7 @@ def main(argv=None) -> dict:
     os.environ["DOCRAY_HOME"] = str(Path(tmp.name) / "home")  # before Ray starts: its workers inherit it
     os.environ["DOCRAY_API_KEYS"] = KEYS  # auth on, as in production: every request carries a key
     os.environ.pop("RAY_ADDRESS", None)
-    import ray
-    from ray import serve  # this driver's Serve settings are read now, from the environment as it was
+    from ray import serve  # noqa: F401 -- this driver's Serve settings are read now, from the environment as it was
 
     serve_env = dict(kv.split("=", 1) for kv in opts.serve_env)
     os.environ.update(serve_env)  # the Serve controller, proxy and replicas this run starts read these
@@ -396,39 +527,28 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     phases: dict[str, float] = {}
+    prefix = [""]
 
     def mark(name: str) -> None:  # wall seconds per phase, for the JSON line
-        phases[f"phase_{name}_s"] = round(time.perf_counter() - t0 - sum(phases.values()), 1)
+        phases[f"phase_{prefix[0]}{name}_s"] = round(time.perf_counter() - t0 - sum(phases.values()), 1)
 
-    args, samples = _serve_fixtures.build(Path(tmp.name) / "models")
-    base, notes = yaml_options()
-    eps = endpoints(samples)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no per-deploy INFO lines in the table
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             namespace="docray-bench")
-    mark("setup")
     try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
-        deploy_s = deploy(args, base)
-        warm_up(url, eps)
-        mark("deploy")
-        print(f"deployed {APP} (9 deployments, 1 replica each) in {deploy_s:.1f} s on {url}; models: tiny UNTRAINED "
-              f"(serving overhead, not model quality); load generator in this process, on the same cores"
-              + (f"; env {serve_env}" if serve_env else ""), flush=True)
-        for n in notes:
-            print(f"note: {n}", flush=True)
-
-        result = run_phases(opts, url, args, base, eps, mark)
-        result.update(deploy_s=round(deploy_s, 1), serve_env=serve_env)
+        args, samples = _serve_fixtures.build(Path(tmp.name) / "models")
+        base, notes = yaml_options()
+        eps = endpoints(samples)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no per-deploy INFO lines in the table
+        if opts.nodes != "both":
+            result = run_on(int(opts.nodes), opts, args, base, eps, notes, serve_env, mark,
+                            last=5 if opts.nodes == "1" else 3)
+        else:
+            runs = {}
+            for n, key in ((1, "one_node"), (2, "two_nodes")):
+                prefix[0] = f"{key}_"
+                runs[key] = run_on(n, opts, args, base, eps, notes if n == 1 else [], serve_env, mark, last=3)
+            result = {f"{key}_{k}": v for key, r in runs.items() for k, v in r.items()}
+            result.update(compare(runs["one_node"], runs["two_nodes"], eps))
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            tmp.cleanup()
-    mark("shutdown")
+        tmp.cleanup()
 
     result.update(phases, total_s=round(time.perf_counter() - t0, 1))
     print(json.dumps(result))

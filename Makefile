@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.docray-installed
 # This machine's pip config names local index folders that may not exist; pip warns once per package.
 QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
 
-.PHONY: help install quickstart models test test-all test-slow test-faults test-multinode bench clean
+.PHONY: help install quickstart models test test-all test-slow test-faults test-multinode test-docs bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test-faults: install  ## the fault suite: kills workers, actors, a replica, a dr
 
 test-multinode: install  ## two Ray nodes on one host: train on one, serve on the other, rescan on both (~2 min)
 	$(BIN)/python -m pytest -m multinode tests/test_multinode.py
+
+test-docs: install  ## every command of the README and docs/, run in order at tiny size (DOCRAY_TINY=1)
+	$(BIN)/python -m pytest -m docs tests/test_doc_commands_run.py
 
 bench: install  ## every benchmark against the registered models (make models first) -> benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks.run_all --profile standard

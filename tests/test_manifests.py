@@ -61,11 +61,13 @@ def test_raycluster():
 
 
 def config_class(module):
-    """The job's top-level Config: the one with `num_workers` defined in the module."""
+    """The job's top-level Config: the one with `num_workers` defined in the module that no other one
+    there extends (pretrain_recognition also defines the base its config shares with train_recognition)."""
     from docray.config import Config
 
-    (cls,) = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Config)
-              and c.__module__ == module.__name__ and "num_workers" in c.model_fields]
+    found = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Config)
+             and c.__module__ == module.__name__ and "num_workers" in c.model_fields]
+    (cls,) = [c for c in found if not any(o is not c and issubclass(o, c) for o in found)]
     return cls
 
 

@@ -23,17 +23,23 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
+def shell_lines() -> list[tuple[str, str]]:
+    """(file name, line) for each line of the bash blocks of FILES, in order, continuations joined,
+    comments kept (the `# not checked:` / `# not run:` markers live there)."""
+    return [(path.name, line) for path in FILES
+            for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", path.read_text(), re.S)
+            for line in block.replace("\\\n", " ").splitlines()]
+
+
 def commands() -> list[tuple[str, str]]:
     """(where, command) for each command line of the bash blocks (continuations joined, comments cut)."""
     out = []
-    for path in FILES:
-        for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", path.read_text(), re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                if "# not checked:" in line:
-                    continue
-                line = re.sub(r"\s+#.*$", "", line).strip()
-                if line and not line.startswith("#"):
-                    out += [(path.name, part.strip()) for part in re.split(r"\s*(?:&&|;)\s*", line) if part.strip()]
+    for where, line in shell_lines():
+        if "# not checked:" in line:
+            continue
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            out += [(where, part.strip()) for part in re.split(r"\s*(?:&&|;)\s*", line) if part.strip()]
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_doc_commands import FILES, ROOT
+from tests.test_doc_commands import ROOT, shell_lines
 
 pytestmark = pytest.mark.docs
 LINKS = ["train_jobs", "data_jobs", "cluster", "serve_apps", "benchmarks", "configs", "docray", "tests", ".venv", ".gitignore",
@@ -36,26 +36,18 @@ def lines() -> list[tuple[str, str]]:
     """(file, shell line) for each command line of the bash blocks, continuations joined, in order; a
     line written again later (docs/<method>.md repeats the README's) runs once, where it first appears."""
     out, seen = [], set()
-    for path in FILES:
-        for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", path.read_text(), re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                command = re.sub(r"\s+#.*$", "", line).strip()
-                if command and not command.startswith("#") and "# not run:" not in line and command not in seen:
-                    seen.add(command)
-                    out.append((path.name, command))
+    for where, line in shell_lines():
+        command = re.sub(r"\s+#.*$", "", line).strip()
+        if command and not command.startswith("#") and "# not run:" not in line and command not in seen:
+            seen.add(command)
+            out.append((where, command))
     return out
 
 
 def not_run() -> list[tuple[str, str, str]]:
     """(file, command, reason) of every line marked `# not run: reason`."""
-    out = []
-    for path in FILES:
-        for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", path.read_text(), re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                if "# not run:" in line:
-                    command, reason = line.split("# not run:", 1)
-                    out.append((path.name, command.strip(), reason.strip()))
-    return out
+    return [(where, *(part.strip() for part in line.split("# not run:", 1)))
+            for where, line in shell_lines() if "# not run:" in line]
 
 
 def make_sandbox(root: Path) -> dict:

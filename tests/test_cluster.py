@@ -38,3 +38,34 @@ def test_synth_through_ray_equals_local(ray_cluster, tmp_path):
     import ray
 
     assert ray.data.read_parquet(str(tmp_path / "ray")).count() == 30
+
+
+def test_each_training_call_is_its_own_run_unless_resumed(ray_cluster, tmp_path):
+    """Ray Train resumes a run whose name has checkpoints: a second call with the same `out` and
+    another config (the bug: tasks=[doc_type,...] after all tasks restored a 7-task checkpoint)
+    must start fresh; a call that asks to resume a run by its name continues it."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from train_jobs.common import run_trainer
+
+    def _checkpointing_loop(config):  # defined here: workers cannot import a test module
+        """Reports one checkpoint holding `width`, and the width of the checkpoint it started from."""
+        import tempfile
+
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        seen = int(open(f"{ckpt.path}/width").read()) if ckpt else -1
+        with tempfile.TemporaryDirectory() as d:
+            open(f"{d}/width", "w").write(str(config["width"]))
+            ray.train.report({"seen": seen}, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    cfg = SimpleNamespace(use_gpu=False, num_workers=1, cpus_per_worker=0.5, max_failures=0, out=str(tmp_path))
+    first = run_trainer(_checkpointing_loop, cfg, "job", loop_config={"width": 7})
+    second = run_trainer(_checkpointing_loop, cfg, "job", loop_config={"width": 2})
+    assert first.metrics["seen"] == -1 and second.metrics["seen"] == -1  # nothing restored across calls
+    assert len(list((tmp_path / "ray").glob("job-*"))) == 2
+    first_run = Path(first.checkpoint.path).relative_to(tmp_path / "ray").parts[0]
+    again = run_trainer(_checkpointing_loop, cfg, first_run, loop_config={"width": 7}, resume=True)
+    assert again.metrics["seen"] == 7  # resume=True with the first run's name continues it

@@ -113,7 +113,7 @@ def test_a_trainer_keeps_every_artifact_in_object_storage(ray_cluster, s3_home, 
     assert any(k.endswith("/_SUCCESS") for k in synth) and any("/train/" in k and k.endswith(".parquet") for k in synth)
     run = "runs/pretrain_recognition/"
     assert f"{run}config.yaml" in keys and f"{run}grids/epoch_000.png" in keys
-    assert any(k.startswith(f"{run}ray/pretrain_recognition/") and k.endswith("/state.pt") for k in keys)  # checkpoint
+    assert any(k.startswith(f"{run}ray/pretrain_recognition-") and k.endswith("/state.pt") for k in keys)  # checkpoint
     assert any(k.startswith("models/s3-encoder/v0001/") and k.endswith("model.safetensors") for k in keys)
 
     assert _files(local_home) == before

@@ -318,8 +318,20 @@ def all_gather(value) -> list:
     return out
 
 
-def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config: dict | None = None):
+def run_name(prefix: str) -> str:
+    """A fresh Ray Train run name, `<prefix>-<UTC time>-<6 hex>`. Ray Train resumes a run whose name
+    already has checkpoints under the storage path, so a fixed name would hand each call the last
+    call's checkpoint, even one of another config (another task set: a size mismatch on restore)."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
+
+
+def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config: dict | None = None,
+                resume: bool = False):
     """Fit `loop` with TorchTrainer under cfg's scaling and failure settings; returns the Result.
+
+    Each call is a run of its own (`run_name(name)`), which resumes after a worker failure within
+    the call (`FailureConfig`); `resume=True` takes `name` as it is, so a call with an earlier
+    run's name continues that run from its latest checkpoint.
 
     `cfg` needs: num_workers, cpus_per_worker, use_gpu (None: a GPU when the cluster has one),
     max_failures, out; and may have worker_resources (custom Ray resources each worker needs, e.g.
@@ -341,7 +353,7 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config:
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                            **getattr(cfg, "worker_resources", {})}),
-        run_config=RunConfig(name=name, storage_path=paths.join(paths.absolute(cfg.out), "ray"),
+        run_config=RunConfig(name=name if resume else run_name(name), storage_path=paths.join(paths.absolute(cfg.out), "ray"),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets=datasets or {},

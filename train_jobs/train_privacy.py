@@ -85,8 +85,8 @@ class PrivacyTrainConfig(Config):
     use_gpu: bool | None = Field(None, description="None: when the cluster has a GPU")
     max_failures: int = 1
     out: str = Field("", description="run folder ('' -> DOCRAY_HOME/reports/privacy/train)")
-    run_name: str = Field("", description="Ray Train run name prefix; '' -> a fresh one per call. Reuse an earlier "
-                                          "name (with the same out) to resume that run from its checkpoints")
+    run_name: str = Field("", description="Ray Train run name prefix; '' -> a fresh run per call. Give a name "
+                                          "(and the same out) to resume that run from its checkpoints")
 
 
 class MaskRun(Config):
@@ -256,11 +256,11 @@ def run(cfg: PrivacyTrainConfig) -> dict:
     print(f"{n_train} training rows of {len(classes)} identities, {steps} steps per epoch per worker, "
           f"{len(bank)} training masks", flush=True)
     results = {}
-    run_name = cfg.run_name or time.strftime("mask-%Y%m%d-%H%M%S")
     job = cfg.model_copy(update={"out": out})
     for kind in cfg.models:
         loop_config = MaskRun(job=job, kind=kind, classes=classes, steps=steps, mask_pngs=bank).model_dump()
-        result = run_trainer(train_loop_per_worker, job, f"{run_name}-{kind}", datasets, loop_config)
+        result = run_trainer(train_loop_per_worker, job, f"{cfg.run_name or 'mask'}-{kind}", datasets, loop_config,
+                             resume=bool(cfg.run_name))
         state = load_checkpoint_state(result.checkpoint)
         model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
         model.load_state_dict(state["model"])

@@ -69,3 +69,13 @@ def test_each_training_call_is_its_own_run_unless_resumed(ray_cluster, tmp_path)
     first_run = Path(first.checkpoint.path).relative_to(tmp_path / "ray").parts[0]
     again = run_trainer(_checkpointing_loop, cfg, first_run, loop_config={"width": 7}, resume=True)
     assert again.metrics["seen"] == 7  # resume=True with the first run's name continues it
+
+
+def test_a_trainer_that_must_wait_for_cpus_says_so(ray_cluster, capsys):
+    from train_jobs.common import say_if_waiting
+
+    say_if_waiting(0.0)
+    assert capsys.readouterr().err == ""
+    say_if_waiting(3)  # the cluster has 2: only an autoscaler could start these workers
+    err = capsys.readouterr().err
+    assert "waiting for 3 CPUs" in err and "2 in all" in err

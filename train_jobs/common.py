@@ -318,6 +318,19 @@ def all_gather(value) -> list:
     return out
 
 
+def say_if_waiting(cpus: float) -> None:
+    """Ray Train starts the workers only when all their CPUs are free at once, and waits silently
+    until then: say so when the cluster has fewer free now (Serve replicas, other jobs) or in all."""
+    import ray
+
+    free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+    if cpus > free + 1e-9:
+        where = (f"the cluster has {total:g} in all: it waits until an autoscaler adds nodes" if cpus > total + 1e-9
+                 else f"{free:g} of the cluster's {total:g} are free now (Serve replicas and other jobs hold the rest)")
+        print(f"waiting for {cpus:g} CPUs for the training workers: {where}; Ray Data's reads need CPUs too. "
+              "Fewer workers or a smaller cpus_per_worker start sooner.", file=sys.stderr, flush=True)
+
+
 def run_name(prefix: str) -> str:
     """A fresh Ray Train run name, `<prefix>-<UTC time>-<6 hex>`. Ray Train resumes a run whose name
     already has checkpoints under the storage path, so a fixed name would hand each call the last
@@ -348,6 +361,7 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config:
     from docray import paths
 
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    say_if_waiting(cfg.num_workers * cfg.cpus_per_worker)
     trainer = TorchTrainer(
         loop, train_loop_config=cfg.model_dump() if loop_config is None else loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,

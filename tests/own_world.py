@@ -135,7 +135,7 @@ def write_targets(root: Path, n: int, seed: int = 0) -> Path:
         if target:
             d.text((6, 100), text, font=font("serif", 12), fill=(0, 0, 0))
         img.save(root / f"{i:03d}.png")
-        rows.append({"file": f"{i:03d}.png", "is_target": target, "text": text, "split": "val" if i % 4 == 3 else "train"})
+        rows.append({"file": f"{i:03d}.png", "is_target": target, "text": text, "split": "val" if i % 8 >= 6 else "train"})  # val: a target and a benign picture of every 8
     (root / "labels.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return root
 

@@ -73,7 +73,7 @@ def make_sandbox(root: Path) -> dict:
         (work / name).write_bytes(data)
     own_world.write_documents(work / "my_ids", ["identity_card", "passport_page"], per_type=12)
     own_world.write_faces(work / "lfw", identities=10, per_identity=4)
-    own_world.write_targets(work / "pictures", 12)
+    own_world.write_targets(work / "pictures", 40)  # val: 5 targets, 5 benign (calibrate screening needs both)
     own_world.write_masks(work / "irregular_masks", 8)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DOCRAY_", "PYTEST"))}
     env.update(HOME=str(home), DOCRAY_TINY="1", PYTHONPATH=str(ROOT),

@@ -29,12 +29,12 @@ serve_apps.privacy), finalists.parquet (every finalist with its verdict and mask
 attacks.parquet (the attacker table: finalists and whole images),
 strips.parquet (sample strips: original, masked, each attack's reconstruction, blur, mosaic, for a
 few probe faces), funnel.json (stages per rule, timings, masks/s, peak RSS), sample_face.png,
-config.yaml. `docray privacy report` turns them into Markdown with plots.
+config.yaml. `docray privacy report` turns them into Markdown with plots. `out` may be a URI (`s3://...`,
+as under an s3:// DOCRAY_HOME): every file is written through `docray.storage.blobs`.
 """
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 
@@ -318,7 +318,12 @@ class Stage5:
 
 
 def _parquet(df: pd.DataFrame, path: str) -> None:
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+    """`df` as a Parquet file at a local path or URI (whole or not at all: `blobs.write_file`)."""
+    from docray.storage.blobs import write_file
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+    write_file(path, buf.getvalue().to_pybytes())
 
 
 def run(cfg: GridEvalConfig) -> dict:
@@ -330,9 +335,9 @@ def run(cfg: GridEvalConfig) -> dict:
     from docray.privacy.funnel import run_rules
     from docray.privacy.grid import with_no_mask
     from docray.privacy.masks import decode_mask, masks_table
+    from docray.storage.blobs import write_file
 
-    out = cfg.out or paths.sub("reports", "privacy", "grid")
-    os.makedirs(out, exist_ok=True)
+    out = paths.absolute(cfg.out or paths.sub("reports", "privacy", "grid"))  # a local folder or URI
     save_config(cfg, out)
     t_start = time.perf_counter()
     test, masks = test_set(cfg), mask_set(cfg)
@@ -346,7 +351,7 @@ def run(cfg: GridEvalConfig) -> dict:
     whole = ray_grid(masks_table([np.ones((cfg.image_size,) * 2, np.float32)], ["no-mask"]), data_ref, models, cfg,
                      concurrency=1)  # Table 1's no-mask row: a mask that hides nothing
     no_mask = {m: float(whole[f"acc_{m}"].iloc[0]) for m in models}
-    _parquet(per_mask, os.path.join(out, "per_mask.parquet"))
+    _parquet(per_mask, paths.join(out, "per_mask.parquet"))
     by_no = masks.to_pandas().set_index("mask_no")
     timing = {}
 
@@ -364,7 +369,7 @@ def run(cfg: GridEvalConfig) -> dict:
     results = run_rules(per_mask, attack, cfg.funnel, edges, stage5, mask_px)
     result = results[cfg.funnel.stage2]
     result.bins = with_no_mask(result.bins, no_mask)
-    result.bins.to_csv(os.path.join(out, "bins.csv"), index=False)
+    write_file(paths.join(out, "bins.csv"), result.bins.to_csv(index=False).encode())
     cands = pd.concat([r.candidates.assign(rule=rule) for rule, r in results.items()], ignore_index=True)
     if len(cands):  # one row per mask, flags for the rules that nominated it
         flags = pd.crosstab(cands["mask_no"], cands["rule"]).gt(0).add_prefix("rule_").reset_index()
@@ -375,23 +380,22 @@ def run(cfg: GridEvalConfig) -> dict:
         for rule in results:
             cands[f"rule_{rule}"] = cands.get(f"rule_{rule}", False)
     cands = cands.drop(columns=[c for c in cands.columns if c.startswith("correct_")] + ["rule"], errors="ignore")
-    _parquet(cands, os.path.join(out, "candidates.parquet"))
+    _parquet(cands, paths.join(out, "candidates.parquet"))
     targets = result.targets.drop(columns=[c for c in result.targets.columns if c.startswith("correct_")])
     targets = targets.assign(mask=[by_no.loc[n, "mask"] for n in targets["mask_no"]])
-    _parquet(targets, os.path.join(out, "targets.parquet"))
+    _parquet(targets, paths.join(out, "targets.parquet"))
     attacks = next((r.attacks for r in results.values() if r.attacks is not None), None)
     if "worst_attacker_tar" in cands.columns:  # every rule's finalists with their verdict and mask, met or not
         fin = cands[cands["worst_attacker_tar"].notna()]
-        _parquet(fin.assign(mask=[by_no.loc[n, "mask"] for n in fin["mask_no"]]), os.path.join(out, "finalists.parquet"))
+        _parquet(fin.assign(mask=[by_no.loc[n, "mask"] for n in fin["mask_no"]]), paths.join(out, "finalists.parquet"))
     if attacks is not None:
         _parquet(attacks.drop(columns=["support_ok"], errors="ignore").assign(
-            support_ok=attacks["support_ok"].astype(bool)), os.path.join(out, "attacks.parquet"))
+            support_ok=attacks["support_ok"].astype(bool)), paths.join(out, "attacks.parquet"))
     if stage5 is not None and attacks is not None and cfg.attack.strips:
         t = time.perf_counter()
-        _parquet(stage5.strips(strip_masks(result, cfg.attack.strips)), os.path.join(out, "strips.parquet"))
+        _parquet(stage5.strips(strip_masks(result, cfg.attack.strips)), paths.join(out, "strips.parquet"))
         timing["strips_s"] = time.perf_counter() - t
-    with open(os.path.join(out, "sample_face.png"), "wb") as f:
-        f.write(encode_png(test.images[0]))
+    write_file(paths.join(out, "sample_face.png"), encode_png(test.images[0]))
     pairs = masks.num_rows * len(test) * cfg.runs
     stats = {"grid_s": grid_s, "masks_per_s": masks.num_rows / grid_s, "pairs_per_s": pairs / grid_s,
              "grid_peak_actor_rss_mb": grid_rss, **timing}
@@ -405,8 +409,7 @@ def run(cfg: GridEvalConfig) -> dict:
                "stage5": None if stage5 is None else {"identities": stage5.identities,
                                                       "n_eval_images": len(stage5.data["eval"])},
                "throughput": stats}
-    with open(os.path.join(out, "funnel.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_file(paths.join(out, "funnel.json"), json.dumps(summary, indent=2, default=str).encode())
     return {"out": out, "summary": summary, "bins": result.bins, "targets": targets}
 
 

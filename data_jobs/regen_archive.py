@@ -11,7 +11,9 @@ of a CPU, a GPU share when present) -> write Parquet: the input's other columns 
 `content`, `compressed` (bytes), `quality`, `bytes_in`, `bytes_out`, `record_id` (with store=true,
 each document also becomes an image-repository record) and `error` (rows that could not be
 compressed say why; the job does not stop). A summary (documents, errors, bytes in/out, ratio)
-is printed and written to `<out>/summary.json`.
+is printed and written to `<out>/summary.json`. `input` (Parquet) and `out` may be URIs (`s3://...`; the
+default `out` is under DOCRAY_HOME, which may be one): Ray Data reads and writes them, the summary and
+config go through `docray.storage.blobs`.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pydantic import Field
 
 from docray import paths
 from docray.config import Config, parse_args, save_config
+from docray.storage import blobs
 
 
 class RecompressConfig(Config):
@@ -44,7 +47,7 @@ def read_archive(cfg: RecompressConfig):
     import ray
 
     p = Path(cfg.input)
-    if p.is_dir() and not any(p.glob("*.parquet")):
+    if not paths.is_uri(cfg.input) and p.is_dir() and not any(p.glob("*.parquet")):
         from docray.storage.datasets import read_image_folder
 
         ds = ray.data.from_arrow(read_image_folder(str(p)).table)
@@ -64,8 +67,8 @@ def run(cfg: RecompressConfig) -> dict:
     from docray.regen.pipeline import ArchivePredictor
 
     t0 = time.perf_counter()
-    out = Path(cfg.out or paths.sub("datasets", f"recompressed-{Path(cfg.input).stem}"))
-    out.mkdir(parents=True, exist_ok=True)
+    name = Path(cfg.input.rstrip("/").rsplit("/", 1)[-1]).stem
+    out = paths.absolute(cfg.out or paths.sub("datasets", f"recompressed-{name}"))  # a local folder or URI
     save_config(cfg, out, "recompress_config.yaml")
     ds = read_archive(cfg).map_batches(
         ArchivePredictor, batch_size=cfg.batch_size, concurrency=cfg.concurrency, batch_format="numpy",
@@ -73,14 +76,18 @@ def run(cfg: RecompressConfig) -> dict:
                                    store=cfg.store, repository_url=cfg.repository_url, blob_root=cfg.blob_root,
                                    fill=cfg.fill),
         **actor_resources(cfg.concurrency))
-    ds.write_parquet(str(out / "parts"))
-    t = pq.read_table(str(out / "parts"), columns=["bytes_in", "bytes_out", "error"]).to_pydict()
+    parts = paths.join(out, "parts")
+    ds.write_parquet(parts)
+    fs, folder = blobs.filesystem(parts)
+    fs.invalidate_cache()  # written by Ray Data's tasks, not through this (caching) filesystem object
+    t = pq.read_table(folder, columns=["bytes_in", "bytes_out", "error"],
+                      filesystem=None if blobs.is_local(fs) else fs).to_pydict()
     ok = [i for i, e in enumerate(t["error"]) if e is None]
     b_in, b_out = sum(t["bytes_in"][i] for i in ok), sum(t["bytes_out"][i] for i in ok)
     summary = {"documents": len(t["error"]), "errors": len(t["error"]) - len(ok), "bytes_in": b_in, "bytes_out": b_out,
                "ratio": round(b_in / b_out, 2) if b_out else None, "seconds": round(time.perf_counter() - t0, 1),
-               "out": str(out / "parts")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+               "out": parts}
+    blobs.write_file(paths.join(out, "summary.json"), json.dumps(summary, indent=2).encode())
     return summary
 
 

@@ -105,3 +105,27 @@ def test_recompress_archive_job(ray_cluster, tmp_path):
     t = pq.read_table(summary["out"]).to_pydict()
     assert sorted(t["id"]) == [f"doc-0-{i:07d}" for i in range(3)] and max(t["bytes_out"]) <= 2500
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["documents"] == 3
+
+
+@pytest.mark.slow
+def test_recompress_archive_job_on_object_storage(ray_cluster, s3, tmp_path):
+    """The same job with its input and output at s3:// URIs: the parts, the summary and the config in the bucket."""
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_jobs.regen_archive import RecompressConfig, run
+    from docray.storage import blobs
+    from docray.synth import generate
+
+    base = f"{s3}/recompress-{uuid.uuid4().hex[:8]}"
+    buf = pa.BufferOutputStream()
+    pq.write_table(generate("documents", 0, 2, seed=0, n_angles=0).select(["id", "image"]), buf)
+    blobs.write_file(f"{base}/in/p.parquet", buf.getvalue().to_pybytes())
+    (tmp_path / "lib.yaml").write_text(yaml.safe_dump(TINY_LIB))
+    summary = run(RecompressConfig(input=f"{base}/in", untrained="regen_tiny", out=f"{base}/out",
+                                   file_types=str(tmp_path / "lib.yaml"), batch_size=2))
+    assert summary["documents"] == 2 and summary["errors"] == 0 and summary["out"] == f"{base}/out/parts"
+    assert json.loads(blobs.read_file(f"{base}/out/summary.json"))["documents"] == 2
+    assert blobs.exists(f"{base}/out/recompress_config.yaml")

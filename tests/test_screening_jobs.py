@@ -133,3 +133,30 @@ def test_serve_screen_and_targets(library, serve_port):
             assert info["version"] == version + 1 and info["tiles"] == len(Library.open(library))
     finally:
         serve.delete("screening-test")
+
+
+def test_rescan_plan_reads_and_writes_object_storage(s3):
+    """The rescan's input shards, reports and shards.json at s3:// URIs (no Ray): a report is kept for the
+    same shard, redone when its shard is rewritten (a new ETag), and a stale one is removed."""
+    import uuid
+
+    from data_jobs.screening_archive import RescanConfig, input_shards, plan, read_parquet, write_atomic
+    from docray.storage import blobs
+
+    base = f"{s3}/rescan-{uuid.uuid4().hex[:8]}"
+    t = pa.table({"id": ["a", "b"], "pictures": [[b"x"], [b"y"]]})
+    for i in range(3):
+        write_atomic(t, f"{base}/archive/s{i}.parquet")
+    cfg = RescanConfig(input=f"{base}/archive", out=f"{base}/report")
+    shards = input_shards(cfg, cfg.out)
+    assert shards == [f"{base}/archive/s{i}.parquet" for i in range(3)] and read_parquet(shards[1]).equals(t)
+    todo, pending = plan(cfg.out, shards)
+    assert len(todo) == len(pending) == 3 and todo[0][1] == f"{base}/report/part-00000.parquet"
+    for _, report in pending[:2]:
+        write_atomic(pa.table({"id": ["a"], "abnormal": [True]}), report)
+    write_atomic(pa.table({"id": ["z"], "abnormal": [True]}), f"{base}/report/part-00009.parquet")  # no shard of it
+    assert [r for _, r in plan(cfg.out, shards)[1]] == [f"{base}/report/part-00002.parquet"]
+    assert not blobs.exists(f"{base}/report/part-00009.parquet")
+    write_atomic(t.slice(0, 1), shards[0])  # the shard changed: its report is redone
+    assert [r for _, r in plan(cfg.out, shards)[1]] == [f"{base}/report/part-0000{i}.parquet" for i in (0, 2)]
+    assert json.loads(blobs.read_file(f"{base}/report/shards.json"))["part-00001.parquet"]["shard"] == shards[1]

@@ -3,7 +3,8 @@
 The root (default `$DOCRAY_HOME/indexes/screening`) is a local folder or an `s3://` URI; every file
 is written and read through `docray.storage.blobs` (fsspec). Layout:
 
-    tiles/tiles-v0002-<tag>.parquet   tiles added by version 2 (tile_id, tile PNG, attributes, hashes)
+    tiles/tiles-v0002-<tag>.parquet   tiles added by version 2 (tile_id, tile PNG, attributes, hashes);
+                                      a compacted version's: the tiles of every version before it
     index/v0002-<tag>/                the TileIndex after version 2 (index.faiss, attrs.npz, index.json)
     features/features-v0002-<tag>.parquet   local features of the targets version 2 added (target_id,
                                       keypoints + descriptors: `docray.screening.verify`), for verification
@@ -28,6 +29,15 @@ Nothing is locked while an append works; old shards are never rewritten. Readers
 `manifest.json`), so they see a version whole or not at all. One `Library` object serialises its own
 appends and refreshes (a thread lock, taken in worker threads, never on an event loop).
 
+Compaction (`compact`; `docray screening compact`): every version adds a tile shard and a features
+shard, and its manifest (a database row) lists them all. `compact` merges the shards into one of each
+(rows in tile-id order, small row groups so one tile is read without the rest; the index saved again
+unchanged, so ids and scores stay) as a new version, published by the same INSERT race as an append,
+then forgets versions older than the newest `keep_versions` (2): their rows, `manifests/` copies and
+the files only they named (`docray.screening.versions` says why rows are pruned whole manifests and
+not deltas). A reader that lags further than that finds a tile shard gone: `tile_image` and
+`target_features` then follow the newest version (tile ids never change) and read again.
+
 In object storage, faiss reads an index folder from a local copy: `Library.open(cache_dir=...)`
 (default `$DOCRAY_LIBRARY_CACHE`, else `<temp>/docray-library-cache`) holds the folders of the two
 newest versions, keyed by the folder's name (version and tag, never reused), each renamed into place
@@ -42,6 +52,7 @@ Release times are integer DAYS since 1970-01-01 (`to_day` converts dates, timest
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import datetime as dt
 import hashlib
@@ -186,9 +197,11 @@ def _parquet(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _read_parquet(url: str, columns: list[str]) -> pa.Table:
+def _read_parquet(url: str, columns: list[str], filters=None) -> pa.Table:
     fs, path = blobs.filesystem(url)
-    return pq.read_table(url, columns=columns) if blobs.is_local(fs) else pq.read_table(path, columns=columns, filesystem=fs)
+    if blobs.is_local(fs):
+        return pq.read_table(url, columns=columns, filters=filters)
+    return pq.read_table(path, columns=columns, filesystem=fs, filters=filters)
 
 
 def _clone(index: TileIndex) -> TileIndex:
@@ -225,7 +238,7 @@ class Library:
         self.index: TileIndex | None = None
         self._keys: set[str] = set()  # hash:cut_code:release_day of every tile (exact duplicates)
         self._feature_shard: dict[str, str] = {}  # target_id -> features shard (read on demand)
-        self._shard_of_version: dict[int, str] = {}
+        self._shards: tuple[list[int], list[str]] = ([], [])  # the shards and the version in each one's name
         self._feature_cache: dict[str, dict[str, bytes]] = {}
 
     # -- open / create ------------------------------------------------------------------------
@@ -339,7 +352,7 @@ class Library:
         meets rows and features at least as new as the index it searches (versions only add tiles, so
         the ids an older index returns are rows of a newer version too)."""
         self._keys = keys
-        self._shard_of_version = {_version_of(s): s for s in manifest["shards"]}
+        self._shards = ([_version_of(s) for s in manifest["shards"]], list(manifest["shards"]))
         self._feature_shard = feature_shard
         self.meta = meta
         self.manifest = manifest
@@ -515,6 +528,136 @@ class Library:
                 except (FileNotFoundError, OSError):
                     pass
 
+    # -- compaction ---------------------------------------------------------------------------
+    def compact(self, *, keep_versions: int = 2, max_tries: int = 8) -> dict:
+        """Merge the tile shards into one and the features shards into one, as a new version published
+        like an append (a racing append either lands first and is merged, or loses and appends again on
+        top); then forget the versions older than the newest `keep_versions`: their database rows,
+        `manifests/` copies, and the files only they named. Tiles, ids, vectors and the index are
+        unchanged, so searches return the same ids and scores. A library already in one shard publishes
+        nothing and only forgets. Returns the version, shard counts and files removed."""
+        if keep_versions < 1:
+            raise ValueError("keep_versions must be at least 1 (the newest version)")
+        with self._mutex:
+            self.versions.check_writable()
+            for attempt in range(max_tries):
+                self.refresh()
+                before = len(self.manifest.get("shards", []))
+                if before <= 1 and len((self.manifest.get("features") or {}).get("shards", [])) <= 1:
+                    staged = None
+                    break
+                try:
+                    staged = self._stage_compaction()
+                except OSError:  # another writer's compaction removed a shard of this (stale) version: follow it
+                    if attempt + 1 < max_tries and self.refresh():
+                        continue
+                    raise
+                try:
+                    self.versions.publish(staged.manifest)
+                    break
+                except VersionTaken:
+                    self._discard(staged)
+                    time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
+            else:
+                raise RuntimeError(f"{self.root}: other writers published {max_tries} times while the compaction was "
+                                   "staged; nothing of it was stored, try again")
+            if staged is not None:
+                if staged.local_index is not None:
+                    self._into_cache(staged.local_index, self._cache_entry(staged.manifest["index"]))
+                fshards = (staged.manifest.get("features") or {}).get("shards", [])
+                features = {t: fshards[0] for t in self._feature_shard} if len(fshards) == 1 else self._feature_shard
+                self._set_state(staged.manifest, self.meta, self.index, features, self._keys)
+                self._feature_cache.clear()
+                self._write_manifest_files(staged.manifest)
+            self._prune(keep_versions)
+            removed = self._forget(keep_versions)
+            self._prune_cache()
+            return {"version": self.version, "compacted": staged is not None, "shards_before": before,
+                    "shards": len(self.manifest.get("shards", [])), "n_tiles": len(self), "files_removed": removed}
+
+    def _stage_compaction(self) -> _Staged:
+        """The next version: every tile shard merged into one (rows in tile-id order), every features shard
+        into one, the index saved again as it is; written under this writer's own names, not published."""
+        version = self.version + 1
+        tag = f"v{version:04d}-{secrets.token_hex(4)}"
+        shard, index_dir = f"tiles/tiles-{tag}.parquet", f"index/{tag}"
+        manifest = dict(self.manifest, version=version, shards=[shard], index=index_dir,
+                        updated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        staged = _Staged(manifest, TILE_SCHEMA.empty_table(), self.index, [self._url(shard), self._url(index_dir)],
+                         None, {}, set())
+        try:
+            sink, n = pa.BufferOutputStream(), 0
+            with pq.ParquetWriter(sink, TILE_SCHEMA) as w:  # one shard in memory at a time
+                for s in self.manifest["shards"]:
+                    t = _read_parquet(self._url(s), TILE_SCHEMA.names).select(TILE_SCHEMA.names).cast(TILE_SCHEMA)
+                    if not np.array_equal(t.column("tile_id").to_numpy(), np.arange(n, n + t.num_rows)):
+                        raise ValueError(f"{self.root}: {s} does not hold tiles {n}.. in order; not compacted")
+                    w.write_table(t, row_group_size=1024)  # small row groups: `tile_image` reads one of them
+                    n += t.num_rows
+            if n != len(self) or n != self.index.ntotal:
+                raise ValueError(f"{self.root}: the shards hold {n} tiles, the version {len(self)}; not compacted")
+            blobs.write_file(self._url(shard), sink.getvalue().to_pybytes())
+            staged.local_index = self._save_index(self.index, index_dir)
+            fshards = (self.manifest.get("features") or {}).get("shards", [])
+            if len(fshards) > 1:
+                fshard = f"features/features-{tag}.parquet"
+                staged.files.append(self._url(fshard))
+                t = pa.concat_tables([_read_parquet(self._url(s), FEATURE_SCHEMA.names).select(FEATURE_SCHEMA.names)
+                                      .cast(FEATURE_SCHEMA) for s in fshards])
+                blobs.write_file(self._url(fshard), _parquet(t))
+                manifest["features"] = dict(self.manifest["features"], shards=[fshard])
+        except BaseException:
+            self._discard(staged)
+            raise
+        return staged
+
+    def _forget(self, keep: int) -> int:
+        """Delete what only versions older than the newest `keep` name (tile and features shards, index
+        folders), then their `manifests/` copies, then their database rows; returns the files deleted.
+        Only files some published version named are ever deleted: a racing writer's staged files are in no
+        manifest yet. Old versions are the database's rows and the `manifests/vNNNN.json` copies (a library
+        from before the database has only those)."""
+        last = self.version - keep
+        if last < 1:
+            return 0
+        fs, folder = blobs.filesystem(self._url("manifests"))
+        try:
+            copies = {int(m.group(1)): p for p in fs.ls(folder, detail=False, refresh=True)
+                      if (m := re.fullmatch(r"v(\d+)\.json", p.rstrip("/").rsplit("/", 1)[-1]))}
+        except FileNotFoundError:
+            copies = {}
+        old = self.versions.manifests(1, last)
+        kept = self.versions.manifests(last + 1)
+        kept[self.version] = self.manifest
+        for v, p in copies.items():  # versions without a row: their copies say what they name
+            record = old if v <= last else kept
+            if v not in record:
+                try:
+                    record[v] = json.loads(fs.cat_file(p))
+                except FileNotFoundError:
+                    pass
+
+        def files(m: dict) -> set[str]:
+            return {*m.get("shards", []), *(m.get("features") or {}).get("shards", []), *([m["index"]] if m.get("index") else [])}
+
+        keep_files = set().union(*map(files, kept.values()))
+        removed = 0
+        for rel in sorted(set().union(*map(files, old.values())) - keep_files):
+            f, path = blobs.filesystem(self._url(rel))
+            try:
+                f.rm(path, recursive=True)
+                removed += 1
+            except (FileNotFoundError, OSError):
+                pass
+        for v, p in copies.items():
+            if v <= last:
+                try:
+                    fs.rm(p)
+                except (FileNotFoundError, OSError):
+                    pass
+        self.versions.prune(last)
+        return removed
+
     def _new_tiles(self, batch: TileBatch, hashes: list[str], vectors: np.ndarray, min_similarity: float) -> np.ndarray:
         """Rows that are not duplicates: same content (exact hash, or cosine >= min_similarity) AND the same
         attributes (cut code, release day) as an earlier row or a library tile. Equal content under other
@@ -554,7 +697,12 @@ class Library:
         if shard not in self._feature_cache:
             if len(self._feature_cache) >= 8:  # a few shards in memory
                 self._feature_cache.pop(next(iter(self._feature_cache)))
-            t = _read_parquet(self._url(shard), ["target_id", "features"])
+            try:
+                t = _read_parquet(self._url(shard), ["target_id", "features"])
+            except OSError:  # a compaction removed the shard of an old version: follow the library
+                if not self.refresh():
+                    raise
+                return self.target_features(target_id)
             self._feature_cache[shard] = dict(zip(t.column("target_id").to_pylist(), t.column("features").to_pylist()))
         return unpack(self._feature_cache[shard][target_id])
 
@@ -564,10 +712,23 @@ class Library:
         return self.meta.take(pa.array(ids, pa.int64())).to_pylist() if ids else []
 
     def tile_image(self, tile_id: int) -> Image.Image:
-        version = int(self.meta.column("version")[int(tile_id)].as_py())
-        t = _read_parquet(self._url(self._shard_of_version[version]), ["tile_id", "tile"])
+        tile_id = int(tile_id)
+        for attempt in range(2):
+            try:
+                t = _read_parquet(self._url(self._shard_of(tile_id)), ["tile_id", "tile"], [("tile_id", "==", tile_id)])
+                break
+            except OSError:  # a compaction removed the shard of an old version: follow the library (ids stay)
+                if attempt or not self.refresh():
+                    raise
         ids = t.column("tile_id").to_numpy()
         return Image.open(io.BytesIO(t.column("tile")[int(np.flatnonzero(ids == tile_id)[0])].as_py())).convert("RGB")
+
+    def _shard_of(self, tile_id: int) -> str:
+        """The tile shard holding a tile: the first whose name's version is at least the tile's version (a
+        shard `vN` holds the tiles of version N, a compacted one those of every version before N)."""
+        version = int(self.meta.column("version")[tile_id].as_py())
+        versions, shards = self._shards
+        return shards[bisect.bisect_left(versions, version)]
 
 
 def _keys(meta: pa.Table) -> set[str]:

@@ -14,6 +14,24 @@ version and redoes its append on top of it (`Library.append`). The newest versio
 `max(version)` of its rows; a library built before this table (or written without a database)
 has no rows, and its `manifest.json` says which version it is at.
 
+What a row holds, and compaction. Each row holds its version's WHOLE manifest (shard lists, index
+folder), so a reader's reload is one row read. A manifest names one tile shard (and one features
+shard) per version since the last compaction, so without anything else the rows would grow by one
+shard a version and the table by O(N^2). `Library.compact` bounds both: it merges every shard into
+one tile shard and one features shard, published as a new version by the same INSERT race as an
+append, and then deletes the rows (`prune`) and manifest copies of versions older than the newest
+`keep_versions`, and the shard files only they named. After a compaction the table holds
+`keep_versions` rows (plus one per append since), each naming a few shards; a reload reads one row
+and a few shards. Why not rows of deltas (the shards a version added): a reader would then replay a
+chain of rows back to a full snapshot, and bounding that chain needs the same snapshot-and-prune
+step; whole manifests plus pruning keep the read path as it was, and rows written before this
+(whole manifests) are simply the old rows.
+
+Pruning rows must not let a stale writer win: with version k's row deleted, a writer still on a
+version before k could INSERT k without a unique-key conflict. `publish` therefore checks, inside
+its INSERT's transaction, that no row of a higher version exists (the newest row is never pruned,
+so a pruned version always has a newer row), and rolls back as `VersionTaken` otherwise.
+
 Why optimistic concurrency and not a lease row with an expiry: an append's costly part (de-
 duplication against the library, the index add, uploading shards and the index) runs while
 holding nothing, so a slow or dead writer never stops another writer or any reader, and there is
@@ -193,11 +211,38 @@ class VersionStore:
         self.check_writable()
         row = dict(root=self.root, version=int(manifest["version"]), manifest=manifest,
                    created_at=datetime.now(timezone.utc), writer=f"{socket.gethostname()}:{os.getpid()}")
+        taken = VersionTaken(f"{self.root}: version {manifest['version']} was published by another writer")
         try:
             with self._db(write=True).begin() as c:
                 c.execute(LibraryVersion.__table__.insert().values(**row))
+                # a newer row: this writer is stale and its version's row was pruned (see the module docstring)
+                if c.execute(select(func.max(LibraryVersion.version))
+                             .where(LibraryVersion.root == self.root)).scalar() > row["version"]:
+                    raise taken  # rolls the INSERT back
         except IntegrityError:
-            raise VersionTaken(f"{self.root}: version {manifest['version']} was published by another writer") from None
+            raise taken from None
+
+    def manifests(self, first: int = 1, last: int | None = None) -> dict[int, dict]:
+        """The manifests of the database's versions `first`..`last` (None: the newest), by version."""
+        engine = self._db()
+        if engine is None:
+            return {}
+        q = select(LibraryVersion.version, LibraryVersion.manifest).where(
+            LibraryVersion.root == self.root, LibraryVersion.version >= first)
+        if last is not None:
+            q = q.where(LibraryVersion.version <= last)
+        with engine.connect() as c:
+            return {int(v): dict(m) for v, m in c.execute(q)}
+
+    def prune(self, last: int) -> int:
+        """Delete the rows of versions up to `last` (compaction; never the newest); returns the rows deleted."""
+        engine = self._db()
+        if engine is None:
+            return 0
+        last = min(last, self.db_version() - 1)
+        with engine.begin() as c:
+            return c.execute(LibraryVersion.__table__.delete().where(
+                LibraryVersion.root == self.root, LibraryVersion.version <= last)).rowcount
 
     def versions(self) -> list[int]:
         """Every version the database holds for this root, ascending (for checks and tests)."""

@@ -2,6 +2,7 @@
 
     docray screening query  PICTURE... [--release-time 2024-05-01] [--cut-type 3x3]
     docray screening info                                        # library version, tiles, index kind
+    docray screening compact [--keep 2]                          # merge the shards, forget old versions
 
 The job commands of this group (`build`, `rescan`) drive Ray jobs, so they live in the entry layer
 (cluster/cli.py), which adds them to this group in the `docray` command.
@@ -51,3 +52,18 @@ def info(library) -> None:
     lib = Library.open(library)
     click.echo(json.dumps({"root": str(lib.root), "version": lib.version, "tiles": len(lib), "index": lib.index.current_kind,
                            "descriptor": lib.manifest["descriptor"], "templates": lib.manifest["templates"]}, indent=2))
+
+
+@screening.command("compact")
+@click.option("--library", default=None, help="library folder or s3:// URI (default DOCRAY_HOME/indexes/screening)")
+@click.option("--keep", type=int, default=2, show_default=True,
+              help="versions to keep (rows, manifests, the files they name); older ones are deleted")
+@click.option("--db-url", default=None, help="the database ordering the versions (default DOCRAY_DB_URL, else "
+              "<library>/versions.db for a local folder)")
+def compact(library, keep, db_url) -> None:
+    """Merge the library's tile and features shards into one each, as a new version (safe beside running
+    writers), then delete what only versions older than the newest --keep name; prints the result as JSON."""
+    from docray.screening.library import Library
+
+    lib = Library.open(library, db_url=db_url)
+    click.echo(json.dumps({"root": str(lib.root), **lib.compact(keep_versions=keep)}, indent=2))

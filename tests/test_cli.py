@@ -80,7 +80,7 @@ def test_library_cli_stays_below_the_entry_layer():
     from docray.recognition.cli import recognition
     from docray.screening.cli import screening
 
-    assert set(recognition.commands) == {"image"} and set(screening.commands) == {"query", "info"}
+    assert set(recognition.commands) == {"image"} and set(screening.commands) == {"query", "info", "compact"}
     assert set(privacy.commands) == {"report", "tables", "sheet", "attacks", "calibrate"}
     res = CliRunner().invoke(main, ["recognition", "--help"])
     assert res.exit_code == 0 and "pretrain" in res.output and "image" in res.output

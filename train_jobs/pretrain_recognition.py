@@ -56,6 +56,8 @@ class DocumentsJobConfig(Config):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPU reserved per worker (fractions fit a small host)")
     worker_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per "
                                                "worker, e.g. {node_a: 0.01}: train only on the nodes that have them")
+    shuffle_buffer: int = Field(512, ge=0, description="rows each worker shuffles among (Ray Data's local shuffle, "
+                                "reseeded every epoch, after the blocks' order is shuffled; 0: file order)")
     use_gpu: bool | None = Field(None, description="None: use a GPU when the cluster has one")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
     fail_at_epoch: int = Field(-1, description="testing: raise once after this epoch's checkpoint (-1 = never)")
@@ -97,6 +99,19 @@ def documents_datasets(c, columns: list[str], required: tuple[str, ...], cache: 
             raise ValueError(f"{split} dataset {uri}: missing column(s) {missing}, which this job needs "
                              "(the 'documents' contract, docray.datasets.contracts)")
     return {s: d.select_columns([col for col in columns if col in d.schema().names]) for s, d in ds.items()}, train, val
+
+
+def shuffle_blocks(ds: dict, c: DocumentsJobConfig) -> dict:
+    """The training set's blocks in another order every epoch (rows then mix in each worker's
+    shuffle buffer, `shuffled`), unless c.shuffle_buffer is 0."""
+    return {**ds, "train": ds["train"].randomize_block_order()} if c.shuffle_buffer else ds
+
+
+def shuffled(c: DocumentsJobConfig, epoch: int) -> dict:
+    """`iter_torch_batches` arguments of an epoch's local shuffle: at least a batch of rows, reseeded every epoch."""
+    if not c.shuffle_buffer:
+        return {}
+    return {"local_shuffle_buffer_size": max(c.shuffle_buffer, c.batch_size), "local_shuffle_seed": c.seed + epoch}
 
 
 def decoded_views(ds: dict, size: int, frames: bool) -> dict:
@@ -188,7 +203,7 @@ def train_loop_per_worker(config: dict) -> None:
         net.train()
         t0, total, n, stop = time.time(), 0.0, 0, False
         batches = epoch_batches(train, steps, batch_size=c.batch_size, collate_fn=views, drop_last=True,
-                                local_shuffle_buffer_size=4 * c.batch_size, local_shuffle_seed=c.seed + epoch)
+                                **shuffled(c, epoch))
         for x in tqdm(batches, total=steps, desc=f"mae epoch {epoch}", unit="batch", disable=rank != 0):
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 loss = net(to_float(x.to(device))).loss
@@ -246,7 +261,7 @@ def main(argv=None) -> dict:
     init_ray()
     ds, train, val = documents_datasets(c, DocumentImages(size, c.use_frames).columns, required=("image",), cache=False)
     steps = steps_per_epoch(ds["train"].count(), c.batch_size, c.num_workers)  # Parquet metadata, before the decode
-    ds = decoded_views(ds, size, c.use_frames)
+    ds = shuffle_blocks(decoded_views(ds, size, c.use_frames), c)
     c = c.model_copy(update={"train": train, "val": val, "steps_per_epoch": min(steps, c.steps_per_epoch or steps)})
     save_config(c, c.out)
     result = run_trainer(train_loop_per_worker, c, "pretrain_recognition", ds)

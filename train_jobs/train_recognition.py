@@ -35,7 +35,7 @@ from docray.storage.blobs import write_file
 from train_jobs.common import (agree, all_gather, all_sum, epoch_batches, load_result_state, maybe_exit, maybe_fail,
                                report_epoch, restore, run_trainer, steps_per_epoch, unwrap_state, warmup_cosine,
                                worker_setup)
-from train_jobs.pretrain_recognition import DocumentsJobConfig, documents_datasets, saved_state
+from train_jobs.pretrain_recognition import DocumentsJobConfig, documents_datasets, saved_state, shuffle_blocks, shuffled
 
 
 class RecognitionTrainConfig(DocumentsJobConfig):
@@ -137,7 +137,7 @@ def train_loop_per_worker(config: dict) -> None:
         net.train()
         t0, sums, stop = time.time(), {f"{s}/{k}": 0.0 for s in ("sum", "n") for k in parts}, False
         batches = epoch_batches(train, steps, batch_size=c.batch_size, collate_fn=collate, drop_last=True,
-                                local_shuffle_buffer_size=4 * c.batch_size, local_shuffle_seed=c.seed + epoch)
+                                **shuffled(c, epoch))
         for batch in tqdm(batches, total=steps, desc=f"unified epoch {epoch}", unit="batch", disable=rank != 0):
             losses = train_step(net, batch, opt, cat, device, step, scheduler=sched,
                                 frame_tasks_per_batch=c.frame_tasks_per_batch, amp=amp)
@@ -177,7 +177,7 @@ def main(argv=None) -> dict:
     check_labels(ds["train"], cat)  # every task has labelled rows (else an error naming its columns)
     check_labels(ds["val"], cat, require=False)  # known document types
     steps = steps_per_epoch(ds["train"].count(), c.batch_size, c.num_workers)
-    ds = decoded_documents(ds, model.image_size)
+    ds = shuffle_blocks(decoded_documents(ds, model.image_size), c)
     c = c.model_copy(update={"train": train, "val": val, "steps_per_epoch": min(steps, c.steps_per_epoch or steps)})
     save_config(c, c.out)
     result = run_trainer(train_loop_per_worker, _WithText(c, query_text), "train_recognition", ds)

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.docray-installed
 # This machine's pip config names local index folders that may not exist; pip warns once per package.
 QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
 
-.PHONY: help install quickstart models test test-all test-slow test-faults test-multinode test-docs bench clean
+.PHONY: help install quickstart quickstart-object-storage models test test-all test-slow test-faults test-multinode test-docs bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 quickstart: install  ## the main job: local Ray, synthetic corpus through Ray, storage, summary
 	$(BIN)/python -m cluster.quickstart
+
+quickstart-object-storage: install  ## the quickstart on a local home, then on s3:// (local S3 server), compared (~20 min)
+	$(BIN)/python -m tests.quickstart_s3
 
 models: install  ## every reference model from scratch, each step a Ray job; resumes (configs/models/standard.yaml)
 	$(BIN)/docray models build --profile standard

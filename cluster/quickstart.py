@@ -14,18 +14,30 @@
 4. The gateway (`configs/serve/gateway.yaml`, private verification under its development override:
    the short run's masks are not privacy-selected) deployed with `serve deploy`; every endpoint called
    once through `docray.client.DocrayClient` (a face enrolled, verified, identified, deleted).
-5. A summary table: each step's time and outcome, and where the reports and pictures are.
+5. A summary table: each step's time and outcome, and where the reports and pictures are; the same
+   as JSON in DOCRAY_HOME/reports/quickstart/summary.json.
+
+`DOCRAY_HOME` may be a URI (`s3://bucket/prefix`, with the AWS_* environment of docs/architecture.md):
+every file the steps write (datasets, models, library, reports, job logs, the Serve config deployed)
+goes there through `docray.paths` / `docray.storage.blobs`. Local, in a temporary folder removed at
+the end: the copy of the Serve config that `serve deploy` reads and, for a URI home, the privacy grid's
+targets/funnel/calibration files the Privacy app reads (it opens local files only). The image
+repository and the library's versions need a database (`DOCRAY_DB_URL`); for a URI home without one,
+a SQLite file under ~/.cache/docray/ (one machine only: set DOCRAY_DB_URL for a cluster).
 
 The short runs show the flow, not accuracy: the answers are printed beside the truth. The figures
 that matter come from `benchmarks/` with full settings.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +46,7 @@ from pydantic import Field
 
 from docray import paths
 from docray.config import Config, parse_args, save_config
+from docray.storage import blobs
 from docray.storage.datasets import read_table
 from docray.storage.repository import ImageRepository
 from data_jobs.synth_corpus import Counts, save_contact_sheet
@@ -141,8 +154,9 @@ def screening_uploads(seed: int) -> dict[str, list[bytes]]:
     return {"clean": benign[:2], "abnormal": [benign[2], encode_png(upload)]}
 
 
-def write_archive(seed: int, out: Path) -> Path:
-    """A small archive of documents (pictures per document) for the rescan: every third one abnormal."""
+def write_archive(seed: int, out: str) -> str:
+    """A small archive of documents (pictures per document) for the rescan: every third one abnormal.
+    `out`: a local folder or a URI."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -150,20 +164,20 @@ def write_archive(seed: int, out: Path) -> Path:
     for i in range(6):
         pics = screening_uploads(seed + i)["abnormal" if i % 3 == 0 else "clean"]
         rows.append({"id": f"archive-{i}", "pictures": pics, "release_time": None})
-    out.mkdir(parents=True, exist_ok=True)
+    buf = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("pictures", pa.list_(pa.binary())),
-                                                                ("release_time", pa.string())])), out / "part-00000.parquet")
+                                                                ("release_time", pa.string())])), buf)
+    blobs.write_file(paths.join(out, "part-00000.parquet"), buf.getvalue().to_pybytes())
     return out
 
 
 def run_job(name: str, module: str, overrides: list[str], address: str, timeout_s: float,
             log_dir: str | None = None, follow_logs: bool = False) -> dict:
     """One job through the Jobs API; its log goes to `log_dir`/<name>.log (default
-    DOCRAY_HOME/reports/quickstart), and to the terminal as it runs with `follow_logs`."""
+    DOCRAY_HOME/reports/quickstart: a local folder or a URI), and to the terminal as it runs with `follow_logs`."""
     from cluster.submit import JobFailed, connect, submit_job
 
-    log_dir = Path(log_dir or paths.sub("reports", "quickstart"))
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log = paths.join(log_dir or paths.sub("reports", "quickstart"), f"{name}.log")
     entry = f"python -m {module} --set " + " ".join(shlex.quote(o) for o in overrides)
     t0 = time.perf_counter()
     print(f"\n-- job {name}: {entry}", flush=True)
@@ -174,40 +188,65 @@ def run_job(name: str, module: str, overrides: list[str], address: str, timeout_
     except JobFailed as e:
         job_id, status, error = e.job_id, e.status, e.logs_tail.splitlines()[-1] if e.logs_tail else str(e)
     except (ConnectionError, RuntimeError) as e:  # not submitted (no agent, cluster gone): this step fails, not the run
-        (log_dir / f"{name}.log").write_text(f"not submitted: {e}\n")
+        blobs.write_file(log, f"not submitted: {e}\n".encode())
         print(f"   NOT SUBMITTED: {e}", flush=True)
         return {"step": name, "seconds": time.perf_counter() - t0, "ok": False, "detail": f"not submitted: {str(e)[:120]}",
-                "log": str(log_dir / f"{name}.log")}
+                "log": log}
     logs = connect(address).get_job_logs(job_id)
-    (log_dir / f"{name}.log").write_text(logs)
+    blobs.write_file(log, logs.encode())
     last = error or next((ln for ln in reversed(logs.strip().splitlines()) if ln.strip()), "")
     print(f"   {status} in {time.perf_counter() - t0:.0f} s: {last[:160]}", flush=True)
     return {"step": name, "seconds": time.perf_counter() - t0, "ok": status == "SUCCEEDED", "detail": f"{job_id} {status}",
-            "log": str(log_dir / f"{name}.log")}
+            "log": log}
 
 
-def with_dev_override(serve_config: str) -> Path:
-    """A copy of the Serve config (beside the job logs) with `privacy.dev_override: true`: the short run's
-    target masks carry no attacker verdict and no calibrated threshold, so verification would refuse
-    (docs/privacy.md#serving); the override is for development, and the Privacy replicas log it."""
+GRID_FILES = ("targets.parquet", "funnel.json", "calibration.json")  # what serve_apps.privacy reads beside the targets
+
+
+def local_grid_copy(local_dir: str | None) -> str | None:
+    """For a URI home: the privacy grid's files the Privacy app reads (`GRID_FILES`), copied into `local_dir`
+    (serve_apps.privacy opens local files only); the local targets path, or None when there are none."""
+    grid = paths.sub("reports", "privacy", "grid")
+    if local_dir is None or not paths.is_uri(grid) or not blobs.exists(paths.join(grid, GRID_FILES[0])):
+        return None
+    folder = os.path.join(local_dir, "privacy-grid")
+    for name in GRID_FILES:
+        if blobs.exists(paths.join(grid, name)):
+            blobs.write_file(os.path.join(folder, name), blobs.read_file(paths.join(grid, name)))
+    return os.path.join(folder, GRID_FILES[0])
+
+
+def with_dev_override(serve_config: str, local_dir: str | None = None) -> Path:
+    """A copy of the Serve config with `privacy.dev_override: true`: the short run's target masks carry no
+    attacker verdict and no calibrated threshold, so verification would refuse (docs/privacy.md#serving);
+    the override is for development, and the Privacy replicas log it. Written beside the job logs
+    (DOCRAY_HOME/reports/quickstart/serve-config.yaml, a local folder or a URI); for a URI home also into
+    `local_dir`, since `serve deploy` reads a local file (the one returned), and the privacy app's
+    `targets` is then a local copy of the grid's files there (`local_grid_copy`)."""
     import yaml
 
     conf = yaml.safe_load((ROOT / serve_config).read_text())
+    targets = local_grid_copy(local_dir)
     for app in conf.get("applications", []):
         if (app.get("args") or {}).get("privacy") is not None:
             app["args"]["privacy"] = {**app["args"]["privacy"], "dev_override": True}
-    out = Path(paths.sub("reports", "quickstart"), "serve-config.yaml")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(conf, sort_keys=False))
-    return out
+            if targets and not app["args"]["privacy"].get("targets"):
+                app["args"]["privacy"]["targets"] = targets
+    text = yaml.safe_dump(conf, sort_keys=False).encode()
+    kept = blobs.write_file(paths.sub("reports", "quickstart", "serve-config.yaml"), text)
+    if not paths.is_uri(kept):
+        return Path(kept)
+    if local_dir is None:
+        raise ValueError(f"DOCRAY_HOME is a URI ({paths.home()}): `serve deploy` needs a local copy; pass local_dir")
+    return Path(blobs.write_file(os.path.join(local_dir, "serve-config.yaml"), text))
 
 
-def deploy_gateway(serve_config: str, address: str, timeout_s: float = 300) -> None:
+def deploy_gateway(serve_config: str, address: str, local_dir: str, timeout_s: float = 300) -> None:
     """`serve deploy` the gateway config (privacy under its development override) and wait until it is RUNNING."""
     from ray import serve
 
     serve_bin = Path(sys.executable).with_name("serve")
-    subprocess.run([str(serve_bin), "deploy", str(with_dev_override(serve_config)), "--address", address], check=True,
+    subprocess.run([str(serve_bin), "deploy", str(with_dev_override(serve_config, local_dir)), "--address", address], check=True,
                    capture_output=True, text=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -304,6 +343,22 @@ def call_every_endpoint(cfg: QuickstartConfig, out: dict[str, dict]) -> list[dic
     return rows
 
 
+def database_for_uri_home(joining: bool) -> str | None:
+    """For a URI `DOCRAY_HOME` without `DOCRAY_DB_URL`: a SQLite file of this machine for the image repository
+    and the library's versions (~/.cache/docray/quickstart-<home hash>.db, one per home), set as
+    DOCRAY_DB_URL before Ray starts so every job and replica inherits it. Returns the URL set (None: nothing to do)."""
+    home = paths.home()
+    if not paths.is_uri(home) or os.environ.get("DOCRAY_DB_URL"):
+        return None
+    folder = Path.home() / ".cache" / "docray"
+    folder.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{folder / ('quickstart-' + hashlib.sha256(home.encode()).hexdigest()[:12] + '.db')}"
+    os.environ["DOCRAY_DB_URL"] = url
+    print(f"DOCRAY_HOME is a URI and DOCRAY_DB_URL is not set: the repository and the library's versions go to {url}"
+          + (" -- the cluster you join must reach it: set DOCRAY_DB_URL (Postgres) instead" if joining else ""))
+    return url
+
+
 def main(argv=None) -> None:
     cfg = parse_args(QuickstartConfig, argv, description=__doc__.split("\n\n")[0])
     from cluster.local import check_no_other_ray, dashboard_url, init_ray, this_python_first
@@ -312,6 +367,7 @@ def main(argv=None) -> None:
     logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
     logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
     this_python_first()
+    database_for_uri_home(joining=bool(cfg.address or os.environ.get("RAY_ADDRESS")))
     t_start = time.perf_counter()
     steps: list[dict] = []
 
@@ -338,6 +394,13 @@ def main(argv=None) -> None:
                    lambda r: ", ".join(f"{x['rows']} {kind}" for kind, x in r.items()))
     if corpus is None:
         return report(steps, [], {}, out, time.perf_counter() - t_start)
+    with tempfile.TemporaryDirectory(prefix="docray-quickstart-") as local_dir:  # what must be a local file
+        steps_and_calls(cfg, corpus, out, address, steps, timed, local_dir, t_start)
+
+
+def steps_and_calls(cfg: QuickstartConfig, corpus: dict, out: str, address: str, steps: list[dict], timed,
+                    local_dir: str, t_start: float) -> None:
+    """The steps after the corpus: the image repository sample, the jobs, the gateway and its calls, the summary."""
     timed("image repository sample", lambda: store_sample(corpus["documents"]["train"], cfg.store_documents),
           lambda n: f"{n} records")
     failed: set[str] = set()
@@ -349,13 +412,14 @@ def main(argv=None) -> None:
         if not steps[-1]["ok"]:
             failed.add(name)
     if cfg.jobs.screening and "screening_library" not in failed:
-        archive = write_archive(cfg.seed, Path(out, "archive"))
+        archive = write_archive(cfg.seed, paths.join(out, "archive"))
         steps.append(run_job("screening_archive", "data_jobs.screening_archive", [f"input={archive}"], address, cfg.job_timeout_s))
     calls = []
     # The full gateway serves every method's models; a single-method config (configs/serve/) serves one.
     served = all(cfg.jobs.model_dump().values()) or cfg.serve_config != GATEWAY
     if served and not failed:
-        timed("gateway (serve deploy)", lambda: deploy_gateway(cfg.serve_config, address), lambda r: cfg.serve_config)
+        timed("gateway (serve deploy)", lambda: deploy_gateway(cfg.serve_config, address, local_dir),
+              lambda r: cfg.serve_config)
         if steps[-1]["ok"]:
             calls = timed("one call per endpoint", lambda: call_every_endpoint(cfg, corpus),
                           lambda r: f"{sum(c['ok'] for c in r)}/{len(r)} answered") or []
@@ -366,6 +430,10 @@ def main(argv=None) -> None:
 
 
 def report(steps: list[dict], calls: list[dict], corpus: dict[str, dict], out: str, total_s: float) -> None:
+    """Print the summary table and write it as JSON (reports/quickstart/summary.json); exit 1 when a step failed."""
+    ok = all(s["ok"] for s in steps) and all(c["ok"] for c in calls)
+    summary = {"home": paths.home(), "ok": ok, "total_s": total_s, "steps": steps, "calls": calls, "corpus": corpus}
+    blobs.write_file(paths.sub("reports", "quickstart", "summary.json"), json.dumps(summary, indent=1).encode())
     print("\n== docray quickstart summary ==")
     print(f"{'step':28s} {'s':>6s}  {'ok':3s} detail")
     for s in steps:
@@ -379,16 +447,15 @@ def report(steps: list[dict], calls: list[dict], corpus: dict[str, dict], out: s
     print("\nwhere to look:")
     for kind, row in corpus.items():
         print(f"  {kind}: {row['train']} (train), {row['val']} (val); contact sheet {row['contact_sheet']}")
-    if Path(reports, "privacy").exists():
+    if blobs.exists(paths.join(reports, "privacy")):
         print("  (the short mask run's funnel thresholds are off: its target masks are not privacy-selected, so the "
               "gateway serves verification under privacy.dev_override)")
-    for rel in ("privacy/grid/bins.csv", "privacy/grid/sample_face.png", "rescan-archive/", "quickstart/"):
-        if Path(reports, rel).exists():
-            print(f"  {Path(reports, rel)}")
+    for rel in ("privacy/grid/bins.csv", "privacy/grid/sample_face.png", "rescan-archive", "quickstart/summary.json"):
+        if blobs.exists(paths.join(reports, *rel.split("/"))):
+            print(f"  {paths.join(reports, *rel.split('/'))}")
     print(f"  models: {paths.sub('models')}   library: {paths.sub('indexes', 'screening')}")
     print(f"  repository: {paths.sub('repository')} (originals readable by the admin role only)")
-    print(f"  job logs: {Path(reports, 'quickstart')}/<job>.log;  the gateway's /docs while this runs")
-    ok = all(s["ok"] for s in steps) and all(c["ok"] for c in calls)
+    print(f"  job logs: {paths.join(reports, 'quickstart')}/<job>.log;  the gateway's /docs while this runs")
     print(f"total: {total_s / 60:.1f} min, {'every step succeeded' if ok else 'SOME STEPS FAILED (see above)'}")
     if not ok:
         raise SystemExit(1)

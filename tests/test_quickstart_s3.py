@@ -2,6 +2,8 @@
 and the comparison of tests/quickstart_s3.py (`make quickstart-object-storage` runs the whole thing)."""
 from __future__ import annotations
 
+import os
+
 import yaml
 
 
@@ -44,3 +46,16 @@ def test_compare_ignores_job_ids_times_and_trained_answers_only():
     b["calls"][0]["answer"] = "5 types"
     diffs, _ = compare(a, b, ({"documents/train": {"rows": 1}}, {"documents/train": {"rows": 2}}))
     assert [d.split(":")[0] for d in diffs] == ["steps/statuses differ", "GET /v1/file-types", "dataset documents/train"]
+
+
+def test_a_uri_home_without_a_database_gets_a_sqlite_file_of_this_machine(monkeypatch, tmp_path):
+    from cluster.quickstart import database_for_uri_home
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("DOCRAY_DB_URL", raising=False)
+    monkeypatch.setenv("DOCRAY_HOME", str(tmp_path / "home"))
+    assert database_for_uri_home(joining=False) is None and "DOCRAY_DB_URL" not in os.environ
+    monkeypatch.setenv("DOCRAY_HOME", "s3://bucket/prefix")
+    url = database_for_uri_home(joining=False)
+    assert url.startswith(f"sqlite:///{tmp_path}/.cache/docray/quickstart-") and os.environ["DOCRAY_DB_URL"] == url
+    assert database_for_uri_home(joining=False) is None  # set: kept as it is

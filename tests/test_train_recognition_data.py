@@ -93,6 +93,19 @@ def test_views_decoded_once_are_the_views_mae_trained_on(docs):
         assert batched.shape == direct.shape and batched.dtype == torch.uint8
         key = lambda t: sorted(x.numpy().tobytes() for x in t)  # noqa: E731 -- the same images, another order
         assert key(batched) == key(direct)
+        one_each = DocumentViews(32, frames, per_view=True)(rows)["views"]  # a row per view: shuffled apart
+        assert all(len(v) == 1 for v in one_each) and key(ViewBatch(32)({"views": one_each})) == key(direct)
+
+
+def test_views_are_counted_from_the_frame_columns(ray_cluster, docs):
+    import ray
+
+    from docray.recognition.data import DocumentImages, count_views
+
+    table = pq.read_table(docs / "train")
+    ds = ray.data.from_arrow(table)
+    for frames in (True, False):
+        assert count_views(ds, frames) == len(DocumentImages(32, frames)(_numpy(table)))
 
 
 def test_documents_decoded_once_give_the_batch_of_encoded_ones(docs):

@@ -72,7 +72,8 @@ class RecognitionPretrainConfig(DocumentsJobConfig):
                                            "encoder) or a saved encoder folder; '' = from scratch")
     use_frames: bool = Field(True, description="flash and angle frames as extra images (more views, same docs)")
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1, description="documents per batch per worker (each gives 1 + its frames images)")
+    batch_size: int = Field(32, ge=1, description="documents' worth of views per step per worker (each document gives "
+                                                 "1 + its frames images; a step's views come from all documents)")
     lr: float = Field(1.5e-3, gt=0, description="AdamW peak learning rate (cosine decay, 1 epoch warm-up)")
     out: str = Field(default_factory=lambda: paths.sub("runs", "pretrain_recognition"), description="run folder")
     register_as: str = Field("recognition-encoder", description="model registry name ('' = do not register)")
@@ -114,16 +115,16 @@ def shuffled(c: DocumentsJobConfig, epoch: int) -> dict:
     return {"local_shuffle_buffer_size": max(c.shuffle_buffer, c.batch_size), "local_shuffle_seed": c.seed + epoch}
 
 
-def decoded_views(ds: dict, size: int, frames: bool) -> dict:
+def decoded_views(ds: dict, size: int, frames: bool, train_views: int) -> dict:
     """Each document's views decoded and resized once (DocumentViews, in Ray Data tasks): the training
-    views (with frames) and the validation captures; cached in Ray's object store when they fit
-    (`cache_if_fits`), streamed otherwise."""
+    views (with frames), a row each, and the validation captures; cached in Ray's object store when
+    they fit (`cache_if_fits`), streamed otherwise. `train_views`: the training views (`count_views`)."""
     from docray.recognition.data import DocumentViews
     from train_jobs.common import cache_if_fits
 
-    out = {s: d.map_batches(DocumentViews(size, frames and s == "train"), batch_format="numpy", batch_size=32)
-           for s, d in ds.items()}
-    return cache_if_fits(out, sum(d.count() for d in ds.values()))  # counts from Parquet metadata: no read
+    out = {s: d.map_batches(DocumentViews(size, frames and s == "train", per_view=s == "train"), batch_format="numpy",
+                            batch_size=32) for s, d in ds.items()}
+    return cache_if_fits(out, train_views + sum(d.count() for s, d in ds.items() if s != "train"))
 
 
 def saved_state(ref: str) -> tuple[dict, str]:
@@ -186,6 +187,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     from docray.recognition.data import ViewBatch, image_grid, to_float
 
+    config = dict(config)
+    view_batch = config.pop("view_batch", None)  # the job's: views a step takes (batch_size documents' worth)
     c = RecognitionPretrainConfig.model_validate(config)
     device, rank, world = worker_setup(c.cpus_per_worker)
     torch.manual_seed(c.seed)
@@ -202,8 +205,8 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start, c.epochs):
         net.train()
         t0, total, n, stop = time.time(), 0.0, 0, False
-        batches = epoch_batches(train, steps, batch_size=c.batch_size, collate_fn=views, drop_last=True,
-                                **shuffled(c, epoch))
+        batches = epoch_batches(train, steps, batch_size=view_batch or c.batch_size, collate_fn=views,
+                                drop_last=True, **shuffled(c, epoch))
         for x in tqdm(batches, total=steps, desc=f"mae epoch {epoch}", unit="batch", disable=rank != 0):
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 loss = net(to_float(x.to(device))).loss
@@ -253,18 +256,24 @@ def register_encoder(c: RecognitionPretrainConfig, state: dict, metrics: dict, s
 
 def main(argv=None) -> dict:
     from cluster.local import init_ray
-    from docray.recognition.data import DocumentImages
+    from docray.recognition.data import DocumentImages, count_views
 
     started = time.time()
     c = parse_args(RecognitionPretrainConfig, argv, description=__doc__.split("\n")[0])
     size = build(c).spec.image_size  # fail fast (bad model, init_from) in the driver
     init_ray()
     ds, train, val = documents_datasets(c, DocumentImages(size, c.use_frames).columns, required=("image",), cache=False)
-    steps = steps_per_epoch(ds["train"].count(), c.batch_size, c.num_workers)  # Parquet metadata, before the decode
-    ds = shuffle_blocks(decoded_views(ds, size, c.use_frames), c)
+    docs = ds["train"].count()  # Parquet metadata, before the decode
+    steps = steps_per_epoch(docs, c.batch_size, c.num_workers)
+    views = count_views(ds["train"], c.use_frames)
+    # a step takes batch_size documents' worth of views, drawn apart from their documents (a row per view,
+    # shuffled); whole views per document, rounded down, so every rank has its `steps` full batches
+    view_batch = c.batch_size * (views // docs)
+    ds = shuffle_blocks(decoded_views(ds, size, c.use_frames, views), c)
     c = c.model_copy(update={"train": train, "val": val, "steps_per_epoch": min(steps, c.steps_per_epoch or steps)})
     save_config(c, c.out)
-    result = run_trainer(train_loop_per_worker, c, "pretrain_recognition", ds)
+    result = run_trainer(train_loop_per_worker, c, "pretrain_recognition", ds,
+                         loop_config={**c.model_dump(), "view_batch": view_batch})
     state, metrics = load_result_state(result)
     version = register_encoder(c, state, metrics, started) if c.register_as else ""
     summary = {"loss": metrics["loss"], "val_loss": metrics["val_loss"], "epochs": metrics["epoch"] + 1,

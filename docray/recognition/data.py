@@ -267,17 +267,36 @@ class DocumentViews:
     """Ray Data step (`ds.map_batches(DocumentViews(s), batch_format="numpy")`): documents -> column
     `views`, per document its views (as DocumentImages picks them) decoded and resized once, each a raw
     (3, s, s) uint8 buffer. Decoding then happens once per dataset, in Ray Data's tasks, not in the
-    training worker on every epoch; `ViewBatch` stacks the buffers."""
+    training worker on every epoch; `ViewBatch` stacks the buffers. With `per_view`, a row per view
+    (`views` holds one buffer): a shuffle then mixes the views of different documents, as MAE
+    pre-training's batches of independent images want."""
 
-    def __init__(self, image_size: int, frames: bool = True):
-        self.images = DocumentImages(image_size, frames)
+    def __init__(self, image_size: int, frames: bool = True, per_view: bool = False):
+        self.images, self.per_view = DocumentImages(image_size, frames), per_view
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = np.empty(len(rows["image"]), dtype=object)
-        for i in range(len(out)):
+        docs = []
+        for i in range(len(rows["image"])):
             one = {k: rows[k][i:i + 1] for k in self.images.columns if k in rows}
-            out[i] = [v.tobytes() for v in self.images(one).numpy()]
+            docs.append([v.tobytes() for v in self.images(one).numpy()])
+        groups = [[v] for views in docs for v in views] if self.per_view else docs
+        out = np.empty(len(groups), dtype=object)
+        out[:] = groups
         return {"views": out}
+
+
+def count_views(ds, frames: bool = True) -> int:
+    """The views DocumentImages takes from a documents Ray Dataset (a capture each, plus its flash and
+    angle frames with `frames`), counted from the frame columns: nothing is decoded."""
+    docs = ds.count()
+    kinds = [k for k in FRAME_KINDS if frames and k in ds.schema().names]
+    if not kinds:
+        return docs
+
+    def frames_of(b: dict) -> dict:
+        return {"n": [sum(0 if is_null(v) else 1 if k == "flash" else len(v) for k in kinds for v in b[k])]}
+
+    return docs + int(ds.select_columns(kinds).map_batches(frames_of, batch_format="numpy").sum("n") or 0)
 
 
 class ViewBatch(NumpyBatchCollateFn):

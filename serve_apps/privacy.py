@@ -173,6 +173,7 @@ class Privacy:
 def load_policy(cfg: PrivacyAppConfig):
     """(the serving policy, {mask_id: (s, s) mask} of every target) from the targets, their funnel.json and
     the calibration file; a missing or empty targets file is a refusal, not a failed start."""
+    import io
     import json
 
     import pandas as pd
@@ -180,16 +181,15 @@ def load_policy(cfg: PrivacyAppConfig):
     from docray import paths
     from docray.privacy.masks import decode_mask
     from docray.privacy.verification import CALIBRATION, load_calibration, serving_policy
+    from docray.storage.blobs import exists, read_file
 
+    # a local path or a URI (an s3:// DOCRAY_HOME): every file through docray.storage.blobs
     path = os.path.expanduser(cfg.targets or paths.sub("reports", "privacy", "grid", "targets.parquet"))
     targets, missing = None, f"no target masks at {path} (run data_jobs.privacy_grid first)"
-    if os.path.exists(path):
-        targets = pd.read_parquet(path).reset_index(drop=True)
+    if exists(path):
+        targets = pd.read_parquet(io.BytesIO(read_file(path))).reset_index(drop=True)
         funnel = os.path.join(os.path.dirname(path), "funnel.json")
-        reason = None
-        if os.path.exists(funnel):
-            with open(funnel) as f:
-                reason = json.load(f).get("empty_reason")
+        reason = json.loads(read_file(funnel)).get("empty_reason") if exists(funnel) else None
         missing = f"{path} holds no target mask" + (f": {reason}" if reason else "")
     masks = {} if targets is None else {str(r.mask_id): decode_mask(r.mask, size=cfg.image_size) for r in targets.itertuples()}
     calibration = load_calibration(cfg.calibration or os.path.join(os.path.dirname(path), CALIBRATION))

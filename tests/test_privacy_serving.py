@@ -129,6 +129,23 @@ def test_calibration_job_writes_what_the_service_reads(world):
     assert set(masks) == set(world["targets"]["mask_id"])
 
 
+def test_the_service_reads_its_targets_and_calibration_from_object_storage(world, s3):
+    """An s3:// DOCRAY_HOME: the grid's targets, funnel.json and calibration.json read through the
+    same filesystem layer (a Serve replica on another node has no local copy)."""
+    from docray.storage.blobs import write_file
+    from serve_apps.privacy import PrivacyAppConfig, load_policy
+
+    folder = f"{s3}/privacy-serving/grid"
+    for name in ("targets.parquet", CALIBRATION):
+        write_file(f"{folder}/{name}", (world["root"] / name).read_bytes())
+    policy, masks = load_policy(PrivacyAppConfig(masked=str(world["root"] / "masked"), targets=f"{folder}/targets.parquet",
+                                                 image_size=SIZE))
+    assert policy.serving and policy.masks == world["served"] and set(masks) == set(world["targets"]["mask_id"])
+    missing, _ = load_policy(PrivacyAppConfig(masked=str(world["root"] / "masked"), targets=f"{s3}/nowhere/targets.parquet",
+                                              image_size=SIZE))
+    assert not missing.serving and "no target masks at s3://" in missing.refusal
+
+
 # -- the serving policy ------------------------------------------------------------------------------
 
 def test_serving_policy_refuses_and_names_the_bound_unless_overridden(world):

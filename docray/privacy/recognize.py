@@ -34,10 +34,14 @@ class MaskError(ValueError):
 
 def load_targets(path: str) -> pd.DataFrame:
     """The target masks (targets.parquet of a grid run), best first; needs mask_id and mask."""
-    path = os.path.expanduser(path)
-    if not os.path.exists(path):
+    import io
+
+    from docray.storage.blobs import exists, read_file
+
+    path = os.path.expanduser(path)  # a local path or a URI (an s3:// DOCRAY_HOME)
+    if not exists(path):
         raise FileNotFoundError(f"no target masks at {path} (run data_jobs.privacy_grid first)")
-    t = pd.read_parquet(path)
+    t = pd.read_parquet(io.BytesIO(read_file(path)))
     if t.empty:
         raise ValueError(f"{path}: the funnel produced no target mask; see funnel.json beside it")
     return t.reset_index(drop=True)

@@ -39,6 +39,7 @@ from pydantic import Field
 from docray.config import Config, parse_args
 from docray.privacy.funnel import FunnelConfig, attacker_miss
 from docray.privacy.openset import embed, pair_scores, tar_at_far
+from docray.storage.blobs import exists, read_file, write_file
 
 VERDICT = ("masked_tar", "original_tar", "worst_attacker_tar")  # the stage-5 columns a served target carries
 CALIBRATION = "calibration.json"
@@ -89,12 +90,9 @@ def calibrate_masks(model: torch.nn.Module, images: np.ndarray, labels: np.ndarr
 
 
 def load_calibration(path: str) -> dict | None:
-    """The calibration file, or None when there is none."""
+    """The calibration file (a local path or a URI), or None when there is none."""
     path = os.path.expanduser(path)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(read_file(path)) if exists(path) else None
 
 
 # -- the gallery match -------------------------------------------------------------------------------
@@ -248,11 +246,7 @@ def run(cfg: CalibrationConfig, log=print) -> dict:
     out.update(model=model_ref, targets=targets_path, source=cfg.source, eval_identities=[int(i) for i in data.identities["eval"]],
                at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     path = os.path.join(os.path.expanduser(cfg.out) if cfg.out else os.path.dirname(targets_path), CALIBRATION)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, path)  # the service never reads half a file
+    write_file(path, json.dumps(out, indent=1).encode())  # atomic on disk, one PUT on a store: never half a file
     log(f"threshold {out['threshold']:.4f} (TAR {out['tar']:.3f}); held out: FAR {out['heldout_far']:.4f}, "
         f"TAR {out['heldout_tar']:.3f} -> {path}")
     return out

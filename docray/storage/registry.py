@@ -16,7 +16,10 @@ on local disk that rename is atomic, so a crash never leaves a half version visi
 concurrent saves get distinct versions (renaming onto an existing non-empty folder fails; the
 loser takes the next number). On an object store there is no folder rename: files are copied with
 `config.json` last, and only a folder holding both `model.safetensors` and `config.json` counts
-as a version (best effort; concurrent remote saves of one name are not supported).
+as a version. Two saves of one name on an object store (two nodes) get distinct versions when a
+database orders them (`DOCRAY_DB_URL`, or `db_url=`: Postgres in production): each claims its number
+by a row of the table `model_versions`, unique on (root, name, version), before it writes; without
+one the next free folder is taken, which two concurrent saves may both take.
 
 `card(name, version)` reads a version's card: card.json with its config and metrics beside it
 (the whole record of how the version was made, for `docray models show`). `pin(name, version)`
@@ -35,6 +38,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 
 import safetensors.torch
@@ -98,14 +102,42 @@ def _json(obj, what: str) -> bytes:
         raise TypeError(f"{what} is not JSON-serialisable: {e}") from None
 
 
-class ModelRegistry:
-    """Versioned model folders under `root` (default `$DOCRAY_HOME/models`)."""
+_claims: dict = {}  # database URL -> (engine, table), one per process
+_claims_lock = threading.Lock()
 
-    def __init__(self, root: str | None = None):
+
+def _claims_table(url: str):
+    """(engine, the `model_versions` table) of a database URL, the table made on first use."""
+    from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstraint, create_engine, inspect
+    from sqlalchemy.exc import DBAPIError
+
+    with _claims_lock:
+        if url not in _claims:
+            table = Table("model_versions", MetaData(), Column("root", String(1024), nullable=False),
+                          Column("name", String(255), nullable=False), Column("version", Integer, nullable=False),
+                          UniqueConstraint("root", "name", "version", name="uq_model_version"))
+            engine = create_engine(url, **({"connect_args": {"timeout": 30}} if url.startswith("sqlite") else
+                                           {"pool_pre_ping": True}))
+            try:
+                table.metadata.create_all(engine)
+            except DBAPIError:  # another process made it at the same moment
+                if not inspect(engine).has_table(table.name):
+                    raise
+            _claims[url] = (engine, table)
+        return _claims[url]
+
+
+class ModelRegistry:
+    """Versioned model folders under `root` (default `$DOCRAY_HOME/models`); `db_url` (default
+    `DOCRAY_DB_URL`) orders the versions of saves to an object store (see the module docstring)."""
+
+    def __init__(self, root: str | None = None, db_url: str | None = None):
         self.root = (root or paths.sub("models")).rstrip("/")
         self.fs, self._base = filesystem(self.root)
         self._base = self._base.rstrip("/")
         self.local = is_local(self.fs)
+        url = db_url or os.environ.get("DOCRAY_DB_URL")
+        self.db_url = url and re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url)
 
     def __repr__(self) -> str:
         return f"ModelRegistry({self.root!r})"
@@ -211,8 +243,30 @@ class ModelRegistry:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
 
+    def _claim(self, name: str) -> int:
+        """The number of a new remote version of `name`: the next free folder, claimed in the database
+        (a unique row: of two concurrent claims of one number the second fails and takes the next)."""
+        number = self._next_number(name)
+        if not self.db_url:
+            return number
+        from sqlalchemy import func, select
+        from sqlalchemy.exc import IntegrityError
+
+        engine, t = _claims_table(self.db_url)
+        mine = (t.c.root == self.root) & (t.c.name == name)
+        with engine.connect() as c:
+            number = max(number, (c.execute(select(func.max(t.c.version)).where(mine)).scalar() or 0) + 1)
+        for _ in range(100):
+            try:
+                with engine.begin() as c:
+                    c.execute(t.insert().values(root=self.root, name=name, version=number))
+                return number
+            except IntegrityError:
+                number += 1
+        raise RuntimeError(f"could not claim a version of {name!r} in {self.root}")
+
     def _save_remote(self, name: str, tensors: dict, files: dict[str, bytes]) -> str:
-        version = f"v{self._next_number(name):04d}"
+        version = f"v{self._claim(name):04d}"
         dest = f"{self._base}/{name}/{version}"
         with tempfile.TemporaryDirectory() as tmp:
             safetensors.torch.save_file(tensors, os.path.join(tmp, WEIGHTS))

@@ -52,7 +52,8 @@ def test_a_uri_home_without_a_database_gets_a_sqlite_file_of_this_machine(monkey
     from cluster.quickstart import database_for_uri_home
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("DOCRAY_DB_URL", raising=False)
+    monkeypatch.setenv("DOCRAY_DB_URL", "unset-at-teardown")  # recorded, so the URL the code sets below is undone
+    monkeypatch.delenv("DOCRAY_DB_URL")
     monkeypatch.setenv("DOCRAY_HOME", str(tmp_path / "home"))
     assert database_for_uri_home(joining=False) is None and "DOCRAY_DB_URL" not in os.environ
     monkeypatch.setenv("DOCRAY_HOME", "s3://bucket/prefix")

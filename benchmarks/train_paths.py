@@ -328,16 +328,19 @@ def figure(name: str, old, new, higher_is_better: bool, share: bool, tol: float,
     """One validation figure of both paths; `worse_points` > 0 where the new path is worse;
     `reference`: the old path's figure with `reference_seed` (its difference to `old` alongside).
     `old` and `new` may be lists (one value per training seed): the figure is their mean, and the
-    standard deviation over seeds (in points) stands beside it."""
+    standard deviation over seeds (in points) stands beside it, with the standard error of new - old
+    (sqrt(sd_old² / n + sd_new² / n)) and each seed's value."""
     points = lambda a, b: 100 * (a - b) if share else 100 * (a - b) / max(abs(b), 1e-12)  # noqa: E731
     olds, news = np.atleast_1d(np.asarray(old, float)), np.atleast_1d(np.asarray(new, float))
     old, new = float(olds.mean()), float(news.mean())
     diff = points(new, old)
     worse = -diff if higher_is_better else diff
     sd = lambda v: float(v.std(ddof=1)) * (100 if share else 100 / max(abs(old), 1e-12)) if len(v) > 1 else None  # noqa: E731
+    se = None if len(olds) < 2 else float(np.hypot(sd(olds) / np.sqrt(len(olds)), sd(news) / np.sqrt(len(news))))
     return {"figure": name, "unit": "share" if share else "loss", "higher_is_better": higher_is_better,
             "old": old, "new": new, "diff_points": diff, "worse_points": worse, "ok": bool(worse <= tol),
-            "seeds": len(olds), "old_sd_points": sd(olds), "new_sd_points": sd(news),
+            "seeds": len(olds), "old_sd_points": sd(olds), "new_sd_points": sd(news), "diff_se_points": se,
+            "old_per_seed": olds.tolist(), "new_per_seed": news.tolist(),
             "old_reseeded": reference, "reseeded_diff_points": None if reference is None else points(reference, old)}
 
 

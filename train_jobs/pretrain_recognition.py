@@ -47,6 +47,7 @@ class DocumentsJobConfig(Config):
     n_train: int = Field(1600, ge=1, description="synthetic default: training documents")
     n_val: int = Field(200, ge=1, description="synthetic default: validation documents")
     seed: int = 0
+    batch_size: int = Field(32, ge=1, description="documents per step per worker (each trainer says what a step takes)")
     steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch on every worker (0: a "
                                                       "pass over the worker's share of the training rows)")
     time_budget_s: float = Field(0, ge=0, description="stop after this much training time (0 = none); one "

@@ -316,3 +316,62 @@ def test_contact_sheet(kind):
     sheet = contact_sheet(t, kind, n=4)
     a = np.asarray(sheet)
     assert isinstance(sheet, Image.Image) and sheet.width > 100 and sheet.height > 50 and a.std() > 10
+
+
+# ---------------------------------------------------------------- procedural mix of targets
+
+
+def test_targets_mix_zero_is_the_posters_as_before():
+    """mix=0 (the default) draws exactly the rows it always drew; with a mix, the rows that stay
+    posters are those same rows (the mix draws from its own stream)."""
+    import hashlib
+    import json
+
+    base = generate("targets", 0, 40, seed=5, size=64)
+    assert base.equals(generate("targets", 0, 40, seed=5, size=64, mix=0.0))
+    # the columns drawn after the picture (release_time, source_id) move if the posters' draws change
+    meta = [[r[c] for c in ("id", "is_target", "category", "text", "text_box", "source_id")] + [str(r["release_time"])]
+            for r in base.to_pylist()]
+    digest = hashlib.sha256(json.dumps(meta).encode()).hexdigest()[:16]
+    assert digest == "55dbfbd335b506c1", digest  # drawn by the code before the mix existed
+    mixed = generate("targets", 0, 40, seed=5, size=64, mix=0.5).to_pylist()
+    from docray.synth.procedural import FAMILIES
+
+    kept = [i for i, r in enumerate(mixed) if r["category"] not in FAMILIES]
+    assert 8 < len(kept) < 32
+    assert all(mixed[i] == base.slice(i, 1).to_pylist()[0] for i in kept)
+
+
+def test_targets_mix_rows_are_deterministic_and_keep_the_contract():
+    from docray.synth.procedural import FAMILIES
+
+    opts = dict(size=64, mix=1.0, families=("voronoi", "faces", "documents"))
+    a = generate("targets", 0, 12, seed=2, **opts)
+    assert a.schema == schema("targets") and a.equals(generate("targets", 0, 12, seed=2, **opts))
+    assert a.equals(pa.concat_tables([generate("targets", 0, 5, seed=2, **opts), generate("targets", 5, 12, seed=2, **opts)]))
+    rows = a.to_pylist()
+    assert {r["category"] for r in rows} <= {"voronoi", "faces", "documents"}
+    for r in rows:
+        assert decode_image(r["image"]).size == (64, 64)
+        if r["is_target"]:
+            assert r["text"] and _inside(r["text_box"], 64, 64)
+        assert bool(r["text"]) == bool(r["text_box"])
+    assert contact_sheet(a, "targets").size[0] > 64
+    with pytest.raises(ValueError, match="families"):
+        generate("targets", 0, 1, families=("dead_leaves",))
+    with pytest.raises(ValueError, match="mix"):
+        generate("targets", 0, 1, mix=1.5)
+    assert set(FAMILIES).isdisjoint({"dead_leaves", "spectral_noise", "gradient", "collage", "pattern"})
+
+
+@pytest.mark.parametrize("family", ["polygons", "voronoi", "waves", "value_noise", "ifs", "faces", "documents"])
+def test_procedural_family_draws_a_picture(family):
+    from docray.screening.backgrounds import BACKGROUNDS
+    from docray.synth.procedural import FAMILIES, draw
+
+    assert family in FAMILIES and family not in BACKGROUNDS  # the benchmark's backdrops stay unseen
+    img = draw(family, np.random.default_rng([0, 1]), (96, 80))
+    arr = np.asarray(img)
+    assert img.mode == "RGB" and img.size == (96, 80)
+    assert arr.std() > 10 and len(np.unique(arr.reshape(-1, 3), axis=0)) >= 8  # not flat
+    assert np.array_equal(arr, np.asarray(draw(family, np.random.default_rng([0, 1]), (96, 80))))

@@ -12,7 +12,7 @@ columns; the columns of each kind are documented in its module:
 Options (keyword arguments of `generate`), defaults in each module's config dataclass:
     documents: size=(256, 160) (w, h), n_angles=2, n_identities=256, recapture_rate=0.2, tamper_rate=0.2, swap_rate=0.0
     faces:     size=64, n_identities=256
-    targets:   size=192, target_rate=0.5
+    targets:   size=192, target_rate=0.5, mix=0.0 (share of procedural pictures), families=() (all)
     masks:     size=64
 """
 from __future__ import annotations

@@ -5,12 +5,21 @@ Kind "targets" (about half targets). Columns:
     image         binary   PNG, size x size RGB
     is_target     bool     a poster carrying an address or URL
     category      str      address_poster | url_poster (targets); landscape | shapes | product |
-                           text_poster (benign; text_poster carries harmless text)
-    text          str      the address/URL; the harmless text of a text_poster; '' otherwise
+                           text_poster (benign; text_poster carries harmless text); with `mix`, a
+                           procedural family (docray.synth.procedural.FAMILIES)
+    text          str      the address/URL; the harmless text of a text_poster or a procedural
+                           picture's overlay; '' otherwise
     text_box      list<int32>  box of `text` in image px, [] without text
     release_time  timestamp[s, tz=UTC]  spread over 2024
     source_id     str      "src-NNN", one of 64 sources
     split         str      'train' | 'val' | 'test' (i % 10: 8 -> val, 9 -> test)
+
+Option `mix` (default 0: posters only, as always) draws that share of the rows from procedural
+families instead (`families`, default all of docray.synth.procedural.FAMILIES): random shapes,
+Voronoi cells, waves, fractal noise, IFS fractals, faces and documents, each a target when it
+carries an address or URL overlaid (a `target_rate` share, in Latin or Chinese), else a harmless
+overlay or none. Whether row i is procedural and what it shows come from their own stream
+(seed, kind, i, 1), so the other rows are the posters they are without the mix.
 
 `make_upload(tile, rng)` composes an "upload" (a post with a caption and a few pictures) that
 carries one given tile among ordinary distractor pictures.
@@ -26,6 +35,8 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from docray.datasets import contracts
+from docray.fonts import CJK_STYLES
+from docray.synth import procedural
 from docray.synth import text as texts
 from docray.synth.common import FONT_STYLES, font, mix, png, rand_color, split_of
 
@@ -43,12 +54,19 @@ SCHEMA = contracts.TARGETS  # the dataset contract (docray.datasets.contracts), 
 class TargetsConfig:
     size: int = 192  # pictures are size x size
     target_rate: float = 0.5  # fraction of sensitive posters
+    mix: float = 0.0  # share of rows drawn from procedural families instead of posters (0: posters only)
+    families: tuple = ()  # the procedural families drawn (docray.synth.procedural.FAMILIES); () = all
 
     def check(self):
         if not 32 <= int(self.size) <= 2048:
             raise ValueError(f"targets: size must be in [32, 2048], got {self.size}")
         if not 0 <= self.target_rate <= 1:
             raise ValueError(f"targets: target_rate must be in [0, 1], got {self.target_rate}")
+        if not 0 <= self.mix <= 1:
+            raise ValueError(f"targets: mix must be in [0, 1], got {self.mix}")
+        unknown = sorted(set(self.families) - set(procedural.FAMILIES))
+        if unknown:
+            raise ValueError(f"targets: unknown families {unknown}; known: {', '.join(procedural.FAMILIES)}")
 
 
 def _luma(c) -> float:
@@ -102,11 +120,11 @@ def _wrap(s: str, f, width: float) -> list[str] | None:
     return lines + [cur.strip()]
 
 
-def _text_block(img: Image.Image, rng: np.random.Generator, s: str, big: bool) -> list[int]:
-    """Draw `s` wrapped and large, on a panel when contrast is low; returns its box."""
+def _text_block(img: Image.Image, rng: np.random.Generator, s: str, big: bool, styles=FONT_STYLES) -> list[int]:
+    """Draw `s` wrapped and large in one of `styles`, on a panel when contrast is low; returns its box."""
     w, h = img.size
     d = ImageDraw.Draw(img)
-    style = FONT_STYLES[int(rng.integers(len(FONT_STYLES)))]
+    style = styles[int(rng.integers(len(styles)))]
     size = int(min(w, h) * rng.uniform(0.10, 0.16 if big else 0.13))
     while True:
         f = font(style, size)
@@ -215,8 +233,40 @@ def make_upload(tile: Image.Image, rng: np.random.Generator, n_pictures: int = 3
     return {"image": img, "boxes": boxes, "tile_box": tile_box}
 
 
+def procedural_picture(rng: np.random.Generator, family: str, is_target: bool,
+                       size=(192, 192)) -> tuple[Image.Image, str, list[int]]:
+    """(picture, text, text_box) of a procedural `family` with an address or URL overlaid (a target),
+    else a harmless text or a name half of the time; a third of the texts are Chinese (CJK fonts)."""
+    img = procedural.draw(family, rng, size)
+    if not is_target and rng.random() < 0.5:
+        return img, "", []
+    zh = rng.random() < 1 / 3
+    if is_target:
+        make = (texts.zh_address,) if zh else (texts.address, texts.url)
+    else:
+        make = (texts.zh_name,) if zh else (texts.name, lambda r: HARMLESS[int(r.integers(len(HARMLESS)))])
+    s = make[int(rng.integers(len(make)))](rng)
+    return img, s, _text_block(img, rng, s, big=is_target, styles=CJK_STYLES if zh else FONT_STYLES)
+
+
+def _procedural_row(i: int, rng: np.random.Generator, seed: int, cfg: TargetsConfig) -> dict:
+    families = tuple(cfg.families) or procedural.FAMILIES
+    is_target = bool(rng.random() < cfg.target_rate)
+    family = families[int(rng.integers(len(families)))]
+    img, s, box = procedural_picture(rng, family, is_target, (cfg.size, cfg.size))
+    return {
+        "id": f"tgt-{seed}-{i:07d}", "image": png(img), "is_target": is_target, "category": family, "text": s,
+        "text_box": box, "release_time": EPOCH_2024 + int(rng.integers(0, 366 * 86400)),
+        "source_id": f"src-{int(rng.integers(N_SOURCES)):03d}", "split": split_of(i),
+    }
+
+
 def make_row(i: int, rng: np.random.Generator, seed: int, cfg: TargetsConfig) -> dict:
-    """Row i of the targets set."""
+    """Row i of the targets set: a poster, or (a `mix` share) a procedural picture."""
+    if cfg.mix > 0:
+        own = np.random.default_rng([int(seed), KIND_NO, int(i), 1])  # its own stream: posters unchanged
+        if own.random() < cfg.mix:
+            return _procedural_row(i, own, seed, cfg)
     is_target = bool(rng.random() < cfg.target_rate)
     cats = TARGET_CATEGORIES if is_target else BENIGN_CATEGORIES
     category = cats[int(rng.integers(len(cats)))]

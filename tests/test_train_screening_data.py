@@ -85,6 +85,27 @@ def test_copy_pair_batch_cuts_tiles_draws_views_and_keys():
     assert xa.shape == xb.shape == (0, 3, 32, 32) and keys.shape == (0,)
 
 
+def test_sscd_edits_keep_size_and_type():
+    from docray.screening.augment import area_crop, blur, collage, sscd_edit
+
+    tile, others = picture(0, 80).crop((0, 0, 80, 60)), [picture(1), picture(2)]
+    for k in range(20):
+        rng = np.random.default_rng(k)
+        c = area_crop(tile, rng)
+        assert c.width * c.height >= 80 * 60 / 9 - 80 and c.width <= 80 and c.height <= 60  # down to a ninth
+        for out in (blur(tile, rng), collage(tile, rng, others), collage(tile, rng), sscd_edit(tile, rng, others)):
+            assert out.size == (80, 60) and out.mode == "RGB"
+    assert np.asarray(blur(tile, np.random.default_rng(0))).std() < np.asarray(tile).std()
+    # the training pairs under edits="sscd": the same shapes and keys as the default edits, other copies
+    batch = batch_of(["p0", "p1"], [picture(0), picture(1)])
+    xa, xb, keys = CopyPairBatch(32, seed=0, tiles_per_picture=4)(batch)
+    sa, sb, skeys = CopyPairBatch(32, seed=0, tiles_per_picture=4, edits="sscd")(batch)
+    assert sa.shape == sb.shape == xa.shape == (8, 3, 32, 32) and torch.equal(skeys, keys)
+    assert torch.equal(sa, xa) and not torch.equal(sb, xb)  # the library view is the same, the copy is not
+    with pytest.raises(ValueError, match="edits"):
+        CopyPairBatch(32, edits="heavy")
+
+
 def test_help_lists_the_dataset_fields(capsys):
     from train_jobs.train_screening import main
 

@@ -2,9 +2,11 @@
 
 `copy_edit(tile, rng)` = slight crop -> rescale (lose resolution) -> recolour -> text overlay ->
 JPEG re-encode, each with its own probability and strength (SSCD's augmentation family, sized to
-what a re-posted tile meets). `region_jitter` is the box a region finder draws around the copy in
-an upload (a few pixels in, or out onto the page). `to_tensor` turns PIL tiles into the
-descriptor's input.
+what a re-posted tile meets). `sscd_edit(tile, rng, others)` is the wider family SSCD trains on: it
+adds crops down to a ninth of the picture (`area_crop`), `blur`, captions in several fonts and
+collages (`collage`: the copy pasted inside or beside other pictures). `region_jitter` is the box a
+region finder draws around the copy in an upload (a few pixels in, or out onto the page).
+`to_tensor` turns PIL tiles into the descriptor's input.
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from docray.fonts import font, rand_color
+
+EDITS = ("default", "sscd")  # the edit families training draws copies from: copy_edit, sscd_edit
 
 
 def slight_crop(img: Image.Image, rng: np.random.Generator, max_frac: float = 0.08) -> Image.Image:
@@ -38,13 +42,43 @@ def recolour(img: Image.Image, rng: np.random.Generator, strength: float = 0.3) 
     return img
 
 
-def text_overlay(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """A short caption or watermark drawn over part of the tile."""
+def area_crop(img: Image.Image, rng: np.random.Generator, min_area: float = 1 / 9) -> Image.Image:
+    """A crop keeping a random share in [min_area, 1] of the area (aspect jittered 3:4 to 4:3), anywhere."""
+    w, h = img.size
+    area, aspect = rng.uniform(min_area, 1.0) * w * h, float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    cw, ch = min(w, max(1, round((area * aspect) ** 0.5))), min(h, max(1, round((area / aspect) ** 0.5)))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def blur(img: Image.Image, rng: np.random.Generator, max_radius: float = 2.0) -> Image.Image:
+    """Gaussian blur of a random radius up to `max_radius` px."""
+    return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, max_radius))))
+
+
+def collage(img: Image.Image, rng: np.random.Generator, others=()) -> Image.Image:
+    """The copy at 50-90% of its size pasted inside or beside 1-3 of the pictures `others` (scaled
+    into a canvas of the copy's size over a plain colour; the colour alone without any)."""
+    w, h = img.size
+    canvas = Image.new("RGB", (w, h), rand_color(rng))
+    for _ in range(int(rng.integers(1, 4)) if len(others) else 0):
+        o = others[int(rng.integers(len(others)))].convert("RGB")
+        ow, oh = max(1, round(w * rng.uniform(0.4, 1.0))), max(1, round(h * rng.uniform(0.4, 1.0)))
+        canvas.paste(o.resize((ow, oh), Image.BILINEAR), (int(rng.integers(0, w - ow + 1)), int(rng.integers(0, h - oh + 1))))
+    s = rng.uniform(0.5, 0.9)
+    cw, ch = max(4, round(w * s)), max(4, round(h * s))
+    canvas.paste(img.convert("RGB").resize((cw, ch), Image.BILINEAR),
+                 (int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))))
+    return canvas
+
+
+def text_overlay(img: Image.Image, rng: np.random.Generator, style: str = "sans-bold") -> Image.Image:
+    """A short caption or watermark drawn over part of the tile, in font `style`."""
     img = img.copy()
     w, h = img.size
     words = ("repost", "lol", "@user", "#tag", "share", "2024", "wow", "via app")
     s = words[int(rng.integers(len(words)))]
-    f = font("sans-bold", max(6, int(h * rng.uniform(0.1, 0.2))))
+    f = font(style, max(6, int(h * rng.uniform(0.1, 0.2))))
     colour = tuple(int(c) for c in rng.integers(0, 256, 3))
     ImageDraw.Draw(img).text((rng.uniform(0, 0.6) * w, rng.uniform(0, 0.8) * h), s, font=f, fill=colour)
     return img
@@ -73,6 +107,34 @@ def copy_edit(img: Image.Image, rng: np.random.Generator, strength: float = 1.0)
         img = img.resize((max(4, int(size[0] * s)), max(4, int(size[1] * s))), Image.BILINEAR).resize(size, Image.BILINEAR)
     if rng.random() < 0.8 * strength:
         img = jpeg(img, rng, int(90 - 60 * strength), 95)
+    return img
+
+
+def sscd_edit(img: Image.Image, rng: np.random.Generator, others=()) -> Image.Image:
+    """A copy under SSCD's wider edit family (any size in, the same size out): `copy_edit`'s edits
+    plus crops down to a ninth of the picture, blur, captions in several fonts and a collage with
+    the pictures `others` (a plain colour without any)."""
+    img = img.convert("RGB")
+    size = img.size
+    if rng.random() < 0.5:
+        img = area_crop(img, rng).resize(size, Image.BILINEAR)
+    elif rng.random() < 0.8:
+        img = slight_crop(img, rng).resize(size, Image.BILINEAR)
+    if rng.random() < 0.7:
+        img = rescale(img, rng)
+    if rng.random() < 0.7:
+        img = recolour(img, rng)
+    if rng.random() < 0.3:
+        img = blur(img, rng, 0.03 * max(size) + 0.5)
+    if rng.random() < 0.3:
+        img = text_overlay(img, rng, ("sans", "sans-bold", "serif", "serif-bold", "mono-bold")[int(rng.integers(5))])
+    if rng.random() < 0.2:
+        img = collage(img, rng, others)
+    if rng.random() < 0.5:  # re-posted at another size
+        s = rng.uniform(0.7, 2.0)
+        img = img.resize((max(4, int(size[0] * s)), max(4, int(size[1] * s))), Image.BILINEAR).resize(size, Image.BILINEAR)
+    if rng.random() < 0.8:
+        img = jpeg(img, rng, 30, 95)
     return img
 
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from docray.imageio import decode_image
-from docray.screening.augment import copy_edit, region_jitter, to_tensor
+from docray.screening.augment import EDITS, copy_edit, region_jitter, sscd_edit, to_tensor
 from docray.screening.templates import DEFAULT_TEMPLATES, grid, tile_boxes
 
 WHOLE = -1  # tile index of a whole picture (a distractor)
@@ -81,7 +81,10 @@ class CopyPairBatch:
 
     xa: the library view (clean half of the time, else lightly edited), xb: the edited copy as a
     region finder crops it from an upload (`copy_edit` then `region_jitter`), a `grey_rate` share
-    turned grey; both (n, 3, image_size, image_size) in [0, 1]. A `distractor_rate` share of the
+    turned grey; both (n, 3, image_size, image_size) in [0, 1]. `edits` picks the copy's edits:
+    "default" (`copy_edit`) or "sscd" (`sscd_edit`: crops down to a ninth, blur, collages with the
+    batch's other pictures, ...; a collage depends on which pictures share the batch, the one
+    exception to the rule below). A `distractor_rate` share of the
     items are the tile's whole picture instead (`whole_picture`, key `tile_key(id, WHOLE)`). Each
     item's randomness comes from (seed, epoch, part, key) only, so a batch is the same however the
     rows were split over workers. Few tiles of many pictures make a better batch than many tiles of a
@@ -92,9 +95,13 @@ class CopyPairBatch:
     """
 
     def __init__(self, image_size: int, distractor_rate: float = 0.0, grey_rate: float = 0.0, seed: int = 0,
-                 epoch: int = 0, tiles_per_picture: int = 0, part: int = 0, templates=DEFAULT_TEMPLATES):
+                 epoch: int = 0, tiles_per_picture: int = 0, part: int = 0, templates=DEFAULT_TEMPLATES,
+                 edits: str = "default"):
+        if edits not in EDITS:
+            raise ValueError(f"unknown edits {edits!r}; known: {', '.join(EDITS)}")
         self.size, self.distractor_rate, self.grey_rate = image_size, distractor_rate, grey_rate
         self.seed, self.epoch, self.k, self.part, self.templates = seed, epoch, tiles_per_picture, part, templates
+        self.edits = edits
 
     def tiles(self, picture_id: str, picture: Image.Image) -> list[tuple[int, Image.Image]]:
         """This part's (index, tile) of one picture."""
@@ -104,23 +111,25 @@ class CopyPairBatch:
             boxes = [boxes[order[(self.part * self.k + j) % len(boxes)]] for j in range(self.k)]
         return [(i, picture.crop(b).convert("RGB")) for i, b in boxes]
 
-    def views(self, tile: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    def views(self, tile: Image.Image, rng: np.random.Generator, others=()) -> tuple[Image.Image, Image.Image]:
+        """(library view, upload view) of a tile; `others`: the batch's other pictures, for collages."""
         a = tile if rng.random() < 0.5 else copy_edit(tile, rng, strength=0.5)
-        b = region_jitter(copy_edit(tile, rng), rng)
+        b = region_jitter(sscd_edit(tile, rng, others) if self.edits == "sscd" else copy_edit(tile, rng), rng)
         if rng.random() < self.grey_rate:  # the edit the descriptor finds hardest (measured): more of it
             b = b.convert("L").convert("RGB")
         return a, b
 
     def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, b, keys = [], [], []
-        for pid, data in zip(batch["id"], batch["image"]):
-            picture = decode_image(bytes(data))
+        pictures = [decode_image(bytes(data)) for data in batch["image"]]
+        for n, (pid, picture) in enumerate(zip(batch["id"], pictures)):
+            others = pictures[:n] + pictures[n + 1:] if self.edits == "sscd" else []
             for i, tile in self.tiles(str(pid), picture):
                 key = tile_key(str(pid), i)
                 rng = np.random.default_rng([self.seed, self.epoch, self.part, key])
                 if rng.random() < self.distractor_rate:
                     key, tile = tile_key(str(pid), WHOLE), whole_picture(picture, rng)
-                va, vb = self.views(tile, rng)
+                va, vb = self.views(tile, rng, others)
                 a.append(va)
                 b.append(vb)
                 keys.append(key)
@@ -138,7 +147,7 @@ class EditedTileBatch(CopyPairBatch):
     def __init__(self, image_size: int, seed: int = 1, templates=DEFAULT_TEMPLATES):
         super().__init__(image_size, seed=seed, templates=templates)
 
-    def views(self, tile: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    def views(self, tile: Image.Image, rng: np.random.Generator, others=()) -> tuple[Image.Image, Image.Image]:
         return tile, copy_edit(tile, rng)
 
 

@@ -114,6 +114,7 @@ def test_help_lists_the_dataset_fields(capsys):
     out = capsys.readouterr().out
     for key in ("train", "val", "background", "init_from"):
         assert f"  {key} (str" in out
+    assert "  synth_mix (float, default 0.0)" in out and "  edits (Literal, default 'default')" in out
 
 
 def test_a_dataset_missing_the_image_column_is_named(ray_cluster, tmp_path):
@@ -125,19 +126,37 @@ def test_a_dataset_missing_the_image_column_is_named(ray_cluster, tmp_path):
         run(ScreeningTrainConfig(model="descriptor_tiny", train=bad, val=good, out=str(tmp_path / "run")))
 
 
-def test_synthetic_default_train_split_val_and_background(ray_cluster, home):
+@pytest.mark.parametrize("mix", [0.0, 0.5])
+def test_synthetic_default_train_split_val_and_background(ray_cluster, home, mix):
     from docray.synth import generate
     from train_jobs.train_screening import ScreeningTrainConfig, read_background, training_datasets
 
-    cfg = ScreeningTrainConfig(n_pictures=20, val_pictures=4, background_pictures=1, background_distractors=3)
+    cfg = ScreeningTrainConfig(n_pictures=20, val_pictures=4, background_pictures=1, background_distractors=3,
+                               synth_mix=mix)
     ds = training_datasets(cfg)
-    ids = sorted(r["id"] for r in ds["train"].take_all())
-    assert ids == [f"tgt-0-{i:07d}" for i in range(20) if i % 10 < 8]  # the 'train' split of rows 0..19
+    rows = sorted((r["id"], r["image"]) for r in ds["train"].take_all())
+    assert [i for i, _ in rows] == [f"tgt-0-{i:07d}" for i in range(20) if i % 10 < 8]  # the 'train' split of rows 0..19
     assert sorted(r["id"] for r in ds["val"].take_all()) == [f"tgt-0-{i:07d}" for i in range(20, 24)]
     assert ds["train"].schema().names == ["id", "image"]
+    want = generate("targets", 0, 20, seed=0, mix=mix).column("image").to_pylist()  # the mix's pictures, or posters
+    assert [img for _, img in rows] == [want[i] for i in range(20) if i % 10 < 8]
     bg = read_background(cfg)
     want = generate("targets", 24, 27, seed=0).column("image").to_pylist()  # the rows after train and val
     assert sorted(bg) == sorted(want)
+
+
+def test_a_tiny_run_on_the_procedural_mix_with_sscd_edits(ray_cluster, home, tmp_path):
+    """`--set synth_mix=0.5 edits=sscd`: the synthetic default through the same dataset path, 2 steps."""
+    from docray.config import parse_args
+    from train_jobs.train_screening import ScreeningTrainConfig, run
+
+    res = run(parse_args(ScreeningTrainConfig, ["--set", "model=descriptor_tiny", "synth_mix=0.5", "edits=sscd", "n_pictures=10", "val_pictures=4",
+                "epochs=1", "steps_per_epoch=2", "batch_size=16", "background_pictures=1", "background_distractors=2",
+                "to_registry=false", f"out={tmp_path / 'run'}"]))
+    m = res["metrics"]
+    assert m["steps_per_epoch"] == 2 and math.isfinite(m["loss"]) and 0 <= m["val_top1"] <= 1
+    assert m["worker_imported_synth"] is False
+    assert any(p.name.startswith("targets-") for p in (home / "datasets" / "synth").iterdir())
 
 
 def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path):

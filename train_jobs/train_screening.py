@@ -3,6 +3,7 @@
     python -m train_jobs.train_screening                                  # synthetic targets, descriptor_small, CPU ok
     python -m train_jobs.train_screening --set train=DIR val=DIR background=DIR   # your pictures (Parquet, `targets`)
     python -m train_jobs.train_screening --set model=descriptor_tiny steps_per_epoch=5 epochs=1
+    python -m train_jobs.train_screening --set synth_mix=0.5 edits=sscd  # procedural pictures, SSCD edits
     ray job submit --working-dir . -- python -m train_jobs.train_screening --set num_workers=2
 
 Data: `train`, `val` and `background` are Parquet datasets of the `targets` contract (`id`, `image`;
@@ -39,6 +40,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +70,10 @@ class ScreeningTrainConfig(Config):
     n_pictures: int = Field(1200, ge=1, description="synthetic default: rows drawn for training (their 'train' split "
                                                     "is used, ~80%)")
     val_pictures: int = Field(200, ge=1, description="synthetic default: validation rows, after the training ones")
+    synth_mix: float = Field(0.0, ge=0, le=1, description="synthetic default: share of its train and val pictures "
+                                                          "drawn from procedural families (docray.synth.procedural: "
+                                                          "shapes, Voronoi, waves, noise, fractals, faces, documents) "
+                                                          "instead of posters; 0: posters only")
     epochs: int = Field(4, ge=1, description="each takes every tile of every training picture (at least) once")
     steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch (0: all its steps)")
     batch_size: int = Field(128, ge=2, description="tiles per step over all workers (2 views each), about: a step "
@@ -79,6 +85,10 @@ class ScreeningTrainConfig(Config):
     distractor_rate: float = Field(0.2, ge=0, lt=1, description="share of items that are whole pictures, not tiles")
     grey_rate: float = Field(0.2, ge=0, le=1, description="share of edited copies turned grey (recolouring to grey is "
                                                           "the edit the descriptor missed most)")
+    edits: Literal["default", "sscd"] = Field("default", description="the copies' edits: default (crop, rescale, "
+                                              "recolour, caption, JPEG) or sscd (adds crops down to a ninth, blur, "
+                                              "captions in several fonts, collages with other pictures); "
+                                              "validation keeps the default")
     lr: float = 2e-3
     weight_decay: float = 0.05
     temperature: float = Field(0.05, description="InfoNCE temperature (SSCD uses 0.05)")
@@ -218,7 +228,7 @@ def train_loop_per_worker(config: dict) -> None:
         t0, loss_sum, steps, tiles = time.perf_counter(), 0.0, 0, 0
         for part in range(passes_per_epoch(cfg.tiles_per_picture)):
             pairs = CopyPairBatch(size, cfg.distractor_rate, cfg.grey_rate, cfg.seed, epoch, cfg.tiles_per_picture,
-                                  part)
+                                  part, edits=cfg.edits)
             for xa, xb, keys in epoch_batches(train, cfg.steps_per_epoch - steps, batch_size=cfg.pictures_per_step,
                                               collate_fn=pairs, drop_last=True,
                                               local_shuffle_buffer_size=8 * cfg.pictures_per_step,
@@ -261,7 +271,8 @@ def data_uris(cfg: ScreeningTrainConfig) -> tuple[str, str]:
     """(train, val) URIs: cfg's, the synthetic default's for the one(s) not given (made once; cached after)."""
     train, val = cfg.train, cfg.val
     if not (train and val):
-        synth_train, synth_val = synth_dataset("targets", cfg.n_pictures, cfg.val_pictures, cfg.seed)
+        options = {"mix": cfg.synth_mix} if cfg.synth_mix else {}  # none: the default's cache key as before
+        synth_train, synth_val = synth_dataset("targets", cfg.n_pictures, cfg.val_pictures, cfg.seed, options)
         train, val = train or synth_train, val or synth_val
     return train, val
 

@@ -67,10 +67,10 @@ def contact_sheet(table: pa.Table, kind: str, n: int = 24) -> Image.Image:
     sheet = Image.new("RGB", (cols * (width + 6) + 6, 22 + math.ceil(len(tiles) / cols) * (th + 6)), (250, 250, 250))
     d = ImageDraw.Draw(sheet)
     _legend(d, kind, 4)
-    f = font("sans", 10)
+    f, cjk = font("sans", 10), font("cjk-sans", 10)  # captions in Chinese (targets' mix) need a CJK font
     for k, (img, lines) in enumerate(tiles):
         x, y = 6 + (k % cols) * (width + 6), 22 + (k // cols) * (th + 6)
         sheet.paste(img, (x, y))
         for j, line in enumerate(lines):
-            d.text((x, y + img.height + 1 + 12 * j), line, font=f, fill=(0, 0, 0))
+            d.text((x, y + img.height + 1 + 12 * j), line, font=f if line.isascii() else cjk, fill=(0, 0, 0))
     return sheet

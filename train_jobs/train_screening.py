@@ -72,8 +72,8 @@ class ScreeningTrainConfig(Config):
     val_pictures: int = Field(200, ge=1, description="synthetic default: validation rows, after the training ones")
     synth_mix: float = Field(0.0, ge=0, le=1, description="synthetic default: share of its train and val pictures "
                                                           "drawn from procedural families (docray.synth.procedural: "
-                                                          "shapes, Voronoi, waves, noise, fractals, faces, documents) "
-                                                          "instead of posters; 0: posters only")
+                                                          "polygons, voronoi, waves, value_noise, ifs, faces, "
+                                                          "documents) instead of posters; 0: posters only")
     epochs: int = Field(4, ge=1, description="each takes every tile of every training picture (at least) once")
     steps_per_epoch: int = Field(0, ge=0, description="at most this many steps per epoch (0: all its steps)")
     batch_size: int = Field(128, ge=2, description="tiles per step over all workers (2 views each), about: a step "

@@ -58,10 +58,13 @@ def voronoi(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     n = int(rng.integers(8, 81))
     seeds = rng.uniform(0, 1, (n, 2)) * [w, h]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    d = (xx[..., None] - seeds[:, 0]) ** 2 + (yy[..., None] - seeds[:, 1]) ** 2  # (h, w, n)
-    nearest = d.argmin(-1)
+    best, nearest = np.full((h, w), np.inf, np.float32), np.zeros((h, w), np.int64)
+    for k, (sx, sy) in enumerate(seeds):  # one seed at a time: memory of one picture, whatever n
+        d = (xx - sx) ** 2 + (yy - sy) ** 2
+        closer = d < best
+        best[closer], nearest[closer] = d[closer], k
     colours = palette(rng, rng.random(n))  # (n, 3)
-    shade = 1 - rng.uniform(0, 0.6) * _normalise(np.sqrt(d.min(-1)))
+    shade = 1 - rng.uniform(0, 0.6) * _normalise(np.sqrt(best))
     return Image.fromarray((colours[nearest] * shade[..., None]).astype(np.uint8))
 
 

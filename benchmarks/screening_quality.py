@@ -5,7 +5,8 @@
 
 Library: every template's tiles (flat ones dropped) of `--targets` sensitive posters (synthetic
 targets, `--target-seed` 1: pictures the descriptor never saw in training, which used seed 0). Queries are
-uploads re-encoded as JPEG q50-90, in four postings (equal shares, cut types in turn):
+uploads re-encoded as JPEG q50-90, in four postings (equal shares, cut types in turn;
+`docray.screening.postings`, as `docray calibrate screening` posts its queries):
 - alone: the edited tile is the whole upload (at 1-2.5x its size);
 - post: `docray.synth.targets.make_upload`, a post with a caption and 3 pictures on a plain page;
 - pasted_photo / pasted_texture: `docray.screening.backgrounds.paste_upload`, the tile pasted at a
@@ -52,19 +53,16 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from docray.screening.augment import copy_edit, jpeg
-from docray.screening.backgrounds import paste_upload
 from docray.screening.dedup import hamming, phash
 from docray.screening.embed import Embedder
 from docray.screening.library import Library, TileBatch, cut_target, to_day
 from docray.screening.matching import Screener, ScreenConfig, _iou, find_regions
+from docray.screening.postings import POSTINGS, upload
 from docray.screening.templates import DEFAULT_TEMPLATES, cut
 from docray.screening.verify import FeatureIndex, VerifyConfig, extract
 
-POSTINGS = ("alone", "post", "pasted_photo", "pasted_texture")
 PROPOSALS = ("edges", "windows", "edges+windows")  # layout-free region proposals, each a row beside the layout's
 
 
@@ -78,26 +76,12 @@ def micro_ap(scores: np.ndarray, correct: np.ndarray, n_pos: int) -> float:
 
 def make_queries(args, lib_pics, lib_table, other_pics, benign_pics, rng):
     """[(upload image, label target id or None, kind, posting, cut type)]: postings and cut types in turn."""
-    from docray.synth.targets import make_upload
-
     queries = []
     ids = lib_table.column("id").to_pylist()
 
     def tile_of(pic, tpl):
         tiles = [t for t in cut(pic, tpl, None) if np.asarray(t.image.convert("L"), np.float32).std() >= 12]
         return tiles[int(rng.integers(len(tiles)))].image if tiles else None
-
-    def upload(tile, posting):
-        edited = copy_edit(tile, rng)
-        if posting == "alone":
-            s = rng.uniform(1.0, 2.5)
-            img = edited.resize((round(edited.width * s), round(edited.height * s)), Image.BILINEAR)
-        elif posting == "post":
-            img = make_upload(edited, rng)["image"]
-        else:  # pasted_photo / pasted_texture
-            img = paste_upload(edited.resize((edited.width * 3, edited.height * 3), Image.BILINEAR), rng,
-                               group=posting.split("_")[1])["image"]
-        return jpeg(img, rng, 50, 90)
 
     for kind, pics, n in (("positive", lib_pics, args.positives), ("benign", benign_pics, args.benign),
                           ("unseen", other_pics, args.unseen)):
@@ -109,7 +93,7 @@ def make_queries(args, lib_pics, lib_table, other_pics, benign_pics, rng):
             tile = tile_of(pics[k], tpl)
             if tile is None:
                 continue
-            queries.append((upload(tile, posting), ids[k] if kind == "positive" else None, kind, posting, tpl))
+            queries.append((upload(tile, posting, rng), ids[k] if kind == "positive" else None, kind, posting, tpl))
             made += 1
     return queries
 

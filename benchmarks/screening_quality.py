@@ -31,7 +31,8 @@ cut's positives against the benign and unseen queries of the same posting, or al
 beside the descriptor alone with layout-free region proposals added to the layout's (`--proposals`:
 `ScreenConfig.proposals` edges / windows / edges+windows, `docray.screening.proposals`; with their
 decide=either rows too unless `--no-verify`; regions per upload in the JSON),
-with its false-positive rate at its default threshold and its recall where the benign FPR is at most
+with its false-positive rate at the default threshold (the descriptor's calibrated one, from its
+calibration.json, unless `--threshold`; printed with its source) and its recall where the benign FPR is at most
 0.5% (that threshold is set on these same benign queries: a comparison at equal FPR, not a calibration).
 Each query is screened as the method does it by default (regions: the upload and the pictures laid
 out in it -> crops -> descriptor -> search -> normalised score, no attribute filter: the harder
@@ -58,7 +59,7 @@ from tqdm import tqdm
 from docray.screening.dedup import hamming, phash
 from docray.screening.embed import Embedder
 from docray.screening.library import Library, TileBatch, cut_target, to_day
-from docray.screening.matching import Screener, ScreenConfig, _iou, find_regions
+from docray.screening.matching import Screener, ScreenConfig, _iou, find_regions, resolve_threshold
 from docray.screening.postings import POSTINGS, upload
 from docray.screening.templates import DEFAULT_TEMPLATES, cut
 from docray.screening.verify import FeatureIndex, VerifyConfig, extract
@@ -124,7 +125,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=7, help="queries' edits and layouts")
     ap.add_argument("--target-seed", type=int, default=1, help="synthetic targets seed (the descriptor trains on seed 0); "
                                                               "calibrate a threshold on other seeds than you report")
-    ap.add_argument("--threshold", type=float, default=None, help="default: ScreenConfig().threshold")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="default: the descriptor's calibrated threshold (calibration.json beside its weights; "
+                         "without one the uncalibrated 0.55, flagged)")
     ap.add_argument("--features", choices=("sift", "orb"), default="sift", help="local features of the library's targets")
     ap.add_argument("--proposals", type=lambda v: [p for p in v.split(",") if p], default=list(PROPOSALS),
                     help="layout-free region proposals, each measured beside the layout's regions (comma-separated: "
@@ -142,7 +145,6 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     cfg = ScreenConfig(learn=False)
-    thr = cfg.threshold if args.threshold is None else args.threshold
     vcfg = VerifyConfig(enabled=True)
     pics, table = synth_pictures(0, 6 * args.targets, seed=args.target_seed)
     is_t = np.asarray(table.column("is_target").to_pylist())
@@ -150,6 +152,8 @@ def main(argv=None) -> None:
     t_idx, b_idx = np.flatnonzero(is_t), np.flatnonzero(~is_t)
     lib_idx, other_idx = t_idx[: args.targets], t_idx[args.targets:]
     embed = Embedder.load(args.descriptor)
+    thr, thr_source = resolve_threshold(args.threshold, embed.calibration)
+    print(f"match threshold {thr:.4f} ({thr_source})")
     # the library (cut-outs + the targets' local features) and the whole-picture baseline library
     spec = FeatureSpec(kind=args.features)
     lib = Library.create(tempfile.mkdtemp(prefix="screen-bench-"), dim=embed.dim, tile_size=64, descriptor=args.descriptor,
@@ -358,7 +362,7 @@ def main(argv=None) -> None:
     neg = np.sort(s[kinds == "benign"])[::-1]
     for pct, key in ((1.0, "cutout_threshold_fpr1pct"), (0.5, "cutout_threshold_fpr05pct")):
         summary[key] = round(float(neg[int(pct / 100 * len(neg))]) + 1e-4, 4) if len(neg) else None
-    summary.update(threshold=thr, min_inliers=thresholds["verified"], local_features=spec.kind, queries=len(queries),
+    summary.update(threshold=thr, threshold_source=thr_source, min_inliers=thresholds["verified"], local_features=spec.kind, queries=len(queries),
                    ms_per_query=round(1000 * q_s / len(queries), 1), library_tiles=len(lib),
                    target_keypoints_mean=round(float(n_kp), 1), seconds=round(time.perf_counter() - t0, 1))
     print(json.dumps(summary))

@@ -2,6 +2,7 @@
 
     op = operating_point(pos_scores, neg_scores, max_fpr=0.005)
     op.threshold, op.tpr, op.fpr                      # the lowest threshold whose FPR <= max_fpr
+    op, record = calibrate_screening(PICTURES, "registry:descriptor@v0003")   # record: its calibration.json
 
     docray calibrate screening PICTURES [--max-fpr 0.005] [--write]   # a user's held-out pictures (targets contract)
     docray calibrate regen [MODEL] [--documents PARQUET]               # regen's document gate and field confidence
@@ -14,6 +15,7 @@ cannot be resolved below 1/n_neg; the result says so (`resolved: false`) instead
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 
 import click
@@ -51,6 +53,23 @@ def operating_point(pos_scores, neg_scores, max_fpr: float) -> OperatingPoint:
                           max_fpr=max_fpr, n_pos=len(pos), n_neg=len(neg), resolved=len(neg) * max_fpr >= 1)
 
 
+def calibrate_screening(pictures: str, descriptor, max_fpr: float = 0.005, queries: int = 200, seed: int = 0,
+                        postings: tuple[str, ...] | None = None) -> tuple[OperatingPoint, dict]:
+    """Screening's operating point for `descriptor` (a source, or an `Embedder`) on `pictures`
+    (`docray.screening.calibrate.screening_scores`; `postings` None: all, in equal shares) and its
+    calibration.json record: threshold, max_fpr, tpr, fpr, n_pos, n_neg, resolved, postings, the
+    pictures' source, queries, seed, created_at (UTC)."""
+    from docray.screening.calibrate import screening_scores
+    from docray.screening.postings import POSTINGS
+
+    postings = tuple(postings or POSTINGS)
+    pos, neg = screening_scores(pictures, descriptor, queries=queries, seed=seed, postings=postings)
+    op = operating_point(pos, neg, max_fpr)
+    record = {"method": "screening", **asdict(op), "postings": list(postings), "pictures": str(pictures),
+              "queries": queries, "seed": seed, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return op, record
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def calibrate() -> None:
     """Calibrate a method's decision threshold on your held-out data; prints the operating point (with
@@ -79,8 +98,7 @@ def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_
 
     Example: docray calibrate screening ~/data/pictures/val --max-fpr 0.005 --write
     """
-    from docray.screening.calibrate import calibrate_descriptor, write_calibration
-    from docray.screening.postings import POSTINGS
+    from docray.screening.calibrate import write_calibration
     from docray.storage.registry import ModelRegistry, parse_ref, ref
 
     if write and descriptor.startswith("build:"):
@@ -89,14 +107,14 @@ def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_
     found = parse_ref(descriptor)
     if found is not None:  # pinned: the version scored is the version written
         descriptor = ref(found[0], ModelRegistry().resolve(*found))
-    chosen = tuple(p for p in postings.split(",") if p) or POSTINGS
-    op, record = calibrate_descriptor(pictures, descriptor, max_fpr, queries=queries, seed=seed, postings=chosen)
+    op, record = calibrate_screening(pictures, descriptor, max_fpr, queries=queries, seed=seed,
+                                     postings=tuple(p for p in postings.split(",") if p))
     record["descriptor"] = descriptor
     written = write_calibration(descriptor, record) if write else None
     if as_json:
         click.echo(json.dumps({**record, "written": written}))
         return
-    click.echo(f"screening ({descriptor}; postings {', '.join(chosen)}): {op.line()}")
+    click.echo(f"screening ({descriptor}; postings {', '.join(record['postings'])}): {op.line()}")
     if written:
         click.echo(f"written: {written} (serving matches at {op.threshold:.4f} unless ScreenConfig.threshold is set)")
     else:

@@ -4,7 +4,7 @@ None reads).
 
     pos, neg = screening_scores("~/data/pictures/val", "registry:descriptor", queries=200)
     docray.calibration.operating_point(pos, neg, max_fpr=0.005)
-    op, record = calibrate_descriptor("~/data/pictures/val", "registry:descriptor@v0003")
+    op, record = docray.calibration.calibrate_screening("~/data/pictures/val", "registry:descriptor@v0003")
     write_calibration("registry:descriptor@v0003", record)      # or a folder, local or s3://
 
 The pictures (the `targets` contract, `is_target` required here) split in two: the sensitive ones
@@ -21,13 +21,10 @@ import json
 import os
 import shutil
 import tempfile
-import time
-from dataclasses import asdict
 
 import numpy as np
 from tqdm import tqdm
 
-from docray.calibration import OperatingPoint, operating_point
 from docray.imageio import decode_image
 from docray.screening.embed import CALIBRATION, Embedder
 from docray.screening.library import Library, TileBatch, cut_target, to_day
@@ -96,18 +93,6 @@ def screening_scores(pictures: str, descriptor: str | Embedder = "registry:descr
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return np.array(out[True]), np.array(out[False])
-
-
-def calibrate_descriptor(pictures: str, descriptor: str | Embedder, max_fpr: float = 0.005, queries: int = 200,
-                         seed: int = 0, postings: tuple[str, ...] = POSTINGS) -> tuple[OperatingPoint, dict]:
-    """The operating point of `descriptor` on `pictures` (`screening_scores`, `operating_point`) and its
-    calibration.json record: threshold, max_fpr, tpr, fpr, n_pos, n_neg, resolved, the postings, the
-    pictures' source, the queries and seed, created_at (UTC)."""
-    pos, neg = screening_scores(pictures, descriptor, queries=queries, seed=seed, postings=postings)
-    op = operating_point(pos, neg, max_fpr)
-    record = {"method": "screening", **asdict(op), "postings": list(postings), "pictures": str(pictures),
-              "queries": queries, "seed": seed, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return op, record
 
 
 def write_calibration(descriptor: str, record: dict) -> str:

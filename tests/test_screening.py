@@ -305,7 +305,7 @@ def test_the_match_threshold_is_the_calibrated_one_unless_configured(tmp_path, m
     assert sum("no calibration.json" in r.getMessage() for r in caplog.records) == 1  # warned once
 
 
-def test_save_descriptor_writes_model_and_background_bank(tmp_path):
+def test_save_descriptor_writes_model_and_background_bank_then_calibrates(tmp_path):
     from docray.models import build_model
     from docray.screening.data import raw_tiles
     from docray.screening.embed import Embedder
@@ -319,6 +319,18 @@ def test_save_descriptor_writes_model_and_background_bank(tmp_path):
     assert local.background.shape == (len(raw_tiles(pictures[:3])) + 5, 32)  # tiles of 3 pictures + 5 whole ones
     assert np.array_equal(local.background, registered.background)
     assert np.allclose(np.linalg.norm(local.background, axis=1), 1, atol=1e-4)
+    # then its threshold, calibrated on other pictures: beside the saved model and the registered version
+    from docray.storage.datasets import write_shards
+    from docray.synth import generate
+    from train_jobs.train_screening import calibrate
+
+    write_shards(generate("targets", 0, 8, seed=3, size=96), str(tmp_path / "cal"))
+    cfg = cfg.model_copy(update={"calibrate": str(tmp_path / "cal"), "calibrate_queries": 4, "max_fpr": 0.25})
+    record = calibrate(model, res, cfg)
+    assert Embedder.load(res["model_dir"]).calibration == record and record["n_neg"] == 4
+    registered = Embedder.load(f"registry:descriptor@{res['registry_version']}").calibration
+    assert registered["threshold"] == record["threshold"]
+    assert registered["descriptor"] == f"registry:descriptor@{res['registry_version']}"
 
 
 def test_to_day():

@@ -5,7 +5,8 @@
 
 Library: every template's tiles (flat ones dropped) of `--targets` sensitive posters (synthetic
 targets, `--target-seed` 1: pictures the descriptor never saw in training, which used seed 0). Queries are
-uploads re-encoded as JPEG q50-90, in four postings (equal shares, cut types in turn):
+uploads re-encoded as JPEG q50-90, in four postings (equal shares, cut types in turn;
+`docray.screening.postings`, as `docray calibrate screening` posts its queries):
 - alone: the edited tile is the whole upload (at 1-2.5x its size);
 - post: `docray.synth.targets.make_upload`, a post with a caption and 3 pictures on a plain page;
 - pasted_photo / pasted_texture: `docray.screening.backgrounds.paste_upload`, the tile pasted at a
@@ -30,7 +31,8 @@ cut's positives against the benign and unseen queries of the same posting, or al
 beside the descriptor alone with layout-free region proposals added to the layout's (`--proposals`:
 `ScreenConfig.proposals` edges / windows / edges+windows, `docray.screening.proposals`; with their
 decide=either rows too unless `--no-verify`; regions per upload in the JSON),
-with its false-positive rate at its default threshold and its recall where the benign FPR is at most
+with its false-positive rate at the default threshold (the descriptor's calibrated one, from its
+calibration.json, unless `--threshold`; printed with its source) and its recall where the benign FPR is at most
 0.5% (that threshold is set on these same benign queries: a comparison at equal FPR, not a calibration).
 Each query is screened as the method does it by default (regions: the upload and the pictures laid
 out in it -> crops -> descriptor -> search -> normalised score, no attribute filter: the harder
@@ -52,19 +54,16 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from docray.screening.augment import copy_edit, jpeg
-from docray.screening.backgrounds import paste_upload
 from docray.screening.dedup import hamming, phash
 from docray.screening.embed import Embedder
 from docray.screening.library import Library, TileBatch, cut_target, to_day
-from docray.screening.matching import Screener, ScreenConfig, _iou, find_regions
+from docray.screening.matching import Screener, ScreenConfig, _iou, find_regions, resolve_threshold
+from docray.screening.postings import POSTINGS, upload
 from docray.screening.templates import DEFAULT_TEMPLATES, cut
 from docray.screening.verify import FeatureIndex, VerifyConfig, extract
 
-POSTINGS = ("alone", "post", "pasted_photo", "pasted_texture")
 PROPOSALS = ("edges", "windows", "edges+windows")  # layout-free region proposals, each a row beside the layout's
 
 
@@ -78,26 +77,12 @@ def micro_ap(scores: np.ndarray, correct: np.ndarray, n_pos: int) -> float:
 
 def make_queries(args, lib_pics, lib_table, other_pics, benign_pics, rng):
     """[(upload image, label target id or None, kind, posting, cut type)]: postings and cut types in turn."""
-    from docray.synth.targets import make_upload
-
     queries = []
     ids = lib_table.column("id").to_pylist()
 
     def tile_of(pic, tpl):
         tiles = [t for t in cut(pic, tpl, None) if np.asarray(t.image.convert("L"), np.float32).std() >= 12]
         return tiles[int(rng.integers(len(tiles)))].image if tiles else None
-
-    def upload(tile, posting):
-        edited = copy_edit(tile, rng)
-        if posting == "alone":
-            s = rng.uniform(1.0, 2.5)
-            img = edited.resize((round(edited.width * s), round(edited.height * s)), Image.BILINEAR)
-        elif posting == "post":
-            img = make_upload(edited, rng)["image"]
-        else:  # pasted_photo / pasted_texture
-            img = paste_upload(edited.resize((edited.width * 3, edited.height * 3), Image.BILINEAR), rng,
-                               group=posting.split("_")[1])["image"]
-        return jpeg(img, rng, 50, 90)
 
     for kind, pics, n in (("positive", lib_pics, args.positives), ("benign", benign_pics, args.benign),
                           ("unseen", other_pics, args.unseen)):
@@ -109,7 +94,7 @@ def make_queries(args, lib_pics, lib_table, other_pics, benign_pics, rng):
             tile = tile_of(pics[k], tpl)
             if tile is None:
                 continue
-            queries.append((upload(tile, posting), ids[k] if kind == "positive" else None, kind, posting, tpl))
+            queries.append((upload(tile, posting, rng), ids[k] if kind == "positive" else None, kind, posting, tpl))
             made += 1
     return queries
 
@@ -140,7 +125,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=7, help="queries' edits and layouts")
     ap.add_argument("--target-seed", type=int, default=1, help="synthetic targets seed (the descriptor trains on seed 0); "
                                                               "calibrate a threshold on other seeds than you report")
-    ap.add_argument("--threshold", type=float, default=None, help="default: ScreenConfig().threshold")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="default: the descriptor's calibrated threshold (calibration.json beside its weights; "
+                         "without one the uncalibrated 0.55, flagged)")
     ap.add_argument("--features", choices=("sift", "orb"), default="sift", help="local features of the library's targets")
     ap.add_argument("--proposals", type=lambda v: [p for p in v.split(",") if p], default=list(PROPOSALS),
                     help="layout-free region proposals, each measured beside the layout's regions (comma-separated: "
@@ -158,7 +145,6 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     cfg = ScreenConfig(learn=False)
-    thr = cfg.threshold if args.threshold is None else args.threshold
     vcfg = VerifyConfig(enabled=True)
     pics, table = synth_pictures(0, 6 * args.targets, seed=args.target_seed)
     is_t = np.asarray(table.column("is_target").to_pylist())
@@ -166,6 +152,8 @@ def main(argv=None) -> None:
     t_idx, b_idx = np.flatnonzero(is_t), np.flatnonzero(~is_t)
     lib_idx, other_idx = t_idx[: args.targets], t_idx[args.targets:]
     embed = Embedder.load(args.descriptor)
+    thr, thr_source = resolve_threshold(args.threshold, embed.calibration)
+    print(f"match threshold {thr:.4f} ({thr_source})")
     # the library (cut-outs + the targets' local features) and the whole-picture baseline library
     spec = FeatureSpec(kind=args.features)
     lib = Library.create(tempfile.mkdtemp(prefix="screen-bench-"), dim=embed.dim, tile_size=64, descriptor=args.descriptor,
@@ -374,7 +362,7 @@ def main(argv=None) -> None:
     neg = np.sort(s[kinds == "benign"])[::-1]
     for pct, key in ((1.0, "cutout_threshold_fpr1pct"), (0.5, "cutout_threshold_fpr05pct")):
         summary[key] = round(float(neg[int(pct / 100 * len(neg))]) + 1e-4, 4) if len(neg) else None
-    summary.update(threshold=thr, min_inliers=thresholds["verified"], local_features=spec.kind, queries=len(queries),
+    summary.update(threshold=thr, threshold_source=thr_source, min_inliers=thresholds["verified"], local_features=spec.kind, queries=len(queries),
                    ms_per_query=round(1000 * q_s / len(queries), 1), library_tiles=len(lib),
                    target_keypoints_mean=round(float(n_kp), 1), seconds=round(time.perf_counter() - t0, 1))
     print(json.dumps(summary))

@@ -112,7 +112,7 @@ def job_list(cfg: QuickstartConfig, corpus: dict[str, dict]) -> list[tuple[str, 
     if cfg.jobs.screening:
         jobs += [("train_screening", "train_jobs.train_screening",
                   [*data("targets"), f"background={corpus['targets']['val']}", "epochs=1", "steps_per_epoch=60",
-                   "batch_size=64", "background_distractors=200"]),
+                   "batch_size=64", "background_distractors=200", "calibrate_queries=50"]),
                  ("screening_library", "data_jobs.screening_library", ["synth_n=80"])]
     if cfg.jobs.privacy:
         jobs += [("train_privacy", "train_jobs.train_privacy",

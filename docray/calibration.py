@@ -2,9 +2,10 @@
 
     op = operating_point(pos_scores, neg_scores, max_fpr=0.005)
     op.threshold, op.tpr, op.fpr                      # the lowest threshold whose FPR <= max_fpr
+    op, record = calibrate_screening(PICTURES, "registry:descriptor@v0003")   # record: its calibration.json
 
-    docray calibrate screening PICTURES [--max-fpr 0.005]    # a user's held-out pictures (targets contract)
-    docray calibrate regen [MODEL] [--documents PARQUET]      # regen's document gate and field confidence
+    docray calibrate screening PICTURES [--max-fpr 0.005] [--write]   # a user's held-out pictures (targets contract)
+    docray calibrate regen [MODEL] [--documents PARQUET]               # regen's document gate and field confidence
 
 A score at or above the threshold is a positive decision (a match, a known document, the same
 person). The threshold is the lowest one whose false-positive rate on the negatives stays at or
@@ -14,6 +15,7 @@ cannot be resolved below 1/n_neg; the result says so (`resolved: false`) instead
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 
 import click
@@ -51,35 +53,73 @@ def operating_point(pos_scores, neg_scores, max_fpr: float) -> OperatingPoint:
                           max_fpr=max_fpr, n_pos=len(pos), n_neg=len(neg), resolved=len(neg) * max_fpr >= 1)
 
 
+def calibrate_screening(pictures: str, descriptor, max_fpr: float = 0.005, queries: int = 200, seed: int = 0,
+                        postings: tuple[str, ...] | None = None) -> tuple[OperatingPoint, dict]:
+    """Screening's operating point for `descriptor` (a source, or an `Embedder`) on `pictures`
+    (`docray.screening.calibrate.screening_scores`; `postings` None: all, in equal shares) and its
+    calibration.json record: threshold, max_fpr, tpr, fpr, n_pos, n_neg, resolved, postings, the
+    pictures' source, queries, seed, created_at (UTC)."""
+    from docray.screening.calibrate import screening_scores
+    from docray.screening.postings import POSTINGS
+
+    postings = tuple(postings or POSTINGS)
+    pos, neg = screening_scores(pictures, descriptor, queries=queries, seed=seed, postings=postings)
+    op = operating_point(pos, neg, max_fpr)
+    record = {"method": "screening", **asdict(op), "postings": list(postings), "pictures": str(pictures),
+              "queries": queries, "seed": seed, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return op, record
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def calibrate() -> None:
-    """Calibrate a method's decision threshold on your held-out data; prints the operating point."""
+    """Calibrate a method's decision threshold on your held-out data; prints the operating point (with
+    --write, screening keeps it beside the descriptor; regen always writes its calibration)."""
 
 
 @calibrate.command("screening")
 @click.argument("pictures")
 @click.option("--descriptor", default="registry:descriptor", show_default=True,
-              help="descriptor to score with: registry:NAME[@VERSION] or a saved model folder")
+              help="descriptor to score with: registry:NAME[@VERSION] (no version: the latest) or a saved model "
+                   "folder, local or s3://")
 @click.option("--max-fpr", type=float, default=0.005, show_default=True, help="false-positive budget on benign pictures")
 @click.option("--queries", type=int, default=200, show_default=True, help="edited tiles per class (targets, benign)")
+@click.option("--postings", default="", help="how queries are posted, comma-separated, in equal shares ('' -> all: "
+              "alone, post, pasted_photo, pasted_texture; docray.screening.postings)")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--write", is_flag=True, help="write the operating point as calibration.json beside the descriptor's "
+              "weights: serving then matches at this threshold (ScreenConfig.threshold unset)")
 @click.option("--json", "as_json", is_flag=True, help="print the operating point as JSON")
-def screening(pictures, descriptor, max_fpr, queries, seed, as_json) -> None:
-    """Cut-out screening's match threshold from PICTURES (a Parquet dataset of the `targets` contract,
-    local or s3://, with `is_target`): the sensitive pictures form a library; edited tiles of them are
-    the positives, edited tiles of the benign pictures the negatives (`docs/datasets.md`).
+def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_json) -> None:
+    """Cut-out screening's match threshold for a descriptor, from PICTURES (a Parquet dataset of the
+    `targets` contract, local or s3://, with `is_target`): the sensitive pictures form a library;
+    edited tiles of them, posted as uploads come (alone, in a post, pasted into a background), are the
+    positives, benign pictures' tiles posted the same ways the negatives (`docs/datasets.md`). With
+    --write, the operating point travels with the descriptor (calibration.json beside its weights).
 
-    Example: docray calibrate screening ~/data/pictures/val --max-fpr 0.005
+    Example: docray calibrate screening ~/data/pictures/val --max-fpr 0.005 --write
     """
-    from docray.screening.calibrate import screening_scores
+    from docray.screening.calibrate import write_calibration
+    from docray.storage.registry import ModelRegistry, parse_ref, ref
 
-    pos, neg = screening_scores(pictures, descriptor, queries=queries, seed=seed)
-    op = operating_point(pos, neg, max_fpr)
+    if write and descriptor.startswith("build:"):
+        raise click.BadParameter("random weights have nowhere to keep a calibration: a registry:NAME or a folder",
+                                 param_hint="--descriptor")
+    found = parse_ref(descriptor)
+    if found is not None:  # pinned: the version scored is the version written
+        descriptor = ref(found[0], ModelRegistry().resolve(*found))
+    op, record = calibrate_screening(pictures, descriptor, max_fpr, queries=queries, seed=seed,
+                                     postings=tuple(p for p in postings.split(",") if p))
+    record["descriptor"] = descriptor
+    written = write_calibration(descriptor, record) if write else None
     if as_json:
-        click.echo(json.dumps({"method": "screening", **asdict(op)}))
+        click.echo(json.dumps({**record, "written": written}))
+        return
+    click.echo(f"screening ({descriptor}; postings {', '.join(record['postings'])}): {op.line()}")
+    if written:
+        click.echo(f"written: {written} (serving matches at {op.threshold:.4f} unless ScreenConfig.threshold is set)")
     else:
-        click.echo(f"screening: {op.line()}")
-        click.echo(f"use it: --set threshold={op.threshold:.4f} (ScreenConfig.threshold; configs/serve/screening.yaml)")
+        click.echo(f"keep it with the descriptor: add --write (calibration.json beside its weights); "
+                   f"or override: --set threshold={op.threshold:.4f} (ScreenConfig.threshold)")
 
 
 @calibrate.command("regen")

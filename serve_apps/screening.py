@@ -24,7 +24,9 @@ match) run in a worker thread: the append starts from the newest version and, wh
 or node published it first, loads that one and appends again (no lock is held while it works).
 Nothing blocks the event loop: OCR, search, loading and appending all run in worker threads. Every
 answer names the descriptor version it embedded with (`models`); a `registry:descriptor` source
-without a version is pinned to the newest when the app is built.
+without a version is pinned to the newest when the app is built. The match threshold is that
+descriptor's calibrated one unless `screen.threshold` sets one; /healthz and every verdict show it
+and its source (`threshold_source`: calibrated, config, or uncalibrated-default, a warning).
 """
 # no `from __future__ import annotations`: FastAPI must see the route annotations as real types
 
@@ -85,13 +87,14 @@ class Screening:
         self.cfg = ScreeningAppConfig(**(cfg or {}))
         self.root = self.cfg.library or str(Library.default_root())
         self.descriptor = descriptor
-        from docray.screening.embed import load_background
+        from docray.screening.embed import load_background, load_calibration
 
         library = Library.open(self.root, db_url=self.cfg.db_url or None, cache_dir=self.cfg.cache_dir or None)
         library.versions.check_writable()  # this app writes (targets, learned tiles): fail now, not on the first write
         source = pin_descriptor(self.cfg.descriptor or library.manifest["descriptor"])
         self.models = {"descriptor": _descriptor_version(source)}  # in every answer
-        self.screener = Screener(library, None, self.cfg.screen, background=load_background(source))
+        self.screener = Screener(library, None, self.cfg.screen, background=load_background(source),
+                                 calibration=load_calibration(source))
         self._checked = time.monotonic()
         self._refresh: asyncio.Future | None = None  # a check for a newer version, in a worker thread
 
@@ -115,8 +118,9 @@ class Screening:
         return np.stack(await asyncio.gather(*refs)) if refs else np.zeros((0, self.screener.library.index.dim), np.float32)
 
     def info(self) -> dict:
-        return {"library_version": self.screener.library.version, "tiles": len(self.screener.library),
-                "models": self.models}
+        s = self.screener
+        return {"library_version": s.library.version, "tiles": len(s.library), "models": self.models,
+                "threshold": s.threshold, "threshold_source": s.threshold_source}
 
     async def library_info(self) -> dict:
         await self._fresh(wait=True)

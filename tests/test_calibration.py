@@ -32,16 +32,53 @@ def test_operating_point_zero_fpr_and_unresolved():
 def test_calibrate_screening_cli(tmp_path):
     from docray.cli import main
     from docray.models import build_model, save_pretrained
+    from docray.screening.embed import Embedder
     from docray.storage.datasets import write_shards
     from docray.synth import generate
 
     write_shards(generate("targets", 0, 12, seed=3, size=96), str(tmp_path / "pics"))
-    model_dir = save_pretrained(build_model("descriptor_tiny"), str(tmp_path / "desc"))
-    res = CliRunner().invoke(main, ["calibrate", "screening", str(tmp_path / "pics"), "--descriptor", str(model_dir),
-                                    "--queries", "6", "--max-fpr", "0.2", "--json"])
+    model_dir = str(save_pretrained(build_model("descriptor_tiny"), str(tmp_path / "desc")))
+    args = ["calibrate", "screening", str(tmp_path / "pics"), "--descriptor", model_dir, "--queries", "6",
+            "--max-fpr", "0.2"]
+    res = CliRunner().invoke(main, args + ["--json"])
     assert res.exit_code == 0, res.output
     op = json.loads(res.stdout.strip().splitlines()[-1])
     assert op["method"] == "screening" and op["n_pos"] == 6 and op["n_neg"] == 6 and op["fpr"] <= 0.2
+    assert op["postings"] == ["alone", "post", "pasted_photo", "pasted_texture"] and op["written"] is None
+    assert Embedder.load(model_dir).calibration is None  # printed only
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and "add --write" in res.stdout, res.output
+    # --write: calibration.json beside the weights, what serving reads
+    res = CliRunner().invoke(main, args + ["--write"])
+    assert res.exit_code == 0, res.output
+    assert f"written: {model_dir}/calibration.json" in res.stdout
+    cal = Embedder.load(model_dir).calibration
+    assert cal["threshold"] == op["threshold"] and cal["pictures"] == str(tmp_path / "pics")  # same seed, same queries
+    assert {"max_fpr", "tpr", "fpr", "n_pos", "n_neg", "resolved", "postings", "created_at"} <= set(cal)
+
+
+def test_calibrate_screening_writes_beside_the_registrys_latest_version(home, tmp_path):
+    from docray.cli import main
+    from docray.models import build_model
+    from docray.screening.embed import Embedder
+    from docray.storage.datasets import write_shards
+    from docray.storage.registry import ModelRegistry
+    from docray.synth import generate
+
+    write_shards(generate("targets", 0, 8, seed=3, size=96), str(tmp_path / "pics"))
+    reg = ModelRegistry()
+    for _ in range(2):
+        reg.save("descriptor", build_model("descriptor_tiny"), config={"name": "descriptor_tiny", "overrides": {}})
+    res = CliRunner().invoke(main, ["calibrate", "screening", str(tmp_path / "pics"), "--queries", "4",
+                                    "--max-fpr", "0.25", "--postings", "alone,post", "--write"])
+    assert res.exit_code == 0, res.output
+    assert "registry:descriptor@v0002" in res.stdout and "written:" in res.stdout
+    cal = Embedder.load("registry:descriptor").calibration
+    assert cal["descriptor"] == "registry:descriptor@v0002" and cal["postings"] == ["alone", "post"]
+    assert Embedder.load("registry:descriptor@v0001").calibration is None
+    res = CliRunner().invoke(main, ["calibrate", "screening", str(tmp_path / "pics"), "--descriptor",
+                                    "build:descriptor_tiny", "--write"])
+    assert res.exit_code != 0 and "nowhere to keep" in res.output
 
 
 def test_calibrate_screening_needs_labels(tmp_path):

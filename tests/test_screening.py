@@ -254,7 +254,58 @@ def test_background_bank_travels_with_the_descriptor(tmp_path):
     assert np.array_equal(load_background(f"registry:desc-bank-test:{v2}"), bank)
 
 
-def test_save_descriptor_writes_model_and_background_bank(tmp_path):
+def test_threshold_travels_with_the_descriptor(tmp_path):
+    """calibration.json beside the weights (a folder, an fsspec URI, a registry version) is read back by
+    Embedder.load; Screener matches at it unless ScreenConfig.threshold sets one."""
+    from docray.models import build_model, save_pretrained
+    from docray.screening.calibrate import write_calibration
+    from docray.screening.embed import Embedder, load_calibration
+    from docray.storage.registry import ModelRegistry
+
+    model = build_model("descriptor_tiny")
+    folder = str(save_pretrained(model, tmp_path / "d"))
+    assert load_calibration(folder) is None and Embedder.load(folder).calibration is None
+    record = {"method": "screening", "threshold": 0.42, "max_fpr": 0.005, "n_neg": 400}
+    assert write_calibration(folder, record) == f"{folder}/calibration.json"
+    assert Embedder.load(folder).calibration == record
+    write_calibration("memory://docray-test/desc", record)  # an object store's URI: through fsspec
+    assert load_calibration("memory://docray-test/desc")["threshold"] == 0.42
+    reg = ModelRegistry()  # the test session's DOCRAY_HOME
+    v1 = reg.save("desc-cal-test", model, config={"name": "descriptor_tiny", "overrides": {}})
+    assert load_calibration("registry:desc-cal-test") is None
+    assert write_calibration("registry:desc-cal-test", dict(record, threshold=0.61)).endswith(f"/{v1}/calibration.json")
+    assert Embedder.load(f"registry:desc-cal-test@{v1}").calibration["threshold"] == 0.61
+    with pytest.raises(ValueError, match="nowhere"):
+        write_calibration("build:descriptor_tiny", record)
+
+
+def test_the_match_threshold_is_the_calibrated_one_unless_configured(tmp_path, monkeypatch, caplog):
+    from docray.screening import matching
+
+    lib, embed = make_library(tmp_path / "lib", 2)
+    every = lambda img: [(0, 0, img.width, img.height)]
+    tile = cut(poster(1), "2x2", None)[1].image  # a library tile: score ~1
+    cal = Screener(lib, embed, ScreenConfig(), text_finder=every, calibration={"threshold": 0.42})
+    v = cal.screen([tile], 101)
+    assert (v["threshold"], v["threshold_source"]) == (0.42, "calibrated") and v["abnormal"]
+    above = Screener(lib, embed, ScreenConfig(), text_finder=every, calibration={"threshold": 1.01})
+    assert not above.screen([tile], 101)["abnormal"]  # the calibrated threshold decides
+    embed.calibration = {"threshold": 1.01}  # read from the embedder (Embedder.load's calibration.json)
+    assert Screener(lib, embed, ScreenConfig(), text_finder=every).threshold == 1.01
+    over = Screener(lib, embed, ScreenConfig(threshold=0.42), text_finder=every)  # an explicit override
+    v = over.screen([tile], 101)
+    assert (v["threshold"], v["threshold_source"]) == (0.42, "config") and v["abnormal"]
+    del embed.calibration
+    monkeypatch.setattr(matching, "_warned", False)
+    with caplog.at_level("WARNING", logger="docray.screening"):
+        bare = Screener(lib, embed, ScreenConfig(), text_finder=every)
+        Screener(lib, embed, ScreenConfig(), text_finder=every)
+    v = bare.screen([tile], 101)
+    assert (v["threshold"], v["threshold_source"]) == (matching.UNCALIBRATED_THRESHOLD, "uncalibrated-default")
+    assert sum("no calibration.json" in r.getMessage() for r in caplog.records) == 1  # warned once
+
+
+def test_save_descriptor_writes_model_and_background_bank_then_calibrates(tmp_path):
     from docray.models import build_model
     from docray.screening.data import raw_tiles
     from docray.screening.embed import Embedder
@@ -268,6 +319,18 @@ def test_save_descriptor_writes_model_and_background_bank(tmp_path):
     assert local.background.shape == (len(raw_tiles(pictures[:3])) + 5, 32)  # tiles of 3 pictures + 5 whole ones
     assert np.array_equal(local.background, registered.background)
     assert np.allclose(np.linalg.norm(local.background, axis=1), 1, atol=1e-4)
+    # then its threshold, calibrated on other pictures: beside the saved model and the registered version
+    from docray.storage.datasets import write_shards
+    from docray.synth import generate
+    from train_jobs.train_screening import calibrate
+
+    write_shards(generate("targets", 0, 8, seed=3, size=96), str(tmp_path / "cal"))
+    cfg = cfg.model_copy(update={"calibrate": str(tmp_path / "cal"), "calibrate_queries": 4, "max_fpr": 0.25})
+    record = calibrate(model, res, cfg)
+    assert Embedder.load(res["model_dir"]).calibration == record and record["n_neg"] == 4
+    registered = Embedder.load(f"registry:descriptor@{res['registry_version']}").calibration
+    assert registered["threshold"] == record["threshold"]
+    assert registered["descriptor"] == f"registry:descriptor@{res['registry_version']}"
 
 
 def test_to_day():

@@ -106,6 +106,9 @@ def test_serve_screen_and_targets(library, serve_port):
             v = r.json()
             assert v["abnormal"] and v["matches"][0]["picture"] == 1 and v["matches"][0]["tile_id"] == 1
             assert v["verification"] == "on" and "inliers" in v["matches"][0]
+            assert (v["threshold"], v["threshold_source"]) == (0.9999, "config")  # EXACT sets it
+            health = c.get(f"{url}/healthz").json()["apps"]["screening"]
+            assert health["ok"] and (health["threshold"], health["threshold_source"]) == (0.9999, "config")
             r = c.post(f"{url}/v1/screen", files=[("pictures", ("a.png", benign))], data={"release_time": "2024-03-01"})
             assert r.status_code == 200 and not r.json()["abnormal"]
             # errors: JSON error model, nothing stored

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from docray.screening.data import WHOLE, CopyPairBatch, EditedTileBatch, passes_per_epoch, raw_tiles, tile_key, tiles_of
+from docray.screening.postings import POSTINGS
 
 
 def picture(i: int, size: int = 96) -> Image.Image:
@@ -129,10 +130,12 @@ def test_a_dataset_missing_the_image_column_is_named(ray_cluster, tmp_path):
 @pytest.mark.parametrize("mix", [0.0, 0.5])
 def test_synthetic_default_train_split_val_and_background(ray_cluster, home, mix):
     from docray.synth import generate
-    from train_jobs.train_screening import ScreeningTrainConfig, read_background, training_datasets
+    from docray.storage.datasets import read_table
+    from train_jobs.train_screening import (CALIBRATION_START, ScreeningTrainConfig, calibration_uri, read_background,
+                                            training_datasets)
 
     cfg = ScreeningTrainConfig(n_pictures=20, val_pictures=4, background_pictures=1, background_distractors=3,
-                               synth_mix=mix)
+                               synth_mix=mix, calibrate_pictures=2)
     ds = training_datasets(cfg)
     rows = sorted((r["id"], r["image"]) for r in ds["train"].take_all())
     assert [i for i, _ in rows] == [f"tgt-0-{i:07d}" for i in range(20) if i % 10 < 8]  # the 'train' split of rows 0..19
@@ -143,6 +146,8 @@ def test_synthetic_default_train_split_val_and_background(ray_cluster, home, mix
     bg = read_background(cfg)
     want = generate("targets", 24, 27, seed=0).column("image").to_pylist()  # the rows after train and val
     assert sorted(bg) == sorted(want)
+    cal = sorted(read_table(calibration_uri(cfg)).column("id").to_pylist())  # calibration: far past all those
+    assert cal == [f"tgt-0-{i:07d}" for i in (CALIBRATION_START, CALIBRATION_START + 1)]
 
 
 def test_a_tiny_run_on_the_procedural_mix_with_sscd_edits(ray_cluster, home, tmp_path):
@@ -152,7 +157,7 @@ def test_a_tiny_run_on_the_procedural_mix_with_sscd_edits(ray_cluster, home, tmp
 
     res = run(parse_args(ScreeningTrainConfig, ["--set", "model=descriptor_tiny", "synth_mix=0.5", "edits=sscd", "n_pictures=10", "val_pictures=4",
                 "epochs=1", "steps_per_epoch=2", "batch_size=16", "background_pictures=1", "background_distractors=2",
-                "to_registry=false", f"out={tmp_path / 'run'}"]))
+                "calibrate_queries=0", "to_registry=false", f"out={tmp_path / 'run'}"]))
     m = res["metrics"]
     assert m["steps_per_epoch"] == 2 and math.isfinite(m["loss"]) and 0 <= m["val_top1"] <= 1
     assert m["worker_imported_synth"] is False
@@ -160,7 +165,8 @@ def test_a_tiny_run_on_the_procedural_mix_with_sscd_edits(ray_cluster, home, tmp
 
 
 def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path):
-    """24 train / 8 val pictures of size 96, none from the synthetic world: one epoch on 2 workers."""
+    """24 train / 8 val pictures of size 96, none from the synthetic world: one epoch on 2 workers, then
+    the threshold calibrated on 8 more pictures."""
     from docray.screening.embed import Embedder
     from train_jobs.common import steps_per_epoch
     from train_jobs.train_screening import ScreeningTrainConfig, run
@@ -170,9 +176,14 @@ def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path
     val = write_pictures(tmp_path / "val", [f"v{i}" for i in range(8)], val_pics)
     bg_pics = [picture(200 + i) for i in range(4)]
     background = write_pictures(tmp_path / "bg", [f"b{i}" for i in range(4)], bg_pics)
+    calibrate = tmp_path / "cal"  # the targets contract with is_target: 4 sensitive pictures, 4 benign
+    calibrate.mkdir()
+    pq.write_table(pa.table({"id": [f"c{i}" for i in range(8)], "image": [png(picture(300 + i)) for i in range(8)],
+                             "is_target": [i % 2 == 0 for i in range(8)]}), calibrate / "part-0.parquet")
     cfg = ScreeningTrainConfig(model="descriptor_tiny", train=train, val=val, background=background, epochs=1,
                                 batch_size=32, num_workers=2, cpus_per_worker=0.5, background_pictures=2,
-                                background_distractors=4, to_registry=False, out=str(tmp_path / "run"))
+                                background_distractors=4, to_registry=False, out=str(tmp_path / "run"),
+                                calibrate=str(calibrate), calibrate_queries=4, max_fpr=0.25)
     res = run(cfg)
     m = res["metrics"]
     assert m["worker_imported_synth"] is False  # no worker imported the synthetic world
@@ -183,4 +194,7 @@ def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path
     assert 0 <= m["val_top1"] <= 1 and math.isfinite(m["loss"])
     bank = Embedder.load(res["model_dir"]).background
     assert bank.shape == (len(raw_tiles(bg_pics[:2])) + 4, 32)  # tiles of 2 pictures + 4 whole ones
+    cal = Embedder.load(res["model_dir"]).calibration  # calibrated after training: calibration.json beside it
+    assert cal == res["calibration"] and cal["pictures"] == str(calibrate) and cal["n_pos"] == cal["n_neg"] == 4
+    assert cal["max_fpr"] == 0.25 and cal["fpr"] <= 0.25 and cal["postings"] == list(POSTINGS)
     assert not (home / "datasets" / "synth").exists()  # nothing synthetic was materialised either

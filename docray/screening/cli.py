@@ -24,10 +24,12 @@ def screening() -> None:
 @click.option("--release-time", default=None, help="ISO date or day number of the document")
 @click.option("--cut-type", default=None, help="cut type of the query (1x3 ... 3x3), if known")
 @click.option("--library", default=None, help="library folder or s3:// URI (default DOCRAY_HOME/indexes/screening)")
-@click.option("--threshold", type=float, default=None, help="override the match threshold")
+@click.option("--threshold", type=float, default=None,
+              help="override the match threshold (default: the descriptor's calibrated one)")
 @click.option("--learn/--no-learn", default=False, help="add pictures found by the second match to the library")
 def query(pictures, release_time, cut_type, library, threshold, learn) -> None:
-    """Screen one document (its pictures) locally, without Ray; prints the verdict as JSON."""
+    """Screen one document (its pictures) locally, without Ray; prints the verdict as JSON (with the
+    threshold and its source: calibrated, config, or uncalibrated-default)."""
     from pathlib import Path
 
     from docray.imageio import decode_image
@@ -36,7 +38,7 @@ def query(pictures, release_time, cut_type, library, threshold, learn) -> None:
     from docray.screening.matching import Screener, ScreenConfig
 
     lib = Library.open(library)
-    cfg = ScreenConfig(learn=learn, **({"threshold": threshold} if threshold is not None else {}))
+    cfg = ScreenConfig(learn=learn, threshold=threshold)
     s = Screener(lib, Embedder.load(lib.manifest["descriptor"]), cfg)
     images = [decode_image(Path(p).read_bytes(), name=p) for p in pictures]
     rt = int(release_time) if release_time and release_time.lstrip("-").isdigit() else release_time

@@ -2,12 +2,14 @@
 
 A trained descriptor carries a background bank beside its weights (`background.npy`: descriptors
 of ordinary synthetic pictures and tiles, none of them targets of any library), which matching
-uses to normalise scores (SSCD's score normalisation; `docray.screening.matching`).
+uses to normalise scores (SSCD's score normalisation; `docray.screening.matching`), and its
+operating point (`calibration.json`: the match threshold `docray calibrate screening --write` and
+the trainer chose for it; `ScreenConfig.threshold` None uses it).
 """
 from __future__ import annotations
 
 import io
-import os
+import json
 
 import numpy as np
 import torch
@@ -38,28 +40,49 @@ def load_descriptor(source: str = "registry:descriptor", device: str | None = No
 
 
 BACKGROUND = "background.npy"
+CALIBRATION = "calibration.json"
+
+
+def descriptor_file(source: str, filename: str) -> bytes | None:
+    """A file saved beside the weights of the descriptor `source` (`registry:NAME[@VERSION]`, or a
+    folder, local or s3://), or None when it has none (`build:...` has none)."""
+    if source.startswith("build:"):
+        return None
+    found = parse_ref(source)
+    if found is not None:
+        from docray.storage.blobs import NotFound
+        from docray.storage.registry import ModelRegistry
+
+        name, version = found
+        try:
+            return ModelRegistry().read_file(name, filename, version)
+        except NotFound:
+            return None
+    from docray.storage.blobs import read_file
+
+    try:
+        return read_file(f"{source.rstrip('/')}/{filename}")
+    except FileNotFoundError:
+        return None
 
 
 def load_background(source: str) -> np.ndarray | None:
     """The background bank (n, dim) saved with the descriptor `source`, or None when it has none."""
-    if source.startswith("build:"):
-        return None
-    if source.startswith("registry:"):
-        from docray.storage.blobs import NotFound
-        from docray.storage.registry import ModelRegistry
+    data = descriptor_file(source, BACKGROUND)
+    return None if data is None else np.load(io.BytesIO(data)).astype(np.float32)
 
-        name, version = parse_ref(source)
-        try:
-            data = ModelRegistry().read_file(name, BACKGROUND, version)
-        except NotFound:
-            return None
-    else:
-        path = os.path.join(source, BACKGROUND)
-        if not os.path.isfile(path):
-            return None
-        with open(path, "rb") as f:
-            data = f.read()
-    return np.load(io.BytesIO(data)).astype(np.float32)
+
+def load_calibration(source: str) -> dict | None:
+    """The operating point saved with the descriptor `source` (`calibration.json`: threshold, max_fpr,
+    tpr, fpr, ...), or None when it was never calibrated."""
+    data = descriptor_file(source, CALIBRATION)
+    if data is None:
+        return None
+    cal = json.loads(data)
+    if not isinstance(cal, dict) or not isinstance(cal.get("threshold"), (int, float)):
+        raise ValueError(f"{source}: {CALIBRATION} has no numeric 'threshold'; rewrite it with "
+                         f"docray calibrate screening PICTURES --descriptor {source} --write")
+    return cal
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -71,14 +94,16 @@ def npy_bytes(a: np.ndarray) -> bytes:
 class Embedder:
     """PIL tiles -> L2-normalised float32 vectors (n, dim), in batches, on the model's device."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = 256, background: np.ndarray | None = None):
+    def __init__(self, model: torch.nn.Module, batch_size: int = 256, background: np.ndarray | None = None,
+                 calibration: dict | None = None):
         self.model, self.batch_size, self.background = model, batch_size, background
+        self.calibration = calibration  # the descriptor's calibration.json (its match threshold), None if never calibrated
         self.size, self.dim = model.cfg.image_size, model.cfg.dim
         self.device = next(model.parameters()).device
 
     @classmethod
     def load(cls, source: str = "registry:descriptor", **kw) -> "Embedder":
-        return cls(load_descriptor(source), background=load_background(source), **kw)
+        return cls(load_descriptor(source), background=load_background(source), calibration=load_calibration(source), **kw)
 
     @torch.inference_mode()
     def __call__(self, tiles: list[Image.Image]) -> np.ndarray:

@@ -229,3 +229,28 @@ def test_unified_train_two_workers_fine_tune_from_a_folder(ray_cluster, docs, tm
     for k, v in whole.items():
         assert r[f"val/{k}"] == pytest.approx(v, abs=1e-5), k
     assert ModelRegistry().load("test-unified-uri")[1]["train"]["init_from"] == str(tmp_path / "start")
+
+
+def test_a_run_repeats_with_its_seed(ray_cluster, tmp_path):
+    """One worker, the same seed, twice, on a dataset of several files (so several blocks to order):
+    the same rows in the same order every epoch (seeded block order and shuffle buffer, rows kept in
+    order), so the same weights."""
+    from docray.recognition.data import DOC_OPTIONS
+    from docray.storage.registry import ModelRegistry
+    from docray.synth import generate
+    from train_jobs import pretrain_recognition
+
+    table = generate("documents", 0, 80, seed=4, **DOC_OPTIONS).select(["id", "image", "flash", "angles"])
+    for split, (lo, hi) in {"train": (0, 72), "val": (72, 80)}.items():
+        (tmp_path / split).mkdir()
+        for j in range(lo, hi, 8):
+            pq.write_table(table.slice(j, 8), tmp_path / split / f"part-{j:03d}.parquet")
+
+    def weights(name: str) -> dict:
+        pretrain_recognition.main(["--set", "model=vit_mae_tiny", f"train={tmp_path / 'train'}", f"val={tmp_path / 'val'}",
+                                   "epochs=2", "batch_size=8", "shuffle_buffer=16", f"register_as={name}",
+                                   f"out={tmp_path / name}"])
+        return ModelRegistry().load(name)[0]
+
+    a, b = weights("test-repeat-a"), weights("test-repeat-b")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -104,9 +104,10 @@ def documents_datasets(c, columns: list[str], required: tuple[str, ...], cache: 
 
 
 def shuffle_blocks(ds: dict, c: DocumentsJobConfig) -> dict:
-    """The training set's blocks in another order every epoch (rows then mix in each worker's
-    shuffle buffer, `shuffled`), unless c.shuffle_buffer is 0."""
-    return {**ds, "train": ds["train"].randomize_block_order()} if c.shuffle_buffer else ds
+    """The training set's blocks in another order every epoch, the same orders every run of a seed
+    (Ray Data reseeds per execution; rows then mix in each worker's shuffle buffer, `shuffled`),
+    unless c.shuffle_buffer is 0."""
+    return {**ds, "train": ds["train"].randomize_block_order(seed=c.seed)} if c.shuffle_buffer else ds
 
 
 def shuffled(c: DocumentsJobConfig, epoch: int) -> dict:

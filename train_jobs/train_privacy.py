@@ -135,11 +135,12 @@ def train_loop_per_worker(config: dict) -> None:
                            max_shift=cfg.max_shift)
     val_prep = MaskedFaces(cfg.image_size, mrun.classes, mrun.mask_pngs)  # a fixed mask per row
     shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    shuffle = {"local_shuffle_buffer_size": cfg.shuffle_buffer} if cfg.shuffle_buffer else {}
     t_start = time.perf_counter()
     for epoch in range(start, epochs):
         model.train()
         t0, loss_sum = time.perf_counter(), 0.0
+        shuffle = {} if not cfg.shuffle_buffer else {"local_shuffle_buffer_size": cfg.shuffle_buffer,
+                                                      "local_shuffle_seed": cfg.seed + epoch}
         for batch in epoch_batches(shard, mrun.steps, batch_size=cfg.batch_size, collate_fn=prep, drop_last=True, **shuffle):
             x, y, masks = _to(device, batch)
             loss = T.inpaint_step(model, x, masks) if mrun.kind == "inpaint" else T.recognizer_step(model, x, y, masks)
@@ -211,7 +212,7 @@ def face_datasets(cfg: PrivacyTrainConfig, out: str) -> tuple[dict, list[int], i
     if unknown:
         raise ValueError(f"{len(unknown)} validation identities never appear in training (e.g. {unknown[:5]}): "
                          "a recogniser can only name identities it trained on")
-    ds["train"] = ds["train"].randomize_block_order()  # another order every epoch; rows then mix in the shuffle buffer
+    ds["train"] = ds["train"].randomize_block_order(seed=cfg.seed)  # another order every epoch, the same every run; rows then mix in the shuffle buffer
     return ds, classes, len(identity["train"]), {"train": train, "val": val}
 
 

@@ -226,8 +226,8 @@ def read_datasets(train: str, val: str = "", columns: list[str] | None = None, c
 
 
 def in_order() -> None:
-    """Ray Data keeps the rows' order in this (driver) process, as the trainers' ingest does
-    (`run_trainer`): with seeded shuffles, one worker sees the same rows in the same order every run
+    """Ray Data keeps the rows' order in this (driver) process, and so in the trainers' ingest, whose
+    default options Train copies from it (`run_trainer`): with seeded shuffles, one worker sees the same rows in the same order every run
     of a seed, so a run can be repeated (several workers take blocks as they come)."""
     import ray.data
 
@@ -373,8 +373,6 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config:
 
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     say_if_waiting(cfg.num_workers * cfg.cpus_per_worker)
-    ingest = DataConfig.default_ingest_options()  # rows in order (`in_order`)
-    ingest.preserve_order = True
     trainer = TorchTrainer(
         loop, train_loop_config=cfg.model_dump() if loop_config is None else loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
@@ -384,7 +382,7 @@ def run_trainer(loop, cfg, name: str, datasets: dict | None = None, loop_config:
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets=datasets or {},
-        dataset_config=DataConfig(datasets_to_split="all", execution_options=ingest),
+        dataset_config=DataConfig(datasets_to_split="all"),  # its ingest takes the driver's order (`in_order`)
     )
     return trainer.fit()
 

@@ -16,7 +16,7 @@ os.environ.pop("RAY_ADDRESS", None)  # the suite always runs on its own embedded
 
 # The S3 endpoint of the `s3` fixture: its address and test keys are in the environment from the
 # start, so every process of the session (Ray workers started before the fixture included) finds it.
-from tests.s3 import free_port, moto_server, s3_env  # noqa: E402
+from tests.s3 import free_port, make_bucket, moto_server, s3_env  # noqa: E402
 
 S3_ENDPOINT = os.environ.setdefault("DOCRAY_TEST_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
 os.environ.update(s3_env(S3_ENDPOINT))  # never a real account's endpoint or keys
@@ -33,7 +33,6 @@ def home(tmp_path, monkeypatch):
 def s3():
     """A real S3 endpoint for the session: `moto` in server mode on 127.0.0.1 (tests/s3.py), with one
     bucket. Yields `s3://<bucket>`; s3fs, boto3 and pyarrow.fs reach it through AWS_ENDPOINT_URL."""
-    from tests.s3 import make_bucket
 
     with moto_server(port=int(S3_ENDPOINT.rsplit(":", 1)[1])) as endpoint:
         make_bucket(endpoint, "docray-test")

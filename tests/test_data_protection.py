@@ -19,6 +19,7 @@ from sqlalchemy import delete, select, update
 
 from docray.storage.blobs import NotFound
 from docray.storage.repository import (AccessDenied, Attachment, DeletionIncomplete, ImageRepository, Purged, Record)
+from tests.test_regen_models import TINY_LIB
 
 
 def png(seed: int, size: int = 16) -> bytes:
@@ -296,7 +297,6 @@ def app(serve_port, tmp_path_factory):
 
     from serve_apps import regen
     from serve_apps.gateway import Gateway
-    from tests.test_regen_models import TINY_LIB
 
     d = tmp_path_factory.mktemp("protection-app")
     (d / "lib.yaml").write_text(yaml.safe_dump(TINY_LIB))

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.pg import postgres_server, unavailable
+
 
 def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
     deadline = time.monotonic() + timeout_s
@@ -43,7 +45,6 @@ def wait_for(predicate, timeout_s: float, what: str, every_s: float = 0.2):
 @pytest.fixture
 def postgres():
     """A Postgres server of the test's own (tests/pg.py), stopped and deleted afterwards."""
-    from tests.pg import postgres_server, unavailable
 
     if reason := unavailable():
         pytest.skip(reason)

@@ -34,6 +34,7 @@ import yaml
 from PIL import Image
 
 from docray.imageio import ImageDecodeError, decode_image
+from tests.test_gateway import deployments
 from tests.test_regen_models import TINY_LIB
 
 DESC = "build:descriptor_tiny"
@@ -246,7 +247,6 @@ def app(serve_port, tmp_path_factory):
     from ray import serve
 
     from serve_apps.gateway import build_app
-    from tests.test_gateway import deployments
 
     root = tmp_path_factory.mktemp("fuzz")
     lib = dict(TINY_LIB, first=dict(TINY_LIB["first"], bytes=3000))  # small originals pass regen's first threshold

@@ -34,6 +34,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.pg import postgres_server, unavailable
+from tests.s3 import apply_env, free_port, restore_env
+from tests.test_screening import poster
+
 pytestmark = pytest.mark.multinode
 
 MODEL = "recognition-unified"
@@ -72,7 +76,6 @@ def _files(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def postgres():
-    from tests.pg import postgres_server, unavailable
 
     if reason := unavailable():
         pytest.skip(reason)
@@ -93,7 +96,6 @@ def two_nodes(s3, postgres, local_home_before, tmp_path_factory):
     from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
-    from tests.s3 import apply_env, restore_env
 
     if ray.is_initialized():
         pytest.skip("another Ray runs in this process (the session's embedded one): run this module alone, "
@@ -182,7 +184,6 @@ def serve_port(two_nodes) -> int:
     """Serve with its one HTTP proxy on the head (node A): two proxies of one host would share a port."""
     from ray import serve
 
-    from tests.s3 import free_port
 
     port = free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
@@ -267,7 +268,6 @@ def test_a_target_added_on_one_node_is_seen_by_a_replica_on_the_other_within_10_
     from docray.screening.embed import Embedder
     from docray.screening.library import Library, cut_target
     from serve_apps.screening import Descriptor, Screening
-    from tests.test_screening import poster
 
     root, templates = f"{two_nodes.home}/indexes/screening", ["2x2", "1x3"]
     embed = Embedder.load(DESC)

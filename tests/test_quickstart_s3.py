@@ -6,6 +6,8 @@ import os
 
 import yaml
 
+from tests.quickstart_s3 import compare
+
 
 def test_the_serve_config_goes_to_the_home_and_a_local_copy_is_deployed(s3, monkeypatch, tmp_path):
     import uuid
@@ -37,7 +39,6 @@ def _summary(job_id: str, answer: str, seconds: float) -> dict:
 
 
 def test_compare_ignores_job_ids_times_and_trained_answers_only():
-    from tests.quickstart_s3 import compare
 
     a, b = _summary("raysubmit_abc", "doc_type=passport", 1.0), _summary("raysubmit_xyz", "doc_type=visa", 2.0)
     diffs, lines = compare(a, b, ({"documents/train": {"rows": 1}}, {"documents/train": {"rows": 1}}))

@@ -21,6 +21,7 @@ from docray.screening.library import TILE_SCHEMA, Library, cut_target, png
 from docray.screening.dedup import exact_hash, phash
 from docray.screening.versions import VersionStore, VersionTaken
 from docray.storage.blobs import filesystem, read_file
+from tests.pg import postgres_server, unavailable
 from tests.test_screening import FakeEmbed, poster
 
 EMBED = FakeEmbed()
@@ -32,7 +33,6 @@ def postgres_url():
     if url := os.environ.get("DOCRAY_TEST_POSTGRES_URL"):
         yield url
         return
-    from tests.pg import postgres_server, unavailable
 
     if reason := unavailable():
         pytest.skip(reason)

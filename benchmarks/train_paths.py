@@ -269,7 +269,8 @@ class RecognitionBench(Config):
     train_seeds: list[int] = Field([0], min_length=1, description="training seeds (the same rows): both paths train "
                                    "once per seed and each figure is the mean over them, its spread beside it")
     shuffle_buffer: int | None = Field(None, ge=0, description="the new path's shuffle buffer, rows (None: the "
-                                       "trainers' default; n_train: a whole shuffle every epoch, as the old path's)")
+                                       "trainers' default: a worker's whole shard when the decoded set is cached, a full "
+                                       "shuffle every epoch as the old path's)")
 
 
 class RegenBench(Config):

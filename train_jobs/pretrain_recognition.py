@@ -58,7 +58,8 @@ class DocumentsJobConfig(Config):
     worker_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per "
                                                "worker, e.g. {node_a: 0.01}: train only on the nodes that have them")
     shuffle_buffer: int = Field(512, ge=0, description="rows each worker shuffles among (Ray Data's local shuffle, "
-                                "reseeded every epoch, after the blocks' order is shuffled; 0: file order)")
+                                "reseeded every epoch, after the blocks' order is shuffled) when the decoded set "
+                                "is streamed; cached, the whole shard; 0: file order")
     use_gpu: bool | None = Field(None, description="None: use a GPU when the cluster has one")
     max_failures: int = Field(2, ge=0, description="worker-group restarts from the latest checkpoint")
     fail_at_epoch: int = Field(-1, description="testing: raise once after this epoch's checkpoint (-1 = never)")
@@ -103,11 +104,21 @@ def documents_datasets(c, columns: list[str], required: tuple[str, ...], cache: 
     return {s: d.select_columns([col for col in columns if col in d.schema().names]) for s, d in ds.items()}, train, val
 
 
-def shuffle_blocks(ds: dict, c: DocumentsJobConfig) -> dict:
+def shuffle_plan(ds: dict, c: DocumentsJobConfig) -> tuple[dict, DocumentsJobConfig]:
     """The training set's blocks in another order every epoch, the same orders every run of a seed
-    (Ray Data reseeds per execution; rows then mix in each worker's shuffle buffer, `shuffled`),
-    unless c.shuffle_buffer is 0."""
-    return {**ds, "train": ds["train"].randomize_block_order(seed=c.seed)} if c.shuffle_buffer else ds
+    (Ray Data reseeds per execution; rows then mix in each worker's shuffle buffer, `shuffled`), and
+    the config that ran: when the decoded training set is cached in Ray's object store (it fits,
+    `cache_if_fits`), each worker's buffer holds its whole shard, a full shuffle every epoch as an
+    in-memory loader gives (a 512-row buffer over a few blocks mixes less, and trained worse on
+    some seeds: issue 15); streamed, `shuffle_buffer` rows. Unless c.shuffle_buffer is 0 (file order)."""
+    from ray.data.dataset import MaterializedDataset
+
+    if not c.shuffle_buffer:
+        return ds, c
+    train = ds["train"]
+    if isinstance(train, MaterializedDataset):
+        c = c.model_copy(update={"shuffle_buffer": max(c.shuffle_buffer, train.count())})
+    return {**ds, "train": train.randomize_block_order(seed=c.seed)}, c
 
 
 def shuffled(c: DocumentsJobConfig, epoch: int) -> dict:
@@ -271,7 +282,7 @@ def main(argv=None) -> dict:
     # a step takes batch_size documents' worth of views, drawn apart from their documents (a row per view,
     # shuffled); whole views per document, rounded down, so every rank has its `steps` full batches
     view_batch = c.batch_size * (views // docs)
-    ds = shuffle_blocks(decoded_views(ds, size, c.use_frames, views), c)
+    ds, c = shuffle_plan(decoded_views(ds, size, c.use_frames, views), c)
     c = c.model_copy(update={"train": train, "val": val, "steps_per_epoch": min(steps, c.steps_per_epoch or steps)})
     save_config(c, c.out)
     result = run_trainer(train_loop_per_worker, c, "pretrain_recognition", ds,

@@ -35,7 +35,7 @@ from docray.storage.blobs import write_file
 from train_jobs.common import (agree, all_gather, all_sum, epoch_batches, load_result_state, maybe_exit, maybe_fail,
                                report_epoch, restore, run_trainer, steps_per_epoch, unwrap_state, warmup_cosine,
                                worker_setup)
-from train_jobs.pretrain_recognition import DocumentsJobConfig, documents_datasets, saved_state, shuffle_blocks, shuffled
+from train_jobs.pretrain_recognition import DocumentsJobConfig, documents_datasets, saved_state, shuffle_plan, shuffled
 
 
 class RecognitionTrainConfig(DocumentsJobConfig):
@@ -177,7 +177,7 @@ def main(argv=None) -> dict:
     check_labels(ds["train"], cat)  # every task has labelled rows (else an error naming its columns)
     check_labels(ds["val"], cat, require=False)  # known document types
     steps = steps_per_epoch(ds["train"].count(), c.batch_size, c.num_workers)
-    ds = shuffle_blocks(decoded_documents(ds, model.image_size), c)
+    ds, c = shuffle_plan(decoded_documents(ds, model.image_size), c)
     c = c.model_copy(update={"train": train, "val": val, "steps_per_epoch": min(steps, c.steps_per_epoch or steps)})
     save_config(c, c.out)
     result = run_trainer(train_loop_per_worker, _WithText(c, query_text), "train_recognition", ds)

@@ -67,7 +67,8 @@ def screening_scores(pictures: str, descriptor: str | Embedder = "registry:descr
         for i in np.flatnonzero(is_t):
             batch.extend(cut_target(images[i], ids[i], sources[i] or ids[i], to_day(times[i]) if times[i] else 0, 64))
         lib.append(batch, embed(batch.tiles))
-        screener = Screener(lib, embed, ScreenConfig(learn=False, text_finder="none"))
+        # only the screener's regions and scores: its threshold decides nothing here (set, so none is looked for)
+        screener = Screener(lib, embed, ScreenConfig(learn=False, text_finder="none", threshold=1.0))
         rng = np.random.default_rng(seed)
         out = {True: [], False: []}
         for positive, pool in ((True, np.flatnonzero(is_t)), (False, np.flatnonzero(~is_t))):

@@ -200,38 +200,19 @@ def run_job(name: str, module: str, overrides: list[str], address: str, timeout_
             "log": log}
 
 
-GRID_FILES = ("targets.parquet", "funnel.json", "calibration.json")  # what serve_apps.privacy reads beside the targets
-
-
-def local_grid_copy(local_dir: str | None) -> str | None:
-    """For a URI home: the privacy grid's files the Privacy app reads (`GRID_FILES`), copied into `local_dir`
-    (serve_apps.privacy opens local files only); the local targets path, or None when there are none."""
-    grid = paths.sub("reports", "privacy", "grid")
-    if local_dir is None or not paths.is_uri(grid) or not blobs.exists(paths.join(grid, GRID_FILES[0])):
-        return None
-    folder = os.path.join(local_dir, "privacy-grid")
-    for name in GRID_FILES:
-        if blobs.exists(paths.join(grid, name)):
-            blobs.write_file(os.path.join(folder, name), blobs.read_file(paths.join(grid, name)))
-    return os.path.join(folder, GRID_FILES[0])
-
-
 def with_dev_override(serve_config: str, local_dir: str | None = None) -> Path:
     """A copy of the Serve config with `privacy.dev_override: true`: the short run's target masks carry no
     attacker verdict and no calibrated threshold, so verification would refuse (docs/privacy.md#serving);
     the override is for development, and the Privacy replicas log it. Written beside the job logs
     (DOCRAY_HOME/reports/quickstart/serve-config.yaml, a local folder or a URI); for a URI home also into
-    `local_dir`, since `serve deploy` reads a local file (the one returned), and the privacy app's
-    `targets` is then a local copy of the grid's files there (`local_grid_copy`)."""
+    `local_dir`, since `serve deploy` reads a local file (the one returned). The Privacy app reads the
+    grid's targets from the home itself, a local folder or a URI."""
     import yaml
 
     conf = yaml.safe_load((ROOT / serve_config).read_text())
-    targets = local_grid_copy(local_dir)
     for app in conf.get("applications", []):
         if (app.get("args") or {}).get("privacy") is not None:
             app["args"]["privacy"] = {**app["args"]["privacy"], "dev_override": True}
-            if targets and not app["args"]["privacy"].get("targets"):
-                app["args"]["privacy"]["targets"] = targets
     text = yaml.safe_dump(conf, sort_keys=False).encode()
     kept = blobs.write_file(paths.sub("reports", "quickstart", "serve-config.yaml"), text)
     if not paths.is_uri(kept):

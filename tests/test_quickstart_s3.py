@@ -10,24 +10,25 @@ from tests.quickstart_s3 import compare
 
 
 def test_the_serve_config_goes_to_the_home_and_a_local_copy_is_deployed(s3, monkeypatch, tmp_path):
+    """The config is kept under the home and deployed from a local copy; the privacy app keeps its
+    default targets (the grid under the home, which it reads through the blob layer): nothing else is
+    copied to local disk."""
     import uuid
 
     from cluster.quickstart import GATEWAY, ROOT, with_dev_override
     from docray import paths
     from docray.storage import blobs
+    from serve_apps.privacy import PrivacyAppConfig
 
     home = f"{s3}/qs-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("DOCRAY_HOME", home)
-    grid = paths.sub("reports", "privacy", "grid")
-    blobs.write_file(paths.join(grid, "targets.parquet"), b"PAR1")
-    blobs.write_file(paths.join(grid, "funnel.json"), b"{}")
     local = with_dev_override(GATEWAY, str(tmp_path))
     assert str(local).startswith(str(tmp_path)) and local.read_bytes() == blobs.read_file(f"{home}/reports/quickstart/serve-config.yaml")
     privacy = yaml.safe_load(local.read_text())["applications"][0]["args"]["privacy"]
     orig = yaml.safe_load((ROOT / GATEWAY).read_text())["applications"][0]["args"]["privacy"]
-    assert privacy == {**orig, "dev_override": True, "targets": str(tmp_path / "privacy-grid" / "targets.parquet")}
-    assert (tmp_path / "privacy-grid" / "funnel.json").read_bytes() == b"{}"
-    assert not (tmp_path / "privacy-grid" / "calibration.json").exists()  # none in the grid: none copied
+    assert privacy == {**orig, "dev_override": True} and not PrivacyAppConfig(**privacy).targets
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["serve-config.yaml"]
+    assert paths.sub("reports", "privacy", "grid", "targets.parquet").startswith(home)  # where the app looks
 
 
 def _summary(job_id: str, answer: str, seconds: float) -> dict:

@@ -87,7 +87,10 @@ def read_summary(home: str) -> dict:
     from docray import paths
     from docray.storage import blobs
 
-    return json.loads(blobs.read_file(paths.join(home, "reports", "quickstart", "summary.json")))
+    path = paths.join(home, "reports", "quickstart", "summary.json")
+    if not blobs.exists(path):
+        raise SystemExit(f"the quickstart wrote no {path}: it stopped before its steps (its output is above)")
+    return json.loads(blobs.read_file(path))
 
 
 def table_digest(url: str) -> dict:

@@ -268,9 +268,6 @@ class RecognitionBench(Config):
     text_encoder: str = Field("hash", description="query-text encoder: hash (fast) | minilm")
     train_seeds: list[int] = Field([0], min_length=1, description="training seeds (the same rows): both paths train "
                                    "once per seed and each figure is the mean over them, its spread beside it")
-    shuffle_buffer: int | None = Field(None, ge=0, description="the new path's shuffle buffer, rows (None: the "
-                                       "trainers' default: a worker's whole shard when the decoded set is cached, a full "
-                                       "shuffle every epoch as the old path's)")
 
 
 class RegenBench(Config):
@@ -536,8 +533,6 @@ def bench_recognition(c: BenchConfig) -> dict:
         cs = c if first else c.model_copy(update={"reference_seed": None})  # the old-vs-old run: once
         shared = [f"seed={seed}", f"num_workers={c.num_workers}", f"cpus_per_worker={c.cpus_per_worker}",
                   f"use_gpu={json.dumps(c.use_gpu)}", f"train={train}", f"val={val}"]
-        if u.shuffle_buffer is not None:
-            shared.append(f"shuffle_buffer={u.shuffle_buffer}")
         with NewRuns(pretrain_recognition, str(Path(c.out, "timing", f"new-{seed}"))) as runs:
             pretrain_recognition.main(["--set", f"model={u.mae_model}", f"epochs={u.mae_epochs}", f"batch_size={u.mae_batch_size}",
                                "register_as=bench-encoder-new", f"out={out / 'mae'}", *shared])

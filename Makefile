@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.docray-installed
 # This machine's pip config names local index folders that may not exist; pip warns once per package.
 QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
 
-.PHONY: help install quickstart quickstart-object-storage models test test-all test-slow test-faults test-multinode test-docs bench clean
+.PHONY: help install quickstart quickstart-object-storage models test test-slow test-faults test-e2e test-multinode test-docs bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ quickstart-object-storage: install  ## the quickstart on a local home, then on s
 models: install  ## every reference model from scratch, each step a Ray job; resumes (configs/models/standard.yaml)
 	$(BIN)/docray models build --profile standard
 
-test: install  ## the default test suite (no slow, gpu or fault tests); < 15 min on 2 cores
+test: install  ## the default test suite (no slow, gpu, fault, e2e, multinode or docs tests); < 20 min on 2 cores
 	$(BIN)/python -m pytest
 
 test-slow: install  ## the slow tests too
@@ -45,6 +45,9 @@ test-slow: install  ## the slow tests too
 
 test-faults: install  ## the fault suite: kills workers, actors, a replica, a driver; restarts Postgres (~3 min)
 	$(BIN)/python -m pytest -m faults tests/test_faults.py
+
+test-e2e: install  ## end-to-end training runs: every method on an imported dataset, a seventh type, resumes (~8 min)
+	$(BIN)/python -m pytest -m e2e
 
 test-multinode: install  ## two Ray nodes on one host: train on one, serve on the other, rescan on both (~2 min)
 	$(BIN)/python -m pytest -m multinode tests/test_multinode.py

@@ -39,6 +39,7 @@ def test_the_imported_datasets_validate_for_their_methods(own):
         assert res.exit_code == 0, res.output
 
 
+@pytest.mark.e2e
 def test_every_method_trains_one_short_epoch_on_it(ray_cluster, own, tmp_path):
     from docray.storage.datasets import read_table
     from train_jobs import pretrain_recognition, train_screening, train_privacy, train_regen, train_recognition

@@ -17,6 +17,9 @@ from tests import own_world
 TYPES = ["identity_card", "passport_page", "driving_licence", "cn_resident_card"]
 
 
+pytestmark = pytest.mark.e2e  # trains a model with the new type first (about 2 min): make test-e2e
+
+
 @pytest.fixture(scope="module")
 def trained(ray_cluster, cn_type, tmp_path_factory):
     """The dataset imported (192 training rows, 48 a type), the unified model's doc_type task trained

@@ -169,6 +169,7 @@ def test_only_train_or_only_val_is_an_error(ray_cluster, docs):
 # -- the trainers on Ray ---------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_mae_pretrain_killed_worker_resumes_from_its_checkpoint(ray_cluster, docs, tmp_path):
     """2 workers on a dataset URI, from a registered encoder; rank 0's process dies in epoch 1 and
     the restarted group resumes from epoch 0's checkpoint."""
@@ -231,6 +232,7 @@ def test_unified_train_two_workers_fine_tune_from_a_folder(ray_cluster, docs, tm
     assert ModelRegistry().load("test-unified-uri")[1]["train"]["init_from"] == str(tmp_path / "start")
 
 
+@pytest.mark.e2e
 def test_a_run_repeats_with_its_seed(ray_cluster, tmp_path):
     """One worker, the same seed, twice, on a dataset of several files (so several blocks to order):
     the same rows in the same order every epoch (seeded block order and shuffle buffer, rows kept in

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from docray.fonts import font, rand_color
 
 EDITS = ("default", "sscd")  # the edit families training draws copies from: copy_edit, sscd_edit
+EDIT_KINDS = ("crop", "rescale", "recolour", "text", "repost", "jpeg")  # copy_edit's edits, in order
 
 
 def slight_crop(img: Image.Image, rng: np.random.Generator, max_frac: float = 0.08) -> Image.Image:
@@ -90,23 +91,32 @@ def jpeg(img: Image.Image, rng: np.random.Generator, lo: int = 30, hi: int = 90)
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def copy_edit(img: Image.Image, rng: np.random.Generator, strength: float = 1.0) -> Image.Image:
-    """A realistic edited copy of a tile (any size in, the same size out)."""
+def copy_edit(img: Image.Image, rng: np.random.Generator, strength: float = 1.0, applied: list | None = None
+              ) -> Image.Image:
+    """A realistic edited copy of a tile (any size in, the same size out). `applied`, when a list, gets
+    the names of the edits made (of EDIT_KINDS)."""
+    applied = [] if applied is None else applied
     img = img.convert("RGB")
     size = img.size
     if rng.random() < 0.8 * strength:
         img = slight_crop(img, rng, 0.08 * strength).resize(size, Image.BILINEAR)
+        applied.append("crop")
     if rng.random() < 0.7 * strength:
         img = rescale(img, rng, 1 - 0.6 * strength)
+        applied.append("rescale")
     if rng.random() < 0.7 * strength:
         img = recolour(img, rng, 0.3 * strength)
+        applied.append("recolour")
     if rng.random() < 0.3 * strength:
         img = text_overlay(img, rng)
+        applied.append("text")
     if rng.random() < 0.5 * strength:  # re-posted at another size (an upload scales it up or down)
         s = rng.uniform(0.7, 2.0)
         img = img.resize((max(4, int(size[0] * s)), max(4, int(size[1] * s))), Image.BILINEAR).resize(size, Image.BILINEAR)
+        applied.append("repost")
     if rng.random() < 0.8 * strength:
         img = jpeg(img, rng, int(90 - 60 * strength), 95)
+        applied.append("jpeg")
     return img
 
 

@@ -20,12 +20,12 @@ from docray.screening.backgrounds import paste_upload
 POSTINGS = ("alone", "post", "pasted_photo", "pasted_texture")
 
 
-def upload(tile: Image.Image, posting: str, rng: np.random.Generator) -> Image.Image:
+def upload(tile: Image.Image, posting: str, rng: np.random.Generator, applied: list | None = None) -> Image.Image:
     """`tile` after a copy edit (crop, rescale, recolour, text, JPEG), posted as `posting` (one of POSTINGS),
-    re-encoded as JPEG q50-90."""
+    re-encoded as JPEG q50-90. `applied`, when a list, gets the copy edit's names (`copy_edit`)."""
     if posting not in POSTINGS:
         raise ValueError(f"unknown posting {posting!r}; known: {', '.join(POSTINGS)}")
-    edited = copy_edit(tile, rng)
+    edited = copy_edit(tile, rng, applied=applied)
     if posting == "alone":
         s = rng.uniform(1.0, 2.5)
         img = edited.resize((round(edited.width * s), round(edited.height * s)), Image.BILINEAR)

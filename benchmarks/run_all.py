@@ -36,6 +36,12 @@ class Bench(Config):
     name: str = Field(description="benchmarks/<name>.py")
     args: list[str] = Field([], description="its command-line arguments")
     timeout_s: float = Field(1800, gt=0)
+    key: str = Field("", description="its name in RESULTS.md, --only and the JSON line ('' -> name): one benchmark "
+                                     "run twice with other arguments needs one")
+
+    @property
+    def label(self) -> str:
+        return self.key or self.name
 
 
 class BenchProfile(Config):
@@ -71,7 +77,7 @@ def model_versions() -> dict[str, str]:
 def run_one(b: Bench) -> dict:
     """Run one benchmark; its output, figures (last JSON line) and wall time."""
     cmd = [sys.executable, "-m", f"benchmarks.{b.name}", *b.args]
-    print(f"-- {b.name}: {' '.join(cmd[1:])}", flush=True)
+    print(f"-- {b.label}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=b.timeout_s)
@@ -92,7 +98,7 @@ def run_one(b: Bench) -> dict:
     ok = ok and isinstance(figures, dict)
     tail = "" if ok else "\n".join((err or out).strip().splitlines()[-15:])
     print(f"   {'ok' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
-    return {"name": b.name, "args": b.args, "ok": ok, "seconds": seconds, "table": "\n".join(lines[-80:]),
+    return {"name": b.label, "module": b.name, "args": b.args, "ok": ok, "seconds": seconds, "table": "\n".join(lines[-80:]),
             "figures": figures, "error": tail}
 
 
@@ -107,7 +113,7 @@ def write_results(path: Path, profile: str, info: dict, versions: dict, results:
           *[f"| [{r['name']}](#{r['name'].replace('_', '-')}) | {'yes' if r['ok'] else 'FAILED'} | "
             f"{r['seconds'] / 60:.1f} | `{' '.join(r['args']) or '-'}` |" for r in results], ""]
     for r in results:
-        md += [f"## {r['name']}", "", f"`python -m benchmarks.{r['name']} {' '.join(r['args'])}`, "
+        md += [f"## {r['name']}", "", f"`python -m benchmarks.{r['module']} {' '.join(r['args'])}`, "
                f"{r['seconds'] / 60:.1f} min{'' if r['ok'] else ', FAILED'}", "", "```", r["table"] or "(no output)", "```", ""]
         if r["figures"] is not None:
             md += ["Figures (its last line):", "", "```json", json.dumps(r["figures"], default=str)[:20000], "```", ""]
@@ -129,11 +135,13 @@ def main(argv=None) -> int:
     if not path.is_file():
         p.error(f"no profile {a.profile!r} (known: {', '.join(sorted(q.stem for q in PROFILES.glob('*.yaml')))})")
     profile = load_config(BenchProfile, path)
-    names = [b.name for b in profile.benchmarks]
+    names = [b.label for b in profile.benchmarks]
+    if len(set(names)) < len(names):
+        p.error(f"profile {a.profile!r} runs a benchmark twice under one name: give each run its own `key`")
     unknown = sorted(set(a.only) - set(names))
     if unknown:
         p.error(f"--only {unknown}: not in profile {a.profile!r} ({', '.join(names)})")
-    missing = [n for n in names if not (ROOT / "benchmarks" / f"{n}.py").is_file()]
+    missing = [b.name for b in profile.benchmarks if not (ROOT / "benchmarks" / f"{b.name}.py").is_file()]
     if missing:
         p.error(f"profile {a.profile!r} names benchmarks that do not exist: {missing}")
     if not a.out:
@@ -142,7 +150,7 @@ def main(argv=None) -> int:
         a.out = str(ROOT / "benchmarks" / "RESULTS.md") if path == PROFILES / "standard.yaml" else \
             str(Path(paths.sub("reports", "bench"), f"RESULTS-{path.stem}.md"))
     info, versions = machine(), model_versions()
-    results = [run_one(b) for b in profile.benchmarks if not a.only or b.name in a.only]
+    results = [run_one(b) for b in profile.benchmarks if not a.only or b.label in a.only]
     write_results(Path(a.out), Path(path).stem, info, versions, results)
     print(f"\n{'benchmark':24s} {'ok':6s} {'min':>6s}")
     for r in results:

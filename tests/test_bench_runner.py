@@ -2,6 +2,8 @@
 file beside the machine and the model versions; a failing benchmark is recorded and fails the run."""
 import json
 
+import pytest
+
 from benchmarks import run_all
 
 
@@ -26,3 +28,16 @@ def test_shipped_profiles_name_real_benchmarks(tmp_path):
         profile = run_all.load_config(run_all.BenchProfile, run_all.PROFILES / f"{name}.yaml")
         for b in profile.benchmarks:
             assert (run_all.ROOT / "benchmarks" / f"{b.name}.py").is_file(), b.name
+
+
+def test_one_benchmark_twice_needs_a_key_for_each_run(tmp_path, home):
+    profile = tmp_path / "p.yaml"
+    runs = [{"name": "synth_throughput", "args": ["--n", "2", "--kinds", "masks"]}] * 2
+    profile.write_text(json.dumps({"benchmarks": runs}))
+    with pytest.raises(SystemExit):  # two sections, two JSON entries of one name: refused
+        run_all.main(["--profile", str(profile), "--out", str(tmp_path / "R.md")])
+    profile.write_text(json.dumps({"benchmarks": [runs[0], {**runs[1], "key": "synth_masks_again"}]}))
+    assert run_all.main(["--profile", str(profile), "--out", str(tmp_path / "R.md"), "--only", "synth_masks_again"]) == 0
+    md = (tmp_path / "R.md").read_text()
+    assert "## synth_masks_again" in md and "`python -m benchmarks.synth_throughput --n 2" in md
+    assert "## synth_throughput" not in md

@@ -375,3 +375,15 @@ def test_procedural_family_draws_a_picture(family):
     assert img.mode == "RGB" and img.size == (96, 80)
     assert arr.std() > 10 and len(np.unique(arr.reshape(-1, 3), axis=0)) >= 8  # not flat
     assert np.array_equal(arr, np.asarray(draw(family, np.random.default_rng([0, 1]), (96, 80))))
+
+
+def test_a_fringe_below_the_brows_draws_at_any_size():
+    """Hair style 3 (a fringe to the brows) with the brows above the hairline raised in Pillow at
+    the procedural pictures' size (192 px); such a face now has no fringe."""
+    import dataclasses
+
+    from docray.synth.faces import render_face, sample_pose
+
+    g = dataclasses.replace(face_geometry(0), hair_style=3, hairline=0.12, eye_y=-0.07, brow_gap=0.075)
+    for size in (32, 192, 384):
+        assert render_face(g, sample_pose(np.random.default_rng(0)), (size, size)).size == (size, size)

@@ -177,8 +177,10 @@ def _draw_hair_top(d, cx, cy, g, u, hair):
         d.chord([cx + fw * 0.7, cy - fh * 0.5, cx + fw * 1.02, cy + fh * 0.1], 270, 90, fill=hair)
         return
     d.chord([cx - fw * 1.08, top - fh * 0.12, cx + fw * 1.08, line + (line - top) + fh * 0.1], 180, 360, fill=hair)
-    if st == 3:  # fringe to the brows
-        d.rectangle([cx - fw * 0.95, line - 2, cx + fw * 0.95, cy + (g.eye_y - g.brow_gap - 0.02) * u], fill=hair)
+    if st == 3:  # fringe to the brows (none when the brows sit above the hairline)
+        brows = cy + (g.eye_y - g.brow_gap - 0.02) * u
+        if brows >= line - 2:
+            d.rectangle([cx - fw * 0.95, line - 2, cx + fw * 0.95, brows], fill=hair)
     elif st == 4:  # bun
         d.ellipse([cx - 0.09 * u, top - 0.2 * u, cx + 0.09 * u, top - 0.02 * u], fill=hair)
     elif st == 5:  # spikes

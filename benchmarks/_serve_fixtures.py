@@ -65,7 +65,8 @@ def screening(root: Path, n_targets: int = 6) -> tuple[dict, bytes]:
     batch = TileBatch()
     for row in generate("targets", 0, n_targets, seed=0, target_rate=1.0).to_pylist():
         img = Image.open(io.BytesIO(row["image"])).convert("RGB")
-        batch.extend(cut_target(img, row["id"], "bench", to_day("2024-01-01"), 32, ["2x2", "1x3"]))
+        batch.extend(cut_target(img, row["id"], "bench", to_day("2024-01-01"), 32, ["2x2", "1x3"],
+                                features=lib.feature_spec))  # the targets' SIFT features: verification can run
     lib.append(batch, embed(batch.tiles))
     return {"library": str(root / "library"), "screen": SCREEN, "reload_interval_s": 60}, _png(lib.tile_image(0))
 

@@ -14,6 +14,8 @@ httpx.AsyncClient, N workers until a deadline) runs in this process and shares t
 2-core host the figures are a floor. Phases:
 
 1. each endpoint alone at --concurrency for --endpoint-duration s: p50/p99 latency, req/s;
+   1b. /v1/screen alone with two-stage verification (SIFT + RANSAC, `verify.enabled`) off, then on,
+   one request at a time: p50/p99 per picture (the library stores its targets' SIFT features);
 2. gateway overhead (sequential, --requests each): p50 of a trivial route through HTTP (`GET
    /v1/file-types`, answered by the Gateway deployment) minus p50 of the same method on the Gateway's
    handle from this driver; and a composed route (`GET /v1/screen/library`, Gateway -> Screening) against
@@ -175,13 +177,14 @@ def graph(args: dict, base: dict[str, dict], overrides: dict[str, dict] | None =
     overrides = overrides or {}
 
     def o(dep):
-        opts = {**base[dep.name], **overrides.get(dep.name, {})}
+        opts = {"version": "serve-load", **base[dep.name], **overrides.get(dep.name, {})}
         if "autoscaling_config" in opts:
             opts.pop("num_replicas", None)
         # A fixed version (Serve's own flag for it is internal): a redeploy that changes only replica counts or
         # autoscaling updates those deployments in place, as `serve deploy` of an edited YAML does, instead of
-        # restarting all nine (serve.run gives every deployment a new random version otherwise).
-        return dep.options(version="serve-load", _internal=True, **opts)
+        # restarting all nine (serve.run gives every deployment a new random version otherwise). An override
+        # that changes a deployment's arguments gives it another version, so that one restarts.
+        return dep.options(_internal=True, **opts)
 
     cfg = GatewayConfig.model_validate(args)
     sc, cc = cfg.screening, cfg.regen.model_dump()
@@ -338,6 +341,42 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
+def screen_verify(opts, url: str, args: dict, base: dict, eps: list[Endpoint]) -> dict:
+    """Phase 1b: /v1/screen alone with two-stage verification (`verify.enabled`: SIFT + RANSAC over each
+    picture against its candidates' targets) off, then on (Screening redeployed with it, then back);
+    one request at a time (the service time, not queueing), p50/p99 per picture. Prints the table,
+    returns the JSON figures."""
+    screen = next(e for e in eps if e.name == "screen")
+    n = len(screen.files)
+    on = {**args, "screening": {**args["screening"], "screen": {**args["screening"]["screen"], "verify": {"enabled": True}}}}
+    stats = {}
+    for key, a, version in (("off", args, "serve-load"), ("on", on, "serve-load-verify")):
+        deploy(a, base, {"Screening": {"version": version}})
+        warm_up(url, [screen])
+        said = verification_said(url, screen)
+        if said != key:
+            raise RuntimeError(f"/v1/screen says verification {said!r}, deployed with it {key}")
+        s = run_load(url, [screen], 1, opts.endpoint_duration).summary("screen")
+        stats[key] = {"p50": round(s["p50_ms"] / n, 1), "p99": round(s["p99_ms"] / n, 1), "errors": s["errors"]}
+    deploy(args, base)  # back to the configuration the other phases measure
+    warm_up(url, eps)
+    print(f"\n1b. /v1/screen ({n} pictures a request) with verification off / on, per picture, one request at a "
+          f"time, {opts.endpoint_duration:g} s each:\n" + table(
+              [(k, s["p50"], s["p99"], s["errors"]) for k, s in stats.items()],
+              ("verification", "p50 ms", "p99 ms", "errors")), flush=True)
+    return {**{f"screen_verify_{k}_{p}_ms_per_picture": s[p] for k, s in stats.items() for p in ("p50", "p99")},
+            **{f"screen_verify_{k}_errors": s["errors"] for k, s in stats.items()}}
+
+
+def verification_said(url: str, screen: Endpoint) -> str:
+    """What one /v1/screen answer says of verification ('off', 'on' or why it is unavailable)."""
+    import httpx
+
+    r = httpx.post(url + screen.path, files=screen.files, data=screen.data, headers=HEADERS, timeout=300)
+    r.raise_for_status()
+    return r.json()["verification"]
+
+
 def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark, last: int = 5) -> dict:
     """Phases 1-5 (1-`last`) on the deployed gateway; prints the tables, returns the JSON figures."""
     per = {ep.name: run_load(url, [ep], opts.concurrency, opts.endpoint_duration).summary(ep.name) for ep in eps}
@@ -345,6 +384,8 @@ def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark
     print(table([(e.path, *(per[e.name][k] for k in ("requests", "errors", "p50_ms", "p99_ms", "req_per_s"))) for e in eps],
                 ("endpoint", "requests", "errors", "p50 ms", "p99 ms", "req/s")), flush=True)
     mark("endpoints")
+    verify = screen_verify(opts, url, args, base, eps)
+    mark("verify")
 
     ov = overhead(url, opts.requests)
     print(f"\n2. gateway overhead, {opts.requests} sequential calls each (p50 ms):\n" + table([
@@ -367,7 +408,7 @@ def run_phases(opts, url: str, args: dict, base: dict, eps: list[Endpoint], mark
     mark("mixed")
     core = {"models": "tiny_untrained", "concurrency": opts.concurrency, "endpoint_duration_s": opts.endpoint_duration,
             **{f"{name}_{k}": v for name, s in per.items() for k, v in s.items() if k != "requests"},
-            **ov,
+            **verify, **ov,
             "mixed_duration_s": round(mixed.wall_s, 1), "mixed_requests": m["requests"], "mixed_errors": m["errors"],
             "mixed_req_per_s": m["req_per_s"], "mixed_p50_ms": m["p50_ms"], "mixed_p99_ms": m["p99_ms"]}
     if last <= 3:

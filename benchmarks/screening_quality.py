@@ -38,7 +38,8 @@ verified; score: inliers). Each is reported overall, per posting and per cut typ
 cut's positives against the benign and unseen queries of the same posting, or all of them for a cut;
 the descriptor alone, with verification, decide=either and local features alone also per copy edit
 (`edit_<kind>`: the positives that edit touched, of `docray.screening.augment.EDIT_KINDS`, against all
-the negatives; edits combine, so the rows overlap), beside the descriptor alone with layout-free region proposals added to the layout's (`--proposals`:
+the negatives; edits combine, so the rows overlap), beside the descriptor alone with layout-free
+region proposals added to the layout's (`--proposals`:
 `ScreenConfig.proposals` edges / windows / edges+windows, `docray.screening.proposals`; with their
 decide=either rows too unless `--no-verify`; regions per upload in the JSON),
 with its false-positive rate at the default threshold (the descriptor's calibrated one, from its
@@ -66,8 +67,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from docray.screening.dedup import hamming, phash
 from docray.screening.augment import EDIT_KINDS
+from docray.screening.dedup import hamming, phash
 from docray.screening.embed import Embedder
 from docray.screening.library import Library, TileBatch, cut_target, to_day
 from docray.screening.matching import Screener, ScreenConfig, _iou, find_regions, resolve_threshold
@@ -114,7 +115,8 @@ def package_pictures(long_side: int = 256):
 
 
 def make_queries(args, lib_pics, lib_table, other_pics, benign_pics, rng):
-    """[(upload image, label target id or None, kind, posting, cut type)]: postings and cut types in turn."""
+    """[(upload image, label target id or None, kind, posting, cut type, copy edits)]: postings and cut types
+    in turn."""
     queries = []
     ids = lib_table.column("id").to_pylist()
 

@@ -8,7 +8,8 @@
 and scikit-learn (never used in training or calibration: they are kept for checks like this one):
 8 colour photographs are the targets (astronaut, cat, coffee, rocket, Hubble deep field,
 immunohistochemistry, China, flower) and 11 other pictures the benign ones (camera, coins, moon,
-retina, brick, grass, gravel, clock, cells, a printed page, text); no unseen targets. Few pictures,
+retina, brick, grass, gravel, clock, cells, a printed page, text), their long side at 512 px (as
+photographs are posted; local features need the pixels); no unseen targets. Few pictures,
 many uploads of them: it asks whether a descriptor trained on drawn pictures finds real ones.
 
 Library: every template's tiles (flat ones dropped) of `--targets` sensitive posters (synthetic
@@ -92,7 +93,7 @@ PACKAGE_TARGETS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_fiel
 PACKAGE_BENIGN = ("camera", "coins", "moon", "retina", "brick", "grass", "gravel", "clock", "cell", "page", "text")
 
 
-def package_pictures(long_side: int = 256):
+def package_pictures(long_side: int = 512):
     """(pictures, table) like `synth_pictures`'s, of the photographs inside scikit-image and scikit-learn
     (their long side scaled to `long_side`): PACKAGE_TARGETS are targets, PACKAGE_BENIGN benign."""
     import datetime

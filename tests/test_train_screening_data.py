@@ -198,3 +198,21 @@ def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path
     assert cal == res["calibration"] and cal["pictures"] == str(calibrate) and cal["n_pos"] == cal["n_neg"] == 4
     assert cal["max_fpr"] == 0.25 and cal["fpr"] <= 0.25 and cal["postings"] == list(POSTINGS)
     assert not (home / "datasets" / "synth").exists()  # nothing synthetic was materialised either
+
+
+def test_an_upload_names_its_edits_without_changing_them():
+    """`upload(..., applied)` lists the copy edits it made (the benchmark's rows per edit) and draws
+    exactly the upload it draws without the list."""
+    from docray.screening.augment import EDIT_KINDS
+    from docray.screening.postings import upload
+
+    tile = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    seen = set()
+    for seed in range(40):
+        applied = []
+        a = upload(tile, POSTINGS[seed % len(POSTINGS)], np.random.default_rng(seed), applied)
+        b = upload(tile, POSTINGS[seed % len(POSTINGS)], np.random.default_rng(seed))
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert set(applied) <= set(EDIT_KINDS) and len(applied) == len(set(applied))
+        seen |= set(applied)
+    assert seen == set(EDIT_KINDS)  # every edit is drawn at least once in 40 uploads

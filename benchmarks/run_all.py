@@ -98,8 +98,8 @@ def run_one(b: Bench) -> dict:
     ok = ok and isinstance(figures, dict)
     tail = "" if ok else "\n".join((err or out).strip().splitlines()[-15:])
     print(f"   {'ok' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
-    return {"name": b.label, "module": b.name, "args": b.args, "ok": ok, "seconds": seconds, "table": "\n".join(lines[-80:]),
-            "figures": figures, "error": tail}
+    return {"name": b.label, "module": b.name, "args": b.args, "ok": ok, "seconds": seconds,
+            "table": "\n".join(lines[-80:]), "figures": figures, "error": tail}
 
 
 def write_results(path: Path, profile: str, info: dict, versions: dict, results: list[dict]) -> None:

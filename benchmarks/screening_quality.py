@@ -78,6 +78,10 @@ from docray.screening.templates import DEFAULT_TEMPLATES, cut
 from docray.screening.verify import FeatureIndex, VerifyConfig, extract
 
 PROPOSALS = ("edges", "windows", "edges+windows")  # layout-free region proposals, each a row beside the layout's
+# --pictures package: photographs inside scikit-image (by function name) and scikit-learn (*.jpg)
+PACKAGE_TARGETS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                   "china.jpg", "flower.jpg")
+PACKAGE_BENIGN = ("camera", "coins", "moon", "retina", "brick", "grass", "gravel", "clock", "cell", "page", "text")
 
 
 def micro_ap(scores: np.ndarray, correct: np.ndarray, n_pos: int) -> float:
@@ -86,11 +90,6 @@ def micro_ap(scores: np.ndarray, correct: np.ndarray, n_pos: int) -> float:
     tp = np.cumsum(correct[order])
     precision = tp / np.arange(1, len(order) + 1)
     return float((precision * correct[order]).sum() / max(1, n_pos))
-
-
-PACKAGE_TARGETS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-                   "china.jpg", "flower.jpg")
-PACKAGE_BENIGN = ("camera", "coins", "moon", "retina", "brick", "grass", "gravel", "clock", "cell", "page", "text")
 
 
 def package_pictures(long_side: int = 512):

@@ -1,6 +1,7 @@
 """docray.synth: determinism, schemas, labels that agree with the pixels, option checks. No Ray."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image
 from docray.imageio import decode_array, decode_image
 from docray.synth import KINDS, contact_sheet, generate, schema
 from docray.synth.captures import homography, warp_labels
-from docray.synth.faces import face_geometry
+from docray.synth.faces import face_geometry, render_face, sample_pose
 from docray.synth.masks import BIN_EDGES, area_bin
 from docray.synth.targets import make_upload
 from docray.synth.templates import DOC_TYPES
@@ -380,10 +381,6 @@ def test_procedural_family_draws_a_picture(family):
 def test_a_fringe_below_the_brows_draws_at_any_size():
     """Hair style 3 (a fringe to the brows) with the brows above the hairline raised in Pillow at
     the procedural pictures' size (192 px); such a face now has no fringe."""
-    import dataclasses
-
-    from docray.synth.faces import render_face, sample_pose
-
     g = dataclasses.replace(face_geometry(0), hair_style=3, hairline=0.12, eye_y=-0.07, brow_gap=0.075)
     for size in (32, 192, 384):
         assert render_face(g, sample_pose(np.random.default_rng(0)), (size, size)).size == (size, size)

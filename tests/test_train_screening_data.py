@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from docray.screening.augment import EDIT_KINDS
 from docray.screening.data import WHOLE, CopyPairBatch, EditedTileBatch, passes_per_epoch, raw_tiles, tile_key, tiles_of
-from docray.screening.postings import POSTINGS
+from docray.screening.postings import POSTINGS, upload
 
 
 def picture(i: int, size: int = 96) -> Image.Image:
@@ -203,9 +204,6 @@ def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path
 def test_an_upload_names_its_edits_without_changing_them():
     """`upload(..., applied)` lists the copy edits it made (the benchmark's rows per edit) and draws
     exactly the upload it draws without the list."""
-    from docray.screening.augment import EDIT_KINDS
-    from docray.screening.postings import upload
-
     tile = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     seen = set()
     for seed in range(40):

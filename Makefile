@@ -12,7 +12,7 @@ QUIET_PIP := grep -v "^WARNING: Location 'file://" || true
 .PHONY: help install quickstart quickstart-object-storage models test test-slow test-faults test-e2e test-multinode test-docs bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv and install docray with its dependencies (torch pinned first)
 	@$(BIN)/python -c 'from docray.compat import install_pth; install_pth()'

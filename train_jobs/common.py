@@ -57,11 +57,14 @@ def unwrap_state(state: dict) -> dict:
 
 
 def worker_setup(cpus: float):
-    """Device and threads of this worker; returns (device, world_rank, world_size)."""
+    """Device and threads of this worker; returns (device, world_rank, world_size).
+
+    Torch threads: the worker's CPUs rounded up, so `cpus_per_worker=1.5` on a 2-core host computes on
+    both cores while half a CPU stays free for Ray Data's tasks."""
     import ray.train
     import ray.train.torch
 
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(max(1, math.ceil(cpus)))
     ctx = ray.train.get_context()
     return ray.train.torch.get_device(), ctx.get_world_rank(), ctx.get_world_size()
 

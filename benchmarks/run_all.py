@@ -3,6 +3,7 @@
     python -m benchmarks.run_all                                   # profile standard -> benchmarks/RESULTS.md
     python -m benchmarks.run_all --profile quick                  # minutes; -> DOCRAY_HOME/reports/bench/
     python -m benchmarks.run_all --only screening_quality --only index_search
+    python -m benchmarks.run_all --resume                          # skip what already ran on these models
 
 A profile (`configs/bench/<profile>.yaml`) lists the benchmarks and their arguments. Each runs in its
 own process (`python -m benchmarks.NAME ARGS`); its table (what it printed) and its figures (its
@@ -10,6 +11,12 @@ last line, one JSON object) go into the results file with its wall time, beside 
 on (CPU, GPU, versions, the git commit) and the model versions in the registry. A benchmark that
 fails is recorded as failed with the end of its output; the others still run, and the command exits
 non-zero. `make models` first: the benchmarks that evaluate trained models read the registry.
+
+Each run is also kept as a record in `<results file>.json` (RESULTS.json beside RESULTS.md), and the
+Markdown is written from the records of every benchmark of the profile: `--only` replaces the named
+ones and keeps the others, each with its own date, commit and model versions, so a long profile can
+run in parts. `--resume` skips a benchmark whose record succeeded with the same arguments against
+the same model versions; a section run against other models than the registry's latest says so.
 """
 from __future__ import annotations
 
@@ -74,8 +81,9 @@ def model_versions() -> dict[str, str]:
     return out
 
 
-def run_one(b: Bench) -> dict:
-    """Run one benchmark; its output, figures (last JSON line) and wall time."""
+def run_one(b: Bench, info: dict, versions: dict) -> dict:
+    """Run one benchmark; its record: output, figures (last JSON line), wall time, when, where and on
+    which models (`info`, `versions`)."""
     cmd = [sys.executable, "-m", f"benchmarks.{b.name}", *b.args]
     print(f"-- {b.label}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
@@ -99,28 +107,52 @@ def run_one(b: Bench) -> dict:
     tail = "" if ok else "\n".join((err or out).strip().splitlines()[-15:])
     print(f"   {'ok' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
     return {"name": b.label, "module": b.name, "args": b.args, "ok": ok, "seconds": seconds,
-            "table": "\n".join(lines[-80:]), "figures": figures, "error": tail}
+            "table": "\n".join(lines[-80:]), "figures": figures, "error": tail,
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info, "models": versions}
+
+
+def load_records(path: Path) -> dict[str, dict]:
+    """The records kept beside the results file `path` (name -> record); {} when there are none."""
+    kept = path.with_suffix(".json")
+    return json.loads(kept.read_text()) if kept.is_file() else {}
+
+
+def is_current(record: dict | None, b: Bench, versions: dict) -> bool:
+    """Whether `record` is a successful run of `b` as configured now, against these model versions."""
+    return bool(record and record.get("ok") and record.get("module") == b.name and record.get("args") == b.args
+                and record.get("models") == versions)
 
 
 def write_results(path: Path, profile: str, info: dict, versions: dict, results: list[dict]) -> None:
+    """RESULTS.md from `results` (records, in profile order) and RESULTS.json holding them."""
+    def stale(r: dict) -> str:
+        old = {k: v for k, v in (r.get("models") or {}).items() if versions.get(k) != v}
+        return f" Ran against other models than the latest: {', '.join(f'{k} {v}' for k, v in old.items())}." if old else ""
+
     md = [f"# Benchmark results ({profile} profile)", "",
           f"Written by `python -m benchmarks.run_all --profile {profile}` (`make bench`), "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Rerun it to replace this file.", "",
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, from the records in `{path.with_suffix('.json').name}`. "
+          "Rerun it to replace this file; `--only NAME` reruns one benchmark and keeps the others.", "",
           "## Machine", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in info.items()], "",
           "## Models (registry, latest version)", "", "| model | version |", "|---|---|",
           *[f"| {k} | {v} |" for k, v in versions.items()], "",
-          "## Summary", "", "| benchmark | ok | minutes | arguments |", "|---|---|---|---|",
+          "## Summary", "", "| benchmark | ok | minutes | finished | commit | arguments |", "|---|---|---|---|---|---|",
           *[f"| [{r['name']}](#{r['name'].replace('_', '-')}) | {'yes' if r['ok'] else 'FAILED'} | "
-            f"{r['seconds'] / 60:.1f} | `{' '.join(r['args']) or '-'}` |" for r in results], ""]
+            f"{r['seconds'] / 60:.1f} | {r.get('finished', '-')} | {(r.get('machine') or {}).get('commit', '-')} | "
+            f"`{' '.join(r['args']) or '-'}` |" for r in results], ""]
     for r in results:
+        where = r.get("machine") or {}
         md += [f"## {r['name']}", "", f"`python -m benchmarks.{r['module']} {' '.join(r['args'])}`, "
-               f"{r['seconds'] / 60:.1f} min{'' if r['ok'] else ', FAILED'}", "", "```", r["table"] or "(no output)", "```", ""]
+               f"{r['seconds'] / 60:.1f} min{'' if r['ok'] else ', FAILED'}; finished {r.get('finished', '-')} on "
+               f"{where.get('host', '-')} ({where.get('cpu_cores', '-')} cores, GPU {where.get('gpu') or 'none'}), "
+               f"commit {where.get('commit', '-')}.{stale(r)}", "", "```", r["table"] or "(no output)", "```", ""]
         if r["figures"] is not None:
             md += ["Figures (its last line):", "", "```json", json.dumps(r["figures"], default=str)[:20000], "```", ""]
         if r["error"]:
             md += ["End of its output:", "", "```", r["error"], "```", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(md))
+    path.with_suffix(".json").write_text(json.dumps({r["name"]: r for r in results}, indent=1, default=str) + "\n")
 
 
 def main(argv=None) -> int:
@@ -128,6 +160,8 @@ def main(argv=None) -> int:
                                 epilog="\n".join(__doc__.split("\n")[1:]))
     p.add_argument("--profile", default="standard", help="quick | standard | a profile YAML path")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this benchmark (repeatable)")
+    p.add_argument("--resume", action="store_true", help="skip a benchmark whose kept record succeeded with "
+                   "the same arguments against the same model versions")
     p.add_argument("--out", default="", help="results file (default: benchmarks/RESULTS.md for the standard "
                    "profile, DOCRAY_HOME/reports/bench/RESULTS-<profile>.md for others)")
     a = p.parse_args(argv)
@@ -149,16 +183,29 @@ def main(argv=None) -> int:
 
         a.out = str(ROOT / "benchmarks" / "RESULTS.md") if path == PROFILES / "standard.yaml" else \
             str(Path(paths.sub("reports", "bench"), f"RESULTS-{path.stem}.md"))
-    info, versions = machine(), model_versions()
-    results = [run_one(b) for b in profile.benchmarks if not a.only or b.label in a.only]
-    write_results(Path(a.out), Path(path).stem, info, versions, results)
+    info, versions, out = machine(), model_versions(), Path(a.out)
+    records, ran = load_records(out), []
+
+    def write() -> None:  # every benchmark of the profile that has a record, in the profile's order
+        write_results(out, Path(path).stem, info, versions, [records[n] for n in names if n in records])
+
+    for b in profile.benchmarks:
+        if a.only and b.label not in a.only:
+            continue
+        if a.resume and is_current(records.get(b.label), b, versions):
+            print(f"-- {b.label}: done {records[b.label].get('finished', '')} on these models, skipped", flush=True)
+            continue
+        records[b.label] = run_one(b, info, versions)
+        ran.append(records[b.label])
+        write()  # after each: a stopped run keeps what it ran
+    write()
     print(f"\n{'benchmark':24s} {'ok':6s} {'min':>6s}")
-    for r in results:
+    for r in ran:
         print(f"{r['name']:24s} {'yes' if r['ok'] else 'FAILED':6s} {r['seconds'] / 60:6.1f}")
     print(f"results: {a.out}")
-    print(json.dumps({"benchmarks": {r["name"]: {"ok": r["ok"], "minutes": round(r["seconds"] / 60, 2)} for r in results},
-                      "ok": all(r["ok"] for r in results), "models": versions, **info}))
-    return 0 if all(r["ok"] for r in results) else 1
+    print(json.dumps({"benchmarks": {r["name"]: {"ok": r["ok"], "minutes": round(r["seconds"] / 60, 2)} for r in ran},
+                      "ok": all(r["ok"] for r in ran), "models": versions, **info}))
+    return 0 if all(r["ok"] for r in ran) else 1
 
 
 if __name__ == "__main__":

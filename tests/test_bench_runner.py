@@ -41,3 +41,36 @@ def test_one_benchmark_twice_needs_a_key_for_each_run(tmp_path, home):
     md = (tmp_path / "R.md").read_text()
     assert "## synth_masks_again" in md and "`python -m benchmarks.synth_throughput --n 2" in md
     assert "## synth_throughput" not in md
+
+
+def test_parts_merge_and_resume_skips_what_ran_on_the_same_models(tmp_path, home, capsys):
+    profile = tmp_path / "p.yaml"
+    a = {"name": "synth_throughput", "args": ["--n", "2", "--kinds", "masks"]}
+    profile.write_text(json.dumps({"benchmarks": [a, {**a, "key": "again"}]}))
+    out = tmp_path / "R.md"
+    assert run_all.main(["--profile", str(profile), "--out", str(out), "--only", "again"]) == 0
+    assert run_all.main(["--profile", str(profile), "--out", str(out), "--only", "synth_throughput"]) == 0
+    md, kept = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert "## synth_throughput" in md and "## again" in md  # the second part kept the first
+    assert list(kept) == ["synth_throughput", "again"] and kept["again"]["models"]["regen"] == "none"
+    first = kept["again"]["finished"]
+
+    capsys.readouterr()
+    assert run_all.main(["--profile", str(profile), "--out", str(out), "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "again: done" in said and "synth_throughput: done" in said and '"benchmarks": {}' in said
+    assert json.loads(out.with_suffix(".json").read_text())["again"]["finished"] == first
+
+    kept["again"]["models"]["regen"] = "v0001"  # ran against another model: --resume runs it again
+    out.with_suffix(".json").write_text(json.dumps(kept))
+    assert run_all.main(["--profile", str(profile), "--out", str(out), "--resume"]) == 0
+    assert "other models than the latest" not in out.read_text()
+    assert json.loads(out.with_suffix(".json").read_text())["again"]["models"]["regen"] == "none"
+
+
+def test_a_section_run_on_older_models_says_so(tmp_path):
+    record = {"name": "x", "module": "x", "args": [], "ok": True, "seconds": 60, "table": "t", "figures": {"a": 1},
+              "error": "", "finished": "2026-01-01 00:00 UTC", "machine": {"commit": "abc"}, "models": {"regen": "v0001"}}
+    run_all.write_results(tmp_path / "R.md", "p", {"commit": "def"}, {"regen": "v0002"}, [record])
+    md = (tmp_path / "R.md").read_text()
+    assert "other models than the latest: regen v0001" in md and "| abc |" in md

@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 GATEWAY = "configs/serve/gateway.yaml"
+HEARTBEAT_S = 300  # a job run without its logs on the terminal says it is still running this often
 
 
 class Jobs(Config):
@@ -183,7 +184,7 @@ def run_job(name: str, module: str, overrides: list[str], address: str, timeout_
     print(f"\n-- job {name}: {entry}", flush=True)
     try:
         job_id, status = submit_job(entry, address=address, working_dir=str(ROOT), follow_logs=follow_logs,
-                                    timeout_s=timeout_s)
+                                    timeout_s=timeout_s, heartbeat_s=HEARTBEAT_S)
         error = ""
     except JobFailed as e:
         job_id, status, error = e.job_id, e.status, e.logs_tail.splitlines()[-1] if e.logs_tail else str(e)

@@ -129,9 +129,11 @@ def _tail(text: str, n: int = 30) -> str:
 
 
 def wait_for(client, job_id: str, *, follow_logs: bool = True, timeout_s: float | None = None,
-             poll_s: float = 0.5, out=None) -> str:
-    """Poll until the job is terminal, printing new log text as it arrives; returns the final status."""
+             poll_s: float = 0.5, out=None, heartbeat_s: float | None = None) -> str:
+    """Poll until the job is terminal, printing new log text as it arrives (or, without the logs, a line
+    with the status and the minutes so far every `heartbeat_s`); returns the final status."""
     t0, shown, out = time.monotonic(), 0, out or sys.stdout
+    beat = t0
     while True:
         status = str(client.get_job_status(job_id))
         if follow_logs:
@@ -142,6 +144,10 @@ def wait_for(client, job_id: str, *, follow_logs: bool = True, timeout_s: float 
                 shown = len(logs)
         if status in TERMINAL:
             return status
+        if heartbeat_s and not follow_logs and time.monotonic() - beat >= heartbeat_s:
+            beat = time.monotonic()
+            out.write(f"   ... {status}, {(beat - t0) / 60:.0f} min\n")
+            out.flush()
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
             raise TimeoutError(f"job {job_id} still {status} after {timeout_s:.0f}s "
                                f"(it keeps running; stop it with `docray submit --stop {job_id}`)")
@@ -162,7 +168,7 @@ def _submit(client, entrypoint: str, env: dict | None, patience_s: float = 60.0)
 
 def submit_job(entrypoint: str, address: str | None = None, working_dir: str | None = ".",
                env: dict | None = None, wait: bool = True, follow_logs: bool = True,
-               timeout_s: float | None = None) -> tuple[str, str]:
+               timeout_s: float | None = None, heartbeat_s: float | None = None) -> tuple[str, str]:
     """Submit `entrypoint` (a shell command, run as given) and, with `wait`, follow it to the end.
 
     Returns (job_id, final status); with wait=False the status is the one right after submission.
@@ -176,7 +182,7 @@ def submit_job(entrypoint: str, address: str | None = None, working_dir: str | N
     job_id = _submit(client, entrypoint, runtime_env(working_dir, env) or None)
     if not wait:
         return job_id, str(client.get_job_status(job_id))
-    status = wait_for(client, job_id, follow_logs=follow_logs, timeout_s=timeout_s)
+    status = wait_for(client, job_id, follow_logs=follow_logs, timeout_s=timeout_s, heartbeat_s=heartbeat_s)
     if status != "SUCCEEDED":
         info = client.get_job_info(job_id)
         raise JobFailed(job_id, status, info.message or "", _tail(client.get_job_logs(job_id)))

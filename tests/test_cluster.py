@@ -79,3 +79,23 @@ def test_a_trainer_that_must_wait_for_cpus_says_so(ray_cluster, capsys):
     say_if_waiting(3)  # the cluster has 2: only an autoscaler could start these workers
     err = capsys.readouterr().err
     assert "waiting for 3 CPUs" in err and "2 in all" in err
+
+
+def test_waiting_without_the_logs_says_the_job_still_runs():
+    import io
+
+    from cluster.submit import wait_for
+
+    class Client:  # RUNNING for three polls, then SUCCEEDED
+        polls = 0
+
+        def get_job_status(self, job_id):
+            self.polls += 1
+            return "RUNNING" if self.polls <= 3 else "SUCCEEDED"
+
+    out = io.StringIO()
+    assert wait_for(Client(), "j", follow_logs=False, poll_s=0.01, heartbeat_s=0.005, out=out) == "SUCCEEDED"
+    assert out.getvalue().count("... RUNNING,") >= 2 and out.getvalue().endswith(" min\n")
+    quiet = io.StringIO()
+    wait_for(Client(), "j", follow_logs=False, poll_s=0.01, out=quiet)
+    assert quiet.getvalue() == ""

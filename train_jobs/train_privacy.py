@@ -148,7 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss)
+            loss_sum += loss.item()
         sums = T.evaluate(unwrap(model), mrun.kind, (_to(device, b) for b in epoch_batches(
             val_shard, batch_size=cfg.batch_size, collate_fn=val_prep)))
         totals = all_sum({**sums, "loss": loss_sum, "synth": float("docray.synth" in sys.modules)})

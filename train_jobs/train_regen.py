@@ -329,7 +329,7 @@ def train_loop_per_worker(config: dict) -> None:
                 losses = model(**b)
             opt_step(sum(cfg.weights.get(k, 1.0) * losses[k].float() for k in LOSSES), by_time)
             for k in LOSSES:
-                sums[k] += float(losses[k])
+                sums[k] += losses[k].item()
             steps += 1
             pool.append((b["lines"], b["line_ids"]))
             if cfg.reader_steps:  # the reader alone, on lines of the last batches

@@ -256,7 +256,7 @@ def train_loop_per_worker(config: dict) -> None:
                 loss.backward()
                 opt.step()
                 sched.step()
-                loss_sum, steps, tiles = loss_sum + float(loss), steps + 1, tiles + len(keys)
+                loss_sum, steps, tiles = loss_sum + loss.item(), steps + 1, tiles + len(keys)
             if steps == cfg.steps_per_epoch:  # the same on every rank: equal shards, full batches only
                 break
         epoch_s = time.perf_counter() - t0

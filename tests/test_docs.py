@@ -21,10 +21,6 @@ README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 MAX_README_LINES = 200
 
-# `make` targets the docs may name before the Makefile has them, each with its reason.
-PLANNED_TARGETS = {"models": "issue 16 item 1 (`make models`), not built yet: the method pages name it as what "
-                             "will replace their hand-run figures"}
-
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
@@ -56,6 +52,31 @@ def test_readme_is_short():
     assert n <= MAX_README_LINES, f"README.md has {n} lines (at most {MAX_README_LINES}): move details to docs/"
 
 
+def test_readme_headlines_are_the_benchmark_records():
+    from benchmarks import headlines
+
+    readme = README.read_text()
+    assert readme == headlines.with_table(readme, headlines.load()), \
+        "README.md's headline table differs from benchmarks/RESULTS.json: run `python -m benchmarks.headlines --write`"
+
+
+def test_headlines_read_records_and_say_what_is_missing():
+    from benchmarks import headlines
+
+    figures = {"fields": {"confidently_wrong_rate": 0.004, "regenerated_fields": 700, "regenerated_share_of_all_fields": 0.61},
+               "ood_passed": 0}
+    text = headlines.table({"regen_vs_codecs": {"ok": True, "figures": figures},
+                            "unified_vs_separate": {"ok": False, "figures": None},
+                            "screening_quality": {"ok": True, "figures": {"cutout_micro_ap": 0.9}}})
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in text.splitlines()[2:]}
+    assert "0.40% of 700 regenerated fields read wrong, 61% of all fields regenerated; 0 non-documents" in \
+        rows["[regen compression](docs/regen.md)"]
+    assert "not measured yet" in rows["[unified recognition](docs/recognition.md)"]
+    assert "not in its record: rerun it" in rows["[cut-out screening](docs/screening.md), drawn posters"]
+    with pytest.raises(ValueError, match="no <!-- headlines"):
+        headlines.with_table("# a README without the block\n", {})
+
+
 def test_links_resolve_inside_the_repository():
     bad = []
     for path, text in _texts().items():
@@ -83,7 +104,7 @@ def _make_targets() -> set[str]:
 
 
 def test_make_targets_exist():
-    targets = _make_targets() | set(PLANNED_TARGETS)
+    targets = _make_targets()
     missing = sorted({f"{_name(path)}: make {t}" for path, text in _texts().items()
                       for t in MAKE.findall(_code(text)) if t not in targets})
     assert not missing, "make targets named in the docs that the Makefile lacks:\n" + "\n".join(missing)

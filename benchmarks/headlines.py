@@ -1,0 +1,99 @@
+"""The README's headline figures: one row per method, read from the records `make bench` keeps.
+
+    python -m benchmarks.headlines            # print the table (from benchmarks/RESULTS.json)
+    python -m benchmarks.headlines --write    # and put it into README.md between its markers
+
+Each row names the benchmark it comes from; a benchmark with no successful record reads "not
+measured yet", and a record run on other models than the registry's latest at the time says so
+in RESULTS.md. `tests/test_docs.py` checks that the README's table is the one this prints, so a
+README figure cannot drift from benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "benchmarks" / "RESULTS.json"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- headlines: python -m benchmarks.headlines --write -->", "<!-- /headlines -->"
+
+
+def _screening(f: dict) -> str:
+    return (f"µAP {f['cutout_micro_ap']:.3f} descriptor alone (the default), {f['either_local_edges_micro_ap']:.3f} "
+            f"with edge proposals and verification (`decide: either`), {f['local_micro_ap']:.3f} local features alone; "
+            f"benign false positives {f['cutout_fpr_benign']:.1%}")
+
+
+def _regen(f: dict) -> str:
+    h = f["fields"]
+    return (f"{h['confidently_wrong_rate']:.2%} of {h['regenerated_fields']} regenerated fields read wrong, "
+            f"{h['regenerated_share_of_all_fields']:.0%} of all fields regenerated; "
+            f"{f['ood_passed']} non-documents through the gate")
+
+
+def _recognition(f: dict) -> str:
+    return (f"worst task {f['worst_gap_points']:+.1f} points against one model per task, with "
+            f"{f['param_ratio']:.2f}× their parameters; all tasks of an image in {f['unified_all_tasks_ms']:.0f} ms")
+
+
+def _privacy(f: dict) -> str:
+    return (f"{f['candidates']} candidate masks, {f['finalists']} finalists: best masked-recogniser TAR@FAR=1e-2 "
+            f"{f['best_masked_tar']:.2f} (no mask {f['original_tar']:.2f}) with every attacker at or below "
+            f"{f['best_worst_attacker_tar']:.2f}; {f['targets']} masks meet both bounds")
+
+
+# (method, the benchmark's key in RESULTS.json, the figure as a sentence)
+ROWS = [
+    ("[regen compression](docs/regen.md)", "regen_vs_codecs", _regen),
+    ("[unified recognition](docs/recognition.md)", "unified_vs_separate", _recognition),
+    ("[cut-out screening](docs/screening.md), drawn posters", "screening_quality", _screening),
+    ("[cut-out screening](docs/screening.md), real photographs", "screening_quality_photos", _screening),
+    ("[mask privacy](docs/privacy.md)", "privacy_targets", _privacy),
+]
+
+
+def table(records: dict) -> str:
+    """The Markdown table of ROWS from `records` (RESULTS.json: name -> record)."""
+    lines = ["| method | headline figure (its table: `benchmarks/RESULTS.md`) | benchmark |", "|---|---|---|"]
+    for method, key, figure in ROWS:
+        r = records.get(key) or {}
+        try:
+            text = figure(r["figures"]) if r.get("ok") else "not measured yet"
+        except (KeyError, TypeError):  # a record from before the figure existed
+            text = "not in its record: rerun it"
+        lines.append(f"| {method} | {text} | `{key}` |")
+    return "\n".join(lines)
+
+
+def with_table(readme: str, records: dict) -> str:
+    """`readme` with the text between BEGIN and END replaced by the table."""
+    if BEGIN not in readme or END not in readme:
+        raise ValueError(f"README.md has no {BEGIN} ... {END} block")
+    head, rest = readme.split(BEGIN, 1)
+    return f"{head}{BEGIN}\n{table(records)}\n{END}{rest.split(END, 1)[1]}"
+
+
+def load(path: Path = RECORDS) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.split("\n")[1:]))
+    p.add_argument("--write", action="store_true", help="put the table into README.md between its markers")
+    p.add_argument("--records", default=str(RECORDS), help="the records file (default: benchmarks/RESULTS.json)")
+    a = p.parse_args(argv)
+    records = load(Path(a.records))
+    print(table(records))
+    if a.write:
+        README.write_text(with_table(README.read_text(), records))
+        print(f"written into {README}")
+    print(json.dumps({"rows": len(ROWS), "measured": sum(bool((records.get(k) or {}).get("ok")) for _, k, _ in ROWS)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

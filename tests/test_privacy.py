@@ -1,12 +1,15 @@
 """Mask privacy, the library: overlay convention, binning, placements, models, the funnel, the report."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
+from benchmarks import privacy_targets
 from docray.privacy.funnel import FunnelConfig, run_funnel
 from docray.privacy.grid import GridPredictor, bin_table, plain_grid
 from docray.privacy.masks import (area_bin, decode_mask, encode_mask, hole_ratio, load_mask_folder, overlay,
@@ -203,3 +206,21 @@ def test_cli_report_and_tables(tmp_path):
     assert r.exit_code != 0 and "per_mask.parquet" in r.output
     r = runner.invoke(privacy, ["sheet", "--out", str(tmp_path / "sheet.png"), "--n", "12"])
     assert r.exit_code == 0 and (tmp_path / "sheet.png").exists()
+
+
+def test_privacy_targets_ranks_finalists_and_reports_the_best(tmp_path, capsys):
+    rows = [  # mask_no, masked_tar, worst_attacker_tar, meets_masked, meets_attacker
+        (1, 0.90, 0.30, True, False), (2, 0.70, 0.05, False, True), (3, 0.85, 0.08, True, True),
+        (4, 0.95, 0.09, True, True), (5, 0.80, 0.20, True, False)]
+    fin = pd.DataFrame([{"mask_no": n, "bin": n % 6, "masked_tar": m, "original_tar": 0.9, "worst_attacker_tar": w,
+                         "worst_attack": "telea (whole)", "meets_masked": mm, "meets_attacker": ma}
+                        for n, m, w, mm, ma in rows])
+    assert privacy_targets.ranked(fin)["mask_no"].tolist() == [4, 3, 2, 5, 1]
+    fin.to_parquet(tmp_path / "finalists.parquet")
+    (tmp_path / "funnel.json").write_text(json.dumps({"n_masks": 504, "n_test_images": 96, "runs": 3, "empty_reason": None}))
+    figures = privacy_targets.main(["--run", str(tmp_path)])
+    assert figures["best_mask_no"] == 4 and figures["targets"] == 2 and figures["finalists"] == 5
+    assert figures["best_masked_tar"] == 0.95 and figures["best_worst_attacker_tar"] == 0.09
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == figures
+    with pytest.raises(SystemExit, match="no mask grid"):
+        privacy_targets.main(["--run", str(tmp_path / "nothing")])

@@ -81,6 +81,24 @@ def model_versions() -> dict[str, str]:
     return out
 
 
+def build_steps(profile: str) -> list[dict]:
+    """The last `docray models build --profile <profile>` stamp of each of its steps (wall time, when,
+    models), in the profile's order; [] when the profile is not a build profile or nothing was built."""
+    from cluster.models_build import PROFILES as BUILD_PROFILES, load_profile
+    from docray import paths
+
+    if not (BUILD_PROFILES / f"{profile}.yaml").is_file():
+        return []
+    folder, rows = Path(paths.sub("builds", profile)), []
+    for step in load_profile(profile).steps:
+        stamp = folder / f"{step.name}.json"
+        if stamp.is_file():
+            s = json.loads(stamp.read_text())
+            rows.append({"step": step.name, "seconds": s["seconds"], "finished": s["finished"],
+                         "models": ", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items()) or "-"})
+    return rows
+
+
 def run_one(b: Bench, info: dict, versions: dict) -> dict:
     """Run one benchmark; its record: output, figures (last JSON line), wall time, when, where and on
     which models (`info`, `versions`)."""
@@ -123,8 +141,10 @@ def is_current(record: dict | None, b: Bench, versions: dict) -> bool:
                 and record.get("models") == versions)
 
 
-def write_results(path: Path, profile: str, info: dict, versions: dict, results: list[dict]) -> None:
-    """RESULTS.md from `results` (records, in profile order) and RESULTS.json holding them."""
+def write_results(path: Path, profile: str, info: dict, versions: dict, results: list[dict],
+                  build: list[dict] = ()) -> None:
+    """RESULTS.md from `results` (records, in profile order) and `build` (`build_steps`), and
+    RESULTS.json holding the records."""
     def stale(r: dict) -> str:
         old = {k: v for k, v in (r.get("models") or {}).items() if versions.get(k) != v}
         return f" Ran against other models than the latest: {', '.join(f'{k} {v}' for k, v in old.items())}." if old else ""
@@ -136,6 +156,11 @@ def write_results(path: Path, profile: str, info: dict, versions: dict, results:
           "## Machine", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in info.items()], "",
           "## Models (registry, latest version)", "", "| model | version |", "|---|---|",
           *[f"| {k} | {v} |" for k, v in versions.items()], "",
+          f"## Models build (`docray models build --profile {profile}`)", "",
+          *([f"Each step's wall time as its Ray job (the last build of each step), {sum(b['seconds'] for b in build) / 60:.0f} "
+             "minutes in all:", "", "| step | minutes | finished | models |", "|---|---|---|---|",
+             *[f"| {b['step']} | {b['seconds'] / 60:.1f} | {b['finished']} | {b['models']} |" for b in build]]
+            if build else ["No build of this profile on record here."]), "",
           "## Summary", "", "| benchmark | ok | minutes | finished | commit | arguments |", "|---|---|---|---|---|---|",
           *[f"| [{r['name']}](#{r['name'].replace('_', '-')}) | {'yes' if r['ok'] else 'FAILED'} | "
             f"{r['seconds'] / 60:.1f} | {r.get('finished', '-')} | {(r.get('machine') or {}).get('commit', '-')} | "
@@ -187,7 +212,8 @@ def main(argv=None) -> int:
     records, ran = load_records(out), []
 
     def write() -> None:  # every benchmark of the profile that has a record, in the profile's order
-        write_results(out, Path(path).stem, info, versions, [records[n] for n in names if n in records])
+        write_results(out, Path(path).stem, info, versions, [records[n] for n in names if n in records],
+                      build_steps(Path(path).stem))
 
     for b in profile.benchmarks:
         if a.only and b.label not in a.only:

@@ -1,6 +1,7 @@
 """`make bench` (benchmarks/run_all.py): each benchmark's table and JSON figures land in the results
 file beside the machine and the model versions; a failing benchmark is recorded and fails the run."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,19 @@ def test_a_section_run_on_older_models_says_so(tmp_path):
     run_all.write_results(tmp_path / "R.md", "p", {"commit": "def"}, {"regen": "v0002"}, [record])
     md = (tmp_path / "R.md").read_text()
     assert "other models than the latest: regen v0001" in md and "| abc |" in md
+
+
+def test_results_give_each_build_step_its_wall_time(tmp_path, home):
+    from docray import paths
+
+    folder = Path(paths.sub("builds", "standard"))
+    folder.mkdir(parents=True)
+    for name, seconds in (("train_regen", 2400), ("pretrain_recognition", 180)):
+        (folder / f"{name}.json").write_text(json.dumps({"seconds": seconds, "finished": "2026-11-27T21:00:00Z",
+                                                         "versions": {"regen": "v0003"} if name == "train_regen" else {}}))
+    rows = run_all.build_steps("standard")
+    assert [r["step"] for r in rows] == ["pretrain_recognition", "train_regen"]  # the profile's order
+    run_all.write_results(tmp_path / "R.md", "standard", {}, {}, [], rows)
+    md = (tmp_path / "R.md").read_text()
+    assert "43 minutes in all" in md and "| train_regen | 40.0 | 2026-11-27T21:00:00Z | regen v0003 |" in md
+    assert run_all.build_steps("no-such-profile") == []

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.run_all import load_records
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "benchmarks" / "RESULTS.json"
 README = ROOT / "README.md"
@@ -77,7 +79,8 @@ def with_table(readme: str, records: dict) -> str:
 
 
 def load(path: Path = RECORDS) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The records at `path` (RESULTS.json), as `make bench` keeps them; {} when there are none."""
+    return load_records(path)
 
 
 def main(argv=None) -> int:

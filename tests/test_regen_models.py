@@ -90,6 +90,18 @@ def test_reader_step_trains_only_the_reader(tiny):
     tiny.eval()
 
 
+def test_type_step_trains_only_the_type_model(tiny):
+    c = tiny.cfg
+    tiny.train()
+    out = tiny(pixels=torch.rand(4, 3, *c.content_size), types=torch.tensor([0, 1, 2, 0]))
+    assert set(out) == {"type"} and out["type"].ndim == 0
+    out["type"].backward()
+    assert all(p.grad is None for part in (tiny.corners, tiny.content, tiny.unet) for p in part.parameters())
+    assert all(p.grad is not None for p in tiny.type_model.parameters())
+    tiny.zero_grad()
+    tiny.eval()
+
+
 def test_read_lines_decoders(tiny, monkeypatch):
     c = tiny.cfg
     lines = torch.rand(4, 3, *c.line_size)

@@ -320,6 +320,17 @@ def all_sum(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def sync_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank. DDP copies them at the start of each
+    forward; a model whose last forward ran on every rank's own batch differs per rank until then."""
+    if not _distributed():
+        return
+    import torch.distributed as dist
+
+    for b in unwrap(model).buffers():
+        dist.broadcast(b.data, src=0)
+
+
 def all_gather(value) -> list:
     """Every rank's `value` (any picklable object), in rank order: validation rows that do not add
     up (detections, ranked over all shards for mAP)."""

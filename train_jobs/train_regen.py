@@ -22,7 +22,9 @@ loss on the reader's encoder and the L1 error of the document corners the crops 
 `val_lines`, `val_ctc` and `val_corners` log the parts, `val_line_exact` the share of validation
 lines read exactly), type (cross-entropy), generation (MSE between the generator's predicted clean
 image and the row's `clean` resized to the generator's size, the generator conditioned on the
-LABELLED type and content and their glyph layer). Their weighted sum is minimised. Validation runs
+LABELLED type and content and their glyph layer). Their weighted sum is minimised; reader-only
+and type-only steps on recent batches' lines and captures (`reader_steps`, `type_steps`) follow
+each joint step, as those two parts need many more steps than the generator. Validation runs
 on every rank's val shard and is summed over the ranks. After every epoch the validation losses
 are checked against the convergence rule (`docray.regen.convergence`, configurable per
 loss); training stops when all three have converged (or at `max_epochs`, or when `time_budget_s`
@@ -52,7 +54,8 @@ from docray.regen.convergence import LOSSES, Convergence, converged
 from docray.config import Config, parse_args, save_config
 from docray.storage.blobs import write_file
 from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, read_datasets, report_epoch,
-                               restore, run_trainer, steps_per_epoch, synth_dataset, unwrap, warmup_cosine)
+                               restore, run_trainer, steps_per_epoch, sync_buffers, synth_dataset, unwrap,
+                               warmup_cosine)
 
 KIND, METHOD = "documents", "regen"  # the dataset contract regen trains on
 
@@ -84,6 +87,12 @@ class RegenTrainConfig(Config):
                               "than the type model and the UNet (see the README's regen section)")
     line_batch: int = Field(64, ge=1, description="field lines per reader step (per worker)")
     line_pool: int = Field(4, ge=1, description="recent batches whose lines the reader steps draw from (per worker)")
+    type_steps: int = Field(2, ge=0, description="type-only steps after each joint step, each on `type_batch` "
+                            "captures drawn from the last `type_pool` batches: one joint step per batch leaves the "
+                            "type model (whose features are the gate's) far from trained")
+    type_batch: int = Field(32, ge=1, description="captures per type step (per worker)")
+    type_pool: int = Field(256, ge=1, description="recent batches whose captures the type steps draw from (per "
+                           "worker; kept as 8-bit pixels)")
     val_read_lines: int = Field(128, ge=0, description="validation lines read for val_line_exact (all workers "
                                 "together)")
     lr: float = Field(5e-4, gt=0, description="AdamW peak rate")
@@ -281,8 +290,9 @@ def train_loop_per_worker(config: dict) -> None:
     collate = RegenBatch(model.cfg, model.tokenizer, cfg.flat_rate, seed=cfg.seed)
     bs = max(1, cfg.batch_size // world)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    # reader steps leave the other parts' weights without gradients: DDP must be told
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": cfg.reader_steps > 0})
+    # reader and type steps leave the other parts' weights without gradients: DDP must be told
+    unused = cfg.reader_steps + cfg.type_steps > 0
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = ray.train.get_checkpoint()  # a restarted worker group (FailureConfig) or a rerun of this run
     if ckpt is None and cfg.resume_from:  # an earlier run's checkpoint folder
@@ -292,8 +302,9 @@ def train_loop_per_worker(config: dict) -> None:
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     gen = torch.Generator()
     pool = collections.deque(maxlen=cfg.line_pool)  # (lines, line_ids) of the last batches: the reader steps' lines
+    type_pool = collections.deque(maxlen=cfg.type_pool)  # (pixels as uint8, types): the type steps' captures
     t_start = time.perf_counter()
-    per_epoch = cfg.steps_per_epoch * (1 + cfg.reader_steps)  # optimiser steps; the driver fixed steps_per_epoch
+    per_epoch = cfg.steps_per_epoch * (1 + cfg.reader_steps + cfg.type_steps)  # optimiser steps; the driver fixed steps_per_epoch
     step, total = start * per_epoch, cfg.max_epochs * per_epoch  # a resumed run does not redo the warm-up
     warmup = min(cfg.warmup_steps, total // 10)  # short runs: 10%
 
@@ -342,6 +353,15 @@ def train_loop_per_worker(config: dict) -> None:
                     with amp:
                         read = model(lines=lines[idx], line_ids=line_ids[idx])
                     opt_step(cfg.weights.get("content", 1.0) * read["content"].float(), by_time)
+            type_pool.append(((b["pixels"] * 255).round().to(torch.uint8).cpu(), b["types"].cpu()))
+            if cfg.type_steps:  # the type model alone, on captures of the last batches
+                pixels, types = (torch.cat(x) for x in zip(*type_pool))
+                for _ in range(cfg.type_steps):
+                    idx = torch.randint(len(types), (cfg.type_batch,), generator=gen)
+                    with amp:
+                        typed = model(pixels=pixels[idx].to(device).float() / 255, types=types[idx].to(device))
+                    opt_step(cfg.weights.get("type", 1.0) * typed["type"].float(), by_time)
+        sync_buffers(model)  # the last type step's BatchNorm statistics differ per rank: evaluate rank 0's
         val_losses, first = evaluate(unwrap(model), val_shard.iter_torch_batches(batch_size=bs, collate_fn=collate),
                                      device, read_lines=-(-cfg.val_read_lines // world))
         for k in LOSSES:

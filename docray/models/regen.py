@@ -269,7 +269,10 @@ class RegenModels(nn.Module):
         predicted clean image to the original's clean render; the generator is conditioned on the
         LABELLED type and content, as the method says). Also returns the content loss's parts,
         'lines', 'ctc' and 'corners'. Given only `lines` and `line_ids`: the reader's loss alone
-        (a reader step; 'content' is then lines + ctc_weight x ctc)."""
+        (a reader step; 'content' is then lines + ctc_weight x ctc). Given only `pixels` and `types`:
+        the type loss alone (a type step)."""
+        if lines is None:
+            return {"type": F.cross_entropy(self.type_model(pixels), types)}
         labels = line_ids[:, 1:].masked_fill(line_ids[:, 1:] == PAD, -100)
         out = self.content(pixel_values=lines, decoder_input_ids=line_ids[:, :-1], labels=labels)
         ctc = self.ctc_loss(out.encoder_last_hidden_state, line_ids)

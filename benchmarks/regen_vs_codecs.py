@@ -19,9 +19,9 @@ the first size threshold, or the capture for a document the gate sent the codec 
 bytes each method needs for 95% OCR legibility (the smallest budget of the sweep that reaches it).
 
 Never falsify (the regen outputs above are the hybrid images the service sends): over the held-out
-documents' fields (the n_docs, or `honesty_docs` from the same start: 600+ regenerated fields take
-more documents than the codec sweep needs), the confidently-wrong rate (regenerated fields whose text is not the truth, over
-all regenerated fields; every field of a document regenerated as the wrong type counts wrong), the
+documents' fields (the n_docs, or `honesty_docs` from the same start: 600+ regenerated fields
+take more documents than the codec sweep needs), the confidently-wrong rate (regenerated fields
+whose text is not the truth, over all regenerated fields; every field of a document regenerated as the wrong type counts wrong), the
 share of fields kept as pixels, and how many misreadings the fallback caught. They do not depend
 on the byte budget (the fields are decided before compression). Then the document gate on
 `gate_docs` more held-out documents of known types (the share that passes) and on an

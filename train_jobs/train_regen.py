@@ -304,7 +304,8 @@ def train_loop_per_worker(config: dict) -> None:
     pool = collections.deque(maxlen=cfg.line_pool)  # (lines, line_ids) of the last batches: the reader steps' lines
     type_pool = collections.deque(maxlen=cfg.type_pool)  # (pixels as uint8, types): the type steps' captures
     t_start = time.perf_counter()
-    per_epoch = cfg.steps_per_epoch * (1 + cfg.reader_steps + cfg.type_steps)  # optimiser steps; the driver fixed steps_per_epoch
+    # optimiser steps per epoch (the driver fixed steps_per_epoch)
+    per_epoch = cfg.steps_per_epoch * (1 + cfg.reader_steps + cfg.type_steps)
     step, total = start * per_epoch, cfg.max_epochs * per_epoch  # a resumed run does not redo the warm-up
     warmup = min(cfg.warmup_steps, total // 10)  # short runs: 10%
 
@@ -353,8 +354,8 @@ def train_loop_per_worker(config: dict) -> None:
                     with amp:
                         read = model(lines=lines[idx], line_ids=line_ids[idx])
                     opt_step(cfg.weights.get("content", 1.0) * read["content"].float(), by_time)
-            type_pool.append(((b["pixels"] * 255).round().to(torch.uint8).cpu(), b["types"].cpu()))
             if cfg.type_steps:  # the type model alone, on captures of the last batches
+                type_pool.append(((b["pixels"] * 255).round().to(torch.uint8).cpu(), b["types"].cpu()))
                 pixels, types = (torch.cat(x) for x in zip(*type_pool))
                 for _ in range(cfg.type_steps):
                     idx = torch.randint(len(types), (cfg.type_batch,), generator=gen)

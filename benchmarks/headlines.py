@@ -33,7 +33,18 @@ def _regen(f: dict) -> str:
     h = f["fields"]
     return (f"{h['confidently_wrong_rate']:.2%} of {h['regenerated_fields']} regenerated fields read wrong, "
             f"{h['regenerated_share_of_all_fields']:.0%} of all fields regenerated; "
-            f"{f['ood_passed']} non-documents through the gate")
+            f"gate: {_gate(f)}")
+
+
+def _gate(f: dict) -> str:
+    """Held-out documents through the gate, and the out-of-distribution images, by family where any passed."""
+    gate = dict(f.get("gate") or {})
+    docs = gate.pop("held-out documents (known types)", None)
+    ood = f"{f['ood_passed']} of {sum(g['n'] for g in gate.values())} out-of-distribution images through" if gate \
+        else f"{f['ood_passed']} out-of-distribution images through"
+    leaks = [f"{g['passed']} of {g['n']} {k}" for k, g in gate.items() if g["passed"]]
+    return (f"{docs['share']:.1%} of held-out documents through, " if docs else "") + ood + \
+        (f" ({', '.join(leaks)})" if leaks else "")
 
 
 def _recognition(f: dict) -> str:

@@ -58,7 +58,7 @@ def rc():
     model.eval()
     rc = RegenCompressor(model, file_types=load_file_types(LIB))
     negs = non_documents(250, "calibration", SIZE)
-    rc.report = rc.calibrate(examples(200_000, 160), negs, families=[FAMILIES[k % 5] for k in range(250)])
+    rc.report = rc.calibrate(examples(200_000, 160), negs, families=[FAMILIES[k % len(FAMILIES)] for k in range(250)])
     return rc
 
 
@@ -180,3 +180,12 @@ def test_the_registry_version_keeps_its_calibration(rc, home, tmp_path):
                          extra_files={G.FILE: rc.calibration.to_json().encode()})
     (tmp_path / "lib.yaml").write_text(yaml.safe_dump(LIB))
     assert RegenCompressor.from_source(file_types=str(tmp_path / "lib.yaml")).calibration == rc.calibration
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_non_document_families_are_seeded_per_split(family):
+    a, b = non_document(family, 3, "calibration", SIZE), non_document(family, 3, "calibration", SIZE)
+    other = non_document(family, 3, "evaluation", SIZE)
+    assert a.size == SIZE and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b))  # the same seed, the same image
+    assert not np.array_equal(np.asarray(a), np.asarray(other))  # the splits never share an image

@@ -10,6 +10,9 @@ Families (`FAMILIES`), each drawn with PIL/numpy from a seed only:
     text_page  a plain page of printed text lines (random words, fonts, sizes), flat or slightly
                turned on a table
     shapes     random rectangles, ellipses, polygons and lines on a plain or gradient ground
+    card       a card of no registered type: a coloured or patterned ground, a title band, a photo
+               box, label/value lines in a random layout, sometimes a round stamp, lying turned on a
+               table (a document the gate must not take for one it knows)
 
 Image i of family f in `split` is drawn from `np.random.default_rng([SPLITS[split], FAMILY_NO[f], i])`:
 the calibration and evaluation splits are different seed streams, never the same image. Thresholds
@@ -23,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from docray.fonts import font
 
-FAMILIES = ("noise", "texture", "gradient", "text_page", "shapes")
+FAMILIES = ("noise", "texture", "gradient", "text_page", "shapes", "card")
 FAMILY_NO = {f: i for i, f in enumerate(FAMILIES)}
 SPLITS = {"calibration": 7001, "evaluation": 7002}
 WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
@@ -135,7 +138,44 @@ def shapes(rng, w: int, h: int) -> Image.Image:
     return img
 
 
-_DRAW = {"noise": noise, "texture": texture, "gradient": gradient, "text_page": text_page, "shapes": shapes}
+def card(rng, w: int, h: int) -> Image.Image:
+    cw, ch = int(w * rng.uniform(0.7, 0.95)), int(h * rng.uniform(0.7, 0.95))
+    ground = gradient(rng, cw, ch) if rng.random() < 0.4 else texture(rng, cw, ch) if rng.random() < 0.3 else \
+        Image.new("RGB", (cw, ch), tuple(int(v) for v in rng.integers(150, 256, 3)))
+    img = Image.blend(ground, Image.new("RGB", (cw, ch), (255, 255, 255)), float(rng.uniform(0.3, 0.8)))
+    d = ImageDraw.Draw(img)
+    ink, style = tuple(int(v) for v in rng.integers(0, 90, 3)), str(rng.choice(["sans", "serif", "sans-bold", "mono"]))
+    band = int(ch * rng.uniform(0.1, 0.22))
+    if rng.random() < 0.7:
+        d.rectangle([0, 0, cw, band], fill=tuple(int(v) for v in _colour(rng)))
+    d.text((int(cw * rng.uniform(0.03, 0.3)), band // 4), " ".join(rng.choice(WORDS, 3)).upper(),
+           font=font("sans-bold", max(8, band // 2)), fill=ink)
+    left = rng.random() < 0.5  # the photo box on the left or the right
+    pw, ph = int(cw * rng.uniform(0.2, 0.32)), int(ch * rng.uniform(0.4, 0.6))
+    px = int(cw * 0.04) if left else cw - pw - int(cw * 0.04)
+    py = int(band + (ch - band - ph) * rng.uniform(0.2, 0.8))
+    d.rectangle([px, py, px + pw, py + ph], fill=tuple(int(v) for v in rng.integers(60, 220, 3)))
+    d.ellipse([px + pw * 0.25, py + ph * 0.15, px + pw * 0.75, py + ph * 0.6], fill=tuple(int(v) for v in rng.integers(120, 240, 3)))
+    x0 = int(cw * 0.06) if not left else px + pw + int(cw * 0.05)
+    size, y = int(rng.integers(8, 14)), band + int(rng.integers(6, 18))
+    while y < ch - size - 4:
+        label = " ".join(rng.choice(WORDS, int(rng.integers(1, 3)))).upper()
+        value = " ".join(rng.choice(WORDS, int(rng.integers(1, 4)))).title() if rng.random() < 0.6 else \
+            "".join(str(v) for v in rng.integers(0, 10, int(rng.integers(4, 12))))
+        d.text((x0, y), f"{label}: {value}" if rng.random() < 0.5 else label, font=font(style, size), fill=ink)
+        y += int(size * rng.uniform(1.3, 2.4))
+    if rng.random() < 0.4:  # a round stamp
+        r, cx, cy = ch * rng.uniform(0.12, 0.2), cw * rng.uniform(0.5, 0.9), ch * rng.uniform(0.5, 0.85)
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=tuple(int(v) for v in _colour(rng)), width=3)
+    table = texture(rng, w, h).filter(ImageFilter.GaussianBlur(2))
+    turned = img.convert("RGBA").rotate(float(rng.uniform(-10, 10)), expand=True, resample=Image.Resampling.BICUBIC)
+    turned = turned.resize((min(w, turned.width), min(h, turned.height)))
+    table.paste(turned, (int(rng.integers(0, w - turned.width + 1)), int(rng.integers(0, h - turned.height + 1))), turned)
+    return table
+
+
+_DRAW = {"noise": noise, "texture": texture, "gradient": gradient, "text_page": text_page, "shapes": shapes,
+         "card": card}
 
 
 def non_document(family: str, i: int, split: str = "calibration", size: tuple[int, int] = (384, 240)) -> Image.Image:

@@ -145,7 +145,7 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
     """
     from docray.regen import gate
     from docray.regen.file_types import load_file_types
-    from docray.regen.nondocs import FAMILIES, non_documents
+    from docray.regen.nondocs import family_names, non_documents
     from docray.regen.pipeline import RegenCompressor
 
     w, h = (int(v) for v in size.lower().split("x"))
@@ -168,7 +168,7 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
 
         rows = generate("documents", start, start + n_docs, seed=0, size=(w, h), n_angles=0).to_pylist()
     negs = non_documents(non_docs, "calibration", (w, h))
-    report = rc.calibrate(gate.documents(rows), negs, families=[FAMILIES[k % len(FAMILIES)] for k in range(non_docs)],
+    report = rc.calibrate(gate.documents(rows), negs, families=family_names(non_docs),
                           doc_tpr=doc_tpr, max_wrong=max_wrong)
     data = rc.calibration.to_json()
     if model == "registry:regen":

@@ -11,7 +11,7 @@ from PIL import Image
 
 from docray.regen import gate as G, provenance as P
 from docray.regen.file_types import load_file_types
-from docray.regen.nondocs import FAMILIES, non_document, non_documents
+from docray.regen.nondocs import FAMILIES, family_names, non_document, non_documents
 from docray.regen.pipeline import UNCALIBRATED, RegenCompressor
 from docray.regen.provenance import read_provenance
 from docray.models import build_model, save_pretrained
@@ -58,7 +58,7 @@ def rc():
     model.eval()
     rc = RegenCompressor(model, file_types=load_file_types(LIB))
     negs = non_documents(250, "calibration", SIZE)
-    rc.report = rc.calibrate(examples(200_000, 160), negs, families=[FAMILIES[k % len(FAMILIES)] for k in range(250)])
+    rc.report = rc.calibrate(examples(200_000, 160), negs, families=family_names(250))
     return rc
 
 

@@ -356,11 +356,12 @@ def train_loop_per_worker(config: dict) -> None:
                     opt_step(cfg.weights.get("content", 1.0) * read["content"].float(), by_time)
             if cfg.type_steps:  # the type model alone, on captures of the last batches
                 type_pool.append(((b["pixels"] * 255).round().to(torch.uint8).cpu(), b["types"].cpu()))
-                pixels, types = (torch.cat(x) for x in zip(*type_pool))
-                for _ in range(cfg.type_steps):
-                    idx = torch.randint(len(types), (cfg.type_batch,), generator=gen)
+                for _ in range(cfg.type_steps):  # row i of the pool: batch i // bs, row i % bs (full batches)
+                    idx = torch.randint(len(type_pool) * bs, (cfg.type_batch,), generator=gen).tolist()
+                    pixels = torch.stack([type_pool[i // bs][0][i % bs] for i in idx])
+                    types = torch.stack([type_pool[i // bs][1][i % bs] for i in idx])
                     with amp:
-                        typed = model(pixels=pixels[idx].to(device).float() / 255, types=types[idx].to(device))
+                        typed = model(pixels=pixels.to(device).float() / 255, types=types.to(device))
                     opt_step(cfg.weights.get("type", 1.0) * typed["type"].float(), by_time)
         sync_buffers(model)  # the last type step's BatchNorm statistics differ per rank: evaluate rank 0's
         val_losses, first = evaluate(unwrap(model), val_shard.iter_torch_batches(batch_size=bs, collate_fn=collate),
@@ -387,7 +388,7 @@ def calibrate(model, val, cfg: RegenTrainConfig):
     training) and generated non-documents of the captures' size; prints the report."""
     from docray.regen.file_types import load_file_types
     from docray.regen.gate import documents
-    from docray.regen.nondocs import FAMILIES, non_documents
+    from docray.regen.nondocs import family_names, non_documents
     from docray.regen.pipeline import RegenCompressor
     from docray.imageio import decode_image
 
@@ -400,7 +401,7 @@ def calibrate(model, val, cfg: RegenTrainConfig):
                                                             "types": {}, "default": ft}), device="cpu")
     n, size = cfg.calibrate_non_docs, decode_image(rows[0]["image"]).size
     report = rc.calibrate(documents(rows), non_documents(n, "calibration", size),
-                          families=[FAMILIES[k % len(FAMILIES)] for k in range(n)])
+                          families=family_names(n))
     print("regen calibration:", {k: v for k, v in report.items() if k != "settings"})
     return rc.calibration
 

@@ -39,6 +39,11 @@ def _colour(rng) -> np.ndarray:
     return rng.integers(0, 256, 3).astype(np.float32)
 
 
+def _rgb(rng, lo: int = 0, hi: int = 256) -> tuple[int, int, int]:
+    """A random colour for PIL, each channel in [lo, hi)."""
+    return tuple(int(v) for v in rng.integers(lo, hi, 3))
+
+
 def _grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 
@@ -99,12 +104,12 @@ def gradient(rng, w: int, h: int) -> Image.Image:
 def text_page(rng, w: int, h: int) -> Image.Image:
     """A plain page of printed text: no template, captions, portrait or seal."""
     pw, ph = (w, h) if rng.random() < 0.5 else (int(w * rng.uniform(0.6, 0.85)), int(h * rng.uniform(0.75, 0.95)))
-    paper = tuple(int(v) for v in rng.integers(225, 256, 3))
+    paper = _rgb(rng, 225)
     page = Image.new("RGB", (pw, ph), paper)
     d = ImageDraw.Draw(page)
     style = str(rng.choice(["sans", "serif", "mono", "sans-bold", "serif-bold"]))
     size = int(rng.integers(7, 16))
-    ink = tuple(int(v) for v in rng.integers(0, 70, 3))
+    ink = _rgb(rng, 0, 70)
     y, margin = int(rng.integers(4, 16)), int(rng.integers(4, 24))
     while y < ph - size:
         words = " ".join(str(v) for v in rng.choice(WORDS, int(rng.integers(3, 14))))
@@ -120,10 +125,10 @@ def text_page(rng, w: int, h: int) -> Image.Image:
 
 
 def shapes(rng, w: int, h: int) -> Image.Image:
-    img = gradient(rng, w, h) if rng.random() < 0.4 else Image.new("RGB", (w, h), tuple(int(v) for v in _colour(rng)))
+    img = gradient(rng, w, h) if rng.random() < 0.4 else Image.new("RGB", (w, h), _rgb(rng))
     d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(3, 25))):
-        fill = tuple(int(v) for v in _colour(rng))
+        fill = _rgb(rng)
         x0, y0 = rng.uniform(-0.1, 1, 2) * (w, h)
         x1, y1 = x0 + rng.uniform(0.05, 0.6) * w, y0 + rng.uniform(0.05, 0.6) * h
         kind = rng.integers(4)
@@ -141,21 +146,21 @@ def shapes(rng, w: int, h: int) -> Image.Image:
 def card(rng, w: int, h: int) -> Image.Image:
     cw, ch = int(w * rng.uniform(0.7, 0.95)), int(h * rng.uniform(0.7, 0.95))
     ground = gradient(rng, cw, ch) if rng.random() < 0.4 else texture(rng, cw, ch) if rng.random() < 0.3 else \
-        Image.new("RGB", (cw, ch), tuple(int(v) for v in rng.integers(150, 256, 3)))
+        Image.new("RGB", (cw, ch), _rgb(rng, 150))
     img = Image.blend(ground, Image.new("RGB", (cw, ch), (255, 255, 255)), float(rng.uniform(0.3, 0.8)))
     d = ImageDraw.Draw(img)
-    ink, style = tuple(int(v) for v in rng.integers(0, 90, 3)), str(rng.choice(["sans", "serif", "sans-bold", "mono"]))
+    ink, style = _rgb(rng, 0, 90), str(rng.choice(["sans", "serif", "sans-bold", "mono"]))
     band = int(ch * rng.uniform(0.1, 0.22))
     if rng.random() < 0.7:
-        d.rectangle([0, 0, cw, band], fill=tuple(int(v) for v in _colour(rng)))
+        d.rectangle([0, 0, cw, band], fill=_rgb(rng))
     d.text((int(cw * rng.uniform(0.03, 0.3)), band // 4), " ".join(rng.choice(WORDS, 3)).upper(),
            font=font("sans-bold", max(8, band // 2)), fill=ink)
     left = rng.random() < 0.5  # the photo box on the left or the right
     pw, ph = int(cw * rng.uniform(0.2, 0.32)), int(ch * rng.uniform(0.4, 0.6))
     px = int(cw * 0.04) if left else cw - pw - int(cw * 0.04)
     py = int(band + (ch - band - ph) * rng.uniform(0.2, 0.8))
-    d.rectangle([px, py, px + pw, py + ph], fill=tuple(int(v) for v in rng.integers(60, 220, 3)))
-    d.ellipse([px + pw * 0.25, py + ph * 0.15, px + pw * 0.75, py + ph * 0.6], fill=tuple(int(v) for v in rng.integers(120, 240, 3)))
+    d.rectangle([px, py, px + pw, py + ph], fill=_rgb(rng, 60, 220))
+    d.ellipse([px + pw * 0.25, py + ph * 0.15, px + pw * 0.75, py + ph * 0.6], fill=_rgb(rng, 120, 240))
     x0 = int(cw * 0.06) if not left else px + pw + int(cw * 0.05)
     size, y = int(rng.integers(8, 14)), band + int(rng.integers(6, 18))
     while y < ch - size - 4:
@@ -166,7 +171,7 @@ def card(rng, w: int, h: int) -> Image.Image:
         y += int(size * rng.uniform(1.3, 2.4))
     if rng.random() < 0.4:  # a round stamp
         r, cx, cy = ch * rng.uniform(0.12, 0.2), cw * rng.uniform(0.5, 0.9), ch * rng.uniform(0.5, 0.85)
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=tuple(int(v) for v in _colour(rng)), width=3)
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=_rgb(rng), width=3)
     table = texture(rng, w, h).filter(ImageFilter.GaussianBlur(2))
     turned = img.convert("RGBA").rotate(float(rng.uniform(-10, 10)), expand=True, resample=Image.Resampling.BICUBIC)
     turned = turned.resize((min(w, turned.width), min(h, turned.height)))
@@ -186,6 +191,11 @@ def non_document(family: str, i: int, split: str = "calibration", size: tuple[in
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     rng = np.random.default_rng([SPLITS[split], FAMILY_NO[family], int(i)])
     return _DRAW[family](rng, int(size[0]), int(size[1]))
+
+
+def family_names(n: int, families: tuple[str, ...] = FAMILIES) -> list[str]:
+    """The family of each image `non_documents(n, families=families)` draws (for the calibration report)."""
+    return [families[k % len(families)] for k in range(n)]
 
 
 def non_documents(n: int, split: str = "calibration", size: tuple[int, int] = (384, 240),

@@ -38,6 +38,8 @@ def test_training_pieces_without_ray(tmp_path):
     before, first = evaluate(model, [b], "cpu")
     assert before == evaluate(model, [b], "cpu")[0]  # seeded noise: comparable across epochs
     assert 0 <= before["line_exact"] <= 1 and {"lines", "corners", "line_exact_attention", "line_exact_ctc"} <= set(before)
+    with_drawn = RegenBatch(model.cfg, model.tokenizer, flat_rate=0.5, processed_lines=True)(rows)
+    assert 0 <= evaluate(model, [with_drawn], "cpu", processed=True)[0]["line_exact_processed"] <= 1
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(3):
         out = model(**b)
@@ -50,6 +52,35 @@ def test_training_pieces_without_ray(tmp_path):
     sample_grid(model, first, 2, str(tmp_path / "s" / "epoch_000.png"), "cpu")
     grid = Image.open(tmp_path / "s" / "epoch_000.png")
     assert grid.size == (4 * c.gen_size[1], 2 * c.gen_size[0])
+
+
+def test_processed_lines_are_the_fields_as_regen_draws_them():
+    """processed_lines: each field cut, as the round trip cuts it, from the glyph layer composited onto
+    the target (the generator's image); the batch's other tensors are as without them."""
+    import numpy as np
+
+    from docray.regen import fields, layout
+    from docray.regen.data import RegenBatch, cond_input, line_input, resize
+    from docray.imageio import decode_image
+    from docray.models import build_model
+    from docray.synth import generate
+
+    model = build_model("regen_tiny")
+    c = model.cfg
+    table = generate("documents", 0, 3, seed=0, size=(256, 160), n_angles=0)
+    rows = {k: table.column(k).to_numpy(zero_copy_only=False) for k in table.column_names}
+    plain = RegenBatch(c, model.tokenizer, flat_rate=0.5)(rows)
+    b = RegenBatch(c, model.tokenizer, flat_rate=0.5, processed_lines=True)(rows)
+    assert set(b) == set(plain) | {"processed_lines"} and all(torch.equal(b[k], plain[k]) for k in plain)
+    assert b["processed_lines"].shape == b["lines"].shape and not torch.equal(b["processed_lines"], b["lines"])
+    exact = RegenBatch(c, model.tokenizer, quad_jitter=0, processed_lines=True)(rows)["processed_lines"]
+    want = []
+    for t, clean, fs in zip(rows["doc_type_name"], rows["clean"], rows["clean_fields"]):
+        values = [{f["name"]: f["text"] for f in fs}.get(n, "") for n in layout.field_names(t)]
+        target = resize(decode_image(clean), tuple(c.gen_size))
+        drawn = layout.composite(cond_input(t, values, tuple(c.gen_size))[1], np.asarray(target.convert("RGB")))
+        want.append(fields.crop_lines(drawn, fields.frame_quad(t, target.size), t, c.line_size))
+    assert torch.equal(exact, line_input(np.concatenate(want)))
 
 
 def test_regen_batch_rejects_a_field_the_template_lacks():

@@ -87,6 +87,9 @@ class RegenTrainConfig(Config):
                               "than the type model and the UNet (see the README's regen section)")
     line_batch: int = Field(64, ge=1, description="field lines per reader step (per worker)")
     line_pool: int = Field(4, ge=1, description="recent batches whose lines the reader steps draw from (per worker)")
+    processed_lines: bool = Field(True, description="the reader also learns each field as regen's output draws it "
+                                  "(the glyph layer over the target), beside the capture's: the round trip re-reads "
+                                  "regen's output, and a reader of captures only misreads it")
     type_steps: int = Field(2, ge=0, description="type-only steps after each joint step, each on `type_batch` "
                             "captures drawn from the last `type_pool` batches: one joint step per batch leaves the "
                             "type model (whose features are the gate's) far from trained")
@@ -147,11 +150,13 @@ def datasets(cfg: RegenTrainConfig) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, batches, device, read_lines: int = 128) -> tuple[dict, dict | None]:
+def evaluate(model, batches, device, read_lines: int = 128, processed: bool = False) -> tuple[dict, dict | None]:
     """Validation over this rank's `batches` (RegenBatch dicts), summed over every rank (`all_sum`):
     the mean losses with fixed diffusion noise (seeded), so epochs compare fairly, and `line_exact`
-    (with `line_exact_attention`, `line_exact_ctc`): the share of field lines read exactly as
-    labelled, over the first `read_lines` lines of each rank. Returns (metrics, the first batch)."""
+    (with `line_exact_attention`, `line_exact_ctc`): the share of the captures' field lines read
+    exactly as labelled, over the first `read_lines` lines of each rank; `line_exact_processed` the
+    same (joint reading) of the batches' `processed_lines`, with `processed`. Returns (metrics,
+    the first batch)."""
     model.eval()
     state = torch.get_rng_state()
     torch.manual_seed(1234)
@@ -160,7 +165,7 @@ def evaluate(model, batches, device, read_lines: int = 128) -> tuple[dict, dict 
         if first is None:
             first = {k: v.cpu() for k, v in b.items()}
         b = {k: v.to(device) for k, v in b.items()}
-        n = len(b["types"])
+        drawn, n = b.pop("processed_lines", None), len(b["types"])
         for k, v in model(**b).items():  # the three losses and the content loss's parts
             sums[k] = sums.get(k, 0.0) + float(v) * n
         sums["n"] += n
@@ -170,10 +175,15 @@ def evaluate(model, batches, device, read_lines: int = 128) -> tuple[dict, dict 
             for decode, reads in model.readings(b["lines"][:k]).items():
                 key = "line_exact" if decode == "joint" else f"line_exact_{decode}"
                 sums[key] = sums.get(key, 0.0) + sum(r == t for r, t in zip(reads, labels))
+            if drawn is not None:
+                sums["line_exact_processed"] = sums.get("line_exact_processed", 0.0) + sum(
+                    r == t for r, t in zip(model.read_lines(drawn[:k]), labels))
             sums["read"] += k
     torch.set_rng_state(state)
     for k in ("line_exact", "line_exact_attention", "line_exact_ctc", *LOSSES, "lines", "ctc", "corners"):
         sums.setdefault(k, 0.0)  # the same keys on every rank, even one with no val rows
+    if processed:
+        sums.setdefault("line_exact_processed", 0.0)
     totals = all_sum(sums)
     exact = [k for k in totals if k.startswith("line_exact")]
     out = {k: v / max(1.0, totals["n"]) for k, v in totals.items() if k not in ("n", "read", *exact)}
@@ -287,7 +297,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg.model, **cfg.model_overrides)
     if cfg.init_from:
         _init_from(model, cfg.init_from)
-    collate = RegenBatch(model.cfg, model.tokenizer, cfg.flat_rate, seed=cfg.seed)
+    collate = RegenBatch(model.cfg, model.tokenizer, cfg.flat_rate, seed=cfg.seed, processed_lines=cfg.processed_lines)
     bs = max(1, cfg.batch_size // world)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     # reader and type steps leave the other parts' weights without gradients: DDP must be told
@@ -340,6 +350,9 @@ def train_loop_per_worker(config: dict) -> None:
                 out_of_time = True  # the budget is spent (and the cosine at 0): evaluate, checkpoint and stop
                 break
             b = {k: v.to(device) for k, v in b.items()}
+            if "processed_lines" in b:  # the reader reads both: the capture's lines and regen's drawing of them
+                b["lines"] = torch.cat([b["lines"], b.pop("processed_lines")])
+                b["line_ids"] = torch.cat([b["line_ids"], b["line_ids"]])
             with amp:
                 losses = model(**b)
             opt_step(sum(cfg.weights.get(k, 1.0) * losses[k].float() for k in LOSSES), by_time)
@@ -365,7 +378,8 @@ def train_loop_per_worker(config: dict) -> None:
                     opt_step(cfg.weights.get("type", 1.0) * typed["type"].float(), by_time)
         sync_buffers(model)  # the last type step's BatchNorm statistics differ per rank: evaluate rank 0's
         val_losses, first = evaluate(unwrap(model), val_shard.iter_torch_batches(batch_size=bs, collate_fn=collate),
-                                     device, read_lines=-(-cfg.val_read_lines // world))
+                                     device, read_lines=-(-cfg.val_read_lines // world),
+                                     processed=cfg.processed_lines)
         for k in LOSSES:
             history[k].append(val_losses[k])
         done = converged(history, cfg.convergence)

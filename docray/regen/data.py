@@ -15,6 +15,9 @@ content model each example also carries the capture at `corner_size` with its la
 field name. A `flat_rate` share of the examples show the flat `clean` render instead of the
 capture, as a processed image looks, half of them at the first size threshold (regen's own output
 size: its glyphs are smaller than the capture's), so the content model also reads regen's own output.
+With `processed_lines`, every example also gives its lines as the pipeline draws them: the glyph
+layer composited onto the target (`processed_lines` in the batch, labelled as `line_ids`): the
+round trip re-reads regen's output, whose glyphs are drawn at the small size, not downscaled.
 """
 from __future__ import annotations
 
@@ -68,13 +71,16 @@ class RegenBatch:
     Returns pixels (b, 3, h, w) and corner_px (b, 3, h', w') in [0, 1], quad (b, 8) corners as
     fractions of the image, cond (b, 5, H, W) and target (b, 3, H, W) in [-1, 1] at gen_size,
     content_ids (b, max_len), types (b,), lines (n, 3, lh, lw) in [0, 1] with one line per template
-    field of each row, line_ids (n, field_len). `cfg` a `RegenConfig`. A row's random choices (flat
+    field of each row, line_ids (n, field_len); with `processed_lines`, processed_lines (n, 3, lh, lw):
+    the same fields cut from the row's target with its glyph layer composited. `cfg` a `RegenConfig`. A row's random choices (flat
     or capture, the corners' jitter) are seeded by `seed` and its id, so they repeat every epoch.
     """
 
-    def __init__(self, cfg, tokenizer, flat_rate: float = 0.15, quad_jitter: float = 1.5, seed: int = 0):
+    def __init__(self, cfg, tokenizer, flat_rate: float = 0.15, quad_jitter: float = 1.5, seed: int = 0,
+                 processed_lines: bool = False):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.flat_rate, self.quad_jitter, self.seed = flat_rate, quad_jitter, seed
+        self.processed_lines = processed_lines
 
     def __call__(self, rows: dict) -> dict[str, torch.Tensor]:
         ex = [self.example(*(rows[k][i] for k in ("id", "image", "doc_type_name", "clean", "clean_fields", "doc_quad")))
@@ -84,6 +90,8 @@ class RegenBatch:
         out["content_ids"] = self.tokenizer.batch([layout.join_content(e["values"]) for e in ex], self.cfg.max_len)
         out["lines"] = line_input(np.concatenate([e["lines"] for e in ex]))
         out["line_ids"] = self.tokenizer.batch([v for e in ex for v in e["values"]], self.cfg.field_len)
+        if self.processed_lines:
+            out["processed_lines"] = line_input(np.concatenate([e["processed_lines"] for e in ex]))
         return out
 
     def example(self, row_id, image, doc_type, clean, clean_fields, doc_quad) -> dict:
@@ -107,9 +115,15 @@ class RegenBatch:
                 raise ValueError(f"row {row_id}: doc_quad must hold 8 numbers (4 corners' x, y), got {quad.size}")
             quad = quad.reshape(4, 2)
         jittered = quad + rng.normal(0, self.quad_jitter, quad.shape)
-        return {"pixels": content_input(img, c.content_size), "corner_px": content_input(img, c.corner_size),
-                "quad": torch.tensor((quad / img.size).ravel(), dtype=torch.float32),
-                "lines": fields.crop_lines(np.asarray(img), jittered, doc_type, c.line_size),
-                "cond": cond_input(doc_type, values, gen_hw)[0],
-                "target": torch.from_numpy(np.asarray(target, np.float32) / 127.5 - 1).permute(2, 0, 1),
-                "type": type_no, "values": values}
+        cond, layer = cond_input(doc_type, values, gen_hw)
+        out = {"pixels": content_input(img, c.content_size), "corner_px": content_input(img, c.corner_size),
+               "quad": torch.tensor((quad / img.size).ravel(), dtype=torch.float32),
+               "lines": fields.crop_lines(np.asarray(img), jittered, doc_type, c.line_size), "cond": cond,
+               "target": torch.from_numpy(np.asarray(target, np.float32) / 127.5 - 1).permute(2, 0, 1),
+               "type": type_no, "values": values}
+        if self.processed_lines:  # as `RegenCompressor.generate` draws them, over the target for the generated image
+            frame = fields.frame_quad(doc_type, target.size)
+            out["processed_lines"] = fields.crop_lines(layout.composite(layer, np.asarray(target.convert("RGB"))),
+                                                       frame + rng.normal(0, self.quad_jitter / 2, frame.shape),
+                                                       doc_type, c.line_size)
+        return out

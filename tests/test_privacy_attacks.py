@@ -118,6 +118,23 @@ def test_attacker_never_trains_on_the_defender_people():
         train_attacker(data, cfg)
 
 
+def test_recognizer_overrides_reach_the_attacker_and_the_defender():
+    """`recognizer_overrides` (a CosFace head here) builds both sides' recognisers with them."""
+    from docray.config import load_config
+    from docray.models.recognizer import CosineClassifier
+    from docray.privacy.openset import load_openset
+    from docray.privacy.suite import AttackSuiteConfig, train_attacker, train_defender
+
+    cfg = load_config(AttackSuiteConfig, overrides=TINY + ["attacker.attacks=[none]", "recognizer_overrides.head=cosine",
+                                                           "attacker.recognizer_overrides.head=cosine",
+                                                           "attacker.recognizer_overrides.margin=0.3"])
+    data = load_openset("synth", cfg.identities.model_dump(), samples=4, size=32)
+    attacker = train_attacker(data, cfg, log=lambda *_: None)
+    assert isinstance(attacker.recognizer.classifier, CosineClassifier) and attacker.recognizer.cfg.margin == 0.3
+    defender = train_defender(data, cfg, log=lambda *_: None)
+    assert all(isinstance(defender[k].classifier, CosineClassifier) for k in ("original", "masked"))
+
+
 def test_attacker_table_at_tiny_settings(tmp_path):
     from docray.config import load_config
     from docray.privacy.suite import AttackSuiteConfig, format_table, run_suite, worst_attacker

@@ -62,6 +62,8 @@ class PrivacyTrainConfig(Config):
     image_size: int = 64
     seed: int = 0
     recognizer: str = Field("recognizer_small", description="registered recogniser factory (both recognisers)")
+    recognizer_overrides: dict = Field(default_factory=dict, description="overrides of that factory, e.g. "
+                                       "'{head: cosine, margin: 0.2}': a CosFace head (docray.models.recognizer)")
     inpainter: str = Field("inpaint_unet_small", description="registered inpainting factory")
     epochs: int = Field(10, ge=1, description="recognisers (both: the method's same epochs)")
     batch_size: int = Field(64, ge=2, description="per worker")
@@ -118,7 +120,7 @@ def train_loop_per_worker(config: dict) -> None:
     if mrun.kind == "inpaint":
         model, epochs, lr, wd = build_model(cfg.inpainter, image_size=cfg.image_size), cfg.inpaint_epochs, cfg.inpaint_lr, 0.0
     else:
-        model = build_model(cfg.recognizer, num_classes=len(mrun.classes))
+        model = build_model(cfg.recognizer, num_classes=len(mrun.classes), **cfg.recognizer_overrides)
         epochs, lr, wd = cfg.epochs, cfg.lr, cfg.weight_decay
     spec = model.docray_spec
     if cfg.init_from.get(mrun.kind):

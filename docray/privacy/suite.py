@@ -71,10 +71,13 @@ class DefenderConfig(Config):
     mask_seed: int = Field(100, description="their seed (train_jobs.train_privacy's default)")
 
 
+OVERRIDES_HELP = ("overrides of the recogniser factory, e.g. {head: cosine, margin: 0.2}: a CosFace head "
+                  "(docray.models.recognizer)")
+
+
 class AttackerConfig(Config):
     recognizer: str = Field("recognizer_small", description="the attacker's ordinary recogniser (registered factory)")
-    recognizer_overrides: dict = Field(default_factory=dict, description="overrides of the recogniser factory, e.g. "
-                                        "{head: cosine, margin: 0.2}: a CosFace head (docray.models.recognizer)")
+    recognizer_overrides: dict = Field(default_factory=dict, description=OVERRIDES_HELP)
     inpainter: str = Field("inpaint_unet_small", description="the attacker's own inpainter (registered factory)")
     epochs: int = Field(10, ge=1)
     inpaint_epochs: int = Field(10, ge=1)
@@ -97,8 +100,7 @@ class AttackSuiteConfig(Config):
     image_size: int = 64
     n_enrol: int = Field(1, ge=1, description="gallery images per eval identity (the first ones); the rest probe")
     recognizer: str = Field("recognizer_small", description="the defender's recognisers, when trained here")
-    recognizer_overrides: dict = Field(default_factory=dict, description="overrides of the recogniser factory, e.g. "
-                                        "{head: cosine, margin: 0.2}: a CosFace head (docray.models.recognizer)")
+    recognizer_overrides: dict = Field(default_factory=dict, description=OVERRIDES_HELP)
     inpainter: str = Field("inpaint_unet_small", description="the defender's inpainter, when trained here")
     epochs: int = Field(10, ge=1, description="every recogniser trained here (the attacker's: attacker.epochs)")
     inpaint_epochs: int = Field(10, ge=1)
@@ -156,7 +158,8 @@ def train_defender(data: OpenSet, cfg: AttackSuiteConfig, log=print) -> dict[str
             out[kind] = fit(build_model(cfg.inpainter, image_size=cfg.image_size), kind, x, bank=bank,
                             epochs=cfg.inpaint_epochs, **common)
         else:
-            out[kind] = fit(build_model(cfg.recognizer, num_classes=n, **cfg.recognizer_overrides), kind, x, y, bank, epochs=cfg.epochs, **common)
+            rec = build_model(cfg.recognizer, num_classes=n, **cfg.recognizer_overrides)
+            out[kind] = fit(rec, kind, x, y, bank, epochs=cfg.epochs, **common)
     return out
 
 
@@ -178,7 +181,8 @@ def train_attacker(data: OpenSet, cfg: AttackSuiteConfig, log=print) -> Attacker
     x, y, n = _classes(data["attacker"])
     log(f"attacker: training its recogniser and inpainter on {n} identities of its own ({len(x)} images)")
     common = dict(batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed + 1)
-    rec = fit(build_model(a.recognizer, num_classes=n, **a.recognizer_overrides), "original", x, y, epochs=a.epochs, **common)
+    rec = fit(build_model(a.recognizer, num_classes=n, **a.recognizer_overrides), "original", x, y, epochs=a.epochs,
+              **common)
     inp = None
     if "learned" in a.attacks:
         bank = _bank(a.mask_bank, a.mask_seed, cfg.image_size)

@@ -72,8 +72,9 @@ class RegenBatch:
     fractions of the image, cond (b, 5, H, W) and target (b, 3, H, W) in [-1, 1] at gen_size,
     content_ids (b, max_len), types (b,), lines (n, 3, lh, lw) in [0, 1] with one line per template
     field of each row, line_ids (n, field_len); with `processed_lines`, processed_lines (n, 3, lh, lw):
-    the same fields cut from the row's target with its glyph layer composited. `cfg` a `RegenConfig`. A row's random choices (flat
-    or capture, the corners' jitter) are seeded by `seed` and its id, so they repeat every epoch.
+    the same fields cut from the row's target with its glyph layer composited. `cfg` a `RegenConfig`.
+    A row's random choices (flat or capture, the corners' jitter) are seeded by `seed` and its id, so
+    they repeat every epoch.
     """
 
     def __init__(self, cfg, tokenizer, flat_rate: float = 0.15, quad_jitter: float = 1.5, seed: int = 0,
@@ -116,14 +117,15 @@ class RegenBatch:
             quad = quad.reshape(4, 2)
         jittered = quad + rng.normal(0, self.quad_jitter, quad.shape)
         cond, layer = cond_input(doc_type, values, gen_hw)
+        tgt = np.asarray(target)
         out = {"pixels": content_input(img, c.content_size), "corner_px": content_input(img, c.corner_size),
                "quad": torch.tensor((quad / img.size).ravel(), dtype=torch.float32),
                "lines": fields.crop_lines(np.asarray(img), jittered, doc_type, c.line_size), "cond": cond,
-               "target": torch.from_numpy(np.asarray(target, np.float32) / 127.5 - 1).permute(2, 0, 1),
+               "target": torch.from_numpy(tgt.astype(np.float32) / 127.5 - 1).permute(2, 0, 1),
                "type": type_no, "values": values}
         if self.processed_lines:  # as `RegenCompressor.generate` draws them, over the target for the generated image
             frame = fields.frame_quad(doc_type, target.size)
-            out["processed_lines"] = fields.crop_lines(layout.composite(layer, np.asarray(target.convert("RGB"))),
+            out["processed_lines"] = fields.crop_lines(layout.composite(layer, tgt),
                                                        frame + rng.normal(0, self.quad_jitter / 2, frame.shape),
                                                        doc_type, c.line_size)
         return out

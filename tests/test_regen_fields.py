@@ -133,3 +133,38 @@ def test_provenance_in_png():
     data = P.encode_png(Image.new("RGB", (8, 8)), stamp)
     assert Image.open(io.BytesIO(data)).text[P.PNG_KEY] and P.read_provenance(data) == stamp
     assert P.read_provenance(P.encode_png(Image.new("RGB", (8, 8)), None)) is None
+
+
+def test_corner_refinement_maps_the_second_reading_back(row, monkeypatch):
+    """`locate` warps the first corners to `corner_rest` and asks again: a head that finds the document
+    exactly at rest in the warped image confirms the first corners; a quad too small to straighten is
+    left as the head first gave it."""
+    from docray.imageio import decode_image
+
+    torch.manual_seed(0)
+    rc = RegenCompressor(build_model("regen_tiny"), file_types=load_file_types(TINY_LIB))
+    img = decode_image(row["image"])
+    w, h = img.size
+    first = np.array([[[30.0, 20.0], [w - 25.0, 35.0], [w - 40.0, h - 15.0], [20.0, h - 30.0]],
+                      [[5.0, 5.0], [6.0, 5.0], [6.0, 6.0], [5.0, 6.0]]])  # a document; a speck
+    x0, y0, x1, y1 = rc.cfg.corner_rest
+    rest = np.array([[x0 * w, y0 * h], [x1 * w, y0 * h], [x1 * w, y1 * h], [x0 * w, y1 * h]])
+    calls = []
+
+    def head(images):
+        calls.append(len(images))
+        return first[: len(images)] if len(calls) == 1 else np.stack([rest + [3.0, 0.0]] * len(images))
+
+    monkeypatch.setattr(rc, "_corners", head)
+    quads = rc.locate([img, img])
+    assert calls == [2, 1]  # the speck is not asked again
+    np.testing.assert_allclose(quads[1], first[1])
+    assert 0.5 < np.abs(quads[0] - first[0]).max() < 6  # 3 px to the right at rest: a few px in the capture
+    calls.clear()
+    monkeypatch.setattr(rc, "_corners", lambda images: calls.append(1) or (first[:1] if len(calls) == 1 else
+                                                                          np.stack([rest])))
+    np.testing.assert_allclose(rc.locate([img]), first[:1], atol=1e-3)  # found at rest: the first corners stand
+    rc.refine_corners = False
+    calls.clear()
+    np.testing.assert_allclose(rc.locate([img]), first[:1])
+    assert calls == [1]

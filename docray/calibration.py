@@ -126,22 +126,25 @@ def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_
 @click.argument("model", default="registry:regen")
 @click.option("--documents", default="", help="calibration documents: a Parquet dataset of the documents contract "
               "(image, doc_type_name, clean_fields; clean optional), local or s3://; '' -> synthetic rows from --start")
-@click.option("--n-docs", type=int, default=400, show_default=True, help="synthetic calibration documents")
-@click.option("--start", type=int, default=200_000, show_default=True,
+@click.option("--n-docs", type=int, default=1500, show_default=True, help="synthetic calibration documents (the "
+              "wrong rate's upper bound needs thousands of fields: about 7 a document)")
+@click.option("--start", type=int, default=200_000, show_default=True,  # gate.CALIBRATION_ROWS
               help="first synthetic row (training draws rows 0..n_train, benchmarks 100000..)")
 @click.option("--size", default="384x240", show_default=True, help="synthetic captures' WxH (train_regen's original_size)")
 @click.option("--non-docs", type=int, default=500, show_default=True, help="generated non-documents (calibration split)")
 @click.option("--file-types", default="", help="file-type library YAML ('' -> packaged; its first threshold = the model's size)")
 @click.option("--max-wrong", type=float, default=0.005, show_default=True, help="wrong fields allowed among regenerated ones")
+@click.option("--bound", type=float, default=0.95, show_default=True, help="judge the wrong rate by its one-sided "
+              "Clopper-Pearson upper bound at this confidence level (0: the rate seen)")
 @click.option("--doc-tpr", type=float, default=0.99, show_default=True, help="share of documents the OOD threshold keeps")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong, doc_tpr, as_json) -> None:
+def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong, bound, doc_tpr, as_json) -> None:
     """Regen compression's document gate and per-field confidence for MODEL (registry:regen, the
     registry's latest version, or a saved model folder), fitted on calibration documents and generated
     non-documents; written as calibration.json beside the weights. train_regen calibrates what it
     trains; this refits (other documents, other settings). A model never calibrated regenerates nothing.
 
-    Example: docray calibrate regen registry:regen --n-docs 400 --non-docs 500
+    Example: docray calibrate regen registry:regen --n-docs 1500 --non-docs 500
     """
     from docray.regen import gate
     from docray.regen.file_types import load_file_types
@@ -169,7 +172,7 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
         rows = generate("documents", start, start + n_docs, seed=0, size=(w, h), n_angles=0).to_pylist()
     negs = non_documents(non_docs, "calibration", (w, h))
     report = rc.calibrate(gate.documents(rows), negs, families=family_names(non_docs),
-                          doc_tpr=doc_tpr, max_wrong=max_wrong)
+                          doc_tpr=doc_tpr, max_wrong=max_wrong, bound=bound)
     data = rc.calibration.to_json()
     if model == "registry:regen":
         reg.fs.pipe_file(f"{folder}/{gate.FILE}", data.encode())
@@ -185,5 +188,5 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
                f"non-documents pass {report['non_documents_passing_by_family']}")
     click.echo(f"  fields: {report['n_fields']} read, {report['fields_read_right']} right; threshold "
                f"{report['field_threshold']}: {report['fields_regenerated_share']} regenerated, "
-               f"{report['regenerated_fields_wrong']} of those wrong")
+               f"{report['regenerated_fields_wrong']} of those wrong (upper bound {report['regenerated_fields_wrong_bound']})")
     click.echo(f"written: {folder}/{gate.FILE}")

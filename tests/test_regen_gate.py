@@ -150,6 +150,19 @@ def test_gate_pieces():
     assert np.isinf(G.lowest_threshold(conf[2:3], ok[2:3], 0.0))
 
 
+def test_field_threshold_judged_on_the_upper_bound():
+    assert abs(G.wrong_rate_bound(0, 300) - (1 - 0.05 ** (1 / 300))) < 1e-9  # 0 of n: the "rule of three"
+    assert G.wrong_rate_bound(1, 1000) <= 0.005 < G.wrong_rate_bound(1, 900) and G.wrong_rate_bound(2, 2) == 1
+    conf = np.linspace(1, 0, 2000, endpoint=False)
+    ok = np.ones(2000, bool)
+    assert G.lowest_threshold(conf[:300], ok[:300], 0.005) == conf[299]  # none wrong: everything passes the rate seen
+    assert np.isinf(G.lowest_threshold(conf[:300], ok[:300], 0.005, bound=0.95))  # but 300 cannot show 0.5%
+    ok[50] = ok[1500::10] = False  # one slip near the top: the bound needs ~950 items above it; a tenth wrong below 1,500
+    th = G.lowest_threshold(conf, ok, 0.005, bound=0.95)
+    n = int((conf >= th).sum())
+    assert 1000 <= n < 1600 and G.wrong_rate_bound((~ok[conf >= th]).sum(), n) <= 0.005
+
+
 def test_calibrate_command_writes_beside_the_weights(tmp_path):
     import json
 

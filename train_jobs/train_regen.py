@@ -33,8 +33,9 @@ is spent: one decision for all ranks). Every epoch: a checkpoint (resumable: wor
 storage path); `resume_from=<checkpoint folder>` continues another run's) and a sample grid PNG in
 `<out>/samples/epoch_XXX.png` (capture | glyph layer | generated | target), from rank 0's first val
 batch. The result is saved to `<out>/model` (`from_pretrained`) and the model registry as `regen`,
-with calibration.json: the document gate and field confidence fitted on the val documents and
-generated non-documents (`calibrate_docs`; `docray calibrate regen` refits them later).
+with calibration.json: the document gate and field confidence fitted on calibration documents (your
+val documents; with the synthetic default, rows drawn apart from training, validation and the
+benchmarks) and generated non-documents (`calibrate_docs`; `docray calibrate regen` refits them later).
 """
 from __future__ import annotations
 
@@ -114,11 +115,12 @@ class RegenTrainConfig(Config):
     resume_from: str = Field("", description="a checkpoint folder of an earlier run to continue from")
     out: str = Field("", description="output folder ('' -> DOCRAY_HOME/models/regen-run)")
     to_registry: bool = Field(True, description="save the result in the model registry as 'regen'")
-    calibrate_docs: int = Field(256, ge=0, description="after training, fit the document gate and field confidence "
-                                "(docray.regen.gate) on up to this many val documents and `calibrate_non_docs` "
-                                "generated non-documents; calibration.json goes beside the weights (0: skip; an "
-                                "uncalibrated model regenerates nothing: `docray calibrate regen` later)")
-    calibrate_non_docs: int = Field(250, ge=1, description="generated non-documents for the calibration")
+    calibrate_docs: int = Field(1500, ge=0, description="after training, fit the document gate and field confidence "
+                                "(docray.regen.gate) on up to this many documents (your val documents; the synthetic "
+                                "default: rows from gate.CALIBRATION_ROWS, as `docray calibrate regen` draws them) and "
+                                "`calibrate_non_docs` generated non-documents; calibration.json goes beside the weights "
+                                "(0: skip; an uncalibrated model regenerates nothing: `docray calibrate regen` later)")
+    calibrate_non_docs: int = Field(500, ge=1, description="generated non-documents for the calibration")
 
 
 def data_uris(cfg: RegenTrainConfig) -> tuple[str, str]:
@@ -398,15 +400,22 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def calibrate(model, val, cfg: RegenTrainConfig):
-    """The gate and field confidence of the trained model, fitted on the val documents (held out from
-    training) and generated non-documents of the captures' size; prints the report."""
+    """The gate and field confidence of the trained model, fitted on calibration documents held out
+    from training (`calibrate_docs`) and generated non-documents of the captures' size; prints the
+    report. The field threshold bounds the wrong rate's upper confidence bound, which needs thousands
+    of fields: more than the synthetic default's few hundred val documents hold."""
     from docray.regen.file_types import load_file_types
-    from docray.regen.gate import documents
+    from docray.regen.gate import CALIBRATION_ROWS, documents
     from docray.regen.nondocs import family_names, non_documents
     from docray.regen.pipeline import RegenCompressor
     from docray.imageio import decode_image
+    from docray.synth import generate
 
-    rows = val.take(cfg.calibrate_docs)
+    if cfg.train:
+        rows = val.take(cfg.calibrate_docs)
+    else:
+        rows = generate(KIND, CALIBRATION_ROWS, CALIBRATION_ROWS + cfg.calibrate_docs, seed=cfg.seed,
+                        size=tuple(cfg.original_size), n_angles=0).to_pylist()
     if not rows:
         return None
     h, w = model.cfg.gen_size  # only the type model and the reader are used: any library of this first size

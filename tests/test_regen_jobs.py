@@ -54,6 +54,48 @@ def test_training_pieces_without_ray(tmp_path):
     assert grid.size == (4 * c.gen_size[1], 2 * c.gen_size[0])
 
 
+def test_outlier_exposure_draws_fresh_non_documents_and_pushes_them_to_uniform():
+    """The type steps' non-documents come from nondocs' training split, the families in turn, each rank
+    its own images; their loss is the cross-entropy to the uniform type distribution (at least
+    log(n_types), reached only at uniform), and its steps bring it down."""
+    import math
+
+    from docray.models import build_model
+    from docray.regen.data import content_input
+    from docray.regen.nondocs import FAMILIES, non_document
+    from train_jobs.train_regen import Outliers, RegenTrainConfig
+
+    torch.manual_seed(0)
+    model = build_model("regen_tiny")
+    cfg = RegenTrainConfig(outliers=6, outlier_pool=8, original_size=(256, 160))
+    mine, theirs = Outliers(cfg, model.cfg, rank=0), Outliers(cfg, model.cfg, rank=1)
+    gen = torch.Generator().manual_seed(0)
+    negs = mine.sample(gen)
+    assert negs.shape == (6, 3, *model.cfg.content_size) and negs.dtype == torch.uint8 and len(mine.pool) == 6
+    want = [(content_input(non_document(f, 0, "training", (256, 160)), model.cfg.content_size) * 255).round().to(torch.uint8)
+            for f in FAMILIES]
+    assert all(torch.equal(a, b) for a, b in zip(mine.pool, want))  # image 0 of every family, in turn
+    theirs.sample(gen)
+    assert not any(torch.equal(a, b) for a, b in zip(mine.pool, theirs.pool))
+    mine.sample(gen)
+    assert len(mine.pool) == 8  # 4 fresh a step, the oldest dropped
+    assert Outliers(cfg.model_copy(update={"outliers": 0}), model.cfg, 0).sample(gen) is None
+
+    docs = torch.rand(4, 3, *model.cfg.content_size)
+    types, negs = torch.tensor([0, 1, 2, 3]), negs.float() / 255
+    opt = torch.optim.AdamW(model.type_model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(6):
+        out = model(pixels=docs, types=types, outliers=negs)
+        assert set(out) == {"type", "outlier"} and out["outlier"] >= math.log(model.cfg.n_types) - 1e-5
+        first = first or out["outlier"].item()
+        opt.zero_grad()
+        out["outlier"].backward()
+        opt.step()
+    assert out["outlier"].item() < first
+    assert set(model(pixels=docs, types=types)) == {"type"}
+
+
 def test_processed_lines_are_the_fields_as_regen_draws_them():
     """processed_lines: each field cut, as the round trip cuts it, from the glyph layer composited onto
     the target (the generator's image); the batch's other tensors are as without them."""

@@ -1,6 +1,8 @@
 """train_regen reads its documents through Ray Data: datasets by URI, 2 workers, no generator in a worker."""
 from __future__ import annotations
 
+import math
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -50,6 +52,7 @@ def test_two_workers_train_from_dataset_uris(ray_cluster, docs, tmp_path):
     assert m["steps"] == N_TRAIN // 2 // 4  # each worker's 8 rows in batches of 4
     assert (tmp_path / "run" / "samples" / "epoch_001.png").exists()
     assert 0 <= m["val_line_exact"] <= 1 and 0 <= m["val_line_exact_processed"] <= 1  # the round trip's reads too
+    assert m["train_outlier"] >= math.log(len(registry())) - 1e-4  # the type steps saw non-documents
     # val_type is the type loss of the final model over ALL val rows: the two shards' sums, added
     model = from_pretrained(res["model_dir"]).eval()
     val = pq.read_table(docs / "val").to_pydict()

@@ -97,6 +97,12 @@ class RegenTrainConfig(Config):
     type_batch: int = Field(32, ge=1, description="captures per type step (per worker)")
     type_pool: int = Field(256, ge=1, description="recent batches whose captures the type steps draw from (per "
                            "worker; kept as 8-bit pixels)")
+    outliers: int = Field(16, ge=0, description="non-documents in each type step (docray.regen.nondocs, its "
+                          "'training' split: never the calibration's or the benchmarks' images), whose type "
+                          "distribution is pushed to uniform (outlier exposure), so the gate tells what is not a "
+                          "document of a known type; drawn 4 a step into a pool of the last `outlier_pool` (0: off)")
+    outlier_pool: int = Field(512, ge=1, description="recent non-documents the type steps draw from (per worker)")
+    outlier_weight: float = Field(0.5, ge=0, description="weight of the outlier loss beside the type loss")
     val_read_lines: int = Field(128, ge=0, description="validation lines read for val_line_exact (all workers "
                                 "together)")
     lr: float = Field(5e-4, gt=0, description="AdamW peak rate")
@@ -284,6 +290,33 @@ def model_overrides(cfg: RegenTrainConfig, train) -> dict:
     return over
 
 
+class Outliers:
+    """The type steps' non-documents: `nondocs` images of the 'training' split, 4 new ones drawn per
+    call of `sample` (each rank its own) into a pool of the last `outlier_pool`, as 8-bit pixels at
+    the type model's input size; `sample` gives `outliers` of the pool, or None when off."""
+
+    def __init__(self, cfg: RegenTrainConfig, model_cfg, rank: int, fresh: int = 4):
+        self.n, self.size, self.hw, self.fresh = cfg.outliers, tuple(cfg.original_size), model_cfg.content_size, fresh
+        self.pool = collections.deque(maxlen=cfg.outlier_pool)
+        self.next = rank * 10_000_000  # image indices per rank: no two ranks draw the same image
+
+    def draw(self, k: int) -> None:
+        from docray.regen.data import content_input
+        from docray.regen.nondocs import FAMILIES, non_document
+
+        for i in range(self.next, self.next + k):  # the families take turns
+            img = non_document(FAMILIES[i % len(FAMILIES)], i // len(FAMILIES), "training", self.size)
+            self.pool.append((content_input(img, self.hw) * 255).round().to(torch.uint8))
+        self.next += k
+
+    def sample(self, gen: torch.Generator) -> torch.Tensor | None:
+        if not self.n:
+            return None
+        self.draw(max(self.fresh, self.n - len(self.pool)))
+        idx = torch.randint(len(self.pool), (self.n,), generator=gen).tolist()
+        return torch.stack([self.pool[i] for i in idx])
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -315,6 +348,7 @@ def train_loop_per_worker(config: dict) -> None:
     gen = torch.Generator()
     pool = collections.deque(maxlen=cfg.line_pool)  # (lines, line_ids) of the last batches: the reader steps' lines
     type_pool = collections.deque(maxlen=cfg.type_pool)  # (pixels as uint8, types): the type steps' captures
+    outliers = Outliers(cfg, model_cfg=unwrap(model).cfg, rank=rank)  # non-documents for the type steps
     t_start = time.perf_counter()
     # optimiser steps per epoch (the driver fixed steps_per_epoch)
     per_epoch = cfg.steps_per_epoch * (1 + cfg.reader_steps + cfg.type_steps)
@@ -342,6 +376,7 @@ def train_loop_per_worker(config: dict) -> None:
         seed = cfg.seed * 1000 + epoch * world + rank
         gen.manual_seed(seed)
         t0, sums, steps = time.perf_counter(), dict.fromkeys(LOSSES, 0.0), 0
+        outlier_sum, outlier_steps = 0.0, 0
         shuffle = {}  # Ray Data's local shuffle, reseeded every epoch
         if cfg.shuffle_buffer:
             shuffle = dict(local_shuffle_buffer_size=max(cfg.shuffle_buffer, bs), local_shuffle_seed=seed)
@@ -375,9 +410,15 @@ def train_loop_per_worker(config: dict) -> None:
                     idx = torch.randint(len(type_pool) * bs, (cfg.type_batch,), generator=gen).tolist()
                     pixels = torch.stack([type_pool[i // bs][0][i % bs] for i in idx])
                     types = torch.stack([type_pool[i // bs][1][i % bs] for i in idx])
+                    negs = outliers.sample(gen)
                     with amp:
-                        typed = model(pixels=pixels.to(device).float() / 255, types=types.to(device))
-                    opt_step(cfg.weights.get("type", 1.0) * typed["type"].float(), by_time)
+                        typed = model(pixels=pixels.to(device).float() / 255, types=types.to(device),
+                                      outliers=None if negs is None else negs.to(device).float() / 255)
+                    loss = cfg.weights.get("type", 1.0) * typed["type"].float()
+                    if "outlier" in typed:
+                        loss = loss + cfg.outlier_weight * typed["outlier"].float()
+                        outlier_sum, outlier_steps = outlier_sum + typed["outlier"].item(), outlier_steps + 1
+                    opt_step(loss, by_time)
         sync_buffers(model)  # the last type step's BatchNorm statistics differ per rank: evaluate rank 0's
         val_losses, first = evaluate(unwrap(model), val_shard.iter_torch_batches(batch_size=bs, collate_fn=collate),
                                      device, read_lines=-(-cfg.val_read_lines // world),
@@ -387,6 +428,7 @@ def train_loop_per_worker(config: dict) -> None:
         done = converged(history, cfg.convergence)
         metrics = {"epoch": epoch, "epoch_s": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"], "steps": steps,
                    **{f"train_{k}": sums[k] / max(1, steps) for k in LOSSES},
+                   "train_outlier": outlier_sum / max(1, outlier_steps),  # log(n_types) at best: uniform
                    **{f"val_{k}": v for k, v in val_losses.items()},
                    **{f"converged_{k}": bool(v) for k, v in done.items()}, "converged": all(done.values()),
                    "worker_imported_synth": agree("docray.synth" in sys.modules)}  # on any rank

@@ -266,16 +266,22 @@ class RegenModels(nn.Module):
                          encoder_attention_mask=mask).sample  # (b, 3, H, W): predicted x0
 
     def forward(self, pixels=None, content_ids=None, types=None, target=None, cond=None, corner_px=None, quad=None,
-                lines=None, line_ids=None) -> dict[str, torch.Tensor]:
+                lines=None, line_ids=None, outliers=None) -> dict[str, torch.Tensor]:
         """Loss 1 content (the field lines' token cross-entropy + ctc_weight x their CTC +
         corner_weight x the corners' L1), loss 2 type (cross-entropy), loss 3 generation (MSE of the
         predicted clean image to the original's clean render; the generator is conditioned on the
         LABELLED type and content, as the method says). Also returns the content loss's parts,
         'lines', 'ctc' and 'corners'. Given only `lines` and `line_ids`: the reader's loss alone
         (a reader step; 'content' is then lines + ctc_weight x ctc). Given only `pixels` and `types`:
-        the type loss alone (a type step)."""
+        the type loss alone (a type step); with `outliers` (images of no known type) also 'outlier',
+        their cross-entropy to the uniform distribution over the types (outlier exposure, Hendrycks et
+        al. 2019: the gate's confidence and energy then fall on what is not a known document)."""
         if lines is None:
-            return {"type": F.cross_entropy(self.type_model(pixels), types)}
+            if outliers is None:
+                return {"type": F.cross_entropy(self.type_model(pixels), types)}
+            logits = self.type_model(torch.cat([pixels, outliers]))  # one batch: BatchNorm sees both
+            return {"type": F.cross_entropy(logits[: len(pixels)], types),
+                    "outlier": -logits[len(pixels):].float().log_softmax(-1).mean()}
         labels = line_ids[:, 1:].masked_fill(line_ids[:, 1:] == PAD, -100)
         out = self.content(pixel_values=lines, decoder_input_ids=line_ids[:, :-1], labels=labels)
         ctc = self.ctc_loss(out.encoder_last_hidden_state, line_ids)

@@ -15,9 +15,11 @@ Families (`FAMILIES`), each drawn with PIL/numpy from a seed only:
                table (a document the gate must not take for one it knows)
 
 Image i of family f in `split` is drawn from `np.random.default_rng([SPLITS[split], FAMILY_NO[f], i])`:
-the calibration and evaluation splits are different seed streams, never the same image. Thresholds
-are fitted on "calibration"; tests and benchmarks judge the gate on "evaluation" (and on images
-from elsewhere, e.g. the sample pictures packaged with scikit-learn, which are never calibrated on).
+the training, calibration and evaluation splits are different seed streams, never the same image.
+The type model learns "none of the known types" on "training" (train_regen's outlier exposure),
+thresholds are fitted on "calibration"; tests and benchmarks judge the gate on "evaluation" (and on
+images from elsewhere, e.g. the sample pictures packaged with scikit-learn, which are never trained or
+calibrated on).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from docray.fonts import font
 
 FAMILIES = ("noise", "texture", "gradient", "text_page", "shapes", "card")
 FAMILY_NO = {f: i for i, f in enumerate(FAMILIES)}
-SPLITS = {"calibration": 7001, "evaluation": 7002}
+SPLITS = {"training": 7000, "calibration": 7001, "evaluation": 7002}  # training: train_regen's outlier exposure
 WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
          "they you were her she there all one been their has more will would if can when who some out into only "
          "report annual meeting council minutes budget section page table figure results summary notes review "

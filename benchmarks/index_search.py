@@ -13,8 +13,9 @@ tiles and a third of the previous period's (pictures registered late), so a wind
 
 Steps: exact search (IndexFlatIP); the shipped `TileIndex` (`kind`), its nprobe the smallest of
 `nprobes` whose unfiltered recall@10 reaches `target_recall`; then for each selectivity s two filters:
-- window: release days in a window passing s (ids in a few ranges: `IDSelectorRange` or a bitmap);
-- cut_window: one cut type AND a window 8x as wide (scattered ids: a bitmap); at 100% every cut type.
+- window: release days in a window passing s (ids in a range per cut type's run of each segment);
+- cut_window: one cut type AND a window 8x as wide (that type's runs: as few ranges as segments);
+  at 100% every cut type.
 Each row: the index's choice (exact scan or ANN with a selector), seconds per 1,000 queries (the
 fastest of `repeats`, each run beside an unfiltered one, both in one batch of `queries` on faiss's
 threads), recall@10 against the exact filtered top-10, and the cost relative to the unfiltered search.

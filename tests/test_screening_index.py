@@ -29,22 +29,30 @@ def build(n, d, kind="ivfpq", adds=1, seed=0, **opts):
     return idx, v, times, cuts, id_of
 
 
-def test_window_is_one_range_per_add_and_fewer_when_adds_follow_in_time(monkeypatch):
+def test_window_is_one_range_per_run_and_fewer_when_adds_follow_in_time(monkeypatch):
     rng = np.random.default_rng(1)
     idx = TileIndex(8, ann_threshold=300, kind="ivfpq")
     for _ in range(4):  # four library versions, release times in any order, overlapping
         n = 200
         idx.add(unit(n, 8, int(rng.integers(1000))), rng.integers(0, 365, n), rng.integers(0, 8, n))
-    assert idx.current_kind == "ivfpq" and len(idx.segments()) == 4
+    assert idx.current_kind == "ivfpq" and len(idx.segments()) == 4 * 8  # a run per cut type of each add
     windows = [(100, 160), (0, 364), (200, 200), (400, 500), (None, 50), (300, None)]
     by_segment = [idx.window(lo, hi) for lo, hi in windows]
     for (lo, hi), ranges in zip(windows, by_segment):
-        assert len(ranges) <= 4
+        assert len(ranges) <= 4 * 8
         want = mask(AttrFilter(t_lo=lo, t_hi=hi), idx.times, idx.cuts)
         assert in_ranges(ranges) == set(np.flatnonzero(want).tolist())
+        for cuts in ({3}, {0, 7}, {1, 2, 5}):  # cut types keep their runs' ranges: no bitmap
+            f = AttrFilter(t_lo=lo, t_hi=hi, cuts=frozenset(cuts))
+            p = idx.plan(f, 1000)
+            assert p.ids is None and len(p.ranges) <= 4 * len(cuts)
+            assert in_ranges(p.ranges) == set(np.flatnonzero(mask(f, idx.times, idx.cuts)).tolist())
     monkeypatch.setattr(index_mod, "MAX_SEGMENTS", 0)  # an index from before the layout: a full pass, same ids
     for (lo, hi), ranges in zip(windows, by_segment):
         assert in_ranges(idx.window(lo, hi)) == in_ranges(ranges)
+        f = AttrFilter(t_lo=lo, t_hi=hi, cuts=frozenset({3}))
+        p = idx.plan(f, 1000)  # and cut types by a bitmap
+        assert p.ids is not None and set(p.ids.tolist()) == set(np.flatnonzero(mask(f, idx.times, idx.cuts)).tolist())
 
     grow = TileIndex(8, ann_threshold=10**6)
     for month in range(6):  # a library that grows with time: every window is a single range
@@ -83,12 +91,12 @@ def test_selector_choice_by_selectivity():
 
     p = idx.plan(None, 1000)
     assert (p.path, p.selector, p.nprobe) == ("ann", None, 25)
-    p = plan(0.5)  # a wide window: the IVF index, one id range, nprobe as unfiltered
-    assert (p.path, p.selector, p.nprobe) == ("ann", "range", 25) and abs(p.n_pass - n / 2) < 500
-    p = plan(0.15)  # fewer pass: the same selector, more lists probed (WIDE_FRAC / f)
-    assert (p.path, p.selector) == ("ann", "range") and p.nprobe == pytest.approx(25 * 0.3 / 0.15, rel=0.1)
-    p = plan(1.0, cuts=frozenset({3}))  # cut type: a bitmap
-    assert (p.path, p.selector) == ("ann", "bitmap") and p.nprobe > 25
+    p = plan(0.5)  # a wide window: the IVF index, nprobe as unfiltered; a range per cut type's run, as a bitmap
+    assert (p.path, p.selector, p.nprobe) == ("ann", "bitmap", 25) and abs(p.n_pass - n / 2) < 500
+    p = plan(0.15)  # fewer pass: more lists probed (WIDE_FRAC / f)
+    assert (p.path, p.selector) == ("ann", "bitmap") and p.nprobe == pytest.approx(25 * 0.3 / 0.15, rel=0.1)
+    p = plan(1.0, cuts=frozenset({3}))  # one cut type at any time: its run, one id range
+    assert (p.path, p.selector) == ("ann", "range") and p.nprobe > 25 and len(p.ranges) == 1
     for frac in (0.05, 0.01, 0.001, 0.0001):  # few pass: an exact scan of just those
         assert plan(frac).path == "exact"
     assert plan(0.05, cuts=frozenset({3})).path == "exact"
@@ -106,11 +114,12 @@ def test_selector_choice_by_selectivity():
 def test_filtered_search_equals_exact_filtered_ground_truth(kind, adds):
     n, d, k = 4000, 16, 10
     idx, v, times, cuts, id_of = build(n, d, kind, adds=adds, nprobe=10**4, exact_below=0)  # all lists: exact
-    assert idx.current_kind == kind and len(idx.segments()) <= adds
+    assert idx.current_kind == kind and len(idx.segments()) <= adds * 8
     q = unit(20, d, seed=9)
     primary = AttrFilter(t_lo=5000, t_hi=5000, cuts=frozenset({2}))
     filters = [AttrFilter(t_lo=2000, t_hi=6000), AttrFilter(cuts=frozenset({1, 5})), AttrFilter(t_lo=0, t_hi=300),
-               AttrFilter(t_lo=4000, t_hi=6000, cuts=frozenset({2}), exclude=primary), AttrFilter(t_lo=100, t_hi=110)]  # the last: fewer than k
+               AttrFilter(t_lo=4000, t_hi=6000, cuts=frozenset({2}), exclude=primary),
+               AttrFilter(t_lo=2000, t_hi=6000, cuts=frozenset({4})), AttrFilter(t_lo=100, t_hi=110)]  # the last: < k
     for f in filters:
         rows = np.flatnonzero(mask(f, times, cuts))
         truth = id_of[rows[np.argsort(-(q @ v[rows].T), axis=1)[:, :k]]]
@@ -122,7 +131,7 @@ def test_filtered_search_equals_exact_filtered_ground_truth(kind, adds):
             pq_ranked = kind == "ivfpq" and idx.plan(f, len(q), path).path == "ann"
             assert min(hits) >= (0.9 if pq_ranked else 1.0), (f, path)
             assert ((ids >= 0).sum(1) == min(k, len(rows))).all() and np.isneginf(sims[ids < 0]).all()
-        if adds == 1 and f.cuts is None and kind != "flat":
+        if adds == 1 and f.cuts == {4} and kind != "flat":  # one cut type's run in one add: one id range
             assert idx.plan(f, len(q), "ann").selector == "range"
     sims, ids = idx.search(q, k, AttrFilter(t_lo=10**6, t_hi=10**6))  # nothing passes
     assert (ids == -1).all()

@@ -47,7 +47,7 @@ A library created before local features were stored has no `features` in its man
 then cannot verify (the verdict says so) until it is rebuilt (`fresh=true`).
 
 Tile ids are row numbers of the shards in order, and the index's ids: inside one version they
-ascend with release day (`docray.screening.index`, "Id layout").
+ascend by cut type, then release day (`docray.screening.index`, "Id layout").
 Release times are integer DAYS since 1970-01-01 (`to_day` converts dates, timestamps, strings).
 """
 from __future__ import annotations
@@ -447,9 +447,10 @@ class Library:
         if len(keep) == 0:
             return None
         version, start = self.version + 1, len(self)
-        # tile ids = index ids, which ascend with release day inside a version (the index's id layout:
-        # a release window is a few id ranges); ordering the rows here keeps row number = tile id
-        keep = keep[np.argsort([batch.rows[i]["release_day"] for i in keep], kind="stable")]
+        # tile ids = index ids, which ascend by cut type, then release day inside a version (the index's
+        # id layout: a release window of some cut types is a few id ranges); ordering the rows here
+        # keeps row number = tile id
+        keep = keep[np.lexsort(([batch.rows[i]["release_day"] for i in keep], [batch.rows[i]["cut_code"] for i in keep]))]
         rows = [dict(batch.rows[i], tile_id=start + j, tile=png(batch.tiles[i]), hash=hashes[i],
                      phash=phash(batch.tiles[i]), version=version) for j, i in enumerate(keep)]
         table = pa.Table.from_pylist(rows, schema=TILE_SCHEMA)

@@ -188,5 +188,6 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
                f"non-documents pass {report['non_documents_passing_by_family']}")
     click.echo(f"  fields: {report['n_fields']} read, {report['fields_read_right']} right; threshold "
                f"{report['field_threshold']}: {report['fields_regenerated_share']} regenerated, "
-               f"{report['regenerated_fields_wrong']} of those wrong (upper bound {report['regenerated_fields_wrong_bound']})")
+               f"{report['regenerated_fields_wrong']} of those wrong "
+               f"(upper bound {report['regenerated_fields_wrong_bound']})")
     click.echo(f"written: {folder}/{gate.FILE}")

@@ -157,7 +157,7 @@ def test_field_threshold_judged_on_the_upper_bound():
     ok = np.ones(2000, bool)
     assert G.lowest_threshold(conf[:300], ok[:300], 0.005) == conf[299]  # none wrong: everything passes the rate seen
     assert np.isinf(G.lowest_threshold(conf[:300], ok[:300], 0.005, bound=0.95))  # but 300 cannot show 0.5%
-    ok[50] = ok[1500::10] = False  # one slip near the top: the bound needs ~950 items above it; a tenth wrong below 1,500
+    ok[50] = ok[1500::10] = False  # one slip near the top (the bound then needs ~950 items), a tenth below 1,500
     th = G.lowest_threshold(conf, ok, 0.005, bound=0.95)
     n = int((conf >= th).sum())
     assert 1000 <= n < 1600 and G.wrong_rate_bound((~ok[conf >= th]).sum(), n) <= 0.005

@@ -72,8 +72,8 @@ def test_outlier_exposure_draws_fresh_non_documents_and_pushes_them_to_uniform()
     gen = torch.Generator().manual_seed(0)
     negs = mine.sample(gen)
     assert negs.shape == (6, 3, *model.cfg.content_size) and negs.dtype == torch.uint8 and len(mine.pool) == 6
-    want = [(content_input(non_document(f, 0, "training", (256, 160)), model.cfg.content_size) * 255).round().to(torch.uint8)
-            for f in FAMILIES]
+    want = [(content_input(non_document(f, 0, "training", (256, 160)), model.cfg.content_size) * 255).round()
+            .to(torch.uint8) for f in FAMILIES]
     assert all(torch.equal(a, b) for a, b in zip(mine.pool, want))  # image 0 of every family, in turn
     theirs.sample(gen)
     assert not any(torch.equal(a, b) for a, b in zip(mine.pool, theirs.pool))

@@ -124,8 +124,9 @@ class RegenTrainConfig(Config):
     calibrate_docs: int = Field(1500, ge=0, description="after training, fit the document gate and field confidence "
                                 "(docray.regen.gate) on up to this many documents (your val documents; the synthetic "
                                 "default: rows from gate.CALIBRATION_ROWS, as `docray calibrate regen` draws them) and "
-                                "`calibrate_non_docs` generated non-documents; calibration.json goes beside the weights "
-                                "(0: skip; an uncalibrated model regenerates nothing: `docray calibrate regen` later)")
+                                "`calibrate_non_docs` generated non-documents; calibration.json goes beside the "
+                                "weights (0: skip; an uncalibrated model regenerates nothing: `docray calibrate regen` "
+                                "later)")
     calibrate_non_docs: int = Field(500, ge=1, description="generated non-documents for the calibration")
 
 

@@ -294,8 +294,9 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
         "field_ece": round(ece(fconf, ok), 4) if len(ok) else None,
         "field_threshold": cal.field_threshold, "fields_regenerated_share": round(float(accepted.mean()), 4) if len(ok) else None,
         "regenerated_fields_wrong": round(float((~ok[accepted]).mean()), 4) if accepted.any() else None,
-        "regenerated_fields_wrong_bound": (round(float(wrong_rate_bound((~ok[accepted]).sum(), accepted.sum(), bound)), 4)
-                                           if accepted.any() and bound else None),
+        "regenerated_fields_wrong_bound": (
+            round(float(wrong_rate_bound((~ok[accepted]).sum(), accepted.sum(), bound)), 4) if accepted.any() and bound
+            else None),
         "field_rate_resolved": bool(len(ok) * max_wrong >= 1),
         "settings": {"doc_tpr": doc_tpr, "max_type_error": max_type_error, "min_conf": min_conf, "max_wrong": max_wrong,
                      "bound": bound},

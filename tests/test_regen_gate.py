@@ -78,6 +78,18 @@ def test_calibration_chooses_an_ood_score_by_measurement_and_is_saved_with_the_m
     assert again.gate(imgs) == rc.gate(imgs)
 
 
+def test_calibration_runs_the_models_in_chunks(rc, monkeypatch):
+    """1,500 calibration documents read at once held 20 GB: the models see CHUNK images at a time."""
+    sizes = []
+    for name in ("type_outputs", "read_fields"):
+        f = getattr(rc, name)
+        monkeypatch.setattr(rc, name, lambda images, *a, _f=f: sizes.append(len(images)) or _f(images, *a))
+    monkeypatch.setattr(G, "CHUNK", 7)
+    docs = examples(200_000, 24)
+    _, rep = G.calibrate(rc, docs, non_documents(12, "calibration", SIZE))
+    assert max(sizes) <= 7 and sum(sizes) >= len(docs) + 12 and rep["n_documents"] == len(docs)
+
+
 def test_known_documents_pass_and_are_regenerated(rc):
     held = examples(100_000, 12, flat_every=10**9)  # held-out rows, never trained or calibrated on
     decisions = rc.gate([im for im, _, _ in held])

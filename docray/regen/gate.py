@@ -42,6 +42,7 @@ import numpy as np
 from scipy.special import logsumexp, softmax
 
 FILE = "calibration.json"
+CHUNK = 64  # images the models see at once while calibrating
 CALIBRATION_ROWS = 200_000  # synthetic calibration documents start here (training draws rows 0.., benchmarks 100000..)
 OOD_SCORES = ("mahalanobis", "energy", "msp")  # ties go to the first
 VERSION = 1
@@ -192,6 +193,12 @@ class Calibration:
         return cls.from_json(path.read_text()) if path.exists() else None
 
 
+def _type_outputs(rc, images: list) -> tuple[np.ndarray, np.ndarray]:
+    """`rc.type_outputs` in chunks of CHUNK images."""
+    outs = [rc.type_outputs(images[c:c + CHUNK]) for c in range(0, len(images), CHUNK)]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
 def _fit_ood(logits, feats, labels) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     t = fit_temperature(logits, labels)
     means, precision = fit_gaussians(feats, labels)
@@ -234,8 +241,8 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     Returns the calibration and its report (also kept in `calibration.report`)."""
     names = list(rc.doc_types)
     labels = np.array([names.index(t) for _, t, _ in docs])
-    logits, feats = rc.type_outputs([im for im, _, _ in docs])
-    n_logits, n_feats = rc.type_outputs(list(non_docs))
+    logits, feats = _type_outputs(rc, [im for im, _, _ in docs])
+    n_logits, n_feats = _type_outputs(rc, list(non_docs))
 
     # which OOD score: fitted on the even documents, AUROC on the odd ones against the odd non-documents
     a, b = np.arange(len(docs)) % 2 == 0, np.arange(len(non_docs)) % 2 == 1
@@ -260,7 +267,9 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     keep = np.flatnonzero(passed)
     x, ok = np.zeros((0, 4)), np.zeros(0, bool)  # 4: the reader's READ_SCORES
     if len(keep):
-        readings = rc.read_fields([docs[i][0] for i in keep], [types[i] for i in keep])
+        readings = []  # in chunks: 1,500 documents at once held 20 GB
+        for part in np.array_split(keep, -(-len(keep) // CHUNK)):
+            readings += rc.read_fields([docs[i][0] for i in part], [types[i] for i in part])
         x = np.concatenate([r["scores"] for r in readings])
         ok = np.concatenate([_read_right(r, *docs[i][1:]) for r, i in zip(readings, keep)])
     if len(x) and 0 < ok.sum() < len(ok):

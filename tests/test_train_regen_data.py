@@ -1,12 +1,15 @@
 """train_regen reads its documents through Ray Data: datasets by URI, 2 workers, no generator in a worker."""
 from __future__ import annotations
 
+import io
 import math
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 N_TRAIN, N_VAL = 16, 8
 
@@ -62,6 +65,11 @@ def test_two_workers_train_from_dataset_uris(ray_cluster, docs, tmp_path):
         whole = F.cross_entropy(model.type_model(b["pixels"]), b["types"]).item()
     assert m["val_type"] == pytest.approx(whole, rel=1e-4)
     assert {"ë", "张"} <= set(model.tokenizer.chars) and model.tokenizer.chars.startswith(CHARS)
+    train = pq.read_table(docs / "train").to_pydict()  # corner_rest: where the training captures' documents lie
+    fr = [np.reshape(q, (4, 2)) / Image.open(io.BytesIO(im)).size for q, im in zip(train["doc_quad"], train["image"])]
+    x0, y0, x1, y1 = model.cfg.corner_rest
+    assert abs(x0 - np.mean([f[[0, 3], 0] for f in fr])) < 1e-3 and abs(y1 - np.mean([f[[2, 3], 1] for f in fr])) < 1e-3
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
     assert model.cfg.n_types == len(registry())
 
 

@@ -274,10 +274,23 @@ def field_texts(ds) -> set[str]:
     return texts
 
 
+def rest_quad(ds, n: int = 256) -> tuple[float, float, float, float]:
+    """Where the documents of a documents dataset's first `n` captures lie on average, as
+    (x0, y0, x1, y1) fractions of the image: the corner head's `corner_rest`."""
+    from PIL import Image
+
+    rows = ds.select_columns(["image", "doc_quad"]).take(n)
+    quads = np.stack([np.reshape(r["doc_quad"], (4, 2)) / Image.open(io.BytesIO(r["image"])).size for r in rows])
+    tl, tr, br, bl = quads.mean(0)  # PIL reads the size from the header, without decoding the pixels
+    return tuple(round(float(v), 4) for v in ((tl[0] + bl[0]) / 2, (tl[1] + tr[1]) / 2, (tr[0] + br[0]) / 2,
+                                               (br[1] + bl[1]) / 2))
+
+
 def model_overrides(cfg: RegenTrainConfig, train) -> dict:
     """cfg's `model_overrides` plus what the data decides, unless given: the reader's characters
     (`chars`: printable ASCII, or the `init_from` model's, then every other character of the training
-    texts) and `n_types` (the doc-type registry's types)."""
+    texts), `n_types` (the doc-type registry's types) and `corner_rest` (`rest_quad` of the training
+    captures: where serving's second corner reading warps the first corners)."""
     from docray.doctypes import registry
     from docray.models.regen import CHARS, CharTokenizer
 
@@ -288,6 +301,7 @@ def model_overrides(cfg: RegenTrainConfig, train) -> dict:
         if chars != CHARS:
             over["chars"] = chars
     over.setdefault("n_types", len(registry()))
+    over.setdefault("corner_rest", rest_quad(train))
     return over
 
 

@@ -104,9 +104,10 @@ class RegenConfig:
     content_size: tuple = (96, 160)  # (h, w) of the type model's input
     corner_size: tuple = (120, 192)  # (h, w) of the corner head's input
     corner_width: int = 24
-    corner_rest: tuple = (0.1, 0.075, 0.9, 0.925)  # (x0, y0, x1, y1), fractions: where a straight-on
-    # capture's document lies (the synthetic captures' mean corners). Serving warps its first corners
-    # there and asks the corner head again (RegenCompressor.locate): median error 3.2 -> 1.5 px
+    corner_rest: tuple = (0.1, 0.075, 0.9, 0.925)  # (x0, y0, x1, y1), fractions: where the training
+    # captures' documents lie on average (train_regen sets it from the data; this: the synthetic
+    # captures'). Serving warps its first corners there and asks the corner head again
+    # (RegenCompressor.locate): median error 3.2 -> 1.5 px on held-out synthetic photos
     corner_weight: float = 10.0  # corners' L1 (fractions of the image) in the content loss
     ctc_weight: float = 0.5  # CTC on the encoder's columns, beside the decoder's cross-entropy
     line_size: tuple = (24, 320)  # (h, w) of a field's line crop, the reader's input: ~1 px per capture px

@@ -23,8 +23,8 @@ cut type, then release time: runs of one cut type, each in time order. A release
 then one id range per run (fewer where runs meet, as a growing library's do), found by bisection,
 never by a pass over all tiles; a cut-type filter keeps the ranges of its cut types, so a window of
 some cut types is a few id ranges too, scanned in place (a bitmap of scattered ids made the exact
-scan gather its vectors first: at 10^6 tiles, one cut type in a window passing 10%, 2.1x the cost of
-an unfiltered search). Faiss assigns ids in add order, so every IVF list also holds its ids sorted.
+scan gather its vectors first: at 10^6 tiles, one cut type in a window passing 10% cost 2.1x an
+unfiltered search; as ranges, 1.1x). Faiss assigns ids in add order, so every IVF list also holds its ids sorted.
 
 Filtered search, per call (all its queries share the filter):
 - the passing ids: the window's ranges, those of the filter's cut types; an exclusion (the extension
@@ -37,14 +37,17 @@ Filtered search, per call (all its queries share the filter):
   lists the fewer tiles pass: a filter passing a fraction f < WIDE_FRAC probes WIDE_FRAC / f times
   `nprobe` lists, so that a search still meets about as many passing vectors as an unfiltered one
   and keeps its recall.
-  The exact scan is chosen when n_pass * (1 + BATCH_READ / m) <= EXACT_PER_CODE * widening * scanned
-  (m queries; `scanned`: the codes one unfiltered IVF search visits, n * nprobe / nlist). Its cost
-  grows with n_pass, the ANN search's with the widening ~ 1/f, so the crossover lies near
-  n_pass = sqrt(WIDE_FRAC * EXACT_PER_CODE * n * scanned / (1 + BATCH_READ / m)). Measured at 10^6
+  The exact scan is chosen when n_pass * (1 + READ / m) <= EXACT_PER_CODE * widening * scanned
+  (m queries; READ: a call's own work per passing vector, BATCH_READ when it gathers a bitmap's
+  vectors, SLICE_READ for ranges read in place; `scanned`: the codes one unfiltered IVF search
+  visits, n * nprobe / nlist). Its cost grows with n_pass, the ANN search's with the widening ~ 1/f, so the crossover lies near
+  n_pass = sqrt(WIDE_FRAC * EXACT_PER_CODE * n * scanned / (1 + READ / m)). Measured at 10^6
   tiles (nprobe 256 of 4096 lists, two cores, scattered filters, each path forced): the exact scan
   stopped being the cheaper between 10% and 13% of the tiles for a batch of 1,000 queries (at 10%:
   exact 1.7-1.8x an unfiltered search, ANN 2.3-2.4x; at 13%: 2.1-2.7x and 1.7x), near 5% for a
-  batch of 16 and near 3% for one query; the constants put the switch at 11%, 6.5% and 2%.
+  batch of 16 and near 3% for one query; the constants put the switch at 11%, 6.5% and 2%. With the
+  cut-type runs read in place (nprobe 384), the exact scan stayed the cheaper up to 10% for both 1,000
+  and 16 queries (at 10%: exact 1.3x and 2.1x, ANN 2.2x and 2.4x; at 15%: ANN the cheaper).
   The exact scan runs faiss's BLAS kernel at every batch size (faiss.knn's own threshold would scan
   batches of up to a few hundred queries one query at a time).
 - on a GPU host the IVF-Flat search over-fetches and filters afterwards (faiss GPU has no selectors).
@@ -68,6 +71,7 @@ from docray.screening.rules import AttrFilter, mask
 WIDE_FRAC = 0.3        # below this passing fraction f, probe WIDE_FRAC / f times the lists: recall@10 0.955-0.97 at 3-30%
 EXACT_PER_CODE = 0.65  # exact float vectors scanned for the cost of one code an IVF search visits (batch of 1000)
 BATCH_READ = 30        # per passing vector, a call's own work (the bitmap, gathering the vectors) is shared by its m queries
+SLICE_READ = 8         # the same for ranges scanned in place (no gather): measured crossover near 10-15% for 16 and 1000 queries
 MAX_SEGMENTS = 4096    # more sorted runs than this (an index from before the layout): windows by a full pass
 
 
@@ -254,7 +258,8 @@ class TileIndex:
         widen = 1.0
         if ivf is not None:
             widen = min(ivf.nlist / max(1, self.nprobe), max(1.0, WIDE_FRAC * n / max(1, n_pass)))
-        exact_cost = n_pass * (1 + BATCH_READ / max(1, n_queries))
+        in_place = ids is None and self._stored() is not None
+        exact_cost = n_pass * (1 + (SLICE_READ if in_place else BATCH_READ) / max(1, n_queries))
         cheaper = n_pass <= self.exact_below or exact_cost <= EXACT_PER_CODE * widen * self._scanned()
         if path == "exact" or (path == "auto" and (cheaper or n_pass == 0)):
             return Plan("exact", n_pass, ranges, ids, widen=widen)

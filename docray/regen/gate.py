@@ -193,9 +193,15 @@ class Calibration:
         return cls.from_json(path.read_text()) if path.exists() else None
 
 
+def _chunks(n: int):
+    """Slices of at most CHUNK of n items (calibration runs the models on that many images at once:
+    the build's 1,500 documents at once held 20 GB)."""
+    return [slice(c, c + CHUNK) for c in range(0, n, CHUNK)]
+
+
 def _type_outputs(rc, images: list) -> tuple[np.ndarray, np.ndarray]:
     """`rc.type_outputs` in chunks of CHUNK images."""
-    outs = [rc.type_outputs(images[c:c + CHUNK]) for c in range(0, len(images), CHUNK)]
+    outs = [rc.type_outputs(images[c]) for c in _chunks(len(images))]
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
@@ -267,9 +273,9 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     keep = np.flatnonzero(passed)
     x, ok = np.zeros((0, 4)), np.zeros(0, bool)  # 4: the reader's READ_SCORES
     if len(keep):
-        readings = []  # in chunks: 1,500 documents at once held 20 GB
-        for part in np.array_split(keep, -(-len(keep) // CHUNK)):
-            readings += rc.read_fields([docs[i][0] for i in part], [types[i] for i in part])
+        readings = []
+        for c in _chunks(len(keep)):
+            readings += rc.read_fields([docs[i][0] for i in keep[c]], [types[i] for i in keep[c]])
         x = np.concatenate([r["scores"] for r in readings])
         ok = np.concatenate([_read_right(r, *docs[i][1:]) for r, i in zip(readings, keep)])
     if len(x) and 0 < ok.sum() < len(ok):

@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml constraints.txt
 quickstart: install  ## the main job: local Ray, synthetic corpus through Ray, storage, summary
 	$(BIN)/python -m cluster.quickstart
 
-quickstart-object-storage: install  ## the quickstart on a local home, then on s3:// (local S3 server), compared (~20 min)
+quickstart-object-storage: install  ## the quickstart on a local home, then on s3:// (local S3 server), compared (~21 min; DOCRAY_TINY=1 ~15 min)
 	$(BIN)/python -m tests.quickstart_s3
 
 models: install  ## every reference model from scratch, each step a Ray job; resumes (configs/models/standard.yaml)

@@ -1,6 +1,6 @@
 """The main job (`make quickstart`): every method trained, batch-run and served on local Ray, end to end.
 
-    python -m cluster.quickstart                       # about 8 minutes on 2 cores, CPU only (7.7 min measured)
+    python -m cluster.quickstart                       # about 10 minutes on 2 cores, CPU only (10.0 min measured)
     python -m cluster.quickstart --set jobs.regen=false --help
 
 1. Ray starts embedded (or is joined through RAY_ADDRESS) with its Jobs API on :8265.

@@ -1,10 +1,11 @@
 """The quickstart on object storage (`make quickstart-object-storage`): the same run with a local DOCRAY_HOME and with
 DOCRAY_HOME=s3://docray-quickstart/home on a local S3 server, compared.
 
-    python -m tests.quickstart_s3                          # both runs (~2 x 8 min on 2 cores), then the comparison
+    python -m tests.quickstart_s3                          # both runs (~2 x 10 min on 2 cores), then the comparison
     python -m tests.quickstart_s3 --local-home DIR         # compare against an earlier local run's home (its
                                                            # reports/quickstart/summary.json): the S3 run only
     python -m tests.quickstart_s3 --keep DIR               # keep the homes, logs and comparison in DIR
+    DOCRAY_TINY=1 python -m tests.quickstart_s3            # every job at smoke-test size (~2 x 7.5 min; what CI runs)
 
 1. Local run: `python -m cluster.quickstart` with DOCRAY_HOME a fresh temporary folder.
 2. S3 run: `moto` in server mode (tests/s3.py) with a bucket; the quickstart with DOCRAY_HOME on the bucket,

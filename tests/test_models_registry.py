@@ -39,3 +39,21 @@ def test_errors(tmp_path):
         from_pretrained(tmp_path / "missing")
     with pytest.raises(ValueError, match="registered twice"):
         register_model(type("F", (), {"__name__": "_test_mlp", "__call__": lambda s: None})())
+
+
+def test_each_name_loads_only_its_own_family():
+    """FAMILY_OF_PREFIX names the module of every registered model, and building one in a fresh
+    interpreter imports that family alone (the others pull in timm/diffusers: seconds per process)."""
+    import subprocess
+    import sys
+
+    models.list_models()  # every family
+    for name, fn in models._REGISTRY.items():
+        if not fn.__module__.startswith("docray.models."):
+            continue  # a test's own model
+        family = next((f for p, f in models.FAMILY_OF_PREFIX.items() if name.startswith(p + "_")), None)
+        assert fn.__module__ == f"docray.models.{family}", (name, fn.__module__, family)
+    code = ("import sys, docray.compat; from docray.models import build_model; build_model('descriptor_tiny'); "
+            "print(sorted(m for m in sys.modules if m.startswith('docray.models.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "docray.models.screening" in out and "docray.models.regen" not in out and "docray.models.inpaint" not in out, out

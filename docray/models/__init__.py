@@ -36,13 +36,26 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def _load_families() -> None:
+# The family module of each name prefix, so `build_model` imports one family, not all of them (the
+# families import timm, transformers and diffusers: about 2 s more per process, every Ray worker
+# and Serve replica). A name no prefix claims loads every family (tests check the table).
+FAMILY_OF_PREFIX = {"vit_mae": "vit_mae", "vit_encoder": "vit_mae", "unified": "recognition", "recognizer": "recognizer",
+                    "regen": "regen", "descriptor": "screening", "inpaint": "inpaint"}
+
+
+def _load_families(name: str = "") -> None:
     global _loaded
-    if not _loaded:
-        for mod in pkgutil.iter_modules(__path__):
-            if not mod.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{mod.name}")
-        _loaded = True
+    if name in _REGISTRY or _loaded:
+        return
+    family = next((f for p, f in FAMILY_OF_PREFIX.items() if name.startswith(p + "_")), None) if name else None
+    if family is not None:
+        importlib.import_module(f"{__name__}.{family}")
+        if name in _REGISTRY:
+            return
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+    _loaded = True
 
 
 def list_models(contains: str = "") -> list[str]:
@@ -70,7 +83,7 @@ def make_config(cls, defaults: dict, overrides: dict, what: str):
 
 def build_model(name: str, **overrides) -> nn.Module:
     """Build a registered model; `overrides` go to its config (unknown keys are an error there)."""
-    _load_families()
+    _load_families(name)
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY)) or 'none'}")
     model = _REGISTRY[name](**overrides)

@@ -247,12 +247,14 @@ class Regen:
             lib.check_original(img.width, img.height, len(data))
         except ThresholdError as e:
             raise ApiError(422, "below_first_threshold", str(e)) from None
-        gate = await self.type_model.classify.remote(img)
+        gate, quad = await self.type_model.classify.remote(img), None
+        if gate["passed"]:
+            quad = (await asyncio.to_thread(rc.locate, [img]))[0]  # the corner head: one small forward pass
+            gate = (await asyncio.to_thread(rc.check_layout, [img], [gate], [quad]))[0]
         if not gate["passed"]:
             out = rc.codec(data, img, gate)
         else:
             doc_type = gate["type"]
-            quad = (await asyncio.to_thread(rc.locate, [img]))[0]  # the corner head: one small forward pass
             rest, face, split = await asyncio.to_thread(rc.split, img, doc_type, quad)
             seals = await asyncio.to_thread(rc.find_seals, img, split)
             reading = await self.content_model.read.remote((rest, doc_type, quad))

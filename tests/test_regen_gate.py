@@ -214,3 +214,37 @@ def test_non_document_families_are_seeded_per_split(family):
     assert a.size == SIZE and a.mode == "RGB"
     assert np.array_equal(np.asarray(a), np.asarray(b))  # the same seed, the same image
     assert not np.array_equal(np.asarray(a), np.asarray(other))  # the splits never share an image
+
+
+def test_the_layout_check_knows_a_template_from_another(rc):
+    """A straight render of each type scores high against its own template, low against every other
+    (a document of a type the registry lacks, read as a known one); a calibrated threshold turns a
+    passed gate into the codec path with the reason, and a calibration without one checks nothing."""
+    from docray.regen import fields, layout
+
+    size = G.LAYOUT_SIZE
+    white = np.full((size[1], size[0], 3), 255, np.uint8)
+    scores = {}
+    for t in rc.doc_types:
+        values = ["A1B2C3 DEF" for _ in layout.field_names(t)]
+        img = Image.fromarray(layout.composite(layout.render_layer(t, values, size), white))
+        scores[t] = {u: G.layout_score(img, u, fields.frame_quad(u, size)) for u in rc.doc_types}
+    for t, s in scores.items():
+        assert s[t] > 0.8 and max(v for u, v in s.items() if u != t) < 0.6, (t, s)
+
+    t, u = rc.doc_types[:2]
+    img = Image.fromarray(layout.composite(layout.render_layer(t, ["X"] * len(layout.field_names(t)), size), white))
+    passed = {"passed": True, "type": u, "confidence": 0.99, "reason": None}
+    quad = fields.frame_quad(u, size)
+    cal = rc.calibration
+    try:
+        rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.6})
+        [g] = rc.check_layout([img], [passed], [quad])
+        assert not g["passed"] and "not the layout of a" in g["reason"] and g["layout_score"] < 0.6
+        [g] = rc.check_layout([img], [{**passed, "type": t}], [fields.frame_quad(t, size)])
+        assert g["passed"] and g["layout_score"] > 0.8
+        rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": None})
+        assert rc.check_layout([img], [passed], [quad]) == [passed]
+    finally:
+        rc.calibration = cal
+    assert cal.layout_threshold is not None and rc.report["layout_threshold"] == round(cal.layout_threshold, 4)

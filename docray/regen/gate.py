@@ -19,8 +19,13 @@ The gate (before any regeneration): is this a document of a known type, and is t
 A capture passes when its OOD score is at or above `ood_threshold` (the stricter of: what keeps
 `doc_tpr` of the calibration documents, and above every calibration non-document) and its
 confidence is at or above `conf_threshold` (the lowest at which at most `max_type_error` of the
-calibration documents above it have the wrong type, never below `min_conf`). Otherwise the
-pipeline takes the codec path.
+calibration documents above it have the wrong type, never below `min_conf`). Then, once the
+corner head has found the document, the layout check (`layout_score`): the straightened capture
+must show the type's title and captions where its template draws them, at or above
+`layout_threshold` (what keeps `layout_tpr` of the calibration documents that passed so far). A
+document of a type the registry lacks passes the type gate as often as a known one (the type model
+has only known types to name); its captions are elsewhere. Otherwise the pipeline takes the codec
+path. A calibration from before the check has no `layout_threshold`: no check.
 
 Per field: the reader's `READ_SCORES` (decoder token log-probabilities, CTC log-probability,
 decoder/CTC agreement; `RegenModels.read_scored`) -> logistic regression (Platt scaling) fitted on
@@ -38,6 +43,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from scipy.special import logsumexp, softmax
 
@@ -132,6 +138,7 @@ class Calibration:
     field_std: list
     field_threshold: float
     report: dict = field(default_factory=dict)
+    layout_threshold: float | None = None  # `layout_score` below it: not this type's layout (None: no check)
     version: int = VERSION
 
     # -- the gate ------------------------------------------------------------------------------
@@ -205,6 +212,34 @@ def _type_outputs(rc, images: list) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
+LAYOUT_SIZE = (384, 240)  # the frame the layout check straightens a capture onto
+
+
+def layout_score(image, doc_type: str, quad) -> float:
+    """How plainly the capture shows `doc_type`'s static text (title, captions) where its template
+    draws it: the normalised correlation, over the document outside its value boxes and portrait
+    slot, of the straightened capture's ink (how much darker each pixel is than its 9 px
+    neighbourhood) with the template's static layer. A document of another layout read as this type
+    scores low. Measured with regen v0004 on held-out photos: known types 0.66/0.81/0.89 (10th/50th/
+    90th percentile), an unregistered type (cn_resident_card) 0.21/0.32/0.39."""
+    from docray.regen import fields, layout
+
+    flat = fields.original_in_frame(np.asarray(image.convert("RGB")), quad, doc_type, LAYOUT_SIZE)
+    grey = cv2.cvtColor(flat, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    ink = cv2.GaussianBlur(np.maximum(cv2.blur(grey, (9, 9)) - grey, 0), (0, 0), 1.5)
+    static = cv2.GaussianBlur(layout.static_ink(doc_type, LAYOUT_SIZE), (0, 0), 1.5)
+    keep = np.zeros(static.shape, bool)
+    x0, y0, x1, y1 = layout.doc_box(doc_type, LAYOUT_SIZE)
+    keep[y0:y1, x0:x1] = True
+    for b in fields.frame_boxes(doc_type, LAYOUT_SIZE):  # the values differ from document to document
+        keep[max(0, b[1] - 2):b[3] + 2, max(0, b[0] - 2):b[2] + 2] = False
+    slot = layout.slot_box(doc_type, LAYOUT_SIZE)
+    if slot is not None:
+        keep[slot[1]:slot[3], slot[0]:slot[2]] = False
+    a, b = ink[keep] - ink[keep].mean(), static[keep] - static[keep].mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-6))
+
+
 def _fit_ood(logits, feats, labels) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     t = fit_temperature(logits, labels)
     means, precision = fit_gaussians(feats, labels)
@@ -237,13 +272,14 @@ def _read_right(reading: dict, doc_type: str, values: list[str]) -> list[bool]:
 
 def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None = None, doc_tpr: float = 0.99,
               max_type_error: float = 0.01, min_conf: float = 0.5, max_wrong: float = 0.005,
-              bound: float = 0.95) -> tuple[Calibration, dict]:
+              bound: float = 0.95, layout_tpr: float = 0.99) -> tuple[Calibration, dict]:
     """Fit the gate and the field confidence on a calibration split.
 
     `rc` a `RegenCompressor`; `docs` (PIL image, type name, [field value per template field]) of known
     types; `non_docs` PIL images that are not documents (`docray.regen.nondocs`, split
     "calibration"), `families` their family names (for the report); `bound`: the field threshold keeps
-    the wrong rate's upper confidence bound at this level within `max_wrong` (0: the rate seen).
+    the wrong rate's upper confidence bound at this level within `max_wrong` (0: the rate seen);
+    `layout_tpr`: the share of the documents passing the type gate that the layout check keeps.
     Returns the calibration and its report (also kept in `calibration.report`)."""
     names = list(rc.doc_types)
     labels = np.array([names.index(t) for _, t, _ in docs])
@@ -268,14 +304,23 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     passed = (s_doc >= cal.ood_threshold) & (conf >= cal.conf_threshold)
     n_pass = (s_neg >= cal.ood_threshold) & (softmax(n_logits / t, axis=-1).max(-1) >= cal.conf_threshold)
 
-    # fields: read as serving reads them, on the documents that pass the gate
+    # the layout check, once the corners are known: fitted on the documents that pass the type gate
     types = [names[k] for k in probs.argmax(-1)]
     keep = np.flatnonzero(passed)
+    quads = np.concatenate([rc.locate([docs[i][0] for i in keep[c]]) for c in _chunks(len(keep))]) if len(keep) else []
+    s_layout = np.array([layout_score(docs[i][0], types[i], q) for i, q in zip(keep, quads)])
+    if len(keep):
+        cal.layout_threshold = float(np.quantile(s_layout, 1 - layout_tpr))
+        fits = s_layout >= cal.layout_threshold
+        passed[keep[~fits]] = False
+        keep, quads = keep[fits], quads[fits]
+
+    # fields: read as serving reads them, on the documents that pass the gate
     x, ok = np.zeros((0, 4)), np.zeros(0, bool)  # 4: the reader's READ_SCORES
     if len(keep):
         readings = []
         for c in _chunks(len(keep)):
-            readings += rc.read_fields([docs[i][0] for i in keep[c]], [types[i] for i in keep[c]])
+            readings += rc.read_fields([docs[i][0] for i in keep[c]], [types[i] for i in keep[c]], quads[c])
         x = np.concatenate([r["scores"] for r in readings])
         ok = np.concatenate([_read_right(r, *docs[i][1:]) for r, i in zip(readings, keep)])
     if len(x) and 0 < ok.sum() < len(ok):
@@ -302,6 +347,8 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
         "documents_passing": round(float(passed.mean()), 4),
         "documents_passing_ood": round(float((s_doc >= cal.ood_threshold).mean()), 4),
         "documents_passing_confidence": round(float((conf >= cal.conf_threshold).mean()), 4),
+        "layout_threshold": _json_number(cal.layout_threshold) if cal.layout_threshold is not None else None,
+        "layout_score_quantiles": [round(float(v), 4) for v in np.quantile(s_layout, [0.01, 0.1, 0.5])] if len(s_layout) else None,
         "non_documents_passing": int(n_pass.sum()),
         "non_documents_passing_by_family": per_family,
         "n_fields": int(len(ok)), "fields_read_right": round(float(ok.mean()), 4) if len(ok) else None,
@@ -314,7 +361,7 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
             else None),
         "field_rate_resolved": bool(len(ok) * max_wrong >= 1),
         "settings": {"doc_tpr": doc_tpr, "max_type_error": max_type_error, "min_conf": min_conf, "max_wrong": max_wrong,
-                     "bound": bound},
+                     "bound": bound, "layout_tpr": layout_tpr},
     }
     cal.report = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in cal.report.items()}
     return cal, cal.report

@@ -90,6 +90,16 @@ def _static(t: DocType, size: tuple[int, int]) -> tuple[Image.Image, tuple]:
     return img, tuple(slots)
 
 
+def static_ink(doc_type: str | int, size: tuple[int, int]) -> np.ndarray:
+    """The opacity (h, w) float32 of the template's static text (title, captions) in a frame of `size`,
+    the portrait slot's blank fill left out: what every document of the type shows, whatever its values."""
+    alpha = np.asarray(_static(_type(doc_type), tuple(size))[0])[..., 3].astype(np.float32)
+    box = slot_box(doc_type, size)
+    if box is not None:
+        alpha[box[1]:box[3], box[0]:box[2]] = 0
+    return alpha
+
+
 def value_slots(doc_type: str | int, size: tuple[int, int]) -> tuple:
     """Each field value's (x, y, font px, right) in a frame of `size` (w, h), as `render_layer` draws it."""
     return _static(_type(doc_type), tuple(size))[1]

@@ -182,6 +182,22 @@ class RegenCompressor:
         return [{"passed": self.ungated, "type": self.doc_types[int(p.argmax())], "confidence": round(float(p.max()), 4),
                  "calibrated": False, "reason": reason} for p in softmax(logits, axis=-1)]
 
+    def check_layout(self, images: list[Image.Image], gates: list[dict], quads) -> list[dict]:
+        """The gate's last test, once each document's corners `quads` are known: a capture that passed
+        must show its type's captions where the template has them (`gate.layout_score` at or above the
+        calibrated `layout_threshold`), else it does not pass. Off without that threshold."""
+        t = None if self.calibration is None else self.calibration.layout_threshold
+        out = []
+        for im, g, q in zip(images, gates, quads):
+            if t is not None and g["passed"]:
+                s = gatemod.layout_score(im, g["type"], q)
+                g = {**g, "layout_score": round(s, 4), "layout_threshold": round(t, 4)}
+                if s < t:
+                    g.update(passed=False, reason=f"not the layout of a {g['type']}: its captions are not where the "
+                                                  f"template has them (layout score {s:.3f} < {t:.3f})")
+            out.append(g)
+        return out
+
     def predict_types(self, images: list[Image.Image]) -> list[tuple[str, float]]:
         """(type, confidence: calibrated when the model is) per image."""
         return [(d["type"], d["confidence"]) for d in self.gate(images)]
@@ -433,6 +449,9 @@ class RegenCompressor:
             return self.deliver(self.codec(data, img, g), data, mode, repo, meta)
         doc_type = g["type"]
         quad = self.locate([img])[0]  # the document's corners: the portrait, the fields and the paste go through them
+        g = self.check_layout([img], [g], [quad])[0]
+        if not g["passed"]:
+            return self.deliver(self.codec(data, img, g), data, mode, repo, meta)
         rest, face, split = self.split(img, doc_type, quad)
         seals = self.find_seals(img, split)
         reading = self.read_fields([rest], [doc_type], [quad])[0]

@@ -125,7 +125,8 @@ def run_one(b: Bench, info: dict, versions: dict) -> dict:
     tail = "" if ok else "\n".join((err or out).strip().splitlines()[-15:])
     print(f"   {'ok' if ok else 'FAILED'} in {seconds / 60:.1f} min", flush=True)
     return {"name": b.label, "module": b.name, "args": b.args, "ok": ok, "seconds": seconds,
-            "table": "\n".join(lines[-400:]),  # a table of every cut and posting runs past 100 lines "figures": figures, "error": tail,
+            # the table keeps its last 400 lines: one of every cut and posting runs past 100
+            "table": "\n".join(lines[-400:]), "figures": figures, "error": tail,
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info, "models": versions}
 
 

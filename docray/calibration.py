@@ -186,6 +186,8 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
     click.echo(f"  temperature {report['temperature']}; type ECE {report['type_ece_raw']} -> {report['type_ece_calibrated']}")
     click.echo(f"  gate: {report['documents_passing']:.1%} of documents pass, {report['non_documents_passing']} "
                f"non-documents pass {report['non_documents_passing_by_family']}")
+    click.echo(f"  layout check: threshold {report['layout_threshold']} (layout score 1st/10th/50th percentile of the "
+               f"documents passing the type gate: {report['layout_score_quantiles']})")
     click.echo(f"  fields: {report['n_fields']} read, {report['fields_read_right']} right; threshold "
                f"{report['field_threshold']}: {report['fields_regenerated_share']} regenerated, "
                f"{report['regenerated_fields_wrong']} of those wrong "

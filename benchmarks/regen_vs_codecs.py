@@ -118,17 +118,6 @@ def field_honesty(outs: list[dict], rows: list[dict]) -> dict:
             "regenerated_share_of_all_fields": regenerated / max(n, 1)}
 
 
-def admitted(rc, images: list) -> list[dict]:
-    """The whole gate, as serving runs it: the type gate, then the layout check on those that pass."""
-    gates = rc.gate(images)
-    on = [i for i, g in enumerate(gates) if g["passed"]]
-    if on:
-        checked = rc.check_layout([images[i] for i in on], [gates[i] for i in on], rc.locate([images[i] for i in on]))
-        for i, g in zip(on, checked):
-            gates[i] = g
-    return gates
-
-
 def gate_check(rc, cfg: BenchConfig) -> dict:
     """The gate's decisions per image family: {family: {n, passed, share}}."""
     from pathlib import Path
@@ -154,7 +143,7 @@ def gate_check(rc, cfg: BenchConfig) -> dict:
     out = {}
     for name, images in sets.items():
         images = [decode_image(im) if isinstance(im, bytes) else im for im in images]
-        passed = sum(sum(g["passed"] for g in admitted(rc, images[i:i + 32])) for i in range(0, len(images), 32))
+        passed = sum(sum(g["passed"] for g in rc.admit(images[i:i + 32])[0]) for i in range(0, len(images), 32))
         out[name] = {"n": len(images), "passed": int(passed), "share": passed / max(len(images), 1)}
     return out
 

@@ -51,7 +51,7 @@ def test_each_name_loads_only_its_own_family():
     for name, fn in models._REGISTRY.items():
         if not fn.__module__.startswith("docray.models."):
             continue  # a test's own model
-        family = next((f for p, f in models.FAMILY_OF_PREFIX.items() if name.startswith(p + "_")), None)
+        family = models.family_of(name)
         assert fn.__module__ == f"docray.models.{family}", (name, fn.__module__, family)
     code = ("import sys, docray.compat; from docray.models import build_model; build_model('descriptor_tiny'); "
             "print(sorted(m for m in sys.modules if m.startswith('docray.models.')))")

@@ -43,11 +43,16 @@ FAMILY_OF_PREFIX = {"vit_mae": "vit_mae", "vit_encoder": "vit_mae", "unified": "
                     "regen": "regen", "descriptor": "screening", "inpaint": "inpaint"}
 
 
+def family_of(name: str) -> str | None:
+    """The family module (under docray.models) that registers `name`, by its prefix; None if no prefix claims it."""
+    return next((f for p, f in FAMILY_OF_PREFIX.items() if name.startswith(p + "_")), None)
+
+
 def _load_families(name: str = "") -> None:
     global _loaded
     if name in _REGISTRY or _loaded:
         return
-    family = next((f for p, f in FAMILY_OF_PREFIX.items() if name.startswith(p + "_")), None) if name else None
+    family = family_of(name)
     if family is not None:
         importlib.import_module(f"{__name__}.{family}")
         if name in _REGISTRY:

@@ -182,6 +182,17 @@ class RegenCompressor:
         return [{"passed": self.ungated, "type": self.doc_types[int(p.argmax())], "confidence": round(float(p.max()), 4),
                  "calibrated": False, "reason": reason} for p in softmax(logits, axis=-1)]
 
+    def admit(self, images: list[Image.Image]) -> tuple[list[dict], list]:
+        """The whole gate, as `run` takes it: the type gate, then, for those that pass, their corners
+        and the layout check. Returns (decisions, corners: None where the type gate refused)."""
+        gates, quads = self.gate(images), [None] * len(images)
+        on = [i for i, g in enumerate(gates) if g["passed"]]
+        if on:
+            found = self.locate([images[i] for i in on])
+            for i, g, q in zip(on, self.check_layout([images[i] for i in on], [gates[i] for i in on], found), found):
+                gates[i], quads[i] = g, q
+        return gates, quads
+
     def check_layout(self, images: list[Image.Image], gates: list[dict], quads) -> list[dict]:
         """The gate's last test, once each document's corners `quads` are known: a capture that passed
         must show its type's captions where the template has them (`gate.layout_score` at or above the
@@ -444,14 +455,10 @@ class RegenCompressor:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         img = decode_image(data)
         self.lib.check_original(img.width, img.height, len(data))
-        g = self.gate([img])[0]
+        [g], [quad] = self.admit([img])  # quad: the document's corners; the portrait, fields and paste go through them
         if not g["passed"]:
             return self.deliver(self.codec(data, img, g), data, mode, repo, meta)
         doc_type = g["type"]
-        quad = self.locate([img])[0]  # the document's corners: the portrait, the fields and the paste go through them
-        g = self.check_layout([img], [g], [quad])[0]
-        if not g["passed"]:
-            return self.deliver(self.codec(data, img, g), data, mode, repo, meta)
         rest, face, split = self.split(img, doc_type, quad)
         seals = self.find_seals(img, split)
         reading = self.read_fields([rest], [doc_type], [quad])[0]

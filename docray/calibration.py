@@ -139,7 +139,8 @@ def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_
 @click.option("--doc-tpr", type=float, default=0.99, show_default=True, help="share of documents the OOD threshold keeps")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong, bound, doc_tpr, as_json) -> None:
-    """Regen compression's document gate and per-field confidence for MODEL (registry:regen, the
+    """Regen compression's document gate (type model, out-of-distribution score, layout check) and
+    per-field confidence for MODEL (registry:regen, the
     registry's latest version, or a saved model folder), fitted on calibration documents and generated
     non-documents; written as calibration.json beside the weights. train_regen calibrates what it
     trains; this refits (other documents, other settings). A model never calibrated regenerates nothing.

@@ -250,7 +250,7 @@ class Regen:
         gate, quad = await self.type_model.classify.remote(img), None
         if gate["passed"]:
             quad = (await asyncio.to_thread(rc.locate, [img]))[0]  # the corner head: one small forward pass
-            gate = (await asyncio.to_thread(rc.check_layout, [img], [gate], [quad]))[0]
+            [gate], [quad] = await asyncio.to_thread(rc.check_layout, [img], [gate], [quad])
         if not gate["passed"]:
             out = rc.codec(data, img, gate)
         else:

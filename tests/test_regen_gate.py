@@ -224,13 +224,16 @@ def test_the_layout_check_knows_a_template_from_another(rc):
 
     size = G.LAYOUT_SIZE
     white = np.full((size[1], size[0], 3), 255, np.uint8)
-    scores = {}
+    scores, flat = {}, {}
     for t in rc.doc_types:
         values = ["A1B2C3 DEF" for _ in layout.field_names(t)]
         img = Image.fromarray(layout.composite(layout.render_layer(t, values, size), white))
         scores[t] = {u: G.layout_score(img, u, fields.frame_quad(u, size)) for u in rc.doc_types}
+        flat[t] = img
     for t, s in scores.items():
         assert s[t] > 0.8 and max(v for u, v in s.items() if u != t) < 0.6, (t, s)
+        others = [G.align_layout(flat[t], u, fields.frame_quad(u, size))[1] for u in rc.doc_types if u != t]
+        assert max(others) < 0.6, (t, others)  # aligning on another type's captions does not make them fit
 
     t, u = rc.doc_types[:2]
     img = Image.fromarray(layout.composite(layout.render_layer(t, ["X"] * len(layout.field_names(t)), size), white))
@@ -239,12 +242,32 @@ def test_the_layout_check_knows_a_template_from_another(rc):
     cal = rc.calibration
     try:
         rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.6})
-        [g] = rc.check_layout([img], [passed], [quad])
+        [g], [q] = rc.check_layout([img], [passed], [quad])
         assert not g["passed"] and "not the layout of a" in g["reason"] and g["layout_score"] < 0.6
-        [g] = rc.check_layout([img], [{**passed, "type": t}], [fields.frame_quad(t, size)])
+        [g], _ = rc.check_layout([img], [{**passed, "type": t}], [fields.frame_quad(t, size)])
         assert g["passed"] and g["layout_score"] > 0.8
         rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": None})
-        assert rc.check_layout([img], [passed], [quad]) == [passed]
+        assert rc.check_layout([img], [passed], [quad]) == ([passed], [quad])
     finally:
         rc.calibration = cal
     assert cal.layout_threshold is not None and rc.report["layout_threshold"] == round(cal.layout_threshold, 4)
+
+
+def test_aligning_on_the_captions_recovers_corners_a_few_px_off(rc):
+    """A document whose corners are read a few px off scores low; `align_layout` moves them back onto
+    the template's captions: exactly where the error is affine (a shift, a scale), and scoring nearly
+    as with the true corners where each corner is off its own way."""
+    from docray.regen import fields, layout
+
+    size, t = G.LAYOUT_SIZE, rc.doc_types[0]
+    white = np.full((size[1], size[0], 3), 255, np.uint8)
+    img = Image.fromarray(layout.composite(layout.render_layer(t, ["A1B2C3 DEF"] * len(layout.field_names(t)), size), white))
+    true = fields.frame_quad(t, size)
+    shifted = (true - true.mean(0)) * 1.02 + true.mean(0) + [4, -3]
+    quad, score = G.align_layout(img, t, shifted)
+    assert np.abs(quad - true).max() < 1.5 < np.abs(shifted - true).max()
+    off = true + np.array([[4, -3], [-3, 4], [3, 3], [-4, -2]], np.float64)
+    quad, score = G.align_layout(img, t, off)
+    assert G.layout_score(img, t, off) + 0.1 < score and score > G.layout_score(img, t, true) - 0.05
+    far = true + [30, 0]  # a fit that far is not a corner error: the corners stay
+    assert np.array_equal(G.align_layout(img, t, far)[0], far)

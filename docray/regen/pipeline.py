@@ -188,26 +188,29 @@ class RegenCompressor:
         gates, quads = self.gate(images), [None] * len(images)
         on = [i for i, g in enumerate(gates) if g["passed"]]
         if on:
-            found = self.locate([images[i] for i in on])
-            for i, g, q in zip(on, self.check_layout([images[i] for i in on], [gates[i] for i in on], found), found):
+            checked, found = self.check_layout([images[i] for i in on], [gates[i] for i in on], self.locate([images[i] for i in on]))
+            for i, g, q in zip(on, checked, found):
                 gates[i], quads[i] = g, q
         return gates, quads
 
-    def check_layout(self, images: list[Image.Image], gates: list[dict], quads) -> list[dict]:
+    def check_layout(self, images: list[Image.Image], gates: list[dict], quads) -> tuple[list[dict], list]:
         """The gate's last test, once each document's corners `quads` are known: a capture that passed
-        must show its type's captions where the template has them (`gate.layout_score` at or above the
-        calibrated `layout_threshold`), else it does not pass. Off without that threshold."""
+        must show its type's captions where the template has them, else it does not pass. The corners
+        are first aligned on those captions (`gate.align_layout`), and the aligned corners' score must
+        reach the calibrated `layout_threshold`. Returns (decisions, corners: aligned where checked).
+        Off without that threshold."""
         t = None if self.calibration is None else self.calibration.layout_threshold
-        out = []
+        out, corners = [], []
         for im, g, q in zip(images, gates, quads):
             if t is not None and g["passed"]:
-                s = gatemod.layout_score(im, g["type"], q)
+                q, s = gatemod.align_layout(im, g["type"], q)
                 g = {**g, "layout_score": round(s, 4), "layout_threshold": round(t, 4)}
                 if s < t:
                     g.update(passed=False, reason=f"not the layout of a {g['type']}: its captions are not where the "
                                                   f"template has them (layout score {s:.3f} < {t:.3f})")
             out.append(g)
-        return out
+            corners.append(q)
+        return out, corners
 
     def predict_types(self, images: list[Image.Image]) -> list[tuple[str, float]]:
         """(type, confidence: calibrated when the model is) per image."""

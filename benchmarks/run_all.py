@@ -17,6 +17,8 @@ Markdown is written from the records of every benchmark of the profile: `--only`
 ones and keeps the others, each with its own date, commit and model versions, so a long profile can
 run in parts. `--resume` skips a benchmark whose record succeeded with the same arguments against
 the same model versions; a section run against other models than the registry's latest says so.
+Each record keeps the build steps of the home it ran in, so parts run on other machines (a fresh
+one that rebuilt one model, say) keep the build and the models behind every section.
 """
 from __future__ import annotations
 
@@ -99,9 +101,9 @@ def build_steps(profile: str) -> list[dict]:
     return rows
 
 
-def run_one(b: Bench, info: dict, versions: dict) -> dict:
-    """Run one benchmark; its record: output, figures (last JSON line), wall time, when, where and on
-    which models (`info`, `versions`)."""
+def run_one(b: Bench, info: dict, versions: dict, build: list[dict] = ()) -> dict:
+    """Run one benchmark; its record: output, figures (last JSON line), wall time, when, where, on
+    which models (`info`, `versions`) and the build steps that made them (`build`)."""
     cmd = [sys.executable, "-m", f"benchmarks.{b.name}", *b.args]
     print(f"-- {b.label}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
@@ -127,7 +129,8 @@ def run_one(b: Bench, info: dict, versions: dict) -> dict:
     return {"name": b.label, "module": b.name, "args": b.args, "ok": ok, "seconds": seconds,
             # the table keeps its last 400 lines: one of every cut and posting runs past 100
             "table": "\n".join(lines[-400:]), "figures": figures, "error": tail,
-            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info, "models": versions}
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info, "models": versions,
+            "build": list(build)}
 
 
 def load_records(path: Path) -> dict[str, dict]:
@@ -144,22 +147,36 @@ def is_current(record: dict | None, b: Bench, versions: dict) -> bool:
 
 def write_results(path: Path, profile: str, info: dict, versions: dict, results: list[dict],
                   build: list[dict] = ()) -> None:
-    """RESULTS.md from `results` (records, in profile order) and `build` (`build_steps`), and
-    RESULTS.json holding the records."""
-    def stale(r: dict) -> str:
-        old = {k: v for k, v in (r.get("models") or {}).items() if versions.get(k) != v}
+    """RESULTS.md from `results` (records, in profile order) and `build` (`build_steps` of this home),
+    and RESULTS.json holding the records. The records may come from other machines (`--only` keeps
+    the rest): the models table gives what each model's records ran against beside this registry's
+    latest, and the build table each step's newest build among the records and this home."""
+    def stale(r: dict) -> str:  # against what this registry holds; a model it lacks says nothing
+        old = {k: v for k, v in (r.get("models") or {}).items() if versions.get(k, "none") not in ("none", v)}
         return f" Ran against other models than the latest: {', '.join(f'{k} {v}' for k, v in old.items())}." if old else ""
+
+    def ran_on(model: str) -> str:
+        seen: dict[str, list[str]] = {}
+        for r in results:
+            seen.setdefault((r.get("models") or {}).get(model, "none"), []).append(r["name"])
+        return "; ".join(f"{v} ({len(n)})" for v, n in seen.items()) or "-"
+
+    newest: dict[str, dict] = {}
+    for row in [b for r in results for b in r.get("build") or []] + list(build):
+        if row["step"] not in newest or row["finished"] >= newest[row["step"]]["finished"]:
+            newest[row["step"]] = row
+    build = sorted(newest.values(), key=lambda b: b["finished"])
 
     md = [f"# Benchmark results ({profile} profile)", "",
           f"Written by `python -m benchmarks.run_all --profile {profile}` (`make bench`), "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, from the records in `{path.with_suffix('.json').name}`. "
           "Rerun it to replace this file; `--only NAME` reruns one benchmark and keeps the others.", "",
           "## Machine", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in info.items()], "",
-          "## Models (registry, latest version)", "", "| model | version |", "|---|---|",
-          *[f"| {k} | {v} |" for k, v in versions.items()], "",
+          "## Models", "", "| model | latest in this registry | the records ran against (how many) |", "|---|---|---|",
+          *[f"| {k} | {v} | {ran_on(k)} |" for k, v in versions.items()], "",
           f"## Models build (`docray models build --profile {profile}`)", "",
-          *([f"Each step's wall time as its Ray job (the last build of each step), {sum(b['seconds'] for b in build) / 60:.0f} "
-             "minutes in all:", "", "| step | minutes | finished | models |", "|---|---|---|---|",
+          *([f"Each step's wall time as its Ray job (the newest build of each step, here or behind a record), "
+             f"{sum(b['seconds'] for b in build) / 60:.0f} minutes in all:", "", "| step | minutes | finished | models |", "|---|---|---|---|",
              *[f"| {b['step']} | {b['seconds'] / 60:.1f} | {b['finished']} | {b['models']} |" for b in build]]
             if build else ["No build of this profile on record here."]), "",
           "## Summary", "", "| benchmark | ok | minutes | finished | commit | arguments |", "|---|---|---|---|---|---|",
@@ -212,9 +229,10 @@ def main(argv=None) -> int:
     info, versions, out = machine(), model_versions(), Path(a.out)
     records, ran = load_records(out), []
 
+    build = build_steps(Path(path).stem)
+
     def write() -> None:  # every benchmark of the profile that has a record, in the profile's order
-        write_results(out, Path(path).stem, info, versions, [records[n] for n in names if n in records],
-                      build_steps(Path(path).stem))
+        write_results(out, Path(path).stem, info, versions, [records[n] for n in names if n in records], build)
 
     for b in profile.benchmarks:
         if a.only and b.label not in a.only:
@@ -222,7 +240,7 @@ def main(argv=None) -> int:
         if a.resume and is_current(records.get(b.label), b, versions):
             print(f"-- {b.label}: done {records[b.label].get('finished', '')} on these models, skipped", flush=True)
             continue
-        records[b.label] = run_one(b, info, versions)
+        records[b.label] = run_one(b, info, versions, build)
         ran.append(records[b.label])
         write()  # after each: a stopped run keeps what it ran
     write()

@@ -91,3 +91,25 @@ def test_results_give_each_build_step_its_wall_time(tmp_path, home):
     md = (tmp_path / "R.md").read_text()
     assert "43 minutes in all" in md and "| train_regen | 40.0 | 2026-11-27T21:00:00Z | regen v0003 |" in md
     assert run_all.build_steps("no-such-profile") == []
+
+
+def test_records_from_another_home_keep_their_models_and_build_steps(tmp_path):
+    """`--only` on a fresh machine keeps the other records: the header still gives the build steps
+    behind them (the newest of each step) and the models each record ran against; a model this
+    registry lacks does not mark a section as run on older models."""
+    row = lambda step, finished, models: {"step": step, "seconds": 600, "finished": finished, "models": models}
+    base = {"module": "x", "args": [], "ok": True, "seconds": 60, "table": "t", "figures": {"a": 1}, "error": "",
+            "finished": "2026-01-01 00:00 UTC", "machine": {"commit": "abc"}}
+    there = {**base, "name": "there", "models": {"regen": "v0004", "descriptor": "v0001"},
+             "build": [row("train_screening", "2026-01-01T00:00:00Z", "descriptor v0001"),
+                       row("train_regen", "2026-01-01T01:00:00Z", "regen v0004")]}
+    here = {**base, "name": "here", "models": {"regen": "v0001", "descriptor": "none"},
+            "build": [row("train_regen", "2026-02-01T00:00:00Z", "regen v0001")]}
+    run_all.write_results(tmp_path / "R.md", "p", {}, {"regen": "v0001", "descriptor": "none"}, [there, here],
+                          [row("train_regen", "2026-02-01T00:00:00Z", "regen v0001")])
+    md = (tmp_path / "R.md").read_text()
+    assert "| train_screening | 10.0 | 2026-01-01T00:00:00Z | descriptor v0001 |" in md
+    assert "| train_regen | 10.0 | 2026-02-01T00:00:00Z | regen v0001 |" in md and "regen v0004 |" not in md
+    assert "| regen | v0001 | v0004 (1); v0001 (1) |" in md and "| descriptor | none | v0001 (1); none (1) |" in md
+    there_section = md.split("## there")[1].split("## here")[0]
+    assert "other models than the latest: regen v0004." in there_section  # not descriptor: none here

@@ -40,8 +40,9 @@ captures of an unregistered type (cn_resident_card) that passed the type gate:
   (* at the threshold keeping 97% of the own-template scores; on clean renders of the six types,
   fitting another type's captions moved a corner 30 px and more with a homography, 4-20 px with an
   affine map: hence 16, not 20.) Aligned, a threshold keeping `layout_tpr` (98%) of the known
-lies above every unregistered capture (at 16: 0.53, with 1.9% of the other-template pairs passing). A capture below the threshold takes the codec path. A
-calibration from before the check has no `layout_threshold`: no check.
+lies above every unregistered capture (at 16: 0.53, with 1.9% of the other-template pairs
+passing). A capture below the threshold takes the codec path. A calibration from before the check
+has no `layout_threshold`: no check.
 
 Per field: the reader's `READ_SCORES` (decoder token log-probabilities, CTC log-probability,
 decoder/CTC agreement; `RegenModels.read_scored`) -> logistic regression (Platt scaling) fitted on
@@ -252,11 +253,11 @@ def align_layout(image, doc_type: str, quad, iterations: int = ALIGN_ITERATIONS,
     """The corners `quad` refined so that the straightened capture's ink lies on the template's static
     text (OpenCV's ECC, Evangelidis & Psarakis 2008: the affine map of the straightened frame that
     maximises their correlation; a homography's perspective terms, fitted on captions that cover part
-    of the document, threw the far corners tens of px), and their `layout_score`. The corner head's corners are a few px off
-    on some captures, which lowers the score of a document of the right type; aligned, it scores as
-    with its true corners. A document of another layout is fitted only by moving a corner far more
-    than a corner head errs (30 px and more on renders of the six types against each other's
-    templates); the corners may move at most `max_shift` px of `LAYOUT_SIZE`. Returns the given corners and their
+    of the document, threw the far corners tens of px), and their `layout_score`. The corner head's
+    corners are a few px off on some captures, which lowers the score of a document of the right
+    type; aligned, it scores nearly as with its true corners. Fitting another layout's captions takes
+    larger moves (4-20 px on clean renders of the six types against each other's templates), so the
+    corners may move at most `max_shift` px of `LAYOUT_SIZE`. Returns the given corners and their
     score when ECC does not converge, moves a corner further, or its corners score lower."""
     from docray.regen import fields
 
@@ -287,12 +288,20 @@ def _frame_ink(image, doc_type: str, quad) -> np.ndarray:
     return cv2.GaussianBlur(np.maximum(cv2.blur(grey, (9, 9)) - grey, 0), (0, 0), 1.5)
 
 
-@lru_cache(maxsize=64)
 def _static_layer(doc_type: str) -> tuple[np.ndarray, np.ndarray]:
     """The template's static text at `LAYOUT_SIZE`, blurred as the capture's ink is, and the mask the
     score looks at: the document less its value boxes (they differ from document to document) and
-    portrait slot."""
+    portrait slot. Cached per template (a template edited under the same name is a new one)."""
+    from docray.regen import layout
+
+    return _static_layer_of(layout._type(doc_type))
+
+
+@lru_cache(maxsize=64)
+def _static_layer_of(t) -> tuple[np.ndarray, np.ndarray]:
     from docray.regen import fields, layout
+
+    doc_type = t.name
 
     static = cv2.GaussianBlur(layout.static_ink(doc_type, LAYOUT_SIZE), (0, 0), 1.5)
     keep = np.zeros(static.shape, bool)
@@ -375,10 +384,10 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     types = [names[k] for k in probs.argmax(-1)]
     keep = np.flatnonzero(passed)
     quads = np.concatenate([rc.locate([docs[i][0] for i in keep[c]]) for c in _chunks(len(keep))]) if len(keep) else []
-    aligned = [align_layout(docs[i][0], types[i], q) for i, q in zip(keep, quads)]  # as serving aligns them
-    quads, s_layout = np.array([q for q, _ in aligned]).reshape(-1, 4, 2), np.array([s for _, s in aligned])
     s_other = np.array([align_layout(docs[i][0], u, q)[1] for i, q in list(zip(keep, quads))[:LAYOUT_OTHERS]
                         for u in names if u != types[i]])  # a document of another layout, read as this type
+    aligned = [align_layout(docs[i][0], types[i], q) for i, q in zip(keep, quads)]  # as serving aligns them
+    quads, s_layout = np.array([q for q, _ in aligned]).reshape(-1, 4, 2), np.array([s for _, s in aligned])
     if len(keep):
         cal.layout_threshold = float(np.quantile(s_layout, 1 - layout_tpr))
         fits = s_layout >= cal.layout_threshold

@@ -29,6 +29,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from pydantic import Field
@@ -156,10 +157,8 @@ def write_results(path: Path, profile: str, info: dict, versions: dict, results:
         return f" Ran against other models than the latest: {', '.join(f'{k} {v}' for k, v in old.items())}." if old else ""
 
     def ran_on(model: str) -> str:
-        seen: dict[str, list[str]] = {}
-        for r in results:
-            seen.setdefault((r.get("models") or {}).get(model, "none"), []).append(r["name"])
-        return "; ".join(f"{v} ({len(n)})" for v, n in seen.items()) or "-"
+        seen = Counter((r.get("models") or {}).get(model, "none") for r in results)
+        return "; ".join(f"{v} ({n})" for v, n in seen.items()) or "-"
 
     newest: dict[str, dict] = {}
     for row in [b for r in results for b in r.get("build") or []] + list(build):

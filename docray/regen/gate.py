@@ -242,8 +242,13 @@ def layout_score(image, doc_type: str, quad) -> float:
     slot, of the straightened capture's ink (how much darker each pixel is than its 9 px
     neighbourhood) with the template's static layer. A document of another layout read as this type
     scores low (measurements: the module docstring)."""
+    return _ink_score(_frame_ink(image, doc_type, quad), doc_type)
+
+
+def _ink_score(ink: np.ndarray, doc_type: str) -> float:
+    """`layout_score` of a straightened capture's ink (`_frame_ink`)."""
     static, keep = _static_layer(doc_type)
-    a, b = _frame_ink(image, doc_type, quad)[keep], static[keep]
+    a, b = ink[keep], static[keep]
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-6))
 
@@ -262,9 +267,10 @@ def align_layout(image, doc_type: str, quad, iterations: int = ALIGN_ITERATIONS,
     from docray.regen import fields
 
     quad = np.asarray(quad, np.float64).reshape(4, 2)
-    before = layout_score(image, doc_type, quad)
+    ink = _frame_ink(image, doc_type, quad)
+    before = _ink_score(ink, doc_type)
     try:
-        _, w = cv2.findTransformECC(_static_layer(doc_type)[0], _frame_ink(image, doc_type, quad), np.eye(2, 3, dtype=np.float32),
+        _, w = cv2.findTransformECC(_static_layer(doc_type)[0], ink, np.eye(2, 3, dtype=np.float32),
                                     cv2.MOTION_AFFINE, (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-4), None, 5)
     except cv2.error:  # no correlation to climb (another layout, mostly)
         return quad, before

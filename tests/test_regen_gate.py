@@ -271,3 +271,11 @@ def test_aligning_on_the_captions_recovers_corners_a_few_px_off(rc):
     assert G.layout_score(img, t, off) + 0.1 < score and score > G.layout_score(img, t, true) - 0.05
     far = true + [30, 0]  # a fit that far is not a corner error: the corners stay
     assert np.array_equal(G.align_layout(img, t, far)[0], far)
+
+
+def test_the_whole_gate_refuses_every_calibration_non_document(rc):
+    """The type gate's OOD threshold need only sit above the non-documents the layout check lets
+    through; together they refuse every calibration non-document."""
+    assert not any(g["passed"] for g in rc.admit(non_documents(250, "calibration", SIZE))[0])
+    r = rc.report
+    assert r["non_documents_passing"] == 0 and r["ood_threshold"] <= r["ood_threshold_type_gate_alone"]

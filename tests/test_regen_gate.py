@@ -205,6 +205,10 @@ def test_the_registry_version_keeps_its_calibration(rc, home, tmp_path):
                          extra_files={G.FILE: rc.calibration.to_json().encode()})
     (tmp_path / "lib.yaml").write_text(yaml.safe_dump(LIB))
     assert RegenCompressor.from_source(file_types=str(tmp_path / "lib.yaml")).calibration == rc.calibration
+    folder = ModelRegistry().path("regen")  # the version's folder is a model folder too (docray calibrate regen FOLDER)
+    again = RegenCompressor.load(folder, file_types=load_file_types(LIB))
+    assert again.calibration == rc.calibration
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), rc.model.state_dict().values()))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

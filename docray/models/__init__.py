@@ -112,7 +112,7 @@ def save_pretrained(model: nn.Module, folder: str | Path, **extra_config) -> Pat
 
 def from_pretrained(folder: str | Path, map_location: str = "cpu") -> nn.Module:
     """Rebuild the model saved in `folder` by `save_pretrained` and load its weights (strictly)."""
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
@@ -122,6 +122,11 @@ def from_pretrained(folder: str | Path, map_location: str = "cpu") -> nn.Module:
     try:
         load_model(model, str(folder / "model.safetensors"), strict=True, device=map_location)
     except RuntimeError as e:  # missing/unexpected keys or shapes: saved by another version of the model
+        try:  # or a registry version's folder: a plain state dict, tied weights under each of their names
+            model.load_state_dict(load_file(str(folder / "model.safetensors"), device=map_location))
+            return model
+        except RuntimeError:
+            pass
         raise ValueError(f"{folder}: its weights do not fit the current {spec['name']!r} architecture (saved by "
                          f"an older docray?); retrain it. {str(e)[:500]}") from e
     return model

@@ -379,8 +379,10 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     types; `non_docs` PIL images that are not documents (`docray.regen.nondocs`, split
     "calibration"), `families` their family names (for the report); `bound`: the field threshold keeps
     the wrong rate's upper confidence bound at this level within `max_wrong` (0: the rate seen);
-    `layout_tpr`: the share of the documents passing the type gate that the layout check keeps (the
-    report gives what it lets through of the same captures scored against the other types' templates).
+    `layout_tpr`: the share of the documents passing the type gate alone (above every non-document)
+    that the layout check keeps (the report gives what it lets through of the same captures scored
+    against the other types' templates); the type gate's threshold is then lowered to just above
+    the non-documents the layout check lets through, never below what keeps `doc_tpr` of the documents.
     Returns the calibration and its report (also kept in `calibration.report`)."""
     names = list(rc.doc_types)
     labels = np.array([names.index(t) for _, t, _ in docs])

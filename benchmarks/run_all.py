@@ -71,17 +71,19 @@ def machine() -> dict:
             "commit": commit + ("-dirty" if dirty else "")}
 
 
-def model_versions() -> dict[str, str]:
-    """name -> latest registered version (or 'none') of the reference models."""
+def model_versions() -> tuple[dict[str, str], dict[str, str]]:
+    """(name -> latest registered version or 'none', name -> the first 12 hex digits of its weights'
+    sha256) of the reference models: version names count per registry, the digest across them."""
     from docray.storage.registry import ModelRegistry
 
-    reg, out = ModelRegistry(), {}
+    reg, versions, digests = ModelRegistry(), {}, {}
     for name in MODELS:
         try:
-            out[name] = reg.latest(name)
+            versions[name] = reg.latest(name)
+            digests[name] = reg.digest(name, versions[name])[:12]
         except Exception:  # noqa: BLE001 -- not registered (yet): say so in the results
-            out[name] = "none"
-    return out
+            versions[name] = "none"
+    return versions, digests
 
 
 def build_steps(profile: str) -> list[dict]:
@@ -102,9 +104,9 @@ def build_steps(profile: str) -> list[dict]:
     return rows
 
 
-def run_one(b: Bench, info: dict, versions: dict, build: list[dict] = ()) -> dict:
+def run_one(b: Bench, info: dict, versions: dict, build: list[dict] = (), digests: dict | None = None) -> dict:
     """Run one benchmark; its record: output, figures (last JSON line), wall time, when, where, on
-    which models (`info`, `versions`) and the build steps that made them (`build`)."""
+    which models (`info`, `versions`, `digests`) and the build steps that made them (`build`)."""
     cmd = [sys.executable, "-m", f"benchmarks.{b.name}", *b.args]
     print(f"-- {b.label}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
@@ -131,7 +133,7 @@ def run_one(b: Bench, info: dict, versions: dict, build: list[dict] = ()) -> dic
             # the table keeps its last 400 lines: one of every cut and posting runs past 100
             "table": "\n".join(lines[-400:]), "figures": figures, "error": tail,
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": info, "models": versions,
-            "build": list(build)}
+            "model_digests": dict(digests or {}), "build": list(build)}
 
 
 def load_records(path: Path) -> dict[str, dict]:
@@ -140,24 +142,35 @@ def load_records(path: Path) -> dict[str, dict]:
     return json.loads(kept.read_text()) if kept.is_file() else {}
 
 
-def is_current(record: dict | None, b: Bench, versions: dict) -> bool:
-    """Whether `record` is a successful run of `b` as configured now, against these model versions."""
+def is_current(record: dict | None, b: Bench, versions: dict, digests: dict | None = None) -> bool:
+    """Whether `record` is a successful run of `b` as configured now, against these model versions
+    (and weights, where the record kept their digests)."""
     return bool(record and record.get("ok") and record.get("module") == b.name and record.get("args") == b.args
-                and record.get("models") == versions)
+                and record.get("models") == versions and record.get("model_digests", digests) == digests)
 
 
 def write_results(path: Path, profile: str, info: dict, versions: dict, results: list[dict],
-                  build: list[dict] = ()) -> None:
+                  build: list[dict] = (), digests: dict | None = None) -> None:
     """RESULTS.md from `results` (records, in profile order) and `build` (`build_steps` of this home),
     and RESULTS.json holding the records. The records may come from other machines (`--only` keeps
     the rest): the models table gives what each model's records ran against beside this registry's
     latest, and the build table each step's newest build among the records and this home."""
-    def stale(r: dict) -> str:  # against what this registry holds; a model it lacks says nothing
-        old = {k: v for k, v in (r.get("models") or {}).items() if versions.get(k, "none") not in ("none", v)}
-        return f" Ran against other models than the latest: {', '.join(f'{k} {v}' for k, v in old.items())}." if old else ""
+    digests = digests or {}
+
+    def named(r: dict, k: str) -> str:  # "v0001 1a2b3c4d5e6f": the version and, where kept, its weights' digest
+        d = (r.get("model_digests") or {}).get(k)
+        return " ".join([(r.get("models") or {}).get(k, "none"), *([d] if d else [])])
+
+    def differs(r: dict, k: str) -> bool:  # a model this registry lacks, or a record without digests, says what it can
+        d = (r.get("model_digests") or {}).get(k)
+        return versions.get(k, "none") not in ("none", r["models"][k]) or bool(d and k in digests and d != digests[k])
+
+    def stale(r: dict) -> str:
+        old = [f"{k} {named(r, k)}" for k in (r.get("models") or {}) if differs(r, k)]
+        return f" Ran against other models than the latest: {', '.join(old)}." if old else ""
 
     def ran_on(model: str) -> str:
-        seen = Counter((r.get("models") or {}).get(model, "none") for r in results)
+        seen = Counter(named(r, model) for r in results)
         return "; ".join(f"{v} ({n})" for v, n in seen.items()) or "-"
 
     newest: dict[str, dict] = {}
@@ -172,7 +185,7 @@ def write_results(path: Path, profile: str, info: dict, versions: dict, results:
           "Rerun it to replace this file; `--only NAME` reruns one benchmark and keeps the others.", "",
           "## Machine", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in info.items()], "",
           "## Models", "", "| model | latest in this registry | the records ran against (how many) |", "|---|---|---|",
-          *[f"| {k} | {v} | {ran_on(k)} |" for k, v in versions.items()], "",
+          *[f"| {k} | {' '.join([v, *([digests[k]] if k in digests else [])])} | {ran_on(k)} |" for k, v in versions.items()], "",
           f"## Models build (`docray models build --profile {profile}`)", "",
           *([f"Each step's wall time as its Ray job (the newest build of each step, here or behind a record), "
              f"{sum(b['seconds'] for b in build) / 60:.0f} minutes in all:", "", "| step | minutes | finished | models |", "|---|---|---|---|",
@@ -225,21 +238,21 @@ def main(argv=None) -> int:
 
         a.out = str(ROOT / "benchmarks" / "RESULTS.md") if path == PROFILES / "standard.yaml" else \
             str(Path(paths.sub("reports", "bench"), f"RESULTS-{path.stem}.md"))
-    info, versions, out = machine(), model_versions(), Path(a.out)
+    (versions, digests), info, out = model_versions(), machine(), Path(a.out)
     records, ran = load_records(out), []
 
     build = build_steps(Path(path).stem)
 
     def write() -> None:  # every benchmark of the profile that has a record, in the profile's order
-        write_results(out, Path(path).stem, info, versions, [records[n] for n in names if n in records], build)
+        write_results(out, Path(path).stem, info, versions, [records[n] for n in names if n in records], build, digests)
 
     for b in profile.benchmarks:
         if a.only and b.label not in a.only:
             continue
-        if a.resume and is_current(records.get(b.label), b, versions):
+        if a.resume and is_current(records.get(b.label), b, versions, digests):
             print(f"-- {b.label}: done {records[b.label].get('finished', '')} on these models, skipped", flush=True)
             continue
-        records[b.label] = run_one(b, info, versions, build)
+        records[b.label] = run_one(b, info, versions, build, digests)
         ran.append(records[b.label])
         write()  # after each: a stopped run keeps what it ran
     write()

@@ -113,3 +113,22 @@ def test_records_from_another_home_keep_their_models_and_build_steps(tmp_path):
     assert "| regen | v0001 | v0004 (1); v0001 (1) |" in md and "| descriptor | none | v0001 (1); none (1) |" in md
     there_section = md.split("## there")[1].split("## here")[0]
     assert "other models than the latest: regen v0004." in there_section  # not descriptor: none here
+
+
+def test_one_version_name_in_two_registries_is_told_apart_by_its_digest(tmp_path):
+    """Version names count per registry: a record that ran against another registry's v0001 (other
+    weights) is marked as run on other models; one with the same weights, or one kept before
+    digests, is not."""
+    base = {"module": "x", "args": [], "ok": True, "seconds": 60, "table": "t", "figures": {"a": 1}, "error": "",
+            "finished": "2026-01-01 00:00 UTC", "machine": {"commit": "abc"}, "models": {"regen": "v0001"}}
+    records = [{**base, "name": "elsewhere", "model_digests": {"regen": "aaaaaaaaaaaa"}},
+               {**base, "name": "here", "model_digests": {"regen": "bbbbbbbbbbbb"}}, {**base, "name": "before"}]
+    run_all.write_results(tmp_path / "R.md", "p", {}, {"regen": "v0001"}, records, (), {"regen": "bbbbbbbbbbbb"})
+    md = (tmp_path / "R.md").read_text()
+    assert "| regen | v0001 bbbbbbbbbbbb | v0001 aaaaaaaaaaaa (1); v0001 bbbbbbbbbbbb (1); v0001 (1) |" in md
+    sections = {name: md.split(f"## {name}")[1].split("## ")[0] for name in ("elsewhere", "here", "before")}
+    assert "other models than the latest: regen v0001 aaaaaaaaaaaa." in sections["elsewhere"]
+    assert "other models" not in sections["here"] and "other models" not in sections["before"]
+    bench = run_all.Bench(name="x")
+    assert run_all.is_current(records[1], bench, {"regen": "v0001"}, {"regen": "bbbbbbbbbbbb"})
+    assert not run_all.is_current(records[0], bench, {"regen": "v0001"}, {"regen": "bbbbbbbbbbbb"})

@@ -43,6 +43,13 @@ def test_save_writes_a_card_and_card_reads_it_back(home):
     assert json.loads((home / "models" / "m" / v2 / "card.json").read_text())["commit"] == "abc"
     assert reg.card("m", v1)["metrics"] == {"val_loss": 0.5} and "commit" not in reg.card("m", v1)
     assert reg.pin("m") == v2 and reg.pin("m", v1) == v1 and reg.pin("none-yet") == "latest"
+    import hashlib  # the weights' digest names the version across registries (v0001 is per registry)
+
+    sha = hashlib.sha256((home / "models" / "m" / v2 / "model.safetensors").read_bytes()).hexdigest()
+    assert card["weights_sha256"] == sha == reg.digest("m") == reg.digest("m", v1)  # same weights, same digest
+    v3 = reg.save("m", {"w": torch.ones(2)}, {"name": "x"})
+    (home / "models" / "m" / v3 / "card.json").write_text("{}")  # a version saved before cards kept it
+    assert reg.digest("m", v3) == hashlib.sha256((home / "models" / "m" / v3 / "model.safetensors").read_bytes()).hexdigest() != sha
     with pytest.raises(NotFound, match="no version 'v0009'"):
         reg.pin("m", "v0009")
     with pytest.raises(NotFound, match="no model named 'nope'"):
@@ -131,8 +138,9 @@ def test_models_list_and_show(home):
 
     shown = runner.invoke(docray, ["models", "show", "enc:v0001"])
     assert shown.exit_code == 0, shown.output
+    assert reg.digest("enc", "v0001")[:12] in lines[1]
     for part in ("enc v0001", "f" * 40 + "-dirty", "12.5 s", "2 worker(s)", "/d  (2 files, 4.0 KB, 40 rows",
-                 "* val_loss: 0.25"):
+                 "* val_loss: 0.25", "sha256 " + reg.digest("enc", "v0001")):
         assert part in shown.output, part
     card = json.loads(runner.invoke(docray, ["models", "show", "enc", "--json"]).output)
     assert card["version"] == "v0002" and card["metrics"] == {"val_loss": 0.125}

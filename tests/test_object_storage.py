@@ -81,6 +81,7 @@ def test_model_registry_on_s3(s3_home):
     state, config, metrics = ModelRegistry(s3_home + "/models").load("tiny", "v0001")  # a second reader
     assert torch.equal(state["w"], torch.ones(2, 3)) and config == {"name": "tiny"} and metrics == {"acc": 0.5}
     assert reg.read_file("tiny", "labels.txt", "v0001") == b"a\nb" and reg.card("tiny")["version"] == "v0002"
+    assert reg.card("tiny", "v0001")["weights_sha256"] == reg.digest("tiny", "v0001") != reg.digest("tiny")
     keys = _s3fs().find(s3_home.removeprefix("s3://") + "/models/tiny")
     assert any(k.endswith("v0002/model.safetensors") for k in keys)
 

@@ -68,7 +68,7 @@ def list_models(name: str | None, as_json: bool) -> None:
                 card = reg.card(n, v)
                 metric, value = key_metric(card)
                 rows.append({"name": n, "version": v, "saved_at": card.get("saved_at"), "metric": metric,
-                             "value": value, "commit": card.get("commit")})
+                             "value": value, "commit": card.get("commit"), "weights_sha256": card.get("weights_sha256")})
     except Exception as e:  # noqa: BLE001 -- _fail re-raises what is not a user error
         _fail(e)
     if as_json:
@@ -79,10 +79,11 @@ def list_models(name: str | None, as_json: bool) -> None:
         click.echo(f"no models in {reg.root}")
         return
     width = max(len(r["name"]) for r in rows)
-    click.echo(f"{'NAME':<{width}}  VERSION  SAVED (UTC)           KEY METRIC                      COMMIT")
+    click.echo(f"{'NAME':<{width}}  VERSION  WEIGHTS       SAVED (UTC)           KEY METRIC                      COMMIT")
     for r in rows:
         metric = f"{r['metric']}={r['value']:.4g}" if isinstance(r["value"], (int, float)) else "-"
-        click.echo(f"{r['name']:<{width}}  {r['version']:<7}  {r['saved_at'] or '-':<20}  {metric:<30}  "
+        click.echo(f"{r['name']:<{width}}  {r['version']:<7}  {(r['weights_sha256'] or '-')[:12]:<12}  "
+                   f"{r['saved_at'] or '-':<20}  {metric:<30}  "
                    f"{(r['commit'] or '-')[:12] + ('-dirty' if str(r['commit']).endswith('-dirty') else '')}")
 
 
@@ -100,6 +101,7 @@ def render(card: dict) -> str:
     hw = card.get("hardware") or {}
     saved = card.get("saved_at") or "unknown (a version saved before cards)"
     lines = [f"{card['name']} {card['version']}  saved {saved}",
+             f"  weights    sha256 {card.get('weights_sha256', 'unknown')}",
              f"  commit     {card.get('commit', 'unknown')}",
              f"  job        {card.get('job', 'unknown')}, wall time "
              + (f"{card['wall_time_s']:.1f} s" if "wall_time_s" in card else "unknown")]
@@ -128,7 +130,9 @@ def show(ref: str, as_json: bool) -> None:
 
     try:
         name, version = parse_ref(ref if ref.startswith(PREFIX) else PREFIX + ref)
-        card = _registry().card(name, version)
+        reg = _registry()
+        card = reg.card(name, version)
+        card.setdefault("weights_sha256", reg.digest(name, card["version"]))  # saved before cards kept it
     except Exception as e:  # noqa: BLE001
         _fail(e)
     click.echo(json.dumps(card, indent=2, sort_keys=True) if as_json else render(card))

@@ -2,11 +2,12 @@
 
 Layout (root defaults to `$DOCRAY_HOME/models`, a local path or an fsspec URI):
 
-    <root>/<name>/v0001/model.safetensors   the state dict (safetensors.torch.save_file)
+    <root>/<name>/v0001/model.safetensors   the state dict (safetensors)
                         config.json         what builds the model (sorted keys)
                         metrics.json        evaluation figures ({} when none)
-                        card.json           the model card: when it was saved, plus what the caller
-                                            hands in (trainers: `train_jobs.common.model_card`)
+                        card.json           the model card: when it was saved, the weights' sha256,
+                                            plus what the caller hands in (trainers:
+                                            `train_jobs.common.model_card`)
                         <extra files>       anything else the caller hands in (tokeniser, labels...)
     <root>/<name>/v0002/...
     <root>/<name>/.tmp-<random>/            a save in progress (never listed)
@@ -24,6 +25,8 @@ one the next free folder is taken, which two concurrent saves may both take.
 `card(name, version)` reads a version's card: card.json with its config and metrics beside it
 (the whole record of how the version was made, for `docray models show`). `pin(name, version)`
 turns `latest` into the version it is now, so everything deployed from one config loads the same one.
+Version names count per registry (v0001 here is not v0001 on another machine); `digest(name,
+version)`, the sha256 of the weights, tells versions apart across registries.
 
 A model is named in configs as `registry:NAME` (its newest version) or `registry:NAME@vNNNN`;
 `parse_ref` reads both (and `registry:NAME:vNNNN`, the spelling of libraries built before), `ref`
@@ -32,12 +35,12 @@ writes them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 
@@ -202,9 +205,11 @@ class ModelRegistry:
         card: dict | None = None,
     ) -> str:
         """Save a new version of `name`; returns it (`v0001`, `v0002`, ...). `card`: how it was made
-        (written as card.json with `saved_at`, UTC)."""
+        (written as card.json with `saved_at`, UTC, and `weights_sha256`)."""
         _check_name(name)
-        card = {**(card or {}), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        weights = safetensors.torch.save(_tensors(state_dict_or_module))
+        card = {**(card or {}), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "weights_sha256": hashlib.sha256(weights).hexdigest()}
         files = {CONFIG: _json(config, "config"), METRICS: _json(metrics or {}, "metrics"), CARD: _json(card, "card")}
         for fname, data in (extra_files or {}).items():
             _check_name(fname, "extra file name")
@@ -213,22 +218,19 @@ class ModelRegistry:
             if not isinstance(data, (bytes, bytearray)):
                 raise TypeError(f"extra file {fname!r}: expected bytes, got {type(data).__name__}")
             files[fname] = bytes(data)
-        tensors = _tensors(state_dict_or_module)
-        if self.local:
-            return self._save_local(name, tensors, files)
-        return self._save_remote(name, tensors, files)
+        files[WEIGHTS] = weights
+        return self._save_local(name, files) if self.local else self._save_remote(name, files)
 
     def _next_number(self, name: str) -> int:
         nums = [int(m.group(1)) for d in self._dirs(f"{self._base}/{name}") if (m := _VERSION.match(d))]
         return max(nums, default=0) + 1
 
-    def _save_local(self, name: str, tensors: dict, files: dict[str, bytes]) -> str:
+    def _save_local(self, name: str, files: dict[str, bytes]) -> str:
         parent = os.path.join(self._base, name)
         os.makedirs(parent, exist_ok=True)
         tmp = os.path.join(parent, f".tmp-{secrets.token_hex(6)}")
         os.mkdir(tmp)
         try:
-            safetensors.torch.save_file(tensors, os.path.join(tmp, WEIGHTS))
             for fname, data in files.items():
                 atomic_write(os.path.join(tmp, fname), data)
             for _ in range(100):  # a concurrent save may take our number: take the next one
@@ -265,13 +267,10 @@ class ModelRegistry:
                 number += 1
         raise RuntimeError(f"could not claim a version of {name!r} in {self.root}")
 
-    def _save_remote(self, name: str, tensors: dict, files: dict[str, bytes]) -> str:
+    def _save_remote(self, name: str, files: dict[str, bytes]) -> str:
         version = f"v{self._claim(name):04d}"
         dest = f"{self._base}/{name}/{version}"
-        with tempfile.TemporaryDirectory() as tmp:
-            safetensors.torch.save_file(tensors, os.path.join(tmp, WEIGHTS))
-            self.fs.makedirs(dest, exist_ok=True)
-            self.fs.put_file(os.path.join(tmp, WEIGHTS), f"{dest}/{WEIGHTS}")
+        self.fs.makedirs(dest, exist_ok=True)
         for fname in sorted(files, key=lambda f: f == CONFIG):  # config.json last: marks completion
             self.fs.pipe_file(f"{dest}/{fname}", files[fname])
         return version
@@ -309,6 +308,19 @@ class ModelRegistry:
             return json.loads(self.fs.cat_file(f"{folder}/{fname}")) if self.fs.isfile(f"{folder}/{fname}") else {}
 
         return {"name": name, "version": version, **read(CARD), "config": read(CONFIG), "metrics": read(METRICS)}
+
+    def digest(self, name: str, version: str | int = "latest") -> str:
+        """The sha256 of the version's weights: its card's, else (a version saved before cards kept
+        it) computed from the file."""
+        version = self.resolve(name, version)
+        folder = f"{self._base}/{name}/{version}"
+        if self.fs.isfile(f"{folder}/{CARD}") and (known := json.loads(self.fs.cat_file(f"{folder}/{CARD}")).get("weights_sha256")):
+            return known
+        h = hashlib.sha256()
+        with self.fs.open(f"{folder}/{WEIGHTS}", "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
 
     def pin(self, name: str, version: str | int = "latest") -> str:
         """`resolve(name, version)`, except that a name with no version at all is left as given (so a

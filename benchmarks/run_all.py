@@ -8,7 +8,8 @@
 A profile (`configs/bench/<profile>.yaml`) lists the benchmarks and their arguments. Each runs in its
 own process (`python -m benchmarks.NAME ARGS`); its table (what it printed) and its figures (its
 last line, one JSON object) go into the results file with its wall time, beside the machine it ran
-on (CPU, GPU, versions, the git commit) and the model versions in the registry. A benchmark that
+on (CPU, GPU, versions, the git commit) and the model versions in the registry (with their weights'
+sha256: version names count per registry). A benchmark that
 fails is recorded as failed with the end of its output; the others still run, and the command exits
 non-zero. `make models` first: the benchmarks that evaluate trained models read the registry.
 

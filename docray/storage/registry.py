@@ -314,8 +314,9 @@ class ModelRegistry:
         it) computed from the file."""
         version = self.resolve(name, version)
         folder = f"{self._base}/{name}/{version}"
-        if self.fs.isfile(f"{folder}/{CARD}") and (known := json.loads(self.fs.cat_file(f"{folder}/{CARD}")).get("weights_sha256")):
-            return known
+        card = json.loads(self.fs.cat_file(f"{folder}/{CARD}")) if self.fs.isfile(f"{folder}/{CARD}") else {}
+        if card.get("weights_sha256"):
+            return card["weights_sha256"]
         h = hashlib.sha256()
         with self.fs.open(f"{folder}/{WEIGHTS}", "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

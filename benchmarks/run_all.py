@@ -157,6 +157,7 @@ def write_results(path: Path, profile: str, info: dict, versions: dict, results:
     the rest): the models table gives what each model's records ran against beside this registry's
     latest, and the build table each step's newest build among the records and this home."""
     digests = digests or {}
+    here = {"models": versions, "model_digests": digests}
 
     def named(r: dict, k: str) -> str:  # "v0001 1a2b3c4d5e6f": the version and, where kept, its weights' digest
         d = (r.get("model_digests") or {}).get(k)
@@ -186,7 +187,7 @@ def write_results(path: Path, profile: str, info: dict, versions: dict, results:
           "Rerun it to replace this file; `--only NAME` reruns one benchmark and keeps the others.", "",
           "## Machine", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in info.items()], "",
           "## Models", "", "| model | latest in this registry | the records ran against (how many) |", "|---|---|---|",
-          *[f"| {k} | {' '.join([v, *([digests[k]] if k in digests else [])])} | {ran_on(k)} |" for k, v in versions.items()], "",
+          *[f"| {k} | {named(here, k)} | {ran_on(k)} |" for k in versions], "",
           f"## Models build (`docray models build --profile {profile}`)", "",
           *([f"Each step's wall time as its Ray job (the newest build of each step, here or behind a record), "
              f"{sum(b['seconds'] for b in build) / 60:.0f} minutes in all:", "", "| step | minutes | finished | models |", "|---|---|---|---|",

@@ -416,12 +416,10 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
                         for u in names if u != types[i]])  # a document of another layout, read as this type
     aligned = [align_layout(docs[i][0], types[i], q) for i, q in zip(maybe, quads)]
     quads, s_layout = np.array([q for q, _ in aligned]).reshape(-1, 4, 2), np.array([s for _, s in aligned])
-    fits, basis = np.ones(len(maybe), bool), np.ones(len(maybe), bool)
+    fits, basis, n_fits = np.ones(len(maybe), bool), s_doc[maybe] >= strict, np.ones(len(non_docs), bool)
+    basis |= not basis.any()  # no document above every non-document: fit on all that may pass
     cal.ood_threshold = strict
-    n_fits = np.ones(len(non_docs), bool)
     if len(maybe):
-        basis = s_doc[maybe] >= strict
-        basis = basis if basis.any() else np.ones(len(maybe), bool)
         cal.layout_threshold = float(np.quantile(s_layout[basis], 1 - layout_tpr))
         fits = s_layout >= cal.layout_threshold
         # the whole gate must refuse every non-document: the type gate need only be above those the
@@ -433,8 +431,7 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
         cal.ood_threshold = max(ood_min, float(np.nextafter(through.max(), np.inf)) if len(through) else ood_min)
     n_typed = (s_neg >= cal.ood_threshold) & n_sure
     n_pass = n_typed & n_fits
-    typed = (s_doc >= cal.ood_threshold) & (conf >= cal.conf_threshold)
-    on = typed[maybe] & fits
+    on = (s_doc[maybe] >= cal.ood_threshold) & fits  # `maybe` are sure of their type already
     passed = np.zeros(len(docs), bool)
     passed[maybe[on]] = True
     keep, quads = maybe[on], quads[on]

@@ -132,7 +132,8 @@ def show(ref: str, as_json: bool) -> None:
         name, version = parse_ref(ref if ref.startswith(PREFIX) else PREFIX + ref)
         reg = _registry()
         card = reg.card(name, version)
-        card.setdefault("weights_sha256", reg.digest(name, card["version"]))  # saved before cards kept it
+        if "weights_sha256" not in card:  # saved before cards kept it
+            card["weights_sha256"] = reg.digest(name, card["version"])
     except Exception as e:  # noqa: BLE001
         _fail(e)
     click.echo(json.dumps(card, indent=2, sort_keys=True) if as_json else render(card))

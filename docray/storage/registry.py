@@ -207,10 +207,7 @@ class ModelRegistry:
         """Save a new version of `name`; returns it (`v0001`, `v0002`, ...). `card`: how it was made
         (written as card.json with `saved_at`, UTC, and `weights_sha256`)."""
         _check_name(name)
-        weights = safetensors.torch.save(_tensors(state_dict_or_module))
-        card = {**(card or {}), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "weights_sha256": hashlib.sha256(weights).hexdigest()}
-        files = {CONFIG: _json(config, "config"), METRICS: _json(metrics or {}, "metrics"), CARD: _json(card, "card")}
+        files = {}
         for fname, data in (extra_files or {}).items():
             _check_name(fname, "extra file name")
             if fname in (WEIGHTS, CONFIG, METRICS, CARD):
@@ -218,7 +215,11 @@ class ModelRegistry:
             if not isinstance(data, (bytes, bytearray)):
                 raise TypeError(f"extra file {fname!r}: expected bytes, got {type(data).__name__}")
             files[fname] = bytes(data)
-        files[WEIGHTS] = weights
+        weights = safetensors.torch.save(_tensors(state_dict_or_module))  # the arguments checked first
+        card = {**(card or {}), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "weights_sha256": hashlib.sha256(weights).hexdigest()}
+        files.update({WEIGHTS: weights, CONFIG: _json(config, "config"), METRICS: _json(metrics or {}, "metrics"),
+                      CARD: _json(card, "card")})
         return self._save_local(name, files) if self.local else self._save_remote(name, files)
 
     def _next_number(self, name: str) -> int:

@@ -56,7 +56,8 @@ def models() -> None:
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per version")
 def list_models(name: str | None, as_json: bool) -> None:
-    """Every version of every model (or of NAME): when it was saved, its key metric, its commit."""
+    """Every version of every model (or of NAME): its weights' sha256 (the first 12 digits: version
+    names count per registry), when it was saved, its key metric, its commit."""
     reg = _registry()
     try:
         names = [name] if name else reg.names()
@@ -125,7 +126,8 @@ def render(card: dict) -> str:
 @click.argument("ref", metavar="NAME[@VERSION]")
 @click.option("--json", "as_json", is_flag=True, help="the card as JSON")
 def show(ref: str, as_json: bool) -> None:
-    """The model card of one version (default: the latest): commit, job, hardware, datasets, metrics, configs."""
+    """The model card of one version (default: the latest): weights' sha256, commit, job, hardware, datasets,
+    metrics, configs."""
     from docray.storage.registry import PREFIX, parse_ref
 
     try:

@@ -8,6 +8,7 @@ parameters (the frozen text encoder is outside both: its query vectors are store
 time to answer all tasks for one image (batch 1, CPU threads as configured). Last line: JSON.
 
     python -m benchmarks.unified_vs_separate                                  # ~2k train docs, a few epochs
+    python -m benchmarks.unified_vs_separate --set epochs=12 "seeds=[0,1,2]"   # make bench: mean and spread over 3 seeds
     python -m benchmarks.unified_vs_separate --set n_docs=10000 epochs=30      # a longer run (GPU: device=cuda)
     python -m benchmarks.unified_vs_separate --set model=unified_tiny encoder_from='' n_docs=60 epochs=1 text_encoder=hash
 """
@@ -31,7 +32,8 @@ class BenchConfig(Config):
     encoder_from: str = Field("recognition-encoder", description="registered MAE encoder ('' = scratch)")
     text_encoder: str = "minilm"
     n_docs: int = Field(2500, ge=20, description="synthetic documents (80% train; val and test, 10% each, held out)")
-    seed: int = 0
+    seeds: list[int] = Field([0], min_length=1, description="one run per seed (documents and initialisation); "
+                             "the table gives the mean and the lowest and highest")
     epochs: int = Field(5, ge=1, description="training epochs, the same for every model")
     train_limit: int | None = Field(None, ge=1, description="use only the first N training documents (a quick run)")
     batch_size: int = 32
@@ -72,30 +74,28 @@ def time_all_tasks(models: list, arrays: dict, device, repeats: int, split: str 
     return statistics.median(times)
 
 
-def main(argv=None) -> dict:
-    from docray.recognition.data import documents_table, prepare
+def run_seed(c: BenchConfig, seed: int) -> dict:
+    """One seed: its documents, the unified model and one model per task trained on them, scored on
+    the held-out split; timings and parameters of those models."""
+    from docray.recognition.data import DocumentSet, documents_table, prepare
     from docray.recognition.engine import evaluate, fit
     from docray.recognition.metrics import HIGHER_IS_BETTER, METRIC_NAME, chance
-    from docray.recognition.data import DocumentSet
     from train_jobs.train_recognition import RecognitionTrainConfig, build, catalogue_of
 
-    c = parse_args(BenchConfig, argv, description=__doc__.split("\n")[0])
-    torch.set_num_threads(c.threads)
-    save_config(c, c.out)
     ucfg = RecognitionTrainConfig(model=c.model, encoder_from=c.encoder_from, text_encoder=c.text_encoder,
-                              tasks=c.tasks, seed=c.seed)
+                                  tasks=c.tasks, seed=seed)
     cat = catalogue_of(ucfg)
-    arrays = prepare(documents_table(c.n_docs, c.seed), cat, build(ucfg)[0].image_size)
+    arrays = prepare(documents_table(c.n_docs, seed), cat, build(ucfg)[0].image_size)
     if c.train_limit:
         arrays["split"][(arrays["split"] == "train").nonzero()[0][c.train_limit:]] = "unused"
     held = torch.utils.data.DataLoader(DocumentSet(arrays, c.eval_splits), batch_size=64)
     train_kw = dict(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, encoder_lr=c.encoder_lr, device=c.device,
-                    seed=c.seed)
+                    seed=seed)
 
     t0 = time.time()
     unified, _ = build(ucfg)
     unified.to(c.device)
-    fit(unified, arrays, cat, frame_tasks_per_batch=c.frame_tasks_per_batch, desc="unified", **train_kw)
+    fit(unified, arrays, cat, frame_tasks_per_batch=c.frame_tasks_per_batch, desc=f"unified, seed {seed}", **train_kw)
     u_metrics = evaluate(unified, held, cat, c.device)
     u_train_s = time.time() - t0
 
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
         m, sub = build(ucfg.model_copy(update={"tasks": [t.name]}))
         m.to(c.device)
         sub_arrays = {**arrays, "task_set": sub.task_set_matrix(arrays["doc_type_name"])}  # its own task set
-        fit(m, sub_arrays, sub, desc=t.name, **train_kw)
+        fit(m, sub_arrays, sub, desc=f"{t.name}, seed {seed}", **train_kw)
         sub_held = torch.utils.data.DataLoader(DocumentSet(sub_arrays, c.eval_splits), batch_size=64)
         s_metrics[t.name] = evaluate(m, sub_held, sub, c.device)[t.name]
         separate.append(m)
@@ -115,31 +115,60 @@ def main(argv=None) -> dict:
     rows = []
     for t in cat.tasks:
         y = arrays["targets"][t.name]
-        base = chance(t.type, y[split == "train"], y[held_out], t.n_out)
         u, s = u_metrics[t.name], s_metrics[t.name]
-        better = (u - s) if HIGHER_IS_BETTER[t.type] else (s - u)
-        rows.append({"task": t.name, "type": t.type, "metric": METRIC_NAME[t.type], "chance": base,
-                     "unified": u, "separate": s, "unified_minus_separate_points": 100 * better})
-    u_params, s_params = n_params(unified), sum(n_params(m) for m in separate)
-    u_ms = time_all_tasks([unified], arrays, c.device, c.timing_repeats, c.eval_splits[0])
-    s_ms = time_all_tasks(separate, arrays, c.device, c.timing_repeats, c.eval_splits[0])
+        rows.append({"task": t.name, "type": t.type, "metric": METRIC_NAME[t.type],
+                     "chance": chance(t.type, y[split == "train"], y[held_out], t.n_out), "unified": u, "separate": s,
+                     "unified_minus_separate_points": 100 * ((u - s) if HIGHER_IS_BETTER[t.type] else (s - u))})
+    return {"tasks": rows, "held_out": int(held_out.sum()), "train": int((split == "train").sum()),
+            "unified_params": n_params(unified), "separate_params": sum(n_params(m) for m in separate),
+            "unified_all_tasks_ms": time_all_tasks([unified], arrays, c.device, c.timing_repeats, c.eval_splits[0]),
+            "separate_all_tasks_ms": time_all_tasks(separate, arrays, c.device, c.timing_repeats, c.eval_splits[0]),
+            "unified_train_s": u_train_s, "separate_train_s": s_train_s,
+            "gate_accuracy": u_metrics["gate_accuracy"], "task_set_accuracy": u_metrics["task_set_accuracy"]}
 
-    print(f"\nunified vs separate on {int(held_out.sum())} held-out documents "
-          f"({int((split == 'train').sum())} train, {c.epochs} epochs, encoder: {c.encoder_from or 'scratch'})")
-    print(f"{'task':22s} {'metric':9s} {'chance':>8s} {'unified':>8s} {'separate':>9s} {'u-s (pts, +=better)':>20s}")
+
+def main(argv=None) -> dict:
+    c = parse_args(BenchConfig, argv, description=__doc__.split("\n")[0])
+    torch.set_num_threads(c.threads)
+    save_config(c, c.out)
+    runs = [run_seed(c, seed) for seed in c.seeds]
+    mean = lambda xs: float(statistics.fmean(xs))  # noqa: E731
+    rows = []
+    for i, t in enumerate(runs[0]["tasks"]):
+        by = {k: [r["tasks"][i][k] for r in runs] for k in ("chance", "unified", "separate", "unified_minus_separate_points")}
+        rows.append({**{k: t[k] for k in ("task", "type", "metric")}, **{k: mean(v) for k, v in by.items()},
+                     "unified_by_seed": by["unified"], "separate_by_seed": by["separate"],
+                     "gap_points_by_seed": by["unified_minus_separate_points"]})
+    first = runs[0]
+    u_ms, s_ms = (statistics.median(r[k] for r in runs) for k in ("unified_all_tasks_ms", "separate_all_tasks_ms"))
+
+    spread = len(runs) > 1
+    print(f"\nunified vs separate on {first['held_out']} held-out documents ({first['train']} train, {c.epochs} "
+          f"epochs, encoder: {c.encoder_from or 'scratch'}), seeds {c.seeds}" + (": mean [lowest, highest]" if spread else ""))
+    span = lambda xs: f" [{min(xs):.3f}, {max(xs):.3f}]" if spread else ""  # noqa: E731
+    gap_span = lambda xs: f" [{min(xs):+.1f}, {max(xs):+.1f}]" if spread else ""  # noqa: E731
+    w = 22 if spread else 8
+    print(f"{'task':22s} {'metric':9s} {'chance':>8s} {'unified':>{w}s} {'separate':>{w}s} {'u-s (pts, +=better)':>{w + 12}s}")
     for r in rows:
-        print(f"{r['task']:22s} {r['metric']:9s} {r['chance']:8.3f} {r['unified']:8.3f} {r['separate']:9.3f} "
-              f"{r['unified_minus_separate_points']:20.1f}")
+        print(f"{r['task']:22s} {r['metric']:9s} {r['chance']:8.3f} {r['unified']:8.3f}{span(r['unified_by_seed'])} "
+              f"{r['separate']:8.3f}{span(r['separate_by_seed'])} "
+              f"{r['unified_minus_separate_points']:{20 if not spread else 18}.1f}{gap_span(r['gap_points_by_seed'])}")
+    u_params, s_params = first["unified_params"], first["separate_params"]
     print(f"{'parameters':22s} {'':9s} {'':8s} {u_params:8,d} {s_params:9,d}   ratio {u_params / s_params:.2f}")
-    print(f"{'all tasks, 1 image':22s} {'ms':9s} {'':8s} {u_ms:8.1f} {s_ms:9.1f}")
-    print(f"{'training':22s} {'s':9s} {'':8s} {u_train_s:8.0f} {s_train_s:9.0f}")
-    print(f"gate routing accuracy {u_metrics['gate_accuracy']:.3f}, task-set accuracy {u_metrics['task_set_accuracy']:.3f}")
+    print(f"{'all tasks, 1 image':22s} {'ms':9s} {'':8s} {u_ms:8.1f} {s_ms:9.1f}   (median over seeds)")
+    print(f"{'training':22s} {'s':9s} {'':8s} {mean([r['unified_train_s'] for r in runs]):8.0f} "
+          f"{mean([r['separate_train_s'] for r in runs]):9.0f}   (mean per seed)")
+    print(f"gate routing accuracy {mean([r['gate_accuracy'] for r in runs]):.3f}, "
+          f"task-set accuracy {mean([r['task_set_accuracy'] for r in runs]):.3f}")
     summary = {
-        "tasks": rows, "unified_params": u_params, "separate_params": s_params,
+        "tasks": rows, "seeds": c.seeds, "unified_params": u_params, "separate_params": s_params,
         "param_ratio": u_params / s_params, "unified_all_tasks_ms": u_ms, "separate_all_tasks_ms": s_ms,
-        "unified_train_s": u_train_s, "separate_train_s": s_train_s, "gate_accuracy": u_metrics["gate_accuracy"],
-        "task_set_accuracy": u_metrics["task_set_accuracy"], "epochs": c.epochs, "n_docs": c.n_docs,
+        "unified_train_s": mean([r["unified_train_s"] for r in runs]),
+        "separate_train_s": mean([r["separate_train_s"] for r in runs]),
+        "gate_accuracy": mean([r["gate_accuracy"] for r in runs]),
+        "task_set_accuracy": mean([r["task_set_accuracy"] for r in runs]), "epochs": c.epochs, "n_docs": c.n_docs,
         "worst_gap_points": min(r["unified_minus_separate_points"] for r in rows),
+        "worst_gap_points_any_seed": min(min(r["gap_points_by_seed"]) for r in rows),
     }
     Path(c.out).mkdir(parents=True, exist_ok=True)
     Path(c.out, "result.json").write_text(json.dumps(summary, indent=2))

@@ -143,16 +143,18 @@ def main(argv=None) -> dict:
     u_ms, s_ms = (statistics.median(r[k] for r in runs) for k in ("unified_all_tasks_ms", "separate_all_tasks_ms"))
 
     spread = len(runs) > 1
+
+    def cell(v: float, xs: list, f: str) -> str:  # the mean, then the lowest and highest seed's
+        return f"{v:{f}}" + (f" [{min(xs):{f}}, {max(xs):{f}}]" if spread else "")
+
+    w = 24 if spread else 9
     print(f"\nunified vs separate on {first['held_out']} held-out documents ({first['train']} train, {c.epochs} "
           f"epochs, encoder: {c.encoder_from or 'scratch'}), seeds {c.seeds}" + (": mean [lowest, highest]" if spread else ""))
-    span = lambda xs: f" [{min(xs):.3f}, {max(xs):.3f}]" if spread else ""  # noqa: E731
-    gap_span = lambda xs: f" [{min(xs):+.1f}, {max(xs):+.1f}]" if spread else ""  # noqa: E731
-    w = 22 if spread else 8
-    print(f"{'task':22s} {'metric':9s} {'chance':>8s} {'unified':>{w}s} {'separate':>{w}s} {'u-s (pts, +=better)':>{w + 12}s}")
+    print(f"{'task':22s} {'metric':9s} {'chance':>8s} {'unified':>{w}s} {'separate':>{w}s} {'u-s (pts, +=better)':>{w}s}")
     for r in rows:
-        print(f"{r['task']:22s} {r['metric']:9s} {r['chance']:8.3f} {r['unified']:8.3f}{span(r['unified_by_seed'])} "
-              f"{r['separate']:8.3f}{span(r['separate_by_seed'])} "
-              f"{r['unified_minus_separate_points']:{20 if not spread else 18}.1f}{gap_span(r['gap_points_by_seed'])}")
+        print(f"{r['task']:22s} {r['metric']:9s} {r['chance']:8.3f} {cell(r['unified'], r['unified_by_seed'], '.3f'):>{w}s} "
+              f"{cell(r['separate'], r['separate_by_seed'], '.3f'):>{w}s} "
+              f"{cell(r['unified_minus_separate_points'], r['gap_points_by_seed'], '+.1f'):>{w}s}")
     u_params, s_params = first["unified_params"], first["separate_params"]
     print(f"{'parameters':22s} {'':9s} {'':8s} {u_params:8,d} {s_params:9,d}   ratio {u_params / s_params:.2f}")
     print(f"{'all tasks, 1 image':22s} {'ms':9s} {'':8s} {u_ms:8.1f} {s_ms:9.1f}   (median over seeds)")

@@ -132,11 +132,11 @@ def main(argv=None) -> dict:
     torch.set_num_threads(c.threads)
     save_config(c, c.out)
     runs = [run_seed(c, seed) for seed in c.seeds]
-    mean = lambda xs: float(statistics.fmean(xs))  # noqa: E731
     rows = []
     for i, t in enumerate(runs[0]["tasks"]):
-        by = {k: [r["tasks"][i][k] for r in runs] for k in ("chance", "unified", "separate", "unified_minus_separate_points")}
-        rows.append({**{k: t[k] for k in ("task", "type", "metric")}, **{k: mean(v) for k, v in by.items()},
+        by = {k: [r["tasks"][i][k] for r in runs]
+              for k in ("chance", "unified", "separate", "unified_minus_separate_points")}
+        rows.append({**{k: t[k] for k in ("task", "type", "metric")}, **{k: statistics.fmean(v) for k, v in by.items()},
                      "unified_by_seed": by["unified"], "separate_by_seed": by["separate"],
                      "gap_points_by_seed": by["unified_minus_separate_points"]})
     first = runs[0]
@@ -149,26 +149,30 @@ def main(argv=None) -> dict:
 
     w = 24 if spread else 9
     print(f"\nunified vs separate on {first['held_out']} held-out documents ({first['train']} train, {c.epochs} "
-          f"epochs, encoder: {c.encoder_from or 'scratch'}), seeds {c.seeds}" + (": mean [lowest, highest]" if spread else ""))
-    print(f"{'task':22s} {'metric':9s} {'chance':>8s} {'unified':>{w}s} {'separate':>{w}s} {'u-s (pts, +=better)':>{w}s}")
+          f"epochs, encoder: {c.encoder_from or 'scratch'}), seeds {c.seeds}"
+          + (": mean [lowest, highest]" if spread else ""))
+    print(f"{'task':22s} {'metric':9s} {'chance':>8s} {'unified':>{w}s} {'separate':>{w}s} "
+          f"{'u-s (pts, +=better)':>{w}s}")
     for r in rows:
-        print(f"{r['task']:22s} {r['metric']:9s} {r['chance']:8.3f} {cell(r['unified'], r['unified_by_seed'], '.3f'):>{w}s} "
+        print(f"{r['task']:22s} {r['metric']:9s} {r['chance']:8.3f} "
+              f"{cell(r['unified'], r['unified_by_seed'], '.3f'):>{w}s} "
               f"{cell(r['separate'], r['separate_by_seed'], '.3f'):>{w}s} "
               f"{cell(r['unified_minus_separate_points'], r['gap_points_by_seed'], '+.1f'):>{w}s}")
     u_params, s_params = first["unified_params"], first["separate_params"]
     print(f"{'parameters':22s} {'':9s} {'':8s} {u_params:8,d} {s_params:9,d}   ratio {u_params / s_params:.2f}")
     print(f"{'all tasks, 1 image':22s} {'ms':9s} {'':8s} {u_ms:8.1f} {s_ms:9.1f}   (median over seeds)")
-    print(f"{'training':22s} {'s':9s} {'':8s} {mean([r['unified_train_s'] for r in runs]):8.0f} "
-          f"{mean([r['separate_train_s'] for r in runs]):9.0f}   (mean per seed)")
-    print(f"gate routing accuracy {mean([r['gate_accuracy'] for r in runs]):.3f}, "
-          f"task-set accuracy {mean([r['task_set_accuracy'] for r in runs]):.3f}")
+    print(f"{'training':22s} {'s':9s} {'':8s} {statistics.fmean([r['unified_train_s'] for r in runs]):8.0f} "
+          f"{statistics.fmean([r['separate_train_s'] for r in runs]):9.0f}   (mean per seed)")
+    print(f"gate routing accuracy {statistics.fmean([r['gate_accuracy'] for r in runs]):.3f}, "
+          f"task-set accuracy {statistics.fmean([r['task_set_accuracy'] for r in runs]):.3f}")
     summary = {
         "tasks": rows, "seeds": c.seeds, "unified_params": u_params, "separate_params": s_params,
         "param_ratio": u_params / s_params, "unified_all_tasks_ms": u_ms, "separate_all_tasks_ms": s_ms,
-        "unified_train_s": mean([r["unified_train_s"] for r in runs]),
-        "separate_train_s": mean([r["separate_train_s"] for r in runs]),
-        "gate_accuracy": mean([r["gate_accuracy"] for r in runs]),
-        "task_set_accuracy": mean([r["task_set_accuracy"] for r in runs]), "epochs": c.epochs, "n_docs": c.n_docs,
+        "unified_train_s": statistics.fmean([r["unified_train_s"] for r in runs]),
+        "separate_train_s": statistics.fmean([r["separate_train_s"] for r in runs]),
+        "gate_accuracy": statistics.fmean([r["gate_accuracy"] for r in runs]),
+        "task_set_accuracy": statistics.fmean([r["task_set_accuracy"] for r in runs]),
+        "epochs": c.epochs, "n_docs": c.n_docs,
         "worst_gap_points": min(r["unified_minus_separate_points"] for r in rows),
         "worst_gap_points_any_seed": min(min(r["gap_points_by_seed"]) for r in rows),
     }

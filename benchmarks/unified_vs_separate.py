@@ -93,6 +93,7 @@ def run_seed(c: BenchConfig, seed: int) -> dict:
                     seed=seed)
 
     t0 = time.time()
+    torch.manual_seed(seed)  # each model's initialisation from the seed (torch's own start seed differs per process)
     unified, _ = build(ucfg)
     unified.to(c.device)
     fit(unified, arrays, cat, frame_tasks_per_batch=c.frame_tasks_per_batch, desc=f"unified, seed {seed}", **train_kw)
@@ -101,6 +102,7 @@ def run_seed(c: BenchConfig, seed: int) -> dict:
 
     separate, s_metrics, t0 = [], {}, time.time()
     for t in cat.tasks:
+        torch.manual_seed(seed)
         m, sub = build(ucfg.model_copy(update={"tasks": [t.name]}))
         m.to(c.device)
         sub_arrays = {**arrays, "task_set": sub.task_set_matrix(arrays["doc_type_name"])}  # its own task set

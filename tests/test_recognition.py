@@ -269,6 +269,7 @@ def test_unified_vs_separate_benchmark_reports_every_task(tmp_path, capsys):
 
     r = bench.main(["--set", "model=unified_tiny", "encoder_from=", "text_encoder=hash", "n_docs=40", "epochs=1",
                     "batch_size=8", "timing_repeats=1", "seeds=[0,1]", f"out={tmp_path}"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(Path(tmp_path, "result.json").read_text())
     assert [t["task"] for t in r["tasks"]] == load_catalogue().names()
     for t in r["tasks"]:  # unified, separate and chance scored on the same held-out documents
         assert all(np.isfinite(t[k]) for k in ("chance", "unified", "separate"))
@@ -276,6 +277,10 @@ def test_unified_vs_separate_benchmark_reports_every_task(tmp_path, capsys):
         assert t["unified"] == pytest.approx(np.mean(t["unified_by_seed"]))
         assert min(t["gap_points_by_seed"]) <= t["unified_minus_separate_points"] <= max(t["gap_points_by_seed"])
     assert r["worst_gap_points_any_seed"] <= r["worst_gap_points"]
+    again = bench.main(["--set", "model=unified_tiny", "encoder_from=", "text_encoder=hash", "n_docs=40", "epochs=1",
+                        "batch_size=8", "timing_repeats=1", "seeds=[1]", f"out={tmp_path / 'again'}"])
+    for t, u in zip(r["tasks"], again["tasks"]):  # a seed gives the same models whatever ran before it
+        assert (u["unified"], u["separate"]) == (t["unified_by_seed"][1], t["separate_by_seed"][1])
     assert r["unified_params"] < r["separate_params"]  # one encoder instead of one per task
     assert r["worst_gap_points"] == min(t["unified_minus_separate_points"] for t in r["tasks"])
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(Path(tmp_path, "result.json").read_text())
+

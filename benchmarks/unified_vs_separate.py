@@ -8,7 +8,7 @@ parameters (the frozen text encoder is outside both: its query vectors are store
 time to answer all tasks for one image (batch 1, CPU threads as configured). Last line: JSON.
 
     python -m benchmarks.unified_vs_separate                                  # ~2k train docs, a few epochs
-    python -m benchmarks.unified_vs_separate --set epochs=12 "seeds=[0,1,2]"   # make bench: mean and spread over 3 seeds
+    python -m benchmarks.unified_vs_separate --set epochs=12 "seeds=[0,1,2]"   # make bench: mean, spread of 3 seeds
     python -m benchmarks.unified_vs_separate --set n_docs=10000 epochs=30      # a longer run (GPU: device=cuda)
     python -m benchmarks.unified_vs_separate --set model=unified_tiny encoder_from='' n_docs=60 epochs=1 text_encoder=hash
 """
@@ -85,7 +85,9 @@ def run_seed(c: BenchConfig, seed: int) -> dict:
     ucfg = RecognitionTrainConfig(model=c.model, encoder_from=c.encoder_from, text_encoder=c.text_encoder,
                                   tasks=c.tasks, seed=seed)
     cat = catalogue_of(ucfg)
-    arrays = prepare(documents_table(c.n_docs, seed), cat, build(ucfg)[0].image_size)
+    torch.manual_seed(seed)  # each model's initialisation from the seed (torch's own start seed differs per process)
+    unified, _ = build(ucfg)
+    arrays = prepare(documents_table(c.n_docs, seed), cat, unified.image_size)
     if c.train_limit:
         arrays["split"][(arrays["split"] == "train").nonzero()[0][c.train_limit:]] = "unused"
     held = torch.utils.data.DataLoader(DocumentSet(arrays, c.eval_splits), batch_size=64)
@@ -93,8 +95,6 @@ def run_seed(c: BenchConfig, seed: int) -> dict:
                     seed=seed)
 
     t0 = time.time()
-    torch.manual_seed(seed)  # each model's initialisation from the seed (torch's own start seed differs per process)
-    unified, _ = build(ucfg)
     unified.to(c.device)
     fit(unified, arrays, cat, frame_tasks_per_batch=c.frame_tasks_per_batch, desc=f"unified, seed {seed}", **train_kw)
     u_metrics = evaluate(unified, held, cat, c.device)
@@ -142,7 +142,19 @@ def main(argv=None) -> dict:
                      "unified_by_seed": by["unified"], "separate_by_seed": by["separate"],
                      "gap_points_by_seed": by["unified_minus_separate_points"]})
     first = runs[0]
-    u_ms, s_ms = (statistics.median(r[k] for r in runs) for k in ("unified_all_tasks_ms", "separate_all_tasks_ms"))
+
+    def mean_of(key: str) -> float:
+        return statistics.fmean(r[key] for r in runs)
+
+    summary = {
+        "tasks": rows, "seeds": c.seeds, "unified_params": first["unified_params"],
+        "separate_params": first["separate_params"], "param_ratio": first["unified_params"] / first["separate_params"],
+        **{k: statistics.median(r[k] for r in runs) for k in ("unified_all_tasks_ms", "separate_all_tasks_ms")},
+        **{k: mean_of(k) for k in ("unified_train_s", "separate_train_s", "gate_accuracy", "task_set_accuracy")},
+        "epochs": c.epochs, "n_docs": c.n_docs,
+        "worst_gap_points": min(r["unified_minus_separate_points"] for r in rows),
+        "worst_gap_points_any_seed": min(min(r["gap_points_by_seed"]) for r in rows),
+    }
 
     spread = len(runs) > 1
 
@@ -160,24 +172,14 @@ def main(argv=None) -> dict:
               f"{cell(r['unified'], r['unified_by_seed'], '.3f'):>{w}s} "
               f"{cell(r['separate'], r['separate_by_seed'], '.3f'):>{w}s} "
               f"{cell(r['unified_minus_separate_points'], r['gap_points_by_seed'], '+.1f'):>{w}s}")
-    u_params, s_params = first["unified_params"], first["separate_params"]
-    print(f"{'parameters':22s} {'':9s} {'':8s} {u_params:8,d} {s_params:9,d}   ratio {u_params / s_params:.2f}")
-    print(f"{'all tasks, 1 image':22s} {'ms':9s} {'':8s} {u_ms:8.1f} {s_ms:9.1f}   (median over seeds)")
-    print(f"{'training':22s} {'s':9s} {'':8s} {statistics.fmean([r['unified_train_s'] for r in runs]):8.0f} "
-          f"{statistics.fmean([r['separate_train_s'] for r in runs]):9.0f}   (mean per seed)")
-    print(f"gate routing accuracy {statistics.fmean([r['gate_accuracy'] for r in runs]):.3f}, "
-          f"task-set accuracy {statistics.fmean([r['task_set_accuracy'] for r in runs]):.3f}")
-    summary = {
-        "tasks": rows, "seeds": c.seeds, "unified_params": u_params, "separate_params": s_params,
-        "param_ratio": u_params / s_params, "unified_all_tasks_ms": u_ms, "separate_all_tasks_ms": s_ms,
-        "unified_train_s": statistics.fmean([r["unified_train_s"] for r in runs]),
-        "separate_train_s": statistics.fmean([r["separate_train_s"] for r in runs]),
-        "gate_accuracy": statistics.fmean([r["gate_accuracy"] for r in runs]),
-        "task_set_accuracy": statistics.fmean([r["task_set_accuracy"] for r in runs]),
-        "epochs": c.epochs, "n_docs": c.n_docs,
-        "worst_gap_points": min(r["unified_minus_separate_points"] for r in rows),
-        "worst_gap_points_any_seed": min(min(r["gap_points_by_seed"]) for r in rows),
-    }
+    f = summary
+    print(f"{'parameters':22s} {'':9s} {'':8s} {f['unified_params']:8,d} {f['separate_params']:9,d}   "
+          f"ratio {f['param_ratio']:.2f}")
+    print(f"{'all tasks, 1 image':22s} {'ms':9s} {'':8s} {f['unified_all_tasks_ms']:8.1f} "
+          f"{f['separate_all_tasks_ms']:9.1f}   (median over seeds)")
+    print(f"{'training':22s} {'s':9s} {'':8s} {f['unified_train_s']:8.0f} {f['separate_train_s']:9.0f}   "
+          "(mean per seed)")
+    print(f"gate routing accuracy {f['gate_accuracy']:.3f}, task-set accuracy {f['task_set_accuracy']:.3f}")
     Path(c.out).mkdir(parents=True, exist_ok=True)
     Path(c.out, "result.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))

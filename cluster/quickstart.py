@@ -126,7 +126,8 @@ def job_list(cfg: QuickstartConfig, corpus: dict[str, dict]) -> list[tuple[str, 
                                                                  "funnel.gap_threshold=-1", "funnel.drop_threshold=-1",
                                                                  "attack.enabled=false"])]
     if cfg.jobs.regen:
-        jobs += [("train_regen", "train_jobs.train_regen", [*data("documents"), "max_epochs=1", "time_budget_s=60"])]
+        jobs += [("train_regen", "train_jobs.train_regen", [*data("documents"), "max_epochs=1", "time_budget_s=60",
+                                                             "calibrate_search_others=0"])]
     return jobs
 
 

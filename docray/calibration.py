@@ -137,8 +137,12 @@ def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_
 @click.option("--bound", type=float, default=0.95, show_default=True, help="judge the wrong rate by its one-sided "
               "Clopper-Pearson upper bound at this confidence level (0: the rate seen)")
 @click.option("--doc-tpr", type=float, default=0.99, show_default=True, help="share of documents the OOD threshold keeps")
+@click.option("--search-others", type=int, default=60, show_default=True,  # gate.SEARCH_OTHERS
+              help="documents searched against the other types' templates to set the corner search's threshold "
+                   "(~5 s each; 0: no corner search)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong, bound, doc_tpr, as_json) -> None:
+def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong, bound, doc_tpr, search_others,
+          as_json) -> None:
     """Regen compression's document gate (type model, out-of-distribution score, layout check) and
     per-field confidence for MODEL (registry:regen, the
     registry's latest version, or a saved model folder), fitted on calibration documents and generated
@@ -173,7 +177,7 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
         rows = generate("documents", start, start + n_docs, seed=0, size=(w, h), n_angles=0).to_pylist()
     negs = non_documents(non_docs, "calibration", (w, h))
     report = rc.calibrate(gate.documents(rows), negs, families=family_names(non_docs),
-                          doc_tpr=doc_tpr, max_wrong=max_wrong, bound=bound)
+                          doc_tpr=doc_tpr, max_wrong=max_wrong, bound=bound, search_others=search_others)
     data = rc.calibration.to_json()
     if model == "registry:regen":
         reg.fs.pipe_file(f"{folder}/{gate.FILE}", data.encode())
@@ -189,6 +193,9 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
                f"non-documents pass {report['non_documents_passing_by_family']}")
     click.echo(f"  layout check: threshold {report['layout_threshold']} (layout score 1st/10th/50th percentile of the "
                f"documents passing the type gate: {report['layout_score_quantiles']})")
+    click.echo(f"  corner search: threshold {report['search_threshold']} (above {report['search_wrong_layouts']} "
+               f"searched captures of another layout, highest {report['search_wrong_layouts_max']}); "
+               f"{report['documents_passing_by_search']} documents pass by it")
     click.echo(f"  fields: {report['n_fields']} read, {report['fields_read_right']} right; threshold "
                f"{report['field_threshold']}: {report['fields_regenerated_share']} regenerated, "
                f"{report['regenerated_fields_wrong']} of those wrong "

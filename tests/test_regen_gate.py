@@ -58,7 +58,7 @@ def rc():
     model.eval()
     rc = RegenCompressor(model, file_types=load_file_types(LIB))
     negs = non_documents(250, "calibration", SIZE)
-    rc.report = rc.calibrate(examples(200_000, 160), negs, families=family_names(250))
+    rc.report = rc.calibrate(examples(200_000, 160), negs, families=family_names(250), search_others=0)
     return rc
 
 
@@ -275,6 +275,49 @@ def test_aligning_on_the_captions_recovers_corners_a_few_px_off(rc):
     assert G.layout_score(img, t, off) + 0.1 < score and score > G.layout_score(img, t, true) - 0.05
     far = true + [30, 0]  # a fit that far is not a corner error: the corners stay
     assert np.array_equal(G.align_layout(img, t, far)[0], far)
+
+
+def test_the_corner_search_finds_corners_too_far_off_for_ecc_and_has_its_own_threshold(rc):
+    """A corner 28 px off is past what `align_layout` may move; `search_layout` finds it, and
+    `check_layout` passes the capture on the searched corners when the calibration has a search
+    threshold (and not without one). Another type's template searched so scores below its own."""
+    from docray.regen import fields, layout
+
+    size, (t, u) = G.LAYOUT_SIZE, rc.doc_types[:2]
+    white = np.full((size[1], size[0], 3), 255, np.uint8)
+    img = Image.fromarray(layout.composite(layout.render_layer(t, ["A1B2C3 DEF"] * len(layout.field_names(t)), size), white))
+    true = fields.frame_quad(t, size)
+    off = true + np.array([[28, -20], [0, 0], [0, 0], [0, 0]], np.float64)
+    assert G.align_layout(img, t, off)[1] < G.layout_score(img, t, true) - 0.1  # ECC may not move that far
+    quad, score = G.search_layout(img, t, off)
+    assert np.abs(quad - true).max() < 3 and score > G.layout_score(img, t, true) - 0.05
+    other = G.search_layout(img, u, fields.frame_quad(u, size))[1]
+    assert other < score - 0.2, (other, score)
+
+    passed = {"passed": True, "type": t, "confidence": 0.99, "reason": None}
+    cal = rc.calibration
+    try:
+        rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.9, "search_threshold": None})
+        [g], [q] = rc.check_layout([img], [passed], [off])
+        assert not g["passed"] and "layout_search_score" not in g
+        rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.9, "search_threshold": (other + score) / 2})
+        [g], [q] = rc.check_layout([img], [passed], [off])
+        assert g["passed"] and g["layout_search_score"] >= g["search_threshold"] and np.abs(q - true).max() < 3
+        [g], _ = rc.check_layout([img], [{**passed, "type": u}], [fields.frame_quad(u, size)])
+        assert not g["passed"] and "searched corners" in g["reason"]
+    finally:
+        rc.calibration = cal
+    assert cal.search_threshold is None and rc.report["search_threshold"] is None  # calibrated with search_others=0
+
+
+def test_calibration_sets_the_search_threshold_above_every_searched_wrong_layout(rc):
+    """With `search_others`, calibration searches documents against the other types' templates (and
+    the documents read as another type, the non-documents reaching the check) and puts the search's
+    threshold above all of them, never below the layout threshold."""
+    cal, rep = G.calibrate(rc, examples(200_000, 12, flat_every=1), non_documents(20, "calibration", SIZE), search_others=2)
+    assert rep["search_wrong_layouts"] >= 2 * (len(rc.doc_types) - 1) - 2  # the pairs the plain check refused
+    assert cal.search_threshold > rep["search_wrong_layouts_max"] and cal.search_threshold >= cal.layout_threshold
+    assert rep["settings"]["search_others"] == 2 and rep["non_documents_passing"] == 0
 
 
 def test_the_whole_gate_refuses_every_calibration_non_document(rc):

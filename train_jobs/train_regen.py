@@ -128,6 +128,9 @@ class RegenTrainConfig(Config):
                                 "weights (0: skip; an uncalibrated model regenerates nothing: `docray calibrate regen` "
                                 "later)")
     calibrate_non_docs: int = Field(500, ge=1, description="generated non-documents for the calibration")
+    calibrate_search_others: int = Field(60, ge=0, description="calibration documents searched against the other "
+                                         "types' templates to set the layout check's corner-search threshold "
+                                         "(gate.search_layout, ~5 s each; 0: no corner search)")
 
 
 def data_uris(cfg: RegenTrainConfig) -> tuple[str, str]:
@@ -481,7 +484,7 @@ def calibrate(model, val, cfg: RegenTrainConfig):
                                                             "types": {}, "default": ft}), device="cpu")
     n, size = cfg.calibrate_non_docs, decode_image(rows[0]["image"]).size
     report = rc.calibrate(documents(rows), non_documents(n, "calibration", size),
-                          families=family_names(n))
+                          families=family_names(n), search_others=cfg.calibrate_search_others)
     print("regen calibration:", {k: v for k, v in report.items() if k != "settings"})
     return rc.calibration
 

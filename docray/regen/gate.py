@@ -171,6 +171,7 @@ class Calibration:
     field_threshold: float
     report: dict = field(default_factory=dict)
     layout_threshold: float | None = None  # `layout_score` below it: not this type's layout (None: no check)
+    search_threshold: float | None = None  # a `search_layout` score at or above it passes (None: no search)
     version: int = VERSION
 
     # -- the gate ------------------------------------------------------------------------------
@@ -252,6 +253,9 @@ def _type_outputs(rc, images: list) -> tuple[np.ndarray, np.ndarray]:
 LAYOUT_SIZE = (384, 240)  # the frame the layout check straightens a capture onto
 ALIGN_ITERATIONS = 50  # ECC steps of `align_layout`
 ALIGN_MAX_SHIFT = 16  # px of `LAYOUT_SIZE` a corner may move in `align_layout`: a corner head's error, not another layout
+SEARCH_STEPS = ((32, 8), (6, 2))  # `search_layout`: (reach, step) px of a capture `LAYOUT_SIZE` wide, coarse then fine
+SEARCH_ROUNDS = 2  # `search_layout`: passes over the four corners
+SEARCH_OTHERS = 60  # calibration documents whose other-template pairs `search_layout` scores (~1 s a pair)
 LAYOUT_OTHERS = 200  # calibration documents also scored against every other type's template (the report's figure)
 
 
@@ -261,12 +265,12 @@ def layout_score(image, doc_type: str, quad) -> float:
     slot, of the straightened capture's ink (how much darker each pixel is than its 9 px
     neighbourhood) with the template's static layer. A document of another layout read as this type
     scores low (measurements: the module docstring)."""
-    return _ink_score(_frame_ink(image, doc_type, quad), doc_type)
+    return _ink_score(_frame_ink(_grey(image), doc_type, quad), doc_type)
 
 
-def _ink_score(ink: np.ndarray, doc_type: str) -> float:
-    """`layout_score` of a straightened capture's ink (`_frame_ink`)."""
-    static, keep = _static_layer(doc_type)
+def _ink_score(ink: np.ndarray, doc_type: str, layer=None) -> float:
+    """`layout_score` of a straightened capture's ink (`_frame_ink`); `layer`: `_static_layer(doc_type)`."""
+    static, keep = layer or _static_layer(doc_type)
     a, b = ink[keep], static[keep]
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-6))
@@ -286,7 +290,7 @@ def align_layout(image, doc_type: str, quad, iterations: int = ALIGN_ITERATIONS,
     from docray.regen import fields
 
     quad = np.asarray(quad, np.float64).reshape(4, 2)
-    ink = _frame_ink(image, doc_type, quad)
+    ink = _frame_ink(_grey(image), doc_type, quad)
     before = _ink_score(ink, doc_type)
     try:
         _, w = cv2.findTransformECC(_static_layer(doc_type)[0], ink, np.eye(2, 3, dtype=np.float32),
@@ -304,13 +308,56 @@ def align_layout(image, doc_type: str, quad, iterations: int = ALIGN_ITERATIONS,
     return (aligned, after) if after > before else (quad, before)
 
 
-def _frame_ink(image, doc_type: str, quad) -> np.ndarray:
-    """The capture straightened onto `LAYOUT_SIZE` through `quad`: its ink, float32 (h, w)."""
+def search_layout(image, doc_type: str, quad, steps=SEARCH_STEPS, rounds: int = SEARCH_ROUNDS) -> tuple[np.ndarray, float]:
+    """Where `align_layout` leaves a known document below the layout threshold, its corners are
+    mostly further off than ECC reaches (a corner head's miss of 20-30 px on a blurred or tilted
+    capture). A search, then: one corner at a time moves to where `layout_score` is highest, on a
+    coarse grid then a fine one around it (`steps`: (reach, step) px, scaled with the capture's
+    width against `LAYOUT_SIZE`), for `rounds` passes over the corners; then `align_layout`. Each
+    corner may so move up to 38 px: far enough to fit another layout's captions better than
+    ECC can, so a searched score is judged by its own threshold (`Calibration.search_threshold`,
+    above the other-template pairs searched at calibration). ~1,000 scores, ~1 s on a CPU core.
+    Returns (corners, score)."""
     from docray.regen import fields
 
-    flat = fields.original_in_frame(np.asarray(image.convert("RGB")), quad, doc_type, LAYOUT_SIZE)
-    grey = cv2.cvtColor(flat, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    return cv2.GaussianBlur(np.maximum(cv2.blur(grey, (9, 9)) - grey, 0), (0, 0), 1.5)
+    grey, layer, frame = _grey(image), _static_layer(doc_type), fields.frame_quad(doc_type, LAYOUT_SIZE)
+    scale = image.width / LAYOUT_SIZE[0]
+    q = np.asarray(quad, np.float64).reshape(4, 2).copy()
+    best = _ink_score(_frame_ink(grey, doc_type, q, frame), doc_type, layer)
+    for _ in range(rounds):
+        moved = False
+        for c in range(4):
+            for reach, step in steps:
+                d = np.arange(-reach, reach + 1, step) * scale
+                base, found = q[c].copy(), None
+                for dx in d:
+                    for dy in d:
+                        trial = q.copy()
+                        trial[c] = base + (dx, dy)
+                        s = _ink_score(_frame_ink(grey, doc_type, trial, frame), doc_type, layer)
+                        if s > best + 1e-4:
+                            best, found = s, trial
+                if found is not None:
+                    q, moved = found, True
+        if not moved:
+            break
+    return align_layout(image, doc_type, q)
+
+
+def _grey(image) -> np.ndarray:
+    return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+
+
+def _frame_ink(grey: np.ndarray, doc_type: str, quad, frame=None) -> np.ndarray:
+    """The capture (`_grey`) straightened onto `LAYOUT_SIZE` through `quad`: its ink, float32 (h, w).
+    `frame`: `fields.frame_quad(doc_type, LAYOUT_SIZE)`, where the document lies in that frame."""
+    from docray.regen import fields
+
+    frame = fields.frame_quad(doc_type, LAYOUT_SIZE) if frame is None else frame
+    to_image = fields.homography(frame, np.reshape(np.asarray(quad, np.float64), (4, 2)))
+    flat = cv2.warpPerspective(grey, to_image, LAYOUT_SIZE, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    return cv2.GaussianBlur(np.maximum(cv2.blur(flat, (9, 9)) - flat, 0), (0, 0), 1.5)
 
 
 def _static_layer(doc_type: str) -> tuple[np.ndarray, np.ndarray]:
@@ -372,7 +419,7 @@ def _read_right(reading: dict, doc_type: str, values: list[str]) -> list[bool]:
 
 def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None = None, doc_tpr: float = 0.99,
               max_type_error: float = 0.01, min_conf: float = 0.5, max_wrong: float = 0.005,
-              bound: float = 0.95, layout_tpr: float = 0.98) -> tuple[Calibration, dict]:
+              bound: float = 0.95, layout_tpr: float = 0.98, search_others: int = SEARCH_OTHERS) -> tuple[Calibration, dict]:
     """Fit the gate and the field confidence on a calibration split.
 
     `rc` a `RegenCompressor`; `docs` (PIL image, type name, [field value per template field]) of known
@@ -382,8 +429,11 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     `layout_tpr`: the share of the documents passing the type gate alone (above every non-document)
     that the layout check keeps (the report gives what it lets through of the same captures scored
     against the other types' templates); the type gate's threshold is then lowered to just above
-    the non-documents the layout check lets through, never below what keeps `doc_tpr` of the documents.
-    Returns the calibration and its report (also kept in `calibration.report`)."""
+    the non-documents the layout check lets through, never below what keeps `doc_tpr` of the documents;
+    `search_others`: the first so many documents are also searched (`search_layout`) against every
+    other type's template where they fail the layout check, and `search_threshold` lies above each of
+    those scores, of the documents read as another type and of the non-documents reaching the check
+    (0: no search). Returns the calibration and its report (also kept in `calibration.report`)."""
     names = list(rc.doc_types)
     labels = np.array([names.index(t) for _, t, _ in docs])
     logits, feats = _type_outputs(rc, [im for im, _, _ in docs])
@@ -412,21 +462,37 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     types, n_types = [names[k] for k in probs.argmax(-1)], [names[k] for k in n_logits.argmax(-1)]
     maybe = np.flatnonzero((s_doc >= ood_min) & (conf >= cal.conf_threshold))
     quads = _located(rc, [docs[i][0] for i in maybe])
-    s_other = np.array([align_layout(docs[i][0], u, q)[1] for i, q in list(zip(maybe, quads))[:LAYOUT_OTHERS]
-                        for u in names if u != types[i]])  # a document of another layout, read as this type
+    others = [(i, u, *align_layout(docs[i][0], u, q)) for i, q in list(zip(maybe, quads))[:LAYOUT_OTHERS]
+              for u in names if u != types[i]]  # a document of another layout, read as this type
+    s_other = np.array([s for *_, s in others])
     aligned = [align_layout(docs[i][0], types[i], q) for i, q in zip(maybe, quads)]
     quads, s_layout = np.array([q for q, _ in aligned]).reshape(-1, 4, 2), np.array([s for _, s in aligned])
     fits, basis, n_fits = np.ones(len(maybe), bool), s_doc[maybe] >= strict, np.ones(len(non_docs), bool)
     basis |= not basis.any()  # no document above every non-document: fit on all that may pass
     cal.ood_threshold = strict
+    searched, s_wrong_layouts = 0, np.zeros(0)
     if len(maybe):
-        cal.layout_threshold = float(np.quantile(s_layout[basis], 1 - layout_tpr))
-        fits = s_layout >= cal.layout_threshold
+        cal.layout_threshold = lt = float(np.quantile(s_layout[basis], 1 - layout_tpr))
+        fits = s_layout >= lt
+        n_maybe = np.flatnonzero((s_neg >= ood_min) & n_sure)
+        n_aligned = [align_layout(non_docs[i], n_types[i], q) for i, q in zip(n_maybe, _located(rc, [non_docs[i] for i in n_maybe]))]
+        n_fits[n_maybe] = [s >= lt for _, s in n_aligned]
+        if search_others:
+            # the search's own threshold: above every searched capture that is not of the type it is read as
+            wrong = [search_layout(non_docs[i], n_types[i], q)[1] for i, (q, s) in zip(n_maybe, n_aligned) if s < lt]
+            wrong += [search_layout(docs[i][0], u, q)[1] for i, u, q, s in others
+                      if s < lt and i in maybe[:search_others]]
+            wrong += [search_layout(docs[k][0], types[k], quads[j])[1] for j, k in enumerate(maybe)
+                      if not fits[j] and types[k] != docs[k][1]]
+            s_wrong_layouts = np.array(wrong)  # none: nothing to judge a searched score by, no search
+            cal.search_threshold = max(lt, float(np.nextafter(max(wrong), np.inf))) if wrong else None
+            for j in [] if cal.search_threshold is None else np.flatnonzero(~fits & (np.array(types)[maybe] == np.array([d[1] for d in docs])[maybe])):
+                q, sc = search_layout(docs[maybe[j]][0], types[maybe[j]], quads[j])
+                if sc >= cal.search_threshold:
+                    quads[j], s_layout[j], fits[j] = q, sc, True
+                    searched += 1
         # the whole gate must refuse every non-document: the type gate need only be above those the
         # layout check would let through
-        n_maybe = np.flatnonzero((s_neg >= ood_min) & n_sure)
-        n_fits[n_maybe] = [align_layout(non_docs[i], n_types[i], q)[1] >= cal.layout_threshold
-                           for i, q in zip(n_maybe, _located(rc, [non_docs[i] for i in n_maybe]))]
         through = s_neg[n_maybe][n_fits[n_maybe]]
         cal.ood_threshold = max(ood_min, float(np.nextafter(through.max(), np.inf)) if len(through) else ood_min)
     n_typed = (s_neg >= cal.ood_threshold) & n_sure
@@ -471,6 +537,10 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
         "layout_threshold": _json_number(cal.layout_threshold) if cal.layout_threshold is not None else None,
         "layout_score_quantiles": [round(float(v), 4) for v in np.quantile(s_layout[basis], [0.01, 0.1, 0.5])] if len(maybe) else None,
         "layout_other_templates_passing": round(float((s_other >= cal.layout_threshold).mean()), 4) if len(s_other) else None,
+        "search_threshold": _json_number(cal.search_threshold) if cal.search_threshold is not None else None,
+        "search_wrong_layouts": int(len(s_wrong_layouts)),
+        "search_wrong_layouts_max": round(float(s_wrong_layouts.max()), 4) if len(s_wrong_layouts) else None,
+        "documents_passing_by_search": searched,
         "ood_threshold_type_gate_alone": _json_number(strict),
         "non_documents_passing_type_gate": int(n_typed.sum()),
         "non_documents_passing": int(n_pass.sum()),
@@ -485,7 +555,7 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
             else None),
         "field_rate_resolved": bool(len(ok) * max_wrong >= 1),
         "settings": {"doc_tpr": doc_tpr, "max_type_error": max_type_error, "min_conf": min_conf, "max_wrong": max_wrong,
-                     "bound": bound, "layout_tpr": layout_tpr},
+                     "bound": bound, "layout_tpr": layout_tpr, "search_others": search_others},
     }
     cal.report = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in cal.report.items()}
     return cal, cal.report

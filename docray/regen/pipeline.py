@@ -197,17 +197,26 @@ class RegenCompressor:
         """The gate's last test, once each document's corners `quads` are known: a capture that passed
         must show its type's captions where the template has them, else it does not pass. The corners
         are first aligned on those captions (`gate.align_layout`), and the aligned corners' score must
-        reach the calibrated `layout_threshold`. Returns (decisions, corners: aligned where checked).
-        Off without that threshold."""
-        t = None if self.calibration is None else self.calibration.layout_threshold
+        reach the calibrated `layout_threshold`; below it, where the calibration has a
+        `search_threshold`, the corners are searched for (`gate.search_layout`) and the searched
+        score must reach that higher threshold. Returns (decisions, corners: aligned, or searched,
+        where checked). Off without a layout threshold."""
+        cal = self.calibration
+        t = None if cal is None else cal.layout_threshold
+        st = None if cal is None else cal.search_threshold
         out, corners = [], []
         for im, g, q in zip(images, gates, quads):
             if t is not None and g["passed"]:
                 q, s = gatemod.align_layout(im, g["type"], q)
                 g = {**g, "layout_score": round(s, 4), "layout_threshold": round(t, 4)}
-                if s < t:
+                why = None if s >= t else f"layout score {s:.3f} < {t:.3f}"
+                if why and st is not None:
+                    found, s2 = gatemod.search_layout(im, g["type"], q)
+                    g.update(layout_search_score=round(s2, 4), search_threshold=round(st, 4))
+                    q, why = (found, None) if s2 >= st else (q, f"{why}; searched corners {s2:.3f} < {st:.3f}")
+                if why:
                     g.update(passed=False, reason=f"not the layout of a {g['type']}: its captions are not where the "
-                                                  f"template has them (layout score {s:.3f} < {t:.3f})")
+                                                  f"template has them ({why})")
             out.append(g)
             corners.append(q)
         return out, corners

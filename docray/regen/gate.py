@@ -49,8 +49,13 @@ captures of an unregistered type (cn_resident_card) that passed the type gate:
   fitting another type's captions moved a corner 30 px and more with a homography, 4-20 px with an
   affine map: hence 16, not 20.) Aligned, a threshold keeping `layout_tpr` (98%) of the known
 lies above every unregistered capture (at 16: 0.53, with 1.9% of the other-template pairs
-passing). A capture below the threshold takes the codec path. A calibration from before the check
-has no `layout_threshold`: no check.
+passing). Where the aligned corners still fail, a corner is mostly further off than ECC may move it
+(15-35 px): `search_layout` searches for the corners, and a searched score must reach its own
+`search_threshold`, fitted above every searched capture of another layout at calibration (design
+split, rows 202000-202600: 12 refused known documents searched to 0.39-0.80, the other-template
+pairs to at most 0.61, the one read as another type to 0.52, 94 unregistered captures to 0.49).
+A capture below the threshold takes the codec path. A calibration from before the check has no
+`layout_threshold`: no check.
 
 Per field: the reader's `READ_SCORES` (decoder token log-probabilities, CTC log-probability,
 decoder/CTC agreement; `RegenModels.read_scored`) -> logistic regression (Platt scaling) fitted on

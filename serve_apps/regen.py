@@ -258,7 +258,7 @@ class Regen:
             rest, face, split = await asyncio.to_thread(rc.split, img, doc_type, quad)
             seals = await asyncio.to_thread(rc.find_seals, img, split)
             reading = await self.content_model.read.remote((rest, doc_type, quad))
-            fs = rc.plan_fields(reading)
+            fs = rc.plan_fields(reading, gate)
             processed = await self.generator.generate.remote((doc_type, regen_content(fs)))
             processed, split = await asyncio.to_thread(rc.finish, processed, split, seals, img, quad, doc_type)
             processed, fs = await asyncio.to_thread(rc.hybrid, processed, img, reading["quad"], doc_type, fs)

@@ -303,6 +303,11 @@ def test_the_corner_search_finds_corners_too_far_off_for_ecc_and_has_its_own_thr
         rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.9, "search_threshold": (other + score) / 2})
         [g], [q] = rc.check_layout([img], [passed], [off])
         assert g["passed"] and g["layout_search_score"] >= g["search_threshold"] and np.abs(q - true).max() < 3
+        reading = {"fields": [{"name": "sex", "text": "M", "confidence": 0.99}]}
+        rc.calibration = G.Calibration(**{**G.asdict(rc.calibration), "field_threshold": 0.5})
+        assert rc.plan_fields(reading, passed)[0]["source"] == "regenerated"
+        [kept] = rc.plan_fields(reading, g)  # through searched corners no field is retyped
+        assert kept["source"] == "pixels" and "layout search" in kept["reason"]
         [g], _ = rc.check_layout([img], [{**passed, "type": u}], [fields.frame_quad(u, size)])
         assert not g["passed"] and "searched corners" in g["reason"]
     finally:

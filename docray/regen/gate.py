@@ -475,7 +475,7 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     fits, basis, n_fits = np.ones(len(maybe), bool), s_doc[maybe] >= strict, np.ones(len(non_docs), bool)
     basis |= not basis.any()  # no document above every non-document: fit on all that may pass
     cal.ood_threshold = strict
-    searched, s_wrong_layouts = 0, np.zeros(0)
+    by_search, s_wrong_layouts = np.zeros(len(maybe), bool), np.zeros(0)
     if len(maybe):
         cal.layout_threshold = lt = float(np.quantile(s_layout[basis], 1 - layout_tpr))
         fits = s_layout >= lt
@@ -494,8 +494,7 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
             for j in [] if cal.search_threshold is None else np.flatnonzero(~fits & (np.array(types)[maybe] == np.array([d[1] for d in docs])[maybe])):
                 q, sc = search_layout(docs[maybe[j]][0], types[maybe[j]], quads[j])
                 if sc >= cal.search_threshold:
-                    quads[j], s_layout[j], fits[j] = q, sc, True
-                    searched += 1
+                    quads[j], s_layout[j], fits[j], by_search[j] = q, sc, True, True
         # the whole gate must refuse every non-document: the type gate need only be above those the
         # layout check would let through
         through = s_neg[n_maybe][n_fits[n_maybe]]
@@ -505,9 +504,10 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     on = (s_doc[maybe] >= cal.ood_threshold) & fits  # `maybe` are sure of their type already
     passed = np.zeros(len(docs), bool)
     passed[maybe[on]] = True
-    keep, quads = maybe[on], quads[on]
+    keep, quads = maybe[on & ~by_search], quads[on & ~by_search]
 
-    # fields: read as serving reads them, on the documents that pass the gate
+    # fields: read as serving reads them, on the documents that pass the gate (not through searched
+    # corners: serving retypes no field of those)
     x, ok = np.zeros((0, 4)), np.zeros(0, bool)  # 4: the reader's READ_SCORES
     if len(keep):
         readings = []
@@ -545,7 +545,7 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
         "search_threshold": _json_number(cal.search_threshold) if cal.search_threshold is not None else None,
         "search_wrong_layouts": int(len(s_wrong_layouts)),
         "search_wrong_layouts_max": round(float(s_wrong_layouts.max()), 4) if len(s_wrong_layouts) else None,
-        "documents_passing_by_search": searched,
+        "documents_passing_by_search": int(by_search.sum()),
         "ood_threshold_type_gate_alone": _json_number(strict),
         "non_documents_passing_type_gate": int(n_typed.sum()),
         "non_documents_passing": int(n_pass.sum()),

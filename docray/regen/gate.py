@@ -497,7 +497,8 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
                       if not fits[j] and types[k] != docs[k][1]]
             s_wrong_layouts = np.array(wrong)  # none: nothing to judge a searched score by, no search
             cal.search_threshold = max(lt, float(np.nextafter(max(wrong), np.inf))) if wrong else None
-            for j in [] if cal.search_threshold is None else np.flatnonzero(~fits & (np.array(types)[maybe] == np.array([d[1] for d in docs])[maybe])):
+            right_type = np.array([types[k] == docs[k][1] for k in maybe], bool)
+            for j in np.flatnonzero(~fits & right_type) if wrong else []:  # the documents it lets through
                 q, sc = search_layout(docs[maybe[j]][0], types[maybe[j]], quads[j])
                 if sc >= cal.search_threshold:
                     quads[j], s_layout[j], fits[j], by_search[j] = q, sc, True, True

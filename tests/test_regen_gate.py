@@ -86,7 +86,7 @@ def test_calibration_runs_the_models_in_chunks(rc, monkeypatch):
         monkeypatch.setattr(rc, name, lambda images, *a, _f=f: sizes.append(len(images)) or _f(images, *a))
     monkeypatch.setattr(G, "CHUNK", 7)
     docs = examples(200_000, 24)
-    _, rep = G.calibrate(rc, docs, non_documents(12, "calibration", SIZE))
+    _, rep = G.calibrate(rc, docs, non_documents(12, "calibration", SIZE), search_others=0)
     assert max(sizes) <= 7 and sum(sizes) >= len(docs) + 12 and rep["n_documents"] == len(docs)
 
 

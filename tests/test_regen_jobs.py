@@ -152,7 +152,7 @@ def test_warmup_cosine_by_steps_or_by_progress():
 def test_train_job_checkpoints_and_resumes(ray_cluster, tmp_path):
     from train_jobs.train_regen import RegenTrainConfig, run
 
-    cfg = RegenTrainConfig(model="regen_tiny", n_train=8, n_val=4, original_size=(256, 160), max_epochs=1,
+    cfg = RegenTrainConfig(model="regen_tiny", n_train=8, n_val=4, original_size=(256, 160), max_epochs=1, calibrate_search_others=0,
                            batch_size=4, reader_steps=1, line_batch=8, out=str(tmp_path / "a"), to_registry=False,
                            cpus_per_worker=0.5)
     first = run(cfg)

@@ -35,7 +35,7 @@ def _cfg(docs, out, **kw):
 
     return RegenTrainConfig(model="regen_tiny", train=str(docs / "train"), val=str(docs / "val"), batch_size=8,
                             max_epochs=2, reader_steps=1, line_batch=8, num_workers=2, cpus_per_worker=0.5,
-                            out=str(out), to_registry=False, **kw)
+                            out=str(out), to_registry=False, calibrate_search_others=0, **kw)  # the search: test_regen_gate
 
 
 def test_two_workers_train_from_dataset_uris(ray_cluster, docs, tmp_path):

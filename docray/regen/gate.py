@@ -491,8 +491,8 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
         if search_others:
             # the search's own threshold: above every searched capture that is not of the type it is read as
             wrong = [search_layout(non_docs[i], n_types[i], q)[1] for i, (q, s) in zip(n_maybe, n_aligned) if s < lt]
-            wrong += [search_layout(docs[i][0], u, q)[1] for i, u, q, s in others
-                      if s < lt and i in maybe[:search_others]]
+            wrong += [search_layout(docs[i][0], u, q)[1] for i, u, q, s in others[:search_others * (len(names) - 1)]
+                      if s < lt]  # `others`: each document's pairs together, in document order
             wrong += [search_layout(docs[k][0], types[k], quads[j])[1] for j, k in enumerate(maybe)
                       if not fits[j] and types[k] != docs[k][1]]
             s_wrong_layouts = np.array(wrong)  # none: nothing to judge a searched score by, no search

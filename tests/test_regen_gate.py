@@ -69,6 +69,8 @@ def test_calibration_chooses_an_ood_score_by_measurement_and_is_saved_with_the_m
     assert rep["non_documents_passing"] == 0 and rep["documents_passing"] > 0
     assert rep["type_ece_calibrated"] <= rep["type_ece_raw"] + 0.02 and rep["temperature"] > 0
     assert rep["n_fields"] > 100 and rep["fields_read_right"] == 0  # the untrained reader
+    assert rep["cross_read"] and rc.calibration.cross_read and len(rc.calibration.field_mean) == 5
+    assert 0 <= rep["second_reader_agrees"] < 0.2  # it rarely agrees with an untrained reader's garbage
     assert np.isinf(rc.calibration.field_threshold)  # so no field would be retyped
     save_pretrained(rc.model, tmp_path / "m")
     rc.calibration.save(tmp_path / "m")
@@ -83,7 +85,7 @@ def test_calibration_runs_the_models_in_chunks(rc, monkeypatch):
     sizes = []
     for name in ("type_outputs", "read_fields"):
         f = getattr(rc, name)
-        monkeypatch.setattr(rc, name, lambda images, *a, _f=f: sizes.append(len(images)) or _f(images, *a))
+        monkeypatch.setattr(rc, name, lambda images, *a, _f=f, **k: sizes.append(len(images)) or _f(images, *a, **k))
     monkeypatch.setattr(G, "CHUNK", 7)
     docs = examples(200_000, 24)
     _, rep = G.calibrate(rc, docs, non_documents(12, "calibration", SIZE), search_others=0)

@@ -131,6 +131,8 @@ class RegenTrainConfig(Config):
     calibrate_search_others: int = Field(60, ge=0, description="calibration documents searched against the other "
                                          "types' templates to set the layout check's corner-search threshold "
                                          "(gate.search_layout, ~5 s each; 0: no corner search)")
+    calibrate_cross_read: bool = Field(True, description="a second reader's agreement (PP-OCR's recogniser, "
+                                       "docray.regen.crossread) joins the field confidence (~16 ms a field)")
 
 
 def data_uris(cfg: RegenTrainConfig) -> tuple[str, str]:
@@ -484,7 +486,8 @@ def calibrate(model, val, cfg: RegenTrainConfig):
                                                             "types": {}, "default": ft}), device="cpu")
     n, size = cfg.calibrate_non_docs, decode_image(rows[0]["image"]).size
     report = rc.calibrate(documents(rows), non_documents(n, "calibration", size),
-                          families=family_names(n), search_others=cfg.calibrate_search_others)
+                          families=family_names(n), search_others=cfg.calibrate_search_others,
+                          cross_read=cfg.calibrate_cross_read)
     print("regen calibration:", {k: v for k, v in report.items() if k != "settings"})
     return rc.calibration
 

@@ -65,14 +65,29 @@ def crop_lines(img: np.ndarray, quad, doc_type, line_hw: tuple[int, int]) -> np.
     h, w = line_hw
     H, boxes = doc_to_image(quad, doc_type), value_boxes(doc_type)
     out = np.zeros((len(boxes), h, w, 3), np.uint8)
-    for k, (x0, y0, x1, y1) in enumerate(boxes):
-        s = (y1 - y0) / h  # document px per line px
-        cw = int(min(w, max(1, round((x1 - x0) / s))))
-        sx = (x1 - x0) / cw
-        A = np.array([[sx, 0, x0], [0, s, y0], [0, 0, 1]], np.float64)  # line px -> document px
-        out[k, :, :cw] = cv2.warpPerspective(img, H @ A, (cw, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                             borderMode=cv2.BORDER_REPLICATE)
+    for k, box in enumerate(boxes):
+        line = _warp_box(img, H, box, h, w, cv2.INTER_LINEAR)
+        out[k, :, :line.shape[1]] = line
     return out
+
+
+def crop_values(img: np.ndarray, quad, doc_type, height: int) -> list[np.ndarray]:
+    """Each value box warped out of `img` to `height` px at its own aspect (h, w_k, channels), for a
+    reader with inputs of any width (`docray.regen.crossread`)."""
+    H = doc_to_image(quad, doc_type)
+    return [_warp_box(img, H, box, height, None, cv2.INTER_CUBIC) for box in value_boxes(doc_type)]
+
+
+def _warp_box(img: np.ndarray, H: np.ndarray, box, h: int, w: int | None, interpolation: int) -> np.ndarray:
+    """The document-px `box` of `img` (H: document px -> image px) as a straight line h px high, at
+    most `w` wide (None: its own aspect)."""
+    x0, y0, x1, y1 = box
+    s = (y1 - y0) / h  # document px per line px
+    cw = max(1, round((x1 - x0) / s))
+    cw = int(min(w, cw)) if w else int(cw)
+    A = np.array([[(x1 - x0) / cw, 0, x0], [0, s, y0], [0, 0, 1]], np.float64)  # line px -> document px
+    return cv2.warpPerspective(img, H @ A, (cw, h), flags=interpolation | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
 
 
 def frame_quad(doc_type, size: tuple[int, int]) -> np.ndarray:

@@ -176,13 +176,14 @@ class Calibration:
     means: list  # (k, d) class means of the type model's pooled features
     classes: list  # the class index of each mean
     precision: list  # (d, d)
-    field_weights: list  # logistic regression on standardised READ_SCORES, bias last
+    field_weights: list  # logistic regression on standardised READ_SCORES (+ CROSS_READ_SCORE), bias last
     field_mean: list
     field_std: list
     field_threshold: float
     report: dict = field(default_factory=dict)
     layout_threshold: float | None = None  # `layout_score` below it: not this type's layout (None: no check)
     search_threshold: float | None = None  # a `search_layout` score at or above it passes (None: no search)
+    cross_read: bool = False  # the field confidence takes a second reader's agreement (`crossread`) as a fifth score
     version: int = VERSION
 
     # -- the gate ------------------------------------------------------------------------------
@@ -218,9 +219,10 @@ class Calibration:
 
     # -- fields --------------------------------------------------------------------------------
     def field_confidence(self, read_scores: np.ndarray) -> np.ndarray:
-        x = (np.asarray(read_scores, np.float64) - self.field_mean) / np.asarray(self.field_std)
-        w = np.asarray(self.field_weights)
-        return 1 / (1 + np.exp(-(x @ w[:-1] + w[-1])))
+        """P(read right) per row of `read_scores` (n, k): the columns it was fitted on, the first
+        (a calibration without the second reader ignores its agreement, as while recalibrating)."""
+        x = np.asarray(read_scores, np.float64).reshape(-1, np.shape(read_scores)[-1])[:, :len(self.field_mean)]
+        return _platt(x, self.field_mean, self.field_std, self.field_weights)
 
     # -- storage -------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -430,7 +432,8 @@ def _read_right(reading: dict, doc_type: str, values: list[str]) -> list[bool]:
 
 def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None = None, doc_tpr: float = 0.99,
               max_type_error: float = 0.01, min_conf: float = 0.5, max_wrong: float = 0.005,
-              bound: float = 0.95, layout_tpr: float = 0.98, search_others: int = SEARCH_OTHERS) -> tuple[Calibration, dict]:
+              bound: float = 0.95, layout_tpr: float = 0.98, search_others: int = SEARCH_OTHERS,
+              cross_read: bool = True) -> tuple[Calibration, dict]:
     """Fit the gate and the field confidence on a calibration split.
 
     `rc` a `RegenCompressor`; `docs` (PIL image, type name, [field value per template field]) of known
@@ -444,7 +447,9 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     `search_others`: the first so many documents are also searched (`search_layout`) against every
     other type's template where they fail the layout check, and `search_threshold` lies above each of
     those scores, of the documents read as another type and of the non-documents reaching the check
-    (0: no search). Returns the calibration and its report (also kept in `calibration.report`)."""
+    (0: no search); `cross_read`: a second reader's agreement (`crossread`) joins the field confidence's
+    scores (the report also gives what the reader's scores alone would regenerate). Returns the
+    calibration and its report (also kept in `calibration.report`)."""
     names = list(rc.doc_types)
     labels = np.array([names.index(t) for _, t, _ in docs])
     logits, feats = _type_outputs(rc, [im for im, _, _ in docs])
@@ -515,24 +520,21 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
 
     # fields: read as serving reads them, on the documents that pass the gate (not through searched
     # corners: serving retypes no field of those)
-    x, ok = np.zeros((0, 4)), np.zeros(0, bool)  # 4: the reader's READ_SCORES
+    x, ok = np.zeros((0, 4 + cross_read)), np.zeros(0, bool)  # the reader's 4 READ_SCORES (+ the second reader's)
     if len(keep):
         readings = []
         for c in _chunks(len(keep)):
-            readings += rc.read_fields([docs[i][0] for i in keep[c]], [types[i] for i in keep[c]], quads[c])
+            readings += rc.read_fields([docs[i][0] for i in keep[c]], [types[i] for i in keep[c]], quads[c], cross_read=cross_read)
         x = np.concatenate([r["scores"] for r in readings])
         ok = np.concatenate([_read_right(r, *docs[i][1:]) for r, i in zip(readings, keep)])
-    if len(x) and 0 < ok.sum() < len(ok):
-        mu, sd = x.mean(0), x.std(0) + 1e-6
-        w = fit_logistic((x - mu) / sd, ok.astype(float))
-    else:  # no fields, or all read alike: a constant at the observed rate (all wrong -> nothing regenerated)
-        mu, sd = np.zeros(x.shape[1]), np.ones(x.shape[1])
-        rate = (ok.sum() + 0.5) / (len(ok) + 1)
-        w = np.array([0.0] * x.shape[1] + [float(np.log(rate / (1 - rate)))])
-    cal.field_mean, cal.field_std, cal.field_weights = mu.tolist(), sd.tolist(), w.tolist()
+    cal.cross_read = cross_read
+    cal.field_mean, cal.field_std, cal.field_weights, cal.field_threshold = _fit_fields(x, ok, max_wrong, bound)
     fconf = cal.field_confidence(x) if len(x) else np.zeros(0)
-    cal.field_threshold = lowest_threshold(fconf, ok, max_wrong, bound) if len(x) else float("inf")
     accepted = fconf >= cal.field_threshold
+    alone = None  # what the reader's own scores would regenerate, beside the second reader's
+    if cross_read and len(x):
+        mu, sd, w, th = _fit_fields(x[:, :4], ok, max_wrong, bound)
+        alone = round(float((_platt(x[:, :4], mu, sd, w) >= th).mean()), 4)
 
     per_family = {}
     for f, ok_ in zip(families or ["non_document"] * len(non_docs), n_pass):
@@ -566,11 +568,35 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
             round(float(wrong_rate_bound((~ok[accepted]).sum(), accepted.sum(), bound)), 4) if accepted.any() and bound
             else None),
         "field_rate_resolved": bool(len(ok) * max_wrong >= 1),
+        "cross_read": cross_read, "second_reader_agrees": round(float(x[:, 4].mean()), 4) if cross_read and len(x) else None,
+        "fields_regenerated_share_reader_alone": alone,
         "settings": {"doc_tpr": doc_tpr, "max_type_error": max_type_error, "min_conf": min_conf, "max_wrong": max_wrong,
-                     "bound": bound, "layout_tpr": layout_tpr, "search_others": search_others},
+                     "bound": bound, "layout_tpr": layout_tpr, "search_others": search_others, "cross_read": cross_read},
     }
     cal.report = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in cal.report.items()}
     return cal, cal.report
+
+
+def _platt(x, mean, std, weights) -> np.ndarray:
+    """P(read right) per row of the read scores `x`: the logistic regression on standardised scores."""
+    w = np.asarray(weights)
+    z = (np.asarray(x, np.float64) - mean) / np.asarray(std)
+    return 1 / (1 + np.exp(-(z @ w[:-1] + w[-1])))
+
+
+def _fit_fields(x: np.ndarray, ok: np.ndarray, max_wrong: float, bound: float) -> tuple[list, list, list, float]:
+    """(mean, std, weights, threshold) of the field confidence fitted on read scores `x` (n, k) and
+    whether each field was read right: the logistic regression (a constant at the observed rate where
+    all were read alike), then the lowest threshold keeping the wrong rate's bound within `max_wrong`."""
+    if len(x) and 0 < ok.sum() < len(ok):
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        w = fit_logistic((x - mu) / sd, ok.astype(float))
+    else:  # no fields, or all read alike: a constant at the observed rate (all wrong -> nothing regenerated)
+        mu, sd = np.zeros(x.shape[1]), np.ones(x.shape[1])
+        rate = (ok.sum() + 0.5) / (len(ok) + 1)
+        w = np.array([0.0] * x.shape[1] + [float(np.log(rate / (1 - rate)))])
+    th = lowest_threshold(_platt(x, mu, sd, w), ok, max_wrong, bound) if len(x) else float("inf")
+    return mu.tolist(), sd.tolist(), w.tolist(), th
 
 
 def _json_number(x: float) -> float | None:

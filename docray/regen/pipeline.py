@@ -17,7 +17,8 @@ Steps (DESIGN "Regen compression"; issue 17: regen never falsifies a document):
 4. seals: red/blue outlines found by OpenCV (those inside the portrait are ignored), cropped as
    attachments, each compressed in its type's format (`quality.compress_attachment`);
 5. the content model reads the document without the portrait field by field (each value box of the
-   type's template through the same corners, as a line crop), each field with a calibrated confidence;
+   type's template through the same corners, as a line crop), each field with a calibrated confidence
+   (from the reader's scores and, where calibrated so, whether a second reader agrees: `crossread`);
 6. generation at the first size threshold, conditioned on type + the confident fields' content
    (and their glyph layer, composited over the output, see `layout`); the capture straightened
    through the corners onto the processed frame gives back the seals (darken blend where their
@@ -50,7 +51,7 @@ import torch
 from PIL import Image
 from scipy.special import softmax
 
-from docray.regen import fields, gate as gatemod, layout, portrait as portraits, provenance, seals as sealmod
+from docray.regen import crossread, fields, gate as gatemod, layout, portrait as portraits, provenance, seals as sealmod
 from docray.regen.data import cond_input, content_input, line_input, to_image
 from docray.regen.file_types import FileType, FileTypeLibrary, ThresholdError, WrongFormat, load_file_types
 from docray.regen.quality import compress_attachment, compress_for_type, fit_first, fit_size
@@ -256,6 +257,12 @@ class RegenCompressor:
     def field_threshold(self) -> float:
         return self.calibration.field_threshold if self.calibration is not None else UNCALIBRATED_FIELD_THRESHOLD
 
+    @property
+    def cross_read(self) -> bool:
+        """Whether the field confidence takes a second reader's agreement (`crossread`): where the
+        calibration was fitted with it."""
+        return self.calibration is not None and self.calibration.cross_read
+
     def field_confidence(self, scores: np.ndarray) -> np.ndarray:
         """Calibrated P(read right) per field from the reader's scores; uncalibrated: the raw
         probability of the reading's least sure character."""
@@ -263,18 +270,24 @@ class RegenCompressor:
             return self.calibration.field_confidence(scores)
         return np.exp(np.asarray(scores)[:, 1]) if len(scores) else np.zeros(0)
 
-    def read_fields(self, images: list[Image.Image], doc_types: list[str] | None = None, quads=None) -> list[dict]:
+    def read_fields(self, images: list[Image.Image], doc_types: list[str] | None = None, quads=None,
+                    cross_read: bool | None = None) -> list[dict]:
         """The content, field by field: corners -> each value box of the type's template cut out as a
         line -> the reader. Per image {"type", "quad" (4, 2), "fields": [{"name", "text",
-        "confidence"}], "scores": the reader's READ_SCORES}; `doc_types` default to the gate's, `quads`
-        (the corners, (b, 4, 2)) to the corner head's on `images`."""
+        "confidence"}], "scores": the reader's READ_SCORES, then whether a second reader agrees
+        (`crossread`) where `cross_read` (None: where the calibration was fitted with it)};
+        `doc_types` default to the gate's, `quads` (the corners, (b, 4, 2)) to the corner head's on `images`."""
         if doc_types is None:
             doc_types = [t for t, _ in self.predict_types(images)]
         quads = self.locate(images) if quads is None else np.asarray(quads, np.float64).reshape(len(images), 4, 2)
-        crops = [fields.crop_lines(np.asarray(im.convert("RGB")), q, t, self.cfg.line_size)
-                 for im, q, t in zip(images, quads, doc_types)]
+        rgb = [np.asarray(im.convert("RGB")) for im in images]
+        crops = [fields.crop_lines(a, q, t, self.cfg.line_size) for a, q, t in zip(rgb, quads, doc_types)]
         texts, scores = self.model.read_scored(line_input(np.concatenate(crops)).to(self.device))
         scores = scores.numpy().astype(np.float64)
+        if self.cross_read if cross_read is None else cross_read:
+            e = np.cumsum([0] + [len(c) for c in crops])
+            agrees = [crossread.cross_read(a, q, t, texts[e[k]:e[k + 1]]) for k, (a, q, t) in enumerate(zip(rgb, quads, doc_types))]
+            scores = np.concatenate([scores, np.concatenate(agrees)[:, None]], axis=1)
         conf, out, e = self.field_confidence(scores), [], 0
         for t, q, c in zip(doc_types, quads, crops):
             fs = [{"name": n, "text": texts[e + j], "confidence": round(float(conf[e + j]), 4)}

@@ -200,6 +200,9 @@ def regen(model, documents, n_docs, start, size, non_docs, file_types, max_wrong
     click.echo(f"  corner search: threshold {report['search_threshold']} (above {report['search_wrong_layouts']} "
                f"searched captures of another layout, highest {report['search_wrong_layouts_max']}); "
                f"{report['documents_passing_by_search']} documents pass by it")
+    click.echo(f"  retype: threshold {report['retype_threshold']} (above {report['retype_wrong_layouts']} aligned "
+               f"captures of another layout, highest {report['retype_wrong_layouts_max']}); "
+               f"{report['documents_passing_by_retype']} documents the type model misread pass as their layout's type")
     click.echo(f"  fields: {report['n_fields']} read, {report['fields_read_right']} right; threshold "
                f"{report['field_threshold']}: {report['fields_regenerated_share']} regenerated, "
                f"{report['regenerated_fields_wrong']} of those wrong "

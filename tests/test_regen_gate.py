@@ -299,10 +299,12 @@ def test_the_corner_search_finds_corners_too_far_off_for_ecc_and_has_its_own_thr
     passed = {"passed": True, "type": t, "confidence": 0.99, "reason": None}
     cal = rc.calibration
     try:
-        rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.9, "search_threshold": None})
+        rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.9, "search_threshold": None,
+                                                   "retype_threshold": None})
         [g], [q] = rc.check_layout([img], [passed], [off])
         assert not g["passed"] and "layout_search_score" not in g
-        rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.9, "search_threshold": (other + score) / 2})
+        rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.9, "search_threshold": (other + score) / 2,
+                                                   "retype_threshold": None})
         [g], [q] = rc.check_layout([img], [passed], [off])
         assert g["passed"] and g["layout_search_score"] >= g["search_threshold"] and np.abs(q - true).max() < 3
         reading = {"fields": [{"name": "sex", "text": "M", "confidence": 0.99}]}
@@ -325,6 +327,39 @@ def test_calibration_sets_the_search_threshold_above_every_searched_wrong_layout
     assert rep["search_wrong_layouts"] >= 2 * (len(rc.doc_types) - 1) - 2  # the pairs the plain check refused
     assert cal.search_threshold > rep["search_wrong_layouts_max"] and cal.search_threshold >= cal.layout_threshold
     assert rep["settings"]["search_others"] == 2 and rep["non_documents_passing"] == 0
+    # the retype's threshold: above every aligned score of a template that is not the capture's
+    assert rep["retype_wrong_layouts"] >= len(rc.doc_types) - 1
+    assert cal.retype_threshold > rep["retype_wrong_layouts_max"] - 5e-5  # the report rounds to 4 places
+    assert rep["documents_retyped_wrong"] == 0
+
+
+def test_a_document_the_type_model_misread_takes_the_type_its_layout_shows(rc):
+    """The type model reads type u, the captions are where t's template has them: with a retype
+    threshold below t's aligned score `check_layout` passes it as t, its confidence None (the type
+    is the layout's, not the model's) and no field retyped; without one it is refused."""
+    from docray.regen import fields, layout
+
+    size, (t, u) = G.LAYOUT_SIZE, rc.doc_types[:2]
+    white = np.full((size[1], size[0], 3), 255, np.uint8)
+    img = Image.fromarray(layout.composite(layout.render_layer(t, ["A1B2C3 DEF"] * len(layout.field_names(t)), size), white))
+    corners = fields.frame_quad(t, size)
+    own, read_as = G.align_layout(img, t, corners)[1], G.align_layout(img, u, corners)[1]
+    assert read_as < own - 0.2, (read_as, own)
+    misread = {"passed": True, "type": u, "confidence": 0.99, "reason": None}
+    cal = rc.calibration
+    try:
+        base = {**G.asdict(cal), "layout_threshold": own - 0.1, "search_threshold": None, "field_threshold": 0.5}
+        rc.calibration = G.Calibration(**{**base, "retype_threshold": own - 0.05})
+        [g], [q] = rc.check_layout([img], [misread], [fields.frame_quad(t, size)])
+        assert g["passed"] and g["type"] == t and g["retyped_from"] == u and g["confidence"] is None
+        assert np.abs(q - fields.frame_quad(t, size)).max() < 3 and g["layout_score"] >= g["retype_threshold"]
+        [kept] = rc.plan_fields({"fields": [{"name": "sex", "text": "M", "confidence": 0.99}]}, g)
+        assert kept["source"] == "pixels" and "type model" in kept["reason"]
+        rc.calibration = G.Calibration(**{**base, "retype_threshold": own + 0.05})  # above it: refused
+        [g], _ = rc.check_layout([img], [misread], [fields.frame_quad(t, size)])
+        assert not g["passed"] and g["type"] == u and "retyped_from" not in g
+    finally:
+        rc.calibration = cal
 
 
 def test_the_whole_gate_refuses_every_calibration_non_document(rc):

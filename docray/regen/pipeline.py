@@ -200,17 +200,29 @@ class RegenCompressor:
         are first aligned on those captions (`gate.align_layout`), and the aligned corners' score must
         reach the calibrated `layout_threshold`; below it, where the calibration has a
         `search_threshold`, the corners are searched for (`gate.search_layout`) and the searched
-        score must reach that higher threshold. Returns (decisions, corners: aligned, or searched,
-        where checked). Off without a layout threshold."""
+        score must reach that higher threshold. Before the search, where the calibration has a
+        `retype_threshold`, the other types' templates are aligned: one whose score reaches it is the
+        document's type (the type model misread it; `retyped_from` names what it read, and its
+        `confidence` is None: the type is the layout's). Returns (decisions, corners: aligned,
+        retyped or searched, where checked). Off without a layout threshold."""
         cal = self.calibration
         t = None if cal is None else cal.layout_threshold
         st = None if cal is None else cal.search_threshold
+        rt = None if cal is None else cal.retype_threshold
         out, corners = [], []
-        for im, g, q in zip(images, gates, quads):
+        for im, g, q0 in zip(images, gates, quads):
+            q = q0
             if t is not None and g["passed"]:
-                q, s = gatemod.align_layout(im, g["type"], q)
+                q, s = gatemod.align_layout(im, g["type"], q0)
                 g = {**g, "layout_score": round(s, 4), "layout_threshold": round(t, 4)}
                 why = None if s >= t else f"layout score {s:.3f} < {t:.3f}"
+                if why and rt is not None:
+                    u, q2, s2 = max(((u, *gatemod.align_layout(im, u, q0)) for u in self.doc_types if u != g["type"]),
+                                    key=lambda c: c[2])
+                    if s2 >= rt:
+                        g.update(type=u, confidence=None, retyped_from=g["type"], layout_score=round(s2, 4),
+                                 retype_threshold=round(rt, 4))
+                        q, why = q2, None
                 if why and st is not None:
                     found, s2 = gatemod.search_layout(im, g["type"], q)
                     g.update(layout_search_score=round(s2, 4), search_threshold=round(st, 4))
@@ -307,11 +319,15 @@ class RegenCompressor:
         had its sex read F for M at confidence 0.97 through them."""
         th, out = self.field_threshold, []
         searched = gate is not None and gate.get("layout_search_score") is not None
+        retyped = gate is not None and gate.get("retyped_from") is not None
         for f in reading["fields"]:
             f = {**f, "source": "regenerated"}
             if searched:
                 f.update(source="pixels", reason="the document's corners were found by the layout search, not read "
                                                  "by the corner head: no field is retyped through them")
+            elif retyped:
+                f.update(source="pixels", reason=f"the document's type is its layout's, not the type model's (it "
+                                                 f"read {gate['retyped_from']}): no field is retyped")
             elif f["confidence"] < th:
                 f.update(source="pixels", reason=f"confidence {f['confidence']:.4f} below {th:.4f}")
             out.append(f)

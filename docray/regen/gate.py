@@ -241,7 +241,7 @@ class Calibration:
     def field_confidence(self, read_scores: np.ndarray) -> np.ndarray:
         """P(read right) per row of `read_scores` (n, k): the columns it was fitted on, the first
         (a calibration without the second reader ignores its agreement, as while recalibrating)."""
-        x = np.asarray(read_scores, np.float64).reshape(-1, np.shape(read_scores)[-1])[:, :len(self.field_mean)]
+        x = np.atleast_2d(np.asarray(read_scores, np.float64))[:, :len(self.field_mean)]
         return _platt(x, self.field_mean, self.field_std, self.field_weights)
 
     # -- storage -------------------------------------------------------------------------------

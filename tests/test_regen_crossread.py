@@ -57,6 +57,9 @@ def test_the_field_confidence_takes_the_agreement_where_calibrated_with_it(monke
         reading = rc.read_fields([pil], [doc_type], [quad])[0]
         assert reading["scores"].shape == (len(values), 5) and (reading["scores"][:, 4] == agree).all()
         assert all((f["confidence"] >= rc.field_threshold) == sure for f in reading["fields"])
+    # read without the second reader (recalibrating with --no-cross-read): the scores, no confidence
+    reading = rc.read_fields([pil], [doc_type], [quad], cross_read=False)[0]
+    assert reading["scores"].shape == (len(values), 4) and all(f["confidence"] is None for f in reading["fields"])
     rc.calibration = G.Calibration(1.0, "msp", 0.0, 0.0, [], [], [], [1.0, 0, 0, 0, 0.0], [0.0] * 4, [1.0] * 4, 0.5)
     assert not rc.cross_read  # fitted on the reader's scores alone (as before the second reader): 4 scores
     monkeypatch.setattr(crossread, "cross_read", lambda *a: (_ for _ in ()).throw(AssertionError("not called")))

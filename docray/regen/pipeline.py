@@ -300,9 +300,12 @@ class RegenCompressor:
             e = np.cumsum([0] + [len(c) for c in crops])
             agrees = [crossread.cross_read(a, q, t, texts[e[k]:e[k + 1]]) for k, (a, q, t) in enumerate(zip(rgb, quads, doc_types))]
             scores = np.concatenate([scores, np.concatenate(agrees)[:, None]], axis=1)
-        conf, out, e = self.field_confidence(scores), [], 0
+        # a reading without the second reader's agreement that the calibration was fitted with (as
+        # while recalibrating without it) has no calibrated confidence
+        fitted = self.calibration is None or scores.shape[1] >= len(self.calibration.field_mean)
+        conf, out, e = self.field_confidence(scores) if fitted else [None] * len(scores), [], 0
         for t, q, c in zip(doc_types, quads, crops):
-            fs = [{"name": n, "text": texts[e + j], "confidence": round(float(conf[e + j]), 4)}
+            fs = [{"name": n, "text": texts[e + j], "confidence": None if conf[e + j] is None else round(float(conf[e + j]), 4)}
                   for j, n in enumerate(layout.field_names(t))]
             out.append({"type": t, "quad": q, "fields": fs, "scores": scores[e:e + len(c)]})
             e += len(c)

@@ -45,8 +45,8 @@ def rc():
     torch.manual_seed(0)
     model = build_model("regen_tiny")
     train = examples(0, 160)
-    x = torch.stack([content_input(im, model.cfg.content_size) for im, _, _ in train])
-    y = torch.tensor([layout.type_index(t) for _, t, _ in train])
+    x = torch.stack([content_input(im, model.cfg.content_size) for im, *_ in train])
+    y = torch.tensor([layout.type_index(t) for _, t, *_ in train])
     opt, g = torch.optim.AdamW(model.type_model.parameters(), lr=3e-3), torch.Generator().manual_seed(0)
     model.train()
     for _ in range(300):
@@ -92,12 +92,25 @@ def test_calibration_runs_the_models_in_chunks(rc, monkeypatch):
     assert max(sizes) <= 7 and sum(sizes) >= len(docs) + 12 and rep["n_documents"] == len(docs)
 
 
+def test_the_field_confidence_is_fitted_on_captures_not_flat_renders(rc, monkeypatch):
+    """Flat renders pass the gate's calibration but not the field fit: read right far more often,
+    they would dilute the wrong rate the field threshold bounds."""
+    docs = examples(200_000, 16, flat_every=1)
+    flats = {id(d[0]) for d in docs if len(d) > 3 and d[3]}
+    read, f = [], rc.read_fields
+    monkeypatch.setattr(rc, "read_fields", lambda images, *a, **k: read.extend(images) or f(images, *a, **k))
+    _, rep = G.calibrate(rc, docs, non_documents(12, "calibration", SIZE), search_others=0)
+    assert len(flats) == 16 and rep["flat_documents"] == 16 and rep["n_documents"] == 32
+    assert read and not flats & {id(im) for im in read}
+    assert rep["field_documents"] == len(read) and rep["n_fields"] > 0
+
+
 def test_known_documents_pass_and_are_regenerated(rc):
     held = examples(100_000, 12, flat_every=10**9)  # held-out rows, never trained or calibrated on
-    decisions = rc.gate([im for im, _, _ in held])
+    decisions = rc.gate([im for im, *_ in held])
     passed = [(d, h) for d, h in zip(decisions, held) if d["passed"]]
     assert passed, [(d["ood_score"], d["confidence"]) for d in decisions]
-    d, (img, doc_type, _) = passed[0]
+    d, (img, doc_type, *_) = passed[0]
     assert d["type"] == doc_type and d["calibrated"] and d["reason"] is None
     out = rc.run(png(img), mode="server")
     assert out["method"] == "regen" and out["reason"] is None and out["type"] == doc_type

@@ -85,7 +85,16 @@ The one score that moved it is a second reader's: recalibrating the standard bui
 72.4% were regenerated (0.38% of them wrong) where the reader's scores alone regenerated 61.9%.
 Tried with it on the design split (disjoint thirds, three shuffles), not kept: the agreement's
 products with the four scores (39-61% regenerated, unstable), and one threshold per agreement group,
-each group holding the bound on its own (53%: no disagreeing field regenerated).
+each group holding the bound on its own (53%: no disagreeing field regenerated); the second
+reader's CTC log-likelihood of the reading (its AUROC 0.93 against the agreement's 0.84), beside or
+instead of the agreement (65.6% against 66.5%, the same 0.38% wrong).
+
+`MAX_WRONG` is 0.35%, not the 0.5% a user is promised: a threshold whose bound sits at 0.5% leaves a
+true rate near 0.38% (held out: fitted on two thirds of 15,114 capture fields of calibration and
+design rows, judged on the third, ten shuffles), and a batch of 940 regenerated fields then holds
+more than 0.5% wrong about 3 times in 10. At 0.35% the rate held out is 0.25% (more than 0.5% in a
+batch of 940: 9 times in 100) and 64.3% of the fields are regenerated (66.5% at 0.5%, 63.3% at
+0.3%, 55.0% at 0.2%).
 
 A document the type model misread fails the layout check of the type it read, while its own type's
 captions sit where they should: calibration sets `retype_threshold` above every aligned score of a
@@ -288,6 +297,7 @@ ALIGN_ITERATIONS = 50  # ECC steps of `align_layout`
 ALIGN_MAX_SHIFT = 16  # px of `LAYOUT_SIZE` a corner may move in `align_layout`: a corner head's error, not another layout
 SEARCH_STEPS = ((32, 8), (6, 2))  # `search_layout`: (reach, step) px of a capture `LAYOUT_SIZE` wide, coarse then fine
 SEARCH_ROUNDS = 2  # `search_layout`: passes over the four corners
+MAX_WRONG = 0.0035  # the wrong rate's bound among regenerated calibration fields (module docstring: why not 0.005)
 SEARCH_OTHERS = 60  # calibration documents whose other-template pairs `search_layout` scores (~1 s a pair)
 LAYOUT_OTHERS = 200  # calibration documents also scored against every other type's template (the report's figure)
 
@@ -452,7 +462,7 @@ def _read_right(reading: dict, doc_type: str, values: list[str]) -> list[bool]:
 
 
 def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None = None, doc_tpr: float = 0.99,
-              max_type_error: float = 0.01, min_conf: float = 0.5, max_wrong: float = 0.005,
+              max_type_error: float = 0.01, min_conf: float = 0.5, max_wrong: float = MAX_WRONG,
               bound: float = 0.95, layout_tpr: float = 0.98, search_others: int = SEARCH_OTHERS,
               cross_read: bool = True, retype: bool = True) -> tuple[Calibration, dict]:
     """Fit the gate and the field confidence on a calibration split.

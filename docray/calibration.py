@@ -138,7 +138,8 @@ def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_
                    "under 0.5% nine times in ten)")
 @click.option("--bound", type=float, default=0.95, show_default=True, help="judge the wrong rate by its one-sided "
               "Clopper-Pearson upper bound at this confidence level (0: the rate seen)")
-@click.option("--doc-tpr", type=float, default=0.99, show_default=True, help="share of documents the OOD threshold keeps")
+@click.option("--doc-tpr", type=float, default=0.995, show_default=True,  # gate.DOC_TPR
+              help="share of documents the OOD threshold keeps at least")
 @click.option("--search-others", type=int, default=60, show_default=True,  # gate.SEARCH_OTHERS
               help="documents searched against the other types' templates to set the corner search's threshold "
                    "(~5 s each; 0: no corner search)")

@@ -36,9 +36,9 @@ has only known types to name); its captions are elsewhere. `DOC_TPR` is 0.995 (w
 standard build's regen v0001 the type gate's threshold fell from 0.766 to 0.651, the layout check
 refusing all 3 calibration non-documents that then reach it; 97.9% of the calibration documents pass
 (was 97.4%), on the design split 590 of 600, and none of 1,200 held-out calibration-split
-non-documents (past the 500 calibrated on) nor of 200 captures of an unregistered type. Its stand-in at calibration: the same
-documents scored against the other types' templates (`layout_other_templates_passing` in the
-report). The corner head's corners are a few px off on some captures, which lowers a known
+non-documents (past the 500 calibrated on) nor of 200 captures of an unregistered type. Its
+stand-in at calibration: the same documents scored against the other types' templates
+(`layout_other_templates_passing` in the report). The corner head's corners are a few px off on some captures, which lowers a known
 document's score, so the corners are first aligned on the captions (`align_layout`: an affine ECC
 fit in the straightened frame, each corner moving at most `ALIGN_MAX_SHIFT`); the aligned corners
 are the ones the fields are then read through. Measured with the standard build's regen v0001 on
@@ -476,8 +476,9 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     types, a fourth item True for a flat render (`documents`): the gate takes those too, the field
     confidence does not (flat pages, read right far more often, would dilute the wrong rate its
     threshold bounds below what photographed captures see; left out, the standard build's threshold
-    moved from 0.8997 to 0.9009, 65.3% of its capture fields regenerated, 0.36% of them wrong); `non_docs` PIL images that are not documents (`docray.regen.nondocs`, split
-    "calibration"), `families` their family names (for the report); `bound`: the field threshold keeps
+    moved from 0.8997 to 0.9009, 65.3% of its capture fields regenerated, 0.36% of them wrong);
+    `non_docs` PIL images that are not documents (`docray.regen.nondocs`, split "calibration"),
+    `families` their family names (for the report); `bound`: the field threshold keeps
     the wrong rate's upper confidence bound at this level within `max_wrong` (0: the rate seen);
     `layout_tpr`: the share of the documents passing the type gate alone (above every non-document)
     that the layout check keeps (the report gives what it lets through of the same captures scored
@@ -630,7 +631,8 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
         "non_documents_passing_type_gate": int(n_typed.sum()),
         "non_documents_passing": int(n_pass.sum()),
         "non_documents_passing_by_family": per_family,
-        "field_documents": int(len(keep)), "flat_documents": int(flat.sum()), "n_fields": int(len(ok)), "fields_read_right": round(float(ok.mean()), 4) if len(ok) else None,
+        "field_documents": int(len(keep)), "flat_documents": int(flat.sum()),
+        "n_fields": int(len(ok)), "fields_read_right": round(float(ok.mean()), 4) if len(ok) else None,
         "field_confidence_auroc": round(auroc(fconf[ok], fconf[~ok]), 4) if len(ok) else None,
         "field_ece": round(ece(fconf, ok), 4) if len(ok) else None,
         "field_threshold": cal.field_threshold, "fields_regenerated_share": round(float(accepted.mean()), 4) if len(ok) else None,

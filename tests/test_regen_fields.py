@@ -94,6 +94,37 @@ def test_a_round_trip_disagreement_keeps_the_original_pixels(rc, row):
     assert np.array_equal(_box_pixels(out["processed"], row["doc_type_name"], 2), _original_box(row, 2, size))
 
 
+def test_the_second_reader_confirms_a_field_the_reader_reads_back_otherwise(rc, row, monkeypatch):
+    """Calibrated with the second reader, a round-trip disagreement goes to it (only that field's
+    value box of the processed image): a field it reads as the first reading, case and spaces
+    aside, stays regenerated and says so; one both read otherwise keeps the original's pixels."""
+    from docray.regen import crossread
+
+    monkeypatch.setattr(RegenCompressor, "cross_read", property(lambda self: True))
+    doc_type, k = row["doc_type_name"], 1
+    rc.reread = list(rc.values)
+    rc.reread[k] = rc.values[k][::-1]  # the reader reads its own glyphs otherwise
+    seen = []
+
+    def second(lines):
+        seen.append([line.shape for line in lines])
+        return [rc.values[k].lower().replace(" ", "")] * len(lines)
+
+    monkeypatch.setattr(crossread, "read", second)
+    out = rc.run(row["image"], mode="split")
+    f = out["fields"][k]
+    assert f["source"] == "regenerated" and f["round_trip"] == "second reader", f.get("reason")
+    assert {g["round_trip"] for i, g in enumerate(out["fields"]) if i != k} == {"reader"}
+    assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0][0] == crossread.HEIGHT  # that field's box alone
+
+    monkeypatch.setattr(crossread, "read", lambda lines: ["?"] * len(lines))  # the second reader reads it otherwise too
+    out = rc.run(row["image"], mode="split")
+    f = out["fields"][k]
+    assert f["source"] == "pixels" and "round trip" in f["reason"] and "second reader: '?'" in f["reason"]
+    size = Image.open(io.BytesIO(out["processed"])).size
+    assert np.array_equal(_box_pixels(out["processed"], doc_type, k), _original_box(row, k, size))
+
+
 def test_every_field_trusted_is_regenerated_and_says_so(rc, row, tmp_path):
     from docray.storage.repository import ImageRepository
 

@@ -18,10 +18,10 @@ uncalibrated model: the codec path, `method: "codec"` and its `reason`); `Regen`
 document's corners (the content model's corner head, its own copy) and the portrait through them;
 `ContentModel` reads the document without its portrait through those corners as the gate's type,
 each field with a confidence; `Generator` renders the processed image from the confident fields;
-`Regen` pastes the portrait and seals back through the corners,
-re-reads the result (the round trip, with its own copy of the reader) and keeps the original's
-pixels for every untrusted field, stamps the provenance, compresses per type (server mode) and
-stores the record (`RegenCompressor.run` is the same flow in one process).
+`Regen` pastes the portrait and seals back through the corners, re-reads the result (the round
+trip, with its own copy of the reader and, where that reads a field otherwise, the second reader),
+keeps the original's pixels for every untrusted field, stamps the provenance, compresses per type
+(server mode) and stores the record (`RegenCompressor.run` is the same flow in one process).
 Model calls are `@serve.batch`ed across requests. Split mode returns the processed image and its
 type; the terminal compresses it with `docray.client.compress_on_terminal` and the library from
 `GET /v1/file-types`, and uploads the file (`PUT /v1/repository/{id}/compressed`,

@@ -24,9 +24,10 @@ Steps (DESIGN "Regen compression"; issue 17: regen never falsifies a document):
    through the corners onto the processed frame gives back the seals (darken blend where their
    boxes map) and the portrait (pasted into the slot of the processed frame);
 7. round trip: the content model re-reads the processed image (and, where it reads a field
-   otherwise, the second reader); a regenerated field neither reads back is not trusted. Every field below the confidence threshold or failing the round trip
-   keeps the ORIGINAL's pixels inside its box (a hybrid image); `fields` lists per field its text,
-   confidence and `source` ("regenerated" | "pixels");
+   otherwise, the second reader); a regenerated field neither reads back is not trusted. Every
+   field below the confidence threshold or failing the round trip keeps the ORIGINAL's pixels
+   inside its box (a hybrid image); `fields` lists per field its text, confidence and `source`
+   ("regenerated" | "pixels"), a regenerated one also who read it back (`round_trip`);
 8. provenance (`provenance`): the record id is drawn first, then every regenerated image carries a
    stamp in its own metadata (PNG tEXt, JPEG COM, WebP/AVIF EXIF) naming docray, the record and
    "regenerated" (or "regenerated-hybrid"); the answer and the record carry it too;
@@ -398,8 +399,8 @@ class RegenCompressor:
         reads back is marked "pixels". Each regenerated field says who read it back (`round_trip`).
 
         Why the second reader: the glyphs are drawn from the reading's text, so what the round trip
-        must catch is a field the image does not show (cut off, inked over), and either reader's
-        exact reading shows it does. On a design split (rows 204000-204200, 200 captures, the
+        must catch is a field the image does not show (cut off, inked over), and either reader
+        reading the text back shows it does. On a design split (rows 204000-204200, 200 captures, the
         standard build's regen v0001, apart from calibration and benchmarks) the reader alone sent
         92 of the 930 fields planned as regenerated back to pixels, every one read right at first
         (mostly its first character: 9 read 3, N read X); with the second reader 15 went back, 61.7%

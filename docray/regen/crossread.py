@@ -55,10 +55,20 @@ def read(lines: list[np.ndarray]) -> list[str]:
     return out
 
 
+def same(second: str, text: str) -> bool:
+    """Whether the second reader's `second` says `text`, case and spaces aside."""
+    return normalise(second) == normalise(text)
+
+
+def read_values(img: np.ndarray, quad, doc_type, which=None) -> list[str]:
+    """The second reader's reading of each value box of the RGB image `img` (h, w, 3) through the
+    document's corners `quad` (of the fields `which`, indices in template order; None: all)."""
+    from docray.regen.fields import crop_values
+
+    return read(crop_values(img, quad, doc_type, HEIGHT, which))
+
+
 def cross_read(capture_rgb: np.ndarray, quad, doc_type, texts: list[str]) -> np.ndarray:
     """(n_fields,) float: 1.0 where the second reader reads the field's value box (through the
     document's corners `quad`) as `texts` says, case and spaces aside; else 0.0."""
-    from docray.regen.fields import crop_values
-
-    second = read(crop_values(capture_rgb, quad, doc_type, HEIGHT))
-    return np.array([float(normalise(a) == normalise(b)) for a, b in zip(second, texts)], np.float64)
+    return np.array([float(same(a, b)) for a, b in zip(read_values(capture_rgb, quad, doc_type), texts)], np.float64)

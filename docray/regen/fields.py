@@ -71,11 +71,12 @@ def crop_lines(img: np.ndarray, quad, doc_type, line_hw: tuple[int, int]) -> np.
     return out
 
 
-def crop_values(img: np.ndarray, quad, doc_type, height: int) -> list[np.ndarray]:
-    """Each value box warped out of `img` to `height` px at its own aspect (h, w_k, channels), for a
-    reader with inputs of any width (`docray.regen.crossread`)."""
-    H = doc_to_image(quad, doc_type)
-    return [_warp_box(img, H, box, height, None, cv2.INTER_CUBIC) for box in value_boxes(doc_type)]
+def crop_values(img: np.ndarray, quad, doc_type, height: int, which=None) -> list[np.ndarray]:
+    """Each value box (of the fields `which`, indices in template order; None: all) warped out of
+    `img` to `height` px at its own aspect (h, w_k, channels), for a reader with inputs of any width
+    (`docray.regen.crossread`)."""
+    H, boxes = doc_to_image(quad, doc_type), value_boxes(doc_type)
+    return [_warp_box(img, H, boxes[k], height, None, cv2.INTER_CUBIC) for k in (range(len(boxes)) if which is None else which)]
 
 
 def _warp_box(img: np.ndarray, H: np.ndarray, box, h: int, w: int | None, interpolation: int) -> np.ndarray:

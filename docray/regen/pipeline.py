@@ -408,17 +408,14 @@ class RegenCompressor:
         arr, quad = np.asarray(processed.convert("RGB")), fields.frame_quad(doc_type, processed.size)
         again = self.model.read_lines(line_input(fields.crop_lines(arr, quad, doc_type, self.cfg.line_size)).to(self.device))
         doubt = [k for k, (f, r) in enumerate(zip(fs, again)) if f["source"] == "regenerated" and r != f["text"]]
-        second = {}
-        if doubt and self.cross_read:
-            crops = fields.crop_values(arr, quad, doc_type, crossread.HEIGHT)
-            second = dict(zip(doubt, crossread.read([crops[k] for k in doubt])))
+        second = dict(zip(doubt, crossread.read_values(arr, quad, doc_type, doubt))) if doubt and self.cross_read else {}
         out = []
         for k, (f, r) in enumerate(zip(fs, again)):
             if f["source"] != "regenerated":
                 out.append(f)
             elif k not in doubt:
                 out.append({**f, "round_trip": "reader"})
-            elif k in second and crossread.normalise(second[k]) == crossread.normalise(f["text"]):
+            elif k in second and crossread.same(second[k], f["text"]):
                 out.append({**f, "round_trip": "second reader"})
             else:
                 seen = f"{r!r}" + (f" (the second reader: {second[k]!r})" if k in second else "")

@@ -76,7 +76,8 @@ def crop_values(img: np.ndarray, quad, doc_type, height: int, which=None) -> lis
     `img` to `height` px at its own aspect (h, w_k, channels), for a reader with inputs of any width
     (`docray.regen.crossread`)."""
     H, boxes = doc_to_image(quad, doc_type), value_boxes(doc_type)
-    return [_warp_box(img, H, boxes[k], height, None, cv2.INTER_CUBIC) for k in (range(len(boxes)) if which is None else which)]
+    which = range(len(boxes)) if which is None else which
+    return [_warp_box(img, H, boxes[k], height, None, cv2.INTER_CUBIC) for k in which]
 
 
 def _warp_box(img: np.ndarray, H: np.ndarray, box, h: int, w: int | None, interpolation: int) -> np.ndarray:

@@ -65,7 +65,9 @@ def machine() -> dict:
     import torch
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    # the results files are this command's own output: a run in parts must not call the next part's commit dirty
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/RESULTS.md", ":!benchmarks/RESULTS.json"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {"host": platform.node(), "cpu_cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,

@@ -39,6 +39,7 @@ from docray.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "configs" / "bench"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"  # the standard profile's results file (and RESULTS.json beside it)
 MODELS = ["recognition-encoder", "recognition-unified", "descriptor", "regen", "mask_recognizer_original",
           "mask_recognizer_masked", "mask_inpainter"]
 
@@ -66,8 +67,9 @@ def machine() -> dict:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     # the results files are this command's own output: a run in parts must not call the next part's commit dirty
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/RESULTS.md", ":!benchmarks/RESULTS.json"],
-                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    own = [f":!{f.relative_to(ROOT)}" for f in (RESULTS, RESULTS.with_suffix(".json"))]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", *own], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
     return {"host": platform.node(), "cpu_cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
@@ -240,7 +242,7 @@ def main(argv=None) -> int:
     if not a.out:
         from docray import paths
 
-        a.out = str(ROOT / "benchmarks" / "RESULTS.md") if path == PROFILES / "standard.yaml" else \
+        a.out = str(RESULTS) if path == PROFILES / "standard.yaml" else \
             str(Path(paths.sub("reports", "bench"), f"RESULTS-{path.stem}.md"))
     (versions, digests), info, out = model_versions(), machine(), Path(a.out)
     records, ran = load_records(out), []

@@ -526,8 +526,12 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
     s_other = np.array([s for *_, s in others])
     aligned = [align_layout(docs[i][0], types[i], q) for i, q in zip(maybe, quads)]
     quads, s_layout = np.array([q for q, _ in aligned]).reshape(-1, 4, 2), np.array([s for _, s in aligned])
-    fits, basis, n_fits = np.ones(len(maybe), bool), s_doc[maybe] >= strict, np.ones(len(non_docs), bool)
-    basis |= not basis.any()  # no document above every non-document: fit on all that may pass
+    # the basis: documents read as their own type, above every non-document where any is (a document of
+    # an unregistered type may score like a known one: then on all read right), else all that may pass
+    fits, n_fits = np.ones(len(maybe), bool), np.ones(len(non_docs), bool)
+    read_right = np.array([types[i] == docs[i][1] for i in maybe], bool)
+    basis = read_right & (s_doc[maybe] >= strict)
+    basis = basis if basis.any() else read_right if read_right.any() else np.ones(len(maybe), bool)
     cal.ood_threshold = strict
     by_search, by_retype, s_wrong_layouts = np.zeros(len(maybe), bool), np.zeros(len(maybe), bool), np.zeros(0)
     retyped_wrong, s_wrong_types = 0, np.zeros(0)

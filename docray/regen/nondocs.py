@@ -13,6 +13,10 @@ Families (`FAMILIES`), each drawn with PIL/numpy from a seed only:
     card       a card of no registered type: a coloured or patterned ground, a title band, a photo
                box, label/value lines in a random layout, sometimes a round stamp, lying turned on a
                table (a document the gate must not take for one it knows)
+    other_type a document of a random template no registry holds (`docray.synth.documents.
+               random_doctype`: its own page, title, captions, fields, portrait and seal slots, English
+               or Chinese), drawn and captured by the synthetic world's own code, so only its layout
+               tells it from the known types (the benchmark's unknown type is a template file, never drawn here)
 
 Image i of family f in `split` is drawn from `np.random.default_rng([SPLITS[split], FAMILY_NO[f], i])`:
 the training, calibration and evaluation splits are different seed streams, never the same image.
@@ -27,8 +31,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from docray.fonts import font
+from docray.synth.documents import unregistered_capture
 
-FAMILIES = ("noise", "texture", "gradient", "text_page", "shapes", "card")
+FAMILIES = ("noise", "texture", "gradient", "text_page", "shapes", "card", "other_type")
 FAMILY_NO = {f: i for i, f in enumerate(FAMILIES)}
 SPLITS = {"training": 7000, "calibration": 7001, "evaluation": 7002}  # training: train_regen's outlier exposure
 WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but have an "
@@ -181,8 +186,12 @@ def card(rng, w: int, h: int) -> Image.Image:
     return table
 
 
+def other_type(rng, w: int, h: int) -> Image.Image:
+    return unregistered_capture(rng, (w, h))
+
+
 _DRAW = {"noise": noise, "texture": texture, "gradient": gradient, "text_page": text_page, "shapes": shapes,
-         "card": card}
+         "card": card, "other_type": other_type}
 
 
 def non_document(family: str, i: int, split: str = "calibration", size: tuple[int, int] = (384, 240)) -> Image.Image:

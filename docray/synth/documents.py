@@ -50,14 +50,15 @@ import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFilter
 
 from docray.datasets import contracts
-from docray.doctypes import doc_rect, registry
+from docray.doctypes import DocType, FieldSpec, Portrait, Seal, doc_rect, registry
+from docray.doctypes.schema import PATTERNS
 from docray.synth import faces, seals
 from docray.synth.captures import (
     degrade, doc_homography, map_box, render_capture, sample_capture, table_texture, warp_document, warp_labels,
 )
 from docray.synth.common import clip_box, font, png, split_of
-from docray.synth.templates import DOC_TYPES, N_VARIANTS, static_layer
-from docray.synth.text import GENERATORS, fake_value
+from docray.synth.templates import DOC_TYPES, N_VARIANTS, StaticLayer, static_layer, template_layer
+from docray.synth.text import GENERATORS, ZH_GIVEN, ZH_ROADS, fake_value
 
 KIND_NO = 1
 BACKDROP = (160, 160, 160)  # the flat backdrop of `clean` around the document
@@ -129,8 +130,7 @@ def _draw_value(d: ImageDraw.ImageDraw, xy, text: str, f, fill, right: float) ->
     return text, list(d.textbbox(xy, text, font=f))
 
 
-def _draw_fields(img: Image.Image, type_no: int, variant: int, rng: np.random.Generator) -> list:
-    t, layer = registry()[type_no], static_layer(type_no, variant, *img.size)
+def _draw_fields(img: Image.Image, t: DocType, layer: StaticLayer, rng: np.random.Generator) -> list:
     d, out = ImageDraw.Draw(img), []
     ink = tuple(int(v) for v in np.clip(np.array(t.colors.value) + rng.integers(-15, 16, 3), 0, 255))
     for k, fs in enumerate(t.fields):
@@ -140,10 +140,9 @@ def _draw_fields(img: Image.Image, type_no: int, variant: int, rng: np.random.Ge
     return out
 
 
-def _tamper(img: Image.Image, doc: FlatDoc, type_no: int, variant: int, rng: np.random.Generator) -> tuple[int, list[int]]:
+def _tamper(img: Image.Image, doc: FlatDoc, t: DocType, layer: StaticLayer, rng: np.random.Generator) -> tuple[int, list[int]]:
     """Re-print one field with another value: erased with a slightly-off background patch, new text in a
     slightly different size/colour, sometimes softened like a pasted patch. Returns (field index, box)."""
-    t, layer = registry()[type_no], static_layer(type_no, variant, *img.size)
     k = int(rng.integers(len(t.fields)))
     name, old, box = doc.fields[k]
     e = clip_box([box[0] - 1, box[1] - 1, box[2] + 2, box[3] + 1], *img.size)
@@ -183,8 +182,7 @@ def _portrait(img: Image.Image, doc: FlatDoc, slot, n_identities: int, rng: np.r
     doc.portrait_box = [x0, y0, x1, y1]
 
 
-def _seal_params(type_no: int, dh: int, dw: int, rng: np.random.Generator) -> dict | None:
-    s = registry()[type_no].seal
+def _seal_params(s: Seal | None, dh: int, dw: int, rng: np.random.Generator) -> dict | None:
     if s is None or rng.random() >= s.rate:  # a type without a seal slot draws nothing
         return None
     return dict(
@@ -216,21 +214,21 @@ def _to_image(H: np.ndarray, box, size) -> list[int]:
     return clip_box(map_box(H, box), *size) if box else []
 
 
-def _flat_document(type_no: int, variant: int, dw: int, dh: int, cfg: DocumentsConfig, rng: np.random.Generator):
-    """(doc, original, seg, seal, tamper) for one document: `doc.image` is what `clean` shows,
-    `original` the same document before any tamper, `seg` its label map in document px."""
-    t = registry()[type_no]
-    img = static_layer(type_no, variant, dw, dh).image.copy()
-    doc = FlatDoc(img)
-    doc.fields = _draw_fields(img, type_no, variant, rng)
+def _flat_document(t: DocType, layer: StaticLayer, cfg: DocumentsConfig, rng: np.random.Generator):
+    """(doc, original, seg, tamper) for one document of template `t` drawn on its static `layer`:
+    `doc.image` is what `clean` shows, `original` the same document before any tamper, `seg` its label
+    map in document px."""
+    img = layer.image.copy()
+    (dw, dh), doc = img.size, FlatDoc(img)
+    doc.fields = _draw_fields(img, t, layer, rng)
     if t.portrait is not None:
         _portrait(img, doc, t.portrait, cfg.n_identities, rng)
-    seal = _seal_params(type_no, dh, dw, rng)
+    seal = _seal_params(t.seal, dh, dw, rng)
     tamper = None
     original = img
     if rng.random() < cfg.tamper_rate:
         original = img.copy()
-        tamper = _tamper(img, doc, type_no, variant, rng)
+        tamper = _tamper(img, doc, t, layer, rng)
     seg = _seg_map(doc, (dw, dh), seal)
     if seal is not None:
         box = seals.stamp(img, None, **seal)
@@ -246,7 +244,7 @@ def make_row(i: int, rng: np.random.Generator, seed: int, cfg: DocumentsConfig) 
     name, variant = names[int(rng.integers(len(names)))], int(rng.integers(N_VARIANTS))
     type_no = reg.index(name)
     ox, oy, dw, dh = doc_rect(size, reg[type_no].aspect)
-    doc, original, seg, tamper = _flat_document(type_no, variant, dw, dh, cfg, rng)
+    doc, original, seg, tamper = _flat_document(reg[type_no], static_layer(type_no, variant, dw, dh), cfg, rng)
     angles_tampered = tamper is not None and bool(rng.random() < 0.5)
     clean = Image.new("RGB", size, BACKDROP)
     clean.paste(doc.image, (ox, oy))
@@ -266,8 +264,8 @@ def make_row(i: int, rng: np.random.Generator, seed: int, cfg: DocumentsConfig) 
     if swapped:  # another holder's document, of any drawn type (the same one 1 time in 6 by default)
         other_type = reg.index(names[int(swap_rng.integers(len(names)))])
         src_wh = doc_rect(size, reg[other_type].aspect)[2:]
-        other = _flat_document(other_type, int(swap_rng.integers(N_VARIANTS)), *src_wh, replace(cfg, tamper_rate=0.0),
-                               swap_rng)[0]
+        layer = static_layer(other_type, int(swap_rng.integers(N_VARIANTS)), *src_wh)
+        other = _flat_document(reg[other_type], layer, replace(cfg, tamper_rate=0.0), swap_rng)[0]
         src = np.asarray(other.image)
     angles = []
     for _ in range(cfg.n_angles):
@@ -292,3 +290,68 @@ def make_row(i: int, rng: np.random.Generator, seed: int, cfg: DocumentsConfig) 
         "tamper_field": doc.fields[tamper[0]][0] if tamper else "", "angles_tampered": angles_tampered,
         "angles_swapped": swapped,
     }
+
+
+# Documents of no registered type: the regen gate's hardest negatives (docray.regen.nondocs "other_type").
+CAPTIONS = ("Name", "Surname", "Given names", "Sex", "Nationality", "Date of birth", "Born", "Address", "Issued",
+            "Expires", "Valid until", "No.", "Document No.", "Class", "Authority", "Holder", "Place", "Reg. No.",
+            "Category", "Remarks", "Member", "Card No.", "Dept.", "Grade", "Owner", "Vehicle", "Licence")
+TITLE_WORDS = ("CARD", "PERMIT", "CERTIFICATE", "LICENCE", "PASS", "MEMBERSHIP", "STUDENT", "EMPLOYEE", "HEALTH",
+               "INSURANCE", "RESIDENT", "TRAVEL", "VISA", "BOARDING", "ACCESS", "NATIONAL", "REGISTRATION", "LIBRARY")
+ZH_CHARS = ZH_GIVEN + "".join(ZH_ROADS) + "证卡号码日期地址单位类别有效期签发机关编号"
+
+
+def random_doctype(rng: np.random.Generator) -> DocType:
+    """A template no registry holds: random page (aspect, colours, patterns, title), 3-7 fields at random
+    places with captions beside or above, a portrait slot on either side or none, a seal or none; English
+    or Chinese. Drawn by the same code as the registered types, so only its layout tells it apart."""
+    zh = bool(rng.random() < 0.3)
+    gens = [g for g in GENERATORS if g.startswith("zh_") == zh and g not in ("mrz", "scope")] + \
+        (["id_number", "doc_number", "issue_date"] if zh else [])
+    light = lambda: tuple(int(v) for v in rng.integers(200, 256, 3))  # noqa: E731
+    dark = lambda: tuple(int(v) for v in rng.integers(0, 110, 3))  # noqa: E731
+    portrait = None
+    x0, right = 0.05, 0.95
+    if rng.random() < 0.6:
+        w, h = float(rng.uniform(0.2, 0.32)), float(rng.uniform(0.4, 0.6))
+        left = bool(rng.random() < 0.5)
+        px, py = (0.04 if left else 0.96 - w), float(rng.uniform(0.15, 0.95 - h))
+        portrait = Portrait(x=px, y=py, w=w, h=h)
+        x0, right = (px + w + 0.04, 0.96) if left else (0.05, px - 0.03)
+    stacked, n = bool(rng.random() < 0.3), int(rng.integers(3, 8))
+    size = float(rng.uniform(0.045, 0.075))
+    step = (0.93 - 0.2 - size) / max(n - 1, 1)
+    fields = []
+    for k in range(n):
+        cap = "".join(rng.choice(list(ZH_CHARS), int(rng.integers(2, 5)))) if zh else str(rng.choice(CAPTIONS))
+        fields.append(FieldSpec(name=f"field{k}", caption=cap if rng.random() < 0.9 else "", x=x0, y=0.2 + k * step,
+                                right=right, size=min(size, step / (2.2 if stacked else 1.1)), value=str(rng.choice(gens))))
+    seal = None
+    if rng.random() < 0.4:
+        seal = Seal(shapes=(str(rng.choice(["circle", "ellipse", "rectangle", "square"])),),
+                    colors=(str(rng.choice(["red", "blue"])),), x=float(rng.uniform(0.55, 0.9)),
+                    y=float(rng.uniform(0.55, 0.85)), height=float(rng.uniform(0.18, 0.3)))
+    title = "".join(rng.choice(list(ZH_CHARS), int(rng.integers(3, 7)))) if zh else \
+        " ".join(rng.choice(TITLE_WORDS, int(rng.integers(1, 4)), replace=False))
+    return DocType(
+        name="unregistered", title=title, language="zh" if zh else "en",
+        aspect=float(rng.choice([0.71, 1.0, 1.3, 1.42, 1.585, 1.9]) * rng.uniform(0.92, 1.08)),
+        colors={"background": (light(), light()), "pattern": tuple(int(v) for v in rng.integers(90, 230, 3)),
+                "title": dark(), "caption": dark(), "value": dark()},
+        patterns=tuple(rng.choice(PATTERNS, int(rng.integers(0, 3)), replace=False)),
+        title_x=float(rng.uniform(0.04, 0.3)), captions="above" if stacked else "beside",
+        fields=tuple(fields), portrait=portrait, seal=seal)
+
+
+def unregistered_capture(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """A capture (w, h = `size`) of a document of `random_doctype(rng)`, through the same camera model as
+    the rows' `image` (perspective, table, glare, blur, noise, JPEG; a screen recapture 1 time in 5)."""
+    t = random_doctype(rng)
+    _, _, dw, dh = doc_rect(size, t.aspect)
+    layer = template_layer(t, dw, dh, int(rng.integers(2**31)))
+    doc = _flat_document(t, layer, DocumentsConfig(tamper_rate=0.0), rng)[0]
+    recapture, level = bool(rng.random() < 0.2), float(rng.uniform())
+    table = table_texture(int(rng.integers(N_TABLES)), *size)
+    cap = sample_capture(rng, (dw, dh), size, level, recapture)
+    base = warp_document(np.asarray(doc.image), table, doc_homography(cap, (dw, dh)))
+    return Image.fromarray(degrade(base, cap, rng, recapture))

@@ -135,7 +135,7 @@ def document(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     from docray.doctypes import doc_rect, registry
     from docray.synth import documents
     from docray.synth.captures import table_texture
-    from docray.synth.templates import N_VARIANTS
+    from docray.synth.templates import N_VARIANTS, static_layer
 
     w, h = size
     cfg = documents.DocumentsConfig(tamper_rate=0.0)
@@ -143,7 +143,8 @@ def document(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     type_no = reg.index(cfg.names[int(rng.integers(len(cfg.names)))])
     s = (0.6, 0.8, 1.0)[int(rng.integers(3))]  # few sizes: the types' static layers are cached by size
     _, _, dw, dh = doc_rect((max(16, int(w * s)), max(16, int(h * s))), reg[type_no].aspect)
-    doc = documents._flat_document(type_no, int(rng.integers(N_VARIANTS)), dw, dh, cfg, rng)[0].image
+    layer = static_layer(type_no, int(rng.integers(N_VARIANTS)), dw, dh)
+    doc = documents._flat_document(reg[type_no], layer, cfg, rng)[0].image
     img = Image.fromarray(np.array(table_texture(int(rng.integers(documents.N_TABLES)), w, h), np.uint8))
     img.paste(doc, (int(rng.integers(0, w - dw + 1)), int(rng.integers(0, h - dh + 1))))
     return img

@@ -74,6 +74,11 @@ def static_layer(type_no: int, variant: int, w: int, h: int) -> StaticLayer:
     return _static_layer(registry()[type_no], int(type_no), variant, w, h)
 
 
+def template_layer(t: DocType, w: int, h: int, seed: int) -> StaticLayer:
+    """The static layer of a template that need not be registered, its background drawn from `seed`. Not cached."""
+    return _static_layer.__wrapped__(t, int(seed), 0, w, h)
+
+
 @lru_cache(maxsize=256)
 def _static_layer(t: DocType, type_no: int, variant: int, w: int, h: int) -> StaticLayer:
     r = np.random.default_rng([0xD0C, type_no, variant])

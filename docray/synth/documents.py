@@ -305,11 +305,12 @@ def random_doctype(rng: np.random.Generator) -> DocType:
     """A template no registry holds: random page (aspect, colours, patterns, title), 3-7 fields at random
     places with captions beside or above, a portrait slot on either side or none, a seal or none; English
     or Chinese. Drawn by the same code as the registered types, so only its layout tells it apart."""
+    def rgb(lo: int, hi: int) -> tuple[int, int, int]:
+        return tuple(int(v) for v in rng.integers(lo, hi, 3))
+
     zh = bool(rng.random() < 0.3)
     gens = [g for g in GENERATORS if g.startswith("zh_") == zh and g not in ("mrz", "scope")] + \
         (["id_number", "doc_number", "issue_date"] if zh else [])
-    light = lambda: tuple(int(v) for v in rng.integers(200, 256, 3))  # noqa: E731
-    dark = lambda: tuple(int(v) for v in rng.integers(0, 110, 3))  # noqa: E731
     portrait = None
     x0, right = 0.05, 0.95
     if rng.random() < 0.6:
@@ -336,8 +337,8 @@ def random_doctype(rng: np.random.Generator) -> DocType:
     return DocType(
         name="unregistered", title=title, language="zh" if zh else "en",
         aspect=float(rng.choice([0.71, 1.0, 1.3, 1.42, 1.585, 1.9]) * rng.uniform(0.92, 1.08)),
-        colors={"background": (light(), light()), "pattern": tuple(int(v) for v in rng.integers(90, 230, 3)),
-                "title": dark(), "caption": dark(), "value": dark()},
+        colors={"background": (rgb(200, 256), rgb(200, 256)), "pattern": rgb(90, 230), "title": rgb(0, 110),
+                "caption": rgb(0, 110), "value": rgb(0, 110)},
         patterns=tuple(rng.choice(PATTERNS, int(rng.integers(0, 3)), replace=False)),
         title_x=float(rng.uniform(0.04, 0.3)), captions="above" if stacked else "beside",
         fields=tuple(fields), portrait=portrait, seal=seal)

@@ -25,10 +25,11 @@ whose text is not the truth, over all regenerated fields; every field of a docum
 share of fields kept as pixels, and how many misreadings the fallback caught. They do not depend
 on the byte budget (the fields are decided before compression). Then the document gate on
 `gate_docs` more held-out documents of known types (the share that passes) and on an
-out-of-distribution set, per family: the five generated non-document families of
-`docray.regen.nondocs` from the "evaluation" seed stream (calibration draws from another),
-photo-like pictures of the synthetic world (benign posters, faces: never calibrated on) and
-documents of a type the model does not know (examples/doctypes/cn_resident_card.yaml). Thresholds
+out-of-distribution set, per family: the seven generated non-document families of
+`docray.regen.nondocs` from the "evaluation" seed stream (calibration draws from another; one of
+them, other_type, documents of random templates), photo-like pictures of the synthetic world
+(benign posters, faces: never calibrated on) and documents of a type the model does not know, drawn
+from a template file no step of training or calibration draws (examples/doctypes/cn_resident_card.yaml). Thresholds
 come from the model's calibration split, never from these figures.
 
 Prints the tables, saves a side-by-side PNG, and ends with one JSON line.

@@ -177,7 +177,7 @@ def run_job(name: str, module: str, overrides: list[str], address: str, timeout_
             log_dir: str | None = None, follow_logs: bool = False) -> dict:
     """One job through the Jobs API; its log goes to `log_dir`/<name>.log (default
     DOCRAY_HOME/reports/quickstart: a local folder or a URI), and to the terminal as it runs with `follow_logs`."""
-    from cluster.submit import JobFailed, connect, submit_job
+    from cluster.submit import JobFailed, JobTimeout, connect, submit_job
 
     log = paths.join(log_dir or paths.sub("reports", "quickstart"), f"{name}.log")
     entry = f"python -m {module} --set " + " ".join(shlex.quote(o) for o in overrides)
@@ -189,6 +189,9 @@ def run_job(name: str, module: str, overrides: list[str], address: str, timeout_
         error = ""
     except JobFailed as e:
         job_id, status, error = e.job_id, e.status, e.logs_tail.splitlines()[-1] if e.logs_tail else str(e)
+    except JobTimeout as e:  # past the step's limit: stopped, so a local cluster can end and a resumed run redo it
+        connect(address).stop_job(e.job_id)
+        job_id, status, error = e.job_id, "TIMED OUT", f"still {e.status} after {timeout_s:.0f} s (timeout_s): stopped"
     except (ConnectionError, RuntimeError) as e:  # not submitted (no agent, cluster gone): this step fails, not the run
         blobs.write_file(log, f"not submitted: {e}\n".encode())
         print(f"   NOT SUBMITTED: {e}", flush=True)

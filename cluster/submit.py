@@ -51,6 +51,15 @@ class JobFailed(RuntimeError):
         super().__init__(f"job {job_id} {status}: {message or 'no message'}\n--- last log lines ---\n{logs_tail}")
 
 
+class JobTimeout(TimeoutError):
+    """The job was still running after the wait's limit; it keeps running (`.job_id` stops it)."""
+
+    def __init__(self, job_id: str, status: str, timeout_s: float):
+        self.job_id, self.status = job_id, status
+        super().__init__(f"job {job_id} still {status} after {timeout_s:.0f}s "
+                         f"(it keeps running; stop it with `docray submit --stop {job_id}`)")
+
+
 def resolve_address(address: str | None = None) -> str:
     """The Jobs API URL: `address`, else RAY_ADDRESS when it is http(s), else the local head's :8265."""
     if address:
@@ -149,8 +158,7 @@ def wait_for(client, job_id: str, *, follow_logs: bool = True, timeout_s: float 
             out.write(f"   ... {status}, {(beat - t0) / 60:.0f} min\n")
             out.flush()
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-            raise TimeoutError(f"job {job_id} still {status} after {timeout_s:.0f}s "
-                               f"(it keeps running; stop it with `docray submit --stop {job_id}`)")
+            raise JobTimeout(job_id, status, timeout_s)
         time.sleep(poll_s)
 
 
@@ -172,7 +180,7 @@ def submit_job(entrypoint: str, address: str | None = None, working_dir: str | N
     """Submit `entrypoint` (a shell command, run as given) and, with `wait`, follow it to the end.
 
     Returns (job_id, final status); with wait=False the status is the one right after submission.
-    Raises ClusterUnreachable, JobFailed (FAILED or STOPPED, with the last log lines), TimeoutError.
+    Raises ClusterUnreachable, JobFailed (FAILED or STOPPED, with the last log lines), JobTimeout.
     """
     if not entrypoint.strip():
         raise ValueError("empty entrypoint: give the command to run, e.g. `python -m train_jobs.pretrain_recognition`")

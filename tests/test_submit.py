@@ -138,3 +138,29 @@ def test_repo_upload_stays_small():
     root = os.path.dirname(os.path.dirname(__file__))
     size = sum(os.path.getsize(os.path.join(root, f)) for f in kept if os.path.exists(os.path.join(root, f)))
     assert kept and size < 50 * 2**20, f"{size / 2**20:.1f} MiB would be uploaded"
+
+
+def test_a_build_step_past_its_timeout_is_stopped_and_reported(monkeypatch, tmp_path):
+    """run_job (the build's and the quickstart's step) stops a job still running at its timeout and
+    reports the step failed, so the build goes on and reports instead of dying with the job left behind."""
+    import cluster.quickstart as qs
+    import cluster.submit as sub
+
+    stopped = []
+
+    class Client:
+        def stop_job(self, job_id):
+            stopped.append(job_id)
+            return True
+
+        def get_job_logs(self, job_id):
+            return "epoch 1\ncalibrating\n"
+
+    def late(*args, timeout_s=None, **kwargs):
+        raise sub.JobTimeout("raysubmit_late", "RUNNING", timeout_s)
+
+    monkeypatch.setattr(sub, "submit_job", late)
+    monkeypatch.setattr(sub, "connect", lambda address=None: Client())
+    res = qs.run_job("slow", "train_jobs.slow", [], "http://unused", 5, log_dir=str(tmp_path))
+    assert not res["ok"] and res["detail"] == "raysubmit_late TIMED OUT" and stopped == ["raysubmit_late"]
+    assert (tmp_path / "slow.log").read_text() == "epoch 1\ncalibrating\n"

@@ -309,7 +309,7 @@ def test_the_corner_search_finds_corners_too_far_off_for_ecc_and_has_its_own_thr
     other = G.search_layout(img, u, fields.frame_quad(u, size))[1]
     assert other < score - 0.2, (other, score)
 
-    passed = {"passed": True, "type": t, "confidence": 0.99, "reason": None}
+    passed = {"passed": True, "type": t, "confidence": 0.99, "reason": None, "ood": "msp", "ood_score": 0.99}
     cal = rc.calibration
     try:
         rc.calibration = G.Calibration(**{**G.asdict(cal), "layout_threshold": 0.9, "search_threshold": None,
@@ -320,6 +320,11 @@ def test_the_corner_search_finds_corners_too_far_off_for_ecc_and_has_its_own_thr
                                                    "retype_threshold": None})
         [g], [q] = rc.check_layout([img], [passed], [off])
         assert g["passed"] and g["layout_search_score"] >= g["search_threshold"] and np.abs(q - true).max() < 3
+        rc.calibration = G.Calibration(**{**G.asdict(rc.calibration), "search_ood_threshold": 0.995})
+        [unsure], _ = rc.check_layout([img], [passed], [off])  # the type gate alone would not pass it: no search
+        assert not unsure["passed"] and "too unsure" in unsure["reason"] and "layout_search_score" not in unsure
+        rc.calibration = G.Calibration(**{**G.asdict(rc.calibration), "search_ood_threshold": 0.98})
+        assert rc.check_layout([img], [passed], [off])[0][0]["passed"]
         reading = {"fields": [{"name": "sex", "text": "M", "confidence": 0.99}]}
         rc.calibration = G.Calibration(**{**G.asdict(rc.calibration), "field_threshold": 0.5})
         assert rc.plan_fields(reading, passed)[0]["source"] == "regenerated"
@@ -339,6 +344,7 @@ def test_calibration_sets_the_search_threshold_above_every_searched_wrong_layout
     cal, rep = G.calibrate(rc, examples(200_000, 12, flat_every=1), non_documents(20, "calibration", SIZE), search_others=2)
     assert rep["search_wrong_layouts"] >= 1  # something was searched (the tiny model's corners fit few layouts)
     assert cal.search_threshold > rep["search_wrong_layouts_max"] and cal.search_threshold >= cal.layout_threshold
+    assert cal.search_ood_threshold == pytest.approx(rep["ood_threshold_type_gate_alone"], rel=1e-3)  # searched: only the sure
     assert rep["settings"]["search_others"] == 2 and rep["non_documents_passing"] == 0
     # the retype's threshold: above every aligned score of a template that is not the capture's
     assert rep["retype_wrong_layouts"] >= len(rc.doc_types) - 1

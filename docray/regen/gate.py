@@ -58,6 +58,8 @@ passing). Where the aligned corners still fail, a corner is mostly further off t
 `search_threshold`, fitted above every searched capture of another layout at calibration (design
 split, rows 202000-202600: 12 refused known documents searched to 0.39-0.80, the other-template
 pairs to at most 0.61, the one read as another type to 0.52, 94 unregistered captures to 0.49).
+Searched corners fit a wrong layout far better than aligned ones, so only a capture whose OOD score
+reaches `search_ood_threshold` (the type gate's alone, above every calibration non-document) is searched.
 A capture below the threshold takes the codec path. A calibration from before the check has no
 `layout_threshold`: no check.
 
@@ -217,6 +219,7 @@ class Calibration:
     search_threshold: float | None = None  # a `search_layout` score at or above it passes (None: no search)
     cross_read: bool = False  # the field confidence takes a second reader's agreement (`crossread`) as a fifth score
     retype_threshold: float | None = None  # another type's aligned layout score at or above it: that type (None: never)
+    search_ood_threshold: float | None = None  # the corners are searched for only at or above this OOD score (None: any)
     version: int = VERSION
 
     # -- the gate ------------------------------------------------------------------------------
@@ -573,8 +576,13 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
                       if not fits[j] and types[k] != docs[k][1]]
             s_wrong_layouts = np.array(wrong)  # none: nothing to judge a searched score by, no search
             cal.search_threshold = max(lt, float(np.nextafter(max(wrong), np.inf))) if wrong else None
+            # searched corners fit a wrong layout far better than aligned ones: only a capture the type gate
+            # alone would pass (above every non-document) is searched (on the benchmark, a drawn card the
+            # type model was 0.81 sure of searched to 0.588 as an identity card, above the threshold's 0.578)
+            cal.search_ood_threshold = strict if wrong else None
             right_type = np.array([types[k] == docs[k][1] for k in maybe], bool)
-            for j in np.flatnonzero(~fits & right_type) if wrong else []:  # the documents it lets through
+            sure = s_doc[maybe] >= strict
+            for j in np.flatnonzero(~fits & right_type & sure) if wrong else []:  # the documents it lets through
                 q, sc = search_layout(docs[maybe[j]][0], types[maybe[j]], quads[j])
                 if sc >= cal.search_threshold:
                     quads[j], s_layout[j], fits[j], by_search[j] = q, sc, True, True
@@ -624,6 +632,7 @@ def calibrate(rc, docs: list[tuple], non_docs: list, families: list[str] | None 
         "layout_score_quantiles": [round(float(v), 4) for v in np.quantile(s_layout[basis], [0.01, 0.1, 0.5])] if len(maybe) else None,
         "layout_other_templates_passing": round(float((s_other >= cal.layout_threshold).mean()), 4) if len(s_other) else None,
         "search_threshold": _json_number(cal.search_threshold) if cal.search_threshold is not None else None,
+        "search_ood_threshold": _json_number(cal.search_ood_threshold) if cal.search_ood_threshold is not None else None,
         "search_wrong_layouts": int(len(s_wrong_layouts)),
         "search_wrong_layouts_max": round(float(s_wrong_layouts.max()), 4) if len(s_wrong_layouts) else None,
         "documents_passing_by_search": int(by_search.sum()),

@@ -201,7 +201,8 @@ class RegenCompressor:
         are first aligned on those captions (`gate.align_layout`), and the aligned corners' score must
         reach the calibrated `layout_threshold`; below it, where the calibration has a
         `search_threshold`, the corners are searched for (`gate.search_layout`) and the searched
-        score must reach that higher threshold. Before the search, where the calibration has a
+        score must reach that higher threshold (only a capture whose OOD score reaches
+        `search_ood_threshold` is searched). Before the search, where the calibration has a
         `retype_threshold`, the other types' templates are aligned: one whose score reaches it is the
         document's type (the type model misread it; `retyped_from` names what it read, and its
         `confidence` is None: the type is the layout's). Returns (decisions, corners: aligned,
@@ -210,6 +211,7 @@ class RegenCompressor:
         t = None if cal is None else cal.layout_threshold
         st = None if cal is None else cal.search_threshold
         rt = None if cal is None else cal.retype_threshold
+        sot = None if cal is None else cal.search_ood_threshold
         out, corners = [], []
         for im, g, q0 in zip(images, gates, quads):
             q = q0
@@ -224,7 +226,9 @@ class RegenCompressor:
                         g.update(type=u, confidence=None, retyped_from=g["type"], layout_score=round(s2, 4),
                                  retype_threshold=round(rt, 4))
                         q, why = q2, None
-                if why and st is not None:
+                if why and st is not None and sot is not None and g["ood_score"] < sot:
+                    why += f"; too unsure a document to search its corners ({g['ood']} {g['ood_score']:.3g} < {sot:.3g})"
+                elif why and st is not None:
                     found, s2 = gatemod.search_layout(im, g["type"], q)
                     g.update(layout_search_score=round(s2, 4), search_threshold=round(st, 4))
                     q, why = (found, None) if s2 >= st else (q, f"{why}; searched corners {s2:.3f} < {st:.3f}")

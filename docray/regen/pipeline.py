@@ -226,8 +226,9 @@ class RegenCompressor:
                         g.update(type=u, confidence=None, retyped_from=g["type"], layout_score=round(s2, 4),
                                  retype_threshold=round(rt, 4))
                         q, why = q2, None
-                if why and st is not None and sot is not None and g["ood_score"] < sot:
-                    why += f"; too unsure a document to search its corners ({g['ood']} {g['ood_score']:.3g} < {sot:.3g})"
+                score = g.get("ood_score")  # None on a passed capture only where infinite: surer than any threshold
+                if why and st is not None and sot is not None and score is not None and score < sot:
+                    why += f"; too unsure a document to search its corners ({g['ood']} {score:.3g} < {sot:.3g})"
                 elif why and st is not None:
                     found, s2 = gatemod.search_layout(im, g["type"], q)
                     g.update(layout_search_score=round(s2, 4), search_threshold=round(st, 4))

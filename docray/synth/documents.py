@@ -40,6 +40,9 @@ Kind "documents": one row per document. Images are PNG bytes; boxes are [x0, y0,
 Options: size=(256, 160) as (w, h), n_angles=2, n_identities=256, recapture_rate=0.2,
 tamper_rate=0.2, swap_rate=0.0, doc_types=() (names of registered types to draw, each equally
 often; () = the six built-ins, so the default rows do not depend on the user's template files).
+
+`random_doctype(rng)` makes a template no registry holds and `unregistered_capture(rng, size)` a capture
+of a document of one: the regen gate's hardest negatives (`docray.regen.nondocs`, family other_type).
 """
 from __future__ import annotations
 

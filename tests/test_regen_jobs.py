@@ -63,7 +63,7 @@ def test_outlier_exposure_draws_fresh_non_documents_and_pushes_them_to_uniform()
     from docray.models import build_model
     from docray.regen.data import content_input
     from docray.regen.nondocs import FAMILIES, non_document
-    from train_jobs.train_regen import Outliers, RegenTrainConfig
+    from train_jobs.train_regen import Outliers, RegenTrainConfig, draw_driver_outliers
 
     torch.manual_seed(0)
     model = build_model("regen_tiny")
@@ -80,6 +80,11 @@ def test_outlier_exposure_draws_fresh_non_documents_and_pushes_them_to_uniform()
     mine.sample(gen)
     assert len(mine.pool) == 8  # 4 fresh a step, the oldest dropped
     assert Outliers(cfg.model_copy(update={"outliers": 0}), model.cfg, 0).sample(gen) is None
+    drawn = draw_driver_outliers(cfg, model.cfg.content_size)  # other_type, drawn on the driver: no worker imports docray.synth
+    assert drawn.shape == (8, 3, *model.cfg.content_size) and FAMILIES[6] == "other_type"
+    with_drawn = Outliers(cfg.model_copy(update={"outliers": 7}), model.cfg, rank=0, drawn=drawn)
+    with_drawn.sample(gen)
+    assert all(torch.equal(a, b) for a, b in zip(with_drawn.pool, want[:6])) and torch.equal(with_drawn.pool[6], torch.from_numpy(drawn[0]))
 
     docs = torch.rand(4, 3, *model.cfg.content_size)
     types, negs = torch.tensor([0, 1, 2, 3]), negs.float() / 255

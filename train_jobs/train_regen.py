@@ -310,23 +310,46 @@ def model_overrides(cfg: RegenTrainConfig, train) -> dict:
     return over
 
 
+DRIVER_FAMILIES = ("other_type",)  # drawn by the synthetic world's document code: on the driver, not in a worker
+
+
+def draw_driver_outliers(cfg: RegenTrainConfig, content_size) -> np.ndarray | None:
+    """The 'training' split's images of `DRIVER_FAMILIES` (`outlier_pool` of each), as (n, 3, h, w)
+    uint8 at the type model's input size: drawn once on the driver, so no worker imports docray.synth."""
+    from docray.regen.data import content_input
+    from docray.regen.nondocs import non_document
+
+    if not cfg.outliers:
+        return None
+    return np.stack([(content_input(non_document(f, i, "training", tuple(cfg.original_size)), content_size) * 255)
+                     .round().to(torch.uint8).numpy() for f in DRIVER_FAMILIES for i in range(cfg.outlier_pool)])
+
+
 class Outliers:
     """The type steps' non-documents: `nondocs` images of the 'training' split, 4 new ones drawn per
     call of `sample` (each rank its own) into a pool of the last `outlier_pool`, as 8-bit pixels at
-    the type model's input size; `sample` gives `outliers` of the pool, or None when off."""
+    the type model's input size; `sample` gives `outliers` of the pool, or None when off. The families
+    take turns; those of `DRIVER_FAMILIES` come from `drawn` (`draw_driver_outliers`)."""
 
-    def __init__(self, cfg: RegenTrainConfig, model_cfg, rank: int, fresh: int = 4):
+    def __init__(self, cfg: RegenTrainConfig, model_cfg, rank: int, fresh: int = 4, drawn: np.ndarray | None = None):
         self.n, self.size, self.hw, self.fresh = cfg.outliers, tuple(cfg.original_size), model_cfg.content_size, fresh
         self.pool = collections.deque(maxlen=cfg.outlier_pool)
         self.next = rank * 10_000_000  # image indices per rank: no two ranks draw the same image
+        self.drawn = None if drawn is None else torch.from_numpy(drawn)
 
     def draw(self, k: int) -> None:
         from docray.regen.data import content_input
         from docray.regen.nondocs import FAMILIES, non_document
 
+        families = [f for f in FAMILIES if f not in DRIVER_FAMILIES or self.drawn is not None]
         for i in range(self.next, self.next + k):  # the families take turns
-            img = non_document(FAMILIES[i % len(FAMILIES)], i // len(FAMILIES), "training", self.size)
-            self.pool.append((content_input(img, self.hw) * 255).round().to(torch.uint8))
+            f, j = families[i % len(families)], i // len(families)
+            if f in DRIVER_FAMILIES:  # the driver's images of this family, in turn (a rank starts at its own)
+                per = len(self.drawn) // len(DRIVER_FAMILIES)
+                self.pool.append(self.drawn[DRIVER_FAMILIES.index(f) * per + j % per])
+            else:
+                img = non_document(f, j, "training", self.size)
+                self.pool.append((content_input(img, self.hw) * 255).round().to(torch.uint8))
         self.next += k
 
     def sample(self, gen: torch.Generator) -> torch.Tensor | None:
@@ -346,6 +369,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     from train_jobs.common import worker_setup
 
+    config = dict(config)
+    drawn_ref = config.pop("driver_outliers", None)  # an object ref (run), or absent
     cfg = RegenTrainConfig(**config)
     device, rank, world = worker_setup(cfg.cpus_per_worker)  # torch threads = the worker's CPUs
     torch.manual_seed(cfg.seed + rank)
@@ -368,7 +393,8 @@ def train_loop_per_worker(config: dict) -> None:
     gen = torch.Generator()
     pool = collections.deque(maxlen=cfg.line_pool)  # (lines, line_ids) of the last batches: the reader steps' lines
     type_pool = collections.deque(maxlen=cfg.type_pool)  # (pixels as uint8, types): the type steps' captures
-    outliers = Outliers(cfg, model_cfg=unwrap(model).cfg, rank=rank)  # non-documents for the type steps
+    drawn = ray.get(drawn_ref) if drawn_ref is not None else None
+    outliers = Outliers(cfg, model_cfg=unwrap(model).cfg, rank=rank, drawn=drawn)  # non-documents for the type steps
     t_start = time.perf_counter()
     # optimiser steps per epoch (the driver fixed steps_per_epoch)
     per_epoch = cfg.steps_per_epoch * (1 + cfg.reader_steps + cfg.type_steps)
@@ -494,6 +520,8 @@ def calibrate(model, val, cfg: RegenTrainConfig):
 
 def run(cfg: RegenTrainConfig) -> dict:
     """Train on Ray (already initialised), save the model; returns the final metrics and paths."""
+    import ray
+
     from docray.models import build_model, save_pretrained
     from docray.storage.blobs import local_folder
     from docray.storage.registry import ModelRegistry
@@ -510,7 +538,9 @@ def run(cfg: RegenTrainConfig) -> dict:
     steps = cfg.steps_per_epoch or steps
     cfg = cfg.model_copy(update={"out": out, "steps_per_epoch": steps, "model_overrides": overrides})
     save_config(cfg, out)
-    result = run_trainer(train_loop_per_worker, cfg, "regen", datasets=ds)
+    drawn = draw_driver_outliers(cfg, build_model(cfg.model, **overrides).cfg.content_size)
+    loop_config = {**cfg.model_dump(), "driver_outliers": None if drawn is None else ray.put(drawn)}
+    result = run_trainer(train_loop_per_worker, cfg, "regen", datasets=ds, loop_config=loop_config)
     state = load_checkpoint_state(result.checkpoint)
     model = build_model(state["spec"]["name"], **state["spec"]["overrides"])
     model.load_state_dict(state["model"])

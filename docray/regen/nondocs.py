@@ -31,7 +31,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from docray.fonts import font
-from docray.synth.documents import unregistered_capture
 
 FAMILIES = ("noise", "texture", "gradient", "text_page", "shapes", "card", "other_type")
 FAMILY_NO = {f: i for i, f in enumerate(FAMILIES)}
@@ -187,6 +186,8 @@ def card(rng, w: int, h: int) -> Image.Image:
 
 
 def other_type(rng, w: int, h: int) -> Image.Image:
+    from docray.synth.documents import unregistered_capture  # here: the other families need no docray.synth
+
     return unregistered_capture(rng, (w, h))
 
 

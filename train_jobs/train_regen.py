@@ -310,46 +310,50 @@ def model_overrides(cfg: RegenTrainConfig, train) -> dict:
     return over
 
 
-DRIVER_FAMILIES = ("other_type",)  # drawn by the synthetic world's document code: on the driver, not in a worker
+DRIVER_FAMILY = "other_type"  # drawn by the synthetic world's document code: on the driver, not in a worker
+
+
+def _pixels(img, size_hw) -> torch.Tensor:
+    """(3, h, w) uint8 at the type model's input size: how the outlier pool keeps an image."""
+    from docray.regen.data import content_input
+
+    return (content_input(img, size_hw) * 255).round().to(torch.uint8)
 
 
 def draw_driver_outliers(cfg: RegenTrainConfig, content_size) -> np.ndarray | None:
-    """The 'training' split's images of `DRIVER_FAMILIES` (`outlier_pool` of each), as (n, 3, h, w)
-    uint8 at the type model's input size: drawn once on the driver, so no worker imports docray.synth."""
-    from docray.regen.data import content_input
+    """`outlier_pool` images of the 'training' split's `DRIVER_FAMILY`, as (n, 3, h, w) uint8 at the
+    type model's input size: drawn once on the driver, so no worker imports docray.synth."""
     from docray.regen.nondocs import non_document
 
     if not cfg.outliers:
         return None
-    return np.stack([(content_input(non_document(f, i, "training", tuple(cfg.original_size)), content_size) * 255)
-                     .round().to(torch.uint8).numpy() for f in DRIVER_FAMILIES for i in range(cfg.outlier_pool)])
+    size = tuple(cfg.original_size)
+    return np.stack([_pixels(non_document(DRIVER_FAMILY, i, "training", size), content_size).numpy()
+                     for i in range(cfg.outlier_pool)])
 
 
 class Outliers:
     """The type steps' non-documents: `nondocs` images of the 'training' split, 4 new ones drawn per
     call of `sample` (each rank its own) into a pool of the last `outlier_pool`, as 8-bit pixels at
     the type model's input size; `sample` gives `outliers` of the pool, or None when off. The families
-    take turns; those of `DRIVER_FAMILIES` come from `drawn` (`draw_driver_outliers`)."""
+    take turns; `DRIVER_FAMILY`'s images come from `drawn` (`draw_driver_outliers`), left out without it."""
 
     def __init__(self, cfg: RegenTrainConfig, model_cfg, rank: int, fresh: int = 4, drawn: np.ndarray | None = None):
+        from docray.regen.nondocs import FAMILIES
+
         self.n, self.size, self.hw, self.fresh = cfg.outliers, tuple(cfg.original_size), model_cfg.content_size, fresh
         self.pool = collections.deque(maxlen=cfg.outlier_pool)
         self.next = rank * 10_000_000  # image indices per rank: no two ranks draw the same image
         self.drawn = None if drawn is None else torch.from_numpy(drawn)
+        self.families = [f for f in FAMILIES if f != DRIVER_FAMILY or drawn is not None]
 
     def draw(self, k: int) -> None:
-        from docray.regen.data import content_input
-        from docray.regen.nondocs import FAMILIES, non_document
+        from docray.regen.nondocs import non_document
 
-        families = [f for f in FAMILIES if f not in DRIVER_FAMILIES or self.drawn is not None]
         for i in range(self.next, self.next + k):  # the families take turns
-            f, j = families[i % len(families)], i // len(families)
-            if f in DRIVER_FAMILIES:  # the driver's images of this family, in turn (a rank starts at its own)
-                per = len(self.drawn) // len(DRIVER_FAMILIES)
-                self.pool.append(self.drawn[DRIVER_FAMILIES.index(f) * per + j % per])
-            else:
-                img = non_document(f, j, "training", self.size)
-                self.pool.append((content_input(img, self.hw) * 255).round().to(torch.uint8))
+            f, j = self.families[i % len(self.families)], i // len(self.families)
+            self.pool.append(self.drawn[j % len(self.drawn)] if f == DRIVER_FAMILY else
+                             _pixels(non_document(f, j, "training", self.size), self.hw))
         self.next += k
 
     def sample(self, gen: torch.Generator) -> torch.Tensor | None:

@@ -84,6 +84,18 @@ PACKAGE_TARGETS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_fiel
 PACKAGE_BENIGN = ("camera", "coins", "moon", "retina", "brick", "grass", "gravel", "clock", "cell", "page", "text")
 
 
+def load_reranker_arg(value: str, embed: Embedder):
+    """--reranker: None ('none', or 'descriptor' when the descriptor has none), the descriptor's, or a file's."""
+    if value == "none":
+        return None
+    if value == "descriptor":
+        return embed.reranker
+    from docray.screening.rerank import Reranker
+
+    with open(value, "rb") as f:
+        return Reranker.from_bytes(f.read(), value)
+
+
 def micro_ap(scores: np.ndarray, correct: np.ndarray, n_pos: int) -> float:
     """Non-interpolated AP of the pooled predictions ranked by score; recall over n_pos queries."""
     order = np.argsort(-scores, kind="stable")
@@ -181,6 +193,10 @@ def main(argv=None) -> None:
                     help="ScreenConfig.proposal_margin values, each a row (comma-separated; from the same scores)")
     ap.add_argument("--no-verify", dest="verify", action="store_false",
                     help="skip the two-stage matchers (descriptor + verification; the local features alone stay)")
+    ap.add_argument("--reranker", default="descriptor",
+                    help="the learned re-ranker's rows (ScreenConfig.rerank, on the layout's regions and with edge "
+                         "proposals): 'descriptor', the one saved beside the descriptor (rows left out when it has "
+                         "none); a rerank.pkl file; or 'none'")
     ap.add_argument("--cache", default="", help="pickle file for the queries' regions (OCR is the slow part; "
                                                 "reuse them to compare descriptors on the same queries)")
     args = ap.parse_args(argv)
@@ -237,6 +253,10 @@ def main(argv=None) -> None:
         from docray.screening.ocr import text_boxes
         ocr_cropper = Screener(lib, embed, cfg.model_copy(update={"text_finder": "none", "ocr_crop": True}))
     lib_ids = np.array(table.take(lib_idx).column("id").to_pylist())
+    reranker = load_reranker_arg(args.reranker, embed)
+    rerankers = {} if reranker is None else {  # the whole method with rerank on: regions, embedding, search, re-ranker
+        m: Screener(lib, embed, cfg.model_copy(update={"text_finder": "none", "proposals": p, "rerank": True}),
+                    reranker=reranker) for m, p in (("rerank", "layout"), ("rerank_edges", "edges"))}
     # one row per proposals kind and margin (the margin lowers the layout-free regions' scores; computed after the loop)
     prop_rows = [(p, mg, f"{p.replace('+', '_')}" + (f"_m{round(100 * mg):02d}" if mg else ""))
                  for p in args.proposals for mg in args.proposal_margins]
@@ -244,10 +264,11 @@ def main(argv=None) -> None:
     either_prop = tuple(f"either_local_{key}" for _, _, key in prop_rows) if args.verify else ()
     prop_best = {p: [] for p in args.proposals}  # per query: (best score of the layout-free regions, its target)
     methods = ("cutout",) + prop_methods + (("verified", "verified_local", "either_local") if args.verify else ()) + \
-        either_prop + ("local",) + \
+        either_prop + tuple(rerankers) + ("local",) + \
         (("cutout_ocr", "cutout_ocr_crop") if args.ocr else ()) + ("phash", "whole")
     res = {m: {"score": [], "pred": []} for m in methods}
-    spent = {m: 0.0 for m in ("cutout",) + prop_methods + (("verified", "verified_local") if args.verify else ()) + ("local",)}
+    spent = {m: 0.0 for m in ("cutout",) + prop_methods + (("verified", "verified_local") if args.verify else ()) +
+             tuple(rerankers) + ("local",)}
     n_regions = {m: 0 for m in ("cutout",) + tuple(f"cutout_{p.replace('+', '_')}" for p in args.proposals)}
     t_q = time.perf_counter()
     cached = None
@@ -270,9 +291,15 @@ def main(argv=None) -> None:
         res["local"]["score"].append(float(n))
         res["local"]["pred"].append(best)
         spent["local"] += time.perf_counter() - t2
+        for m, rs in rerankers.items():  # from the upload: they find their own regions
+            t6 = time.perf_counter()
+            b = rs.screen([img])["best"][0]
+            res[m]["score"].append(b["score"] if b is not None else -1.0)
+            res[m]["pred"].append(b["target_id"] if b is not None else None)
+            spent[m] += time.perf_counter() - t6
         if not regions:
             for m in res:
-                if m != "local" and m not in prop_methods and not m.startswith("either_local"):  # computed after the loop
+                if m not in ("local", *rerankers, *prop_methods) and not m.startswith("either_local"):  # done apart
                     res[m]["score"].append(-1.0)
                     res[m]["pred"].append(None)
             for p in prop_best:
@@ -370,7 +397,10 @@ def main(argv=None) -> None:
     names = {"cutout": "descriptor alone", "verified": "descriptor + verification", "local": "local features alone",
              "verified_local": "desc.+local proposals, verif.", "either_local": "the same, decide=either",
              "cutout_ocr": "descriptor, OCR-gated regions", "cutout_ocr_crop": "descriptor, regions + OCR crop",
-             "phash": "perceptual hash", "whole": "whole-picture matching"}
+             "phash": "perceptual hash", "whole": "whole-picture matching",
+             "rerank": "descriptor + re-ranker", "rerank_edges": "desc. + re-ranker, + edges"}
+    for m in rerankers:  # the re-ranker's own calibrated threshold, on its probability
+        thresholds[m] = reranker.threshold if reranker.threshold is not None else float("nan")
     for (p, mg, _), m, e in zip(prop_rows, prop_methods, either_prop or (None,) * len(prop_methods)):
         thresholds[m] = thr
         names[m] = f"descriptor, + {p}" + (f" (-{mg:g})" if mg else "")
@@ -391,7 +421,7 @@ def main(argv=None) -> None:
         if m in spent or m.startswith("either_local") or m == "cutout_ocr_crop":
             groups += [(p, postings == p) for p in POSTINGS]
             groups += [(c, (cuts == c) & (kinds == "positive") | (kinds != "positive")) for c in DEFAULT_TEMPLATES]
-        if m in ("cutout", "verified", "either_local", "local"):  # the issue's three matchers (and decide=either)
+        if m in ("cutout", "verified", "either_local", "local", "rerank_edges"):  # the issue's three matchers (and decide=either)
             groups += [(f"edit_{e}", edited[e] & (kinds == "positive") | (kinds != "positive")) for e in EDIT_KINDS]
         for g, sel in groups:
             ap_, rec, fpr, rec05 = figures(s, pred, labels, kinds, thresholds[m], sel)

@@ -5,6 +5,7 @@
     op, record = calibrate_screening(PICTURES, "registry:descriptor@v0003")   # record: its calibration.json
 
     docray calibrate screening PICTURES [--max-fpr 0.005] [--write]   # a user's held-out pictures (targets contract)
+    docray calibrate rerank FIT_PICTURES CALIBRATE_PICTURES [--write]  # screening's learned re-ranker, fitted + calibrated
     docray calibrate regen [MODEL] [--documents PARQUET]               # regen's document gate and field confidence
 
 A score at or above the threshold is a positive decision (a match, a known document, the same
@@ -120,6 +121,47 @@ def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_
     else:
         click.echo(f"keep it with the descriptor: add --write (calibration.json beside its weights); "
                    f"or override: --set threshold={op.threshold:.4f} (ScreenConfig.threshold)")
+
+
+@calibrate.command("rerank")
+@click.argument("fit_pictures")
+@click.argument("calibrate_pictures")
+@click.option("--descriptor", default="registry:descriptor", show_default=True,
+              help="the descriptor the re-ranker serves: registry:NAME[@VERSION] or a saved model folder")
+@click.option("--queries", type=int, default=400, show_default=True, help="fitting queries per class (targets, benign)")
+@click.option("--calibrate-queries", type=int, default=200, show_default=True, help="calibration queries per class")
+@click.option("--max-fpr", type=float, default=0.005, show_default=True, help="false-positive budget on benign pictures")
+@click.option("--proposals", type=click.Choice(["layout", "edges"]), default="edges", show_default=True,
+              help="regions the fitting queries are screened with (edges: the layout's and edge rectangles)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--write", is_flag=True, help="write it as rerank.pkl beside the descriptor's weights: "
+              "ScreenConfig.rerank then uses it")
+def rerank(fit_pictures, calibrate_pictures, descriptor, queries, calibrate_queries, max_fpr, proposals, seed,
+           write) -> None:
+    """Fit screening's learned re-ranker for a descriptor on FIT_PICTURES and calibrate its threshold on
+    CALIBRATE_PICTURES (both Parquet datasets of the `targets` contract with is_target; other pictures, so
+    the operating point is measured on pairs it never fitted). docray.screening.rerank says what it looks at.
+
+    Example: docray calibrate rerank ~/data/pictures/train ~/data/pictures/val --write
+    """
+    from docray.screening.calibrate import fit_reranker, write_reranker
+    from docray.screening.embed import Embedder
+    from docray.screening.matching import ScreenConfig
+    from docray.storage.registry import ModelRegistry, parse_ref, ref
+
+    if write and descriptor.startswith("build:"):
+        raise click.BadParameter("random weights have nowhere to keep a re-ranker: a registry:NAME or a folder",
+                                 param_hint="--descriptor")
+    found = parse_ref(descriptor)
+    if found is not None:  # pinned: the version fitted for is the version written
+        descriptor = ref(found[0], ModelRegistry().resolve(*found))
+    rr, op = fit_reranker(fit_pictures, calibrate_pictures, Embedder.load(descriptor), ScreenConfig(proposals=proposals),
+                          queries, calibrate_queries, max_fpr, seed)
+    click.echo(f"re-ranker for {descriptor}: {rr.record['pairs']} pairs ({rr.record['true_pairs']} true); {op.line()}")
+    if write:
+        click.echo(f"written: {write_reranker(descriptor, rr)} (ScreenConfig.rerank: true uses it)")
+    else:
+        click.echo("keep it with the descriptor: add --write (rerank.pkl beside its weights)")
 
 
 @calibrate.command("regen")

@@ -87,14 +87,15 @@ class Screening:
         self.cfg = ScreeningAppConfig(**(cfg or {}))
         self.root = self.cfg.library or str(Library.default_root())
         self.descriptor = descriptor
-        from docray.screening.embed import load_background, load_calibration
+        from docray.screening.embed import load_background, load_calibration, load_reranker
 
         library = Library.open(self.root, db_url=self.cfg.db_url or None, cache_dir=self.cfg.cache_dir or None)
         library.versions.check_writable()  # this app writes (targets, learned tiles): fail now, not on the first write
         source = pin_descriptor(self.cfg.descriptor or library.manifest["descriptor"])
         self.models = {"descriptor": _descriptor_version(source)}  # in every answer
         self.screener = Screener(library, None, self.cfg.screen, background=load_background(source),
-                                 calibration=load_calibration(source))
+                                 calibration=load_calibration(source),
+                                 reranker=load_reranker(source) if self.cfg.screen.rerank else None)
         self._checked = time.monotonic()
         self._refresh: asyncio.Future | None = None  # a check for a newer version, in a worker thread
 
@@ -120,7 +121,7 @@ class Screening:
     def info(self) -> dict:
         s = self.screener
         return {"library_version": s.library.version, "tiles": len(s.library), "models": self.models,
-                "threshold": s.threshold, "threshold_source": s.threshold_source}
+                "threshold": s.threshold, "threshold_source": s.threshold_source, "rerank": s.reranking}
 
     async def library_info(self) -> dict:
         await self._fresh(wait=True)

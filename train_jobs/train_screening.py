@@ -40,7 +40,10 @@ screening` finds it: `calibrate_queries` edited tiles per class (targets, benign
 come, on `calibrate` (targets contract with `is_target`) or synthetic rows from CALIBRATION_START
 (none of them a training, validation or background row). The lowest threshold with at most
 `max_fpr` benign matches goes beside the model and the registered version as `calibration.json`,
-the threshold matching uses (`ScreenConfig.threshold` unset).
+the threshold matching uses (`ScreenConfig.threshold` unset). With `rerank_queries`, the learned
+re-ranker is then fitted for it on other pictures (`rerank_pictures`, or synthetic rows from
+RERANK_START), its threshold calibrated the same way, and saved beside it as `rerank.pkl`
+(`ScreenConfig.rerank`; docs/screening.md).
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_st
 
 COLUMNS = contract("targets").for_method("screening")  # what the descriptor reads of its datasets: id, image
 CALIBRATION_START = 300_000  # synthetic calibration rows: after any training, validation or background row
+RERANK_START = 310_000  # synthetic rows the re-ranker is fitted on: after the calibration rows
 
 
 class ScreeningTrainConfig(Config):
@@ -124,6 +128,11 @@ class ScreeningTrainConfig(Config):
                                    "descriptor matches at 0.55, flagged: `docray calibrate screening --write` later)")
     max_fpr: float = Field(0.005, ge=0, lt=1, description="the calibrated threshold's false-positive budget on benign "
                                                           "queries")
+    rerank_queries: int = Field(0, ge=0, description="after calibration, fit the learned re-ranker (docray.screening."
+                                "rerank) on this many queries per class of `rerank_pictures`, calibrate its threshold "
+                                "on `calibrate` as above, and save it as rerank.pkl beside the model (0: none)")
+    rerank_pictures: str = Field("", description="the re-ranker's fitting pictures, targets contract with is_target "
+                                                 "('' -> synthetic rows from RERANK_START)")
 
 
 def info_nce(za: torch.Tensor, zb: torch.Tensor, keys: torch.Tensor, t: float) -> torch.Tensor:
@@ -398,9 +407,19 @@ def calibration_uri(cfg: ScreeningTrainConfig) -> str:
     training, validation and the background bank read)."""
     if cfg.calibrate:
         return cfg.calibrate
-    start = max(CALIBRATION_START, cfg.n_pictures + cfg.val_pictures + max(cfg.background_pictures,
-                                                                         cfg.background_distractors))
-    return synth_dataset("targets", cfg.calibrate_pictures, 0, cfg.seed, start=start)[0]
+    return synth_dataset("targets", cfg.calibrate_pictures, 0, cfg.seed, start=_after_training(cfg, CALIBRATION_START))[0]
+
+
+def _after_training(cfg: ScreeningTrainConfig, start: int) -> int:
+    return max(start, cfg.n_pictures + cfg.val_pictures + max(cfg.background_pictures, cfg.background_distractors))
+
+
+def rerank_uri(cfg: ScreeningTrainConfig) -> str:
+    """The re-ranker's fitting pictures: cfg's, or synthetic rows from RERANK_START (after the calibration rows)."""
+    if cfg.rerank_pictures:
+        return cfg.rerank_pictures
+    start = max(_after_training(cfg, RERANK_START), _after_training(cfg, CALIBRATION_START) + cfg.calibrate_pictures)
+    return synth_dataset("targets", 2 * cfg.calibrate_pictures, 0, cfg.seed, start=start)[0]
 
 
 def calibrate(model, saved: dict, cfg: ScreeningTrainConfig) -> dict:
@@ -419,7 +438,25 @@ def calibrate(model, saved: dict, cfg: ScreeningTrainConfig) -> dict:
         registered = ref("descriptor", saved["registry_version"])
         write_calibration(registered, {**record, "descriptor": registered})
     print(f"screening calibration: {op.line()}")
+    if cfg.rerank_queries:
+        record["rerank"] = fit_rerank(embed, saved, cfg)
     return record
+
+
+def fit_rerank(embed, saved: dict, cfg: ScreeningTrainConfig) -> dict:
+    """The learned re-ranker of what was trained (`docray calibrate rerank`, on the driver): fitted on
+    `rerank_pictures`, calibrated on the calibration pictures, saved as rerank.pkl beside the model and
+    the registered version; returns its record."""
+    from docray.screening.calibrate import fit_reranker, write_reranker
+    from docray.storage.registry import ref
+
+    rr, op = fit_reranker(rerank_uri(cfg), calibration_uri(cfg), embed, queries=cfg.rerank_queries,
+                          calibrate_queries=cfg.calibrate_queries, max_fpr=cfg.max_fpr, seed=cfg.seed)
+    write_reranker(saved["model_dir"], rr)
+    if saved["registry_version"]:
+        write_reranker(ref("descriptor", saved["registry_version"]), rr)
+    print(f"re-ranker: {rr.record['pairs']} pairs ({rr.record['true_pairs']} true); {op.line()}")
+    return {k: v for k, v in rr.record.items() if k != "created_at"} | {"threshold": rr.threshold}
 
 
 def main(argv=None) -> None:

@@ -6,6 +6,8 @@ None reads).
     docray.calibration.operating_point(pos, neg, max_fpr=0.005)
     op, record = docray.calibration.calibrate_screening("~/data/pictures/val", "registry:descriptor@v0003")
     write_calibration("registry:descriptor@v0003", record)      # or a folder, local or s3://
+    rr, op = fit_reranker(FIT_PICTURES, CALIBRATION_PICTURES, Embedder.load("registry:descriptor@v0003"))
+    write_reranker("registry:descriptor@v0003", rr)               # rerank.pkl: ScreenConfig.rerank uses it
 
 The pictures (the `targets` contract, `is_target` required here) split in two: the sensitive ones
 are cut into a temporary library as `data_jobs.screening_library` does; a positive query is one
@@ -13,7 +15,9 @@ of their tiles after a copy edit (crop, rescale, recolour, text, JPEG), posted a
 (`docray.screening.postings`: alone, in a post on a plain page, pasted into a photo-like or a
 textured background; the postings in turn, equal shares), whose best match names its own picture;
 a negative is a benign picture's tile posted the same ways. Each query is screened as `Screener`
-does (regions -> descriptor -> search -> normalised score); the query's score is its best region's.
+does (regions -> descriptor -> search -> normalised score; with `rerank`, the re-ranker's probability);
+the query's score is its best region's. The re-ranker (`docray.screening.rerank`) is fitted on the
+pairs of such queries of other pictures, then calibrated the same way.
 """
 from __future__ import annotations
 
@@ -21,32 +25,49 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from docray.imageio import decode_image
 from docray.screening.embed import CALIBRATION, Embedder
 from docray.screening.library import Library, TileBatch, cut_target, to_day
 from docray.screening.matching import Screener, ScreenConfig
+from docray.screening.rules import ExtensionRule
 from docray.screening.postings import POSTINGS, upload
-from docray.screening.templates import DEFAULT_TEMPLATES, cut
+from docray.screening.proposals import iou
+from docray.screening.templates import DEFAULT_TEMPLATES, Tile, cut, grid, tile_boxes
 from docray.storage.datasets import read_table
 
 
 def _tile(pic, rng):
-    tiles = [t.image for t in cut(pic, DEFAULT_TEMPLATES[int(rng.integers(len(DEFAULT_TEMPLATES)))], None)
+    tiles = [t for t in cut(pic, DEFAULT_TEMPLATES[int(rng.integers(len(DEFAULT_TEMPLATES)))], None)
              if np.asarray(t.image.convert("L"), np.float32).std() >= 12]
     return tiles[int(rng.integers(len(tiles)))] if tiles else None
 
 
-def screening_scores(pictures: str, descriptor: str | Embedder = "registry:descriptor", queries: int = 200,
-                     seed: int = 0, postings: tuple[str, ...] = POSTINGS) -> tuple[np.ndarray, np.ndarray]:
-    """(scores of the positive queries, a miss scoring -1; scores of the negative queries). `descriptor`:
-    a source `Embedder.load` reads, or an `Embedder`; query i of each class is posted as postings[i % n]."""
+@dataclass
+class Query:
+    upload: Image.Image
+    target: str | None  # the sensitive picture whose tile it carries; None for a benign one
+    tile: Tile  # the tile posted (its template, position, box in the picture)
+    size: tuple[int, int]  # the picture's (width, height)
+
+
+def _check_postings(postings) -> None:
     bad = [p for p in postings if p not in POSTINGS]
     if bad or not postings:
         raise ValueError(f"postings must be some of {', '.join(POSTINGS)}, got {list(postings)}")
+
+
+def posted_queries(pictures: str, embed: Embedder, queries: int, seed: int, postings: tuple[str, ...] = POSTINGS):
+    """Yield (library, Query) for `queries` positive then
+    `queries` negative queries of `pictures` (targets contract with is_target), query i of each class posted
+    as postings[i % n]; the library is a throw-away one of the sensitive pictures' tiles, removed at the end."""
+    _check_postings(postings)
     table = read_table(os.path.expanduser(pictures))
     for col in ("id", "image", "is_target"):
         if col not in table.column_names:
@@ -58,61 +79,130 @@ def screening_scores(pictures: str, descriptor: str | Embedder = "registry:descr
     images = [decode_image(b, name=i) for b, i in zip(table.column("image").to_pylist(), ids)]
     sources = table.column("source_id").to_pylist() if "source_id" in table.column_names else ids
     times = table.column("release_time").to_pylist() if "release_time" in table.column_names else [None] * len(ids)
-    embed = descriptor if isinstance(descriptor, Embedder) else Embedder.load(descriptor)
-    name = "trained" if isinstance(descriptor, Embedder) else descriptor
     scratch = tempfile.mkdtemp(prefix="docray-calibrate-")  # a throw-away library: its versions in its own folder
     try:
-        lib = Library.create(scratch, dim=embed.dim, tile_size=64, descriptor=name, db_url=f"sqlite:///{scratch}/versions.db")
+        lib = Library.create(scratch, dim=embed.dim, tile_size=64, descriptor="calibration",
+                             db_url=f"sqlite:///{scratch}/versions.db")
         batch = TileBatch()
         for i in np.flatnonzero(is_t):
             batch.extend(cut_target(images[i], ids[i], sources[i] or ids[i], to_day(times[i]) if times[i] else 0, 64))
         lib.append(batch, embed(batch.tiles))
-        # only the screener's regions and scores: its threshold decides nothing here (set, so none is looked for)
-        screener = Screener(lib, embed, ScreenConfig(learn=False, text_finder="none", threshold=1.0))
         rng = np.random.default_rng(seed)
-        out = {True: [], False: []}
         for positive, pool in ((True, np.flatnonzero(is_t)), (False, np.flatnonzero(~is_t))):
-            with tqdm(total=queries, desc=f"calibrate {'targets' if positive else 'benign'}", unit="query") as bar:
-                tries = 0
-                while len(out[positive]) < queries and tries < 20 * queries:
+            with tqdm(total=queries, desc=f"queries {'targets' if positive else 'benign'}", unit="query") as bar:
+                made = tries = 0
+                while made < queries and tries < 20 * queries:
                     tries += 1
                     k = int(pool[int(rng.integers(len(pool)))])
                     tile = _tile(images[k], rng)
                     if tile is None:
                         continue
-                    regions = screener.regions([upload(tile, postings[len(out[positive]) % len(postings)], rng)])
-                    score = -1.0
-                    if regions:
-                        v = embed([r.crop for r in regions])
-                        sims, idx = lib.index.search(v, 1)
-                        sc = screener.scores(v, sims)[:, 0]
-                        b = int(np.argmax(sc))
-                        hit = lib.rows([idx[b, 0]])[0]["target_id"] == ids[k]
-                        score = float(sc[b]) if hit or not positive else -1.0  # a wrong match is a miss
-                    out[positive].append(score)
+                    img = upload(tile.image, postings[made % len(postings)], rng)
+                    yield lib, Query(img, ids[k] if positive else None, tile, images[k].size)
+                    made += 1
                     bar.update(1)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def screening_scores(pictures: str, descriptor: str | Embedder = "registry:descriptor", queries: int = 200,
+                     seed: int = 0, postings: tuple[str, ...] = POSTINGS, cfg: ScreenConfig | None = None,
+                     reranker=None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores of the positive queries, a miss scoring -1; scores of the negative queries). `descriptor`:
+    a source `Embedder.load` reads, or an `Embedder`; query i of each class is posted as postings[i % n].
+    Each query is screened as `Screener` does with `cfg` (default: the descriptor alone; with `rerank`,
+    `reranker` or the descriptor's own scores), its score its best region's."""
+    embed = descriptor if isinstance(descriptor, Embedder) else Embedder.load(descriptor)
+    # no attribute filter, no second match, nothing learnt; the threshold decides nothing here (set, so none is looked for)
+    cfg = (cfg or ScreenConfig()).model_copy(update={"learn": False, "text_finder": "none", "threshold": 1.0,
+                                                     "rule": ExtensionRule(enabled=False)})
+    out = {True: [], False: []}
+    screener = None
+    for lib, q in posted_queries(pictures, embed, queries, seed, postings):
+        screener = screener or Screener(lib, embed, cfg, reranker=reranker)
+        best = screener.screen([q.upload])["best"][0]
+        positive = q.target is not None
+        hit = best is not None and best["target_id"] == q.target
+        out[positive].append(best["score"] if best is not None and (hit or not positive) else -1.0)  # a wrong match is a miss
     return np.array(out[True]), np.array(out[False])
 
 
-def write_calibration(descriptor: str, record: dict) -> str:
-    """Write `record` as calibration.json beside the weights of `descriptor`: `registry:NAME[@VERSION]`
-    (that version's folder, the latest when none is named, through the registry's filesystem) or a
-    saved model folder (local or s3://). Returns the file's path or URI."""
+def rerank_examples(pictures: str, embed: Embedder, cfg: ScreenConfig, queries: int = 200, seed: int = 0,
+                    k: int = 3, postings: tuple[str, ...] = POSTINGS) -> tuple[np.ndarray, np.ndarray]:
+    """The re-ranker's training pairs on `pictures` (`docray.screening.rerank`): features of the `k` best
+    candidates of every region of every posted query (regions as `cfg` finds them), and whether the
+    candidate shows what was posted: a tile of the query's own target covering mostly the same part of
+    it (IoU >= 0.5 with the posted tile; never, for a benign query)."""
+    cfg = cfg.model_copy(update={"learn": False, "text_finder": "none", "threshold": 1.0, "rerank": False})
+    X, y, screener = [], [], None
+    for lib, q in posted_queries(pictures, embed, queries, seed, postings):
+        screener = screener or Screener(lib, embed, cfg)
+        regions = screener.regions([q.upload])
+        if not regions:
+            continue
+        vectors = embed([r.crop for r in regions])
+        sims, ids = lib.index.search(vectors, max(k, cfg.k))
+        _, feats, pairs = screener.candidates(regions, {0: q.upload.size}, vectors, sims, ids, k)
+        found = np.unique(ids[ids >= 0])
+        shows = {int(i): q.target is not None and r["target_id"] == q.target
+                 and iou(tile_boxes(*q.size, *grid(r["cut_type"]))[r["position"]], q.tile.box) >= 0.5
+                 for i, r in zip(found, lib.rows(found))}
+        X.append(feats)
+        y.extend(shows[int(ids[r, j])] for r, j in pairs)
+    return np.concatenate(X), np.asarray(y, int)
+
+
+def fit_reranker(fit_pictures: str, calibrate_pictures: str, embed: Embedder, cfg: ScreenConfig | None = None,
+                 queries: int = 400, calibrate_queries: int = 200, max_fpr: float = 0.005, seed: int = 0, k: int = 3):
+    """(a re-ranker for `embed` fitted on `queries` posted queries per class of `fit_pictures`, its threshold
+    calibrated at `max_fpr` on `calibrate_queries` of `calibrate_pictures` (other pictures: the operating
+    point is measured on what it never fitted), that OperatingPoint). `cfg`: how regions are found (default
+    ScreenConfig(proposals="edges"): the layout's and edge rectangles, so it learns both kinds)."""
+    from docray.calibration import operating_point
+    from docray.screening.rerank import Reranker
+
+    cfg = cfg or ScreenConfig(proposals="edges")
+    X, y = rerank_examples(fit_pictures, embed, cfg, queries, seed, k)
+    rr = Reranker.fit(X, y, k, seed, fit_pictures=str(fit_pictures), queries=queries, proposals=cfg.proposals)
+    pos, neg = screening_scores(calibrate_pictures, embed, calibrate_queries, seed + 1,
+                                cfg=cfg.model_copy(update={"rerank": True}), reranker=rr)
+    op = operating_point(pos, neg, max_fpr)
+    rr.threshold = op.threshold
+    rr.record.update(calibrate_pictures=str(calibrate_pictures), calibrate_queries=calibrate_queries,
+                     tpr=op.tpr, fpr=op.fpr, max_fpr=max_fpr, resolved=op.resolved,
+                     created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return rr, op
+
+
+def write_beside(descriptor: str, filename: str, data: bytes) -> str:
+    """Write `data` as `filename` beside the weights of `descriptor`: `registry:NAME[@VERSION]` (that
+    version's folder, the latest when none is named, through the registry's filesystem) or a saved model
+    folder (local or s3://). Returns the file's path or URI."""
     from docray.storage.registry import parse_ref
 
-    data = json.dumps(record, indent=1).encode()
     found = parse_ref(descriptor)
     if found is not None:
         from docray.storage.registry import ModelRegistry
 
         reg = ModelRegistry()
-        path = f"{reg.path(*found)}/{CALIBRATION}"
+        path = f"{reg.path(*found)}/{filename}"
         reg.fs.pipe_file(path, data)
         return path
     if descriptor.startswith("build:"):
         raise ValueError(f"{descriptor}: random weights have nowhere to keep a calibration; save the model first")
     from docray.storage.blobs import write_file
 
-    return write_file(f"{descriptor.rstrip('/')}/{CALIBRATION}", data)
+    return write_file(f"{descriptor.rstrip('/')}/{filename}", data)
+
+
+def write_calibration(descriptor: str, record: dict) -> str:
+    """Write `record` as calibration.json beside the weights of `descriptor` (`write_beside`)."""
+    return write_beside(descriptor, CALIBRATION, json.dumps(record, indent=1).encode())
+
+
+def write_reranker(descriptor: str, reranker) -> str:
+    """Write `reranker` as rerank.pkl beside the weights of `descriptor` (`write_beside`): Embedder.load then
+    carries it, and ScreenConfig.rerank uses it."""
+    from docray.screening.rerank import RERANK
+
+    return write_beside(descriptor, RERANK, reranker.to_bytes())

@@ -4,7 +4,8 @@ A trained descriptor carries a background bank beside its weights (`background.n
 of ordinary synthetic pictures and tiles, none of them targets of any library), which matching
 uses to normalise scores (SSCD's score normalisation; `docray.screening.matching`), and its
 operating point (`calibration.json`: the match threshold `docray calibrate screening --write` and
-the trainer chose for it; `ScreenConfig.threshold` None uses it).
+the trainer chose for it; `ScreenConfig.threshold` None uses it) and, when one was fitted, its
+re-ranker (`rerank.pkl`, `ScreenConfig.rerank`).
 """
 from __future__ import annotations
 
@@ -85,6 +86,15 @@ def load_calibration(source: str) -> dict | None:
     return cal
 
 
+def load_reranker(source: str):
+    """The re-ranker fitted for the descriptor `source` (rerank.pkl beside its weights, a pickle: trust the
+    source as you trust its weights; docray.screening.rerank), or None when it has none."""
+    from docray.screening.rerank import RERANK, Reranker
+
+    data = descriptor_file(source, RERANK)
+    return None if data is None else Reranker.from_bytes(data, f"{source}: {RERANK}")
+
+
 def npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(a, np.float32))
@@ -95,15 +105,17 @@ class Embedder:
     """PIL tiles -> L2-normalised float32 vectors (n, dim), in batches, on the model's device."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int = 256, background: np.ndarray | None = None,
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, reranker=None):
         self.model, self.batch_size, self.background = model, batch_size, background
         self.calibration = calibration  # the descriptor's calibration.json (its match threshold), None if never calibrated
+        self.reranker = reranker  # its re-ranker (rerank.pkl), None if it has none
         self.size, self.dim = model.cfg.image_size, model.cfg.dim
         self.device = next(model.parameters()).device
 
     @classmethod
     def load(cls, source: str = "registry:descriptor", **kw) -> "Embedder":
-        return cls(load_descriptor(source), background=load_background(source), calibration=load_calibration(source), **kw)
+        return cls(load_descriptor(source), background=load_background(source), calibration=load_calibration(source),
+                   reranker=load_reranker(source), **kw)
 
     @torch.inference_mode()
     def __call__(self, tiles: list[Image.Image]) -> np.ndarray:

@@ -713,16 +713,26 @@ class Library:
         return self.meta.take(pa.array(ids, pa.int64())).to_pylist() if ids else []
 
     def tile_image(self, tile_id: int) -> Image.Image:
-        tile_id = int(tile_id)
+        return self.tile_images([tile_id])[int(tile_id)]
+
+    def tile_images(self, ids) -> dict[int, Image.Image]:
+        """Tile id -> its picture, each shard read once for all the ids it holds."""
+        ids = sorted({int(i) for i in ids})
         for attempt in range(2):
             try:
-                t = _read_parquet(self._url(self._shard_of(tile_id)), ["tile_id", "tile"], [("tile_id", "==", tile_id)])
-                break
+                by_shard: dict[str, list[int]] = {}
+                for i in ids:
+                    by_shard.setdefault(self._shard_of(i), []).append(i)
+                out = {}
+                for shard, want in by_shard.items():
+                    t = _read_parquet(self._url(shard), ["tile_id", "tile"], [("tile_id", "in", want)])
+                    for i, png_ in zip(t.column("tile_id").to_pylist(), t.column("tile").to_pylist()):
+                        out[int(i)] = Image.open(io.BytesIO(png_)).convert("RGB")
+                return out
             except OSError:  # a compaction removed the shard of an old version: follow the library (ids stay)
                 if attempt or not self.refresh():
                     raise
-        ids = t.column("tile_id").to_numpy()
-        return Image.open(io.BytesIO(t.column("tile")[int(np.flatnonzero(ids == tile_id)[0])].as_py())).convert("RGB")
+        raise AssertionError("unreachable")
 
     def _shard_of(self, tile_id: int) -> str:
         """The tile shard holding a tile: the first whose name's version is at least the tile's version (a

@@ -25,6 +25,10 @@ and the verdict's `verification` says so. With `verify.propose="descriptor+local
 voted for by the picture's keypoints (among those whose tiles pass the stage's attribute filter) are
 candidates too: a tile pasted into a busy photo, which no region isolates, is still proposed.
 
+A learned re-ranker (`rerank`, `docray.screening.rerank`): each region's best candidates are aligned
+to it and re-scored by a small gradient-boosted model fitted beside the descriptor (rerank.pkl); a
+picture matches when its best pair's probability reaches the re-ranker's calibrated threshold.
+
 The three steps are separate (`regions`, embedding, `match`) so the Serve app can batch the
 descriptor across requests between them.
 """
@@ -36,12 +40,13 @@ from typing import Callable, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from docray.config import Config
 from docray.screening.library import Library, TileBatch, to_day, wild_tile
 from docray.screening.rules import ExtensionRule, extended_filter, mask, primary_filter
 from docray.screening.proposals import Proposals, iou, propose
+from docray.screening.rerank import Reranker, candidate_features, grey
 from docray.screening.templates import CUT_TYPES
 from docray.screening.verify import FeatureIndex, VerifyConfig, extract, inliers
 
@@ -88,6 +93,17 @@ class ScreenConfig(Config):
     learn: bool = Field(True, description="add pictures of documents found abnormal by the second match to the library")
     dedup_similarity: float = Field(0.95, description="near-duplicate similarity when tiles are added")
     verify: VerifyConfig = VerifyConfig()
+    rerank: bool = Field(False, description="re-score each region's best candidates with the learned re-ranker saved "
+                                            "beside the descriptor (rerank.pkl, docray.screening.rerank): a picture "
+                                            "matches when the re-ranker's probability reaches its calibrated threshold "
+                                            "(`threshold`, when set, overrides it); without a re-ranker the descriptor "
+                                            "decides and the verdict says so. Not with verify.enabled")
+
+    @model_validator(mode="after")
+    def _one_second_stage(self) -> "ScreenConfig":
+        if self.rerank and self.verify.enabled:
+            raise ValueError("rerank and verify.enabled are two second stages; choose one")
+        return self
 
 
 @dataclass
@@ -180,14 +196,34 @@ def _find_regions(img: Image.Image, cfg: ScreenConfig) -> tuple[list[Box], int]:
     return out[: n + cfg.max_proposals], n
 
 
+def picture_sizes(regions: list[Region], pictures: list[Image.Image] | None = None) -> dict[int, tuple[int, int]]:
+    """Picture -> (width, height): the pictures' own, or without them the largest extent of a picture's regions
+    (its whole region, when it was one)."""
+    if pictures is not None:
+        return {i: pic.size for i, pic in enumerate(pictures)}
+    sizes: dict[int, tuple[int, int]] = {}
+    for r in regions:
+        w, h = sizes.get(r.picture, (0, 0))
+        sizes[r.picture] = (max(w, r.box[2]), max(h, r.box[3]))
+    return sizes
+
+
 class Screener:
     def __init__(self, library: Library, embed: Callable[[list[Image.Image]], np.ndarray] | None, cfg: ScreenConfig,
                  text_finder: Callable[[Image.Image], list[Box]] | None = None, background: np.ndarray | None = None,
-                 text_boxes: Callable[[Image.Image], list[Box]] | None = None, calibration: dict | None = None):
+                 text_boxes: Callable[[Image.Image], list[Box]] | None = None, calibration: dict | None = None,
+                 reranker: Reranker | None = None):
         self.library, self.embed, self.cfg = library, embed, cfg
         self.background = background if background is not None else getattr(embed, "background", None)
         calibration = calibration if calibration is not None else getattr(embed, "calibration", None)
+        self.reranker = reranker if reranker is not None else getattr(embed, "reranker", None)
+        self.reranking = "off"
+        if cfg.rerank:  # the re-ranker's threshold is on its probability: the descriptor's calibration is not it
+            self.reranking = "on" if self.reranker is not None else "unavailable: the descriptor has no rerank.pkl"
+            if self.reranker is not None:
+                calibration = None if self.reranker.threshold is None else {"threshold": self.reranker.threshold}
         self.threshold, self.threshold_source = resolve_threshold(cfg.threshold, calibration)
+        self._tiles: dict[int, np.ndarray] = {}  # tile id -> its grey square, for the re-ranker (bounded)
         if text_finder is None and cfg.text_finder == "ocr":
             from docray.screening.ocr import text_boxes as text_finder
         if text_boxes is None and cfg.ocr_crop:
@@ -270,7 +306,7 @@ class Screener:
         verification = self.verification(pictures)
         verdict = {"abnormal": False, "stage": None, "matches": [], "pictures": n_pictures, "regions": len(regions),
                    "best": [None] * n_pictures, "library_version": self.library.version, "added_tiles": 0,
-                   "verification": verification, "threshold": self.threshold,
+                   "verification": verification, "rerank": self.reranking, "threshold": self.threshold,
                    "threshold_source": self.threshold_source}
         if not regions:
             return verdict
@@ -284,6 +320,10 @@ class Screener:
                 sims, ids = self.library.index.search(vectors, max(self.cfg.k, self.cfg.verify.k), filt)
                 matches = self._verified(regions, self.region_scores(regions, vectors, sims), sims, ids, stage, verdict,
                                          pictures, upload_features, filt)
+            elif self.reranking == "on":
+                sims, ids = self.library.index.search(vectors, max(self.cfg.k, self.reranker.k), filt)
+                scores, sims, ids = self.rerank(regions, picture_sizes(regions, pictures), vectors, sims, ids)
+                matches = self._evidence(regions, scores, sims, ids, stage, verdict)
             else:
                 sims, ids = self.library.index.search(vectors, self.cfg.k, filt)
                 matches = self._evidence(regions, self.region_scores(regions, vectors, sims), sims, ids, stage, verdict)
@@ -294,6 +334,36 @@ class Screener:
             verdict["added_tiles"] = self._learn(regions, vectors, verdict["matches"], day, cut_type, n_pictures, pictures)
             verdict["library_version"] = self.library.version
         return verdict
+
+    def tile_squares(self, ids) -> dict[int, np.ndarray]:
+        """Tile id -> the tile as the re-ranker's grey square, for the ids given (read once, then cached)."""
+        want = sorted({int(i) for i in np.ravel(ids) if i >= 0} - set(self._tiles))
+        if want:
+            if len(self._tiles) + len(want) > 20_000:
+                self._tiles.clear()
+            self._tiles.update({i: grey(img) for i, img in self.library.tile_images(want).items()})
+        return {int(i): self._tiles[int(i)] for i in np.ravel(ids) if i >= 0}
+
+    def candidates(self, regions: list[Region], sizes: dict[int, tuple[int, int]], vectors: np.ndarray,
+                   sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """(descriptor scores (regions, columns), the re-ranker's features of the `k` best candidates of every
+        region, those pairs (region, column)): what the re-ranker scores and its training examples."""
+        scores = self.region_scores(regions, vectors, sims)
+        X, pairs = candidate_features(regions, sizes, scores, sims, ids, self.tile_squares(ids[:, :k]), k)
+        return scores, X, pairs
+
+    def rerank(self, regions, sizes, vectors, sims, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, similarities, ids) of each region's `reranker.k` best candidates, re-scored by the re-ranker
+        (P(true match)) and re-ordered, best first; -inf and id -1 where a region had fewer."""
+        k = self.reranker.k
+        _, X, pairs = self.candidates(regions, sizes, vectors, sims, ids, k)
+        p = np.full((len(regions), k), -np.inf, np.float32)
+        for (r, j), v in zip(pairs, self.reranker.predict(X)):
+            p[r, j] = v
+        order = np.argsort(-p, axis=1, kind="stable")
+        ids = np.where(np.isfinite(p), ids[:, :k], -1)
+        return (np.take_along_axis(p, order, 1), np.take_along_axis(sims[:, :k], order, 1),
+                np.take_along_axis(ids, order, 1))
 
     @staticmethod
     def _one(reg: Region, tile: dict, i, s, sc, stage) -> dict:
@@ -400,13 +470,7 @@ class Screener:
             vecs.append(vec)
 
         by_box = {(r.picture, tuple(r.box)): k for k, r in enumerate(regions)}
-        if pictures is not None:
-            sizes = {i: pic.size for i, pic in enumerate(pictures)}
-        else:  # the largest extent of a picture's regions (its whole region, when it was one)
-            sizes = {}
-            for r in regions:
-                w, h = sizes.get(r.picture, (0, 0))
-                sizes[r.picture] = (max(w, r.box[2]), max(h, r.box[3]))
+        sizes = picture_sizes(regions, pictures)
         whole = {r.picture: k for k, r in enumerate(regions) if tuple(r.box) == (0, 0, *sizes[r.picture])}
         match_of = {m["picture"]: m for m in matches}
         missing = []

@@ -5,6 +5,7 @@
     op, record = calibrate_screening(PICTURES, "registry:descriptor@v0003")   # record: its calibration.json
 
     docray calibrate screening PICTURES [--max-fpr 0.005] [--write]   # a user's held-out pictures (targets contract)
+    rr, op = fit_reranker(FIT_PICTURES, CAL_PICTURES, embedder)         # screening's re-ranker, its threshold
     docray calibrate rerank FIT_PICTURES CALIBRATE_PICTURES [--write]  # screening's learned re-ranker, fitted + calibrated
     docray calibrate regen [MODEL] [--documents PARQUET]               # regen's document gate and field confidence
 
@@ -18,9 +19,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
+
+if TYPE_CHECKING:
+    from docray.screening.matching import ScreenConfig
 
 
 @dataclass
@@ -69,6 +74,29 @@ def calibrate_screening(pictures: str, descriptor, max_fpr: float = 0.005, queri
     record = {"method": "screening", **asdict(op), "postings": list(postings), "pictures": str(pictures),
               "queries": queries, "seed": seed, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return op, record
+
+
+def fit_reranker(fit_pictures: str, calibrate_pictures: str, embed, cfg: ScreenConfig | None = None,
+                 queries: int = 400, calibrate_queries: int = 200, max_fpr: float = 0.005, seed: int = 0, k: int = 3):
+    """(a re-ranker for `embed` fitted on `queries` posted queries per class of `fit_pictures`, its threshold
+    calibrated at `max_fpr` on `calibrate_queries` of `calibrate_pictures` (other pictures: the operating
+    point is measured on what it never fitted), that OperatingPoint). `cfg`: how regions are found (default
+    ScreenConfig(proposals="edges"): the layout's and edge rectangles, so it learns both kinds)."""
+    from docray.screening.calibrate import rerank_examples, screening_scores
+    from docray.screening.matching import ScreenConfig
+    from docray.screening.rerank import Reranker
+
+    cfg = cfg or ScreenConfig(proposals="edges")
+    X, y = rerank_examples(fit_pictures, embed, cfg, queries, seed, k)
+    rr = Reranker.fit(X, y, k, seed, fit_pictures=str(fit_pictures), queries=queries, proposals=cfg.proposals)
+    pos, neg = screening_scores(calibrate_pictures, embed, calibrate_queries, seed + 1,
+                                cfg=cfg.model_copy(update={"rerank": True}), reranker=rr)
+    op = operating_point(pos, neg, max_fpr)
+    rr.threshold = op.threshold
+    rr.record.update(calibrate_pictures=str(calibrate_pictures), calibrate_queries=calibrate_queries,
+                     tpr=op.tpr, fpr=op.fpr, max_fpr=max_fpr, resolved=op.resolved,
+                     created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return rr, op
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -144,7 +172,7 @@ def rerank(fit_pictures, calibrate_pictures, descriptor, queries, calibrate_quer
 
     Example: docray calibrate rerank ~/data/pictures/train ~/data/pictures/val --write
     """
-    from docray.screening.calibrate import fit_reranker, write_reranker
+    from docray.screening.calibrate import write_reranker
     from docray.screening.embed import Embedder
     from docray.screening.matching import ScreenConfig
     from docray.storage.registry import ModelRegistry, parse_ref, ref

@@ -167,7 +167,7 @@ def test_a_tiny_run_on_the_procedural_mix_with_sscd_edits(ray_cluster, home, tmp
 
 def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path):
     """24 train / 8 val pictures of size 96, none from the synthetic world: one epoch on 2 workers, then
-    the threshold calibrated on 8 more pictures."""
+    the threshold calibrated on 8 more pictures, and a re-ranker fitted on them too (a smoke size)."""
     from docray.screening.embed import Embedder
     from train_jobs.common import steps_per_epoch
     from train_jobs.train_screening import ScreeningTrainConfig, run
@@ -184,7 +184,8 @@ def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path
     cfg = ScreeningTrainConfig(model="descriptor_tiny", train=train, val=val, background=background, epochs=1,
                                 batch_size=32, num_workers=2, cpus_per_worker=0.5, background_pictures=2,
                                 background_distractors=4, to_registry=False, out=str(tmp_path / "run"),
-                                calibrate=str(calibrate), calibrate_queries=4, max_fpr=0.25)
+                                calibrate=str(calibrate), calibrate_queries=4, max_fpr=0.25, rerank_queries=4,
+                                rerank_pictures=str(calibrate))
     res = run(cfg)
     m = res["metrics"]
     assert m["worker_imported_synth"] is False  # no worker imported the synthetic world
@@ -198,6 +199,8 @@ def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path
     cal = Embedder.load(res["model_dir"]).calibration  # calibrated after training: calibration.json beside it
     assert cal == res["calibration"] and cal["pictures"] == str(calibrate) and cal["n_pos"] == cal["n_neg"] == 4
     assert cal["max_fpr"] == 0.25 and cal["fpr"] <= 0.25 and cal["postings"] == list(POSTINGS)
+    rr = Embedder.load(res["model_dir"]).reranker  # rerank.pkl beside it, its threshold calibrated
+    assert rr is not None and rr.threshold == res["rerank"]["threshold"] and rr.record["queries"] == 4
     assert not (home / "datasets" / "synth").exists()  # nothing synthetic was materialised either
 
 

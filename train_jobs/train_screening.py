@@ -369,6 +369,7 @@ def run(cfg: ScreeningTrainConfig) -> dict:
     data = {"train": train, "val": val, "background": background_uri(cfg)}
     res = save_descriptor(model, state["spec"], metrics, cfg, out, [decode_image(b) for b in background], started, data)
     res["calibration"] = calibrate(model, res, cfg) if cfg.calibrate_queries else None
+    res["rerank"] = fit_rerank(model, res, cfg) if cfg.rerank_queries else None
     return res
 
 
@@ -438,20 +439,28 @@ def calibrate(model, saved: dict, cfg: ScreeningTrainConfig) -> dict:
         registered = ref("descriptor", saved["registry_version"])
         write_calibration(registered, {**record, "descriptor": registered})
     print(f"screening calibration: {op.line()}")
-    if cfg.rerank_queries:
-        record["rerank"] = fit_rerank(embed, saved, cfg)
     return record
 
 
-def fit_rerank(embed, saved: dict, cfg: ScreeningTrainConfig) -> dict:
+def fit_rerank(model, saved: dict, cfg: ScreeningTrainConfig) -> dict | None:
     """The learned re-ranker of what was trained (`docray calibrate rerank`, on the driver): fitted on
     `rerank_pictures`, calibrated on the calibration pictures, saved as rerank.pkl beside the model and
-    the registered version; returns its record."""
-    from docray.screening.calibrate import fit_reranker, write_reranker
+    the registered version; returns its record (None, said, when the descriptor proposed no true pair)."""
+    from docray.calibration import fit_reranker
+    from docray.screening.calibrate import write_reranker
+    from docray.screening.embed import Embedder, load_background
+    from docray.screening.rerank import NoTruePairs
     from docray.storage.registry import ref
 
-    rr, op = fit_reranker(rerank_uri(cfg), calibration_uri(cfg), embed, queries=cfg.rerank_queries,
-                          calibrate_queries=cfg.calibrate_queries, max_fpr=cfg.max_fpr, seed=cfg.seed)
+    if not cfg.calibrate_queries:
+        raise ValueError("rerank_queries needs calibrate_queries: the re-ranker's threshold is calibrated on them")
+    embed = Embedder(model.eval(), background=load_background(saved["model_dir"]))
+    try:
+        rr, op = fit_reranker(rerank_uri(cfg), calibration_uri(cfg), embed, queries=cfg.rerank_queries,
+                              calibrate_queries=cfg.calibrate_queries, max_fpr=cfg.max_fpr, seed=cfg.seed)
+    except NoTruePairs as e:  # the descriptor proposed no true tile to learn from: no re-ranker, said so
+        print(f"no re-ranker: {e}")
+        return None
     write_reranker(saved["model_dir"], rr)
     if saved["registry_version"]:
         write_reranker(ref("descriptor", saved["registry_version"]), rr)

@@ -6,7 +6,7 @@ None reads).
     docray.calibration.operating_point(pos, neg, max_fpr=0.005)
     op, record = docray.calibration.calibrate_screening("~/data/pictures/val", "registry:descriptor@v0003")
     write_calibration("registry:descriptor@v0003", record)      # or a folder, local or s3://
-    rr, op = fit_reranker(FIT_PICTURES, CALIBRATION_PICTURES, Embedder.load("registry:descriptor@v0003"))
+    rr, op = docray.calibration.fit_reranker(FIT_PICTURES, CAL_PICTURES, Embedder.load("registry:descriptor@v0003"))
     write_reranker("registry:descriptor@v0003", rr)               # rerank.pkl: ScreenConfig.rerank uses it
 
 The pictures (the `targets` contract, `is_target` required here) split in two: the sensitive ones
@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +38,7 @@ from docray.screening.matching import Screener, ScreenConfig
 from docray.screening.rules import ExtensionRule
 from docray.screening.postings import POSTINGS, upload
 from docray.screening.proposals import iou
+from docray.screening.rerank import FEATURES
 from docray.screening.templates import DEFAULT_TEMPLATES, Tile, cut, grid, tile_boxes
 from docray.storage.datasets import read_table
 
@@ -149,29 +149,7 @@ def rerank_examples(pictures: str, embed: Embedder, cfg: ScreenConfig, queries: 
                  for i, r in zip(found, lib.rows(found))}
         X.append(feats)
         y.extend(shows[int(ids[r, j])] for r, j in pairs)
-    return np.concatenate(X), np.asarray(y, int)
-
-
-def fit_reranker(fit_pictures: str, calibrate_pictures: str, embed: Embedder, cfg: ScreenConfig | None = None,
-                 queries: int = 400, calibrate_queries: int = 200, max_fpr: float = 0.005, seed: int = 0, k: int = 3):
-    """(a re-ranker for `embed` fitted on `queries` posted queries per class of `fit_pictures`, its threshold
-    calibrated at `max_fpr` on `calibrate_queries` of `calibrate_pictures` (other pictures: the operating
-    point is measured on what it never fitted), that OperatingPoint). `cfg`: how regions are found (default
-    ScreenConfig(proposals="edges"): the layout's and edge rectangles, so it learns both kinds)."""
-    from docray.calibration import operating_point
-    from docray.screening.rerank import Reranker
-
-    cfg = cfg or ScreenConfig(proposals="edges")
-    X, y = rerank_examples(fit_pictures, embed, cfg, queries, seed, k)
-    rr = Reranker.fit(X, y, k, seed, fit_pictures=str(fit_pictures), queries=queries, proposals=cfg.proposals)
-    pos, neg = screening_scores(calibrate_pictures, embed, calibrate_queries, seed + 1,
-                                cfg=cfg.model_copy(update={"rerank": True}), reranker=rr)
-    op = operating_point(pos, neg, max_fpr)
-    rr.threshold = op.threshold
-    rr.record.update(calibrate_pictures=str(calibrate_pictures), calibrate_queries=calibrate_queries,
-                     tpr=op.tpr, fpr=op.fpr, max_fpr=max_fpr, resolved=op.resolved,
-                     created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    return rr, op
+    return (np.concatenate(X) if X else np.zeros((0, len(FEATURES)), np.float32)), np.asarray(y, int)
 
 
 def write_beside(descriptor: str, filename: str, data: bytes) -> str:

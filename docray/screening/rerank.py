@@ -93,6 +93,10 @@ def candidate_features(regions, sizes: dict[int, tuple[int, int]], scores: np.nd
     return np.asarray(rows, np.float32).reshape(-1, len(FEATURES)), pairs
 
 
+class NoTruePairs(ValueError):
+    """The fitting queries gave no true pair (or no false one): nothing to learn from."""
+
+
 @dataclass
 class Reranker:
     """The fitted model, how many candidates of each region it re-scores, and its match threshold
@@ -110,7 +114,8 @@ class Reranker:
 
         y = np.asarray(y, int)
         if len(np.unique(y)) < 2:
-            raise ValueError(f"the re-ranker needs true and false pairs to fit, got {int(y.sum())} of {len(y)} true")
+            raise NoTruePairs(f"the re-ranker needs true and false pairs to fit, got {int(y.sum())} of {len(y)} true "
+                              "(more queries, or a descriptor that proposes the posted tiles)")
         model = HistGradientBoostingClassifier(max_leaf_nodes=15, learning_rate=0.05, max_iter=300,
                                                l2_regularization=1.0, early_stopping=True, random_state=seed)
         model.fit(X, y)

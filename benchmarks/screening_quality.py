@@ -205,7 +205,7 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(args.seed)
-    cfg = ScreenConfig(learn=False)
+    cfg = ScreenConfig(learn=False, rerank=False)  # the descriptor-alone rows; the re-ranker rows turn it on
     vcfg = VerifyConfig(enabled=True)
     if args.pictures == "package":
         pics, table = package_pictures()

@@ -86,9 +86,14 @@ def test_screener_reranks_the_descriptors_candidates_and_matches_at_its_threshol
     assert v["rerank"].startswith("unavailable") and v["best"][0]["tile_id"] != last
 
 
-def test_rerank_and_verification_are_alternatives():
-    with pytest.raises(ValueError, match="choose one"):
-        ScreenConfig(rerank=True, verify=VerifyConfig(enabled=True))
+def test_verification_decides_when_on_and_auto_proposals_follow_the_reranker(tmp_path):
+    lib, embed = random_library(tmp_path), RandomEmbed()
+    rr = Reranker(Aligned(), k=3, threshold=0.7)
+    s = Screener(lib, embed, ScreenConfig(verify=VerifyConfig(enabled=True)), reranker=rr)
+    assert s.reranking.startswith("off") and s.cfg.proposals == "layout"
+    assert Screener(lib, embed, ScreenConfig(), reranker=rr).cfg.proposals == "edges"  # the defaults: rerank, edges
+    assert Screener(lib, embed, ScreenConfig()).cfg.proposals == "layout"  # no re-ranker: the layout's regions
+    assert Screener(lib, embed, ScreenConfig(proposals="windows"), reranker=rr).cfg.proposals == "windows"
 
 
 def test_a_reranker_fitted_on_other_features_is_refused():

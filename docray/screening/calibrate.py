@@ -114,7 +114,7 @@ def screening_scores(pictures: str, descriptor: str | Embedder = "registry:descr
     `reranker` or the descriptor's own scores), its score its best region's."""
     embed = descriptor if isinstance(descriptor, Embedder) else Embedder.load(descriptor)
     # no attribute filter, no second match, nothing learnt; the threshold decides nothing here (set, so none is looked for)
-    cfg = (cfg or ScreenConfig()).model_copy(update={"learn": False, "text_finder": "none", "threshold": 1.0,
+    cfg = (cfg or ScreenConfig(rerank=False)).model_copy(update={"learn": False, "text_finder": "none", "threshold": 1.0,
                                                      "rule": ExtensionRule(enabled=False)})
     out = {True: [], False: []}
     screener = None

@@ -25,9 +25,11 @@ and the verdict's `verification` says so. With `verify.propose="descriptor+local
 voted for by the picture's keypoints (among those whose tiles pass the stage's attribute filter) are
 candidates too: a tile pasted into a busy photo, which no region isolates, is still proposed.
 
-A learned re-ranker (`rerank`, `docray.screening.rerank`): each region's best candidates are aligned
-to it and re-scored by a small gradient-boosted model fitted beside the descriptor (rerank.pkl); a
-picture matches when its best pair's probability reaches the re-ranker's calibrated threshold.
+The learned re-ranker (`rerank`, on by default; `docray.screening.rerank`): each region's best
+candidates are aligned to it and re-scored by a small gradient-boosted model fitted beside the
+descriptor (rerank.pkl); a picture matches when its best pair's probability reaches the re-ranker's
+calibrated threshold, and the edge-rectangle proposals join the regions (`proposals: auto`). A
+descriptor without one decides alone on the layout's regions; `verdict["rerank"]` says which.
 
 The three steps are separate (`regions`, embedding, `match`) so the Serve app can batch the
 descriptor across requests between them.
@@ -40,7 +42,7 @@ from typing import Callable, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from docray.config import Config
 from docray.screening.library import Library, TileBatch, to_day, wild_tile
@@ -82,10 +84,12 @@ class ScreenConfig(Config):
     min_region: int = Field(16, description="smallest region side in pixels")
     max_regions: int = Field(8, description="regions per picture at most from the layout (the whole picture and the "
                                             "pictures laid out on a plain background)")
-    proposals: Proposals = Field("layout", description="more regions that do not depend on a layout "
-                                 "(docray.screening.proposals): 'edges', rectangles of straight edges (a picture "
-                                 "pasted into a photo or a texture); 'windows', multi-scale sliding windows; "
-                                 "'edges+windows'; 'layout': none. See docs/screening.md for the measurement")
+    proposals: Proposals | Literal["auto"] = Field(
+        "auto", description="more regions that do not depend on a layout (docray.screening.proposals): 'edges', "
+        "rectangles of straight edges (a picture pasted into a photo or a texture); 'windows', multi-scale sliding "
+        "windows; 'edges+windows'; 'layout': none; 'auto': 'edges' when the re-ranker scores the regions, else "
+        "'layout' (alone, the descriptor's scores do not gain from them at a low false-positive rate). See "
+        "docs/screening.md for the measurements")
     max_proposals: int = Field(16, ge=1, description="layout-free regions per picture at most (each is embedded: the "
                                                      "cost per picture grows with it)")
     proposal_margin: float = Field(0.0, ge=0, description="subtracted from the score of a layout-free region: many "
@@ -93,17 +97,11 @@ class ScreenConfig(Config):
     learn: bool = Field(True, description="add pictures of documents found abnormal by the second match to the library")
     dedup_similarity: float = Field(0.95, description="near-duplicate similarity when tiles are added")
     verify: VerifyConfig = VerifyConfig()
-    rerank: bool = Field(False, description="re-score each region's best candidates with the learned re-ranker saved "
-                                            "beside the descriptor (rerank.pkl, docray.screening.rerank): a picture "
-                                            "matches when the re-ranker's probability reaches its calibrated threshold "
-                                            "(`threshold`, when set, overrides it); without a re-ranker the descriptor "
-                                            "decides and the verdict says so. Not with verify.enabled")
-
-    @model_validator(mode="after")
-    def _one_second_stage(self) -> "ScreenConfig":
-        if self.rerank and self.verify.enabled:
-            raise ValueError("rerank and verify.enabled are two second stages; choose one")
-        return self
+    rerank: bool = Field(True, description="re-score each region's best candidates with the learned re-ranker saved "
+                                           "beside the descriptor (rerank.pkl, docray.screening.rerank): a picture "
+                                           "matches when the re-ranker's probability reaches its calibrated threshold "
+                                           "(`threshold`, when set, overrides it); a descriptor without one decides "
+                                           "alone, and the verdict says so. verify.enabled, when on, decides instead")
 
 
 @dataclass
@@ -189,7 +187,7 @@ def _find_regions(img: Image.Image, cfg: ScreenConfig) -> tuple[list[Box], int]:
             out.append(b)
     out = out[: cfg.max_regions]
     n = len(out)
-    if cfg.proposals != "layout":
+    if cfg.proposals not in ("layout", "auto"):  # 'auto' without a Screener to resolve it: the layout's
         for b in propose(img, cfg.proposals, cfg.max_proposals, cfg.min_region):
             if all(_iou(b, o) < 0.9 for o in out):
                 out.append(b)
@@ -218,10 +216,14 @@ class Screener:
         calibration = calibration if calibration is not None else getattr(embed, "calibration", None)
         self.reranker = reranker if reranker is not None else getattr(embed, "reranker", None)
         self.reranking = "off"
-        if cfg.rerank:  # the re-ranker's threshold is on its probability: the descriptor's calibration is not it
+        if cfg.rerank and cfg.verify.enabled:
+            self.reranking = "off: verification decides"
+        elif cfg.rerank:  # the re-ranker's threshold is on its probability: the descriptor's calibration is not it
             self.reranking = "on" if self.reranker is not None else "unavailable: the descriptor has no rerank.pkl"
             if self.reranker is not None:
                 calibration = None if self.reranker.threshold is None else {"threshold": self.reranker.threshold}
+        if cfg.proposals == "auto":
+            self.cfg = cfg = cfg.model_copy(update={"proposals": "edges" if self.reranking == "on" else "layout"})
         self.threshold, self.threshold_source = resolve_threshold(cfg.threshold, calibration)
         self._tiles: dict[int, np.ndarray] = {}  # tile id -> its grey square, for the re-ranker (bounded)
         if text_finder is None and cfg.text_finder == "ocr":

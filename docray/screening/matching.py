@@ -338,13 +338,19 @@ class Screener:
         return verdict
 
     def tile_squares(self, ids) -> dict[int, np.ndarray]:
-        """Tile id -> the tile as the re-ranker's grey square, for the ids given (read once, then cached)."""
-        want = sorted({int(i) for i in np.ravel(ids) if i >= 0} - set(self._tiles))
-        if want:
-            if len(self._tiles) + len(want) > 20_000:
-                self._tiles.clear()
-            self._tiles.update({i: grey(img) for i, img in self.library.tile_images(want).items()})
-        return {int(i): self._tiles[int(i)] for i in np.ravel(ids) if i >= 0}
+        """Tile id -> the tile as the re-ranker's grey square, for the ids given (read once, then cached; Serve
+        matches in several threads, so a call keeps what it found and read in its own dict)."""
+        cache = self._tiles
+        out = {int(i): cache.get(int(i)) for i in np.ravel(ids) if i >= 0}
+        missing = sorted(i for i, v in out.items() if v is None)
+        if missing:
+            read = {i: grey(img) for i, img in self.library.tile_images(missing).items()}
+            out.update(read)
+            if len(cache) + len(read) > 20_000:  # bounded: start again
+                self._tiles = read
+            else:
+                cache.update(read)
+        return out
 
     def candidates(self, regions: list[Region], sizes: dict[int, tuple[int, int]], vectors: np.ndarray,
                    sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:

@@ -64,9 +64,9 @@ def _check_postings(postings) -> None:
 
 
 def posted_queries(pictures: str, embed: Embedder, queries: int, seed: int, postings: tuple[str, ...] = POSTINGS):
-    """Yield (library, Query) for `queries` positive then
-    `queries` negative queries of `pictures` (targets contract with is_target), query i of each class posted
-    as postings[i % n]; the library is a throw-away one of the sensitive pictures' tiles, removed at the end."""
+    """Yield (library, Query) for `queries` positive, then `queries` negative queries of `pictures` (targets
+    contract with is_target), query i of each class posted as postings[i % n]; the library is a throw-away
+    one of the sensitive pictures' tiles, removed at the end."""
     _check_postings(postings)
     table = read_table(os.path.expanduser(pictures))
     for col in ("id", "image", "is_target"):

@@ -104,6 +104,10 @@ def test_a_reranker_fitted_on_other_features_is_refused():
     assert (back.k, back.threshold, back.features) == (2, 0.5, FEATURES)
     with pytest.raises(ValueError, match="true and false pairs"):
         Reranker.fit(np.zeros((4, len(FEATURES))), np.zeros(4))
+    from train_jobs.train_screening import ScreeningTrainConfig
+
+    with pytest.raises(ValueError, match="needs calibrate_queries"):  # refused before any training, not after
+        ScreeningTrainConfig(rerank_queries=400, calibrate_queries=0)
 
 
 def test_calibrate_rerank_fits_calibrates_and_travels_with_the_descriptor(tmp_path):

@@ -55,7 +55,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from docray.config import Config, parse_args, save_config
 from docray.datasets.contracts import contract
@@ -133,6 +133,12 @@ class ScreeningTrainConfig(Config):
                                 "on `calibrate` as above, and save it as rerank.pkl beside the model (0: none)")
     rerank_pictures: str = Field("", description="the re-ranker's fitting pictures, targets contract with is_target "
                                                  "('' -> synthetic rows from RERANK_START)")
+
+    @model_validator(mode="after")
+    def _rerank_is_calibrated(self) -> "ScreeningTrainConfig":
+        if self.rerank_queries and not self.calibrate_queries:
+            raise ValueError("rerank_queries needs calibrate_queries: the re-ranker's threshold is calibrated on them")
+        return self
 
 
 def info_nce(za: torch.Tensor, zb: torch.Tensor, keys: torch.Tensor, t: float) -> torch.Tensor:
@@ -452,8 +458,6 @@ def fit_rerank(model, saved: dict, cfg: ScreeningTrainConfig) -> dict | None:
     from docray.screening.rerank import NoTruePairs
     from docray.storage.registry import ref
 
-    if not cfg.calibrate_queries:
-        raise ValueError("rerank_queries needs calibrate_queries: the re-ranker's threshold is calibrated on them")
     embed = Embedder(model.eval(), background=load_background(saved["model_dir"]))
     try:
         rr, op = fit_reranker(rerank_uri(cfg), calibration_uri(cfg), embed, queries=cfg.rerank_queries,

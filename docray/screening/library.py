@@ -718,21 +718,23 @@ class Library:
     def tile_images(self, ids) -> dict[int, Image.Image]:
         """Tile id -> its picture, each shard read once for all the ids it holds."""
         ids = sorted({int(i) for i in ids})
-        for attempt in range(2):
-            try:
-                by_shard: dict[str, list[int]] = {}
-                for i in ids:
-                    by_shard.setdefault(self._shard_of(i), []).append(i)
-                out = {}
-                for shard, want in by_shard.items():
-                    t = _read_parquet(self._url(shard), ["tile_id", "tile"], [("tile_id", "in", want)])
-                    for i, png_ in zip(t.column("tile_id").to_pylist(), t.column("tile").to_pylist()):
-                        out[int(i)] = Image.open(io.BytesIO(png_)).convert("RGB")
-                return out
-            except OSError:  # a compaction removed the shard of an old version: follow the library (ids stay)
-                if attempt or not self.refresh():
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self._read_tiles(ids)
+        except OSError:  # a compaction removed the shard of an old version: follow the library (ids stay)
+            if not self.refresh():
+                raise
+            return self._read_tiles(ids)
+
+    def _read_tiles(self, ids: list[int]) -> dict[int, Image.Image]:
+        by_shard: dict[str, list[int]] = {}
+        for i in ids:
+            by_shard.setdefault(self._shard_of(i), []).append(i)
+        out = {}
+        for shard, want in by_shard.items():
+            t = _read_parquet(self._url(shard), ["tile_id", "tile"], [("tile_id", "in", want)])
+            for i, data in zip(t.column("tile_id").to_pylist(), t.column("tile").to_pylist()):
+                out[int(i)] = Image.open(io.BytesIO(data)).convert("RGB")
+        return out
 
     def _shard_of(self, tile_id: int) -> str:
         """The tile shard holding a tile: the first whose name's version is at least the tile's version (a

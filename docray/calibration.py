@@ -60,37 +60,43 @@ def operating_point(pos_scores, neg_scores, max_fpr: float) -> OperatingPoint:
 
 
 def calibrate_screening(pictures: str, descriptor, max_fpr: float = 0.005, queries: int = 200, seed: int = 0,
-                        postings: tuple[str, ...] | None = None) -> tuple[OperatingPoint, dict]:
+                        postings: tuple[str, ...] | None = None, library_pictures: str = "") -> tuple[OperatingPoint, dict]:
     """Screening's operating point for `descriptor` (a source, or an `Embedder`) on `pictures`
-    (`docray.screening.calibrate.screening_scores`; `postings` None: all, in equal shares) and its
-    calibration.json record: threshold, max_fpr, tpr, fpr, n_pos, n_neg, resolved, postings, the
-    pictures' source, queries, seed, created_at (UTC)."""
+    (`docray.screening.calibrate.screening_scores`; `postings` None: all, in equal shares; `library_pictures`:
+    more pictures for the calibration library) and its calibration.json record: threshold, max_fpr, tpr, fpr,
+    n_pos, n_neg, resolved, postings, the pictures' source, library_pictures, queries, seed, created_at (UTC)."""
     from docray.screening.calibrate import screening_scores
     from docray.screening.postings import POSTINGS
 
     postings = tuple(postings or POSTINGS)
-    pos, neg = screening_scores(pictures, descriptor, queries=queries, seed=seed, postings=postings)
+    pos, neg = screening_scores(pictures, descriptor, queries=queries, seed=seed, postings=postings,
+                                library_pictures=library_pictures)
     op = operating_point(pos, neg, max_fpr)
     record = {"method": "screening", **asdict(op), "postings": list(postings), "pictures": str(pictures),
-              "queries": queries, "seed": seed, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "library_pictures": str(library_pictures), "queries": queries, "seed": seed,
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return op, record
 
 
 def fit_reranker(fit_pictures: str, calibrate_pictures: str, embed, cfg: ScreenConfig | None = None,
-                 queries: int = 400, calibrate_queries: int = 200, max_fpr: float = 0.005, seed: int = 0, k: int = 3):
+                 queries: int = 400, calibrate_queries: int = 200, max_fpr: float = 0.005, seed: int = 0, k: int = 3,
+                 library_pictures: str = ""):
     """(a re-ranker for `embed` fitted on `queries` posted queries per class of `fit_pictures`, its threshold
     calibrated at `max_fpr` on `calibrate_queries` of `calibrate_pictures` (other pictures: the operating
     point is measured on what it never fitted), that OperatingPoint). `cfg`: how regions are found (default
-    ScreenConfig(proposals="edges"): the layout's and edge rectangles, so it learns both kinds)."""
+    ScreenConfig(proposals="edges"): the layout's and edge rectangles, so it learns both kinds).
+    `library_pictures`: more pictures whose tiles join the library when fitting and calibrating (`posted_queries`)."""
     from docray.screening.calibrate import rerank_examples, screening_scores
     from docray.screening.matching import ScreenConfig
     from docray.screening.rerank import Reranker
 
     cfg = cfg or ScreenConfig(proposals="edges")
-    X, y = rerank_examples(fit_pictures, embed, cfg, queries, seed, k)
-    rr = Reranker.fit(X, y, k, seed, fit_pictures=str(fit_pictures), queries=queries, proposals=cfg.proposals)
+    X, y = rerank_examples(fit_pictures, embed, cfg, queries, seed, k, library_pictures=library_pictures)
+    rr = Reranker.fit(X, y, k, seed, fit_pictures=str(fit_pictures), queries=queries, proposals=cfg.proposals,
+                      library_pictures=str(library_pictures))
     pos, neg = screening_scores(calibrate_pictures, embed, calibrate_queries, seed + 1,
-                                cfg=cfg.model_copy(update={"rerank": True}), reranker=rr)
+                                cfg=cfg.model_copy(update={"rerank": True}), reranker=rr,
+                                library_pictures=library_pictures)
     op = operating_point(pos, neg, max_fpr)
     rr.threshold = op.threshold
     rr.record.update(calibrate_pictures=str(calibrate_pictures), calibrate_queries=calibrate_queries,
@@ -114,11 +120,14 @@ def calibrate() -> None:
 @click.option("--queries", type=int, default=200, show_default=True, help="edited tiles per class (targets, benign)")
 @click.option("--postings", default="", help="how queries are posted, comma-separated, in equal shares ('' -> all: "
               "alone, post, pasted_photo, pasted_texture; docray.screening.postings)")
+@click.option("--library-pictures", default="", help="more pictures (a Parquet dataset with id and image, not "
+              "PICTURES'; only its sensitive ones when it has is_target) whose tiles join the calibration library, "
+              "about as many as the served library holds: its many tiles lure benign uploads as the served one's do")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--write", is_flag=True, help="write the operating point as calibration.json beside the descriptor's "
               "weights: serving then matches at this threshold (ScreenConfig.threshold unset)")
 @click.option("--json", "as_json", is_flag=True, help="print the operating point as JSON")
-def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_json) -> None:
+def screening(pictures, descriptor, max_fpr, queries, postings, library_pictures, seed, write, as_json) -> None:
     """Cut-out screening's match threshold for a descriptor, from PICTURES (a Parquet dataset of the
     `targets` contract, local or s3://, with `is_target`): the sensitive pictures form a library;
     edited tiles of them, posted as uploads come (alone, in a post, pasted into a background), are the
@@ -137,7 +146,8 @@ def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_
     if found is not None:  # pinned: the version scored is the version written
         descriptor = ref(found[0], ModelRegistry().resolve(*found))
     op, record = calibrate_screening(pictures, descriptor, max_fpr, queries=queries, seed=seed,
-                                     postings=tuple(p for p in postings.split(",") if p))
+                                     postings=tuple(p for p in postings.split(",") if p),
+                                     library_pictures=library_pictures)
     record["descriptor"] = descriptor
     written = write_calibration(descriptor, record) if write else None
     if as_json:
@@ -161,11 +171,14 @@ def screening(pictures, descriptor, max_fpr, queries, postings, seed, write, as_
 @click.option("--max-fpr", type=float, default=0.005, show_default=True, help="false-positive budget on benign pictures")
 @click.option("--proposals", type=click.Choice(["layout", "edges"]), default="edges", show_default=True,
               help="regions the fitting queries are screened with (edges: the layout's and edge rectangles)")
+@click.option("--library-pictures", default="", help="more pictures (a Parquet dataset with id and image, not "
+              "PICTURES'; only its sensitive ones when it has is_target) whose tiles join the calibration library, "
+              "about as many as the served library holds: its many tiles lure benign uploads as the served one's do")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--write", is_flag=True, help="write it as rerank.pkl beside the descriptor's weights: "
               "ScreenConfig.rerank then uses it")
-def rerank(fit_pictures, calibrate_pictures, descriptor, queries, calibrate_queries, max_fpr, proposals, seed,
-           write) -> None:
+def rerank(fit_pictures, calibrate_pictures, descriptor, queries, calibrate_queries, max_fpr, proposals,
+           library_pictures, seed, write) -> None:
     """Fit screening's learned re-ranker for a descriptor on FIT_PICTURES and calibrate its threshold on
     CALIBRATE_PICTURES (both Parquet datasets of the `targets` contract with is_target; other pictures, so
     the operating point is measured on pairs it never fitted). docray.screening.rerank says what it looks at.
@@ -184,7 +197,8 @@ def rerank(fit_pictures, calibrate_pictures, descriptor, queries, calibrate_quer
     if found is not None:  # pinned: the version fitted for is the version written
         descriptor = ref(found[0], ModelRegistry().resolve(*found))
     rr, op = fit_reranker(fit_pictures, calibrate_pictures, Embedder.load(descriptor), ScreenConfig(proposals=proposals),
-                          queries, calibrate_queries, max_fpr, seed)
+                          queries, calibrate_queries, max_fpr, seed,
+                          library_pictures=library_pictures)
     click.echo(f"re-ranker for {descriptor}: {rr.record['pairs']} pairs ({rr.record['true_pairs']} true); {op.line()}")
     if write:
         click.echo(f"written: {write_reranker(descriptor, rr)} (ScreenConfig.rerank: true uses it)")

@@ -89,3 +89,36 @@ def test_calibrate_screening_needs_labels(tmp_path):
     write_shards(generate("targets", 0, 4, seed=3, size=96).drop_columns(["is_target"]), str(tmp_path / "pics"))
     with pytest.raises(ValueError, match="is_target"):
         screening_scores(str(tmp_path / "pics"), "build:descriptor_tiny")
+
+
+def test_the_calibration_library_holds_more_pictures_never_a_querys_own(tmp_path):
+    """`library_pictures`: more sensitive pictures' tiles join the throw-away library (a library the size of the
+    served one); no query carries one of them, and the CLI records which pictures they were."""
+    from docray.cli import main
+    from docray.models import build_model, save_pretrained
+    from docray.screening.calibrate import posted_queries
+    from docray.screening.embed import Embedder
+    from docray.storage.datasets import write_shards
+    from docray.synth import generate
+
+    write_shards(generate("targets", 0, 8, seed=3, size=96), str(tmp_path / "pics"))
+    write_shards(generate("targets", 50, 56, seed=3, size=96), str(tmp_path / "more"))
+    embed = Embedder.load(str(save_pretrained(build_model("descriptor_tiny"), str(tmp_path / "desc"))))
+    sizes, targets, found = {}, {}, set()
+    for lib_uri in ("", str(tmp_path / "more")):
+        for lib, q in posted_queries(str(tmp_path / "pics"), embed, 4, 0, library_pictures=lib_uri):
+            sizes[lib_uri] = len(lib)
+            targets.setdefault(lib_uri, []).append(q.target)
+            found = {r["target_id"] for r in lib.rows(np.arange(len(lib)))}
+    assert sizes[str(tmp_path / "more")] > sizes[""] > 0
+    assert targets[""] == targets[str(tmp_path / "more")]  # the same queries, drawn the same way
+    more = generate("targets", 50, 56, seed=3, size=96)
+    sensitive = {i for i, t in zip(more.column("id").to_pylist(), more.column("is_target").to_pylist()) if t}
+    assert sensitive and found & set(more.column("id").to_pylist()) == sensitive  # only its sensitive pictures joined
+    assert set(targets[""]) - {None} <= {f"tgt-3-{i:07d}" for i in range(8)}  # no query carries one of theirs
+    with pytest.raises(ValueError, match="shares picture ids"):
+        next(posted_queries(str(tmp_path / "pics"), embed, 2, 0, library_pictures=str(tmp_path / "pics")))
+    res = CliRunner().invoke(main, ["calibrate", "screening", str(tmp_path / "pics"), "--descriptor", "build:descriptor_tiny",
+                                    "--queries", "4", "--library-pictures", str(tmp_path / "more"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["library_pictures"] == str(tmp_path / "more")

@@ -132,11 +132,11 @@ def test_a_dataset_missing_the_image_column_is_named(ray_cluster, tmp_path):
 def test_synthetic_default_train_split_val_and_background(ray_cluster, home, mix):
     from docray.synth import generate
     from docray.storage.datasets import read_table
-    from train_jobs.train_screening import (CALIBRATION_START, ScreeningTrainConfig, calibration_uri, read_background,
-                                            training_datasets)
+    from train_jobs.train_screening import (CALIBRATION_START, LIBRARY_START, ScreeningTrainConfig, calibration_uri,
+                                            library_uri, read_background, training_datasets)
 
     cfg = ScreeningTrainConfig(n_pictures=20, val_pictures=4, background_pictures=1, background_distractors=3,
-                               synth_mix=mix, calibrate_pictures=2)
+                               synth_mix=mix, calibrate_pictures=2, calibrate_library_pictures=2)
     ds = training_datasets(cfg)
     rows = sorted((r["id"], r["image"]) for r in ds["train"].take_all())
     assert [i for i, _ in rows] == [f"tgt-0-{i:07d}" for i in range(20) if i % 10 < 8]  # the 'train' split of rows 0..19
@@ -149,6 +149,9 @@ def test_synthetic_default_train_split_val_and_background(ray_cluster, home, mix
     assert sorted(bg) == sorted(want)
     cal = sorted(read_table(calibration_uri(cfg)).column("id").to_pylist())  # calibration: far past all those
     assert cal == [f"tgt-0-{i:07d}" for i in (CALIBRATION_START, CALIBRATION_START + 1)]
+    more = sorted(read_table(library_uri(cfg)).column("id").to_pylist())  # the calibration library's: past the re-ranker's
+    assert more == [f"tgt-0-{i:07d}" for i in (LIBRARY_START, LIBRARY_START + 1)]
+    assert library_uri(cfg.model_copy(update={"calibrate_library_pictures": 0})) == ""
 
 
 def test_a_tiny_run_on_the_procedural_mix_with_sscd_edits(ray_cluster, home, tmp_path):
@@ -184,7 +187,8 @@ def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path
     cfg = ScreeningTrainConfig(model="descriptor_tiny", train=train, val=val, background=background, epochs=1,
                                 batch_size=32, num_workers=2, cpus_per_worker=0.5, background_pictures=2,
                                 background_distractors=4, to_registry=False, out=str(tmp_path / "run"),
-                                calibrate=str(calibrate), calibrate_queries=4, max_fpr=0.25, rerank_queries=4,
+                                calibrate=str(calibrate), calibrate_library=background, calibrate_queries=4,
+                                max_fpr=0.25, rerank_queries=4,
                                 rerank_pictures=str(calibrate))
     res = run(cfg)
     m = res["metrics"]
@@ -199,8 +203,10 @@ def test_two_workers_train_on_a_dataset_given_by_uri(ray_cluster, home, tmp_path
     cal = Embedder.load(res["model_dir"]).calibration  # calibrated after training: calibration.json beside it
     assert cal == res["calibration"] and cal["pictures"] == str(calibrate) and cal["n_pos"] == cal["n_neg"] == 4
     assert cal["max_fpr"] == 0.25 and cal["fpr"] <= 0.25 and cal["postings"] == list(POSTINGS)
+    assert cal["library_pictures"] == background  # its library held the background pictures' tiles too
     rr = Embedder.load(res["model_dir"]).reranker  # rerank.pkl beside it, its threshold calibrated
     assert rr is not None and rr.threshold == res["rerank"]["threshold"] and rr.record["queries"] == 4
+    assert rr.record["library_pictures"] == background
     assert not (home / "datasets" / "synth").exists()  # nothing synthetic was materialised either
 
 

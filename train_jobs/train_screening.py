@@ -43,7 +43,9 @@ come, on `calibrate` (targets contract with `is_target`) or synthetic rows from 
 the threshold matching uses (`ScreenConfig.threshold` unset). With `rerank_queries`, the learned
 re-ranker is then fitted for it on other pictures (`rerank_pictures`, or synthetic rows from
 RERANK_START), its threshold calibrated the same way, and saved beside it as `rerank.pkl`
-(`ScreenConfig.rerank`; docs/screening.md).
+(`ScreenConfig.rerank`; docs/screening.md). Both screen against a library of the sensitive pictures'
+tiles and of more pictures' (`calibrate_library`, or synthetic rows from LIBRARY_START), about as
+many tiles as the served library holds.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_st
 COLUMNS = contract("targets").for_method("screening")  # what the descriptor reads of its datasets: id, image
 CALIBRATION_START = 300_000  # synthetic calibration rows: after any training, validation or background row
 RERANK_START = 310_000  # synthetic rows the re-ranker is fitted on: after the calibration rows
+LIBRARY_START = 320_000  # synthetic rows whose tiles fill the calibration library: after the re-ranker's rows
 
 
 class ScreeningTrainConfig(Config):
@@ -128,6 +131,14 @@ class ScreeningTrainConfig(Config):
                                    "descriptor matches at 0.55, flagged: `docray calibrate screening --write` later)")
     max_fpr: float = Field(0.005, ge=0, lt=1, description="the calibrated threshold's false-positive budget on benign "
                                                           "queries")
+    calibrate_library: str = Field("", description="more pictures (id, image) whose tiles join the library that "
+                                   "calibration and the re-ranker screen against, so it holds about as many tiles as "
+                                   "the served one ('' -> `calibrate_library_pictures` synthetic rows from LIBRARY_START when "
+                                   "`calibrate` is '' too, else none)")
+    calibrate_library_pictures: int = Field(300, ge=0, description="synthetic default: those rows, whose sensitive "
+                                            "half joins (0: the calibration pictures' own tiles only); with the 50 "
+                                            "sensitive calibration pictures, about the 200 of screening_library's "
+                                            "default library")
     rerank_queries: int = Field(0, ge=0, description="after calibration, fit the learned re-ranker (docray.screening."
                                 "rerank) on this many queries per class of `rerank_pictures`, calibrate its threshold "
                                 "on `calibrate` as above, and save it as rerank.pkl beside the model (0: none)")
@@ -421,12 +432,24 @@ def _after_training(cfg: ScreeningTrainConfig, start: int) -> int:
     return max(start, cfg.n_pictures + cfg.val_pictures + max(cfg.background_pictures, cfg.background_distractors))
 
 
+def library_uri(cfg: ScreeningTrainConfig) -> str:
+    """The calibration library's extra pictures: cfg's; synthetic rows from LIBRARY_START when the calibration
+    pictures are synthetic too; else '' (none: a user's own calibration pictures get no drawn ones)."""
+    if cfg.calibrate_library or cfg.calibrate or not cfg.calibrate_library_pictures:
+        return cfg.calibrate_library
+    start = max(_after_training(cfg, LIBRARY_START), _rerank_start(cfg) + 2 * cfg.calibrate_pictures)
+    return synth_dataset("targets", cfg.calibrate_library_pictures, 0, cfg.seed, start=start)[0]
+
+
+def _rerank_start(cfg: ScreeningTrainConfig) -> int:
+    return max(_after_training(cfg, RERANK_START), _after_training(cfg, CALIBRATION_START) + cfg.calibrate_pictures)
+
+
 def rerank_uri(cfg: ScreeningTrainConfig) -> str:
     """The re-ranker's fitting pictures: cfg's, or synthetic rows from RERANK_START (after the calibration rows)."""
     if cfg.rerank_pictures:
         return cfg.rerank_pictures
-    start = max(_after_training(cfg, RERANK_START), _after_training(cfg, CALIBRATION_START) + cfg.calibrate_pictures)
-    return synth_dataset("targets", 2 * cfg.calibrate_pictures, 0, cfg.seed, start=start)[0]
+    return synth_dataset("targets", 2 * cfg.calibrate_pictures, 0, cfg.seed, start=_rerank_start(cfg))[0]
 
 
 def calibrate(model, saved: dict, cfg: ScreeningTrainConfig) -> dict:
@@ -438,7 +461,8 @@ def calibrate(model, saved: dict, cfg: ScreeningTrainConfig) -> dict:
     from docray.storage.registry import ref
 
     embed = Embedder(model.eval(), background=load_background(saved["model_dir"]))
-    op, record = calibrate_screening(calibration_uri(cfg), embed, cfg.max_fpr, cfg.calibrate_queries, cfg.seed)
+    op, record = calibrate_screening(calibration_uri(cfg), embed, cfg.max_fpr, cfg.calibrate_queries, cfg.seed,
+                                     library_pictures=library_uri(cfg))
     record["descriptor"] = saved["model_dir"]
     write_calibration(saved["model_dir"], record)
     if saved["registry_version"]:
@@ -461,7 +485,8 @@ def fit_rerank(model, saved: dict, cfg: ScreeningTrainConfig) -> dict | None:
     embed = Embedder(model.eval(), background=load_background(saved["model_dir"]))
     try:
         rr, op = fit_reranker(rerank_uri(cfg), calibration_uri(cfg), embed, queries=cfg.rerank_queries,
-                              calibrate_queries=cfg.calibrate_queries, max_fpr=cfg.max_fpr, seed=cfg.seed)
+                              calibrate_queries=cfg.calibrate_queries, max_fpr=cfg.max_fpr, seed=cfg.seed,
+                              library_pictures=library_uri(cfg))
     except NoTruePairs as e:  # the descriptor proposed no true tile to learn from: no re-ranker, said so
         print(f"no re-ranker: {e}")
         return None

@@ -63,29 +63,53 @@ def _check_postings(postings) -> None:
         raise ValueError(f"postings must be some of {', '.join(POSTINGS)}, got {list(postings)}")
 
 
-def posted_queries(pictures: str, embed: Embedder, queries: int, seed: int, postings: tuple[str, ...] = POSTINGS):
-    """Yield (library, Query) for `queries` positive, then `queries` negative queries of `pictures` (targets
-    contract with is_target), query i of each class posted as postings[i % n]; the library is a throw-away
-    one of the sensitive pictures' tiles, removed at the end."""
-    _check_postings(postings)
-    table = read_table(os.path.expanduser(pictures))
-    for col in ("id", "image", "is_target"):
+def _pictures(uri: str):
+    """(ids, decoded images, source ids, release times) of a Parquet dataset of pictures (id, image)."""
+    table = read_table(os.path.expanduser(uri))
+    for col in ("id", "image"):
         if col not in table.column_names:
-            raise ValueError(f"{pictures}: calibration needs the column {col!r} (targets contract)")
+            raise ValueError(f"{uri}: pictures need the column {col!r} (targets contract)")
     ids = table.column("id").to_pylist()
-    is_t = np.asarray(table.column("is_target").to_pylist(), dtype=bool)
-    if is_t.sum() == 0 or (~is_t).sum() == 0:
-        raise ValueError(f"{pictures}: needs sensitive (is_target) and benign pictures, got {is_t.sum()} and {(~is_t).sum()}")
     images = [decode_image(b, name=i) for b, i in zip(table.column("image").to_pylist(), ids)]
     sources = table.column("source_id").to_pylist() if "source_id" in table.column_names else ids
     times = table.column("release_time").to_pylist() if "release_time" in table.column_names else [None] * len(ids)
+    return table, ids, images, sources, times
+
+
+def _sensitive(table, *columns):
+    """The columns' rows of the sensitive pictures (is_target) when the table says which; all of them if not."""
+    if "is_target" not in table.column_names:
+        return columns
+    keep = table.column("is_target").to_pylist()
+    return tuple([v for v, k in zip(col, keep) if k] for col in columns)
+
+
+def posted_queries(pictures: str, embed: Embedder, queries: int, seed: int, postings: tuple[str, ...] = POSTINGS,
+                   library_pictures: str = ""):
+    """Yield (library, Query) for `queries` positive, then `queries` negative queries of `pictures` (targets
+    contract with is_target), query i of each class posted as postings[i % n]; the library is a throw-away
+    one of the sensitive pictures' tiles, removed at the end. `library_pictures`: more pictures (id, image; only the
+    sensitive ones when it has is_target) whose tiles join it, never a query's own: a library the size of
+    the one served, whose many tiles lure a query the way the served one's do (a threshold calibrated
+    against 50 pictures' tiles lets more benign uploads through against thousands)."""
+    _check_postings(postings)
+    table, ids, images, sources, times = _pictures(pictures)
+    if "is_target" not in table.column_names:
+        raise ValueError(f"{pictures}: calibration needs the column 'is_target' (targets contract)")
+    is_t = np.asarray(table.column("is_target").to_pylist(), dtype=bool)
+    if is_t.sum() == 0 or (~is_t).sum() == 0:
+        raise ValueError(f"{pictures}: needs sensitive (is_target) and benign pictures, got {is_t.sum()} and {(~is_t).sum()}")
+    extra = _sensitive(*_pictures(library_pictures)) if library_pictures else ([], [], [], [])
+    if set(extra[0]) & set(ids):
+        raise ValueError(f"{library_pictures}: shares picture ids with {pictures}; the library's pictures must be others")
     scratch = tempfile.mkdtemp(prefix="docray-calibrate-")  # a throw-away library: its versions in its own folder
     try:
         lib = Library.create(scratch, dim=embed.dim, tile_size=64, descriptor="calibration",
                              db_url=f"sqlite:///{scratch}/versions.db")
         batch = TileBatch()
-        for i in np.flatnonzero(is_t):
-            batch.extend(cut_target(images[i], ids[i], sources[i] or ids[i], to_day(times[i]) if times[i] else 0, 64))
+        chosen = [(ids[i], images[i], sources[i], times[i]) for i in np.flatnonzero(is_t)] + list(zip(*extra))
+        for pid, img, src, t in chosen:
+            batch.extend(cut_target(img, pid, src or pid, to_day(t) if t else 0, 64))
         lib.append(batch, embed(batch.tiles))
         rng = np.random.default_rng(seed)
         for positive, pool in ((True, np.flatnonzero(is_t)), (False, np.flatnonzero(~is_t))):
@@ -107,18 +131,19 @@ def posted_queries(pictures: str, embed: Embedder, queries: int, seed: int, post
 
 def screening_scores(pictures: str, descriptor: str | Embedder = "registry:descriptor", queries: int = 200,
                      seed: int = 0, postings: tuple[str, ...] = POSTINGS, cfg: ScreenConfig | None = None,
-                     reranker=None) -> tuple[np.ndarray, np.ndarray]:
+                     reranker=None, library_pictures: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(scores of the positive queries, a miss scoring -1; scores of the negative queries). `descriptor`:
     a source `Embedder.load` reads, or an `Embedder`; query i of each class is posted as postings[i % n].
     Each query is screened as `Screener` does with `cfg` (default: the descriptor alone; with `rerank`,
-    `reranker` or the descriptor's own scores), its score its best region's."""
+    `reranker` or the descriptor's own scores), its score its best region's; `library_pictures`: more pictures for the
+    library (`posted_queries`)."""
     embed = descriptor if isinstance(descriptor, Embedder) else Embedder.load(descriptor)
     # no attribute filter, no second match, nothing learnt; the threshold decides nothing here (set, so none is looked for)
     cfg = (cfg or ScreenConfig(rerank=False)).model_copy(update={"learn": False, "text_finder": "none", "threshold": 1.0,
                                                      "rule": ExtensionRule(enabled=False)})
     out = {True: [], False: []}
     screener = None
-    for lib, q in posted_queries(pictures, embed, queries, seed, postings):
+    for lib, q in posted_queries(pictures, embed, queries, seed, postings, library_pictures):
         screener = screener or Screener(lib, embed, cfg, reranker=reranker)
         best = screener.screen([q.upload])["best"][0]
         positive = q.target is not None
@@ -128,14 +153,14 @@ def screening_scores(pictures: str, descriptor: str | Embedder = "registry:descr
 
 
 def rerank_examples(pictures: str, embed: Embedder, cfg: ScreenConfig, queries: int = 200, seed: int = 0,
-                    k: int = 3, postings: tuple[str, ...] = POSTINGS) -> tuple[np.ndarray, np.ndarray]:
+                    k: int = 3, postings: tuple[str, ...] = POSTINGS, library_pictures: str = "") -> tuple[np.ndarray, np.ndarray]:
     """The re-ranker's training pairs on `pictures` (`docray.screening.rerank`): features of the `k` best
     candidates of every region of every posted query (regions as `cfg` finds them), and whether the
     candidate shows what was posted: a tile of the query's own target covering mostly the same part of
-    it (IoU >= 0.5 with the posted tile; never, for a benign query)."""
+    it (IoU >= 0.5 with the posted tile; never, for a benign query). `library_pictures`: as `posted_queries`."""
     cfg = cfg.model_copy(update={"learn": False, "text_finder": "none", "threshold": 1.0, "rerank": False})
     X, y, screener = [], [], None
-    for lib, q in posted_queries(pictures, embed, queries, seed, postings):
+    for lib, q in posted_queries(pictures, embed, queries, seed, postings, library_pictures):
         screener = screener or Screener(lib, embed, cfg)
         regions = screener.regions([q.upload])
         if not regions:

@@ -64,7 +64,7 @@ def _check_postings(postings) -> None:
 
 
 def _pictures(uri: str):
-    """(ids, decoded images, source ids, release times) of a Parquet dataset of pictures (id, image)."""
+    """(table, ids, decoded images, source ids, release times) of a Parquet dataset of pictures (id, image)."""
     table = read_table(os.path.expanduser(uri))
     for col in ("id", "image"):
         if col not in table.column_names:
@@ -88,9 +88,9 @@ def posted_queries(pictures: str, embed: Embedder, queries: int, seed: int, post
                    library_pictures: str = ""):
     """Yield (library, Query) for `queries` positive, then `queries` negative queries of `pictures` (targets
     contract with is_target), query i of each class posted as postings[i % n]; the library is a throw-away
-    one of the sensitive pictures' tiles, removed at the end. `library_pictures`: more pictures (id, image; only the
-    sensitive ones when it has is_target) whose tiles join it, never a query's own: a library the size of
-    the one served, whose many tiles lure a query the way the served one's do (a threshold calibrated
+    one of the sensitive pictures' tiles, removed at the end. `library_pictures`: more pictures (id, image;
+    only the sensitive ones when it has is_target) whose tiles join it, never a query's own: a library the
+    size of the one served, whose many tiles lure a query the way the served one's do (a threshold calibrated
     against 50 pictures' tiles lets more benign uploads through against thousands)."""
     _check_postings(postings)
     table, ids, images, sources, times = _pictures(pictures)
@@ -153,7 +153,8 @@ def screening_scores(pictures: str, descriptor: str | Embedder = "registry:descr
 
 
 def rerank_examples(pictures: str, embed: Embedder, cfg: ScreenConfig, queries: int = 200, seed: int = 0,
-                    k: int = 3, postings: tuple[str, ...] = POSTINGS, library_pictures: str = "") -> tuple[np.ndarray, np.ndarray]:
+                    k: int = 3, postings: tuple[str, ...] = POSTINGS,
+                    library_pictures: str = "") -> tuple[np.ndarray, np.ndarray]:
     """The re-ranker's training pairs on `pictures` (`docray.screening.rerank`): features of the `k` best
     candidates of every region of every posted query (regions as `cfg` finds them), and whether the
     candidate shows what was posted: a tile of the query's own target covering mostly the same part of

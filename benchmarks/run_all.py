@@ -155,9 +155,10 @@ def is_current(record: dict | None, b: Bench, versions: dict, digests: dict | No
 
 
 def write_results(path: Path, profile: str, info: dict, versions: dict, results: list[dict],
-                  build: list[dict] = (), digests: dict | None = None) -> None:
+                  build: list[dict] = (), digests: dict | None = None, not_run: list[str] = ()) -> None:
     """RESULTS.md from `results` (records, in profile order) and `build` (`build_steps` of this home),
-    and RESULTS.json holding the records. The records may come from other machines (`--only` keeps
+    and RESULTS.json holding the records; `not_run`: the profile's benchmarks with no record yet, listed
+    as such. The records may come from other machines (`--only` keeps
     the rest): the models table gives what each model's records ran against beside this registry's
     latest, and the build table each step's newest build among the records and this home."""
     digests = digests or {}
@@ -200,7 +201,8 @@ def write_results(path: Path, profile: str, info: dict, versions: dict, results:
           "## Summary", "", "| benchmark | ok | minutes | finished | commit | arguments |", "|---|---|---|---|---|---|",
           *[f"| [{r['name']}](#{r['name'].replace('_', '-')}) | {'yes' if r['ok'] else 'FAILED'} | "
             f"{r['seconds'] / 60:.1f} | {r.get('finished', '-')} | {(r.get('machine') or {}).get('commit', '-')} | "
-            f"`{' '.join(r['args']) or '-'}` |" for r in results], ""]
+            f"`{' '.join(r['args']) or '-'}` |" for r in results],
+          *[f"| {name} | not run yet | | | | |" for name in not_run], ""]
     for r in results:
         where = r.get("machine") or {}
         md += [f"## {r['name']}", "", f"`python -m benchmarks.{r['module']} {' '.join(r['args'])}`, "
@@ -250,7 +252,8 @@ def main(argv=None) -> int:
     build = build_steps(Path(path).stem)
 
     def write() -> None:  # every benchmark of the profile that has a record, in the profile's order
-        write_results(out, Path(path).stem, info, versions, [records[n] for n in names if n in records], build, digests)
+        write_results(out, Path(path).stem, info, versions, [records[n] for n in names if n in records], build, digests,
+                      [n for n in names if n not in records])
 
     for b in profile.benchmarks:
         if a.only and b.label not in a.only:

@@ -50,10 +50,12 @@ def test_parts_merge_and_resume_skips_what_ran_on_the_same_models(tmp_path, home
     profile.write_text(json.dumps({"benchmarks": [a, {**a, "key": "again"}]}))
     out = tmp_path / "R.md"
     assert run_all.main(["--profile", str(profile), "--out", str(out), "--only", "again"]) == 0
+    assert "| synth_throughput | not run yet |" in out.read_text()  # the profile's other part, listed, not dropped
     assert run_all.main(["--profile", str(profile), "--out", str(out), "--only", "synth_throughput"]) == 0
     md, kept = out.read_text(), json.loads(out.with_suffix(".json").read_text())
     assert "## synth_throughput" in md and "## again" in md  # the second part kept the first
     assert list(kept) == ["synth_throughput", "again"] and kept["again"]["models"]["regen"] == "none"
+    assert "not run yet" not in md
     first = kept["again"]["finished"]
 
     capsys.readouterr()

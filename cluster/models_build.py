@@ -13,9 +13,10 @@ order on the trainers' default (synthetic) datasets: encoder -> unified model; d
 library; recognisers + inpainter -> mask grid -> target masks; regen models.
 
 Resumable: a step that succeeded leaves a stamp (`$DOCRAY_HOME/builds/<profile>/<step>.json`: its key,
-the job, its wall time, the model versions it registered). The key hashes the step's module and
-settings and the keys of the steps it needs, so a step is skipped when its stamp has the same key
-and its models are still in the registry, and re-run when its settings, or a step it needs, changed.
+the job, its resolved config, its wall time, the model versions it registered). The key hashes the
+step's module, its settings, the job's config as resolved from them (so a default changed in the code
+counts) and the keys of the steps it needs: a step is skipped when its stamp has the same key and its
+models are still in the registry, and re-run when its config changed or a step it needs ran again.
 An interrupted build, run again, picks up at the first step without a valid stamp. Every job's log
 goes to `$DOCRAY_HOME/builds/<profile>/logs/<step>.log`; a summary table ends the run.
 """
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
+import re
 import time
 from pathlib import Path
 
@@ -80,28 +83,44 @@ def check_settings(step: Step) -> None:
         raise ConfigError(f"step {step.name!r}: {e}") from None
 
 
-def check_job_config(module_name: str, path: str | None = None, overrides: list[str] = ()) -> None:
-    """Raise ConfigError unless some config class of the job module accepts `--config path --set overrides`."""
+def job_config(module_name: str, path: str | None = None, overrides: list[str] = ()) -> BaseModel:
+    """The job module's config, resolved as the job resolves `--config path --set overrides` (code defaults,
+    the file, the overrides, DOCRAY_TINY); ConfigError when it does not take them. The job's config class
+    is the one its `main` hands to `parse_args`; failing that, the first of the module's that accepts them."""
     module = importlib.import_module(module_name)
     classes = [c for c in vars(module).values()
                if isinstance(c, type) and issubclass(c, BaseModel) and c.__module__ == module.__name__]
+    main = getattr(module, "main", None)
+    named = re.search(r"parse_args\((\w+)", inspect.getsource(main)) if callable(main) else None
+    if named and isinstance(getattr(module, named[1], None), type) and issubclass(getattr(module, named[1]), BaseModel):
+        classes = [getattr(module, named[1])]
     errors = []
     for cls in classes:
         try:
-            load_config(cls, path, overrides)
-            return
+            return load_config(cls, path, overrides)
         except ConfigError as e:
             errors.append(str(e))
     raise ConfigError(f"{module_name} does not take {path or ''} {list(overrides)}: "
                       + (min(errors, key=len) if errors else "it has no config class"))
 
 
-def step_keys(profile: Profile) -> dict[str, str]:
-    """name -> a hash of the step's module, settings and the keys of the steps it needs."""
+def check_job_config(module_name: str, path: str | None = None, overrides: list[str] = ()) -> None:
+    """Raise ConfigError unless the job module's config accepts `--config path --set overrides`."""
+    job_config(module_name, path, overrides)
+
+
+def resolved(step: Step) -> dict:
+    """The step's job config as the job will resolve it: code defaults changed since a build count."""
+    return job_config(step.module, None, step.set).model_dump(mode="json")
+
+
+def step_keys(profile: Profile, legacy: bool = False) -> dict[str, str]:
+    """name -> a hash of the step's resolved job config, module, settings and the keys of the steps it
+    needs. `legacy`: the key of stamps written before configs were hashed (module and settings only)."""
     keys: dict[str, str] = {}
     for s in profile.steps:
-        blob = json.dumps([s.module, s.set, s.produces, [keys[n] for n in s.needs]])
-        keys[s.name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        blob = [s.module, s.set, s.produces, [keys[n] for n in s.needs]] + ([] if legacy else [resolved(s)])
+        keys[s.name] = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
     return keys
 
 
@@ -110,9 +129,10 @@ def _stamp(folder: Path, step: Step) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def is_done(stamp: dict | None, key: str, registry) -> bool:
-    """A stamp of the same key whose registered versions are all still in the registry."""
-    if not stamp or stamp.get("key") != key:
+def is_done(stamp: dict | None, key: str, registry, legacy_key: str = "") -> bool:
+    """A stamp of the same key whose registered versions are all still in the registry. A stamp from
+    before configs were hashed (no "config" in it) counts when it has the step's legacy key."""
+    if not stamp or stamp.get("key") != (key if "config" in stamp else legacy_key or key):
         return False
     return all(v in registry.versions(n) for n, v in stamp.get("versions", {}).items())
 
@@ -135,13 +155,13 @@ def build(profile_name: str, address: str = "", force: tuple[str, ...] = (), dry
         if s.name in wanted:
             wanted |= set(s.needs)
     folder = Path(paths.sub("builds", Path(profile_name).stem))
-    keys, registry = step_keys(profile), ModelRegistry()
-    forced = set(force)
-    for s in profile.steps:  # a forced step forces the steps that need it
-        if forced & set(s.needs):
-            forced.add(s.name)
-    todo = [s for s in profile.steps if s.name in wanted
-            and (s.name in forced or not is_done(_stamp(folder, s), keys[s.name], registry))]
+    keys, legacy, registry = step_keys(profile), step_keys(profile, legacy=True), ModelRegistry()
+    todo, runs = [], set(force)
+    for s in profile.steps:  # a step that runs (forced, or not done) re-runs the steps that need it
+        if s.name in runs or runs & set(s.needs) or not is_done(_stamp(folder, s), keys[s.name], registry,
+                                                               legacy[s.name]):
+            runs.add(s.name)
+            todo += [s] if s.name in wanted else []
     print(f"profile {profile_name}: {len(profile.steps)} steps, {len(todo)} to run; stamps and logs in {folder}")
     if dry_run:
         for i, s in enumerate(profile.steps, 1):
@@ -163,7 +183,8 @@ def build(profile_name: str, address: str = "", force: tuple[str, ...] = (), dry
             continue  # not asked for with --only
         if s not in todo:
             stamp = _stamp(folder, s)
-            print(f"{head}: done earlier ({_versions(stamp)}), skipped")
+            old = "" if "config" in stamp else "; stamped before configs were, --force it for today's defaults"
+            print(f"{head}: done earlier ({_versions(stamp)}{old}), skipped")
             rows.append({"step": s.name, "status": "skipped", "seconds": 0.0, "detail": _versions(stamp)})
             continue
         if failed & set(s.needs):
@@ -177,7 +198,8 @@ def build(profile_name: str, address: str = "", force: tuple[str, ...] = (), dry
             failed.add(s.name)
             rows.append({"step": s.name, "status": "FAILED", "seconds": res["seconds"], "detail": res["detail"]})
             continue
-        stamp = {"key": keys[s.name], "module": s.module, "set": s.set, "job": res["detail"], "seconds": res["seconds"],
+        stamp = {"key": keys[s.name], "module": s.module, "set": s.set, "config": resolved(s),
+                 "job": res["detail"], "seconds": res["seconds"],
                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "versions": {n: registry.latest(n) for n in s.produces}}
         folder.mkdir(parents=True, exist_ok=True)

@@ -96,10 +96,54 @@ def test_build_resumes_forces_and_stops_dependants(tmp_path, jobs):
     assert ran == ["b"]
     ran.clear()  # --only: the step asked for, and what it needs when that is not done
     (tmp_path / "home" / "builds" / "p" / "a.json").unlink()
-    rows = mb.build(path, address="http://unused", only=("b",))
-    assert ran == ["a"] and [(r["step"], r["status"]) for r in rows] == [("a", "built"), ("b", "skipped")]
+    rows = mb.build(path, address="http://unused", only=("b",))  # a ran again, so b (which reads it) too
+    assert ran == ["a", "b"] and [(r["step"], r["status"]) for r in rows] == [("a", "built"), ("b", "built")]
     rows = mb.build(path, address="http://unused", only=("c",), force=("c",))
-    assert ran == ["a", "c"] and [(r["step"], r["status"]) for r in rows] == [("c", "built")]
+    assert ran == ["a", "b", "c"] and [(r["step"], r["status"]) for r in rows] == [("c", "built")]
+
+
+def test_a_default_changed_in_code_reruns_the_step(tmp_path, jobs, monkeypatch):
+    """The key hashes the job's resolved config, not only the profile's --set: a default the code
+    changed since the build (or DOCRAY_TINY) re-runs the step and what needs it."""
+    import train_jobs.pretrain_recognition as job
+
+    ran, _ = jobs
+    path = _profile(tmp_path, [A, B, C])
+    mb.build(path, address="http://unused")
+    stamp = json.loads((tmp_path / "home" / "builds" / "p" / "a.json").read_text())
+    assert stamp["config"]["epochs"] == 1 and stamp["config"]["mask_ratio"] == 0.75
+    ran.clear()
+    monkeypatch.setenv("DOCRAY_TINY", "1")
+    mb.build(path, address="http://unused")
+    assert ran == ["a", "b", "c"]
+    monkeypatch.delenv("DOCRAY_TINY")
+    mb.build(path, address="http://unused")
+    ran.clear()
+
+    class Changed(job.RecognitionPretrainConfig):
+        mask_ratio: float = 0.6
+
+    monkeypatch.setattr(job, "RecognitionPretrainConfig", Changed)  # what the job's main resolves with
+    mb.build(path, address="http://unused")
+    assert ran == ["a", "b"]
+
+
+def test_stamps_from_before_config_keys_still_count(tmp_path, jobs):
+    """A stamp without "config" (written before the key hashed it) counts when it has the old key, so an
+    existing home does not rebuild everything; a wrong old key does not count."""
+    ran, _ = jobs
+    path = _profile(tmp_path, [A, B, C])
+    mb.build(path, address="http://unused")
+    legacy = mb.step_keys(mb.load_profile(path), legacy=True)
+    for name in "abc":
+        stamp_path = tmp_path / "home" / "builds" / "p" / f"{name}.json"
+        stamp = json.loads(stamp_path.read_text())
+        stamp.pop("config")
+        stamp["key"] = legacy[name] if name != "c" else "0" * 16
+        stamp_path.write_text(json.dumps(stamp))
+    ran.clear()
+    rows = mb.build(path, address="http://unused")
+    assert ran == ["c"] and [r["status"] for r in rows] == ["skipped", "skipped", "built"]
 
 
 def test_cli_dry_run_and_errors(tmp_path, home):

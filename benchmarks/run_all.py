@@ -105,7 +105,8 @@ def build_steps(profile: str) -> list[dict]:
         if stamp.is_file():
             s = json.loads(stamp.read_text())
             rows.append({"step": step.name, "seconds": s["seconds"], "finished": s["finished"],
-                         "models": ", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items()) or "-"})
+                         "models": ", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items()) or "-",
+                         "throughput": s.get("throughput") or "-"})
     return rows
 
 
@@ -195,8 +196,11 @@ def write_results(path: Path, profile: str, info: dict, versions: dict, results:
           *[f"| {k} | {named(here, k)} | {ran_on(k)} |" for k in versions], "",
           f"## Models build (`docray models build --profile {profile}`)", "",
           *([f"Each step's wall time as its Ray job (the newest build of each step, here or behind a record), "
-             f"{sum(b['seconds'] for b in build) / 60:.0f} minutes in all:", "", "| step | minutes | finished | models |", "|---|---|---|---|",
-             *[f"| {b['step']} | {b['seconds'] / 60:.1f} | {b['finished']} | {b['models']} |" for b in build]]
+             f"{sum(b['seconds'] for b in build) / 60:.0f} minutes in all; the training throughput is its trainers' last epoch "
+             "(samples a second, all workers):", "", "| step | minutes | finished | models | training throughput |",
+             "|---|---|---|---|---|",
+             *[f"| {b['step']} | {b['seconds'] / 60:.1f} | {b['finished']} | {b['models']} | {b.get('throughput') or '-'} |"
+               for b in build]]
             if build else ["No build of this profile on record here."]), "",
           "## Summary", "", "| benchmark | ok | minutes | finished | commit | arguments |", "|---|---|---|---|---|---|",
           *[f"| [{r['name']}](#{r['name'].replace('_', '-')}) | {'yes' if r['ok'] else 'FAILED'} | "

@@ -90,8 +90,10 @@ def job_config(module_name: str, path: str | None = None, overrides: list[str] =
     module = importlib.import_module(module_name)
     classes = [c for c in vars(module).values()
                if isinstance(c, type) and issubclass(c, BaseModel) and c.__module__ == module.__name__]
-    main = getattr(module, "main", None)
-    named = re.search(r"parse_args\((\w+)", inspect.getsource(main)) if callable(main) else None
+    try:
+        named = re.search(r"parse_args\((\w+)", inspect.getsource(module.main))
+    except (AttributeError, OSError, TypeError):  # no main, or no source to read: any class of the module
+        named = None
     if named and isinstance(getattr(module, named[1], None), type) and issubclass(getattr(module, named[1]), BaseModel):
         classes = [getattr(module, named[1])]
     errors = []
@@ -198,14 +200,32 @@ def build(profile_name: str, address: str = "", force: tuple[str, ...] = (), dry
             failed.add(s.name)
             rows.append({"step": s.name, "status": "FAILED", "seconds": res["seconds"], "detail": res["detail"]})
             continue
+        versions = {n: registry.latest(n) for n in s.produces}
+        rates = throughput(registry, versions)
+        if rates:
+            print(f"   training throughput (last epoch): {rates}", flush=True)
         stamp = {"key": keys[s.name], "module": s.module, "set": s.set, "config": resolved(s),
                  "job": res["detail"], "seconds": res["seconds"],
-                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "versions": {n: registry.latest(n) for n in s.produces}}
+                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions,
+                 "throughput": rates}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{s.name}.json").write_text(json.dumps(stamp, indent=2))
         rows.append({"step": s.name, "status": "built", "seconds": res["seconds"], "detail": _versions(stamp)})
     return rows
+
+
+def throughput(registry, versions: dict[str, str]) -> str:
+    """What each model's trainer measured of its last epoch (`train_samples_per_s`: the batch rows of all
+    workers a second, validation left out), and on what: a GPU's name, or the workers and CPUs."""
+    parts = []
+    for name, version in versions.items():
+        card = registry.card(name, version)
+        rate = card["metrics"].get("train_samples_per_s")
+        if rate is not None:
+            hw = card.get("hardware") or {}
+            where = hw.get("gpu") or f"{hw.get('num_workers', '?')} worker(s) x {hw.get('cpus_per_worker', '?')} CPU"
+            parts.append(f"{name} {rate:,.1f} samples/s ({where})")
+    return "; ".join(parts)
 
 
 def _versions(stamp: dict | None) -> str:

@@ -86,12 +86,16 @@ def test_results_give_each_build_step_its_wall_time(tmp_path, home):
     folder.mkdir(parents=True)
     for name, seconds in (("train_regen", 2400), ("pretrain_recognition", 180)):
         (folder / f"{name}.json").write_text(json.dumps({"seconds": seconds, "finished": "2026-11-27T21:00:00Z",
-                                                         "versions": {"regen": "v0003"} if name == "train_regen" else {}}))
+                                                         "versions": {"regen": "v0003"} if name == "train_regen" else {},
+                                                         **({"throughput": "regen 9.5 samples/s (T4)"}
+                                                            if name == "train_regen" else {})}))
     rows = run_all.build_steps("standard")
     assert [r["step"] for r in rows] == ["pretrain_recognition", "train_regen"]  # the profile's order
     run_all.write_results(tmp_path / "R.md", "standard", {}, {}, [], rows)
     md = (tmp_path / "R.md").read_text()
-    assert "43 minutes in all" in md and "| train_regen | 40.0 | 2026-11-27T21:00:00Z | regen v0003 |" in md
+    assert "43 minutes in all" in md
+    assert "| train_regen | 40.0 | 2026-11-27T21:00:00Z | regen v0003 | regen 9.5 samples/s (T4) |" in md
+    assert "| pretrain_recognition | 3.0 | 2026-11-27T21:00:00Z | - | - |" in md  # a stamp from before throughput
     assert run_all.build_steps("no-such-profile") == []
 
 

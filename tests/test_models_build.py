@@ -62,7 +62,8 @@ def jobs(home, monkeypatch):
         if name in fail:
             return {"step": name, "seconds": 1.0, "ok": False, "detail": "raysubmit_x FAILED"}
         for model in profile_steps[name]:
-            ModelRegistry().save(model, {"w": torch.zeros(1)}, {"name": model})
+            ModelRegistry().save(model, {"w": torch.zeros(1)}, {"name": model}, metrics={"train_samples_per_s": 12.5},
+                                 card={"hardware": {"gpu": None, "num_workers": 2, "cpus_per_worker": 0.5}})
         return {"step": name, "seconds": 2.0, "ok": True, "detail": "raysubmit_x SUCCEEDED"}
 
     import cluster.quickstart
@@ -72,7 +73,7 @@ def jobs(home, monkeypatch):
     return ran, fail
 
 
-def test_build_resumes_forces_and_stops_dependants(tmp_path, jobs):
+def test_build_resumes_forces_and_stops_dependants(tmp_path, jobs, capsys):
     ran, fail = jobs
     path = _profile(tmp_path, [A, B, C])
     fail.add("a")
@@ -83,6 +84,7 @@ def test_build_resumes_forces_and_stops_dependants(tmp_path, jobs):
     rows = mb.build(path, address="http://unused")  # resumes: c is done, a and b run
     assert ran == ["a", "b"] and [r["status"] for r in rows] == ["built", "built", "skipped"]
     assert "enc v0001" in rows[0]["detail"]
+    assert "training throughput (last epoch): enc 12.5 samples/s (2 worker(s) x 0.5 CPU)" in capsys.readouterr().out
     ran.clear()
     assert [r["status"] for r in mb.build(path, address="http://unused")] == ["skipped"] * 3 and ran == []
     mb.build(path, address="http://unused", force=("a",))  # a forced step re-runs what needs it

@@ -44,6 +44,7 @@ def test_mae_pretrain_job_registers_encoder_and_writes_grids(ray_cluster, tmp_pa
     assert mae["worker_imported_synth"] is False  # the synthetic default was made on the driver
     state, config, metrics = ModelRegistry().load("test-encoder-job")
     assert config["name"] == "vit_encoder_tiny" and "loss" in metrics
+    assert metrics["train_samples_per_s"] > 0  # what `docray models build` prints per step
     assert all(k.startswith("vit.") for k in state)
     for epoch in (0, 1):
         w, h = Image.open(tmp_path / "mae" / "grids" / f"epoch_{epoch:03d}.png").size
@@ -66,6 +67,7 @@ def test_two_worker_training_resumed_from_checkpoint(trained):
     assert card["datasets"]["train"]["uri"] == uni["train"] and card["datasets"]["val"]["rows"] > 0
     assert card["hardware"]["num_workers"] == 2 and card["job_config"]["epochs"] == 2
     assert card["key_metric"] == "val/doc_type" and card["metrics"]["val/doc_type"] == uni["val/doc_type"]
+    assert card["metrics"]["train_samples_per_s"] > 0
 
 
 def test_serve_recognize(trained, serve_port):

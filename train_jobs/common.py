@@ -320,6 +320,13 @@ def all_sum(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def samples_per_s(samples: int, seconds: float) -> float:
+    """Training throughput over all workers: the samples (a trainer's batch rows) every worker trained on
+    this epoch over this worker's training seconds, validation left out (the workers step together).
+    `docray models build` prints it per step, from the registered version's metrics."""
+    return all_sum({"n": float(samples)})["n"] / max(seconds, 1e-9)
+
+
 def sync_buffers(model: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm statistics) on every rank. DDP copies them at the start of each
     forward; a model whose last forward ran on every rank's own batch differs per rank until then."""

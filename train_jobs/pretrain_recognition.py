@@ -32,7 +32,7 @@ from docray.config import Config, parse_args, save_config
 from docray.storage.blobs import write_file
 from docray.storage.registry import parse_ref
 from train_jobs.common import (agree, all_sum, epoch_batches, load_result_state, maybe_exit, maybe_fail, read_datasets,
-                               report_epoch, restore, run_trainer, steps_per_epoch, synth_dataset, unwrap_state,
+                               report_epoch, restore, run_trainer, samples_per_s, steps_per_epoch, synth_dataset, unwrap_state,
                                warmup_cosine, worker_setup)
 
 GRID_IMAGES = 6  # rows of the original | masked | reconstruction grid
@@ -217,7 +217,7 @@ def train_loop_per_worker(config: dict) -> None:
     step, elapsed = start * steps, state.get("elapsed_s", 0.0)
     for epoch in range(start, c.epochs):
         net.train()
-        t0, total, n, stop = time.time(), 0.0, 0, False
+        t0, total, n, views, stop = time.time(), 0.0, 0, 0, False
         batches = epoch_batches(train, steps, batch_size=view_batch or c.batch_size, collate_fn=views,
                                 drop_last=True, **shuffled(c, epoch))
         for x in tqdm(batches, total=steps, desc=f"mae epoch {epoch}", unit="batch", disable=rank != 0):
@@ -227,12 +227,13 @@ def train_loop_per_worker(config: dict) -> None:
             loss.backward()
             opt.step()
             sched.step()
-            step, total, n = step + 1, total + float(loss.detach()), n + 1
+            step, total, n, views = step + 1, total + float(loss.detach()), n + 1, views + len(x)
             maybe_exit(c.exit_at_step, step, c.out, rank)
             if c.time_budget_s and agree(elapsed + time.time() - t0 > c.time_budget_s):
                 stop = True
                 break
         elapsed += time.time() - t0
+        rate = samples_per_s(views, time.time() - t0)  # views a second
         train_sums = all_sum({"loss": total, "n": n})
         val_loss, first = validate(model, val, captures, c.batch_size, c.seed, device)
         files = {}
@@ -242,7 +243,7 @@ def train_loop_per_worker(config: dict) -> None:
             files["grid.png"] = image_grid([[o, m, r] for o, m, r in zip(first, masked.cpu(), recon.cpu())])
             write_file(paths.join(c.out, "grids", f"epoch_{epoch:03d}.png"), files["grid.png"])
         metrics = {"loss": train_sums["loss"] / max(train_sums["n"], 1), "val_loss": val_loss, "steps": step,
-                   "epoch_s": time.time() - t0, "started_at_epoch": start,
+                   "epoch_s": time.time() - t0, "train_samples_per_s": rate, "started_at_epoch": start,
                    "worker_imported_synth": agree("docray.synth" in sys.modules)}
         report_epoch(rank, model, opt, epoch, metrics, files, sched=sched, extra={"elapsed_s": elapsed})
         maybe_fail(c.fail_at_epoch, epoch, c.out, rank)

@@ -43,7 +43,7 @@ from pydantic import Field
 from docray import paths
 from docray.config import Config, parse_args, save_config
 from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, report_epoch, restore, run_trainer,
-                               unwrap, worker_setup)
+                               samples_per_s, unwrap, worker_setup)
 
 FACE_COLUMNS = ["id", "image", "identity"]  # what the trainer reads of a faces dataset
 KIND_NO = {"original": 0, "masked": 1, "inpaint": 2}
@@ -151,10 +151,12 @@ def train_loop_per_worker(config: dict) -> None:
             opt.step()
             sched.step()
             loss_sum += loss.item()
+        rate = samples_per_s(mrun.steps * cfg.batch_size, time.perf_counter() - t0)  # faces a second
         sums = T.evaluate(unwrap(model), mrun.kind, (_to(device, b) for b in epoch_batches(
             val_shard, batch_size=cfg.batch_size, collate_fn=val_prep)))
         totals = all_sum({**sums, "loss": loss_sum, "synth": float("docray.synth" in sys.modules)})
         metrics = {"loss": totals["loss"] / (mrun.steps * cfg.num_workers), "epoch_s": time.perf_counter() - t0,
+                   "train_samples_per_s": rate,
                    "steps": (epoch + 1) * mrun.steps, "worker_imported_synth": int(totals["synth"] > 0),
                    **T.val_metrics(totals)}
         report_epoch(rank, model, opt, epoch, metrics, sched=sched, extra={"spec": spec})

@@ -33,7 +33,7 @@ from docray import paths
 from docray.config import parse_args, save_config
 from docray.storage.blobs import write_file
 from train_jobs.common import (agree, all_gather, all_sum, epoch_batches, load_result_state, maybe_exit, maybe_fail,
-                               report_epoch, restore, run_trainer, steps_per_epoch, unwrap_state, warmup_cosine,
+                               report_epoch, restore, run_trainer, samples_per_s, steps_per_epoch, unwrap_state, warmup_cosine,
                                worker_setup)
 from train_jobs.pretrain_recognition import DocumentsJobConfig, documents_datasets, saved_state, shuffle_plan, shuffled
 
@@ -135,7 +135,7 @@ def train_loop_per_worker(config: dict) -> None:
     step, elapsed = start * steps, state.get("elapsed_s", 0.0)
     for epoch in range(start, c.epochs):
         net.train()
-        t0, sums, stop = time.time(), {f"{s}/{k}": 0.0 for s in ("sum", "n") for k in parts}, False
+        t0, first, sums, stop = time.time(), step, {f"{s}/{k}": 0.0 for s in ("sum", "n") for k in parts}, False
         batches = epoch_batches(train, steps, batch_size=c.batch_size, collate_fn=collate, drop_last=True,
                                 **shuffled(c, epoch))
         for batch in tqdm(batches, total=steps, desc=f"unified epoch {epoch}", unit="batch", disable=rank != 0):
@@ -149,10 +149,11 @@ def train_loop_per_worker(config: dict) -> None:
                 stop = True
                 break
         elapsed += time.time() - t0
+        rate = samples_per_s((step - first) * c.batch_size, time.time() - t0)  # documents a second
         sums = all_sum(sums)
         metrics = {f"loss/{k}": sums[f"sum/{k}"] / sums[f"n/{k}"] for k in parts if sums[f"n/{k}"]}
         metrics.update({f"val/{k}": v for k, v in validate(model, val, collate, cat, c.batch_size, device).items()})
-        metrics.update(steps=step, epoch_s=time.time() - t0, started_at_epoch=start,
+        metrics.update(steps=step, epoch_s=time.time() - t0, train_samples_per_s=rate, started_at_epoch=start,
                        worker_imported_synth=agree("docray.synth" in sys.modules))
         report_epoch(rank, model, opt, epoch, metrics, sched=sched, extra={"elapsed_s": elapsed})
         maybe_fail(c.fail_at_epoch, epoch, c.out, rank)

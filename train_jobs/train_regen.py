@@ -55,7 +55,7 @@ from docray.regen.convergence import LOSSES, Convergence, converged
 from docray.config import Config, parse_args, save_config
 from docray.storage.blobs import write_file
 from train_jobs.common import (agree, all_sum, epoch_batches, load_checkpoint_state, read_datasets, report_epoch,
-                               restore, run_trainer, steps_per_epoch, sync_buffers, synth_dataset, unwrap,
+                               restore, run_trainer, samples_per_s, steps_per_epoch, sync_buffers, synth_dataset, unwrap,
                                warmup_cosine)
 
 KIND, METHOD = "documents", "regen"  # the dataset contract regen trains on
@@ -469,6 +469,7 @@ def train_loop_per_worker(config: dict) -> None:
                         loss = loss + cfg.outlier_weight * typed["outlier"].float()
                         outlier_sum, outlier_steps = outlier_sum + typed["outlier"].item(), outlier_steps + 1
                     opt_step(loss, by_time)
+        rate = samples_per_s(steps * bs, time.perf_counter() - t0)  # documents a second (joint steps)
         sync_buffers(model)  # the last type step's BatchNorm statistics differ per rank: evaluate rank 0's
         val_losses, first = evaluate(unwrap(model), val_shard.iter_torch_batches(batch_size=bs, collate_fn=collate),
                                      device, read_lines=-(-cfg.val_read_lines // world),
@@ -476,7 +477,8 @@ def train_loop_per_worker(config: dict) -> None:
         for k in LOSSES:
             history[k].append(val_losses[k])
         done = converged(history, cfg.convergence)
-        metrics = {"epoch": epoch, "epoch_s": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"], "steps": steps,
+        metrics = {"epoch": epoch, "epoch_s": time.perf_counter() - t0, "train_samples_per_s": rate,
+                   "lr": opt.param_groups[0]["lr"], "steps": steps,
                    **{f"train_{k}": sums[k] / max(1, steps) for k in LOSSES},
                    "train_outlier": outlier_sum / max(1, outlier_steps),  # log(n_types) at best: uniform
                    **{f"val_{k}": v for k, v in val_losses.items()},

@@ -290,7 +290,7 @@ def train_loop_per_worker(config: dict) -> None:
                           "synth": float("docray.synth" in sys.modules)})  # the generator must stay out of workers
         metrics = {"epoch": epoch, "loss": totals["loss"] / max(totals["steps"], 1), "epoch_s": epoch_s,
                    "steps_per_epoch": steps, "tiles_per_step": totals["tiles"] / max(totals["steps"], 1) * world,
-                   "tiles_per_s_per_worker": tiles / max(epoch_s, 1e-9),
+                   "tiles_per_s_per_worker": tiles / max(epoch_s, 1e-9), "train_samples_per_s": totals["tiles"] / max(epoch_s, 1e-9),
                    "worker_imported_synth": totals["synth"] > 0}
         metrics.update(evaluate(unwrap(model), val, size))
         report_epoch(rank, model, opt, epoch, metrics, sched=sched, extra={"spec": spec})

@@ -55,6 +55,7 @@ class Query:
     target: str | None  # the sensitive picture whose tile it carries; None for a benign one
     tile: Tile  # the tile posted (its template, position, box in the picture)
     size: tuple[int, int]  # the picture's (width, height)
+    posting: str = "alone"  # how the tile was posted (POSTINGS)
 
 
 def _check_postings(postings) -> None:
@@ -121,8 +122,9 @@ def posted_queries(pictures: str, embed: Embedder, queries: int, seed: int, post
                     tile = _tile(images[k], rng)
                     if tile is None:
                         continue
-                    img = upload(tile.image, postings[made % len(postings)], rng)
-                    yield lib, Query(img, ids[k] if positive else None, tile, images[k].size)
+                    posting = postings[made % len(postings)]
+                    yield lib, Query(upload(tile.image, posting, rng), ids[k] if positive else None, tile,
+                                     images[k].size, posting)
                     made += 1
                     bar.update(1)
     finally:

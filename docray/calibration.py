@@ -174,11 +174,13 @@ def screening(pictures, descriptor, max_fpr, queries, postings, library_pictures
 @click.option("--library-pictures", default="", help="more pictures (a Parquet dataset with id and image, not "
               "PICTURES'; only its sensitive ones when it has is_target) whose tiles join the calibration library, "
               "about as many as the served library holds: its many tiles lure benign uploads as the served one's do")
+@click.option("--k", type=click.IntRange(1, 50), default=3, show_default=True,
+              help="candidates of each region it re-scores (the descriptor's nearest tiles; each one an alignment)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--write", is_flag=True, help="write it as rerank.pkl beside the descriptor's weights: "
               "ScreenConfig.rerank then uses it")
 def rerank(fit_pictures, calibrate_pictures, descriptor, queries, calibrate_queries, max_fpr, proposals,
-           library_pictures, seed, write) -> None:
+           library_pictures, k, seed, write) -> None:
     """Fit screening's learned re-ranker for a descriptor on FIT_PICTURES and calibrate its threshold on
     CALIBRATE_PICTURES (both Parquet datasets of the `targets` contract with is_target; other pictures, so
     the operating point is measured on pairs it never fitted). docray.screening.rerank says what it looks at.
@@ -197,8 +199,7 @@ def rerank(fit_pictures, calibrate_pictures, descriptor, queries, calibrate_quer
     if found is not None:  # pinned: the version fitted for is the version written
         descriptor = ref(found[0], ModelRegistry().resolve(*found))
     rr, op = fit_reranker(fit_pictures, calibrate_pictures, Embedder.load(descriptor), ScreenConfig(proposals=proposals),
-                          queries, calibrate_queries, max_fpr, seed,
-                          library_pictures=library_pictures)
+                          queries, calibrate_queries, max_fpr, seed, k, library_pictures=library_pictures)
     click.echo(f"re-ranker for {descriptor}: {rr.record['pairs']} pairs ({rr.record['true_pairs']} true); {op.line()}")
     if write:
         click.echo(f"written: {write_reranker(descriptor, rr)} (ScreenConfig.rerank: true uses it)")

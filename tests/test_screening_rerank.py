@@ -126,12 +126,13 @@ def test_calibrate_rerank_fits_calibrates_and_travels_with_the_descriptor(tmp_pa
     torch.manual_seed(0)
     model_dir = str(save_pretrained(build_model("descriptor_tiny"), str(tmp_path / "desc")))
     res = CliRunner().invoke(main, ["calibrate", "rerank", str(tmp_path / "fit"), str(tmp_path / "cal"),
-                                    "--descriptor", model_dir, "--queries", "12", "--calibrate-queries", "8", "--write"])
+                                    "--descriptor", model_dir, "--queries", "12", "--calibrate-queries", "8", "--k", "4",
+                                    "--write"])
     assert res.exit_code == 0, res.output
     assert "true)" in res.output and "written:" in res.output
     embed = Embedder.load(model_dir)
     rr = embed.reranker
-    assert rr is not None and rr.threshold is not None and rr.record["calibrate_queries"] == 8
+    assert rr is not None and rr.threshold is not None and rr.record["calibrate_queries"] == 8 and rr.k == 4
     # on pictures it never saw, its probability ranks true pairs above false ones
     X, y = rerank_examples(str(tmp_path / "check"), embed, ScreenConfig(proposals="edges"), queries=8, seed=5)
     from sklearn.metrics import roc_auc_score

@@ -177,7 +177,7 @@ def run_job(name: str, module: str, overrides: list[str], address: str, timeout_
             log_dir: str | None = None, follow_logs: bool = False) -> dict:
     """One job through the Jobs API; its log goes to `log_dir`/<name>.log (default
     DOCRAY_HOME/reports/quickstart: a local folder or a URI), and to the terminal as it runs with `follow_logs`."""
-    from cluster.submit import JobFailed, JobTimeout, connect, submit_job
+    from cluster.submit import JobFailed, JobTimeout, connect, last_line, submit_job
 
     log = paths.join(log_dir or paths.sub("reports", "quickstart"), f"{name}.log")
     entry = f"python -m {module} --set " + " ".join(shlex.quote(o) for o in overrides)
@@ -199,7 +199,7 @@ def run_job(name: str, module: str, overrides: list[str], address: str, timeout_
                 "log": log}
     logs = connect(address).get_job_logs(job_id)
     blobs.write_file(log, logs.encode())
-    last = error or next((ln for ln in reversed(logs.strip().splitlines()) if ln.strip()), "")
+    last = error or last_line(logs)
     print(f"   {status} in {time.perf_counter() - t0:.0f} s: {last[:160]}", flush=True)
     return {"step": name, "seconds": time.perf_counter() - t0, "ok": status == "SUCCEEDED", "detail": f"{job_id} {status}",
             "log": log}

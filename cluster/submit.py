@@ -137,10 +137,16 @@ def _tail(text: str, n: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-n:])
 
 
+def last_line(logs: str) -> str:
+    """The log's last non-empty line, as a terminal shows it (a progress bar's latest redraw after its \\r)."""
+    lines = [next((seg.strip() for seg in reversed(ln.split("\r")) if seg.strip()), "") for ln in logs.split("\n")]
+    return next((ln for ln in reversed(lines) if ln), "")
+
+
 def wait_for(client, job_id: str, *, follow_logs: bool = True, timeout_s: float | None = None,
              poll_s: float = 0.5, out=None, heartbeat_s: float | None = None) -> str:
     """Poll until the job is terminal, printing new log text as it arrives (or, without the logs, a line
-    with the status and the minutes so far every `heartbeat_s`); returns the final status."""
+    with the status, the minutes so far and the log's last line every `heartbeat_s`); returns the final status."""
     t0, shown, out = time.monotonic(), 0, out or sys.stdout
     beat = t0
     while True:
@@ -155,7 +161,11 @@ def wait_for(client, job_id: str, *, follow_logs: bool = True, timeout_s: float 
             return status
         if heartbeat_s and not follow_logs and time.monotonic() - beat >= heartbeat_s:
             beat = time.monotonic()
-            out.write(f"   ... {status}, {(beat - t0) / 60:.0f} min\n")
+            try:
+                now = last_line(client.get_job_logs(job_id))[:150]
+            except Exception:  # the logs are a courtesy: a job whose logs cannot be read still runs
+                now = ""
+            out.write(f"   ... {status}, {(beat - t0) / 60:.0f} min{': ' + now if now else ''}\n")
             out.flush()
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
             raise JobTimeout(job_id, status, timeout_s)

@@ -93,9 +93,13 @@ def test_waiting_without_the_logs_says_the_job_still_runs():
             self.polls += 1
             return "RUNNING" if self.polls <= 3 else "SUCCEEDED"
 
+        def get_job_logs(self, job_id):  # a progress bar redrawn after \r: the heartbeat shows its latest state
+            return "loading\nepoch 0:  10%|#  | 1/10\repoch 0:  50%|#####  | 5/10\n\n"
+
     out = io.StringIO()
     assert wait_for(Client(), "j", follow_logs=False, poll_s=0.01, heartbeat_s=0.005, out=out) == "SUCCEEDED"
-    assert out.getvalue().count("... RUNNING,") >= 2 and out.getvalue().endswith(" min\n")
+    assert out.getvalue().count("... RUNNING,") >= 2
+    assert out.getvalue().endswith(" min: epoch 0:  50%|#####  | 5/10\n")
     quiet = io.StringIO()
     wait_for(Client(), "j", follow_logs=False, poll_s=0.01, out=quiet)
     assert quiet.getvalue() == ""

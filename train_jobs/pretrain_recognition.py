@@ -217,7 +217,7 @@ def train_loop_per_worker(config: dict) -> None:
     step, elapsed = start * steps, state.get("elapsed_s", 0.0)
     for epoch in range(start, c.epochs):
         net.train()
-        t0, total, n, views, stop = time.time(), 0.0, 0, 0, False
+        t0, total, n, seen, stop = time.time(), 0.0, 0, 0, False
         batches = epoch_batches(train, steps, batch_size=view_batch or c.batch_size, collate_fn=views,
                                 drop_last=True, **shuffled(c, epoch))
         for x in tqdm(batches, total=steps, desc=f"mae epoch {epoch}", unit="batch", disable=rank != 0):
@@ -227,13 +227,13 @@ def train_loop_per_worker(config: dict) -> None:
             loss.backward()
             opt.step()
             sched.step()
-            step, total, n, views = step + 1, total + float(loss.detach()), n + 1, views + len(x)
+            step, total, n, seen = step + 1, total + float(loss.detach()), n + 1, seen + len(x)
             maybe_exit(c.exit_at_step, step, c.out, rank)
             if c.time_budget_s and agree(elapsed + time.time() - t0 > c.time_budget_s):
                 stop = True
                 break
         elapsed += time.time() - t0
-        rate = samples_per_s(views, time.time() - t0)  # views a second
+        rate = samples_per_s(seen, time.time() - t0)  # views a second
         train_sums = all_sum({"loss": total, "n": n})
         val_loss, first = validate(model, val, captures, c.batch_size, c.seed, device)
         files = {}

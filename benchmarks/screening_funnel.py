@@ -55,6 +55,11 @@ def pictures(kind_dir: str, n: int, start: int, seed: int) -> str:
     return out
 
 
+def shortlist_k(screener: Screener) -> int:
+    """The candidates of a region the matcher decides among: the re-ranker's k, or the descriptor's best."""
+    return screener.reranker.k if screener.reranker is not None else 1
+
+
 def follow(screener: Screener, lib, embed, q, wide: int) -> tuple[dict, float]:
     """(stage -> reached, for a positive query; the upload's best score) of one query."""
     regions = screener.regions([q.upload])
@@ -71,7 +76,7 @@ def follow(screener: Screener, lib, embed, q, wide: int) -> tuple[dict, float]:
             return False
         return not right or iou(tile_boxes(*q.size, *grid(r["cut_type"]))[r["position"]], q.tile.box) >= 0.5
 
-    k = screener.reranker.k if screener.reranker is not None else 1
+    k = shortlist_k(screener)
     reached = {f"{name}@{where}": any(own(i, name == "right tile") for i in ids[:, :n].ravel())
                for name in ("shortlist", "right tile") for where, n in (("k", k), ("wide", wide))}
     if screener.reranker is not None:
@@ -114,7 +119,7 @@ def main(argv=None) -> None:
             for s in STAGES:
                 counts[key][s] += bool(reached[s])
     seconds = time.perf_counter() - t0
-    k = screener.reranker.k if screener.reranker is not None else 1
+    k = shortlist_k(screener)
     print(f"{args.queries} positive and {len(benign)} benign queries; descriptor {args.descriptor}, re-ranker "
           f"{screener.reranking}, proposals {screener.cfg.proposals}, threshold {screener.threshold:.4f} "
           f"({screener.threshold_source}); k = {k}, wide = {args.wide}; {1000 * seconds / (args.queries + len(benign)):.0f} ms a query")

@@ -76,9 +76,9 @@ def load_profile(name: str) -> Profile:
 
 
 def check_settings(step: Step) -> None:
-    """Raise ConfigError unless some config class of the step's module accepts its --set overrides."""
+    """Raise ConfigError unless the step's job config accepts its --set overrides."""
     try:
-        check_job_config(step.module, None, step.set)
+        job_config(step.module, None, step.set)
     except ConfigError as e:
         raise ConfigError(f"step {step.name!r}: {e}") from None
 
@@ -104,11 +104,6 @@ def job_config(module_name: str, path: str | None = None, overrides: list[str] =
             errors.append(str(e))
     raise ConfigError(f"{module_name} does not take {path or ''} {list(overrides)}: "
                       + (min(errors, key=len) if errors else "it has no config class"))
-
-
-def check_job_config(module_name: str, path: str | None = None, overrides: list[str] = ()) -> None:
-    """Raise ConfigError unless the job module's config accepts `--config path --set overrides`."""
-    job_config(module_name, path, overrides)
 
 
 def resolved(step: Step) -> dict:

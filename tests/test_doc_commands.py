@@ -17,7 +17,7 @@ import click
 import pytest
 import yaml
 
-from cluster.models_build import check_job_config
+from cluster.models_build import job_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -67,7 +67,7 @@ def check_python_module(argv: list[str]) -> None:
     if "--config" in rest:
         config = ROOT / rest[rest.index("--config") + 1]
         assert config.is_file(), f"--config {config} does not exist"
-    check_job_config(module, config, overrides)
+    job_config(module, config, overrides)
 
 
 def check_docray(argv: list[str]) -> None:
